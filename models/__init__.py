@@ -1,0 +1,1 @@
+"""models room (see ARCHITECTURE.md)."""

@@ -1,0 +1,227 @@
+"""What a recommender is trained on: interaction matrices, item feature tables, and the graphs.
+
+Everything a model needs is gathered once into `GraphData`, on the training device, so that the
+training loop never goes back to disk or to NumPy (the reference re-derives these per batch).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+import torch
+
+from store import schemas
+from store.errors import StoreError
+from store.layout import DatasetPaths
+from store.tables import read_table
+from store.vectors import align_features, read_features
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InteractionData:
+    """The split interactions of one dataset as binary user × item matrices.
+
+    `train` lists each distinct training pair once: it is what BPR samples positives from.
+    """
+
+    n_users: int
+    n_items: int
+    train: np.ndarray  # (m, 2) int64 [user, item]
+    train_csr: sp.csr_matrix
+    valid_csr: sp.csr_matrix
+    test_csr: sp.csr_matrix
+    asins: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        shape = (self.n_users, self.n_items)
+        for name in ("train_csr", "valid_csr", "test_csr"):
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {shape}")
+        if self.asins and len(self.asins) != self.n_items:
+            raise ValueError(f"asins has {len(self.asins)} entries for {self.n_items} items")
+
+    def split(self, name: str) -> sp.csr_matrix:
+        if name not in ("train", "valid", "test"):
+            raise ValueError(f"split must be train/valid/test, got {name!r}")
+        return getattr(self, f"{name}_csr")
+
+
+def binary_csr(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
+    """Pairs → 0/1 float32 CSR; duplicated pairs count once."""
+    m = sp.csr_matrix(
+        (np.ones(len(users), dtype=np.float32), (np.asarray(users, np.int64), np.asarray(items, np.int64))),
+        shape=(n_users, n_items),
+    )
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    m.sort_indices()
+    return m
+
+
+def interactions_from_arrays(
+    n_users: int,
+    n_items: int,
+    train: np.ndarray,
+    valid: np.ndarray,
+    test: np.ndarray,
+    asins: list[str] | None = None,
+) -> InteractionData:
+    """Build `InteractionData` from (m, 2) [user, item] arrays (tests, imported MMRec sets)."""
+    mats = []
+    for name, pairs in (("train", train), ("valid", valid), ("test", test)):
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        if len(pairs) and (pairs[:, 0].min() < 0 or pairs[:, 0].max() >= n_users):
+            raise ValueError(f"{name}: user ids outside 0..{n_users - 1}")
+        if len(pairs) and (pairs[:, 1].min() < 0 or pairs[:, 1].max() >= n_items):
+            raise ValueError(f"{name}: item ids outside 0..{n_items - 1}")
+        mats.append(binary_csr(pairs[:, 0], pairs[:, 1], n_users, n_items))
+    train_csr = mats[0]
+    coo = train_csr.tocoo()
+    train_pairs = np.stack([coo.row.astype(np.int64), coo.col.astype(np.int64)], axis=1)
+    return InteractionData(
+        n_users=n_users,
+        n_items=n_items,
+        train=train_pairs,
+        train_csr=train_csr,
+        valid_csr=mats[1],
+        test_csr=mats[2],
+        asins=list(asins) if asins is not None else [str(i) for i in range(n_items)],
+    )
+
+
+def load_interactions(paths: DatasetPaths) -> InteractionData:
+    """Read items.parquet + interactions.parquet (+ users.parquet when present) of a dataset."""
+    items = read_table(paths.items, columns=["item_id", "asin"])
+    item_ids = items.column("item_id").to_numpy().astype(np.int64)
+    n_items = len(item_ids)
+    if n_items == 0:
+        raise StoreError(paths.items, "has no items", "rerun the prepare stage")
+    if not np.array_equal(np.sort(item_ids), np.arange(n_items)):
+        raise StoreError(paths.items, "item_id is not a permutation of 0..n-1", "rerun the prepare stage")
+    asins = [None] * n_items
+    for i, a in zip(item_ids.tolist(), items.column("asin").to_pylist()):
+        asins[i] = a
+
+    inter = read_table(paths.interactions, schemas.INTERACTIONS, columns=["user_id", "item_id", "split"])
+    users = inter.column("user_id").to_numpy().astype(np.int64)
+    its = inter.column("item_id").to_numpy().astype(np.int64)
+    if paths.users.exists():
+        n_users = read_table(paths.users, columns=["user_id"]).num_rows
+    else:
+        n_users = int(users.max()) + 1 if len(users) else 0
+    if len(users) and (users.min() < 0 or users.max() >= n_users):
+        raise StoreError(paths.interactions, f"user_id outside 0..{n_users - 1}", "rerun the prepare stage")
+    if len(its) and (its.min() < 0 or its.max() >= n_items):
+        raise StoreError(paths.interactions, f"item_id outside 0..{n_items - 1}", "rerun the prepare stage")
+    split = inter.column("split")
+    unknown = pc.sum(pc.invert(pc.is_in(split, value_set=pa.array(list(schemas.SPLITS), pa.string())))).as_py() or 0
+    if unknown:
+        raise StoreError(paths.interactions, f"{unknown} row(s) with a split other than {schemas.SPLITS}")
+    pairs = {}
+    for name in schemas.SPLITS:
+        mask = pc.equal(split, name).to_numpy(zero_copy_only=False)
+        pairs[name] = np.stack([users[mask], its[mask]], axis=1)
+    if not len(pairs["train"]):
+        raise StoreError(paths.interactions, "has no training interactions", "rerun the prepare stage")
+    return interactions_from_arrays(n_users, n_items, pairs["train"], pairs["valid"], pairs["test"], asins)
+
+
+def fill_missing_rows(name: str, vectors: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Items without this modality get the mean of the items that have it.
+
+    A zero row would give those items a degenerate cosine (and kNN neighbours by accident); the
+    mean keeps them neutral. The count is logged so a bad extraction is visible.
+    """
+    n_missing = int((~valid).sum())
+    if n_missing == len(valid):
+        raise ValueError(f"feature {name!r}: no item has a valid vector")
+    if n_missing:
+        vectors = vectors.copy()
+        vectors[~valid] = vectors[valid].mean(axis=0)
+        log.warning("feature %s: %d of %d items missing, filled with the mean vector", name, n_missing, len(valid))
+    return vectors
+
+
+def load_modalities(paths: DatasetPaths, names: dict[str, str], asins: list[str] | None = None) -> dict[str, np.ndarray]:
+    """{'v': 'image-effnet', 't': 'text-minilm', ...} → {modality: (n_items, d) float32} in item_id order."""
+    if asins is None:
+        items = read_table(paths.items, columns=["item_id", "asin"])
+        order = np.argsort(items.column("item_id").to_numpy())
+        all_asins = items.column("asin").to_pylist()
+        asins = [all_asins[i] for i in order]
+    out = {}
+    for modality, table_name in names.items():
+        path = paths.feature(table_name)
+        table = read_features(path)
+        vectors, valid = align_features(table, asins, source=path)
+        out[modality] = fill_missing_rows(table_name, vectors, valid)
+    return out
+
+
+@dataclass
+class GraphData:
+    """Everything a model's constructor gets: graphs, features and statistics, on `device`."""
+
+    n_users: int
+    n_items: int
+    adj: torch.Tensor  # sparse (n_users+n_items)², D^-1/2 A D^-1/2
+    ui: torch.Tensor  # sparse n_users × n_items, rows sum to 1
+    features: dict[str, torch.Tensor]
+    knn: dict[str, torch.Tensor]  # sparse n_items², symmetric-normalized kNN graph per modality
+    knn_edges: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    item_pop: torch.Tensor  # training interactions per item, float32
+    device: torch.device
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def build_graph_data(
+    data: InteractionData,
+    features: dict[str, np.ndarray],
+    knn_k: int = 10,
+    device: str | torch.device | None = None,
+    cache_dir: Path | None = None,
+) -> GraphData:
+    """Build the user–item graph, per-modality kNN graphs and feature tensors on `device`."""
+    from models import graphs
+
+    device = default_device(device)
+    for name, f in features.items():
+        if f.shape[0] != data.n_items:
+            raise ValueError(f"feature {name!r} has {f.shape[0]} rows for {data.n_items} items")
+    adj = graphs.to_torch_sparse(graphs.normalized_adjacency(data.train_csr), device)
+    ui = graphs.to_torch_sparse(graphs.row_normalized(data.train_csr), device)
+    knn, knn_edges = {}, {}
+    for name, f in features.items():
+        g = graphs.knn_graph(f, knn_k, cache_dir=cache_dir)
+        knn[name] = graphs.to_torch_sparse(g, device)
+        coo = g.tocoo()
+        knn_edges[name] = (
+            torch.as_tensor(coo.row.astype(np.int64), device=device),
+            torch.as_tensor(coo.col.astype(np.int64), device=device),
+            torch.as_tensor(coo.data.astype(np.float32), device=device),
+        )
+    feats = {name: torch.as_tensor(np.asarray(f, dtype=np.float32), device=device) for name, f in features.items()}
+    pop = np.asarray(data.train_csr.sum(axis=0)).ravel().astype(np.float32)
+    return GraphData(
+        n_users=data.n_users,
+        n_items=data.n_items,
+        adj=adj,
+        ui=ui,
+        features=feats,
+        knn=knn,
+        knn_edges=knn_edges,
+        item_pop=torch.as_tensor(pop, device=device),
+        device=device,
+    )

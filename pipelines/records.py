@@ -1,0 +1,92 @@
+"""The one normalized record format every source (Amazon 2014/2018/2023, demo) is parsed into.
+
+Keeping a single shape means prepare.py (k-core, ids, split, text) has exactly one input to
+handle, whatever release the data came from. `BadRecords` is how a parser says "this line was
+wrong" without stopping: real dumps always contain a few broken lines, and losing a whole ingest
+to one of them is worse than counting it and telling the user where it was.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(slots=True)
+class Product:
+    """One catalog item; text fields are raw (HTML and all) until prepare cleans them."""
+
+    asin: str
+    title: str | None = None
+    description: str | None = None
+    brand: str | None = None
+    categories: list[str] = field(default_factory=list)
+    image_url: str | None = None
+
+
+@dataclass(slots=True)
+class Review:
+    """One user–item interaction; `timestamp` is in Unix seconds for every release."""
+
+    reviewer_id: str
+    asin: str
+    rating: float | None
+    timestamp: int
+
+
+@dataclass
+class BadRecords:
+    """Counts problems by reason and keeps a few (file, line, detail) examples of each.
+
+    `dropped` reasons lost the record; the others were repaired (e.g. undecodable bytes replaced)
+    and the record was kept. Neither is ever fatal: the report says what happened and where.
+    """
+
+    max_examples: int = 5
+    counts: Counter = field(default_factory=Counter)
+    dropped_counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def add(
+        self,
+        file: str | Path,
+        line: int | None,
+        reason: str,
+        detail: str = "",
+        *,
+        dropped: bool = True,
+    ) -> None:
+        self.counts[reason] += 1
+        if dropped:
+            self.dropped_counts[reason] += 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < self.max_examples:
+            shown.append(
+                {"file": Path(file).name, "line": line, "detail": detail[:200], "dropped": dropped}
+            )
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.dropped_counts.values())
+
+    def merge(self, other: "BadRecords") -> None:
+        for reason, n in other.counts.items():
+            self.counts[reason] += n
+        for reason, n in other.dropped_counts.items():
+            self.dropped_counts[reason] += n
+        for reason, shown in other.examples.items():
+            mine = self.examples.setdefault(reason, [])
+            mine.extend(shown[: max(0, self.max_examples - len(mine))])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "dropped": self.dropped,
+            "by_reason": dict(sorted(self.counts.items())),
+            "examples": {k: self.examples[k] for k in sorted(self.examples)},
+        }

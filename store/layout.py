@@ -1,0 +1,126 @@
+"""Where each file of a dataset lives (ARCHITECTURE.md, "One dataset = one directory").
+
+All rooms ask this module for paths instead of joining strings, so the layout can change in one
+place and two stages can never disagree about where a table is.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def anchorrec_home() -> Path:
+    """Root of all datasets: $ANCHORREC_HOME, else ./data."""
+    return Path(os.environ.get("ANCHORREC_HOME", "data")).expanduser()
+
+
+def check_name(kind: str, name: str) -> str:
+    """Dataset, feature and run names become path parts; refuse anything that could escape."""
+    if not _NAME.match(name or ""):
+        raise ValueError(
+            f"invalid {kind} name {name!r}: use letters, digits, '_', '-', '.' "
+            "(no slashes, not starting with '.')"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    """The paths of one dataset directory; creating it does not touch the disk."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def manifest(self) -> Path:
+        return self.raw_dir / "manifest.json"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.root / "images"
+
+    def image(self, asin: str) -> Path:
+        return self.images_dir / f"{asin}.jpg"
+
+    @property
+    def image_audit(self) -> Path:
+        return self.images_dir / "audit.parquet"
+
+    @property
+    def items(self) -> Path:
+        return self.root / "items.parquet"
+
+    @property
+    def users(self) -> Path:
+        return self.root / "users.parquet"
+
+    @property
+    def interactions(self) -> Path:
+        return self.root / "interactions.parquet"
+
+    @property
+    def prepare_report(self) -> Path:
+        """Data-quality summary of the last prepare step (counts per step, split seed/hash)."""
+        return self.root / "prepare.json"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.root / "features"
+
+    def feature(self, name: str) -> Path:
+        return self.features_dir / f"{check_name('feature', name)}.parquet"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def run(self, run_id: str) -> Path:
+        return self.runs_dir / check_name("run", run_id)
+
+    def user_vectors(self, run_id: str) -> Path:
+        return self.run(run_id) / "user_vectors.parquet"
+
+    def item_vectors(self, run_id: str) -> Path:
+        return self.run(run_id) / "item_vectors.parquet"
+
+    def metrics(self, run_id: str) -> Path:
+        return self.run(run_id) / "metrics.json"
+
+    @property
+    def index_root(self) -> Path:
+        return self.root / "index"
+
+    def index_dir(self, run_id: str) -> Path:
+        return self.index_root / check_name("run", run_id)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Derived, recomputable artefacts (kNN graphs, …), keyed by content hash."""
+        return self.root / "cache"
+
+    def feature_names(self) -> list[str]:
+        if not self.features_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.features_dir.glob("*.parquet"))
+
+    def run_ids(self) -> list[str]:
+        if not self.runs_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.runs_dir.iterdir() if p.is_dir())
+
+
+def dataset_paths(dataset: str, home: str | Path | None = None) -> DatasetPaths:
+    """Paths of `dataset` under `home` (default $ANCHORREC_HOME or ./data)."""
+    base = Path(home).expanduser() if home is not None else anchorrec_home()
+    return DatasetPaths(base / check_name("dataset", dataset))

@@ -1,0 +1,126 @@
+"""Atomic Parquet/JSON writes and validating reads.
+
+A crash must leave the old file or the new one, never half of one: everything is written to a
+temporary file in the same directory, fsynced, then renamed over the target.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from store.errors import StoreError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on clean exit rename it into place, else delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_table(
+    table: pa.Table,
+    path: str | Path,
+    schema: pa.Schema | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Cast `table` to `schema` (if given), attach key-value metadata, write atomically."""
+    path = Path(path)
+    if schema is not None:
+        table = conform(table, schema, source=path)
+    if metadata:
+        merged = dict(table.schema.metadata or {})
+        merged.update({k.encode(): str(v).encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(merged)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return path
+
+
+def conform(table: pa.Table, schema: pa.Schema, source: str | Path | None = None) -> pa.Table:
+    """Select and cast the schema's columns; say which column is missing or uncastable."""
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise StoreError(
+            source,
+            f"missing column(s) {missing}; has {table.column_names}",
+            "rewrite the table with the stage that produces it",
+        )
+    columns = []
+    for field in schema:
+        col = table.column(field.name)
+        try:
+            col = col.cast(field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise StoreError(
+                source, f"column {field.name!r} is {col.type}, expected {field.type}: {exc}"
+            ) from exc
+        if not field.nullable and col.null_count:
+            raise StoreError(source, f"column {field.name!r} has {col.null_count} null value(s)")
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=schema.remove_metadata())
+
+
+def read_table(
+    path: str | Path, schema: pa.Schema | None = None, columns: list[str] | None = None
+) -> pa.Table:
+    """Read a Parquet table and validate it against `schema`, naming the file on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(path, "does not exist", "run the stage that writes it first")
+    try:
+        table = pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise StoreError(path, f"not a readable Parquet file ({exc})", "delete it and rerun") from exc
+    if schema is None:
+        return table
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns if c in schema.names])
+    meta = table.schema.metadata
+    out = conform(table, schema, source=path)
+    return out.replace_schema_metadata(meta) if meta else out
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The Parquet key-value metadata (without Arrow's own schema blob)."""
+    path = Path(path)
+    try:
+        raw = pq.read_schema(path).metadata or {}
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise StoreError(path, f"not a readable Parquet file ({exc})") from exc
+    return {k.decode(): v.decode() for k, v in raw.items() if k != b"ARROW:schema"}
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(path, "does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise StoreError(path, f"invalid JSON at line {exc.lineno}: {exc.msg}") from exc

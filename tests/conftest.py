@@ -1,0 +1,48 @@
+"""Shared fixtures. Keep this file small: room-specific fixtures live beside their tests."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Tests never touch a hub or a user's Prefect profile.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data beside the checkout (real Amazon/MMRec files); skip when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not found: integration data lives in ../shared/data")
+    return SHARED_DATA
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh $ANCHORREC_HOME per test."""
+    root = tmp_path / "home"
+    root.mkdir()
+    monkeypatch.setenv("ANCHORREC_HOME", str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
+    """One ephemeral Prefect API for the whole session, with a throwaway PREFECT_HOME.
+
+    Starting it costs 10–20 s, so only tests that run flows request it.
+    """
+    prefect_home = tmp_path_factory.mktemp("prefect_home")
+    os.environ["PREFECT_HOME"] = str(prefect_home)
+    os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(prefect_home / "storage")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield prefect_home
