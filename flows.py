@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 
 from store import DatasetPaths, dataset_paths
@@ -152,15 +152,25 @@ def ingest_task(cfg: PipelineConfig) -> dict:
         home=cfg.home,
         kcore=cfg.kcore,
         seed=cfg.seed,
+        demo_items=cfg.demo_items,
+        demo_users=cfg.demo_users,
     )
 
 
 @task(name="fetch-images", persist_result=True, retries=2, retry_delay_seconds=[2, 10])
 @_timed
-def images_task(cfg: PipelineConfig) -> dict:
+def images_task(cfg: PipelineConfig, shard: Optional[tuple[int, int]] = None) -> dict:
     from pipelines.images import fetch_images
 
-    return fetch_images(cfg.paths, workers=cfg.image_workers)
+    return fetch_images(cfg.paths, workers=cfg.image_workers, shard=shard, progress=shard is None)
+
+
+@task(name="merge-image-audits", persist_result=True)
+@_timed
+def merge_images_task(cfg: PipelineConfig, shard_summaries: list[dict]) -> dict:
+    from pipelines.images import merge_audits
+
+    return merge_audits(cfg.paths, len(shard_summaries))
 
 
 @task(name="extract-features", persist_result=True)
@@ -232,9 +242,17 @@ def stage_ingest(cfg: PipelineConfig) -> dict:
 
 
 def stage_images(cfg: PipelineConfig) -> dict:
+    """One task, or `shards` mapped tasks (spread over the task runner's workers) and a merge."""
     p = cfg.paths
     key = stage_key("images", {}, [p.items], ("pipelines", "store"))
-    return run_stage(images_task, key, [p.image_audit], cfg)
+    if cfg.shards == 1:
+        return run_stage(images_task, key, [p.image_audit], cfg)
+    refresh = not p.image_audit.exists()
+    mapped = images_task.with_options(
+        cache_key_fn=lambda _ctx, params: f"{key}-shard-{params['shard'][0]}-of-{cfg.shards}",
+        refresh_cache=refresh,
+    ).map(unmapped(cfg), [(i, cfg.shards) for i in range(cfg.shards)])
+    return run_stage(merge_images_task, f"{key}-merge-{cfg.shards}", [p.image_audit], cfg, mapped.result())
 
 
 def stage_features(cfg: PipelineConfig, with_images: bool) -> dict[str, str]:
@@ -308,7 +326,7 @@ def _make_flow(name: str, body: Callable[[PipelineConfig], dict], doc: str) -> A
     def fn(**params: Any) -> dict:
         return body(PipelineConfig(**params))
 
-    fn.__name__ = name.replace("-", "_")
+    fn.__name__ = fn.__qualname__ = name.replace("-", "_")
     fn.__doc__ = doc
     fn.__signature__ = _signature()  # type: ignore[attr-defined]
     fn.__annotations__ = {f.name: f.type for f in dataclasses.fields(PipelineConfig)}
@@ -387,6 +405,28 @@ publish_flow = _make_flow(
     "publish", lambda c: stage_publish(c, _train_body(c)["run_id"]), "Publish a run's item vectors to FAISS."
 )
 pipeline = _make_flow("pipeline", _pipeline_body, "The whole pipeline: ingest → features → pretrain → train → publish.")
+
+
+def with_runner(the_flow: Any, cfg: PipelineConfig) -> Any:
+    """The flow on the task runner `cfg.task_runner` names: threads here, or a Dask cluster.
+
+    With task_runner='dask', ANCHORREC_DASK_ADDRESS (e.g. tcp://scheduler:8786) selects an existing
+    cluster; without it a local cluster of worker processes is started for the run.
+    """
+    if cfg.task_runner == "thread":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return the_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=max(2, cfg.shards)))
+    from prefect_dask import DaskTaskRunner
+
+    address = os.environ.get("ANCHORREC_DASK_ADDRESS")
+    if address:
+        return the_flow.with_options(task_runner=DaskTaskRunner(address=address))
+    workers = max(1, min(cfg.shards, os.cpu_count() or 1))
+    kwargs = {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    return the_flow.with_options(task_runner=DaskTaskRunner(cluster_kwargs=kwargs))
+
+
 FLOWS = {
     "ingest": ingest_flow,
     "features": features_flow,
@@ -406,7 +446,7 @@ def _cli_for(name: str, the_flow: Any) -> None:
 
     def command(**params: Any) -> None:
         cfg = PipelineConfig(**params)  # validate at the edge, before Prefect starts
-        result = the_flow(**asdict(cfg))
+        result = with_runner(the_flow, cfg)(**asdict(cfg))
         if name == "pipeline":
             _print_pipeline_result(cfg, result)
         else:
@@ -487,15 +527,28 @@ def similar(
     typer.echo(similar_to(dataset_paths(dataset, home), key, k, run_id=run_id))
 
 
-@app.command()
-def serve(
-    cron: str = typer.Option("0 3 * * *", help="cron schedule of the pipeline deployment"),
-    name: str = typer.Option("nightly", help="deployment name"),
-    dataset: str = "demo",
-    release: str = "demo",
-) -> None:
-    """Serve the pipeline as a scheduled deployment against the configured Prefect server."""
-    pipeline.serve(name=name, cron=cron, parameters={"dataset": dataset, "release": release})
+def _serve_command(cron: str = "0 3 * * *", name: str = "nightly", **params: Any) -> None:
+    """Serve `pipeline` as a cron-scheduled deployment on the configured Prefect server.
+
+    Point PREFECT_API_URL at a server (`prefect server start`); every other option becomes a
+    default parameter of the scheduled runs.
+    """
+    cfg = PipelineConfig(**params)
+    with_runner(pipeline, cfg).serve(name=name, cron=cron, parameters=asdict(cfg))
+
+
+def _serve_signature() -> Any:
+    import inspect
+
+    extra = [
+        inspect.Parameter("cron", inspect.Parameter.KEYWORD_ONLY, default="0 3 * * *", annotation=str),
+        inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY, default="nightly", annotation=str),
+    ]
+    return inspect.Signature(extra + list(_signature().parameters.values()))
+
+
+_serve_command.__signature__ = _serve_signature()  # type: ignore[attr-defined]
+app.command("serve")(_serve_command)
 
 
 def main() -> None:

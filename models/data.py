@@ -178,6 +178,8 @@ class GraphData:
     knn_edges: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     item_pop: torch.Tensor  # training interactions per item, float32
     device: torch.device
+    # the user × item block of `adj` (D_u^-1/2 R D_i^-1/2): what the reference code lifts with
+    ui_sym: torch.Tensor | None = None
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -192,8 +194,13 @@ def build_graph_data(
     knn_k: int = 10,
     device: str | torch.device | None = None,
     cache_dir: Path | None = None,
+    knn_self: bool = True,
 ) -> GraphData:
-    """Build the user–item graph, per-modality kNN graphs and feature tensors on `device`."""
+    """Build the user–item graph, per-modality kNN graphs and feature tensors on `device`.
+
+    knn_self=True keeps each item among its own k neighbours, as the reference does (see
+    models.graphs); False gives k true neighbours.
+    """
     from models import graphs
 
     device = default_device(device)
@@ -204,7 +211,7 @@ def build_graph_data(
     ui = graphs.to_torch_sparse(graphs.row_normalized(data.train_csr), device)
     knn, knn_edges = {}, {}
     for name, f in features.items():
-        g = graphs.knn_graph(f, knn_k, cache_dir=cache_dir)
+        g = graphs.knn_graph(f, knn_k, include_self=knn_self, cache_dir=cache_dir)
         knn[name] = graphs.to_torch_sparse(g, device)
         coo = g.tocoo()
         knn_edges[name] = (
@@ -224,4 +231,5 @@ def build_graph_data(
         knn_edges=knn_edges,
         item_pop=torch.as_tensor(pop, device=device),
         device=device,
+        ui_sym=graphs.to_torch_sparse(graphs.user_item_block(data.train_csr), device),
     )

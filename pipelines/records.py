@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
+
+import pyarrow as pa
 
 
 @dataclass(slots=True)
@@ -33,6 +35,53 @@ class Review:
     asin: str
     rating: float | None
     timestamp: int
+
+
+REVIEW_BATCH_SCHEMA = pa.schema(
+    [
+        pa.field("reviewer_id", pa.string(), nullable=False),
+        pa.field("asin", pa.string(), nullable=False),
+        pa.field("rating", pa.float64()),
+        pa.field("timestamp", pa.int64(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ReviewBatch:
+    """Many `Review`s as Arrow columns (REVIEW_BATCH_SCHEMA).
+
+    The same records in columnar form: large review files are read straight into Arrow by the
+    fast path of pipelines.amazon, and a Python object per review would cost more than parsing.
+    """
+
+    table: pa.Table
+
+    def __post_init__(self) -> None:
+        if self.table.schema.remove_metadata() != REVIEW_BATCH_SCHEMA:
+            raise ValueError(f"ReviewBatch.table must have schema {REVIEW_BATCH_SCHEMA}, got {self.table.schema}")
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @classmethod
+    def from_reviews(cls, reviews: Sequence[Review]) -> "ReviewBatch":
+        return cls(
+            pa.table(
+                [
+                    pa.array([r.reviewer_id for r in reviews], pa.string()),
+                    pa.array([r.asin for r in reviews], pa.string()),
+                    pa.array([r.rating for r in reviews], pa.float64()),
+                    pa.array([r.timestamp for r in reviews], pa.int64()),
+                ],
+                schema=REVIEW_BATCH_SCHEMA,
+            )
+        )
+
+    def reviews(self) -> Iterator[Review]:
+        cols = [self.table.column(n).to_pylist() for n in REVIEW_BATCH_SCHEMA.names]
+        for user, asin, rating, ts in zip(*cols):
+            yield Review(user, asin, rating, ts)
 
 
 @dataclass

@@ -46,3 +46,25 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield prefect_home
+
+
+# --- network fixtures (tests/httpserver.py): a real local HTTP server that can fail on purpose ---
+import sys  # noqa: E402
+
+if str(Path(__file__).parent) not in sys.path:  # importable whatever pytest's import mode
+    sys.path.insert(0, str(Path(__file__).parent))
+from httpserver import FaultyHTTPServer  # noqa: E402
+
+
+@pytest.fixture()
+def http_server():
+    """A threaded HTTP server on 127.0.0.1 with Range support and injectable faults.
+
+    `.serve(dir)`, `.url_for(relpath)`, `.fault(path, kind, times, **kw)`, `.requests`; it stops
+    by itself at teardown.
+    """
+    server = FaultyHTTPServer()
+    try:
+        yield server
+    finally:
+        server.close()

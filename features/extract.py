@@ -1,0 +1,420 @@
+"""Batched extraction of one feature table: items (text or images) in, features/<name>.parquet out.
+
+Design points:
+- Rows follow items.parquet and carry `asin`, so a re-indexed catalog cannot silently misalign.
+- An item whose modality is missing gets a null vector and a reason ('no image: …',
+  'undecodable image: …', 'empty text'), never a zero vector that looks like data.
+- Resumable: finished rows go to `features/.<name>.partial/part-*.parquet` as they are produced,
+  each with a per-item content key (hash of the text or of the image file); a rerun reuses the
+  rows whose key still matches and encodes only the rest. The partial folder has no `.parquet`
+  suffix so it is never listed as a feature.
+- A rerun with the same encoder and the same inputs (input_hash) does nothing.
+- Images are decoded in DataLoader worker processes (JPEG draft mode) while the main process
+  runs the model; CUDA autocast (bf16/fp16) is the encoder's business.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from features.base import Encoder, get_encoder, parse_spec
+from features.decode import UNDECODABLE, image_batches
+from store import schemas
+from store.errors import StoreError
+from store.hashing import file_sha256
+from store.layout import DatasetPaths
+from store.tables import read_json, read_metadata, read_table, write_json, write_table
+from store.vectors import fixed_list, to_matrix, write_features
+
+log = logging.getLogger(__name__)
+
+NO_IMAGE = "no image"
+EMPTY_TEXT = "empty text"
+
+
+@dataclass
+class Inputs:
+    """What each item feeds the encoder: `payload[i]` (text or image path) or a `missing[i]` reason."""
+
+    asins: list[str]
+    item_ids: np.ndarray
+    payload: list[str | None]
+    missing: list[str | None]
+    keys: list[str]
+
+    def __post_init__(self) -> None:
+        n = len(self.asins)
+        if not (len(self.item_ids) == len(self.payload) == len(self.missing) == len(self.keys) == n):
+            raise ValueError("Inputs columns have different lengths")
+
+    def input_hash(self, spec: str) -> str:
+        """Hash of the encoder spec and every item's content key, in item order."""
+        h = hashlib.sha256(spec.encode())
+        for asin, key in zip(self.asins, self.keys):
+            h.update(f"\n{asin}\t{key}".encode())
+        return h.hexdigest()[:16]
+
+
+def _read_items(paths: DatasetPaths) -> pa.Table:
+    items = read_table(paths.items, schemas.ITEMS, columns=["item_id", "asin", "text"])
+    asins = items.column("asin").to_pylist()
+    if len(set(asins)) != len(asins):
+        dup = next(a for a, c in Counter(asins).items() if c > 1)
+        raise StoreError(paths.items, f"asin {dup!r} appears more than once", "features are keyed by asin: rebuild items")
+    return items
+
+
+def text_inputs(items: pa.Table) -> Inputs:
+    texts = items.column("text").to_pylist()
+    payload, missing, keys = [], [], []
+    for text in texts:
+        if text is None or not text.strip():
+            payload.append(None)
+            missing.append(EMPTY_TEXT)
+            keys.append("empty")
+        else:
+            payload.append(text)
+            missing.append(None)
+            keys.append(hashlib.sha256(text.encode()).hexdigest()[:16])
+    return Inputs(items.column("asin").to_pylist(), items.column("item_id").to_numpy(), payload, missing, keys)
+
+
+def _audit(paths: DatasetPaths) -> dict[str, tuple[str, int | None, str | None]]:
+    """asin → (status, http status, detail) from images/audit.parquet, when the fetcher wrote one."""
+    if not paths.image_audit.exists():
+        return {}
+    table = read_table(paths.image_audit, schemas.IMAGE_AUDIT)
+    return {
+        a: (s, h, d)
+        for a, s, h, d in zip(
+            table.column("asin").to_pylist(),
+            table.column("status").to_pylist(),
+            table.column("http_status").to_pylist(),
+            table.column("detail").to_pylist(),
+        )
+    }
+
+
+def missing_image_reason(audit_row: tuple[str, int | None, str | None] | None) -> str:
+    """Why an item has no image file, in the audit's words when there is an audit."""
+    if audit_row is None:
+        return NO_IMAGE
+    status, http_status, detail = audit_row
+    if status in ("ok", "cached"):
+        return f"{NO_IMAGE}: file missing although the audit says {status}"
+    extra = ([f"http {http_status}"] if http_status else []) + ([detail] if detail else [])
+    if status == "undecodable":
+        return f"{UNDECODABLE}: {', '.join(extra)}" if extra else UNDECODABLE
+    return f"{NO_IMAGE}: {status}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def image_inputs(paths: DatasetPaths, items: pa.Table, threads: int = 8) -> Inputs:
+    """Image path per item; file content hashes computed in threads (hashlib releases the GIL)."""
+    asins = items.column("asin").to_pylist()
+    audit = _audit(paths)
+    files = [paths.image(a) for a in asins]
+    exists = [f.is_file() for f in files]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        hashes = list(pool.map(lambda f: file_sha256(f)[:16], [f for f, e in zip(files, exists) if e]))
+    hashes_iter = iter(hashes)
+    payload, missing, keys = [], [], []
+    for asin, f, e in zip(asins, files, exists):
+        if e:
+            payload.append(str(f))
+            missing.append(None)
+            keys.append(next(hashes_iter))
+        else:
+            reason = missing_image_reason(audit.get(asin))
+            payload.append(None)
+            missing.append(reason)
+            keys.append(f"missing:{reason}")
+    return Inputs(asins, items.column("item_id").to_numpy(), payload, missing, keys)
+
+
+# --- batch iterators, reused by benchmarks ------------------------------------------------------
+
+
+def text_batches(encoder: Encoder, texts: Sequence[str], batch_size: int) -> Iterator[tuple[list[int], np.ndarray]]:
+    """(positions, vectors) per batch; texts go longest first so each batch pads to similar lengths."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        pos = order[start : start + batch_size]
+        yield pos, encoder.encode([texts[i] for i in pos])
+
+
+def extract_texts(encoder: Encoder, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Vectors for `texts` in their order (all must be non-empty strings)."""
+    out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
+    for pos, vec in text_batches(encoder, texts, batch_size):
+        out[pos] = vec
+    return out
+
+
+def encoded_image_batches(
+    encoder: Encoder, image_paths: Sequence[str | Path], *, batch_size: int, workers: int, draft: bool = True
+) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
+    """(positions, vectors, [(position, undecodable reason)]) per batch, decoding in `workers`."""
+    for pos, batch, failed in image_batches(
+        image_paths,
+        encoder.preprocess,  # type: ignore[attr-defined]
+        min_side=getattr(encoder, "decode_size", getattr(encoder, "image_size", None)),
+        batch_size=batch_size,
+        workers=workers,
+        draft=draft,
+        pin_memory=str(encoder.device).startswith("cuda"),
+    ):
+        vectors = encoder.encode(batch) if batch is not None else np.zeros((0, encoder.dim), np.float32)
+        yield pos, vectors, failed
+
+
+def extract_images(
+    encoder: Encoder,
+    image_paths: Sequence[str | Path],
+    *,
+    batch_size: int = 64,
+    workers: int = 2,
+    draft: bool = True,
+) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """(vectors, valid, reasons) for image files in order; undecodable files are invalid rows."""
+    n = len(image_paths)
+    out = np.zeros((n, encoder.dim), dtype=np.float32)
+    valid = np.zeros(n, dtype=bool)
+    reasons: list[str | None] = [None] * n
+    for pos, vec, failed in encoded_image_batches(encoder, image_paths, batch_size=batch_size, workers=workers, draft=draft):
+        out[pos] = vec
+        valid[pos] = True
+        for i, reason in failed:
+            reasons[i] = reason
+    return out, valid, reasons
+
+
+# --- resumable partial output --------------------------------------------------------------------
+
+
+class Partial:
+    """Rows finished by an interrupted run, in `features/.<name>.partial/`."""
+
+    def __init__(self, root: Path, spec: str, dim: int) -> None:
+        self.root = root
+        self.spec = spec
+        self.dim = dim
+        self.state = root / "state.json"
+
+    def open(self, resume: bool) -> None:
+        if self.root.exists() and not resume:
+            self.remove()
+        if self.root.exists():
+            state = read_json(self.state) if self.state.exists() else {}
+            if state.get("spec") != self.spec or state.get("dim") != self.dim:
+                log.warning("%s: partial rows of another encoder (%s); starting over", self.root, state.get("spec"))
+                self.remove()
+        if not self.root.exists():
+            self.root.mkdir(parents=True)
+            write_json({"spec": self.spec, "dim": self.dim}, self.state)
+
+    def parts(self) -> list[Path]:
+        return sorted(self.root.glob("part-*.parquet"))
+
+    def load(self, inputs: Inputs) -> dict[int, tuple[np.ndarray | None, str | None]]:
+        """position → (vector or None, reason) for rows whose content key still matches."""
+        current = {a: (i, k) for i, (a, k) in enumerate(zip(inputs.asins, inputs.keys))}
+        done: dict[int, tuple[np.ndarray | None, str | None]] = {}
+        for part in self.parts():
+            table = read_table(part)
+            vectors, valid = to_matrix(table.column("vector"), self.dim)
+            for j, (asin, key, reason) in enumerate(
+                zip(table.column("asin").to_pylist(), table.column("key").to_pylist(), table.column("reason").to_pylist())
+            ):
+                hit = current.get(asin)
+                if hit is not None and hit[1] == key:
+                    done[hit[0]] = (vectors[j] if valid[j] else None, reason)
+        return done
+
+    def write(self, inputs: Inputs, positions: list[int], vectors: np.ndarray, valid: np.ndarray, reasons: list[str | None]) -> None:
+        if not positions:
+            return
+        table = pa.table(
+            {
+                "asin": pa.array([inputs.asins[p] for p in positions], pa.string()),
+                "item_id": pa.array(inputs.item_ids[positions].astype(np.int32)),
+                "vector": fixed_list(vectors[positions], valid[positions]),
+                "reason": pa.array([reasons[p] for p in positions], pa.string()),
+                "key": pa.array([inputs.keys[p] for p in positions], pa.string()),
+            }
+        )
+        write_table(table, self.root / f"part-{len(self.parts()):06d}.parquet")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --- the stage ---------------------------------------------------------------------------------
+
+
+def extract(
+    paths: DatasetPaths,
+    spec: str | Encoder,
+    *,
+    name: str | None = None,
+    batch_size: int = 64,
+    device: str | None = None,
+    workers: int = 2,
+    resume: bool = True,
+    progress: bool = True,
+    chunk_size: int = 2048,
+    draft: bool = True,
+) -> dict:
+    """Encode every item of `paths` with `spec` into features/<name>.parquet; returns a summary.
+
+    `spec` is an encoder spec string (see features.base.parse_spec) or an already loaded encoder.
+    Finished rows are saved every `chunk_size` items, so an interrupted run resumes there.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be ≥ 0, got {workers}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
+    t0 = time.perf_counter()
+    if isinstance(spec, str):
+        parsed = parse_spec(spec)
+        spec_text, modality, default_name = parsed.text, parsed.modality, parsed.default_name
+        encoder: Encoder | None = None
+    else:
+        encoder = spec
+        spec_text, modality, default_name = encoder.spec, encoder.modality, encoder.name
+    name = name or default_name
+    out_path = paths.feature(name)
+
+    items = _read_items(paths)
+    inputs = text_inputs(items) if modality == "text" else image_inputs(paths, items)
+    ihash = inputs.input_hash(spec_text)
+    n = len(inputs.asins)
+
+    if resume and out_path.exists():
+        meta = read_metadata(out_path)
+        if meta.get("input_hash") == ihash and meta.get("encoder") == spec_text:
+            log.info("%s is up to date (input hash %s)", out_path, ihash)
+            return _summary(name, out_path, spec_text, modality, int(meta["dim"]), meta, t0, resumed=0, encoded=0, skipped=True)
+
+    if encoder is None:
+        encoder = get_encoder(spec_text, device)
+    dim = encoder.dim
+    partial = Partial(paths.features_dir / f".{name}.partial", spec_text, dim)
+    partial.open(resume)
+
+    vectors = np.zeros((n, dim), dtype=np.float32)
+    valid = np.zeros(n, dtype=bool)
+    reasons: list[str | None] = [None] * n
+    filled = np.zeros(n, dtype=bool)
+    for pos, (vec, reason) in partial.load(inputs).items():
+        if vec is not None:
+            vectors[pos], valid[pos] = vec, True
+        reasons[pos] = reason
+        filled[pos] = True
+    resumed = int(filled.sum())
+
+    buffer: list[int] = []
+    for pos in range(n):
+        if not filled[pos] and inputs.missing[pos] is not None:
+            reasons[pos] = inputs.missing[pos]
+            filled[pos] = True
+            buffer.append(pos)
+    pending = [p for p in range(n) if not filled[p]]
+
+    def flush(force: bool = False) -> None:
+        if buffer and (force or len(buffer) >= chunk_size):
+            partial.write(inputs, buffer, vectors, valid, reasons)
+            buffer.clear()
+
+    t_encode = time.perf_counter()
+    bar = tqdm(total=len(pending), unit="item", desc=f"extract {name}", disable=not progress, dynamic_ncols=True)
+    try:
+        if modality == "text":
+            texts = [inputs.payload[p] for p in pending]
+            for local, vec in text_batches(encoder, texts, batch_size):  # type: ignore[arg-type]
+                glob = [pending[i] for i in local]
+                vectors[glob], valid[glob], filled[glob] = vec, True, True
+                buffer.extend(glob)
+                bar.update(len(glob))
+                flush()
+        else:
+            files = [inputs.payload[p] for p in pending]
+            for local, vec, failed in encoded_image_batches(
+                encoder, files, batch_size=batch_size, workers=workers, draft=draft  # type: ignore[arg-type]
+            ):
+                glob = [pending[i] for i in local]
+                vectors[glob], valid[glob], filled[glob] = vec, True, True
+                for i, reason in failed:
+                    reasons[pending[i]] = reason
+                    filled[pending[i]] = True
+                    glob.append(pending[i])
+                buffer.extend(glob)
+                bar.update(len(glob))
+                flush()
+    finally:
+        flush(force=True)  # keep what was finished, even when interrupted
+        bar.close()
+    encode_seconds = time.perf_counter() - t_encode
+
+    if not filled.all():  # pragma: no cover - a bug guard: every item must have a row
+        raise RuntimeError(f"{int((~filled).sum())} items got no row")
+    write_features(
+        out_path,
+        inputs.asins,
+        inputs.item_ids,
+        vectors,
+        encoder=spec_text,
+        model=encoder.model,
+        weights=encoder.weights,
+        modality=modality,
+        input_hash=ihash,
+        valid=valid,
+        reasons=reasons,
+        extra={"name": name, "n_items": str(n), "n_missing": str(int((~valid).sum()))},
+    )
+    partial.remove()
+    meta = read_metadata(out_path)
+    summary = _summary(name, out_path, spec_text, modality, dim, meta, t0, resumed=resumed, encoded=len(pending), skipped=False)
+    summary["encode_seconds"] = round(encode_seconds, 3)
+    summary["items_per_s"] = round(len(pending) / encode_seconds, 1) if encode_seconds > 0 and pending else 0.0
+    summary["device"] = encoder.device
+    counts = ", ".join(f"{k}: {v}" for k, v in summary["reasons"].items()) or "none"
+    log.info(
+        "%s: %d items, %d vectors, %d without (%s); %d encoded, %d resumed", out_path, n,
+        summary["n_vectors"], summary["n_missing"], counts, len(pending), resumed,
+    )
+    return summary
+
+
+def _summary(name, path, spec, modality, dim, meta, t0, *, resumed, encoded, skipped) -> dict:
+    table = read_table(path, columns=["vector", "reason"])
+    reasons = [r for r in table.column("reason").to_pylist() if r]
+    n_missing = table.column("vector").null_count
+    return {
+        "name": name,
+        "path": str(path),
+        "encoder": spec,
+        "modality": modality,
+        "dim": dim,
+        "n_items": table.num_rows,
+        "n_vectors": table.num_rows - n_missing,
+        "n_missing": n_missing,
+        "reasons": dict(Counter(r.split(":")[0] for r in reasons)),
+        "input_hash": meta.get("input_hash"),
+        "encoded": encoded,
+        "resumed": resumed,
+        "skipped": skipped,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }

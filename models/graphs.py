@@ -1,0 +1,246 @@
+"""The fixed graphs models propagate over: the user–item graph and item–item kNN graphs.
+
+The kNN graph is found with FAISS one block of queries at a time, so no N × N similarity matrix
+ever exists (the reference builds one densely: 1.3 GB at 18k items, impossible at 10^6).
+Up to `exact_max` items the search is exact (IndexFlatIP); above it an inverted-file index
+makes 10^6 items feasible on two cores, at a recall the benchmark measures.
+
+kNN graph semantics follow the reference (LATTICE/FREEDOM/AnchorRec `build_knn_normalized_graph`
+with norm 'sym'): per item the top-k cosine neighbours, weighted by the cosine, normalized as
+w_ij / sqrt(d_i d_j) with d_i the row sum of weights. `include_self=True` (the reference's
+behaviour: its top-k runs over a similarity matrix whose diagonal is 1, so the item itself is
+one of its k) keeps the item's own embedding in the propagation; `include_self=False` gives k
+true neighbours.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from store.tables import atomic_path
+from store.vectors import array_hash
+
+log = logging.getLogger(__name__)
+
+EXACT_MAX = 200_000  # items up to which the kNN search is brute force (exact)
+
+
+def normalized_adjacency(train_csr: sp.csr_matrix) -> sp.csr_matrix:
+    """D^-1/2 A D^-1/2 of the bipartite graph A = [[0, R], [Rᵀ, 0]] (users first, then items)."""
+    r = sp.csr_matrix(train_csr, dtype=np.float32)
+    a = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
+    deg = np.asarray(a.sum(axis=1)).ravel()
+    d_inv_sqrt = np.zeros_like(deg)
+    d_inv_sqrt[deg > 0] = deg[deg > 0] ** -0.5
+    d = sp.diags(d_inv_sqrt.astype(np.float32))
+    out = (d @ a @ d).tocsr().astype(np.float32)
+    out.sort_indices()
+    return out
+
+
+def user_item_block(train_csr: sp.csr_matrix) -> sp.csr_matrix:
+    """The user × item block of the normalized adjacency: D_u^-1/2 R D_i^-1/2 (the reference's R)."""
+    r = sp.csr_matrix(train_csr, dtype=np.float32)
+    du = np.asarray(r.sum(axis=1)).ravel()
+    di = np.asarray(r.sum(axis=0)).ravel()
+    du = np.where(du > 0, np.maximum(du, 1e-12) ** -0.5, 0.0).astype(np.float32)
+    di = np.where(di > 0, np.maximum(di, 1e-12) ** -0.5, 0.0).astype(np.float32)
+    return (sp.diags(du) @ r @ sp.diags(di)).tocsr().astype(np.float32)
+
+
+def row_normalized(train_csr: sp.csr_matrix) -> sp.csr_matrix:
+    """Each user's row divided by their number of training items: users as the mean of their items."""
+    r = sp.csr_matrix(train_csr, dtype=np.float32)
+    deg = np.asarray(r.sum(axis=1)).ravel()
+    inv = np.zeros_like(deg)
+    inv[deg > 0] = 1.0 / deg[deg > 0]
+    return (sp.diags(inv.astype(np.float32)) @ r).tocsr().astype(np.float32)
+
+
+def to_torch_sparse(m: sp.spmatrix, device: str | torch.device = "cpu") -> torch.Tensor:
+    """scipy → torch sparse COO (coalesced), which supports autograd through torch.sparse.mm."""
+    coo = sp.coo_matrix(m)
+    idx = torch.as_tensor(np.vstack([coo.row, coo.col]).astype(np.int64))
+    vals = torch.as_tensor(coo.data.astype(np.float32))
+    return torch.sparse_coo_tensor(idx, vals, coo.shape, check_invariants=False).coalesce().to(device)
+
+
+def _normalize_rows(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32).copy()
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    np.divide(x, norms, out=x, where=norms > 0)
+    x[(norms == 0).ravel()] = 0.0
+    return x
+
+
+def _build_index(features: np.ndarray, exact: bool, block: int, nprobe: int | None) -> faiss.Index:
+    n, d = features.shape
+    if exact:
+        index = faiss.IndexFlatIP(d)
+    else:
+        # nlist ≈ sqrt(8n) balances the coarse search (nlist dots) against the list scan
+        # (nprobe·n/nlist dots) at nprobe 8; 40 training points per list, 10 k-means rounds
+        nlist = int(min(max(np.sqrt(8 * n), 16), 16384))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 10
+        rng = np.random.default_rng(0)
+        sample = rng.choice(n, size=min(n, 40 * nlist), replace=False)
+        index.train(_normalize_rows(features[np.sort(sample)]))
+        index.nprobe = min(nprobe or 8, nlist)
+    for start in range(0, n, block):
+        index.add(_normalize_rows(features[start : start + block]))
+    return index
+
+
+def knn_search(
+    features: np.ndarray,
+    k: int,
+    include_self: bool = True,
+    block: int = 16384,
+    exact: bool | None = None,
+    nprobe: int | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k cosine neighbours of every row: (n, k) indices and similarities, best first.
+
+    With include_self=False the row itself is removed from its own list (k real neighbours).
+    """
+    n = features.shape[0]
+    if k < 1:
+        raise ValueError(f"knn k must be ≥ 1, got {k}")
+    k_eff = min(k, n if include_self else n - 1)
+    if k_eff < 1:
+        raise ValueError(f"cannot find {k} neighbours among {n} items")
+    exact = n <= EXACT_MAX if exact is None else exact
+    index = _build_index(features, exact, block, nprobe)
+    search_k = min(k_eff + (0 if include_self else 1), n)
+    idx = np.empty((n, k_eff), dtype=np.int64)
+    sim = np.empty((n, k_eff), dtype=np.float32)
+    starts = range(0, n, block)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f"kNN k={k}", unit="block")
+    for start in starts:
+        q = _normalize_rows(features[start : start + block])
+        s, i = index.search(q, search_k)
+        if not include_self:
+            own = np.arange(start, start + len(q))[:, None]
+            is_self = i == own
+            # drop the item itself; where it was not found, drop the last (worst) hit
+            is_self[~is_self.any(axis=1), -1] = True
+            keep = ~is_self
+            i = i[keep].reshape(len(q), k_eff)
+            s = s[keep].reshape(len(q), k_eff)
+        idx[start : start + len(q)] = i[:, :k_eff]
+        sim[start : start + len(q)] = s[:, :k_eff]
+    return idx, sim
+
+
+def sym_normalized_knn(idx: np.ndarray, sim: np.ndarray, n: int) -> sp.csr_matrix:
+    """w_ij / sqrt(d_i d_j) with d_i the row sum of the kept weights (the reference's 'sym')."""
+    rows = np.repeat(np.arange(n, dtype=np.int64), idx.shape[1])
+    cols = idx.reshape(-1)
+    w = sim.reshape(-1).astype(np.float64)
+    valid = cols >= 0  # an IVF search may return fewer than k hits (-1)
+    rows, cols, w = rows[valid], cols[valid], w[valid]
+    deg = np.bincount(rows, weights=w, minlength=n)
+    d_inv_sqrt = np.zeros(n)
+    d_inv_sqrt[deg > 0] = deg[deg > 0] ** -0.5
+    vals = (d_inv_sqrt[rows] * w * d_inv_sqrt[cols]).astype(np.float32)
+    m = sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
+    m.sort_indices()
+    return m
+
+
+def knn_graph(
+    features: np.ndarray,
+    k: int = 10,
+    include_self: bool = True,
+    cache_dir: Path | None = None,
+    block: int = 16384,
+    exact: bool | None = None,
+    progress: bool = False,
+) -> sp.csr_matrix:
+    """The normalized item–item kNN graph of one modality, cached by content hash and k."""
+    features = np.asarray(features, dtype=np.float32)
+    cache = None
+    if cache_dir is not None:
+        key = array_hash(features)
+        mode = "self" if include_self else "noself"
+        kind = "exact" if (exact if exact is not None else len(features) <= EXACT_MAX) else "ivf"
+        cache = Path(cache_dir) / f"knn-{key}-k{k}-{mode}-{kind}.npz"
+        if cache.exists():
+            return sp.load_npz(cache).tocsr()
+    t0 = time.perf_counter()
+    idx, sim = knn_search(features, k, include_self=include_self, block=block, exact=exact, progress=progress)
+    graph = sym_normalized_knn(idx, sim, len(features))
+    log.info("kNN graph: %d items, k=%d, %.1fs", len(features), k, time.perf_counter() - t0)
+    if cache is not None:
+        with atomic_path(cache) as tmp:
+            with open(tmp, "wb") as fh:
+                sp.save_npz(fh, graph)
+    return graph
+
+
+class _SpMM(torch.autograd.Function):
+    """y = A x with the backward A^T g done by a pre-transposed (or, if symmetric, the same) matrix.
+
+    torch.sparse.mm's own backward transposes and re-sorts A on every call; for a fixed graph
+    that is pure waste.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.a_t = a_t
+        return torch.sparse.mm(a, x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, None, torch.sparse.mm(ctx.a_t, grad) if ctx.needs_input_grad[2] else None
+
+
+def spmm(a: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor | None = None) -> torch.Tensor:
+    """Sparse A @ dense x; pass a_t = Aᵀ (None: A is symmetric) for a cheap backward."""
+    if not x.requires_grad:
+        return torch.sparse.mm(a, x)
+    return _SpMM.apply(a, a if a_t is None else a_t, x)
+
+
+class SparseRows:
+    """Row slices of a fixed sparse matrix as small sparse matrices, built on the device.
+
+    A loss that needs the last propagation layer only at the batch's rows computes
+    A[rows] @ X instead of A @ X: the same numbers for those rows at a fraction of the cost
+    (backward included). Kept as CSR arrays so a slice is two gathers, no Python loop.
+    """
+
+    def __init__(self, m: torch.Tensor) -> None:
+        m = m.coalesce()  # COO sorted by (row, col): CSR order
+        rows, self.indices = m.indices()
+        self.values = m.values()
+        counts = torch.bincount(rows, minlength=m.shape[0])
+        self.indptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+        self.n_cols = m.shape[1]
+
+    def rows(self, r: torch.Tensor) -> torch.Tensor:
+        start, end = self.indptr[r], self.indptr[r + 1]
+        counts = end - start
+        row_ids = torch.repeat_interleave(torch.arange(len(r), device=r.device), counts)
+        first = torch.cumsum(counts, 0) - counts  # position of each row's first entry in the output
+        pos = torch.arange(int(counts.sum()), device=r.device) - first[row_ids] + start[row_ids]
+        idx = torch.stack([row_ids, self.indices[pos]])
+        return torch.sparse_coo_tensor(
+            idx, self.values[pos], (len(r), self.n_cols), is_coalesced=True, check_invariants=False
+        )
+
+    def mm(self, r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(A @ x)[r]."""
+        return torch.sparse.mm(self.rows(r), x)

@@ -1,0 +1,44 @@
+"""Model names → (module, class, config class), imported lazily so a name costs nothing until used.
+
+Every model follows one protocol (a plain nn.Module): `Model(graph: GraphData, cfg)`,
+`batch_loss(users, pos, neg) -> {'loss': total, <term>: value, ...}`,
+`final_embeddings() -> (user, item)` with score = user @ item.T, optional `on_epoch_end(epoch)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+from models.data import GraphData
+
+MODELS: dict[str, tuple[str, str, str]] = {
+    "lightgcn": ("models.lightgcn", "LightGCN", "LightGCNConfig"),
+    "alignrec": ("models.alignrec", "AlignRec", "AlignRecConfig"),
+    "anchorrec": ("models.anchorrec", "AnchorRec", "AnchorRecConfig"),
+}
+
+
+def _lookup(name: str) -> tuple[type, type]:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
+    module_name, cls_name, cfg_name = MODELS[name]
+    module = importlib.import_module(module_name)
+    return getattr(module, cls_name), getattr(module, cfg_name)
+
+
+def make_config(name: str, **kwargs: Any) -> Any:
+    """The model's config dataclass from keyword arguments; an unknown key is a ValueError."""
+    _, cfg_cls = _lookup(name)
+    valid = [f.name for f in dataclasses.fields(cfg_cls)]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown argument(s) {unknown} for model {name!r}; valid: {valid}")
+    return cfg_cls(**kwargs)
+
+
+def make_model(name: str, graph: GraphData, **kwargs: Any):
+    """Build model `name` on `graph` with its config from `kwargs`, on the graph's device."""
+    model_cls, _ = _lookup(name)
+    model = model_cls(graph, make_config(name, **kwargs))
+    return model.to(graph.device)

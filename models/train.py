@@ -1,0 +1,405 @@
+"""Training loop shared by every model: BPR sampling, Adam, lr decay, early stopping, checkpoints.
+
+Honest protocol: the epoch kept is the one with the best VALIDATION Recall@20; test metrics are
+computed once, at the end, for that checkpoint. Everything the loop needs (graphs, the training
+pairs, the evaluator's masks) lives on the device; per epoch only the sampled triples move.
+
+A run is a directory runs/<run_id>/ (config.json, checkpoint.pt, metrics.json,
+user_vectors.parquet, item_vectors.parquet). The checkpoint is rewritten atomically after every
+epoch; rerunning with the same run_id resumes from it and ends where an uninterrupted run would
+(each epoch's randomness is derived from (seed, epoch), not from a stream a crash would cut).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from models.data import GraphData, InteractionData, build_graph_data, default_device, load_interactions, load_modalities
+from models.metrics import RankingEvaluator
+from models.registry import MODELS, make_config, make_model
+from store.layout import DatasetPaths, check_name
+from store.tables import atomic_path, read_json, write_json
+from store.vectors import write_vectors
+
+log = logging.getLogger(__name__)
+
+SELECT_METRIC = "recall@20"
+
+
+@dataclass
+class TrainConfig:
+    model: str = "anchorrec"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    features: dict[str, str] = field(default_factory=dict)  # modality ('v','t','mm') → feature table
+    lr: float = 1e-3
+    lr_decay: float = 0.96  # lr · lr_decay ** (epoch / lr_decay_epochs)
+    lr_decay_epochs: float = 50.0
+    epochs: int = 100
+    batch_size: int = 2048
+    patience: int = 10  # epochs without a validation Recall@20 improvement before stopping
+    eval_every: int = 1
+    seed: int = 0
+    device: str | None = None
+    knn_k: int = 10
+    knn_self: bool = True
+    ks: tuple[int, ...] = (10, 20, 50)
+    run_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model: unknown {self.model!r}; known: {sorted(MODELS)}")
+        positive = {"lr": self.lr, "lr_decay": self.lr_decay, "lr_decay_epochs": self.lr_decay_epochs}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        for name in ("epochs", "batch_size", "patience", "eval_every", "knn_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        self.ks = tuple(int(k) for k in self.ks)
+        if 20 not in self.ks:
+            raise ValueError(f"ks must contain 20 (model selection uses {SELECT_METRIC}), got {self.ks}")
+        for modality in self.features:
+            if modality not in ("v", "t", "mm"):
+                raise ValueError(f"features: modality must be 'v', 't' or 'mm', got {modality!r}")
+        if self.run_id is not None:
+            check_name("run", self.run_id)
+        if not isinstance(self.model_args, dict):
+            raise ValueError(f"model_args must be a dict, got {type(self.model_args).__name__}")
+
+    def resolved_run_id(self) -> str:
+        return self.run_id or f"{self.model}-{time.strftime('%Y%m%d-%H%M%S')}-s{self.seed}"
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["ks"] = list(self.ks)
+        return out
+
+
+# ---------------------------------------------------------------- sampling
+
+
+class BPRSampler:
+    """(user, positive, negative) triples: every training pair once per epoch, 1 uniform negative.
+
+    Negatives that are training positives of the user are redrawn (vectorized: membership by
+    binary search in the sorted user·n_items + item keys) until none is left.
+    """
+
+    def __init__(self, data: InteractionData) -> None:
+        self.n_items = data.n_items
+        self.pairs = data.train
+        self.keys = np.sort(self.pairs[:, 0] * data.n_items + self.pairs[:, 1])
+        if data.train_csr.getnnz(axis=1).max() >= data.n_items:
+            raise ValueError("a user has interacted with every item: no negative can be sampled")
+
+    def _is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        q = users * self.n_items + items
+        pos = np.searchsorted(self.keys, q)
+        pos = np.minimum(pos, len(self.keys) - 1)
+        return self.keys[pos] == q
+
+    def epoch(self, seed: int, epoch: int) -> np.ndarray:
+        """(m, 3) int64 [user, pos, neg] in a random order determined by (seed, epoch)."""
+        rng = np.random.default_rng([seed, epoch])
+        pairs = self.pairs[rng.permutation(len(self.pairs))]
+        users = pairs[:, 0]
+        neg = rng.integers(0, self.n_items, len(pairs))
+        bad = np.flatnonzero(self._is_positive(users, neg))
+        while len(bad):
+            neg[bad] = rng.integers(0, self.n_items, len(bad))
+            bad = bad[self._is_positive(users[bad], neg[bad])]
+        return np.stack([users, pairs[:, 1], neg], axis=1)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------- training
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def _epoch_lr(cfg: TrainConfig, epoch: int) -> float:
+    return cfg.lr * cfg.lr_decay ** (epoch / cfg.lr_decay_epochs)
+
+
+def _evaluate(model: torch.nn.Module, evaluator: RankingEvaluator) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        user, item = model.final_embeddings()
+        out = evaluator.evaluate(user, item)
+    model.train()
+    return out
+
+
+def fit(
+    data: InteractionData,
+    graph: GraphData,
+    cfg: TrainConfig,
+    run_dir: Path,
+    progress: bool = True,
+    callback: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train `cfg.model` on `graph`, select by validation, write the run's outputs to `run_dir`.
+
+    `callback(epoch, record)` runs after each epoch's checkpoint (logging, or a test's crash).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+    config_json = {**cfg.to_json(), "n_users": data.n_users, "n_items": data.n_items}
+    config_path = run_dir / "config.json"
+    if ckpt_path.exists() and config_path.exists():
+        old = read_json(config_path)
+        changed = sorted(k for k in set(old) | set(config_json) if k not in ("device", "run_id") and old.get(k) != config_json.get(k))
+        if changed:
+            raise ValueError(
+                f"{run_dir}: a run with a different configuration exists (fields {changed}); "
+                "use another run_id or delete the directory"
+            )
+    write_json(config_json, config_path)
+
+    device = graph.device
+    _seed_everything(cfg.seed)
+    model = make_model(cfg.model, graph, **cfg.model_args)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    valid_eval = RankingEvaluator(data.train_csr, data.valid_csr, cfg.ks, device=device)
+    sampler = BPRSampler(data)
+
+    start_epoch, history = 0, []
+    best = {"metric": -math.inf, "epoch": -1, "state": None, "valid": {}}
+    timings = {"train_s": 0.0, "eval_s": 0.0}
+    finished = False
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch, history, best, timings = ckpt["epoch"], ckpt["history"], ckpt["best"], ckpt["timings"]
+        finished = ckpt.get("finished", False)
+        _set_rng_state(ckpt["rng"])
+        log.info("resuming %s at epoch %d", run_dir.name, start_epoch)
+
+    epochs = range(start_epoch, cfg.epochs)
+    bar = None
+    if progress and not finished:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"{cfg.model} {run_dir.name}", unit="ep")
+    model.train()
+    for epoch in epochs:
+        if finished:
+            break
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: a function of (seed, epoch)
+        lr = _epoch_lr(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        t0 = time.perf_counter()
+        triples = torch.as_tensor(sampler.epoch(cfg.seed, epoch), device=device)
+        sums: dict[str, float] = {}
+        n_batches = 0
+        for start in range(0, len(triples), cfg.batch_size):
+            b = triples[start : start + cfg.batch_size]
+            terms = model.batch_loss(b[:, 0], b[:, 1], b[:, 2])
+            loss = terms["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n_batches += 1
+        if hasattr(model, "on_epoch_end"):
+            model.on_epoch_end(epoch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_s = time.perf_counter() - t0
+        record: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_s": train_s}
+        record.update({k: v / max(n_batches, 1) for k, v in sums.items()})
+        if not math.isfinite(record.get("loss", 0.0)):
+            raise FloatingPointError(f"{run_dir.name}: loss is {record['loss']} at epoch {epoch}; lower lr or check features")
+        timings["train_s"] += train_s
+
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            t1 = time.perf_counter()
+            valid = _evaluate(model, valid_eval)
+            eval_s = time.perf_counter() - t1
+            timings["eval_s"] += eval_s
+            record.update({"eval_s": eval_s, "valid": valid})
+            if valid[SELECT_METRIC] > best["metric"]:
+                best = {"metric": valid[SELECT_METRIC], "epoch": epoch, "state": _cpu_state(model), "valid": valid}
+        history.append(record)
+        stop = epoch - best["epoch"] >= cfg.patience or epoch + 1 == cfg.epochs
+        save_checkpoint(
+            ckpt_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "best": best,
+                "timings": timings,
+                "rng": _rng_state(),
+                "finished": stop,
+            },
+        )
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", ep_s=f"{train_s:.1f}", val_r20=f"{best['metric']:.4f}")
+        if callback is not None:
+            callback(epoch, record)
+        if stop:
+            break
+    if bar is not None:
+        bar.close()
+    return finalize(data, graph, cfg, model, best, history, timings, run_dir)
+
+
+def finalize(
+    data: InteractionData,
+    graph: GraphData,
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    best: dict[str, Any],
+    history: list[dict[str, Any]],
+    timings: dict[str, float],
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Restore the best-validation weights, test them once, write vectors and metrics.json."""
+    if best["state"] is None:
+        raise RuntimeError(f"{run_dir}: no evaluation happened; check epochs/eval_every")
+    model.load_state_dict(best["state"])
+    model.eval()
+    with torch.no_grad():
+        user, item = model.final_embeddings()
+    t0 = time.perf_counter()
+    test = RankingEvaluator(data.train_csr, data.test_csr, cfg.ks, device=graph.device).evaluate(user, item)
+    test_eval_s = time.perf_counter() - t0
+    user_np, item_np = user.float().cpu().numpy(), item.float().cpu().numpy()
+    meta = {"run_id": run_dir.name, "model": cfg.model, "best_epoch": str(best["epoch"])}
+    write_vectors(run_dir / "user_vectors.parquet", "user_id", np.arange(data.n_users), user_np, meta)
+    write_vectors(run_dir / "item_vectors.parquet", "item_id", np.arange(data.n_items), item_np, meta)
+    epochs_run = len(history)
+    metrics = {
+        "run_id": run_dir.name,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "device": str(graph.device),
+        "best_epoch": best["epoch"],
+        "select_metric": SELECT_METRIC,
+        "valid": best["valid"],
+        "test": test,
+        "epochs_run": epochs_run,
+        "history": history,
+        "timings": {
+            **timings,
+            "train_s_per_epoch": timings["train_s"] / max(epochs_run, 1),
+            "eval_s_per_eval": timings["eval_s"] / max(sum("valid" in h for h in history), 1),
+            "test_eval_s": test_eval_s,
+        },
+    }
+    write_json(metrics, run_dir / "metrics.json")
+    return metrics
+
+
+def prepare(paths: DatasetPaths, cfg: TrainConfig) -> tuple[InteractionData, GraphData]:
+    """Read the dataset's tables and feature tables and build the graphs on the device."""
+    data = load_interactions(paths)
+    features = load_modalities(paths, cfg.features, asins=data.asins) if cfg.features else {}
+    graph = build_graph_data(
+        data, features, knn_k=cfg.knn_k, device=default_device(cfg.device), cache_dir=paths.cache_dir, knn_self=cfg.knn_self
+    )
+    return data, graph
+
+
+def train(paths: DatasetPaths, cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train one model on one dataset; outputs in runs/<run_id>/ (resumes an existing run_id)."""
+    make_config(cfg.model, **cfg.model_args)  # fail on a bad model argument before loading data
+    run_id = cfg.resolved_run_id()
+    cfg = dataclasses.replace(cfg, run_id=run_id)
+    data, graph = prepare(paths, cfg)
+    return fit(data, graph, cfg, paths.run(run_id), progress=progress)
+
+
+def summarize_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std (sample std, ddof=1 when n > 1) of valid and test metrics over runs."""
+    out: dict[str, Any] = {"runs": [r["run_id"] for r in results], "n": len(results)}
+    for split in ("valid", "test"):
+        keys = results[0][split].keys()
+        vals = {k: np.array([r[split][k] for r in results]) for k in keys}
+        out[f"{split}_mean"] = {k: float(v.mean()) for k, v in vals.items()}
+        out[f"{split}_std"] = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in vals.items()}
+    out["best_epochs"] = [r["best_epoch"] for r in results]
+    return out
+
+
+def train_seeds(paths: DatasetPaths, cfg: TrainConfig, seeds: Sequence[int], progress: bool = True) -> dict[str, Any]:
+    """One run per seed (run ids <base>-s<seed>); mean ± std written to runs/<base>-seeds.json."""
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    base = cfg.run_id or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    make_config(cfg.model, **cfg.model_args)
+    data, graph = prepare(paths, cfg)
+    results = []
+    for seed in seeds:
+        run_cfg = dataclasses.replace(cfg, seed=int(seed), run_id=f"{base}-s{seed}")
+        results.append(fit(data, graph, run_cfg, paths.run(run_cfg.run_id), progress=progress))
+    summary = summarize_seeds(results)
+    summary["base_run_id"] = base
+    write_json(summary, paths.runs_dir / f"{check_name('run', base)}-seeds.json")
+    return summary
+
+
+def format_summary(summary: dict[str, Any], keys: Sequence[str] = ("recall@20", "ndcg@20")) -> str:
+    """'recall@20 0.0871 ± 0.0007, ndcg@20 …' for logs and reports."""
+    return ", ".join(f"{k} {summary['test_mean'][k]:.4f} ± {summary['test_std'][k]:.4f}" for k in keys)
+
+
+def load_metrics(paths: DatasetPaths, run_id: str) -> dict[str, Any]:
+    return json.loads(paths.metrics(run_id).read_text())
+
+
+__all__ = [
+    "TrainConfig",
+    "BPRSampler",
+    "fit",
+    "train",
+    "train_seeds",
+    "prepare",
+    "summarize_seeds",
+    "format_summary",
+    "load_metrics",
+]

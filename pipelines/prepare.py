@@ -1,0 +1,461 @@
+"""Normalized records → the three tables of a dataset (items, users, interactions) + a report.
+
+Steps, in order: dedup (same user+item: keep the latest), k-core to a fixed point, contiguous
+ids (sorted asin / sorted reviewer id, so the same input always gives the same ids), the
+per-user split of METHOD.md, and the item `text` the text encoder reads. Nothing is written
+until every step has succeeded, so a failure leaves the previous tables untouched.
+
+Split rule (METHOD.md, checked against ../shared/data/mmrec-sports, whose published split it
+reproduces count-for-count): a user with n interactions
+- n >= 10: a seeded shuffle, then the first ceil(0.8 n) train, the next floor(0.1 n) valid, the
+  rest test;
+- 3 <= n < 10: by timestamp (ties broken by the same seeded key), the last one test, the one
+  before it valid, the rest train;
+- n < 3 (only possible with kcore < 3): all train — there is nothing left to learn from.
+"""
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.records import REVIEW_BATCH_SCHEMA, BadRecords, Product, Review, ReviewBatch
+from store import schemas
+from store.layout import DatasetPaths
+from store.tables import write_json, write_table
+from store.vectors import array_hash
+
+SPLIT_NAMES = schemas.SPLITS  # codes 0, 1, 2
+SPLIT_RULE = (
+    "per user: n>=10 -> seeded shuffle, first ceil(0.8n) train, next floor(0.1n) valid, rest "
+    "test; 3<=n<10 -> by timestamp (seeded tie-break) last test, one before valid, rest train; "
+    "n<3 -> all train"
+)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """What prepare may be asked to vary; defaults reproduce the paper protocol."""
+
+    kcore: int = 5
+    seed: int = 0
+    max_text_chars: int = 2000
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kcore, int) or self.kcore < 1:
+            raise ValueError(f"kcore must be an integer >= 1 (1 = no filtering), got {self.kcore!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.max_text_chars < 16:
+            raise ValueError(f"max_text_chars must be >= 16, got {self.max_text_chars!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# text cleaning
+# --------------------------------------------------------------------------------------------
+_SCRIPT = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+# a tag starts with a letter, '/', '!' or '?': "size < 5" and "<3" are text, not tags
+_TAG = re.compile(r"<\s*/?\s*[A-Za-z!?][^<>]*>")
+_WS = re.compile(r"\s+")
+
+
+def clean_html(value: str | None) -> str | None:
+    """Unescape entities, drop tags (also escaped ones like '&lt;br&gt;'), collapse whitespace."""
+    if not value:
+        return None
+    s = html.unescape(value)
+    if "<" in s:
+        s = _TAG.sub(" ", _SCRIPT.sub(" ", s))
+    if "&" in s:  # double-escaped entities ('&amp;nbsp;') in the dumps
+        s = html.unescape(s)
+    s = _WS.sub(" ", s).strip()
+    return s or None
+
+
+def clean_categories(categories: Iterable[str]) -> list[str]:
+    """Cleaned category names, empties dropped, duplicates removed keeping the first."""
+    seen: dict[str, None] = {}
+    for c in categories:
+        c = clean_html(c)
+        if c and c not in seen:
+            seen[c] = None
+    return list(seen)
+
+
+def item_text(
+    title: str | None,
+    brand: str | None,
+    categories: list[str],
+    description: str | None,
+    max_chars: int = 2000,
+) -> str | None:
+    """The one string the text encoder sees: 'Title. Brand: B. Categories: a, b. Description'."""
+    parts = []
+    if title:
+        parts.append(title)
+    if brand:
+        parts.append(f"Brand: {brand}")
+    if categories:
+        parts.append("Categories: " + ", ".join(categories))
+    if description:
+        parts.append(description)
+    if not parts:
+        return None
+    text = ". ".join(p.rstrip(" .") for p in parts[:-1]) + (". " if len(parts) > 1 else "") + parts[-1]
+    if len(text) > max_chars:
+        cut = text.rfind(" ", 0, max_chars)
+        text = text[: cut if cut > max_chars // 2 else max_chars].rstrip()
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# reviews → integer arrays
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ReviewArrays:
+    """Reviews as parallel arrays of codes into `users` / `items` (first-seen order)."""
+
+    users: pa.Array  # string
+    items: pa.Array  # string
+    u: np.ndarray
+    i: np.ndarray
+    rating: np.ndarray  # float64, NaN = no rating
+    ts: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.u)
+
+
+def _batches(reviews: Iterable[Review | ReviewBatch], size: int = 1 << 16) -> Iterator[ReviewBatch]:
+    pending: list[Review] = []
+    for r in reviews:
+        if type(r) is ReviewBatch:
+            if pending:
+                yield ReviewBatch.from_reviews(pending)
+                pending = []
+            yield r
+        else:
+            pending.append(r)
+            if len(pending) >= size:
+                yield ReviewBatch.from_reviews(pending)
+                pending = []
+    if pending:
+        yield ReviewBatch.from_reviews(pending)
+
+
+def collect_reviews(reviews: Iterable[Review | ReviewBatch]) -> ReviewArrays:
+    """Reviews (records or Arrow batches) → integer codes; hashing happens in Arrow, not Python."""
+    tables = [b.table for b in _batches(reviews)]
+    table = pa.concat_tables(tables) if tables else REVIEW_BATCH_SCHEMA.empty_table()
+
+    def codes(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+        names = pc.unique(column)
+        if isinstance(names, pa.ChunkedArray):
+            names = names.combine_chunks()
+        idx = pc.index_in(column, value_set=names)
+        return names, idx.to_numpy().astype(np.int64) if len(column) else np.zeros(0, np.int64)
+
+    users, u = codes(table.column("reviewer_id"))
+    items, i = codes(table.column("asin"))
+    rating = pc.fill_null(table.column("rating"), float("nan")).to_numpy()
+    ts = table.column("timestamp").to_numpy().astype(np.int64, copy=False)
+    return ReviewArrays(users, items, u, i, np.asarray(rating, dtype=np.float64), ts)
+
+
+def dedup_latest(u: np.ndarray, i: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Indices to keep: one per (user, item), the latest by timestamp, then by file order."""
+    if len(u) == 0:
+        return np.zeros(0, dtype=np.int64)
+    key = u * (int(i.max()) + 1) + i
+    order = np.lexsort((np.arange(len(u)), ts, key))
+    k = key[order]
+    last = np.ones(len(k), dtype=bool)
+    last[:-1] = k[1:] != k[:-1]
+    return np.sort(order[last])
+
+
+def kcore_filter(u: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, list[dict[str, int]]]:
+    """Mask of interactions in the k-core (every user and item has >= k), iterated to a fixed
+    point, and what each iteration removed."""
+    keep = np.ones(len(u), dtype=bool)
+    n_u = int(u.max()) + 1 if len(u) else 0
+    n_i = int(i.max()) + 1 if len(i) else 0
+    iterations: list[dict[str, int]] = []
+    while True:
+        du = np.bincount(u[keep], minlength=n_u)
+        di = np.bincount(i[keep], minlength=n_i)
+        drop = keep & ((du[u] < k) | (di[i] < k))
+        n_drop = int(drop.sum())
+        if n_drop == 0:
+            return keep, iterations
+        keep &= ~drop
+        iterations.append(
+            {
+                "iteration": len(iterations) + 1,
+                "users_below_k": int(((du > 0) & (du < k)).sum()),
+                "items_below_k": int(((di > 0) & (di < k)).sum()),
+                "interactions_removed": n_drop,
+                "interactions": int(keep.sum()),
+                "users": int(np.unique(u[keep]).size),
+                "items": int(np.unique(i[keep]).size),
+            }
+        )
+
+
+def assign_split(user_id: np.ndarray, ts: np.ndarray, item_id: np.ndarray, seed: int) -> np.ndarray:
+    """Split code (0 train, 1 valid, 2 test) per interaction, by the rule in the module doc.
+
+    The random key is drawn in (user_id, item_id) order, so the split depends only on the data
+    and the seed, never on the order of lines in the source files.
+    """
+    n = len(user_id)
+    split = np.zeros(n, dtype=np.int8)
+    if n == 0:
+        return split
+    rng = np.random.default_rng(seed)
+    canon = np.lexsort((item_id, user_id))
+    key = np.empty(n)
+    key[canon] = rng.random(n)
+    counts = np.bincount(user_id)
+    n_of = counts[user_id]
+    by_time = np.where(n_of < 10, ts, 0)  # large users: shuffle only (key), small: time, then key
+    order = np.lexsort((key, by_time, user_id))
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    uo = user_id[order]
+    pos = np.arange(n) - starts[uo]
+    m = counts[uo]
+    code = np.zeros(n, dtype=np.int8)
+    small = (m >= 3) & (m < 10)
+    code[small & (pos == m - 1)] = 2
+    code[small & (pos == m - 2)] = 1
+    big = m >= 10
+    n_train = (8 * m + 9) // 10  # ceil(0.8 m) in integers
+    n_valid = m // 10
+    code[big & (pos >= n_train)] = 1
+    code[big & (pos >= n_train + n_valid)] = 2
+    split[order] = code
+    return split
+
+
+# --------------------------------------------------------------------------------------------
+# the prepare step
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _Catalog:
+    products: dict[str, Product] = field(default_factory=dict)
+    seen: int = 0
+    duplicates: int = 0
+
+
+def _collect_products(products: Iterable[Product], wanted: set[str]) -> _Catalog:
+    """Keep only the products that survived k-core (metadata files are 10-100x larger)."""
+    cat = _Catalog()
+    seen: set[str] = set()
+    for p in products:
+        cat.seen += 1
+        if p.asin in seen:
+            cat.duplicates += 1
+            continue
+        seen.add(p.asin)
+        if p.asin in wanted:
+            cat.products[p.asin] = p
+    return cat
+
+
+def _step(name: str, n: int, users: int, items: int) -> dict[str, Any]:
+    return {"step": name, "interactions": int(n), "users": int(users), "items": int(items)}
+
+
+def prepare(
+    paths: DatasetPaths,
+    reviews: Iterable[Review | ReviewBatch],
+    products: Iterable[Product],
+    *,
+    kcore: int = 5,
+    seed: int = 0,
+    bad: BadRecords | None = None,
+    sources: dict[str, Any] | None = None,
+    config: PrepareConfig | None = None,
+) -> dict[str, Any]:
+    """Build and write items/users/interactions and the data-quality report; return the report.
+
+    `products` is consumed only after k-core, so a lazy metadata reader never holds more than the
+    surviving items in memory.
+    """
+    cfg = config or PrepareConfig(kcore=kcore, seed=seed)
+    bad = bad if bad is not None else BadRecords()
+    arr = collect_reviews(reviews)
+    steps = [_step("parsed", len(arr), len(arr.users), len(arr.items))]
+    if len(arr) == 0:
+        raise ValueError(
+            f"dataset {paths.name!r}: no usable reviews were read "
+            f"({bad.dropped} line(s) rejected: {dict(bad.counts)}); check the review file"
+        )
+
+    keep = dedup_latest(arr.u, arr.i, arr.ts)
+    duplicates = len(arr) - len(keep)
+    u, i, ts, rating = arr.u[keep], arr.i[keep], arr.ts[keep], arr.rating[keep]
+    steps.append(_step("deduplicated", len(u), np.unique(u).size, np.unique(i).size))
+
+    in_core, iterations = kcore_filter(u, i, cfg.kcore)
+    removed_users = np.setdiff1d(np.unique(u), np.unique(u[in_core]))
+    removed_items = np.setdiff1d(np.unique(i), np.unique(i[in_core]))
+    u, i, ts, rating = u[in_core], i[in_core], ts[in_core], rating[in_core]
+    steps.append(_step(f"{cfg.kcore}-core", len(u), np.unique(u).size, np.unique(i).size))
+    if len(u) == 0:
+        raise ValueError(
+            f"dataset {paths.name!r}: {cfg.kcore}-core filtering removed every interaction "
+            f"({steps[1]['interactions']} interactions, {steps[1]['users']} users, "
+            f"{steps[1]['items']} items before); use a smaller kcore"
+        )
+
+    # contiguous ids: sorted names, so ids do not depend on file order
+    user_codes, item_codes = np.unique(u), np.unique(i)
+    user_names = arr.users.take(pa.array(user_codes))
+    item_names = arr.items.take(pa.array(item_codes))
+    u_sort = pc.sort_indices(user_names).to_numpy()
+    i_sort = pc.sort_indices(item_names).to_numpy()
+    u_map = np.empty(len(arr.users), dtype=np.int64)
+    u_map[user_codes[u_sort]] = np.arange(len(user_codes))
+    i_map = np.empty(len(arr.items), dtype=np.int64)
+    i_map[item_codes[i_sort]] = np.arange(len(item_codes))
+    user_id, item_id = u_map[u], i_map[i]
+    reviewer_ids = user_names.take(pa.array(u_sort))
+    asins = item_names.take(pa.array(i_sort)).to_pylist()
+
+    split = assign_split(user_id, ts, item_id, cfg.seed)
+    order = np.lexsort((item_id, ts, user_id))
+    user_id, item_id, ts, rating, split = (a[order] for a in (user_id, item_id, ts, rating, split))
+    split_hash = array_hash(user_id.astype(np.int32), item_id.astype(np.int32), split)
+
+    catalog = _collect_products(products, set(asins))
+    items, missing = _items_table(asins, catalog.products, cfg.max_text_chars)
+
+    users = pa.table(
+        {"user_id": pa.array(np.arange(len(reviewer_ids), dtype=np.int32)), "reviewer_id": reviewer_ids}
+    )
+    inter = pa.table(
+        {
+            "user_id": pa.array(user_id.astype(np.int32)),
+            "item_id": pa.array(item_id.astype(np.int32)),
+            "rating": pa.array(rating.astype(np.float32), mask=np.isnan(rating)),
+            "timestamp": pa.array(ts.astype(np.int64)),
+            "split": pa.array(np.array(SPLIT_NAMES, dtype=object)[split]),
+        }
+    )
+    sizes = {name: int((split == c).sum()) for c, name in enumerate(SPLIT_NAMES)}
+    report = {
+        "dataset": paths.name,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sources": sources or {},
+        "steps": steps,
+        "duplicates_removed": int(duplicates),
+        "kcore": {
+            "k": cfg.kcore,
+            "iterations": iterations,
+            "users_removed": int(removed_users.size),
+            "items_removed": int(removed_items.size),
+            "users_removed_examples": _first_sorted(arr.users, removed_users),
+            "items_removed_examples": _first_sorted(arr.items, removed_items),
+        },
+        "metadata": {
+            "products_read": catalog.seen,
+            "duplicate_products": catalog.duplicates,
+        },
+        "missing": missing,
+        "bad_records": bad.as_dict(),
+        "split": {"seed": cfg.seed, "hash": split_hash, "rule": SPLIT_RULE, "sizes": sizes},
+        "output": {"items": items.num_rows, "users": users.num_rows, "interactions": inter.num_rows},
+    }
+    write_table(items, paths.items, schemas.ITEMS)
+    write_table(users, paths.users, schemas.USERS)
+    write_table(
+        inter, paths.interactions, schemas.INTERACTIONS,
+        metadata={"split_seed": str(cfg.seed), "split_hash": split_hash, "kcore": str(cfg.kcore)},
+    )
+    write_json(report, paths.prepare_report)
+    return report
+
+
+def _first_sorted(names: pa.Array, codes: np.ndarray, n: int = 5) -> list[str]:
+    chosen = names.take(pa.array(codes, pa.int64()))
+    return chosen.take(pc.sort_indices(chosen)[:n]).to_pylist()
+
+
+def _items_table(
+    asins: list[str], products: dict[str, Product], max_chars: int
+) -> tuple[pa.Table, dict[str, int]]:
+    cols: dict[str, list] = {k: [] for k in ("title", "description", "brand", "categories", "image_url", "text")}
+    missing = dict.fromkeys(("metadata", "title", "description", "brand", "categories", "image", "text"), 0)
+    for asin in asins:
+        p = products.get(asin)
+        if p is None:
+            missing["metadata"] += 1
+            p = Product(asin)
+        title, desc, brand = clean_html(p.title), clean_html(p.description), clean_html(p.brand)
+        cats = clean_categories(p.categories)
+        image = p.image_url.strip() if p.image_url and p.image_url.strip() else None
+        text = item_text(title, brand, cats, desc, max_chars)
+        for name, value in (("title", title), ("description", desc), ("brand", brand),
+                            ("categories", cats), ("image", image), ("text", text)):
+            missing[name] += not value
+        for name, value in (("title", title), ("description", desc), ("brand", brand),
+                            ("categories", cats), ("image_url", image), ("text", text)):
+            cols[name].append(value)
+    table = pa.table(
+        {
+            "item_id": pa.array(np.arange(len(asins), dtype=np.int32)),
+            "asin": pa.array(asins, pa.string()),
+            "title": pa.array(cols["title"], pa.string()),
+            "description": pa.array(cols["description"], pa.string()),
+            "brand": pa.array(cols["brand"], pa.string()),
+            "categories": pa.array(cols["categories"], pa.list_(pa.string())),
+            "image_url": pa.array(cols["image_url"], pa.string()),
+            "text": pa.array(cols["text"], pa.string()),
+        }
+    )
+    return table, missing
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """A short human-readable data-quality block for the command line."""
+    lines = [f"dataset {report['dataset']}"]
+    for s in report["steps"]:
+        lines.append(
+            f"  {s['step']:<14} {s['interactions']:>10,} interactions {s['users']:>9,} users "
+            f"{s['items']:>9,} items"
+        )
+    kc = report["kcore"]
+    lines.append(
+        f"  duplicates removed: {report['duplicates_removed']:,}; {kc['k']}-core: "
+        f"{len(kc['iterations'])} iteration(s), {kc['users_removed']:,} users and "
+        f"{kc['items_removed']:,} items removed"
+    )
+    n_items = report["output"]["items"]
+    miss = report["missing"]
+    lines.append(
+        "  items missing: "
+        + ", ".join(f"{k} {v:,}/{n_items:,}" for k, v in miss.items() if k != "categories")
+    )
+    br = report["bad_records"]
+    if br["total"]:
+        reasons = "; ".join(f"{r}: {n:,}" for r, n in br["by_reason"].items())
+        lines.append(f"  bad records: {br['total']:,} ({br['dropped']:,} dropped) — {reasons}")
+        for reason, examples in br["examples"].items():
+            ex = examples[0]
+            lines.append(f"    e.g. {ex['file']}:{ex['line']} {reason}")
+    else:
+        lines.append("  bad records: none")
+    sp = report["split"]
+    sizes = sp["sizes"]
+    lines.append(
+        f"  split (seed {sp['seed']}, hash {sp['hash']}): train {sizes['train']:,} / "
+        f"valid {sizes['valid']:,} / test {sizes['test']:,}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,388 @@
+"""Published FAISS indexes of a run's item vectors: build, publish atomically, load, search.
+
+Layout (ARCHITECTURE.md): `index/<run_id>/items.faiss` + `index/<run_id>/manifest.json`.
+
+Why the manifest carries the SHA-256 of the index file: publishing replaces two files, and no
+filesystem renames two files at once. `publish` writes both into a fresh temporary directory,
+then renames the index over the old one and the manifest after it. A reader that has already
+loaded an index keeps it (FAISS indexes are read fully into memory, and a renamed-over file stays
+readable through an open handle), and a reader that starts between the two renames sees a hash
+that does not match and simply re-reads. The same hash turns a truncated or corrupt file into a
+clear error instead of a crash deep inside FAISS.
+
+Why the manifest carries the item vectors' hash: a run can be retrained in place; an index built
+from the old vectors would then silently answer for a model that no longer exists.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import faiss
+import numpy as np
+
+from store.errors import StoreError
+from store.layout import DatasetPaths, check_name
+from store.tables import read_json, read_metadata, write_json
+from store.vectors import array_hash, read_vectors
+
+INDEX_FILE = "items.faiss"
+MANIFEST_FILE = "manifest.json"
+METRIC = "ip"
+KINDS = ("auto", "flat", "hnsw")
+NO_ID = -1  # FAISS's own marker for "no result in this slot"
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How to index a catalog. 'auto' is exact below `hnsw_threshold` items, HNSW above."""
+
+    kind: str = "auto"
+    hnsw_threshold: int = 100_000
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 128
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        for name in ("hnsw_threshold", "hnsw_m", "ef_construction", "ef_search"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def resolve(self, count: int) -> str:
+        if self.kind != "auto":
+            return self.kind
+        return "hnsw" if count >= self.hnsw_threshold else "flat"
+
+
+# ---------------------------------------------------------------------------------------- build
+
+
+def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str, config: IndexConfig) -> faiss.Index:
+    """An inner-product index whose search returns the real item ids (IndexIDMap2)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    d = vectors.shape[1]
+    if kind == "flat":
+        inner = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        inner = faiss.IndexHNSWFlat(d, int(config.hnsw_m), faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = int(config.ef_construction)
+        inner.hnsw.efSearch = int(config.ef_search)
+    else:
+        raise ValueError(f"index kind must be 'flat' or 'hnsw', got {kind!r}")
+    index = faiss.IndexIDMap2(inner)
+    index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+    return index
+
+
+def _check_item_vectors(path: Path, ids: np.ndarray, vectors: np.ndarray) -> None:
+    if len(ids) == 0:
+        raise StoreError(path, "has no rows: nothing to index", "rerun the training run")
+    if len(np.unique(ids)) != len(ids):
+        raise StoreError(path, "has duplicate item_id values", "rerun the training run")
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise StoreError(
+            path,
+            f"{int(bad.sum())} item vector(s) contain NaN/inf (first item_id {int(ids[bad][0])})",
+            "the run diverged: fix and rerun training",
+        )
+
+
+def _vectors_hash(meta: dict[str, str], vectors: np.ndarray) -> str:
+    return meta.get("vectors_hash") or array_hash(vectors)
+
+
+@contextlib.contextmanager
+def _publish_lock(directory: Path) -> Iterator[None]:
+    """Two publishers of one run would interleave their renames; serialize them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".publish.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def publish(
+    paths: DatasetPaths,
+    run_id: str,
+    *,
+    kind: str = "auto",
+    hnsw_threshold: int = 100_000,
+    hnsw_m: int = 32,
+    ef_construction: int = 200,
+    ef_search: int = 128,
+) -> dict[str, Any]:
+    """Index `runs/<run_id>/item_vectors.parquet` into `index/<run_id>/`; returns the manifest.
+
+    Re-publishing replaces the index in place; readers holding the old one keep answering from
+    it, readers opening afterwards get the new one (see the module docstring).
+    """
+    check_name("run", run_id)
+    config = IndexConfig(kind, hnsw_threshold, hnsw_m, ef_construction, ef_search)
+    source = paths.item_vectors(run_id)
+    ids, vectors, meta = read_vectors(source, "item_id")
+    _check_item_vectors(source, ids, vectors)
+    chosen = config.resolve(len(ids))
+    start = time.perf_counter()
+    index = build_index(vectors, ids, chosen, config)
+    build_s = time.perf_counter() - start
+    params: dict[str, Any] = {}
+    if chosen == "hnsw":
+        params = {"hnsw_m": config.hnsw_m, "ef_construction": config.ef_construction, "ef_search": config.ef_search}
+    manifest: dict[str, Any] = {
+        "run": run_id,
+        "dim": int(vectors.shape[1]),
+        "metric": METRIC,
+        "kind": chosen,
+        "index_type": f"IndexIDMap2({type(faiss.downcast_index(index.index)).__name__})",
+        "params": params,
+        "requested": asdict(config),
+        "count": int(index.ntotal),
+        "vectors_hash": _vectors_hash(meta, vectors),
+        "item_vectors": str(source.relative_to(paths.root)),
+        "faiss_version": faiss.__version__,
+        "build_seconds": round(build_s, 3),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+    }
+    target = paths.index_dir(run_id)
+    with _publish_lock(target):
+        tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=target))
+        try:
+            faiss.write_index(index, str(tmp / INDEX_FILE))
+            _fsync(tmp / INDEX_FILE)
+            manifest["index_sha256"] = _sha256_file(tmp / INDEX_FILE)
+            manifest["index_bytes"] = (tmp / INDEX_FILE).stat().st_size
+            write_json(manifest, tmp / MANIFEST_FILE)
+            os.replace(tmp / INDEX_FILE, target / INDEX_FILE)
+            os.replace(tmp / MANIFEST_FILE, target / MANIFEST_FILE)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------- load
+
+
+def published_runs(paths: DatasetPaths) -> list[tuple[str, dict[str, Any]]]:
+    """(run_id, manifest) of every published index, oldest first by publication time."""
+    if not paths.index_root.is_dir():
+        return []
+    found = []
+    for manifest_path in paths.index_root.glob(f"*/{MANIFEST_FILE}"):
+        try:
+            manifest = read_json(manifest_path)
+        except StoreError:
+            continue  # a broken manifest is reported by load_index when that run is asked for
+        found.append((manifest_path.parent.name, manifest))
+    return sorted(found, key=lambda rm: (str(rm[1].get("created_at", "")), rm[0]))
+
+
+def latest_run(paths: DatasetPaths) -> str | None:
+    """The most recently published run, or None when nothing is published."""
+    runs = published_runs(paths)
+    return runs[-1][0] if runs else None
+
+
+_REPUBLISH = "re-publish the run (store.index.publish / `anchorrec publish`)"
+
+
+def _read_consistent(directory: Path, run_id: str, attempts: int = 5) -> tuple[dict[str, Any], np.ndarray]:
+    """Manifest and index bytes that belong together (retrying across a concurrent publish)."""
+    manifest_path, index_path = directory / MANIFEST_FILE, directory / INDEX_FILE
+    for attempt in range(attempts):
+        if not manifest_path.exists():
+            raise StoreError(manifest_path, f"run {run_id!r} has no published index", f"publish it first: {_REPUBLISH}")
+        manifest = read_json(manifest_path)
+        missing = [k for k in ("run", "dim", "count", "vectors_hash", "index_sha256") if k not in manifest]
+        if missing:
+            raise StoreError(manifest_path, f"manifest lacks {missing}", _REPUBLISH)
+        if not index_path.exists():
+            raise StoreError(index_path, "index file is missing", _REPUBLISH)
+        data = index_path.read_bytes()
+        if hashlib.sha256(data).hexdigest() == manifest["index_sha256"]:
+            return manifest, np.frombuffer(data, dtype=np.uint8)
+        time.sleep(0.05 * (attempt + 1))  # a publish may be between its two renames
+    raise StoreError(
+        index_path,
+        f"index file does not match {manifest_path.name} (sha256 differs: corrupt or partly written)",
+        _REPUBLISH,
+    )
+
+
+def load_index(paths: DatasetPaths, run_id: str, *, check_vectors: bool = True) -> "ItemIndex":
+    """Load and verify the published index of `run_id`.
+
+    Refuses (StoreError naming the file) a missing or corrupt index, a manifest that does not
+    describe the file, and — with check_vectors — an index built from item vectors other than
+    the ones now in the run directory.
+    """
+    directory = paths.index_dir(run_id)
+    manifest, data = _read_consistent(directory, run_id)
+    index_path = directory / INDEX_FILE
+    try:
+        index = faiss.deserialize_index(data)
+    except RuntimeError as exc:
+        raise StoreError(index_path, f"FAISS cannot read it ({str(exc).splitlines()[0][:200]})", _REPUBLISH) from exc
+    if index.ntotal != manifest["count"] or index.d != manifest["dim"]:
+        raise StoreError(
+            index_path,
+            f"holds {index.ntotal} vectors of dim {index.d}, manifest says {manifest['count']} of dim {manifest['dim']}",
+            _REPUBLISH,
+        )
+    if check_vectors:
+        source = paths.item_vectors(run_id)
+        if not source.exists():
+            raise StoreError(source, f"item vectors of run {run_id!r} are gone but an index is published", "rerun the run, then re-publish")
+        meta = read_metadata(source)
+        current = meta.get("vectors_hash") or array_hash(read_vectors(source, "item_id")[1])
+        if current != manifest["vectors_hash"]:
+            raise StoreError(
+                directory / MANIFEST_FILE,
+                f"index was built from item vectors {manifest['vectors_hash']} but {source} now holds {current}",
+                _REPUBLISH,
+            )
+    item_index = ItemIndex(run_id=run_id, manifest=manifest, index=index, path=index_path)
+    if manifest.get("kind") == "hnsw":
+        item_index.set_ef_search(int(manifest.get("params", {}).get("ef_search", 128)))
+    return item_index
+
+
+# --------------------------------------------------------------------------------------- search
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k must be an integer ≥ 1, got {k!r}")
+    if k < 1:
+        raise ValueError(f"k must be ≥ 1, got {k}")
+    return int(k)
+
+
+def excluded_mask(ids: np.ndarray, exclude: Sequence[np.ndarray]) -> np.ndarray:
+    """mask[i, j] = ids[i, j] is in exclude[i]; one vectorized isin over (row, id) keys."""
+    m = ids.shape[0]
+    sizes = np.fromiter((len(e) for e in exclude), dtype=np.int64, count=m)
+    if sizes.sum() == 0:
+        return np.zeros(ids.shape, dtype=bool)
+    flat = np.concatenate([np.asarray(e, dtype=np.int64).reshape(-1) for e in exclude])
+    stride = int(max(ids.max(initial=0), flat.max(initial=0))) + 2
+    rows = np.repeat(np.arange(m, dtype=np.int64), sizes)
+    keys = np.arange(m, dtype=np.int64)[:, None] * stride + (ids + 1)
+    return np.isin(keys, rows * stride + (flat + 1))
+
+
+@dataclass
+class ItemIndex:
+    """A loaded, verified index. Thread-safe for concurrent `search` calls (FAISS is)."""
+
+    run_id: str
+    manifest: dict[str, Any]
+    index: faiss.Index
+    path: Path
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest.get("kind", "flat"))
+
+    def set_ef_search(self, ef_search: int) -> None:
+        """HNSW breadth at query time (recall vs speed); a no-op for exact indexes."""
+        if self.kind == "hnsw":
+            faiss.ParameterSpace().set_index_parameter(self.index, "efSearch", int(_check_k(ef_search)))
+
+    def reconstruct(self, item_ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of `item_ids` (unknown ids raise ValueError naming them)."""
+        item_ids = np.asarray(item_ids, dtype=np.int64).reshape(-1)
+        out = np.empty((len(item_ids), self.dim), dtype=np.float32)
+        for row, item_id in enumerate(item_ids):
+            try:
+                out[row] = self.index.reconstruct(int(item_id))
+            except RuntimeError:
+                raise ValueError(f"unknown item_id {int(item_id)}: not in the index of run {self.run_id!r}") from None
+        return out
+
+    def check_queries(self, queries: np.ndarray) -> np.ndarray:
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(
+                f"query vectors have shape {queries.shape}, but the index of run {self.run_id!r} "
+                f"({self.path}) has dimension {self.dim}"
+            )
+        if not np.isfinite(queries).all():
+            raise ValueError("query vectors contain NaN or inf")
+        return np.ascontiguousarray(queries)
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item ids and inner-product scores per query, best first.
+
+        k larger than the catalog is clamped to the catalog size (a list can never be longer
+        than the catalog). Excluded ids are removed by over-fetching k + |exclude[i]| and
+        filtering, which is exact for the flat index; queries are grouped by how much they
+        over-fetch so one heavy user does not make the whole batch fetch deep. Slots with no
+        result (catalog exhausted by exclusions) hold id -1 and score -inf.
+        """
+        queries = self.check_queries(queries)
+        k = min(_check_k(k), self.count)
+        if exclude is None:
+            scores, ids = self.index.search(queries, k)
+            return ids, _clean_scores(ids, scores)
+        if len(exclude) != len(queries):
+            raise ValueError(f"exclude has {len(exclude)} entries for {len(queries)} queries")
+        n = len(queries)
+        out_ids = np.full((n, k), NO_ID, dtype=np.int64)
+        out_scores = np.full((n, k), -np.inf, dtype=np.float32)
+        fetch = np.minimum(k + np.fromiter((len(e) for e in exclude), dtype=np.int64, count=n), self.count)
+        group = np.ceil(np.log2(fetch)).astype(np.int64)
+        for g in np.unique(group):
+            rows = np.nonzero(group == g)[0]
+            depth = int(fetch[rows].max())
+            scores, ids = self.index.search(queries[rows], depth)
+            keep = (ids != NO_ID) & ~excluded_mask(ids, [exclude[r] for r in rows])
+            order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+            kept = np.take_along_axis(keep, order, axis=1)
+            out_ids[rows] = np.where(kept, np.take_along_axis(ids, order, axis=1), NO_ID)
+            out_scores[rows] = np.where(kept, np.take_along_axis(scores, order, axis=1), -np.inf)
+        return out_ids, out_scores
+
+
+def _clean_scores(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """FAISS pads empty slots with -FLT_MAX; make them -inf so they can never look like scores."""
+    return np.where(ids == NO_ID, np.float32(-np.inf), scores).astype(np.float32, copy=False)

@@ -1,0 +1,460 @@
+"""DuckDB over the store: views over the Parquet tables and FAISS-backed vector functions.
+
+One connection sees
+
+- views `items`, `users`, `interactions`, `feature_<name>` (every feature table; characters
+  other than letters, digits and '_' in the name become '_'), and `user_vectors`,
+  `item_vectors` of the run whose index is used;
+- vector functions, each returning `LIST(STRUCT(item_id INTEGER, score FLOAT))`, best first,
+  score = inner product:
+    `topn(query FLOAT[], k)`      top-k items for a query vector (FLOAT[d] arrays and numeric
+                                  literals cast implicitly; DOUBLE[] needs `::FLOAT[]`),
+    `recommend(user_id, k)`       top-k for a user, the user's training items excluded,
+    `recommend_all(user_id, k)`   the same without excluding anything,
+    `similar(item_id, k)`         top-k items for an item's vector, the item excluded.
+  Ids and k take any integer type (the parameters are BIGINT, so `range()` columns work).
+  They are Arrow-vectorized: DuckDB hands over a chunk of up to 2048 rows and the chunk costs
+  one FAISS search, so `SELECT user_id, recommend(user_id, 10) FROM users` is a batch search.
+  k larger than the catalog is clamped to the catalog (a list is never longer than the
+  catalog); k ≤ 0, an unknown id or a query of the wrong dimension is an error naming it.
+  A connection loads the index (and the run's vectors) on the first call and keeps them: a
+  run re-published meanwhile is seen by the next connection.
+
+The ARCHITECTURE.md example runs verbatim:
+
+    SELECT r.item_id, r.score, i.title
+    FROM (SELECT unnest(recommend(42, 10), recursive := true)) r JOIN items i USING (item_id);
+
+(a join does not keep the list order: add `ORDER BY r.score DESC` for a ranked list).
+
+Read-only (the default) is enforced by DuckDB itself, not by inspecting statements:
+the catalog the session works in is a database attached READ_ONLY (so CREATE/INSERT/DROP of
+persistent objects fail with "attached in read-only mode"), the views are Arrow datasets scanned
+through Python instead of files opened by DuckDB, and then `enable_external_access` is switched
+off and the configuration locked — so COPY TO, ATTACH, INSTALL, read_parquet/read_csv of any
+path and re-enabling access all fail with DuckDB's "Permission Error". (DuckDB's
+`allowed_paths` would have let the views read the files, but it lets COPY TO overwrite them
+too.) Temporary tables and views (CREATE TEMP ...) still work: they live in the session only.
+A read-write connection (read_only=False) uses plain `read_parquet` views, which a file
+database keeps, so the DuckDB command line can open it later.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+from duckdb import sqltypes as T
+
+from store.errors import StoreError
+from store.index import MANIFEST_FILE, NO_ID, ItemIndex, latest_run, load_index
+from store.layout import DatasetPaths, check_name
+from store.tables import atomic_path, read_table, write_table
+from store.vectors import read_vectors
+
+FORMATS = ("table", "parquet", "csv")
+FUNCTIONS = ("topn", "recommend", "recommend_all", "similar")
+RESULT = pa.list_(pa.struct([pa.field("item_id", pa.int32()), pa.field("score", pa.float32())]))
+
+
+def _result_type() -> Any:
+    return duckdb.list_type(duckdb.struct_type({"item_id": T.INTEGER, "score": T.FLOAT}))
+
+
+class QueryError(StoreError):
+    """A SQL statement failed; the message carries DuckDB's and lists what can be queried."""
+
+
+def feature_view_name(feature: str) -> str:
+    return "feature_" + re.sub(r"[^A-Za-z0-9_]", "_", feature)
+
+
+def table_sources(paths: DatasetPaths, run_id: str | None) -> dict[str, Path]:
+    """View name → Parquet file, for the files that exist now."""
+    sources = {name: p for name, p in (("items", paths.items), ("users", paths.users), ("interactions", paths.interactions)) if p.exists()}
+    for feature in paths.feature_names():
+        sources[feature_view_name(feature)] = paths.feature(feature)
+    if run_id is not None:
+        for name, p in (("user_vectors", paths.user_vectors(run_id)), ("item_vectors", paths.item_vectors(run_id))):
+            if p.exists():
+                sources[name] = p
+    return sources
+
+
+# ----------------------------------------------------------------------------- vector functions
+
+
+class _Lookup:
+    """id → row of a matrix, without a dense array (ids may be sparse and large)."""
+
+    def __init__(self, ids: np.ndarray, what: str, source: Path) -> None:
+        self.order = np.argsort(ids, kind="stable")
+        self.sorted = ids[self.order]
+        self.what, self.source = what, source
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        pos = np.clip(np.searchsorted(self.sorted, ids), 0, max(len(self.sorted) - 1, 0))
+        found = (self.sorted[pos] == ids) if len(self.sorted) else np.zeros(len(ids), bool)
+        if not found.all():
+            bad = np.asarray(ids)[~found]
+            raise ValueError(f"unknown {self.what} {int(bad[0])}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") + f": not in {self.source}")
+        return self.order[pos]
+
+
+class VectorFunctions:
+    """The state behind the SQL vector functions of one connection, loaded on first use.
+
+    Loading lazily keeps `connect` cheap for queries that never touch vectors; a lock makes the
+    first load safe when DuckDB calls from several threads.
+    """
+
+    def __init__(self, paths: DatasetPaths, run_id: str | None) -> None:
+        self.paths, self.run_id = paths, run_id
+        self._lock = threading.Lock()
+        self._index: ItemIndex | None = None
+        self._users: tuple[_Lookup, np.ndarray] | None = None
+        self._items: tuple[_Lookup, np.ndarray] | None = None
+        self._train: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _require_run(self) -> str:
+        if self.run_id is None:
+            raise StoreError(self.paths.index_root, "no run has a published index", "publish a run first (store.index.publish / `anchorrec publish`)")
+        return self.run_id
+
+    @property
+    def index(self) -> ItemIndex:
+        with self._lock:
+            if self._index is None:
+                self._index = load_index(self.paths, self._require_run())
+            return self._index
+
+    def _vectors(self, key: str) -> tuple[_Lookup, np.ndarray]:
+        run = self._require_run()
+        path = self.paths.user_vectors(run) if key == "user_id" else self.paths.item_vectors(run)
+        ids, vectors, _ = read_vectors(path, key)
+        return _Lookup(ids, key, path), vectors
+
+    @property
+    def users(self) -> tuple[_Lookup, np.ndarray]:
+        with self._lock:
+            if self._users is None:
+                self._users = self._vectors("user_id")
+            return self._users
+
+    @property
+    def items(self) -> tuple[_Lookup, np.ndarray]:
+        with self._lock:
+            if self._items is None:
+                self._items = self._vectors("item_id")
+            return self._items
+
+    @property
+    def train(self) -> tuple[np.ndarray, np.ndarray]:
+        """(user ids, item ids) of training interactions, sorted by user: slices per user."""
+        with self._lock:
+            if self._train is None:
+                if not self.paths.interactions.exists():
+                    raise StoreError(
+                        self.paths.interactions,
+                        "does not exist, and recommend() excludes the training items it lists",
+                        "use recommend_all(user_id, k), or run the prepare step",
+                    )
+                table = read_table(self.paths.interactions, columns=["user_id", "item_id", "split"])
+                table = table.filter(pc.equal(table.column("split"), "train"))
+                users = table.column("user_id").to_numpy().astype(np.int64)
+                items = table.column("item_id").to_numpy().astype(np.int64)
+                order = np.argsort(users, kind="stable")
+                self._train = (users[order], items[order])
+            return self._train
+
+    def train_items(self, user_ids: np.ndarray) -> list[np.ndarray]:
+        users, items = self.train
+        starts = np.searchsorted(users, user_ids, side="left")
+        ends = np.searchsorted(users, user_ids, side="right")
+        return [items[s:e] for s, e in zip(starts, ends)]
+
+    # Each function takes the Arrow chunk DuckDB passes and returns one list per row.
+
+    def topn(self, query: pa.ChunkedArray, k: pa.ChunkedArray) -> pa.Array:
+        index = self.index
+        return self._search(_query_matrix(query, index), _ks(k), None)
+
+    def recommend(self, user: pa.ChunkedArray, k: pa.ChunkedArray) -> pa.Array:
+        user_ids = _ints(user)
+        lookup, vectors = self.users
+        queries = vectors[lookup.rows(user_ids)]
+        return self._search(queries, _ks(k), self.train_items(user_ids))
+
+    def recommend_all(self, user: pa.ChunkedArray, k: pa.ChunkedArray) -> pa.Array:
+        lookup, vectors = self.users
+        return self._search(vectors[lookup.rows(_ints(user))], _ks(k), None)
+
+    def similar(self, item: pa.ChunkedArray, k: pa.ChunkedArray) -> pa.Array:
+        item_ids = _ints(item)
+        lookup, vectors = self.items
+        queries = vectors[lookup.rows(item_ids)]
+        return self._search(queries, _ks(k), [np.array([i]) for i in item_ids])
+
+    def _search(self, queries: np.ndarray, ks: np.ndarray, exclude: list[np.ndarray] | None) -> pa.Array:
+        index = self.index
+        if len(queries) == 0:
+            return pa.array([], RESULT)
+        ids, scores = index.search(queries, int(ks.max()), exclude)
+        return result_lists(ids, scores, ks)
+
+
+def _ints(column: pa.ChunkedArray) -> np.ndarray:
+    return column.to_numpy().astype(np.int64)
+
+
+def _ks(column: pa.ChunkedArray) -> np.ndarray:
+    ks = column.to_numpy().astype(np.int64)
+    if len(ks) and ks.min() < 1:
+        raise ValueError(f"k must be ≥ 1, got {int(ks.min())}")
+    return ks
+
+
+def _query_matrix(column: pa.ChunkedArray, index: ItemIndex) -> np.ndarray:
+    """LIST<FLOAT> chunk → (n, d) matrix, refusing any row whose length is not the index's dim."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(arr, pa.FixedSizeListArray):
+        lengths = np.full(len(arr), arr.type.list_size)
+    else:
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+    bad = np.nonzero(lengths != index.dim)[0]
+    if len(bad):
+        raise ValueError(
+            f"topn: query vector has {int(lengths[bad[0]])} values but the index of run "
+            f"{index.run_id!r} has dimension {index.dim}"
+        )
+    flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float32).reshape(len(arr), index.dim)
+
+
+def result_lists(ids: np.ndarray, scores: np.ndarray, ks: np.ndarray) -> pa.ListArray:
+    """(n, K) search results → n lists of (item_id, score), row i cut to ks[i], empty slots dropped."""
+    keep = (ids != NO_ID) & (np.arange(ids.shape[1])[None, :] < ks[:, None])
+    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+    np.cumsum(keep.sum(axis=1), out=offsets[1:])
+    struct = pa.StructArray.from_arrays(
+        [pa.array(ids[keep].astype(np.int32)), pa.array(scores[keep].astype(np.float32))],
+        fields=list(RESULT.value_type),
+    )
+    return pa.ListArray.from_arrays(pa.array(offsets), struct)
+
+
+def register_functions(con: duckdb.DuckDBPyConnection, functions: VectorFunctions) -> None:
+    result = _result_type()
+    specs: list[tuple[str, Callable[..., pa.Array], list[Any]]] = [
+        ("topn", functions.topn, [duckdb.list_type(T.FLOAT), T.BIGINT]),
+        ("recommend", functions.recommend, [T.BIGINT, T.BIGINT]),
+        ("recommend_all", functions.recommend_all, [T.BIGINT, T.BIGINT]),
+        ("similar", functions.similar, [T.BIGINT, T.BIGINT]),
+    ]
+    for name, fn, params in specs:
+        con.create_function(name, fn, params, result, type="arrow")
+
+
+# ------------------------------------------------------------------------------------ connection
+
+
+def _resolve_run(paths: DatasetPaths, run_id: str | None) -> str | None:
+    if run_id is None:
+        return latest_run(paths)
+    check_name("run", run_id)
+    manifest = paths.index_dir(run_id) / MANIFEST_FILE
+    if not manifest.exists():
+        raise StoreError(manifest, f"run {run_id!r} has no published index", "publish it first (store.index.publish / `anchorrec publish`)")
+    return run_id
+
+
+def _sql_string(path: Path) -> str:
+    return "'" + str(path.resolve()).replace("'", "''") + "'"
+
+
+def _create_file_views(con: duckdb.DuckDBPyConnection, sources: dict[str, Path]) -> None:
+    """Persistent `read_parquet` views; stale views of ours whose file is gone are dropped."""
+    ours = {"items", "users", "interactions", "user_vectors", "item_vectors"}
+    existing = con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE NOT internal AND NOT temporary AND database_name = current_database()"
+    ).fetchall()
+    for (name,) in existing:
+        if (name in ours or name.startswith("feature_")) and name not in sources:
+            con.execute(f'DROP VIEW "{name}"')
+    for name, path in sources.items():
+        con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet({_sql_string(path)})')
+
+
+def _open_read_write(database: str | Path | None, sources: dict[str, Path]) -> duckdb.DuckDBPyConnection:
+    if database is not None:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(database) if database is not None else ":memory:")
+    _create_file_views(con, sources)
+    return con
+
+
+def _open_read_only(database: str | Path | None, sources: dict[str, Path]) -> duckdb.DuckDBPyConnection:
+    if database is None:
+        # DuckDB cannot open an in-memory database read-only; an empty database file attached
+        # READ_ONLY is the session's catalog instead (the file is deleted once attached).
+        tmp = Path(tempfile.mkdtemp(prefix="anchorrec-sql-"))
+        try:
+            empty = tmp / "store.duckdb"
+            duckdb.connect(str(empty)).close()
+            con = duckdb.connect(":memory:")
+            con.execute(f"ATTACH {_sql_string(empty)} AS store (READ_ONLY)")
+            con.execute("USE store")
+            con.execute("DETACH memory")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        if not Path(database).exists():
+            _open_read_write(database, sources).close()
+        try:
+            con = duckdb.connect(str(database), read_only=True)
+        except duckdb.Error as exc:
+            raise StoreError(database, f"cannot open the database read-only ({exc})", "close the program that has it open for writing") from exc
+    for name, path in sources.items():
+        # Temporary views shadow the database's own read_parquet views of the same name.
+        con.register(name, ds.dataset(str(path), format="parquet"))
+    return con
+
+
+def connect(
+    paths: DatasetPaths,
+    run_id: str | None = None,
+    *,
+    database: str | Path | None = None,
+    read_only: bool = True,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection over the dataset and the published index of `run_id` (default: latest).
+
+    `database` None is in-memory; a path is a DuckDB file (created with the views if absent).
+    See the module docstring for what read-only guarantees.
+    """
+    run = _resolve_run(paths, run_id)
+    sources = table_sources(paths, run)
+    con = _open_read_only(database, sources) if read_only else _open_read_write(database, sources)
+    register_functions(con, VectorFunctions(paths, run))
+    if read_only:
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    return con
+
+
+# ------------------------------------------------------------------------------ one-shot helpers
+
+
+def _what_is_there(con: duckdb.DuckDBPyConnection) -> str:
+    views = sorted({r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()})
+    return f"views: {', '.join(views) or '(none)'}; functions: {', '.join(f + '(…, k)' for f in FUNCTIONS)}"
+
+
+def _execute(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> pa.Table:
+    try:
+        rel = con.sql(sql, params=params)
+        if rel is None:
+            return pa.table({})
+        return rel.to_arrow_table()
+    except duckdb.Error as exc:
+        raise QueryError(None, f"query failed: {exc}", _what_is_there(con)) from exc
+
+
+def run_query(
+    paths: DatasetPaths,
+    sql: str,
+    run_id: str | None = None,
+    output: str | Path | None = None,
+    fmt: str = "table",
+    *,
+    database: str | Path | None = None,
+    read_only: bool = True,
+) -> pa.Table:
+    """Run `sql` and return its result; with fmt 'parquet'/'csv' also write it to `output`.
+
+    The file is written by Python (atomically), not by DuckDB, so a read-only connection can
+    still export results.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if fmt != "table" and output is None:
+        raise ValueError(f"fmt {fmt!r} needs an output path")
+    con = connect(paths, run_id, database=database, read_only=read_only)
+    try:
+        table = _execute(con, sql)
+    finally:
+        con.close()
+    if fmt == "parquet":
+        write_table(table, output)
+    elif fmt == "csv":
+        with atomic_path(output) as tmp:
+            pacsv.write_csv(_flat_for_csv(table), tmp)
+    return table
+
+
+def _flat_for_csv(table: pa.Table) -> pa.Table:
+    """CSV has no nested values: lists/structs/arrays become JSON strings."""
+    columns = []
+    for col in table.columns:
+        if pa.types.is_nested(col.type):
+            col = pa.array([None if v is None else json.dumps(v, default=str) for v in col.to_pylist()], pa.string())
+        columns.append(col)
+    return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+_RANKED = """
+SELECT r.item_id, i.asin, i.title, r.score
+FROM (SELECT unnest({fn}($id, $k), recursive := true)) r
+LEFT JOIN items i USING (item_id)
+ORDER BY r.score DESC, r.item_id
+"""
+
+
+def _ranked(paths: DatasetPaths, fn: str, id_: int, k: int, run_id: str | None) -> pa.Table:
+    if not paths.items.exists():
+        raise StoreError(paths.items, "does not exist: titles cannot be joined", "run the prepare step first")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an integer ≥ 1, got {k!r}")
+    con = connect(paths, run_id)
+    try:
+        table = _execute(con, _RANKED.format(fn=fn), {"id": int(id_), "k": int(k)})
+    finally:
+        con.close()
+    rank = pa.array(np.arange(1, table.num_rows + 1, dtype=np.int32))
+    return table.add_column(0, "rank", rank)
+
+
+def recommend_for(
+    paths: DatasetPaths, user_id: int, k: int = 10, run_id: str | None = None, *, include_seen: bool = False
+) -> pa.Table:
+    """A user's top-k (rank, item_id, asin, title, score); training items excluded unless include_seen."""
+    return _ranked(paths, "recommend_all" if include_seen else "recommend", int(user_id), k, run_id)
+
+
+def resolve_item(paths: DatasetPaths, asin_or_item_id: str | int) -> int:
+    """An int is an item_id; a string is an ASIN, or an item_id if no ASIN is spelled like it."""
+    if isinstance(asin_or_item_id, (int, np.integer)) and not isinstance(asin_or_item_id, bool):
+        return int(asin_or_item_id)
+    key = str(asin_or_item_id)
+    items = read_table(paths.items, columns=["item_id", "asin"])
+    hit = items.filter(pc.equal(items.column("asin"), key))
+    if hit.num_rows:
+        return int(hit.column("item_id")[0].as_py())
+    if key.isdigit():
+        return int(key)
+    raise ValueError(f"unknown item {key!r}: no such asin in {paths.items}")
+
+
+def similar_to(paths: DatasetPaths, asin_or_item_id: str | int, k: int = 10, run_id: str | None = None) -> pa.Table:
+    """Items most similar to one item (rank, item_id, asin, title, score), the item itself excluded."""
+    return _ranked(paths, "similar", resolve_item(paths, asin_or_item_id), k, run_id)

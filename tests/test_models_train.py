@@ -1,0 +1,201 @@
+"""Trainer: sampling, selection on validation only, resume = uninterrupted, outputs on disk."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from models import registry
+from models.data import build_graph_data, load_interactions, load_modalities
+from models.train import BPRSampler, TrainConfig, fit, summarize_seeds, train, train_seeds
+from models_fixtures import one_thread, planted
+from store import schemas
+from store.layout import dataset_paths
+from store.tables import write_table
+from store.vectors import read_vectors, write_features
+
+single_thread = pytest.fixture(autouse=True)(one_thread)
+
+
+# ------------------------------------------------------------ a scripted model for selection
+
+
+@dataclasses.dataclass
+class ScriptedConfig:
+    schedule: str = "rrvrtrrrrrrr"  # per epoch: r random, v ranks VALID items first, t TEST items first
+
+
+class Scripted(torch.nn.Module):
+    """Embeddings chosen per epoch by a script, so the right epoch to keep is known in advance."""
+
+    def __init__(self, graph, cfg: ScriptedConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
+        self.valid = torch.as_tensor(graph_split["valid"].toarray())
+        self.test = torch.as_tensor(graph_split["test"].toarray())
+        self.noise = torch.as_tensor(np.random.default_rng(0).random(self.valid.shape), dtype=torch.float32)
+
+    def batch_loss(self, users, pos, neg):
+        loss = (self.w * 0).sum() + 1.0
+        return {"loss": loss, "const": loss}
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.epoch.fill_(epoch)
+
+    def final_embeddings(self):
+        kind = self.cfg.schedule[int(self.epoch)]
+        scores = self.noise + {"r": 0, "v": 10 * self.valid, "t": 10 * self.test}[kind]
+        return scores, torch.eye(scores.shape[1])
+
+
+graph_split: dict = {}
+
+
+@pytest.fixture()
+def scripted(monkeypatch):
+    monkeypatch.setitem(registry.MODELS, "scripted", (__name__, "Scripted", "ScriptedConfig"))
+    data = planted(n_users=60, n_items=40, n_groups=2, per_user=8)
+    graph_split.update(valid=data.valid_csr, test=data.test_csr)
+    return data
+
+
+def test_selection_uses_validation_only_and_stops_on_patience(scripted, tmp_path):
+    data = scripted
+    graph = build_graph_data(data, {}, device="cpu")
+    cfg = TrainConfig(model="scripted", epochs=12, patience=3, run_id="sel")
+    m = fit(data, graph, cfg, tmp_path / "sel", progress=False)
+    assert m["best_epoch"] == 2  # the 'v' epoch, not the 't' epoch 4 whose test recall is higher
+    assert m["valid"]["recall@20"] == 1.0
+    assert m["epochs_run"] == 6  # epochs 3, 4, 5 without improvement → stop after epoch 5
+    test_recalls = [h["valid"]["recall@20"] for h in m["history"]]
+    assert max(test_recalls) == m["valid"]["recall@20"]
+    # the reported test metrics are those of epoch 2's embeddings, not the best test epoch's
+    assert m["test"]["recall@20"] < 1.0
+
+
+def test_sampler_covers_each_pair_once_and_negatives_are_negative():
+    data = planted(n_users=50, n_items=30, n_groups=2, per_user=10)
+    s = BPRSampler(data)
+    t = s.epoch(seed=0, epoch=0)
+    assert len(t) == len(data.train)
+    got = np.sort(t[:, 0] * data.n_items + t[:, 1])
+    np.testing.assert_array_equal(got, np.sort(data.train[:, 0] * data.n_items + data.train[:, 1]))
+    train = data.train_csr.toarray()
+    assert not train[t[:, 0], t[:, 2]].any()  # no negative is a training positive
+    np.testing.assert_array_equal(t, s.epoch(seed=0, epoch=0))  # deterministic
+    assert not np.array_equal(t, s.epoch(seed=0, epoch=1))
+
+
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
+    data = planted(n_users=80, n_items=50, n_groups=4, per_user=8)
+    graph = build_graph_data(data, {}, device="cpu")
+    cfg = TrainConfig(model="lightgcn", model_args={"dim": 16}, epochs=6, batch_size=128, patience=10, lr=5e-3)
+    full = fit(data, graph, cfg, tmp_path / "full", progress=False)
+
+    def crash(epoch, record):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated crash")
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(data, graph, cfg, tmp_path / "resumed", progress=False, callback=crash)
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["epoch"] == 3
+    resumed = fit(data, graph, cfg, tmp_path / "resumed", progress=False)
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
+    assert resumed["test"] == full["test"] and resumed["best_epoch"] == full["best_epoch"]
+    _, a, _ = read_vectors(tmp_path / "full" / "item_vectors.parquet", "item_id")
+    _, b, _ = read_vectors(tmp_path / "resumed" / "item_vectors.parquet", "item_id")
+    np.testing.assert_array_equal(a, b)
+    # a finished run reruns as a no-op with the same result
+    again = fit(data, graph, cfg, tmp_path / "resumed", progress=False)
+    assert again["test"] == full["test"]
+    with pytest.raises(ValueError, match="lr"):
+        fit(data, graph, dataclasses.replace(cfg, lr=1e-2), tmp_path / "resumed", progress=False)
+
+
+def write_tiny_dataset(home, data, with_feature: bool = True):
+    paths = dataset_paths("tiny", home)
+    asins = [f"A{i:04d}" for i in range(data.n_items)]
+    n = data.n_items
+    write_table(
+        pa.table({
+            "item_id": pa.array(np.arange(n, dtype=np.int32)), "asin": asins,
+            "title": pa.nulls(n, pa.string()), "description": pa.nulls(n, pa.string()),
+            "brand": pa.nulls(n, pa.string()), "categories": pa.array([[]] * n, pa.list_(pa.string())),
+            "image_url": pa.nulls(n, pa.string()), "text": pa.nulls(n, pa.string()),
+        }),
+        paths.items, schemas.ITEMS,
+    )
+    rows = []
+    for split in schemas.SPLITS:
+        coo = data.split(split).tocoo()
+        rows += [(u, i, split) for u, i in zip(coo.row.tolist(), coo.col.tolist())]
+    write_table(
+        pa.table({
+            "user_id": pa.array([r[0] for r in rows], pa.int32()), "item_id": pa.array([r[1] for r in rows], pa.int32()),
+            "rating": pa.nulls(len(rows), pa.float32()), "timestamp": pa.array(np.zeros(len(rows), np.int64)),
+            "split": [r[2] for r in rows],
+        }),
+        paths.interactions, schemas.INTERACTIONS,
+    )
+    if with_feature:
+        vec = np.random.default_rng(0).standard_normal((n, 6)).astype(np.float32)
+        valid = np.ones(n, bool)
+        valid[[1, 5]] = False  # two items without this modality
+        write_features(paths.feature("text-tiny"), asins[::-1], np.arange(n)[::-1], vec[::-1], encoder="test",
+                       model="random", weights="none", modality="text", input_hash="x", valid=valid[::-1])
+    return paths, vec if with_feature else None, valid if with_feature else None
+
+
+def test_train_from_store_writes_outputs(home):
+    data = planted(n_users=40, n_items=30, n_groups=2, per_user=8)
+    paths, vec, valid = write_tiny_dataset(home, data)
+
+    loaded = load_interactions(paths)
+    assert (loaded.train_csr != data.train_csr).nnz == 0 and (loaded.test_csr != data.test_csr).nnz == 0
+    feats = load_modalities(paths, {"t": "text-tiny"})
+    np.testing.assert_allclose(feats["t"][valid], vec[valid])  # aligned by asin despite the reversed table
+    np.testing.assert_allclose(feats["t"][1], vec[valid].mean(0), rtol=1e-5)  # missing → mean
+
+    cfg = TrainConfig(model="lightgcn", model_args={"dim": 8}, features={"t": "text-tiny"}, epochs=3,
+                      batch_size=64, run_id="lgcn-test", knn_k=4)
+    m = train(paths, cfg, progress=False)
+    run = paths.run("lgcn-test")
+    for name in ("config.json", "metrics.json", "checkpoint.pt", "user_vectors.parquet", "item_vectors.parquet"):
+        assert (run / name).exists(), name
+    uid, u, _ = read_vectors(run / "user_vectors.parquet", "user_id")
+    iid, i, meta = read_vectors(run / "item_vectors.parquet", "item_id")
+    assert u.shape == (40, 8) and i.shape == (30, 8) and meta["run_id"] == "lgcn-test"
+    np.testing.assert_array_equal(iid, np.arange(30))
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk["test"] == m["test"] and set(m["test"]) >= {"recall@20", "ndcg@20", "precision@10", "map@50"}
+    assert len(on_disk["history"]) == 3 and on_disk["timings"]["train_s_per_epoch"] > 0
+    assert list(paths.cache_dir.glob("knn-*.npz"))  # the kNN graph was cached
+
+    summary = train_seeds(paths, dataclasses.replace(cfg, run_id="multi", epochs=2), seeds=[0, 1], progress=False)
+    assert summary["runs"] == ["multi-s0", "multi-s1"] and summary["n"] == 2
+    r = [json.loads(paths.metrics(x).read_text())["test"]["recall@20"] for x in summary["runs"]]
+    assert summary["test_mean"]["recall@20"] == pytest.approx(np.mean(r))
+    assert summary["test_std"]["recall@20"] == pytest.approx(np.std(r, ddof=1))
+    assert (paths.runs_dir / "multi-seeds.json").exists()
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="model"):
+        TrainConfig(model="nope")
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="features"):
+        TrainConfig(features={"image": "x"})
+    with pytest.raises(ValueError, match="run"):
+        TrainConfig(run_id="../escape")
+
+
+def test_summarize_seeds_single_run_has_zero_std():
+    s = summarize_seeds([{"run_id": "a", "valid": {"recall@20": 0.1}, "test": {"recall@20": 0.2}, "best_epoch": 3}])
+    assert s["test_mean"]["recall@20"] == 0.2 and s["test_std"]["recall@20"] == 0.0
