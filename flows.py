@@ -175,10 +175,12 @@ def merge_images_task(cfg: PipelineConfig, shard_summaries: list[dict]) -> dict:
 
 @task(name="extract-features", persist_result=True)
 @_timed
-def extract_task(cfg: PipelineConfig, spec: str, name: str) -> dict:
+def extract_task(cfg: PipelineConfig, spec: str, name: str, shard: Optional[tuple[int, int]] = None) -> dict:
     from features.extract import extract
 
-    return extract(cfg.paths, spec, name=name, batch_size=cfg.batch_size, device=cfg.device)
+    return extract(
+        cfg.paths, spec, name=name, batch_size=cfg.batch_size, device=cfg.device, shard=shard, progress=shard is None
+    )
 
 
 @task(name="pretrain-ica", persist_result=True)
@@ -266,6 +268,13 @@ def stage_features(cfg: PipelineConfig, with_images: bool) -> dict[str, str]:
         name = feature_name(spec)
         inputs = [p.items] + ([p.image_audit] if modality == "image" else [])
         key = stage_key(f"features-{name}", {"spec": spec, "batch": cfg.batch_size}, inputs, ("features", "store"))
+        if cfg.shards > 1:  # encode shards on the task runner's workers; the final call assembles
+            refresh = not p.feature(name).exists()
+            shards = extract_task.with_options(
+                cache_key_fn=lambda _ctx, params, key=key: f"{key}-shard-{params['shard'][0]}-of-{cfg.shards}",
+                refresh_cache=refresh,
+            ).map(unmapped(cfg), unmapped(spec), unmapped(name), [(i, cfg.shards) for i in range(cfg.shards)])
+            shards.result()  # raises if a shard failed
         run_stage(extract_task, key, [p.feature(name)], cfg, spec, name)
         names[modality] = name
     return names
@@ -472,7 +481,14 @@ def _print_pipeline_result(cfg: PipelineConfig, result: dict) -> None:
         typer.echo(f"  {split}: {shown}")
     query = SAMPLE_QUERY.format(user=0, k=5)
     typer.echo(f"\n{query}")
-    typer.echo(str(run_query(cfg.paths, query, run_id=result["run_id"])))
+    typer.echo(show(run_query(cfg.paths, query, run_id=result["run_id"])))
+
+
+def show(table: Any, rows: int = 40) -> str:
+    """Render an Arrow table as DuckDB's box table (what `anchorrec sql` prints)."""
+    import duckdb
+
+    return str(duckdb.from_arrow(table).limit(rows)) if table.num_rows else "(no rows)"
 
 
 SAMPLE_QUERY = (
@@ -495,7 +511,8 @@ def sql(
     from store.sql import run_query
 
     fmt = "table" if output is None else output.suffix.lstrip(".")
-    typer.echo(run_query(dataset_paths(dataset, home), query, run_id=run_id, output=output, fmt=fmt, read_only=not write))
+    table = run_query(dataset_paths(dataset, home), query, run_id=run_id, output=output, fmt=fmt, read_only=not write)
+    typer.echo(show(table) if output is None else f"wrote {table.num_rows} rows to {output}")
 
 
 @app.command()
@@ -509,7 +526,7 @@ def recommend(
     """Top-k items for a user (training items excluded), with titles."""
     from store.sql import recommend_for
 
-    typer.echo(recommend_for(dataset_paths(dataset, home), user, k, run_id=run_id))
+    typer.echo(show(recommend_for(dataset_paths(dataset, home), user, k, run_id=run_id)))
 
 
 @app.command()
@@ -524,7 +541,7 @@ def similar(
     from store.sql import similar_to
 
     key: int | str = int(item) if item.isdigit() else item
-    typer.echo(similar_to(dataset_paths(dataset, home), key, k, run_id=run_id))
+    typer.echo(show(similar_to(dataset_paths(dataset, home), key, k, run_id=run_id)))
 
 
 def _serve_command(cron: str = "0 3 * * *", name: str = "nightly", **params: Any) -> None:

@@ -185,7 +185,7 @@ def report(results: list[dict], args: argparse.Namespace, wall: float) -> str:
             lines.append(f"| untrained ICA mm | {ms([s['content_untrained'] for s in runs])} |")
             lines.append(f"| pretrained ICA mm | {ms([s['content_trained'] for s in runs])} |")
         h = runs[0]["history"]
-        lines += ["", f"Per-epoch (seed {runs[0]['history'] and args.seeds[0]}):", "",
+        lines += ["", f"Per-epoch history of seed {args.seeds[0]} (every 5th epoch, the first and the selected one):", "",
                   "| epoch | loss | contrastive | mmm | fusion | R@1 | R@10 | content R@20 |", "|---|---|---|---|---|---|---|---|"]
         for row in [x for x in h if x["epoch"] % 5 == 0 or x["epoch"] in (1, runs[0]["best_epoch"])]:
             f = lambda k: f"{row[k]:.3f}" if k in row else "–"  # noqa: E731

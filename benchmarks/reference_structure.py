@@ -13,13 +13,22 @@ from __future__ import annotations
 
 import torch
 
-from models.anchorrec import AnchorRec, AnchorRecConfig, bpr_loss, info_nce, l2_loss, uia_margin_loss, user_lift
+from models.anchorrec import AnchorRec, AnchorRecConfig, bpr_loss, l2_loss, uia_margin_loss, user_lift
 from models.data import GraphData
 
 
 def build_sim(x: torch.Tensor) -> torch.Tensor:
     x = x / torch.norm(x, p=2, dim=-1, keepdim=True)
     return x @ x.T
+
+
+def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The reference's InfoNCE: B × B logits divided by τ, exp, row sums, log of the ratio."""
+    view1 = view1 / view1.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    view2 = view2 / view2.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    pos = torch.exp((view1 * view2).sum(dim=-1) / temperature)
+    total = torch.exp(view1 @ view2.T / temperature).sum(dim=1)
+    return torch.mean(-torch.log(pos / total))
 
 
 def sim_loss(emb: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:

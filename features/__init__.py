@@ -1,10 +1,10 @@
 """features room (see ARCHITECTURE.md): encoders and batched extraction into feature tables.
 
-    from features import extract, get_encoder
+    from features.extract import extract
     extract(paths, "minilm")                 # → features/text-minilm.parquet
     extract(paths, "efficientnet-lite0")     # → features/image-effnet.parquet
 
-`extract` is imported on first use so that parsing specs does not pay for importing torch.
+Only the light spec/interface names are re-exported here, so parsing a spec does not import torch.
 """
 from features.base import (
     Encoder,
@@ -15,20 +15,4 @@ from features.base import (
     parse_spec,
 )
 
-__all__ = [
-    "Encoder",
-    "EncoderSpec",
-    "WeightsUnavailable",
-    "default_feature_name",
-    "extract",
-    "get_encoder",
-    "parse_spec",
-]
-
-
-def __getattr__(name: str):
-    if name == "extract":
-        from features.extract import extract
-
-        return extract
-    raise AttributeError(f"module 'features' has no attribute {name!r}")
+__all__ = ["Encoder", "EncoderSpec", "WeightsUnavailable", "default_feature_name", "get_encoder", "parse_spec"]

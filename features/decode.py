@@ -1,4 +1,4 @@
-"""Image files → model-ready tensors, in DataLoader worker processes.
+"""Image files → model-ready tensors, decoded in background threads.
 
 Decoding is the part of image extraction the model does not pay for, so it runs in workers while
 the model runs in the main process. JPEGs are decoded with PIL's draft mode, which lets libjpeg
@@ -8,6 +8,8 @@ the result is the transform's input at full quality.
 """
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -68,15 +70,29 @@ def image_batches(
     draft: bool = True,
     pin_memory: bool = False,
 ) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
-    """Decoded batches in order, prepared by `workers` processes ahead of the consumer."""
-    loader = torch.utils.data.DataLoader(
-        ImageFiles(paths, preprocess, min_side, draft),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=pin_memory,
-        prefetch_factor=4 if workers > 0 else None,
-        persistent_workers=False,
-    )
-    yield from loader
+    """Decoded batches in order, prepared `workers` threads ahead of the consumer.
+
+    Threads, not processes: PIL's decoder and resampler release the GIL, so threads decode in
+    parallel, and unlike forked DataLoader workers they are safe inside Prefect's and Dask's
+    worker threads (a forked worker there dies on the parent's exit hooks).
+    """
+    files = ImageFiles(paths, preprocess, min_side, draft)
+    starts = list(range(0, len(files), batch_size))
+
+    def load(start: int):
+        batch = collate([files[i] for i in range(start, min(start + batch_size, len(files)))])
+        if pin_memory and batch[1] is not None:
+            return batch[0], batch[1].pin_memory(), batch[2]
+        return batch
+
+    if workers == 0:
+        for start in starts:
+            yield load(start)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        ahead: deque = deque(pool.submit(load, s) for s in starts[: 2 * workers])
+        for nxt in starts[2 * workers :] + [None] * len(ahead):
+            batch = ahead.popleft().result()
+            if nxt is not None:
+                ahead.append(pool.submit(load, nxt))
+            yield batch

@@ -9,7 +9,7 @@ Design points:
   rows whose key still matches and encodes only the rest. The partial folder has no `.parquet`
   suffix so it is never listed as a feature.
 - A rerun with the same encoder and the same inputs (input_hash) does nothing.
-- Images are decoded in DataLoader worker processes (JPEG draft mode) while the main process
+- Images are decoded in background threads (JPEG draft mode) while the main process
   runs the model; CUDA autocast (bf16/fp16) is the encoder's business.
 """
 from __future__ import annotations
@@ -205,10 +205,11 @@ def extract_images(
 class Partial:
     """Rows finished by an interrupted run, in `features/.<name>.partial/`."""
 
-    def __init__(self, root: Path, spec: str, dim: int) -> None:
+    def __init__(self, root: Path, spec: str, dim: int, tag: str = "") -> None:
         self.root = root
         self.spec = spec
         self.dim = dim
+        self.tag = tag  # shards of one extraction write side by side under their own tag
         self.state = root / "state.json"
 
     def open(self, resume: bool) -> None:
@@ -219,8 +220,8 @@ class Partial:
             if state.get("spec") != self.spec or state.get("dim") != self.dim:
                 log.warning("%s: partial rows of another encoder (%s); starting over", self.root, state.get("spec"))
                 self.remove()
-        if not self.root.exists():
-            self.root.mkdir(parents=True)
+        if not self.root.exists() or not self.state.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
             write_json({"spec": self.spec, "dim": self.dim}, self.state)
 
     def parts(self) -> list[Path]:
@@ -253,7 +254,8 @@ class Partial:
                 "key": pa.array([inputs.keys[p] for p in positions], pa.string()),
             }
         )
-        write_table(table, self.root / f"part-{len(self.parts()):06d}.parquet")
+        mine = len(list(self.root.glob(f"part-{self.tag}*.parquet")))
+        write_table(table, self.root / f"part-{self.tag}{mine:06d}.parquet")
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -274,12 +276,18 @@ def extract(
     progress: bool = True,
     chunk_size: int = 2048,
     draft: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> dict:
     """Encode every item of `paths` with `spec` into features/<name>.parquet; returns a summary.
 
     `spec` is an encoder spec string (see features.base.parse_spec) or an already loaded encoder.
     Finished rows are saved every `chunk_size` items, so an interrupted run resumes there.
+    With `shard=(i, n)` only items at positions ≡ i (mod n) are encoded, into the partial rows,
+    and no table is written: a final call without `shard` then finds every row done and writes
+    the table. That is the Prefect flow's fan-out over a distributed task runner.
     """
+    if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     if workers < 0:
@@ -311,7 +319,8 @@ def extract(
     if encoder is None:
         encoder = get_encoder(spec_text, device)
     dim = encoder.dim
-    partial = Partial(paths.features_dir / f".{name}.partial", spec_text, dim)
+    tag = f"s{shard[0]}of{shard[1]}-" if shard else ""
+    partial = Partial(paths.features_dir / f".{name}.partial", spec_text, dim, tag)
     partial.open(resume)
 
     vectors = np.zeros((n, dim), dtype=np.float32)
@@ -325,13 +334,14 @@ def extract(
         filled[pos] = True
     resumed = int(filled.sum())
 
+    mine = np.ones(n, dtype=bool) if shard is None else (np.arange(n) % shard[1] == shard[0])
     buffer: list[int] = []
     for pos in range(n):
-        if not filled[pos] and inputs.missing[pos] is not None:
+        if mine[pos] and not filled[pos] and inputs.missing[pos] is not None:
             reasons[pos] = inputs.missing[pos]
             filled[pos] = True
             buffer.append(pos)
-    pending = [p for p in range(n) if not filled[p]]
+    pending = [p for p in range(n) if mine[p] and not filled[p]]
 
     def flush(force: bool = False) -> None:
         if buffer and (force or len(buffer) >= chunk_size):
@@ -367,6 +377,9 @@ def extract(
         flush(force=True)  # keep what was finished, even when interrupted
         bar.close()
     encode_seconds = time.perf_counter() - t_encode
+    if shard is not None:
+        return {"name": name, "shard": list(shard), "encoded": len(pending), "resumed": resumed,
+                "seconds": round(time.perf_counter() - t0, 3)}
 
     if not filled.all():  # pragma: no cover - a bug guard: every item must have a row
         raise RuntimeError(f"{int((~filled).sum())} items got no row")

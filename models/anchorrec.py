@@ -22,6 +22,12 @@ Where this file computes less than the reference, the value is the same (tests c
 - graph smoothing over all kNN edges uses Σ w_ij‖z_i − z_j‖² = Σ_i (r_i + c_i)‖z_i‖² − 2⟨Z, KZ⟩
   (one sparse product) instead of gathering both ends of every edge;
 - the v branch is computed only when its AMP term is on (it enters the model only there).
+
+Ablation: `mm_branch=False` trains the model without the mm branch — the score is
+LightGCN + z_t, and every term that needs z_mm goes with it: the recovery term D(P_mm(z_mm)),
+AAL (its anchor is P_mm(z_mm)), AMP's mm term and graph smoothing over the mm kNN edges. The
+graph then needs only t and v; if it has mm anyway, the mm modules are built (one state_dict
+layout) but get no gradient and the score does not read the mm features.
 """
 from __future__ import annotations
 
@@ -50,10 +56,48 @@ def l2_loss(*embeddings: torch.Tensor) -> torch.Tensor:
     return sum(0.5 * (e**2).sum() for e in embeddings) / embeddings[0].shape[0]
 
 
+class _CosineLogSumExp(torch.autograd.Function):
+    """lse_i = log Σ_j exp(a_i·o_j) for rows a = unit/τ, o = unit, touching the B × B matrix 3 times.
+
+    Since |a_i·o_j| ≤ 1/τ, the shift 1/τ replaces the row maximum (no overflow; exp(−2/τ) stays
+    a normal float32 while τ ≥ 0.025, below that the row maximum is used). The forward keeps
+    E = exp(a oᵀ − shift) and its row sums s; the backward needs only E:
+    ∂lse/∂a = diag(g/s) E o and ∂lse/∂o = Eᵀ diag(g/s) a — two products, no B × B pass
+    (torch.logsumexp and its autograd make about eight).
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, o: torch.Tensor, tau: float) -> torch.Tensor:  # type: ignore[override]
+        if tau >= 0.025:
+            e = torch.addmm(torch.full((), -1.0 / tau, dtype=a.dtype, device=a.device), a, o.T)
+            shift = torch.full((a.shape[0],), 1.0 / tau, dtype=a.dtype, device=a.device)
+        else:
+            e = a @ o.T
+            shift = e.amax(1)
+            e.sub_(shift[:, None])
+        e.exp_()
+        s = e.sum(1)
+        ctx.save_for_backward(a, o, e, s)
+        return s.log() + shift
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        a, o, e, s = ctx.saved_tensors
+        w = (g / s)[:, None]
+        grad_a = w * (e @ o) if ctx.needs_input_grad[0] else None
+        grad_o = e.T @ (w * a) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_o, None
+
+
 def info_nce(anchor: torch.Tensor, other: torch.Tensor, tau: float) -> torch.Tensor:
-    """One-directional InfoNCE on cosine similarity: row i of `anchor` should pick row i of `other`."""
-    logits = F.normalize(anchor, dim=1) @ F.normalize(other, dim=1).T / tau
-    return F.cross_entropy(logits, torch.arange(len(anchor), device=anchor.device))
+    """One-directional InfoNCE on cosine similarity: row i of `anchor` should pick row i of `other`.
+
+    −mean_i log(exp(s_ii/τ) / Σ_j exp(s_ij/τ)); 1/τ is applied to the B × d anchor rather than
+    to the B × B logits, and the log-sum-exp is the stable form of the reference's exp/sum.
+    """
+    a = F.normalize(anchor, dim=1) / tau
+    o = F.normalize(other, dim=1)
+    return (_CosineLogSumExp.apply(a, o, tau) - (a * o).sum(1)).mean()
 
 
 def uia_margin_loss(u: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float) -> torch.Tensor:
@@ -106,6 +150,34 @@ def lightgcn_mean(adj: FixedSparse, ego: torch.Tensor, n_layers: int, nodes: tor
     return out if nodes is None else out[nodes]
 
 
+def bipartite_lightgcn(
+    r: FixedSparse,
+    rt: FixedSparse,
+    e_u: torch.Tensor,
+    e_i: torch.Tensor,
+    n_layers: int,
+    users: torch.Tensor | None = None,
+    items: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`lightgcn_mean` on A = [[0, R], [Rᵀ, 0]], users and items kept apart: (users' mean, items' mean).
+
+    The same numbers without concatenating the two tables: a layer is u' = R i, i' = Rᵀ u, and
+    with `users`/`items` the last layer is computed for those rows only — the users' rows of R
+    are a small gather (a batch's users have few items), and the layers are summed before the
+    one gather per side, so the backward pass scatters into each table once.
+    """
+    sum_u, sum_i, u, i = e_u, e_i, e_u, e_i
+    scale = 1.0 / (n_layers + 1)
+    for layer in range(n_layers):
+        if users is not None and layer == n_layers - 1:
+            return (sum_u[users] + r.rows(users, i)) * scale, (sum_i[items] + rt.rows(items, u)) * scale
+        u, i = r(i), rt(u)
+        sum_u, sum_i = sum_u + u, sum_i + i
+    if users is None:
+        return sum_u * scale, sum_i * scale
+    return sum_u[users] * scale, sum_i[items] * scale
+
+
 def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     net = nn.Sequential(nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Linear(d_hidden, d_out))
     for layer in net:
@@ -147,6 +219,7 @@ class AnchorRecConfig:
     proj_dim: int = 64  # width of the projection heads P_* (and input of the decoder D)
     finetune_features: bool = False  # True: train copies of the raw features as branch inputs (the reference does)
     user_lift: str = "sym"  # 'sym' (reference) or 'mean'
+    mm_branch: bool = True  # False: ablation without the mm branch (no recovery, AAL, mm AMP, smoothing)
 
     def __post_init__(self) -> None:
         for name in ("embedding_dim", "proj_dim"):
@@ -189,10 +262,17 @@ def feature_groups(features: dict[str, torch.Tensor], names: tuple[str, ...]) ->
     return groups
 
 
+def same_matrix(a: FixedSparse, b: FixedSparse) -> bool:
+    """The same sparse matrix (so products with it may be shared)."""
+    return a.shape == b.shape and all(torch.equal(getattr(a, n), getattr(b, n)) for n in ("crow", "col", "val"))
+
+
 class AnchorRec(nn.Module):
     def __init__(self, graph: GraphData, cfg: AnchorRecConfig) -> None:
         super().__init__()
-        require_modalities(graph, MODALITIES, "AnchorRec")
+        require_modalities(graph, MODALITIES if cfg.mm_branch else ("t", "v"), "AnchorRec")
+        # the modalities with modules and buffers: mm may be absent when the mm branch is off
+        self.modalities = tuple(m for m in MODALITIES if m in graph.features and m in graph.knn)
         self.cfg = cfg
         self.n_users, self.n_items = graph.n_users, graph.n_items
         d = cfg.embedding_dim
@@ -200,22 +280,26 @@ class AnchorRec(nn.Module):
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
 
         # graphs (constant)
-        self.adj = FixedSparse(graph.adj)
-        self.lift = FixedSparse(user_lift(graph, cfg.user_lift))
-        self.knn = nn.ModuleDict({m: FixedSparse(graph.knn[m]) for m in MODALITIES})
-        self.register_buffer("mm_deg_sum", self.knn["mm"].row_sums() + self.knn["mm"].col_sums(), persistent=False)
+        n_u, n_i = self.n_users, self.n_items
+        self.r = FixedSparse(block(graph.adj, 0, n_u, n_u, n_u + n_i))  # the graph is [[0, R], [Rᵀ, 0]]
+        self.rt = FixedSparse(block(graph.adj, n_u, n_u + n_i, 0, n_u))
+        self.lift = self.r if cfg.user_lift == "sym" else FixedSparse(user_lift(graph, cfg.user_lift))
+        self.knn = nn.ModuleDict({m: FixedSparse(graph.knn[m]) for m in self.modalities})
+        if "mm" in self.knn:
+            self.register_buffer("mm_deg_sum", self.knn["mm"].row_sums() + self.knn["mm"].col_sums(), persistent=False)
 
         # raw features (constant): AAL projects them, AMP compares against their cosine matrix
-        self.groups = feature_groups(graph.features, MODALITIES)
-        for m in MODALITIES:
+        self.groups = feature_groups(graph.features, self.modalities)
+        self.knn_groups = {m: next(o for o in self.modalities if same_matrix(self.knn[o], self.knn[m])) for m in self.modalities}
+        for m in self.modalities:
             f = graph.features[m].float()
             self.register_buffer(f"raw_{m}", f, persistent=False)
             self.register_buffer(f"unit_{m}", F.normalize(f, dim=1), persistent=False)
         # branch inputs: trainable copies of the features, as in the reference, or the raw ones
         if cfg.finetune_features:
-            self.feat = nn.ParameterDict({m: nn.Parameter(graph.features[m].float().clone()) for m in MODALITIES})
-        self.trs = nn.ModuleDict({m: nn.Linear(graph.features[m].shape[1], d) for m in MODALITIES})
-        self.gate = nn.ModuleDict({m: nn.Linear(d, d) for m in MODALITIES})
+            self.feat = nn.ParameterDict({m: nn.Parameter(graph.features[m].float().clone()) for m in self.modalities})
+        self.trs = nn.ModuleDict({m: nn.Linear(graph.features[m].shape[1], d) for m in self.modalities})
+        self.gate = nn.ModuleDict({m: nn.Linear(d, d) for m in self.modalities})
 
         # projection domain (AAL) and the recovery decoder D
         p = cfg.proj_dim
@@ -231,15 +315,78 @@ class AnchorRec(nn.Module):
 
     # --- forward pieces
 
-    def lightgcn(self, nodes: torch.Tensor | None = None) -> torch.Tensor:
-        return lightgcn_mean(self.adj, torch.cat([self.user_emb, self.item_emb]), self.cfg.n_ui_layers, nodes)
+    @property
+    def scored(self) -> tuple[str, ...]:
+        """The branches in the score: mm and t, or t alone in the no-mm ablation."""
+        return ("mm", "t") if self.cfg.mm_branch else ("t",)
+
+    def lightgcn(self) -> torch.Tensor:
+        """The LightGCN view of every user then every item."""
+        return torch.cat(bipartite_lightgcn(self.r, self.rt, self.user_emb, self.item_emb, self.cfg.n_ui_layers))
 
     def branch(self, m: str) -> torch.Tensor:
         """z_m for all items: gated ID embeddings propagated n_layers times over the kNN graph."""
-        f = self.feat[m] if self.cfg.finetune_features else getattr(self, f"raw_{m}")
-        e = self.item_emb * torch.sigmoid(self.gate[m](self.trs[m](f)))
+        e = self.gated(m)
         for _ in range(self.cfg.n_layers):
             e = self.knn[m](e)
+        return e
+
+    def branches(self, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """{m: branch(m)} with one gate product and one propagation per group of modalities.
+
+        Modalities that share their raw features and their kNN graph (the reference run uses
+        one table for all three) are gated by one N × D by D × kd product and propagated as
+        one N × kd matrix: the same numbers as k separate branches, in fewer, wider products.
+        """
+        out: dict[str, torch.Tensor] = {}
+        for members in self.fusable(names):
+            if len(members) == 1:
+                out[members[0]] = self.branch(members[0])
+                continue
+            d, f = self.cfg.embedding_dim, getattr(self, f"raw_{members[0]}")
+            w = torch.cat([self.gate[m].weight @ self.trs[m].weight for m in members])
+            b = torch.cat([self.gate[m].weight @ self.trs[m].bias + self.gate[m].bias for m in members])
+            s = torch.sigmoid(F.linear(f, w, b)).view(self.n_items, len(members), d)
+            e = (self.item_emb[:, None, :] * s).view(self.n_items, len(members) * d)
+            for _ in range(self.cfg.n_layers):
+                e = self.knn[members[0]](e)
+            out.update({m: e[:, k * d : (k + 1) * d] for k, m in enumerate(members)})
+        return out
+
+    def fusable(self, names: tuple[str, ...]) -> list[tuple[str, ...]]:
+        """`names` in groups that share raw features and kNN graph (never with trainable features)."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for m in names:
+            key = (m, m) if self.cfg.finetune_features else (self.groups[m], self.knn_groups[m])
+            groups.setdefault(key, []).append(m)
+        return [tuple(v) for v in groups.values()]
+
+    def gated(self, m: str, items: torch.Tensor | None = None) -> torch.Tensor:
+        """item_id ⊙ σ(G_m(W_m f_m)) for all items or for `items`.
+
+        G_m(W_m f) = f (G_m W_m)ᵀ + (G_m b_W + b_G): the two linear maps are multiplied first
+        (d × d × D) so the N × D features meet one d × D matrix instead of two maps in a row.
+        """
+        f = self.feat[m] if self.cfg.finetune_features else getattr(self, f"raw_{m}")
+        ids = self.item_emb
+        if items is not None:
+            f, ids = f[items], ids[items]
+        trs, gate = self.trs[m], self.gate[m]
+        return ids * torch.sigmoid(F.linear(f, gate.weight @ trs.weight, gate.weight @ trs.bias + gate.bias))
+
+    def branch_rows(self, m: str, rows: torch.Tensor) -> torch.Tensor:
+        """z_m[rows], gating and propagating only the items `rows` reach in n_layers steps.
+
+        Falls back to the full branch when that neighbourhood is most (> 80%) of the catalogue.
+        """
+        knn, reach = self.knn[m], [rows]
+        for _ in range(self.cfg.n_layers):
+            reach.append(torch.unique(knn.row_cols(reach[-1])))
+            if len(reach[-1]) * 5 > 4 * self.n_items:
+                return self.branch(m)[rows]
+        e = self.gated(m, reach[-1])
+        for layer in range(self.cfg.n_layers, 0, -1):
+            e = knn.rows(reach[layer - 1], e, cols=reach[layer])
         return e
 
     def recovery(self, h_mm: torch.Tensor) -> torch.Tensor:
@@ -250,17 +397,18 @@ class AnchorRec(nn.Module):
 
     def batch_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg, n_b = self.cfg, len(users)
-        nodes = torch.cat([users, self.n_users + pos, self.n_users + neg])
-        lg = self.lightgcn(nodes)
-        lg_u, lg_p, lg_n = lg[:n_b], lg[n_b : 2 * n_b], lg[2 * n_b :]
-        z = {m: self.branch(m) for m in ("mm", "t")}
+        pos_rows: dict = {}  # the positives' feature rows, gathered once per shared table
         items = torch.cat([pos, neg])
+        lg_u, lg_i = bipartite_lightgcn(self.r, self.rt, self.user_emb, self.item_emb, cfg.n_ui_layers, users, items)
+        lg_p, lg_n = lg_i[:n_b], lg_i[n_b:]
+        z = self.branches(self.scored)
 
-        u = lg_u + self.lift.rows(users, z["mm"]) + self.lift.rows(users, z["t"])
-        i = torch.cat([lg_p, lg_n]) + z["mm"][items] + z["t"][items]
-        need_h_mm = cfg.recover_lambda > 0 or cfg.aal_loss > 0
+        z_sum = z["t"] + z["mm"] if cfg.mm_branch else z["t"]  # the lift is linear: lift both at once
+        u = lg_u + self.lift.rows(users, z_sum)
+        i = lg_i + z_sum[items]
+        need_h_mm = cfg.mm_branch and (cfg.recover_lambda > 0 or cfg.aal_loss > 0)
         h_mm = self.proj["mm"](z["mm"][items]) if need_h_mm else None
-        if cfg.recover_lambda > 0:
+        if cfg.mm_branch and cfg.recover_lambda > 0:
             i = i + self.recovery(h_mm)
         p, n = i[:n_b], i[n_b:]
 
@@ -269,40 +417,49 @@ class AnchorRec(nn.Module):
             out["reg"] = cfg.lambda_weight * l2_loss(u, p, n)
         if cfg.uia_weight > 0:
             out["uia"] = cfg.uia_weight * uia_margin_loss(u, p, n, cfg.uia_margin)
-        if cfg.aal_loss > 0:
+        if cfg.mm_branch and cfg.aal_loss > 0:
             h_mm_p = h_mm[:n_b]
-            mix = cfg.aal_v_share * self.proj["v"](self.raw_v[pos]) + (1 - cfg.aal_v_share) * self.proj["t"](self.raw_t[pos])
+            mix = cfg.aal_v_share * self.proj["v"](self.feature_rows("raw", "v", pos, pos_rows)) + (1 - cfg.aal_v_share) * self.proj[
+                "t"
+            ](self.feature_rows("raw", "t", pos, pos_rows))
             aal = info_nce(h_mm_p, self.proj["id"](lg_p), cfg.tau) + info_nce(h_mm_p.detach(), mix, cfg.tau)
             out["aal"] = cfg.aal_loss * aal
         if cfg.amp_loss > 0 and max(cfg.amp_modality_weights) > 0:
-            out["amp"] = cfg.amp_loss * self.amp(pos, z)
-        if cfg.smooth_weight > 0:
-            out["smooth"] = cfg.smooth_weight * smoothing_loss(z["mm"], self.knn["mm"], self.mm_deg_sum)
+            out["amp"] = cfg.amp_loss * self.amp(pos, z, pos_rows)
+        if cfg.mm_branch and cfg.smooth_weight > 0:
+            out["smooth"] = cfg.smooth_weight * smoothing_loss(z["mm"].contiguous(), self.knn["mm"], self.mm_deg_sum)
         out["loss"] = sum(out.values())
         return out
 
-    def amp(self, pos: torch.Tensor, z: dict[str, torch.Tensor]) -> torch.Tensor:
+    def feature_rows(self, kind: str, m: str, idx: torch.Tensor, cache: dict) -> torch.Tensor:
+        """raw_m[idx] or unit_m[idx]; `cache` (one per batch and idx) gathers a shared table once."""
+        key = (kind, self.groups[m])
+        if key not in cache:
+            cache[key] = getattr(self, f"{kind}_{self.groups[m]}")[idx]
+        return cache[key]
+
+    def amp(self, pos: torch.Tensor, z: dict[str, torch.Tensor], pos_rows: dict | None = None) -> torch.Tensor:
         """Σ_m w_m ‖E_m E_mᵀ − S_m‖_F / B over the batch's positive items."""
-        total, shared = 0.0, {}
+        total, shared, pos_rows = 0.0, {}, {} if pos_rows is None else pos_rows
         for m, w in zip(MODALITIES, self.cfg.amp_modality_weights):
-            if w == 0:
+            if w == 0 or (m == "mm" and not self.cfg.mm_branch):
                 continue
-            if m not in z:
-                z[m] = self.branch(m)
-            unit = getattr(self, f"unit_{m}")[pos]
+            emb = z[m][pos] if m in z else self.branch_rows(m, pos)
+            unit = self.feature_rows("unit", m, pos, pos_rows)
             g = self.groups[m]
             if g not in shared:
                 shared[g] = gram_sq(unit)
-            total = total + w * similarity_gap(z[m][pos], unit, shared[g])
+            total = total + w * similarity_gap(emb, unit, shared[g])
         return total
 
     @torch.no_grad()
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(users, items) with score = users @ items.T: the vectors the evaluator and the store use."""
         lg = self.lightgcn()
-        z_mm, z_t = self.branch("mm"), self.branch("t")
-        users = lg[: self.n_users] + self.lift(z_mm) + self.lift(z_t)
-        items = lg[self.n_users :] + z_mm + z_t
-        if self.cfg.recover_lambda > 0:
-            items = items + self.recovery(self.proj["mm"](z_mm))
+        z = self.branches(self.scored)
+        z_sum = sum(z[m] for m in self.scored).contiguous()
+        users = lg[: self.n_users] + self.lift(z_sum)
+        items = lg[self.n_users :] + z_sum
+        if self.cfg.mm_branch and self.cfg.recover_lambda > 0:
+            items = items + self.recovery(self.proj["mm"](z["mm"].contiguous()))
         return users, items

@@ -19,7 +19,7 @@ from store import schemas
 from store.errors import StoreError
 from store.layout import DatasetPaths
 from store.tables import read_table
-from store.vectors import align_features, read_features
+from store.vectors import align_features, array_hash, read_features
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +209,17 @@ def build_graph_data(
             raise ValueError(f"feature {name!r} has {f.shape[0]} rows for {data.n_items} items")
     adj = graphs.to_torch_sparse(graphs.normalized_adjacency(data.train_csr), device)
     ui = graphs.to_torch_sparse(graphs.row_normalized(data.train_csr), device)
-    knn, knn_edges = {}, {}
+    knn, knn_edges, feats = {}, {}, {}
+    seen: dict[str, str] = {}  # content hash → first modality with it (the reference run uses one table thrice)
     for name, f in features.items():
+        f = np.ascontiguousarray(f, dtype=np.float32)
+        key = array_hash(f)
+        if key in seen:
+            first = seen[key]
+            knn[name], knn_edges[name] = knn[first], knn_edges[first]  # fixed graphs: shared
+            feats[name] = feats[first].clone()  # own storage: a model may train its features
+            continue
+        seen[key] = name
         g = graphs.knn_graph(f, knn_k, include_self=knn_self, cache_dir=cache_dir)
         knn[name] = graphs.to_torch_sparse(g, device)
         coo = g.tocoo()
@@ -219,7 +228,7 @@ def build_graph_data(
             torch.as_tensor(coo.col.astype(np.int64), device=device),
             torch.as_tensor(coo.data.astype(np.float32), device=device),
         )
-    feats = {name: torch.as_tensor(np.asarray(f, dtype=np.float32), device=device) for name, f in features.items()}
+        feats[name] = torch.as_tensor(f, device=device)
     pop = np.asarray(data.train_csr.sum(axis=0)).ravel().astype(np.float32)
     return GraphData(
         n_users=data.n_users,

@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-SCORE_BUDGET = 1 << 25  # similarity-matrix elements per block (128 MB of float32)
+SCORE_BUDGET = 1 << 24  # similarity-matrix elements per block (128 MB as float64 for the tie-break)
 METRICS = ("cosine", "ip")
 
 

@@ -120,7 +120,8 @@ def projection(
 
     Panels: ID space, final space (each coloured by label) and, when both have the same
     dimension, a joint map of the two sets (ID grey, final coloured) with a line from each
-    item's ID point to its final point — short lines everywhere is positional collapse.
+    item's ID point to its final point — short lines everywhere is positional collapse. When
+    the two are the same matrix (LightGCN) there is one panel.
     """
     n = len(final_emb)
     labels = np.asarray(labels, dtype=object)
@@ -136,10 +137,11 @@ def projection(
     colours = np.array([colour_of[c] for c in labels[rows]])
 
     panels: list[tuple[str, np.ndarray]] = []
-    if id_emb is not None:
+    same = id_emb is not None and np.asarray(id_emb).shape == np.asarray(final_emb).shape and np.array_equal(id_emb, final_emb)
+    if id_emb is not None and not same:
         panels.append(("ID item embeddings", tsne_2d(np.asarray(id_emb)[rows], seed)))
-    panels.append(("final item embeddings", tsne_2d(np.asarray(final_emb)[rows], seed)))
-    joint = id_emb is not None and np.asarray(id_emb).shape[1] == np.asarray(final_emb).shape[1]
+    panels.append(("ID = final item embeddings" if same else "final item embeddings", tsne_2d(np.asarray(final_emb)[rows], seed)))
+    joint = id_emb is not None and not same and np.asarray(id_emb).shape[1] == np.asarray(final_emb).shape[1]
     fig, axes = plt.subplots(1, len(panels) + int(joint), figsize=(5 * (len(panels) + int(joint)), 4.8))
     axes = np.atleast_1d(axes)
     for ax, (name, xy) in zip(axes, panels):

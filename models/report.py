@@ -16,7 +16,6 @@ it while the run's vectors and the diagnostic settings are unchanged.
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +32,6 @@ from store.errors import StoreError
 from store.layout import DatasetPaths
 from store.tables import read_json, read_table, write_json
 from store.vectors import array_hash, read_vectors
-
-log = logging.getLogger(__name__)
 
 ID_ITEM_VECTORS = "id_item_vectors.parquet"
 DIAGNOSTICS = "diagnostics.json"
@@ -226,11 +223,19 @@ def _item_categories(paths: DatasetPaths, n_items: int) -> list[list[str]]:
     return cats
 
 
-def projection_labels(paths: DatasetPaths, data: InteractionData) -> tuple[np.ndarray, str]:
-    """Category labels of the items (plots.category_labels); popularity buckets when there are none."""
+def projection_labels(
+    paths: DatasetPaths, data: InteractionData, raw: Mapping[str, np.ndarray] | None = None, seed: int = 0
+) -> tuple[np.ndarray, str]:
+    """Colours of the t-SNE pictures: item categories (plots.category_labels); without categories,
+    KMeans clusters of the raw content features (then the picture shows directly whether the
+    final space keeps the content's grouping); without features, popularity buckets."""
     labels, level = plots.category_labels(_item_categories(paths, data.n_items))
     if level:
         return labels, "category"
+    content = diagnostics._content_space(raw or {})
+    if content is not None and data.n_items > 10:
+        clusters = diagnostics.kmeans_labels(content, 10, seed)
+        return np.array([f"content cluster {c}" for c in clusters], dtype=object), "content cluster (no categories)"
     names = np.array(BUCKETS, dtype=object)
     return names[popularity_buckets(data.train_csr)], "popularity (no categories)"
 
@@ -293,7 +298,7 @@ def diagnose_run(
     if pictures:
         pics = {"training_curves": "training_curves.png"}
         plots.training_curves({f"{info.model} s{info.seed}": info.metrics.get("history", [])}, info.dir / pics["training_curves"])
-        labels, legend = projection_labels(paths, data)
+        labels, legend = projection_labels(paths, data, raw, seed)
         plots.projection(id_item, item, labels, info.dir / "projection.png", projection_sample, seed, f"{info.model} s{info.seed}", legend)
         pics["projection"] = "projection.png"
         diag["pictures"] = pics
@@ -440,7 +445,8 @@ def compare_runs(
 
     metric_keys = [f"{m}@{k}" for m in ("recall", "ndcg") for k in REPORT_KS]
     sig = significance(groups, per_user, baseline, metric_keys)
-    pictures = _report_pictures(paths, data, groups, diags, out.parent, top, projection_sample)
+    raw = load_modalities(paths, features, asins=data.asins) if features else {}
+    pictures = _report_pictures(paths, data, raw, groups, diags, out.parent, top, projection_sample)
     lines = _render(paths, groups, diags, per_user, sig, baseline, features, pictures, metric_keys, top, title)
     out.write_text("\n".join(lines) + "\n")
     write_json(
@@ -464,6 +470,7 @@ def compare_runs(
 def _report_pictures(
     paths: DatasetPaths,
     data: InteractionData,
+    raw: Mapping[str, np.ndarray],
     groups: Mapping[str, Sequence[RunInfo]],
     diags: Mapping[str, Mapping[str, Any]],
     folder: Path,
@@ -492,7 +499,7 @@ def _report_pictures(
     }
     plots.bucket_bars(tail, BUCKETS, folder / "long_tail.png", "recall@20")
     pics["long tail"] = "long_tail.png"
-    labels, legend = projection_labels(paths, data)
+    labels, legend = projection_labels(paths, data, raw)
     for model, rs in groups.items():
         r = rs[0]
         _, item, id_item = run_vectors(paths, r.run_id, data)

@@ -61,22 +61,33 @@ class FixedSparse(nn.Module):
         """A @ x for dense x (m × d)."""
         return _CsrMatmul.apply(self._csr(), self._csr(transpose=True), x)
 
-    def rows(self, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(A @ x)[idx] without computing the other rows.
-
-        The gather costs more per nonzero than the CSR product, so when the rows hold more
-        than an eighth of the matrix the full product is taken and indexed instead.
-        """
+    def _row_entries(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(segment of each nonzero in `idx`'s rows, its position in col/val, their count)."""
         start = self.crow[idx]
         counts = self.crow[idx + 1] - start
         total = int(counts.sum())
-        if total * 8 > self.nnz:
-            return self(x)[idx]
-        seg = torch.repeat_interleave(torch.arange(len(idx), device=x.device), counts, output_size=total)
+        seg = torch.repeat_interleave(torch.arange(len(idx), device=idx.device), counts, output_size=total)
         first = torch.cumsum(counts, 0) - counts
-        pos = start[seg] + torch.arange(total, device=x.device) - first[seg]
+        return seg, start[seg] + torch.arange(total, device=idx.device) - first[seg], total
+
+    def row_cols(self, idx: torch.Tensor) -> torch.Tensor:
+        """Column indices of the nonzeros in rows `idx` (with repeats)."""
+        return self.col[self._row_entries(idx)[1]]
+
+    def rows(self, idx: torch.Tensor, x: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
+        """(A @ x)[idx] without computing the other rows.
+
+        With `cols` (sorted, unique), x holds only those rows of the full x: x[k] is row cols[k];
+        it must cover every column the rows `idx` touch. The gather costs more per nonzero than
+        the CSR product, so without `cols`, rows holding more than an eighth of the matrix take
+        the full product instead.
+        """
+        seg, pos, total = self._row_entries(idx)
+        if cols is None and total * 8 > self.nnz:
+            return self(x)[idx]
+        col = self.col[pos] if cols is None else torch.searchsorted(cols, self.col[pos])
         out = x.new_zeros(len(idx), x.shape[1])
-        return out.index_add(0, seg, self.val[pos, None] * x[self.col[pos]])
+        return out.index_add(0, seg, self.val[pos, None] * x[col])
 
     def row_sums(self) -> torch.Tensor:
         return torch.zeros(self.shape[0], device=self.val.device).index_add_(

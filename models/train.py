@@ -64,6 +64,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "patience", "eval_every", "knn_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.eval_every > self.patience:
+            raise ValueError(f"eval_every ({self.eval_every}) must be ≤ patience ({self.patience}) or no evaluation can stop a run")
         self.ks = tuple(int(k) for k in self.ks)
         if 20 not in self.ks:
             raise ValueError(f"ks must contain 20 (model selection uses {SELECT_METRIC}), got {self.ks}")
@@ -228,9 +230,9 @@ def fit(
         lr = _epoch_lr(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         triples = torch.as_tensor(sampler.epoch(cfg.seed, epoch), device=device)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}  # summed on the device: no host sync per batch
         n_batches = 0
         for start in range(0, len(triples), cfg.batch_size):
             b = triples[start : start + cfg.batch_size]
@@ -240,25 +242,28 @@ def fit(
             loss.backward()
             optimizer.step()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+                sums[k] = sums[k] + v.detach() if k in sums else v.detach().clone()
             n_batches += 1
         if hasattr(model, "on_epoch_end"):
             model.on_epoch_end(epoch)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        train_s = time.perf_counter() - t0
-        record: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_s": train_s}
-        record.update({k: v / max(n_batches, 1) for k, v in sums.items()})
+        train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        # CPU seconds beside wall seconds: on a shared machine wall time mostly measures the neighbours
+        record: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_s": train_s, "train_cpu_s": train_cpu_s}
+        record.update({k: float(v) / max(n_batches, 1) for k, v in sums.items()})
         if not math.isfinite(record.get("loss", 0.0)):
             raise FloatingPointError(f"{run_dir.name}: loss is {record['loss']} at epoch {epoch}; lower lr or check features")
         timings["train_s"] += train_s
+        timings["train_cpu_s"] = timings.get("train_cpu_s", 0.0) + train_cpu_s
 
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             valid = _evaluate(model, valid_eval)
-            eval_s = time.perf_counter() - t1
+            eval_s, eval_cpu_s = time.perf_counter() - t1, time.process_time() - c1
             timings["eval_s"] += eval_s
-            record.update({"eval_s": eval_s, "valid": valid})
+            timings["eval_cpu_s"] = timings.get("eval_cpu_s", 0.0) + eval_cpu_s
+            record.update({"eval_s": eval_s, "eval_cpu_s": eval_cpu_s, "valid": valid})
             if valid[SELECT_METRIC] > best["metric"]:
                 best = {"metric": valid[SELECT_METRIC], "epoch": epoch, "state": _cpu_state(model), "valid": valid}
         history.append(record)
@@ -313,6 +318,7 @@ def finalize(
     write_vectors(run_dir / "user_vectors.parquet", "user_id", np.arange(data.n_users), user_np, meta)
     write_vectors(run_dir / "item_vectors.parquet", "item_id", np.arange(data.n_items), item_np, meta)
     epochs_run = len(history)
+    n_evals = max(sum("valid" in h for h in history), 1)
     metrics = {
         "run_id": run_dir.name,
         "model": cfg.model,
@@ -327,7 +333,9 @@ def finalize(
         "timings": {
             **timings,
             "train_s_per_epoch": timings["train_s"] / max(epochs_run, 1),
-            "eval_s_per_eval": timings["eval_s"] / max(sum("valid" in h for h in history), 1),
+            "train_cpu_s_per_epoch": timings.get("train_cpu_s", 0.0) / max(epochs_run, 1),
+            "eval_s_per_eval": timings["eval_s"] / n_evals,
+            "eval_cpu_s_per_eval": timings.get("eval_cpu_s", 0.0) / n_evals,
             "test_eval_s": test_eval_s,
         },
     }

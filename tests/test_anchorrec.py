@@ -16,6 +16,15 @@ from models.sparse import FixedSparse
 N_USERS, N_ITEMS = 30, 24
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy 2-core box OpenMP waits can cost 100×."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def toy():
     rng = np.random.default_rng(0)
@@ -266,3 +275,106 @@ def test_learns_a_planted_preference(tmp_path):
     metrics = fit(data, graph, cfg, tmp_path / "run", progress=False)
     random_recall = 20 / (96 - 7)  # ≈ what ranking 20 of the unseen items at random gets
     assert metrics["test"]["recall@20"] > 2.5 * random_recall, metrics["test"]
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 2])
+def test_branch_rows_equals_the_full_branch(n_layers):
+    _, graph = planted()
+    torch.manual_seed(0)
+    model = AnchorRec(graph, AnchorRecConfig(n_layers=n_layers))
+    rows = torch.tensor([5, 2, 5, 40])
+    torch.testing.assert_close(model.branch_rows("v", rows), model.branch("v")[rows])
+    z = model.branch_rows("v", rows)
+    z.sum().backward()
+    assert model.gate["v"].weight.grad.abs().sum() > 0
+
+
+def test_without_mm_branch_mm_gets_no_gradient_and_the_score_ignores_mm(toy):
+    _, graph, (users, pos, neg) = toy
+    model = make(graph, mm_branch=False, aal_loss=0.5, amp_loss=0.3, smooth_weight=0.7)
+    out = model.batch_loss(users, pos, neg)
+    assert set(out) == {"bpr", "reg", "uia", "amp", "loss"}  # no AAL, no smoothing
+    out["loss"].backward()
+    mm_params = {
+        "trs.mm": model.trs["mm"],
+        "gate.mm": model.gate["mm"],
+        "proj.mm": model.proj["mm"],
+        "recover": model.recover,
+        "proj.id": model.proj["id"],
+    }
+    for name, module in mm_params.items():
+        assert all(p.grad is None for p in module.parameters()), name
+    assert model.gate["t"].weight.grad.abs().sum() > 0 and model.item_emb.grad.abs().sum() > 0
+
+    # the score is LightGCN + z_t: written out directly, and unchanged by other mm features
+    adj = graph.adj.to_dense()
+    ego = torch.cat([model.user_emb, model.item_emb])
+    lg = (ego + adj @ ego + adj @ (adj @ ego)) / 3
+    z_t = model.item_emb * torch.sigmoid(model.gate["t"](model.trs["t"](graph.features["t"])))
+    for _ in range(model.cfg.n_layers):
+        z_t = graph.knn["t"].to_dense() @ z_t
+    user, item = model.final_embeddings()
+    torch.testing.assert_close(user, lg[:N_USERS] + adj[:N_USERS, N_USERS:] @ z_t, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(item, lg[N_USERS:] + z_t, rtol=1e-5, atol=1e-6)
+    other_mm = dataclasses.replace(
+        graph,
+        features={**graph.features, "mm": torch.randn_like(graph.features["mm"])},
+        knn={**graph.knn, "mm": graph.knn["t"]},
+    )
+    swapped = AnchorRec(other_mm, model.cfg)
+    swapped.load_state_dict(model.state_dict())
+    for a, b in zip(swapped.final_embeddings(), (user, item)):
+        torch.testing.assert_close(a, b)
+    for key, value in swapped.batch_loss(users, pos, neg).items():
+        torch.testing.assert_close(value, out[key], msg=key)
+
+
+def test_without_mm_branch_the_graph_needs_no_mm(toy):
+    _, graph, batch = toy
+    no_mm = dataclasses.replace(
+        graph, features={m: graph.features[m] for m in ("t", "v")}, knn={m: graph.knn[m] for m in ("t", "v")}
+    )
+    with pytest.raises(ValueError, match="'mm'"):
+        AnchorRec(no_mm, AnchorRecConfig())
+    full = make(graph, mm_branch=False)
+    torch.manual_seed(0)
+    model = AnchorRec(no_mm, AnchorRecConfig(mm_branch=False))
+    model.load_state_dict({k: v for k, v in full.state_dict().items() if k in model.state_dict()})
+    assert "mm" not in model.trs
+    for key, value in model.batch_loss(*batch).items():
+        torch.testing.assert_close(value, full.batch_loss(*batch)[key], msg=key)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_modalities_sharing_features_and_graph_are_computed_together(toy, n_layers):
+    """One table for mm, t and v (the reference run): fused gate + propagation, same numbers."""
+    data, graph, batch = toy
+    x = np.random.default_rng(1).standard_normal((N_ITEMS, 12)).astype(np.float32)
+    shared = build_graph_data(data, {"mm": x, "t": x, "v": x}, knn_k=4, device="cpu")
+    model = make(shared, n_layers=n_layers, aal_loss=0.5, amp_loss=0.3, smooth_weight=0.7, tau=0.3)
+    assert model.fusable(("mm", "t")) == [("mm", "t")]
+    assert make(graph).fusable(("mm", "t")) == [("mm",), ("t",)]
+    fused = model.branches(("mm", "t"))
+    for m in ("mm", "t"):
+        torch.testing.assert_close(fused[m], model.branch(m), rtol=1e-5, atol=1e-6)
+    got, want = model.batch_loss(*batch), direct(model, shared, *batch)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=2e-5, atol=1e-7, msg=key)
+    got["loss"].backward()
+    assert model.gate["mm"].weight.grad.abs().sum() > 0 and model.gate["t"].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 3])
+def test_bipartite_lightgcn_equals_the_layer_mean_on_the_whole_graph(toy, n_layers):
+    from models.anchorrec import bipartite_lightgcn, lightgcn_mean
+
+    _, graph, (users, pos, neg) = toy
+    model = make(graph, n_ui_layers=n_layers)
+    ego = torch.cat([model.user_emb, model.item_emb])
+    whole = lightgcn_mean(FixedSparse(graph.adj), ego, n_layers)
+    u, i = bipartite_lightgcn(model.r, model.rt, model.user_emb, model.item_emb, n_layers)
+    torch.testing.assert_close(torch.cat([u, i]), whole, rtol=1e-5, atol=1e-6)
+    items = torch.cat([pos, neg])
+    u_b, i_b = bipartite_lightgcn(model.r, model.rt, model.user_emb, model.item_emb, n_layers, users, items)
+    torch.testing.assert_close(u_b, whole[users], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(i_b, whole[N_USERS + items], rtol=1e-5, atol=1e-6)

@@ -3,7 +3,6 @@ EfficientNet-Lite0 shapes, determinism and TF-'SAME' padding."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -153,7 +153,7 @@ def test_images_missing_and_undecodable_are_reported_with_null_vectors(dataset, 
     assert table.metadata["modality"] == "image" and table.metadata["dim"] == "1280"
 
 
-def test_worker_processes_give_the_same_vectors(dataset, effnet):
+def test_decode_threads_give_the_same_vectors(dataset, effnet):
     files = [dataset.image(a) for a in ["A0", "A1", "A3", "A2"]]
     v0, ok0, r0 = extract_images(effnet, files, batch_size=2, workers=0)
     v2, ok2, r2 = extract_images(effnet, files, batch_size=2, workers=2)
@@ -257,3 +257,19 @@ def test_bad_arguments_are_refused(dataset, minilm):
         extract(dataset, minilm, batch_size=0)
     with pytest.raises(ValueError, match="feature name"):
         extract(dataset, minilm, name="../escape", progress=False)
+
+
+def test_sharded_extraction_then_final_call_equals_one_pass(dataset, effnet, tmp_path):
+    """The flow's fan-out: shards encode disjoint items into partial rows; the final call only assembles."""
+    whole = extract(dataset, effnet, name="one", batch_size=2, workers=0, progress=False)
+    parts = [extract(dataset, effnet, name="many", batch_size=2, workers=0, progress=False, shard=(i, 3)) for i in range(3)]
+    assert sum(p["encoded"] for p in parts) == whole["encoded"]
+    assert not dataset.feature("many").exists()  # no table until the final call
+    final = extract(dataset, effnet, name="many", batch_size=2, workers=0, progress=False)
+    assert final["encoded"] == 0 and final["resumed"] == len(ASINS)
+    a, b = read_features(dataset.feature("one")), read_features(dataset.feature("many"))
+    assert a.asins == b.asins and a.reasons == b.reasons
+    np.testing.assert_array_equal(a.valid, b.valid)
+    np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-6)
+    with pytest.raises(ValueError, match="shard"):
+        extract(dataset, effnet, name="x", shard=(3, 3), progress=False)

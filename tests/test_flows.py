@@ -55,10 +55,10 @@ def test_pipeline_sql_top_n_excludes_training_items(first_run):
 
     home, result = first_run
     p = dataset_paths("demo", home)
-    table = run_query(p, flows.SAMPLE_QUERY.format(user=0, k=5), run_id=result["run_id"], fmt="arrow")
+    table = run_query(p, flows.SAMPLE_QUERY.format(user=0, k=5), run_id=result["run_id"])
     assert table.num_rows == 5
     assert all(t for t in table.column("title").to_pylist())
-    seen = run_query(p, "SELECT item_id FROM interactions WHERE user_id = 0 AND split = 'train'", fmt="arrow")
+    seen = run_query(p, "SELECT item_id FROM interactions WHERE user_id = 0 AND split = 'train'")
     assert not set(table.column("item_id").to_pylist()) & set(seen.column("item_id").to_pylist())
 
 

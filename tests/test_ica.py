@@ -18,6 +18,15 @@ from store.layout import dataset_paths
 from store.tables import read_json, write_table
 from store.vectors import read_features, write_features
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster, and spares a busy CI box from oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 TINY = dict(d_model=32, n_layers=1, n_heads=2, ff_mult=2, dropout=0.0, batch_size=64)
 
 
@@ -282,3 +291,27 @@ def test_pretraining_recovers_planted_correspondence(home):
     assert chance == pytest.approx(0.01)
     assert after > 0.6, out["final"]
     assert after > 20 * chance and after > before + 0.4, (before, after)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "mse"])
+def test_mmm_term_reconstructs_original_features_of_hidden_tokens(kind):
+    model = tiny_model(contrastive_weight=0.0, fusion_weight=0.0, mmm_loss=kind)
+    g = torch.Generator().manual_seed(7)
+    B = 4
+    img, txt = torch.randn(B, 2, 6, generator=g), torch.randn(B, 1, 5, generator=g)
+    vi, vt = torch.ones(B, 2, dtype=torch.bool), torch.ones(B, 1, dtype=torch.bool)
+    hidden = {"image": torch.tensor([[True, False], [False, False], [False, True], [False, False]]),
+              "text": torch.tensor([[False], [True], [False], [False]])}
+    out = model(img, vi, txt, vt, hidden=hidden)
+    _, tok = model.encode({"image": (img, vi), "text": (txt, vt)}, hidden)
+    errs = []
+    for m, x in (("image", img), ("text", txt)):
+        for b, t in hidden[m].nonzero().tolist():
+            pred = model.recon[m](tok[m][b, t]).detach()
+            target = (x[b, t] - getattr(model, f"{m}_mean")) / getattr(model, f"{m}_std")
+            if kind == "cosine":
+                errs.append(1 - float(pred @ target / (pred.norm() * target.norm())))
+            else:
+                errs.append(float(((pred - target) ** 2).mean()))
+    assert int(out["n_masked"]) == 3
+    assert float(out["mmm"]) == pytest.approx(sum(errs) / 3, rel=1e-5)

@@ -7,6 +7,9 @@ import scipy.sparse as sp
 import torch
 
 from models import graphs
+from models_fixtures import one_thread
+
+single_thread = pytest.fixture(autouse=True)(one_thread)
 
 
 def dense_reference_knn(x: np.ndarray, k: int, include_self: bool) -> np.ndarray:
@@ -116,3 +119,22 @@ def test_spmm_gradient_matches_torch_sparse():
     y.grad = None
     torch.sparse.mm(ui, y).sum().backward()
     torch.testing.assert_close(g2, y.grad)
+
+
+def test_build_graph_data_shapes_and_shared_knn():
+    from models.data import build_graph_data
+    from models_fixtures import planted
+
+    data = planted(n_users=40, n_items=30, n_groups=2, per_user=6)
+    f = np.random.default_rng(5).standard_normal((30, 12)).astype(np.float32)
+    g = build_graph_data(data, {"mm": f, "t": f.copy(), "v": f[:, :6]}, knn_k=4, device="cpu")
+    assert g.adj.shape == (70, 70) and g.ui.shape == (40, 30) and g.ui_sym.shape == (40, 30)
+    torch.testing.assert_close(g.ui.to_dense().sum(1), torch.ones(40))
+    assert g.knn["t"] is g.knn["mm"]  # same content → one graph
+    assert g.features["t"].data_ptr() != g.features["mm"].data_ptr()  # but own feature storage
+    assert g.features["v"].shape == (30, 6) and not torch.equal(g.knn["v"].to_dense(), g.knn["mm"].to_dense())
+    row, col, w = g.knn_edges["mm"]
+    dense = torch.zeros(30, 30)
+    dense[row, col] = w
+    torch.testing.assert_close(dense, g.knn["mm"].to_dense())
+    np.testing.assert_array_equal(g.item_pop.numpy(), np.asarray(data.train_csr.sum(0)).ravel())

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
@@ -158,10 +159,23 @@ def test_diagnose_run_writes_json_and_pictures_and_reuses_them(home: Path) -> No
     assert "coherence.text@3" not in changed and "coherence.text@2" in changed
 
 
+@pytest.mark.filterwarnings("ignore:Number of distinct clusters")
 def test_projection_labels_use_the_first_level_where_items_differ(home: Path) -> None:
     paths = _dataset(home)
-    labels, legend = report.projection_labels(paths, load_interactions(paths))
+    data = load_interactions(paths)
+    labels, legend = report.projection_labels(paths, data)
     assert legend == "category" and set(labels) == set(CATS)
+    # no categories (MMRec imports): content clusters when features are given, else popularity
+    items = pq.read_table(paths.items)
+    items = items.set_column(items.schema.get_field_index("categories"), "categories", pa.array([[]] * N_ITEMS, pa.list_(pa.string())))
+    write_table(items, paths.items, schemas.ITEMS)
+    text = np.repeat(np.eye(12)[:4], N_ITEMS // 4, axis=0)  # 4 exact content groups
+    labels, legend = report.projection_labels(paths, data, {"text": text})
+    assert legend.startswith("content cluster") and len(set(labels)) == 4
+    for g in range(4):  # items with the same content share a colour
+        assert len(set(labels[g * (N_ITEMS // 4) : (g + 1) * (N_ITEMS // 4)])) == 1
+    labels, legend = report.projection_labels(paths, data)
+    assert legend.startswith("popularity") and sorted(set(labels)) == ["head", "mid", "tail"]
 
 
 # ------------------------------------------------------------------ the report
