@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -321,8 +322,9 @@ def _signature() -> Any:
     import dataclasses
     import inspect
 
+    hints = typing.get_type_hints(PipelineConfig)  # real types, not the strings of `annotations`
     params = [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
         for f in dataclasses.fields(PipelineConfig)
     ]
     return inspect.Signature(params)
@@ -338,7 +340,7 @@ def _make_flow(name: str, body: Callable[[PipelineConfig], dict], doc: str) -> A
     fn.__name__ = fn.__qualname__ = name.replace("-", "_")
     fn.__doc__ = doc
     fn.__signature__ = _signature()  # type: ignore[attr-defined]
-    fn.__annotations__ = {f.name: f.type for f in dataclasses.fields(PipelineConfig)}
+    fn.__annotations__ = typing.get_type_hints(PipelineConfig)
     return flow(name=name, description=doc, log_prints=True)(fn)
 
 

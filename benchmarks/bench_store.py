@@ -145,7 +145,7 @@ def bench_sql(args: argparse.Namespace, root: Path) -> tuple[str, float]:
 
     rows, ratios = [], {}
     for name, direct, sql in (("topn", direct_topn, sql_topn), ("recommend (train excluded)", direct_recommend, sql_recommend)):
-        t_direct, t_sql = best_of_interleaved(args.repeat, direct, sql)
+        t_direct, t_sql = best_of_interleaved(args.sql_repeat, direct, sql)
         ratios[name] = t_direct / t_sql
         rows.append(
             [name, f"{args.users / t_direct:,.0f}", f"{args.users / t_sql:,.0f}", f"{100 * t_direct / t_sql:.0f}%"]
@@ -220,7 +220,8 @@ def main() -> None:
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=200)
     parser.add_argument("--ef-sweep", type=int, nargs="+", default=[16, 32, 64, 128, 256])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3, help="timing rounds of the HNSW part")
+    parser.add_argument("--sql-repeat", type=int, default=7, help="timing rounds of the SQL part")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-hnsw", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -246,11 +247,23 @@ def main() -> None:
 
 Goal SQL ≥ 80% of direct FAISS throughput (topn): {'reached' if sql_ratio >= 0.8 else 'NOT reached'} ({100 * sql_ratio:.0f}%).
 
+Both sides run the same exact search on the same published index; the SQL side pays for the
+view scan, the Arrow hand-over and building the result lists (about 1% of its time when
+profiled). DuckDB cuts the query into 2,048-row chunks and calls the function from both of its
+threads at once, each call being one FAISS search, which can overlap better than FAISS's own
+OpenMP split of one big search on a loaded machine — hence SQL can come out above 100%.
+
 ## HNSW vs exact
 
 {hnsw_text}
 
 Goal recall@10 ≥ 0.98 at ≥ 20× exact QPS: {'skipped' if args.skip_hnsw else ('reached' if hnsw_ok else 'NOT reached')}.
+`store.index.publish` uses HNSW (M=32, efConstruction=200, efSearch=128) from 100,000 items up;
+efSearch is recorded in the manifest and can be changed per reader (`ItemIndex.set_ef_search`).
+Vectors: rank-16 factors projected to d plus 0.3 noise, unit-normalised then scaled by log-normal
+norms (σ=0.25) — the shape of matrix-factorisation embeddings; i.i.d. Gaussian vectors would be
+a harder, unrealistic case for any graph index. The HNSW build is single-pass on the shared
+2-core machine, so its wall time includes waiting for other jobs.
 """
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report)

@@ -14,7 +14,15 @@ Read top to bottom: the loss functions, the config, then the model. The math fol
 
 Where this file computes less than the reference, the value is the same (tests check it):
 
-- only the batch's rows of the last LightGCN layer and of the user lift are computed;
+- LightGCN runs on the two blocks R, Rᵀ of the bipartite graph (no users+items concatenation),
+  and only the batch's rows of its last layer and of the user lift are computed;
+- modalities that share raw features and kNN graph (the reference run uses one table for all
+  three) are gated by one product and propagated as one wider matrix (`branches`), v included
+  when its AMP term needs it;
+- InfoNCE's log-sum-exp has its own backward (`_CosineLogSumExp`): three passes over the B × B
+  matrix instead of about eight;
+- the mm and t branches are lifted to users and gathered for the batch as their sum (the lift is
+  linear), and the positives' feature rows are gathered once per shared table;
 - the projection heads P_* and the recovery decoder D see only the batch's items (the
   reference projects every item's raw features for every batch);
 - AMP's ‖EEᵀ − S‖_F is computed through Gram matrices (ᵀE E, ᵀE F, ᵀF F: O(B·d·D + B·D²))
@@ -68,9 +76,10 @@ class _CosineLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, o: torch.Tensor, tau: float) -> torch.Tensor:  # type: ignore[override]
-        if tau >= 0.025:
-            e = torch.addmm(torch.full((), -1.0 / tau, dtype=a.dtype, device=a.device), a, o.T)
-            shift = torch.full((a.shape[0],), 1.0 / tau, dtype=a.dtype, device=a.device)
+        if tau >= 0.025:  # the shift rides in the product as one more column: [a, −1/τ]·[o, 1]
+            a_aug = torch.cat([a, a.new_full((a.shape[0], 1), -1.0 / tau)], 1)
+            e = a_aug @ torch.cat([o, o.new_ones(o.shape[0], 1)], 1).T
+            shift = a.new_full((a.shape[0],), 1.0 / tau)
         else:
             e = a @ o.T
             shift = e.amax(1)
@@ -350,8 +359,15 @@ class AnchorRec(nn.Module):
             e = (self.item_emb[:, None, :] * s).view(self.n_items, len(members) * d)
             for _ in range(self.cfg.n_layers):
                 e = self.knn[members[0]](e)
-            out.update({m: e[:, k * d : (k + 1) * d] for k, m in enumerate(members)})
+            out.update(zip(members, torch.split(e, d, dim=1)))  # its backward is one cat, not k zero-padded copies
         return out
+
+    def fused_v(self) -> tuple[str, ...]:
+        """("v",) when AMP needs z_v and it can ride in a scored branch's products, else ()."""
+        cfg = self.cfg
+        if cfg.amp_loss == 0 or cfg.amp_modality_weights[2] == 0:
+            return ()
+        return ("v",) if any("v" in g and len(g) > 1 for g in self.fusable(self.scored + ("v",))) else ()
 
     def fusable(self, names: tuple[str, ...]) -> list[tuple[str, ...]]:
         """`names` in groups that share raw features and kNN graph (never with trainable features)."""
@@ -401,7 +417,7 @@ class AnchorRec(nn.Module):
         items = torch.cat([pos, neg])
         lg_u, lg_i = bipartite_lightgcn(self.r, self.rt, self.user_emb, self.item_emb, cfg.n_ui_layers, users, items)
         lg_p, lg_n = lg_i[:n_b], lg_i[n_b:]
-        z = self.branches(self.scored)
+        z = self.branches(self.scored + self.fused_v())
 
         z_sum = z["t"] + z["mm"] if cfg.mm_branch else z["t"]  # the lift is linear: lift both at once
         u = lg_u + self.lift.rows(users, z_sum)

@@ -199,7 +199,8 @@ def fit(
     device = graph.device
     _seed_everything(cfg.seed)
     model = make_model(cfg.model, graph, **cfg.model_args)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # fused Adam: one kernel over all parameters instead of a Python loop of small ops (5x on CPU)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
     valid_eval = RankingEvaluator(data.train_csr, data.valid_csr, cfg.ks, device=device)
     sampler = BPRSampler(data)
 
@@ -290,7 +291,7 @@ def fit(
             break
     if bar is not None:
         bar.close()
-    return finalize(data, graph, cfg, model, best, history, timings, run_dir)
+    return finalize(data, graph, cfg, model, best, history, timings, run_dir, resumed_from=start_epoch)
 
 
 def finalize(
@@ -302,6 +303,7 @@ def finalize(
     history: list[dict[str, Any]],
     timings: dict[str, float],
     run_dir: Path,
+    resumed_from: int = 0,
 ) -> dict[str, Any]:
     """Restore the best-validation weights, test them once, write vectors and metrics.json."""
     if best["state"] is None:
@@ -317,6 +319,9 @@ def finalize(
     meta = {"run_id": run_dir.name, "model": cfg.model, "best_epoch": str(best["epoch"])}
     write_vectors(run_dir / "user_vectors.parquet", "user_id", np.arange(data.n_users), user_np, meta)
     write_vectors(run_dir / "item_vectors.parquet", "item_id", np.arange(data.n_items), item_np, meta)
+    id_items = id_item_embeddings(model, data.n_users)
+    if id_items is not None:  # the ID (LightGCN) view, for collapse diagnostics: final vs ID space
+        write_vectors(run_dir / "id_item_vectors.parquet", "item_id", np.arange(data.n_items), id_items, meta)
     epochs_run = len(history)
     n_evals = max(sum("valid" in h for h in history), 1)
     metrics = {
@@ -329,6 +334,7 @@ def finalize(
         "valid": best["valid"],
         "test": test,
         "epochs_run": epochs_run,
+        "resumed_from_epoch": resumed_from,
         "history": history,
         "timings": {
             **timings,
@@ -341,6 +347,16 @@ def finalize(
     }
     write_json(metrics, run_dir / "metrics.json")
     return metrics
+
+
+def id_item_embeddings(model: torch.nn.Module, n_users: int) -> np.ndarray | None:
+    """Items in the model's ID-only (LightGCN) space, when it has one apart from the final space."""
+    lightgcn = getattr(model, "lightgcn", None)
+    if lightgcn is None or not callable(lightgcn):
+        return None
+    with torch.no_grad():
+        both = lightgcn()
+    return both[n_users:].float().cpu().numpy()
 
 
 def prepare(paths: DatasetPaths, cfg: TrainConfig) -> tuple[InteractionData, GraphData]:

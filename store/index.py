@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any, Iterator, Sequence
 
 import faiss
 import numpy as np
+from tqdm.auto import tqdm
 
 from store.errors import StoreError
 from store.layout import DatasetPaths, check_name
@@ -82,7 +84,13 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str, config: IndexCo
     else:
         raise ValueError(f"index kind must be 'flat' or 'hnsw', got {kind!r}")
     index = faiss.IndexIDMap2(inner)
-    index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    # HNSW insertion of a large catalog takes minutes: add in batches so progress shows.
+    batch = 1 << 16
+    with tqdm(total=len(ids), desc=f"index {kind}", unit="item", disable=kind == "flat" or len(ids) <= batch) as bar:
+        for start in range(0, len(ids), batch):
+            index.add_with_ids(vectors[start : start + batch], ids[start : start + batch])
+            bar.update(min(batch, len(ids) - start))
     return index
 
 
@@ -198,8 +206,9 @@ def published_runs(paths: DatasetPaths) -> list[tuple[str, dict[str, Any]]]:
     for manifest_path in paths.index_root.glob(f"*/{MANIFEST_FILE}"):
         try:
             manifest = read_json(manifest_path)
-        except StoreError:
-            continue  # a broken manifest is reported by load_index when that run is asked for
+        except StoreError as exc:
+            warnings.warn(f"skipping unreadable index manifest: {exc}", stacklevel=2)
+            continue
         found.append((manifest_path.parent.name, manifest))
     return sorted(found, key=lambda rm: (str(rm[1].get("created_at", "")), rm[0]))
 

@@ -31,7 +31,8 @@ Read-only (the default) is enforced by DuckDB itself, not by inspecting statemen
 the catalog the session works in is a database attached READ_ONLY (so CREATE/INSERT/DROP of
 persistent objects fail with "attached in read-only mode"), the views are Arrow datasets scanned
 through Python instead of files opened by DuckDB, and then `enable_external_access` is switched
-off and the configuration locked — so COPY TO, ATTACH, INSTALL, read_parquet/read_csv of any
+off and the configuration locked (except a few settings that cannot reach files, such as
+`threads` and `memory_limit`) — so COPY TO, ATTACH, INSTALL, read_parquet/read_csv of any
 path and re-enabling access all fail with DuckDB's "Permission Error". (DuckDB's
 `allowed_paths` would have let the views read the files, but it lets COPY TO overwrite them
 too.) Temporary tables and views (CREATE TEMP ...) still work: they live in the session only.
@@ -63,6 +64,8 @@ from store.tables import atomic_path, read_table, write_table
 from store.vectors import read_vectors
 
 FORMATS = ("table", "parquet", "csv")
+# Settings a read-only session may still change: they cannot reach files.
+SAFE_SETTINGS = ("threads", "memory_limit", "preserve_insertion_order", "default_order", "default_null_order")
 FUNCTIONS = ("topn", "recommend", "recommend_all", "similar")
 RESULT = pa.list_(pa.struct([pa.field("item_id", pa.int32()), pa.field("score", pa.float32())]))
 
@@ -348,6 +351,7 @@ def connect(
     register_functions(con, VectorFunctions(paths, run))
     if read_only:
         con.execute("SET enable_external_access = false")
+        con.execute(f"SET allowed_configs = {list(SAFE_SETTINGS)}")
         con.execute("SET lock_configuration = true")
     return con
 

@@ -57,7 +57,8 @@ def test_killed_run_resumes_without_redoing_finished_stages(tmp_path):
         _wait_for(lambda: any(p.runs_dir.glob("anchorrec-*/checkpoint.pt")), 240, "a training checkpoint", proc)
         time.sleep(0.5)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
     upstream = {f: f.stat().st_mtime_ns for f in [p.items, p.interactions, *p.features_dir.glob("*.parquet")]}
     assert len(upstream) >= 5  # tables + text, image and ica features

@@ -263,6 +263,9 @@ def test_latest_run_and_published_runs(data):
     assert latest_run(data.paths) == "run-b"
     publish(data.paths, data.run_id)  # re-publishing makes it the latest
     assert latest_run(data.paths) == "run-a"
+    (data.paths.index_dir("run-a") / MANIFEST_FILE).write_text("{broken")
+    with pytest.warns(UserWarning, match="skipping unreadable index manifest"):
+        assert latest_run(data.paths) == "run-b"
 
 
 def test_reconstruct_and_unknown_item(data):

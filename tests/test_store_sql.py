@@ -169,11 +169,16 @@ def test_read_only_connection_cannot_modify_the_store(data, con, tmp_path):
         f"ATTACH '{tmp_path / 'x.duckdb'}' AS x": "Permission Error",
         f"SELECT * FROM read_parquet('{items_file}')": "Permission Error",
         "SET enable_external_access = true": "locked",
+        "SET lock_configuration = false": "locked",
+        "SET allowed_configs = ['enable_external_access']": "locked",
+        f"SET temp_directory = '{tmp_path}'": "locked",
     }
     for sql, message in refused.items():
         with pytest.raises(duckdb.Error, match=message):
             con.execute(sql)
     con.execute("CREATE TEMP TABLE scratch AS SELECT 1 AS a")  # session-only scratch is allowed
+    con.execute("SET threads = 1")  # so are settings that cannot reach files
+    assert con.execute("SELECT current_setting('threads')").fetchall()[0][0] == 1
     con.execute("DROP VIEW items")  # a temporary view: dropping it only affects this session
     assert store_fingerprint(data) == before
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "x.duckdb").exists()
