@@ -546,6 +546,25 @@ def similar(
     typer.echo(show(similar_to(dataset_paths(dataset, home), key, k, run_id=run_id)))
 
 
+@app.command()
+def report(
+    runs: Optional[list[str]] = typer.Argument(None, help="run ids (default: every trained recommender run)"),
+    dataset: str = "demo",
+    home: Optional[str] = None,
+    baseline: Optional[str] = typer.Option(None, help="model to test the others against (default lightgcn)"),
+    out: Optional[Path] = typer.Option(None, help="report.md path (default <dataset>/reports/report-<time>/)"),
+) -> None:
+    """Compare runs (models × seeds): accuracy ± std, significance, collapse diagnostics, pictures."""
+    from models.report import compare_runs
+
+    paths = dataset_paths(dataset, home)
+    run_ids = runs or [r for r in paths.run_ids() if paths.metrics(r).exists() and not r.startswith("ica-")]
+    if not run_ids:
+        raise ValueError(f"{paths.runs_dir}: no trained runs to compare; run `anchorrec train` first")
+    out = out or paths.root / "reports" / f"report-{time.strftime('%Y%m%d-%H%M%S')}" / "report.md"
+    typer.echo(f"wrote {compare_runs(paths, run_ids, baseline=baseline, out=out)}")
+
+
 def _serve_command(cron: str = "0 3 * * *", name: str = "nightly", **params: Any) -> None:
     """Serve `pipeline` as a cron-scheduled deployment on the configured Prefect server.
 

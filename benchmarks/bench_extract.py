@@ -1,7 +1,7 @@
 """Benchmark of image feature extraction, in one run.
 
 Part 1 — end to end vs model only (goal on CPU: end to end ≥ 85% of model only). End to end is
-`features.extract.extract`: JPEG files on disk → hashes → decode in DataLoader workers (draft
+`features.extract.extract`: JPEG files on disk → hashes → decode in background threads (draft
 mode) → EfficientNet-Lite0 → features/<name>.parquet. Model only is the same encoder, same batch
 size, on tensors decoded beforehand. The real 442 gift-card photos (~500 px) are used, repeated
 to `--n` files. On a shared machine timings drift, so the two are measured alternately `--repeat`
@@ -170,8 +170,8 @@ def main() -> None:
                     f"- data: the {len(list(PHOTOS.glob('*.jpg')))} real gift-card photos (~500 px JPEG) from "
                     f"../shared/data/amazon2018-giftcards/images, as {args.n} files; batch size {args.batch_size}; "
                     f"device {device}",
-                    "- end to end = `features.extract.extract` (files on disk → hashes → decode in DataLoader "
-                    "workers with JPEG draft mode → model → Parquet); model only = the same encoder on "
+                    "- end to end = `features.extract.extract` (files on disk → hashes → decode in background threads "
+                    "with JPEG draft mode → model → Parquet); model only = the same encoder on "
                     "pre-decoded tensors, same batch size; measured alternately, median of "
                     f"{args.repeat} pairs",
                     "",

@@ -90,7 +90,7 @@ def main() -> None:
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    command = "  ".join(["PYTHONPATH=. .venv/bin/python benchmarks/report_sports.py"] + sys.argv[1:])
+    command = " ".join([".venv/bin/python benchmarks/report_sports.py"] + [a for a in sys.argv[1:] if a != "--report-only"])
 
     load_sports(args.home)
     paths = dataset_paths("mmrec-sports", args.home)
@@ -133,7 +133,9 @@ def write_summary(args: argparse.Namespace, command: str, done: list[str], repor
         f"- command: `{command}`",
         f"- epochs capped at {args.epochs} (patience {args.patience}); the authors train up to 100 and their AnchorRec "
         "peaks around epoch 36, so capped runs are NOT converged and their accuracy is not a reproduction figure",
-        f"- runs finished: {len(done)} of {len(models) * len(seeds)} ({', '.join(done)}); wall time of this command {seconds / 60:.1f} min",
+        f"- runs finished: {len(done)} of {len(models) * len(seeds)} ({', '.join(done)}); "
+        + ("report regenerated from the finished runs with `--report-only`" if args.report_only else f"wall time {seconds / 60:.1f} min")
+        + "; seconds per training epoch per run are in the full report's run table",
         f"- full report with pictures: [report_sports/report.md]({report.parent.name}/report.md)",
         "",
         "## Test accuracy (mean ± std over seeds)",

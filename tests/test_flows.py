@@ -96,3 +96,23 @@ def test_bad_parameters_fail_before_any_work(tmp_path):
         flows.PipelineConfig(release="1999")
     with pytest.raises(ValueError, match="epochs"):
         flows.PipelineConfig(epochs=0)
+
+
+def test_readme_similar_items_query_matches_exact_search(first_run):
+    """The README's second query: items similar to a given item, with titles, equal to exact search."""
+    from store.sql import run_query
+
+    home, result = first_run
+    p = dataset_paths("demo", home)
+    sql = (
+        "SELECT r.item_id, r.score, i.title\n"
+        "FROM (SELECT unnest(similar(7, 5), recursive := true)) r JOIN items i USING (item_id)\n"
+        "ORDER BY r.score DESC"
+    )
+    table = run_query(p, sql, run_id=result["run_id"])
+    ids, vecs, _ = read_vectors(p.item_vectors(result["run_id"]), "item_id")
+    scores = vecs @ vecs[list(ids).index(7)]
+    scores[list(ids).index(7)] = -np.inf
+    expected = ids[np.argsort(-scores, kind="stable")[:5]]
+    assert table.column("item_id").to_pylist() == expected.tolist()
+    assert all(t for t in table.column("title").to_pylist())
