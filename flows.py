@@ -221,17 +221,20 @@ def publish_task(cfg: PipelineConfig, run_id: str) -> dict:
 
 
 # --------------------------------------------------------------------------- stages
-TEXT_FEATURE_NAMES = {"minilm": "text-minilm", "efficientnet-lite0": "image-effnet"}
-
-
 def feature_name(spec: str) -> str:
-    """The feature table a spec writes (same rule as features.base, kept stable for cache keys)."""
-    try:
-        from features.base import default_feature_name
+    """The feature table a spec writes (features.base's rule, so cache keys and files agree)."""
+    from features.base import default_feature_name
 
-        return default_feature_name(spec)
-    except ImportError:  # pragma: no cover - features room absent
-        return TEXT_FEATURE_NAMES.get(spec, spec.replace(":", "-").replace("/", "-").lower())
+    return default_feature_name(spec)
+
+
+def map_shards(fn: Any, key: str, cfg: PipelineConfig, refresh: bool, *args: Any) -> list[dict]:
+    """`fn(cfg, *args, shard=(i, n))` for every shard, spread over the task runner, cached per shard."""
+    n = cfg.shards
+    futures = fn.with_options(
+        cache_key_fn=lambda _ctx, params: f"{key}-shard-{params['shard'][0]}-of-{n}", refresh_cache=refresh
+    ).map(unmapped(cfg), *(unmapped(a) for a in args), shard=[(i, n) for i in range(n)])
+    return futures.result()  # raises if a shard failed
 
 
 def stage_ingest(cfg: PipelineConfig) -> dict:
@@ -250,12 +253,8 @@ def stage_images(cfg: PipelineConfig) -> dict:
     key = stage_key("images", {}, [p.items], ("pipelines", "store"))
     if cfg.shards == 1:
         return run_stage(images_task, key, [p.image_audit], cfg)
-    refresh = not p.image_audit.exists()
-    mapped = images_task.with_options(
-        cache_key_fn=lambda _ctx, params: f"{key}-shard-{params['shard'][0]}-of-{cfg.shards}",
-        refresh_cache=refresh,
-    ).map(unmapped(cfg), [(i, cfg.shards) for i in range(cfg.shards)])
-    return run_stage(merge_images_task, f"{key}-merge-{cfg.shards}", [p.image_audit], cfg, mapped.result())
+    shards = map_shards(images_task, key, cfg, not p.image_audit.exists())
+    return run_stage(merge_images_task, f"{key}-merge-{cfg.shards}", [p.image_audit], cfg, shards)
 
 
 def stage_features(cfg: PipelineConfig, with_images: bool) -> dict[str, str]:
@@ -270,12 +269,7 @@ def stage_features(cfg: PipelineConfig, with_images: bool) -> dict[str, str]:
         inputs = [p.items] + ([p.image_audit] if modality == "image" else [])
         key = stage_key(f"features-{name}", {"spec": spec, "batch": cfg.batch_size}, inputs, ("features", "store"))
         if cfg.shards > 1:  # encode shards on the task runner's workers; the final call assembles
-            refresh = not p.feature(name).exists()
-            shards = extract_task.with_options(
-                cache_key_fn=lambda _ctx, params, key=key: f"{key}-shard-{params['shard'][0]}-of-{cfg.shards}",
-                refresh_cache=refresh,
-            ).map(unmapped(cfg), unmapped(spec), unmapped(name), [(i, cfg.shards) for i in range(cfg.shards)])
-            shards.result()  # raises if a shard failed
+            map_shards(extract_task, key, cfg, not p.feature(name).exists(), spec, name)
         run_stage(extract_task, key, [p.feature(name)], cfg, spec, name)
         names[modality] = name
     return names

@@ -1,6 +1,7 @@
 """Graphs: adjacency normalization values, kNN graph vs the exact dense computation, caching."""
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -73,6 +74,42 @@ def test_knn_ivf_path_matches_exact_when_probing_every_list():
     ivf_i, ivf_s = graphs.knn_search(x, 5, include_self=False, exact=False, nprobe=10_000)
     np.testing.assert_array_equal(np.sort(ivf_i, 1), np.sort(exact_i, 1))
     np.testing.assert_allclose(ivf_s, exact_s, atol=1e-5)
+
+
+def clustered(n: int, d: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((n // 100, d)).astype(np.float32)
+    return (rng.standard_normal((n, d)).astype(np.float32) + 1.5 * centers[rng.integers(0, len(centers), n)])
+
+
+@pytest.mark.parametrize("include_self", [True, False])
+def test_knn_ivf_sq8_reranked_equals_exact(monkeypatch, include_self):
+    x = clustered(3000, 24, seed=4)
+    x *= np.random.default_rng(5).uniform(0.5, 3.0, (len(x), 1)).astype(np.float32)  # unequal norms
+    before = x.copy()
+    exact_i, exact_s = graphs.knn_search(x, 6, include_self=include_self, exact=True)
+    monkeypatch.setattr(graphs, "EXACT_MAX", 100)  # force the IVF path through the default switch
+    built = []
+    real_build = graphs._build_index
+    monkeypatch.setattr(graphs, "_build_index", lambda *a: built.append(real_build(*a)) or built[-1])
+    # every list probed: only the 8-bit codes approximate, and re-ranking must undo that
+    ivf_i, ivf_s = graphs.knn_search(x, 6, include_self=include_self, block=700, nprobe=10_000)
+    assert isinstance(built[0], faiss.IndexIVFScalarQuantizer)
+    np.testing.assert_array_equal(x, before)  # the caller's features are not normalized in place
+    np.testing.assert_array_equal(np.sort(ivf_i, 1), np.sort(exact_i, 1))
+    # re-ranked similarities are exact cosines (the 8-bit codes alone are off by ~1e-3)
+    np.testing.assert_allclose(ivf_s, exact_s, atol=1e-5)
+    assert (np.diff(ivf_s, axis=1) <= 1e-6).all()  # best first
+
+
+def test_rerank_missing_candidates_rank_last():
+    x = np.eye(4, dtype=np.float32) + 0.1
+    q = graphs._normalize_rows(x[:1])
+    inv = graphs._inverse_norms(x, block=2)
+    i, s = graphs._rerank(x, inv, q, np.array([[-1, 2, 0, -1]]), k=3)
+    assert i.tolist() == [[0, 2, -1]]
+    np.testing.assert_allclose(s[0, :2], [1.0, 0.24 / 1.24], rtol=1e-5)  # rows 0 and 2: 2·0.11 + 2·0.01 over ‖·‖² = 1.24
+    assert s[0, 2] == np.finfo(np.float32).min
 
 
 def test_knn_zero_vector_rows_do_not_produce_nan():
