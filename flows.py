@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -326,7 +326,6 @@ def _signature() -> Any:
 
 def _make_flow(name: str, body: Callable[[PipelineConfig], dict], doc: str) -> Any:
     """A Prefect flow whose parameters are PipelineConfig's fields (validated by Prefect)."""
-    import dataclasses
 
     def fn(**params: Any) -> dict:
         return body(PipelineConfig(**params))
@@ -403,9 +402,9 @@ def _metrics_brief(metrics_json: str) -> str:
 
 
 ingest_flow = _make_flow("ingest", stage_ingest, "Download, parse, filter and split a dataset.")
-features_flow = _make_flow("features", lambda c: _features_body(c), "Fetch images and extract features.")
-pretrain_flow = _make_flow("pretrain", lambda c: _pretrain_body(c), "Pretrain the inter-content encoder (ICA).")
-train_flow = _make_flow("train", lambda c: _train_body(c), "Train the recommender on the dataset's features.")
+features_flow = _make_flow("features", _features_body, "Fetch images and extract features.")
+pretrain_flow = _make_flow("pretrain", _pretrain_body, "Pretrain the inter-content encoder (ICA).")
+train_flow = _make_flow("train", _train_body, "Train the recommender on the dataset's features.")
 publish_flow = _make_flow(
     "publish", lambda c: stage_publish(c, _train_body(c)["run_id"]), "Publish a run's item vectors to FAISS."
 )

@@ -416,7 +416,7 @@ class AnchorRec(nn.Module):
         pos_rows: dict = {}  # the positives' feature rows, gathered once per shared table
         items = torch.cat([pos, neg])
         lg_u, lg_i = bipartite_lightgcn(self.r, self.rt, self.user_emb, self.item_emb, cfg.n_ui_layers, users, items)
-        lg_p, lg_n = lg_i[:n_b], lg_i[n_b:]
+        lg_p = lg_i[:n_b]
         z = self.branches(self.scored + self.fused_v())
 
         z_sum = z["t"] + z["mm"] if cfg.mm_branch else z["t"]  # the lift is linear: lift both at once

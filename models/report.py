@@ -568,8 +568,8 @@ def _render(
     two_hop = np.mean([d["two_hop_mean"] for d in all_diags])
     lines += [
         f"- Raw features: {feat_desc}. When two names point to the same table their columns are equal by construction.",
-        f"- Coherence name@r: mean cosine of the raw feature between each item and its r-th nearest item in the final item "
-        f"space (neighbours by cosine of the final vectors). Higher = neighbourhoods follow content.",
+        "- Coherence name@r: mean cosine of the raw feature between each item and its r-th nearest item in the final item "
+        "space (neighbours by cosine of the final vectors). Higher = neighbourhoods follow content.",
         f"- ID dominance: mean number of other items sharing ≥ 1 training user with each of the top-{top} neighbours "
         f"(2-hop co-interaction neighbourhood); the mean over all items is {two_hop:.1f}. Lower = less popularity-driven.",
         f"- ID overlap@{top}: share of final-space top-{top} neighbours that are also ID-space neighbours (1 = collapsed onto ID).",

@@ -163,7 +163,7 @@ def test_missing_column_names_the_file(tmp_path: Path, home: Path) -> None:
 def test_item_text_with_a_wrong_asin_is_counted_not_used(tmp_path: Path, home: Path) -> None:
     src = make_mmrec(tmp_path / "src")
     lines = (src / "item_text.tsv").read_text().splitlines()
-    lines[3] = f"2\tB0WRONG000\tgreen cube"
+    lines[3] = "2\tB0WRONG000\tgreen cube"
     _write(src / "item_text.tsv", lines)
     report = import_mmrec(src, "toy", progress=False)
     ex = report["bad_records"]["examples"]["asin differs from i_id_mapping.tsv"]
