@@ -24,6 +24,18 @@ def shared_data() -> Path:
 
 
 @pytest.fixture()
+def one_torch_thread():
+    """Tiny tensors: thread start-up and OpenMP spinning cost more than the math (10–100× on a busy
+    2-core box). Test modules of small models opt in with `pytestmark`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh $ANCHORREC_HOME per test."""
     root = tmp_path / "home"

@@ -25,12 +25,3 @@ def planted(n_users: int = 300, n_items: int = 200, n_groups: int = 5, per_user:
         test.append(pairs[-1:])
     return interactions_from_arrays(n_users, n_items, np.concatenate(train), np.concatenate(valid), np.concatenate(test))
 
-
-def one_thread():
-    """Tiny tensors: thread start-up and spinning cost more than the math (10× on a busy machine)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

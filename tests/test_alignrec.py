@@ -13,12 +13,7 @@ from models.data import build_graph_data, interactions_from_arrays
 N_USERS, N_ITEMS = 30, 24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ from store.layout import dataset_paths
 from store.tables import read_json, write_table
 from store.vectors import read_features, write_features
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and spares a busy CI box from oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = dict(d_model=32, n_layers=1, n_heads=2, ff_mult=2, dropout=0.0, batch_size=64)

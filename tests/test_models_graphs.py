@@ -8,9 +8,8 @@ import scipy.sparse as sp
 import torch
 
 from models import graphs
-from models_fixtures import one_thread
 
-single_thread = pytest.fixture(autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def dense_reference_knn(x: np.ndarray, k: int, include_self: bool) -> np.ndarray:

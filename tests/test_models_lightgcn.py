@@ -10,9 +10,9 @@ from models.data import build_graph_data
 from models.lightgcn import LightGCN, LightGCNConfig
 from models.metrics import ranking_metrics
 from models.registry import make_model
-from models_fixtures import one_thread, planted
+from models_fixtures import planted
 
-single_thread = pytest.fixture(autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_batch_loss_matches_dense_formula():

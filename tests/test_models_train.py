@@ -12,13 +12,13 @@ import torch
 from models import registry
 from models.data import build_graph_data, load_interactions, load_modalities
 from models.train import BPRSampler, TrainConfig, fit, summarize_seeds, train, train_seeds
-from models_fixtures import one_thread, planted
+from models_fixtures import planted
 from store import schemas
 from store.layout import dataset_paths
 from store.tables import write_table
 from store.vectors import read_vectors, write_features
 
-single_thread = pytest.fixture(autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------ a scripted model for selection
