@@ -18,7 +18,8 @@ Where this file computes less than the reference, the value is the same (tests c
   and only the batch's rows of its last layer and of the user lift are computed;
 - modalities that share raw features and kNN graph (the reference run uses one table for all
   three) are gated by one product and propagated as one wider matrix (`branches`), v included
-  when its AMP term needs it;
+  when its AMP term needs it; the gating is one autograd function (`_GatedIds`) that reuses
+  its buffers instead of autograd's chain of N × kd temporaries;
 - InfoNCE's log-sum-exp has its own backward (`_CosineLogSumExp`): three passes over the B × B
   matrix instead of about eight;
 - the mm and t branches are lifted to users and gathered for the batch as their sum (the lift is
@@ -96,6 +97,33 @@ class _CosineLogSumExp(torch.autograd.Function):
         grad_a = w * (e @ o) if ctx.needs_input_grad[0] else None
         grad_o = e.T @ (w * a) if ctx.needs_input_grad[1] else None
         return grad_a, grad_o, None
+
+
+class _GatedIds(torch.autograd.Function):
+    """e[:, k] = ids ⊙ σ(f w_kᵀ + b_k) for k gates at once, in one buffer per pass.
+
+    Autograd would make four N × kd temporaries (pre-activation, σ, product, and three more in
+    the backward); here the pre-activation is squashed in place and the backward reuses one
+    buffer: t = g ⊙ s gives ∂ids = Σ_k t_k, then t ⊙ ids ⊙ (1 − s) is ∂a, from which
+    ∂w = ∂aᵀ f and ∂b = Σ_rows ∂a. f is a constant (the raw features): no gradient flows to it.
+    """
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        n, d = ids.shape
+        s = torch.addmm(b, f, w.T).sigmoid_().view(n, -1, d)
+        ctx.save_for_backward(f, s, ids)
+        return (s * ids[:, None, :]).view(n, -1)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        f, s, ids = ctx.saved_tensors
+        t = g.reshape(s.shape) * s
+        grad_ids = t.sum(1)
+        t.mul_(ids[:, None, :])
+        t.addcmul_(t, s, value=-1.0)  # t ⊙ (1 − s)
+        grad_a = t.view(len(ids), -1)
+        return None, grad_a.T @ f, grad_a.sum(0), grad_ids
 
 
 def info_nce(anchor: torch.Tensor, other: torch.Tensor, tau: float) -> torch.Tensor:
@@ -355,8 +383,7 @@ class AnchorRec(nn.Module):
             d, f = self.cfg.embedding_dim, getattr(self, f"raw_{members[0]}")
             w = torch.cat([self.gate[m].weight @ self.trs[m].weight for m in members])
             b = torch.cat([self.gate[m].weight @ self.trs[m].bias + self.gate[m].bias for m in members])
-            s = torch.sigmoid(F.linear(f, w, b)).view(self.n_items, len(members), d)
-            e = (self.item_emb[:, None, :] * s).view(self.n_items, len(members) * d)
+            e = _GatedIds.apply(f, w, b, self.item_emb)  # N × kd: [ids ⊙ σ(gate_m) for m in members]
             for _ in range(self.cfg.n_layers):
                 e = self.knn[members[0]](e)
             out.update(zip(members, torch.split(e, d, dim=1)))  # its backward is one cat, not k zero-padded copies

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.anchorrec import AnchorRec, AnchorRecConfig, similarity_gap, smoothing_loss, uia_margin_loss
+from models.anchorrec import AnchorRec, AnchorRecConfig, _GatedIds, similarity_gap, smoothing_loss, uia_margin_loss
 from models.data import build_graph_data, interactions_from_arrays
 from models.metrics import ranking_metrics
 from models.sparse import FixedSparse
@@ -356,6 +356,42 @@ def test_modalities_sharing_features_and_graph_are_computed_together(toy, n_laye
         torch.testing.assert_close(got[key], want[key], rtol=2e-5, atol=1e-7, msg=key)
     got["loss"].backward()
     assert model.gate["mm"].weight.grad.abs().sum() > 0 and model.gate["t"].weight.grad.abs().sum() > 0
+
+
+def test_fused_gating_value_and_gradients_match_autograd():
+    """_GatedIds = ids ⊙ σ(f wᵀ + b) per gate, with the gradients autograd would give (float64)."""
+    g = torch.Generator().manual_seed(3)
+    f = torch.randn(40, 9, dtype=torch.float64, generator=g)
+    w = torch.randn(3 * 5, 9, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(15, dtype=torch.float64, generator=g, requires_grad=True)
+    ids = torch.randn(40, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    want = (ids[:, None, :] * torch.sigmoid(f @ w.T + b).view(40, 3, 5)).view(40, 15)
+    got = _GatedIds.apply(f, w, b, ids)
+    torch.testing.assert_close(got, want)
+    upstream = torch.randn(40, 15, dtype=torch.float64, generator=g)
+    grads_want = torch.autograd.grad(want, (w, b, ids), upstream)
+    grads_got = torch.autograd.grad(got, (w, b, ids), upstream)
+    for name, a, e in zip(("w", "b", "ids"), grads_got, grads_want):
+        torch.testing.assert_close(a, e, msg=name)
+    assert torch.autograd.gradcheck(lambda w, b, ids: _GatedIds.apply(f, w, b, ids), (w, b, ids))
+
+
+def test_fused_branches_give_the_gradients_of_separate_branches(toy):
+    """The fused gate + propagation sends every parameter the gradient of the branch-by-branch sum."""
+    data, graph, batch = toy
+    x = np.random.default_rng(2).standard_normal((N_ITEMS, 12)).astype(np.float32)
+    shared = build_graph_data(data, {"mm": x, "t": x, "v": x}, knn_k=4, device="cpu")
+    model = make(shared, n_layers=2)
+    weights = {"mm": 0.7, "t": -1.3}
+    fused = model.branches(("mm", "t"))
+    sum(w * (fused[m] ** 2).sum() for m, w in weights.items()).backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    sum(w * (model.branch(m) ** 2).sum() for m, w in weights.items()).backward()
+    want = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert sorted(got) == sorted(want) and {"item_emb", "gate.mm.weight", "trs.t.weight"} <= set(got)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("n_layers", [0, 1, 3])
