@@ -27,12 +27,12 @@ from models.anchorrec import (
     bpr_loss,
     info_nce,
     l2_loss,
-    lightgcn_mean,
     require_modalities,
     similarity_gap,
     user_lift,
 )
 from models.data import GraphData
+from models.lightgcn import lightgcn_mean
 from models.sparse import FixedSparse
 
 

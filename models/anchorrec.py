@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.data import GraphData
+from models.lightgcn import bipartite_lightgcn
 from models.sparse import FixedSparse, block
 
 MODALITIES = ("mm", "t", "v")
@@ -170,49 +171,6 @@ def smoothing_loss(z: torch.Tensor, knn: FixedSparse, deg_sum: torch.Tensor) -> 
     """
     total = (deg_sum * (z**2).sum(1)).sum() - 2 * (z * knn(z)).sum()
     return total / knn.nnz
-
-
-def lightgcn_mean(adj: FixedSparse, ego: torch.Tensor, n_layers: int, nodes: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean of LightGCN layers E⁰..E^L (users then items); only rows `nodes` when given.
-
-    With `nodes`, the last layer is computed for those rows only: the batch needs no more.
-    """
-    layers, h = [ego], ego
-    for layer in range(n_layers):
-        if nodes is not None and layer == n_layers - 1:
-            return torch.stack([x[nodes] for x in layers] + [adj.rows(nodes, h)]).mean(0)
-        h = adj(h)
-        layers.append(h)
-    out = torch.stack(layers).mean(0)
-    return out if nodes is None else out[nodes]
-
-
-def bipartite_lightgcn(
-    r: FixedSparse,
-    rt: FixedSparse,
-    e_u: torch.Tensor,
-    e_i: torch.Tensor,
-    n_layers: int,
-    users: torch.Tensor | None = None,
-    items: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`lightgcn_mean` on A = [[0, R], [Rᵀ, 0]], users and items kept apart: (users' mean, items' mean).
-
-    The same numbers without concatenating the two tables: a layer is u' = R i, i' = Rᵀ u, and
-    with `users`/`items` the last layer is computed for those rows only — the users' rows of R
-    are a small gather (a batch's users have few items), and the layers are summed before the
-    one gather per side, so the backward pass scatters into each table once.
-    """
-    sum_u, sum_i, u, i = e_u, e_i, e_u, e_i
-    scale = 1.0 / (n_layers + 1)
-    for layer in range(n_layers):
-        if users is not None and layer == n_layers - 1:
-            return (sum_u[users] + r.rows(users, i)) * scale, (sum_i[items] + rt.rows(items, u)) * scale
-        u, i = r(i), rt(u)
-        sum_u, sum_i = sum_u + u, sum_i + i
-    if users is None:
-        return sum_u * scale, sum_i * scale
-    return sum_u[users] * scale, sum_i[items] * scale
 
 
 def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:

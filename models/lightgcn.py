@@ -4,8 +4,11 @@
     E^(l+1) = Â E^(l),  Â = D^-1/2 A D^-1/2
     E = mean(E^(0), …, E^(L))            score(u, i) = E_u · E_i
 
-A batch's loss needs E only at its users and items, so the last layer is computed for those rows
-alone ((Â E^(L-1))[rows] = Â[rows] E^(L-1)): identical numbers, about half the sparse work.
+Â = [[0, R], [Rᵀ, 0]] is bipartite, so a layer is u' = R i, i' = Rᵀ u on the two blocks kept
+apart (`bipartite_lightgcn`, the backbone AnchorRec and AlignRec share): no users+items
+concatenation, and the CSR transposes are stored once (models/sparse.py). A batch's loss needs
+E only at its users and items, so the last layer is computed for those rows alone
+((Â E^(L-1))[rows] = Â[rows] E^(L-1)): identical numbers, less sparse work.
 
 Loss on a batch of BPR triples (u, i+, i-):
     bpr = -mean log σ(E_u·E_i+ − E_u·E_i-)
@@ -20,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.data import GraphData
-from models.graphs import SparseRows, spmm
+from models.sparse import FixedSparse, block
 
 
 @dataclass
@@ -38,13 +41,47 @@ class LightGCNConfig:
             raise ValueError(f"reg_weight must be ≥ 0, got {self.reg_weight}")
 
 
-def propagate(adj: torch.Tensor, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """Mean of the layer outputs E^(0..L) of LightGCN propagation over the symmetric `adj`."""
-    out, x = ego, ego
-    for _ in range(n_layers):
-        x = spmm(adj, x)
-        out = out + x
-    return out / (n_layers + 1)
+def lightgcn_mean(adj: FixedSparse, ego: torch.Tensor, n_layers: int, nodes: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of LightGCN layers E⁰..E^L (users then items); only rows `nodes` when given.
+
+    With `nodes`, the last layer is computed for those rows only: the batch needs no more.
+    """
+    layers, h = [ego], ego
+    for layer in range(n_layers):
+        if nodes is not None and layer == n_layers - 1:
+            return torch.stack([x[nodes] for x in layers] + [adj.rows(nodes, h)]).mean(0)
+        h = adj(h)
+        layers.append(h)
+    out = torch.stack(layers).mean(0)
+    return out if nodes is None else out[nodes]
+
+
+def bipartite_lightgcn(
+    r: FixedSparse,
+    rt: FixedSparse,
+    e_u: torch.Tensor,
+    e_i: torch.Tensor,
+    n_layers: int,
+    users: torch.Tensor | None = None,
+    items: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`lightgcn_mean` on A = [[0, R], [Rᵀ, 0]], users and items kept apart: (users' mean, items' mean).
+
+    The same numbers without concatenating the two tables: a layer is u' = R i, i' = Rᵀ u, and
+    with `users`/`items` the last layer is computed for those rows only — the users' rows of R
+    are a small gather (a batch's users have few items), and the layers are summed before the
+    one gather per side, so the backward pass scatters into each table once.
+    """
+    sum_u, sum_i, u, i = e_u, e_i, e_u, e_i
+    scale = 1.0 / (n_layers + 1)
+    for layer in range(n_layers):
+        if users is not None and layer == n_layers - 1:
+            return (sum_u[users] + r.rows(users, i)) * scale, (sum_i[items] + rt.rows(items, u)) * scale
+        u, i = r(i), rt(u)
+        sum_u, sum_i = sum_u + u, sum_i + i
+    if users is None:
+        return sum_u * scale, sum_i * scale
+    return sum_u[users] * scale, sum_i[items] * scale
 
 
 def bpr_loss(u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -56,37 +93,25 @@ class LightGCN(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.n_users, self.n_items = graph.n_users, graph.n_items
-        self.adj = graph.adj
-        self.adj_rows = SparseRows(graph.adj)
+        n_u, n_i = self.n_users, self.n_items
+        self.r = FixedSparse(block(graph.adj, 0, n_u, n_u, n_u + n_i))  # Â = [[0, R], [Rᵀ, 0]]
+        self.rt = FixedSparse(block(graph.adj, n_u, n_u + n_i, 0, n_u))
         self.user_emb = nn.Embedding(self.n_users, cfg.dim)
         self.item_emb = nn.Embedding(self.n_items, cfg.dim)
         nn.init.xavier_uniform_(self.user_emb.weight)
         nn.init.xavier_uniform_(self.item_emb.weight)
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        ego = torch.cat([self.user_emb.weight, self.item_emb.weight])
-        out = propagate(self.adj, ego, self.cfg.n_layers)
-        return out[: self.n_users], out[self.n_users :]
-
-    def batch_embeddings(self, rows: torch.Tensor) -> torch.Tensor:
-        """Final embeddings of the graph nodes `rows` (users first, items offset by n_users)."""
-        ego = torch.cat([self.user_emb.weight, self.item_emb.weight])
-        x, acc = ego, ego[rows]
-        for _ in range(self.cfg.n_layers - 1):
-            x = spmm(self.adj, x)
-            acc = acc + x[rows]
-        if self.cfg.n_layers:
-            acc = acc + self.adj_rows.mm(rows, x)
-        return acc / (self.cfg.n_layers + 1)
+        return bipartite_lightgcn(self.r, self.rt, self.user_emb.weight, self.item_emb.weight, self.cfg.n_layers)
 
     def batch_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
-        nodes, inverse = torch.unique(torch.cat([users, pos + self.n_users, neg + self.n_users]), return_inverse=True)
-        e = self.batch_embeddings(nodes)[inverse]
         b = len(users)
-        u, p, n = e[:b], e[b : 2 * b], e[2 * b :]
-        bpr = bpr_loss(u, p, n)
+        u, i = bipartite_lightgcn(
+            self.r, self.rt, self.user_emb.weight, self.item_emb.weight, self.cfg.n_layers, users, torch.cat([pos, neg])
+        )
+        bpr = bpr_loss(u, i[:b], i[b:])
         ego = (self.user_emb(users), self.item_emb(pos), self.item_emb(neg))
-        reg = self.cfg.reg_weight * 0.5 * sum(e.pow(2).sum() for e in ego) / len(users)
+        reg = self.cfg.reg_weight * 0.5 * sum(e.pow(2).sum() for e in ego) / b
         return {"loss": bpr + reg, "bpr": bpr, "reg": reg}
 
     @torch.no_grad()

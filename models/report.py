@@ -454,7 +454,13 @@ def compare_runs(
             "dataset": paths.name,
             "baseline": baseline,
             "features": features,
-            "runs": {r.run_id: {"model": r.model, "seed": r.seed, "test": r.metrics["test"]} for r in runs},
+            "runs": {
+                r.run_id: {
+                    "model": r.model, "seed": r.seed, "best_epoch": r.metrics.get("best_epoch"),
+                    "epochs_run": r.metrics.get("epochs_run"), "valid": r.metrics.get("valid", {}), "test": r.metrics["test"],
+                }
+                for r in runs
+            },
             "accuracy": {
                 m: {k: _mean_std([r.metrics["test"].get(k) for r in rs]) for k in metric_keys} for m, rs in groups.items()
             },

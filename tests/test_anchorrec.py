@@ -396,7 +396,7 @@ def test_fused_branches_give_the_gradients_of_separate_branches(toy):
 
 @pytest.mark.parametrize("n_layers", [0, 1, 3])
 def test_bipartite_lightgcn_equals_the_layer_mean_on_the_whole_graph(toy, n_layers):
-    from models.anchorrec import bipartite_lightgcn, lightgcn_mean
+    from models.lightgcn import bipartite_lightgcn, lightgcn_mean
 
     _, graph, (users, pos, neg) = toy
     model = make(graph, n_ui_layers=n_layers)
