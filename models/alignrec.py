@@ -99,7 +99,7 @@ class AlignRec(nn.Module):
         lg = self.lightgcn(torch.cat([users, self.n_users + pos, self.n_users + neg]))
         lg_u, lg_p, lg_n = lg[:n_b], lg[n_b : 2 * n_b], lg[2 * n_b :]
         z = self.branch()
-        z_u, z_p = self.lift.rows(users, z), z[pos]
+        z_u, z_p = self.lift.rows(users, z), z.index_select(0, pos)
         u, p, n = lg_u + z_u, lg_p + z_p, lg_n + z[neg]
 
         out = {"bpr": bpr_loss(u, p, n)}

@@ -406,9 +406,9 @@ class AnchorRec(nn.Module):
 
         z_sum = z["t"] + z["mm"] if cfg.mm_branch else z["t"]  # the lift is linear: lift both at once
         u = lg_u + self.lift.rows(users, z_sum)
-        i = lg_i + z_sum[items]
+        i = lg_i + z_sum.index_select(0, items)  # index_select: its backward is one index_add
         need_h_mm = cfg.mm_branch and (cfg.recover_lambda > 0 or cfg.aal_loss > 0)
-        h_mm = self.proj["mm"](z["mm"][items]) if need_h_mm else None
+        h_mm = self.proj["mm"](z["mm"].index_select(0, items)) if need_h_mm else None
         if cfg.mm_branch and cfg.recover_lambda > 0:
             i = i + self.recovery(h_mm)
         p, n = i[:n_b], i[n_b:]
@@ -445,7 +445,7 @@ class AnchorRec(nn.Module):
         for m, w in zip(MODALITIES, self.cfg.amp_modality_weights):
             if w == 0 or (m == "mm" and not self.cfg.mm_branch):
                 continue
-            emb = z[m][pos] if m in z else self.branch_rows(m, pos)
+            emb = z[m].index_select(0, pos) if m in z else self.branch_rows(m, pos)
             unit = self.feature_rows("unit", m, pos, pos_rows)
             g = self.groups[m]
             if g not in shared:

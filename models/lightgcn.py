@@ -76,12 +76,12 @@ def bipartite_lightgcn(
     scale = 1.0 / (n_layers + 1)
     for layer in range(n_layers):
         if users is not None and layer == n_layers - 1:
-            return (sum_u[users] + r.rows(users, i)) * scale, (sum_i[items] + rt.rows(items, u)) * scale
+            return (sum_u.index_select(0, users) + r.rows(users, i)) * scale, (sum_i.index_select(0, items) + rt.rows(items, u)) * scale
         u, i = r(i), rt(u)
         sum_u, sum_i = sum_u + u, sum_i + i
     if users is None:
         return sum_u * scale, sum_i * scale
-    return sum_u[users] * scale, sum_i[items] * scale
+    return sum_u.index_select(0, users) * scale, sum_i.index_select(0, items) * scale
 
 
 def bpr_loss(u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
