@@ -162,6 +162,12 @@ def main() -> None:
     print(f"report: {report}\nsummary: {args.results}")
 
 
+def stop_reason(run: dict, cap: int) -> str:
+    if run.get("stopped_by_hand"):
+        return "no: stopped for time (models.train.stop_run), best epoch so far tested"
+    return "yes" if run["epochs_run"] < cap else "no (cap)"
+
+
 def write_summary(args: argparse.Namespace, command: str, done: list[str], report: Path, seconds: float, seeds: list[int], models: list[str]) -> None:
     data = read_json(report.parent / "report.json")
     runs = data["runs"]
@@ -178,8 +184,9 @@ def write_summary(args: argparse.Namespace, command: str, done: list[str], repor
     for m in models:
         lines.append(f"  - {m}: `{settings(m, args.epochs)}`, model args `{MODEL_ARGS[m]}`")
     lines += [
-        "- " + (f"epochs capped at {args.epochs}: runs may not be converged" if args.epochs else "every run below stopped early on its own "
-                "(best epoch + patience < cap) unless its row says otherwise"),
+        "- " + (f"epochs capped at {args.epochs}: runs may not be converged" if args.epochs else "a run 'stopped early' when its patience "
+                "ran out before the cap; a run stopped for time was ended by hand (models.train.stop_run) and its best "
+                "validation epoch so far was tested"),
         f"- runs finished: {len(done)} of {len(models) * len(seeds)}; "
         + ("report regenerated from the finished runs with `--report-only`" if args.report_only else f"wall time {seconds / 60:.1f} min"),
         f"- full report with pictures: [report_sports/report.md]({report.parent.name}/report.md)",
@@ -192,7 +199,7 @@ def write_summary(args: argparse.Namespace, command: str, done: list[str], repor
     for rid in done:
         r, cap = runs[rid], settings(runs[rid]["model"], args.epochs)["epochs"]
         lines.append(
-            f"| {rid} | {r['best_epoch']} | {r['epochs_run']} | {'yes' if r['epochs_run'] < cap else 'no (cap)'} | "
+            f"| {rid} | {r['best_epoch']} | {r['epochs_run']} | {stop_reason(r, cap)} | "
             f"{r['valid']['recall@20']:.4f} | {r['test']['recall@20']:.4f} |"
         )
     lines += [

@@ -457,7 +457,8 @@ def compare_runs(
             "runs": {
                 r.run_id: {
                     "model": r.model, "seed": r.seed, "best_epoch": r.metrics.get("best_epoch"),
-                    "epochs_run": r.metrics.get("epochs_run"), "valid": r.metrics.get("valid", {}), "test": r.metrics["test"],
+                    "epochs_run": r.metrics.get("epochs_run"), "stopped_by_hand": r.metrics.get("stopped_by_hand", False),
+                    "valid": r.metrics.get("valid", {}), "test": r.metrics["test"],
                 }
                 for r in runs
             },

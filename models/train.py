@@ -204,7 +204,7 @@ def fit(
     valid_eval = RankingEvaluator(data.train_csr, data.valid_csr, cfg.ks, device=device)
     sampler = BPRSampler(data)
 
-    start_epoch, history = 0, []
+    start_epoch, history, stopped_by_hand = 0, [], False
     best = {"metric": -math.inf, "epoch": -1, "state": None, "valid": {}}
     timings = {"train_s": 0.0, "eval_s": 0.0}
     finished = False
@@ -214,6 +214,7 @@ def fit(
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, history, best, timings = ckpt["epoch"], ckpt["history"], ckpt["best"], ckpt["timings"]
         finished = ckpt.get("finished", False)
+        stopped_by_hand = ckpt.get("stopped_by_hand", False)
         _set_rng_state(ckpt["rng"])
         log.info("resuming %s at epoch %d", run_dir.name, start_epoch)
 
@@ -291,7 +292,8 @@ def fit(
             break
     if bar is not None:
         bar.close()
-    return finalize(data, graph, cfg, model, best, history, timings, run_dir, resumed_from=start_epoch)
+    metrics = finalize(data, graph, cfg, model, best, history, timings, run_dir, resumed_from=start_epoch, stopped_by_hand=stopped_by_hand)
+    return metrics
 
 
 def finalize(
@@ -304,6 +306,7 @@ def finalize(
     timings: dict[str, float],
     run_dir: Path,
     resumed_from: int = 0,
+    stopped_by_hand: bool = False,
 ) -> dict[str, Any]:
     """Restore the best-validation weights, test them once, write vectors and metrics.json."""
     if best["state"] is None:
@@ -335,6 +338,7 @@ def finalize(
         "test": test,
         "epochs_run": epochs_run,
         "resumed_from_epoch": resumed_from,
+        "stopped_by_hand": stopped_by_hand,  # ended by `stop_run` (a time budget), not by early stopping
         "history": history,
         "timings": {
             **timings,
@@ -347,6 +351,24 @@ def finalize(
     }
     write_json(metrics, run_dir / "metrics.json")
     return metrics
+
+
+def stop_run(run_dir: Path) -> int:
+    """End a run at its last checkpoint; the next `fit` of it tests the best epoch so far.
+
+    For a run that must end before early stopping ends it (a session's time budget): nothing is
+    retrained, the selection stays on validation, and metrics.json says `stopped_by_hand` so a
+    report can tell such runs from converged ones. Stop the training process first. Returns the
+    number of epochs the run had done.
+    """
+    ckpt_path = Path(run_dir) / "checkpoint.pt"
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"{ckpt_path}: no checkpoint to stop (the run has not finished an epoch)")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if not ckpt.get("finished", False):
+        ckpt["finished"], ckpt["stopped_by_hand"] = True, True
+        save_checkpoint(ckpt_path, ckpt)
+    return int(ckpt["epoch"])
 
 
 def id_item_embeddings(model: torch.nn.Module, n_users: int) -> np.ndarray | None:
@@ -426,4 +448,5 @@ __all__ = [
     "summarize_seeds",
     "format_summary",
     "load_metrics",
+    "stop_run",
 ]

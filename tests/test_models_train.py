@@ -11,7 +11,7 @@ import torch
 
 from models import registry
 from models.data import build_graph_data, load_interactions, load_modalities
-from models.train import BPRSampler, TrainConfig, fit, summarize_seeds, train, train_seeds
+from models.train import BPRSampler, TrainConfig, fit, stop_run, summarize_seeds, train, train_seeds
 from models_fixtures import planted
 from store import schemas
 from store.layout import dataset_paths
@@ -77,6 +77,27 @@ def test_selection_uses_validation_only_and_stops_on_patience(scripted, tmp_path
     assert max(test_recalls) == m["valid"]["recall@20"]
     # the reported test metrics are those of epoch 2's embeddings, not the best test epoch's
     assert m["test"]["recall@20"] < 1.0
+
+
+def test_stopped_run_tests_the_best_epoch_so_far_and_says_so(scripted, tmp_path):
+    """stop_run after a crash at epoch 4: no more training, best epoch by validation, flagged."""
+    data = scripted
+    graph = build_graph_data(data, {}, device="cpu")
+    cfg = TrainConfig(model="scripted", epochs=12, patience=8, run_id="stop")
+
+    def crash(epoch, record):
+        if epoch == 4:
+            raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(data, graph, cfg, tmp_path / "stop", progress=False, callback=crash)
+    assert stop_run(tmp_path / "stop") == 5
+    m = fit(data, graph, cfg, tmp_path / "stop", progress=False)
+    assert m["epochs_run"] == 5 and m["best_epoch"] == 2 and m["valid"]["recall@20"] == 1.0
+    assert m["stopped_by_hand"] is True
+    assert fit(data, graph, cfg, tmp_path / "full", progress=False)["stopped_by_hand"] is False
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        stop_run(tmp_path / "never-started")
 
 
 def test_sampler_covers_each_pair_once_and_negatives_are_negative():
