@@ -176,7 +176,7 @@ def write_summary(args: argparse.Namespace, command: str, done: list[str], repor
         "",
         f"- date: {time.strftime('%Y-%m-%d')}",
         f"- machine: 2-core x86_64 CPU, 24 GB, no GPU ({platform.processor() or platform.machine()}); runs trained as "
-        "separate one-thread processes, two at a time",
+        "separate one-thread processes",
         f"- command: `{command}` (models or seeds may also run as separate processes with `--models`/`--seeds` "
         "and `--train-only`, then one `--report-only`)",
         "- settings per model (selection on validation Recall@20, test once at the best epoch):",
