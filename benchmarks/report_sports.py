@@ -50,7 +50,7 @@ FEATURE = "text-minilm-keywords"
 MODELS = ("lightgcn", "alignrec", "anchorrec")
 # METHOD.md "Reference figures": the settings the authors' AnchorRec run used on this data
 MODEL_ARGS = {
-    "lightgcn": {},
+    "lightgcn": dict(n_layers=2, reg_weight=1e-3),
     "alignrec": {},
     "anchorrec": dict(aal_loss=0.01, amp_loss=0.01, tau=0.25, n_layers=1, lambda_weight=1e-3, recover_lambda=0.0005),
 }
@@ -63,7 +63,6 @@ SETTINGS = {
     "alignrec": dict(lr=1e-3, lr_decay=0.96, epochs=100, patience=10, eval_every=1),
     "anchorrec": dict(lr=1e-3, lr_decay=0.96, epochs=100, patience=10, eval_every=1),
 }
-MODEL_ARGS["lightgcn"] = dict(n_layers=2, reg_weight=1e-3)
 RUN_TAGS = {"lightgcn": "lr5e-3"}  # run ids: <model>-<tag>-e<epochs>-s<seed>
 REFERENCE = {"lightgcn": ("MMRec leaderboard LightGCN test R@20", 0.0864), "anchorrec": ("authors' AnchorRec test R@20", 0.0873)}
 

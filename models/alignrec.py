@@ -100,7 +100,7 @@ class AlignRec(nn.Module):
         lg_u, lg_p, lg_n = lg[:n_b], lg[n_b : 2 * n_b], lg[2 * n_b :]
         z = self.branch()
         z_u, z_p = self.lift.rows(users, z), z.index_select(0, pos)
-        u, p, n = lg_u + z_u, lg_p + z_p, lg_n + z[neg]
+        u, p, n = lg_u + z_u, lg_p + z_p, lg_n + z.index_select(0, neg)
 
         out = {"bpr": bpr_loss(u, p, n)}
         if cfg.reg_weight > 0:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.data import GraphData
-from models.lightgcn import bipartite_lightgcn
+from models.lightgcn import bipartite_blocks, bipartite_lightgcn
 from models.sparse import FixedSparse, block
 
 MODALITIES = ("mm", "t", "v")
@@ -103,8 +103,8 @@ class _CosineLogSumExp(torch.autograd.Function):
 class _GatedIds(torch.autograd.Function):
     """e[:, k] = ids ⊙ σ(f w_kᵀ + b_k) for k gates at once, in one buffer per pass.
 
-    Autograd would make four N × kd temporaries (pre-activation, σ, product, and three more in
-    the backward); here the pre-activation is squashed in place and the backward reuses one
+    Autograd would make three N × kd temporaries in the forward (pre-activation, σ, product)
+    and three more in the backward; here the pre-activation is squashed in place and the backward reuses one
     buffer: t = g ⊙ s gives ∂ids = Σ_k t_k, then t ⊙ ids ⊙ (1 − s) is ∂a, from which
     ∂w = ∂aᵀ f and ∂b = Σ_rows ∂a. f is a constant (the raw features): no gradient flows to it.
     """
@@ -275,9 +275,7 @@ class AnchorRec(nn.Module):
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
 
         # graphs (constant)
-        n_u, n_i = self.n_users, self.n_items
-        self.r = FixedSparse(block(graph.adj, 0, n_u, n_u, n_u + n_i))  # the graph is [[0, R], [Rᵀ, 0]]
-        self.rt = FixedSparse(block(graph.adj, n_u, n_u + n_i, 0, n_u))
+        self.r, self.rt = bipartite_blocks(graph)  # the graph is [[0, R], [Rᵀ, 0]]
         self.lift = self.r if cfg.user_lift == "sym" else FixedSparse(user_lift(graph, cfg.user_lift))
         self.knn = nn.ModuleDict({m: FixedSparse(graph.knn[m]) for m in self.modalities})
         if "mm" in self.knn:

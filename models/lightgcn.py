@@ -41,6 +41,12 @@ class LightGCNConfig:
             raise ValueError(f"reg_weight must be ≥ 0, got {self.reg_weight}")
 
 
+def bipartite_blocks(graph: GraphData) -> tuple[FixedSparse, FixedSparse]:
+    """(R, Rᵀ): the user–item and item–user blocks of the normalized graph Â = [[0, R], [Rᵀ, 0]]."""
+    n_u, n_i = graph.n_users, graph.n_items
+    return FixedSparse(block(graph.adj, 0, n_u, n_u, n_u + n_i)), FixedSparse(block(graph.adj, n_u, n_u + n_i, 0, n_u))
+
+
 def lightgcn_mean(adj: FixedSparse, ego: torch.Tensor, n_layers: int, nodes: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of LightGCN layers E⁰..E^L (users then items); only rows `nodes` when given.
 
@@ -49,11 +55,11 @@ def lightgcn_mean(adj: FixedSparse, ego: torch.Tensor, n_layers: int, nodes: tor
     layers, h = [ego], ego
     for layer in range(n_layers):
         if nodes is not None and layer == n_layers - 1:
-            return torch.stack([x[nodes] for x in layers] + [adj.rows(nodes, h)]).mean(0)
+            return torch.stack([x.index_select(0, nodes) for x in layers] + [adj.rows(nodes, h)]).mean(0)
         h = adj(h)
         layers.append(h)
     out = torch.stack(layers).mean(0)
-    return out if nodes is None else out[nodes]
+    return out if nodes is None else out.index_select(0, nodes)
 
 
 def bipartite_lightgcn(
@@ -93,9 +99,7 @@ class LightGCN(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.n_users, self.n_items = graph.n_users, graph.n_items
-        n_u, n_i = self.n_users, self.n_items
-        self.r = FixedSparse(block(graph.adj, 0, n_u, n_u, n_u + n_i))  # Â = [[0, R], [Rᵀ, 0]]
-        self.rt = FixedSparse(block(graph.adj, n_u, n_u + n_i, 0, n_u))
+        self.r, self.rt = bipartite_blocks(graph)
         self.user_emb = nn.Embedding(self.n_users, cfg.dim)
         self.item_emb = nn.Embedding(self.n_items, cfg.dim)
         nn.init.xavier_uniform_(self.user_emb.weight)

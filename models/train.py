@@ -292,8 +292,7 @@ def fit(
             break
     if bar is not None:
         bar.close()
-    metrics = finalize(data, graph, cfg, model, best, history, timings, run_dir, resumed_from=start_epoch, stopped_by_hand=stopped_by_hand)
-    return metrics
+    return finalize(data, graph, cfg, model, best, history, timings, run_dir, resumed_from=start_epoch, stopped_by_hand=stopped_by_hand)
 
 
 def finalize(
