@@ -11,6 +11,7 @@ split and the pictures.
     .venv/bin/python benchmarks/report_sports.py --models anchorrec --seeds 1        # one model, one seed
     .venv/bin/python benchmarks/report_sports.py --epochs 3 --seeds 0,1,2            # capped (smoke run)
     .venv/bin/python benchmarks/report_sports.py --seeds 0,1,2 --report-only
+    .venv/bin/python benchmarks/report_sports.py --seeds 0,1,2 --continue-stopped    # after stop_run
 
 Each model trains with its own settings (`SETTINGS`): AnchorRec and AlignRec as the authors
 (lr 1e-3 decayed 0.96^(epoch/50), up to 100 epochs, patience 10); LightGCN with lr 5e-3 without
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sports_data import minilm_keywords, load_sports  # noqa: E402
 
 from models.report import compare_runs  # noqa: E402
-from models.train import TrainConfig, train_seeds  # noqa: E402
+from models.train import TrainConfig, resume_run, train_seeds  # noqa: E402
 from store.layout import DatasetPaths, dataset_paths  # noqa: E402
 from store.tables import read_json  # noqa: E402
 from store.vectors import write_features  # noqa: E402
@@ -116,6 +117,8 @@ def main() -> None:
     ap.add_argument("--home", type=Path, default=Path(os.environ.get("ANCHORREC_REPORT_HOME", "/tmp/anchorrec_report/home")))
     ap.add_argument("--report-only", action="store_true", help="no training: report the runs that finished")
     ap.add_argument("--train-only", action="store_true", help="train, then stop without writing the report")
+    ap.add_argument("--continue-stopped", action="store_true",
+                    help="train on the runs that were stopped for time (models.train.stop_run) until early stopping ends them")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 per process when several run")
     ap.add_argument("--projection-sample", type=int, default=1500)
     ap.add_argument("--results", type=Path, default=RESULTS / "report_sports.md")
@@ -139,6 +142,8 @@ def main() -> None:
                 model=model, model_args=MODEL_ARGS[model], features={} if model == "lightgcn" else features,
                 seed=seeds[0], run_id=run_base(model, args.epochs), **settings(model, args.epochs),
             )
+            if args.continue_stopped:
+                continue_stopped(paths, run_ids([model], args.epochs, seeds))
             t0 = time.time()
             summary = train_seeds(paths, cfg, seeds, progress=True)
             print(f"{model}: {summary['test_mean']['recall@20']:.4f} test R@20 in {time.time() - t0:.0f} s", flush=True)
@@ -159,6 +164,13 @@ def main() -> None:
     )
     write_summary(args, command, done, report, time.time() - started, seeds, models)
     print(f"report: {report}\nsummary: {args.results}")
+
+
+def continue_stopped(paths: DatasetPaths, runs: list[str]) -> None:
+    """Reopen runs a session ended by hand; their checkpoints carry them on exactly."""
+    for rid in runs:
+        if finished(paths, rid) and read_json(paths.metrics(rid)).get("stopped_by_hand"):
+            print(f"{rid}: continuing from epoch {resume_run(paths.run(rid))}", flush=True)
 
 
 def stop_reason(run: dict, cap: int) -> str:

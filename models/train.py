@@ -370,6 +370,24 @@ def stop_run(run_dir: Path) -> int:
     return int(ckpt["epoch"])
 
 
+def resume_run(run_dir: Path) -> int:
+    """Undo `stop_run`: the next `fit` trains on from the checkpoint as if never stopped.
+
+    The checkpoint holds the optimizer and RNG state, so the continued run is the run that early
+    stopping would have made in one go. A run that ended by early stopping or at its epoch cap is
+    left alone (there is nothing to continue). Returns the epoch the run continues from.
+    """
+    ckpt_path = Path(run_dir) / "checkpoint.pt"
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if ckpt.get("stopped_by_hand", False):
+        ckpt["finished"], ckpt["stopped_by_hand"] = False, False
+        save_checkpoint(ckpt_path, ckpt)
+        (Path(run_dir) / "metrics.json").unlink(missing_ok=True)  # no longer this run's result
+    return int(ckpt["epoch"])
+
+
 def id_item_embeddings(model: torch.nn.Module, n_users: int) -> np.ndarray | None:
     """Items in the model's ID-only (LightGCN) space, when it has one apart from the final space."""
     lightgcn = getattr(model, "lightgcn", None)
@@ -447,5 +465,6 @@ __all__ = [
     "summarize_seeds",
     "format_summary",
     "load_metrics",
+    "resume_run",
     "stop_run",
 ]

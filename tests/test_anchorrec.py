@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from models.anchorrec import AnchorRec, AnchorRecConfig, _GatedIds, similarity_gap, smoothing_loss, uia_margin_loss
 from models.data import build_graph_data, interactions_from_arrays
 from models.metrics import ranking_metrics
-from models.sparse import FixedSparse
+from models.sparse import FixedSparse, csr_mm
 
 N_USERS, N_ITEMS = 30, 24
 
@@ -156,6 +156,18 @@ def test_fixed_sparse_rows_and_backward_match_dense():
     y = torch.randn(40, 3, generator=g)
     torch.testing.assert_close(wide.rows(torch.tensor([3, 7]), y), y[[3, 7]])
     torch.testing.assert_close(a.rows(idx, x), (dense @ x)[idx])
+
+
+def test_csr_mm_writes_every_row_of_its_uninitialized_buffer(monkeypatch):
+    """Rows without nonzeros come out 0, whatever the buffer held (NaN here), for 1 and 70 columns."""
+    dense = torch.tensor([[0.0, 0, 0], [1, 0, 2], [0, 0, 0], [0, 3, 0]])
+    nan_empty = lambda *shape, **kw: torch.full(shape, float("nan"))  # noqa: E731
+    for width in (1, 70):
+        x = torch.randn(3, width)
+        monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *shape, **kw: nan_empty(*shape))
+        y = csr_mm(dense.to_sparse_csr(), x)
+        monkeypatch.undo()
+        torch.testing.assert_close(y, dense @ x)
 
 
 @pytest.mark.parametrize(

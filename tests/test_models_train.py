@@ -11,7 +11,7 @@ import torch
 
 from models import registry
 from models.data import build_graph_data, load_interactions, load_modalities
-from models.train import BPRSampler, TrainConfig, fit, stop_run, summarize_seeds, train, train_seeds
+from models.train import BPRSampler, TrainConfig, fit, resume_run, stop_run, summarize_seeds, train, train_seeds
 from models_fixtures import planted
 from store import schemas
 from store.layout import dataset_paths
@@ -137,6 +137,35 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     assert again["test"] == full["test"]
     with pytest.raises(ValueError, match="lr"):
         fit(data, graph, dataclasses.replace(cfg, lr=1e-2), tmp_path / "resumed", progress=False)
+
+
+def test_run_stopped_for_time_then_resumed_equals_uninterrupted_run(tmp_path):
+    """stop_run (a session ends), resume_run (the next one): same history, test and vectors."""
+    data = planted(n_users=80, n_items=50, n_groups=4, per_user=8)
+    graph = build_graph_data(data, {}, device="cpu")
+    cfg = TrainConfig(model="lightgcn", model_args={"dim": 16}, epochs=6, batch_size=128, patience=10, lr=5e-3)
+    full = fit(data, graph, cfg, tmp_path / "full", progress=False)
+
+    def crash(epoch, record):
+        if epoch == 1:
+            raise KeyboardInterrupt("session over")
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(data, graph, cfg, tmp_path / "r", progress=False, callback=crash)
+    stop_run(tmp_path / "r")
+    stopped = fit(data, graph, cfg, tmp_path / "r", progress=False)
+    assert stopped["epochs_run"] == 2 and stopped["stopped_by_hand"] is True
+    assert resume_run(tmp_path / "r") == 2
+    assert not (tmp_path / "r" / "metrics.json").exists()  # the stopped result is no longer the run's
+    resumed = fit(data, graph, cfg, tmp_path / "r", progress=False)
+    assert resumed["stopped_by_hand"] is False and resumed["epochs_run"] == full["epochs_run"] == 6
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
+    assert resumed["test"] == full["test"] and resumed["best_epoch"] == full["best_epoch"]
+    _, a, _ = read_vectors(tmp_path / "full" / "item_vectors.parquet", "item_id")
+    _, b, _ = read_vectors(tmp_path / "r" / "item_vectors.parquet", "item_id")
+    np.testing.assert_array_equal(a, b)
+    assert resume_run(tmp_path / "full") == 6  # ended at its cap: left as it is
+    assert (tmp_path / "full" / "metrics.json").exists()
 
 
 def write_tiny_dataset(home, data, with_feature: bool = True):
