@@ -84,13 +84,7 @@ def test_stopped_run_tests_the_best_epoch_so_far_and_says_so(scripted, tmp_path)
     data = scripted
     graph = build_graph_data(data, {}, device="cpu")
     cfg = TrainConfig(model="scripted", epochs=12, patience=8, run_id="stop")
-
-    def crash(epoch, record):
-        if epoch == 4:
-            raise KeyboardInterrupt("simulated kill")
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(data, graph, cfg, tmp_path / "stop", progress=False, callback=crash)
+    kill_after(data, graph, cfg, tmp_path / "stop", epoch=4)
     assert stop_run(tmp_path / "stop") == 5
     m = fit(data, graph, cfg, tmp_path / "stop", progress=False)
     assert m["epochs_run"] == 5 and m["best_epoch"] == 2 and m["valid"]["recall@20"] == 1.0
@@ -113,25 +107,39 @@ def test_sampler_covers_each_pair_once_and_negatives_are_negative():
     assert not np.array_equal(t, s.epoch(seed=0, epoch=1))
 
 
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
+def small_lightgcn_run():
     data = planted(n_users=80, n_items=50, n_groups=4, per_user=8)
     graph = build_graph_data(data, {}, device="cpu")
     cfg = TrainConfig(model="lightgcn", model_args={"dim": 16}, epochs=6, batch_size=128, patience=10, lr=5e-3)
-    full = fit(data, graph, cfg, tmp_path / "full", progress=False)
+    return data, graph, cfg
 
-    def crash(epoch, record):
-        if epoch == 2:
-            raise KeyboardInterrupt("simulated crash")
+
+def kill_after(data, graph, cfg, run_dir, epoch: int) -> None:
+    """Train `run_dir` until the end of `epoch`, then die as a killed process would."""
+
+    def crash(e, record):
+        if e == epoch:
+            raise KeyboardInterrupt("simulated kill")
 
     with pytest.raises(KeyboardInterrupt):
-        fit(data, graph, cfg, tmp_path / "resumed", progress=False, callback=crash)
+        fit(data, graph, cfg, run_dir, progress=False, callback=crash)
+
+
+def assert_same_run(got: dict, want: dict, got_dir, want_dir) -> None:
+    assert [h["loss"] for h in got["history"]] == [h["loss"] for h in want["history"]]
+    assert got["test"] == want["test"] and got["best_epoch"] == want["best_epoch"]
+    _, a, _ = read_vectors(want_dir / "item_vectors.parquet", "item_id")
+    _, b, _ = read_vectors(got_dir / "item_vectors.parquet", "item_id")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
+    data, graph, cfg = small_lightgcn_run()
+    full = fit(data, graph, cfg, tmp_path / "full", progress=False)
+    kill_after(data, graph, cfg, tmp_path / "resumed", epoch=2)
     assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["epoch"] == 3
     resumed = fit(data, graph, cfg, tmp_path / "resumed", progress=False)
-    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
-    assert resumed["test"] == full["test"] and resumed["best_epoch"] == full["best_epoch"]
-    _, a, _ = read_vectors(tmp_path / "full" / "item_vectors.parquet", "item_id")
-    _, b, _ = read_vectors(tmp_path / "resumed" / "item_vectors.parquet", "item_id")
-    np.testing.assert_array_equal(a, b)
+    assert_same_run(resumed, full, tmp_path / "resumed", tmp_path / "full")
     # a finished run reruns as a no-op with the same result
     again = fit(data, graph, cfg, tmp_path / "resumed", progress=False)
     assert again["test"] == full["test"]
@@ -141,17 +149,9 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
 
 def test_run_stopped_for_time_then_resumed_equals_uninterrupted_run(tmp_path):
     """stop_run (a session ends), resume_run (the next one): same history, test and vectors."""
-    data = planted(n_users=80, n_items=50, n_groups=4, per_user=8)
-    graph = build_graph_data(data, {}, device="cpu")
-    cfg = TrainConfig(model="lightgcn", model_args={"dim": 16}, epochs=6, batch_size=128, patience=10, lr=5e-3)
+    data, graph, cfg = small_lightgcn_run()
     full = fit(data, graph, cfg, tmp_path / "full", progress=False)
-
-    def crash(epoch, record):
-        if epoch == 1:
-            raise KeyboardInterrupt("session over")
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(data, graph, cfg, tmp_path / "r", progress=False, callback=crash)
+    kill_after(data, graph, cfg, tmp_path / "r", epoch=1)
     stop_run(tmp_path / "r")
     stopped = fit(data, graph, cfg, tmp_path / "r", progress=False)
     assert stopped["epochs_run"] == 2 and stopped["stopped_by_hand"] is True
@@ -159,11 +159,7 @@ def test_run_stopped_for_time_then_resumed_equals_uninterrupted_run(tmp_path):
     assert not (tmp_path / "r" / "metrics.json").exists()  # the stopped result is no longer the run's
     resumed = fit(data, graph, cfg, tmp_path / "r", progress=False)
     assert resumed["stopped_by_hand"] is False and resumed["epochs_run"] == full["epochs_run"] == 6
-    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
-    assert resumed["test"] == full["test"] and resumed["best_epoch"] == full["best_epoch"]
-    _, a, _ = read_vectors(tmp_path / "full" / "item_vectors.parquet", "item_id")
-    _, b, _ = read_vectors(tmp_path / "r" / "item_vectors.parquet", "item_id")
-    np.testing.assert_array_equal(a, b)
+    assert_same_run(resumed, full, tmp_path / "r", tmp_path / "full")
     assert resume_run(tmp_path / "full") == 6  # ended at its cap: left as it is
     assert (tmp_path / "full" / "metrics.json").exists()
 
