@@ -539,10 +539,12 @@ def _render(
     lines.append("")
     rows = [
         [r.run_id, r.model, r.seed, r.metrics.get("best_epoch", "–"), r.metrics.get("epochs_run", "–"),
-         f"{r.metrics.get('timings', {}).get('train_s_per_epoch', float('nan')):.1f}"]
+         f"{r.metrics.get('timings', {}).get('train_s_per_epoch', float('nan')):.1f}",
+         f"{r.metrics.get('timings', {}).get('train_cpu_s_per_epoch', float('nan')):.1f}"]
         for rs in groups.values() for r in rs
     ]
-    lines += _table(["run", "model", "seed", "best epoch", "epochs run", "s / epoch"], rows)
+    # CPU seconds beside wall seconds: on a shared (or paused) machine wall time measures the neighbours
+    lines += _table(["run", "model", "seed", "best epoch", "epochs run", "s / epoch", "CPU s / epoch"], rows)
 
     lines += ["## Accuracy (test, mean ± std over seeds)", ""]
     rows = [[m, len(rs)] + [_fmt(_mean_std([r.metrics["test"].get(k) for r in rs])) for k in metric_keys] for m, rs in groups.items()]
