@@ -10,7 +10,8 @@ interleaved batch by batch (rotating who goes first) so that a busy machine slow
 epoch time is the median step time × batches per epoch (with --batches < an epoch: say so when
 quoting it). Goal: ≥ 5× on CPU.
 
-    .venv/bin/python benchmarks/bench_train_speed.py --batches 16 --threads 1
+    .venv/bin/python benchmarks/bench_train_speed.py --batches 0 --threads 2     # one whole epoch, both cores
+    .venv/bin/python benchmarks/bench_train_speed.py --batches 30 --threads 1    # quicker, one core
 """
 from __future__ import annotations
 
