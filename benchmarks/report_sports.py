@@ -167,10 +167,13 @@ def main() -> None:
 
 
 def continue_stopped(paths: DatasetPaths, runs: list[str]) -> None:
-    """Reopen runs a session ended by hand; their checkpoints carry them on exactly."""
+    """Reopen runs a session ended by hand; their checkpoints carry them on exactly.
+
+    The checkpoint decides (a run stopped after a kill has no metrics.json yet).
+    """
     for rid in runs:
-        if finished(paths, rid) and read_json(paths.metrics(rid)).get("stopped_by_hand"):
-            print(f"{rid}: continuing from epoch {resume_run(paths.run(rid))}", flush=True)
+        if (paths.run(rid) / "checkpoint.pt").exists() and (epoch := resume_run(paths.run(rid))) is not None:
+            print(f"{rid}: continuing from epoch {epoch}", flush=True)
 
 
 def stop_reason(run: dict, cap: int) -> str:

@@ -144,6 +144,18 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _run_checkpoint(run_dir: Path, action: str) -> tuple[Path, dict[str, Any]]:
+    """(path, state) of a run's checkpoint, for `stop_run` and `resume_run`; a clear error if none."""
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint to {action} (the run has not finished an epoch)")
+    return path, load_checkpoint(path)
+
+
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -209,7 +221,7 @@ def fit(
     timings = {"train_s": 0.0, "eval_s": 0.0}
     finished = False
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(ckpt_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, history, best, timings = ckpt["epoch"], ckpt["history"], ckpt["best"], ckpt["timings"]
@@ -360,31 +372,26 @@ def stop_run(run_dir: Path) -> int:
     report can tell such runs from converged ones. Stop the training process first. Returns the
     number of epochs the run had done.
     """
-    ckpt_path = Path(run_dir) / "checkpoint.pt"
-    if not ckpt_path.exists():
-        raise FileNotFoundError(f"{ckpt_path}: no checkpoint to stop (the run has not finished an epoch)")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt_path, ckpt = _run_checkpoint(run_dir, "stop")
     if not ckpt.get("finished", False):
         ckpt["finished"], ckpt["stopped_by_hand"] = True, True
         save_checkpoint(ckpt_path, ckpt)
     return int(ckpt["epoch"])
 
 
-def resume_run(run_dir: Path) -> int:
+def resume_run(run_dir: Path) -> int | None:
     """Undo `stop_run`: the next `fit` trains on from the checkpoint as if never stopped.
 
     The checkpoint holds the optimizer and RNG state, so the continued run is the run that early
-    stopping would have made in one go. A run that ended by early stopping or at its epoch cap is
-    left alone (there is nothing to continue). Returns the epoch the run continues from.
+    stopping would have made in one go. Returns the epoch the run continues from, or None for a
+    run that was not stopped by hand (early stopping, its epoch cap or nothing yet): left alone.
     """
-    ckpt_path = Path(run_dir) / "checkpoint.pt"
-    if not ckpt_path.exists():
-        raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if ckpt.get("stopped_by_hand", False):
-        ckpt["finished"], ckpt["stopped_by_hand"] = False, False
-        save_checkpoint(ckpt_path, ckpt)
-        (Path(run_dir) / "metrics.json").unlink(missing_ok=True)  # no longer this run's result
+    ckpt_path, ckpt = _run_checkpoint(run_dir, "resume")
+    if not ckpt.get("stopped_by_hand", False):
+        return None
+    ckpt["finished"], ckpt["stopped_by_hand"] = False, False
+    save_checkpoint(ckpt_path, ckpt)
+    (Path(run_dir) / "metrics.json").unlink(missing_ok=True)  # no longer this run's result
     return int(ckpt["epoch"])
 
 

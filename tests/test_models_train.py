@@ -160,8 +160,10 @@ def test_run_stopped_for_time_then_resumed_equals_uninterrupted_run(tmp_path):
     resumed = fit(data, graph, cfg, tmp_path / "r", progress=False)
     assert resumed["stopped_by_hand"] is False and resumed["epochs_run"] == full["epochs_run"] == 6
     assert_same_run(resumed, full, tmp_path / "r", tmp_path / "full")
-    assert resume_run(tmp_path / "full") == 6  # ended at its cap: left as it is
+    assert resume_run(tmp_path / "full") is None  # ended at its cap: left as it is
     assert (tmp_path / "full" / "metrics.json").exists()
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
+        resume_run(tmp_path / "never-started")
 
 
 def write_tiny_dataset(home, data, with_feature: bool = True):
