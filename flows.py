@@ -1,86 +1,41 @@
-"""Prefect flows and the command line: wiring only, no domain logic.
+"""Prefect flows: wiring only, no domain logic.
 
 Each stage is one Prefect task that calls one room's function. A task's cache key is a hash of
 its real inputs (input file contents, its config and the source of the rooms it runs), so a rerun
 with nothing changed recomputes nothing, and changing one input reruns exactly the stages
-downstream of it. A stage whose outputs were deleted is recomputed even when its key is cached.
+downstream of it. A stage whose outputs are missing or fail their check (store.verify) is
+recomputed even when its key is cached. The command line lives in cli.py.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
+import logging
 import os
-import sys
 import time
 import typing
-from dataclasses import asdict, dataclass
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls (offline machines)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import typer
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 
-from store import DatasetPaths, dataset_paths
+from store import DatasetPaths, dataset_paths  # noqa: F401
 from store.hashing import file_sha256
 
 REPO = Path(__file__).resolve().parent
-RELEASES = ("demo", "2014", "2018", "2023", "mmrec")
+from pipeline_config import FLOW_DOCS, FLOW_GROUPS, NO_IMAGES, RELEASES, PipelineConfig  # noqa: F401 (re-exported)
 
-
-# --------------------------------------------------------------------------- configuration
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Every parameter of the pipeline; the CLI options and flow parameters are these names."""
-
-    dataset: str = "demo"
-    release: str = "demo"
-    category: Optional[str] = None
-    meta: Optional[str] = None
-    reviews: Optional[str] = None
-    source: Optional[str] = None
-    home: Optional[str] = None
-    kcore: int = 5
-    seed: int = 0
-    demo_items: int = 300
-    demo_users: int = 400
-    image_workers: int = 8
-    shards: int = 1
-    text_encoder: str = "minilm"
-    image_encoder: str = "efficientnet-lite0"
-    batch_size: int = 64
-    pretrain_epochs: int = 30
-    model: str = "anchorrec"
-    epochs: int = 60
-    patience: int = 10
-    lr: float = 1e-3
-    device: Optional[str] = None
-    task_runner: str = "thread"
-
-    def __post_init__(self) -> None:
-        if self.release not in RELEASES:
-            raise ValueError(f"release must be one of {RELEASES}, got {self.release!r}")
-        if self.release == "mmrec" and not self.source:
-            raise ValueError("release 'mmrec' needs --source: the directory holding <name>.inter")
-        for name in ("kcore", "image_workers", "shards", "batch_size", "epochs", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if self.pretrain_epochs < 0:
-            raise ValueError("pretrain_epochs must be ≥ 0 (0 skips pretraining)")
-        if not 0 < self.lr < 1:
-            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
-        if self.task_runner not in ("thread", "dask"):
-            raise ValueError("task_runner must be 'thread' or 'dask'")
-
-    @property
-    def paths(self) -> DatasetPaths:
-        return dataset_paths(self.dataset, self.home)
+log = logging.getLogger("anchorrec")
 
 
 # --------------------------------------------------------------------------- cache keys
@@ -103,39 +58,120 @@ def stage_key(stage: str, config: dict[str, Any], inputs: list[Path], rooms: tup
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     for p in inputs:
         h.update(str(p.name).encode())
-        h.update(file_sha256(p).encode() if p.exists() else b"<missing>")
+        h.update(file_sha256(p).encode() if p.is_file() else b"<missing>")
     h.update(code_version(*rooms).encode())
     return f"{stage}-{h.hexdigest()[:20]}"
 
 
-def run_stage(fn: Callable[..., dict], key: str, outputs: list[Path], *args: Any, **kwargs: Any) -> dict:
-    """Call a stage task under `key`; refresh the cache if any output is gone from disk."""
-    refresh = not all(p.exists() for p in outputs)
-    return fn.with_options(cache_key_fn=lambda *_: key, refresh_cache=refresh)(*args, **kwargs)
+def folder_fingerprint(source: str | None) -> str | None:
+    """Names, sizes and mtimes of a user's images (a folder, or a CSV and the files it lists).
+
+    Cheap (no image is read) and it changes whenever an image is added, replaced or removed.
+    """
+    if not source:
+        return None
+    root = Path(source)
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+    elif root.is_file():
+        files = [root] + _listed_files(root)
+    else:
+        files = []
+    h = hashlib.sha256(str(root.resolve()).encode())
+    for f in files:
+        st = f.stat() if f.exists() else None
+        h.update(f"{f}:{st and st.st_size}:{st and st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def _listed_files(listing: Path) -> list[Path]:
+    """The image paths of an `asin,path` CSV/TSV, relative ones taken from the listing's folder."""
+    import csv
+
+    delimiter = "\t" if listing.suffix.lower() == ".tsv" else ","
+    with listing.open(newline="", encoding="utf-8", errors="replace") as fh:
+        rows = csv.DictReader(fh, delimiter=delimiter)
+        return [listing.parent / r["path"] for r in rows if r.get("path")]
+
+
+def output_problem(path: Path) -> str | None:
+    """Why an output cannot be trusted (missing, cut, disagrees with what its writer recorded)."""
+    from store.verify import problem
+
+    return problem(path)
+
+
+def run_stage(name: str, fn: Any, key: str, outputs: list[Path], *args: Any, **kwargs: Any) -> dict:
+    """Call a stage task under `key`; recompute when an output is missing or fails its check.
+
+    Prints one line per stage on the `anchorrec` logger: the stage's own summary, or 'cached'.
+    """
+    problems = [p for p in (output_problem(o) for o in outputs) if p]
+    if problems:
+        log.debug("%s: recomputing (%s)", name, problems[0])
+    state = fn.with_options(cache_key_fn=lambda *_: key, refresh_cache=bool(problems))(*args, return_state=True, **kwargs)
+    result = state.result()  # raises the stage's own exception
+    still = [p for p in (output_problem(o) for o in outputs) if p]
+    if still:  # a cached result whose files went bad between the check and now
+        raise RuntimeError(f"{name}: output failed its check after the stage ran: {still[0]}")
+    cached = state.name == "Cached"
+    log.info("%s: %s", name, "cached" if cached else stage_line(name, result))
+    return result
+
+
+def stage_line(name: str, s: dict) -> str:
+    """One human line per stage: the stage's own 'line' when it gives one, else its main numbers."""
+    if s.get("line"):
+        return str(s["line"]).removeprefix(f"{name}: ").removeprefix("images: ")
+    took = f" ({s['seconds']} s)" if "seconds" in s else ""
+    if name == "ingest" and isinstance(s.get("output"), dict):
+        out, bad = s["output"], s.get("bad_records") or {}
+        return (f"{out.get('items')} items, {out.get('users')} users, {out.get('interactions')} interactions; "
+                f"{bad.get('dropped', 0)} bad records dropped (see prepare.json){took}")
+    if name.startswith("features") and "n_vectors" in s:
+        return (f"{s.get('name')}: vectors for {s['n_vectors']} of {s.get('n_items')} items "
+                f"({s.get('encoded', 0)} encoded, {s.get('resumed', 0)} resumed){took}")
+    if name == "train" and "run_id" in s:
+        valid = round((s.get("valid") or {}).get("recall@20", float("nan")), 4)
+        return f"{s['run_id']}: best epoch {s.get('best_epoch')} of {s.get('epochs_run')}, valid recall@20 {valid}{took}"
+    if name == "publish" and "count" in s:
+        return f"{s.get('run')}: {s['count']} items in a {s.get('kind')} index{took}"
+    if name == "pretrain" and "feature" in s:
+        return f"{s['feature']}: {s.get('n_both')} of {s.get('n_items')} items with image and text{took}"
+    keep = {k: v for k, v in s.items() if isinstance(v, (int, float, str)) and len(str(v)) < 40}
+    return ", ".join(f"{k} {v}" for k, v in list(keep.items())[:8])
 
 
 # --------------------------------------------------------------------------- tasks
+def _is_user_error(exc: BaseException) -> bool:
+    from store.errors import StoreError
+
+    return isinstance(exc, (StoreError, ValueError, FileNotFoundError, PermissionError))
+
+
+def _retry_transient(_task: Any, _run: Any, state: Any) -> bool:
+    """Retry network hiccups, never a user error (a bad file stays bad: say so at once)."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - the state's own exception
+        return not _is_user_error(exc)
+    return False
+
+
 def _timed(fn: Callable[..., dict]) -> Callable[..., dict]:
-    """Log each stage's summary and wall time through Prefect's run logger."""
+    """Each stage's summary carries its wall time."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> dict:
         t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        out = dict(out or {})
+        out = dict(fn(*args, **kwargs) or {})
         out["seconds"] = round(time.perf_counter() - t0, 2)
-        get_run_logger().info("%s done in %.1fs: %s", fn.__name__, out["seconds"], _brief(out))
         return out
 
     return wrapper
 
 
-def _brief(summary: dict) -> str:
-    keep = {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and len(str(v)) < 80}
-    return json.dumps(keep, default=str)[:600]
-
-
-@task(name="ingest", persist_result=True, retries=2, retry_delay_seconds=[2, 10])
+@task(name="ingest", persist_result=True, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient)
 @_timed
 def ingest_task(cfg: PipelineConfig) -> dict:
     if cfg.release == "mmrec":
@@ -155,15 +191,24 @@ def ingest_task(cfg: PipelineConfig) -> dict:
         seed=cfg.seed,
         demo_items=cfg.demo_items,
         demo_users=cfg.demo_users,
+        **ingest_extras(cfg),
     )
 
 
-@task(name="fetch-images", persist_result=True, retries=2, retry_delay_seconds=[2, 10])
+def ingest_extras(cfg: PipelineConfig) -> dict[str, Any]:
+    """Options only the real-data releases take."""
+    extras: dict[str, Any] = {"min_meta_match": cfg.min_meta_match, "allow_missing_meta": cfg.allow_missing_meta}
+    if cfg.release == "csv":
+        extras.update(columns=cfg.columns, meta_release=cfg.meta_release)
+    return extras
+
+
+@task(name="fetch-images", persist_result=True, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient)
 @_timed
 def images_task(cfg: PipelineConfig, shard: Optional[tuple[int, int]] = None) -> dict:
     from pipelines.images import fetch_images
 
-    return fetch_images(cfg.paths, workers=cfg.image_workers, shard=shard, progress=shard is None)
+    return fetch_images(cfg.paths, workers=cfg.image_workers, shard=shard, progress=shard is None, images_dir=cfg.images)
 
 
 @task(name="merge-image-audits", persist_result=True)
@@ -237,42 +282,46 @@ def map_shards(fn: Any, key: str, cfg: PipelineConfig, refresh: bool, *args: Any
     return futures.result()  # raises if a shard failed
 
 
+INGEST_KEYS = ("release", "category", "meta", "reviews", "source", "columns", "meta_release", "kcore", "seed", "demo_items",
+               "demo_users", "min_meta_match", "allow_missing_meta")
+
+
 def stage_ingest(cfg: PipelineConfig) -> dict:
     p = cfg.paths
-    conf = {k: getattr(cfg, k) for k in ("release", "category", "meta", "reviews", "source", "kcore", "seed", "demo_items", "demo_users")}
-    inputs = [Path(x) for x in (cfg.meta, cfg.reviews) if x and Path(x).exists()]
+    conf = {k: getattr(cfg, k) for k in INGEST_KEYS}
+    inputs = [Path(x) for x in (cfg.meta, cfg.reviews) if x and Path(x).is_file()]
     if cfg.source:
-        inputs += sorted(Path(cfg.source).glob("*"))
+        inputs += sorted(f for f in Path(cfg.source).glob("*") if f.is_file())
     key = stage_key("ingest", conf, inputs, ("pipelines", "store"))
-    return run_stage(ingest_task, key, [p.items, p.users, p.interactions], cfg)
+    return run_stage("ingest", ingest_task, key, [p.items, p.users, p.interactions], cfg)
 
 
 def stage_images(cfg: PipelineConfig) -> dict:
     """One task, or `shards` mapped tasks (spread over the task runner's workers) and a merge."""
     p = cfg.paths
-    key = stage_key("images", {}, [p.items], ("pipelines", "store"))
+    key = stage_key("images", {"images": folder_fingerprint(cfg.images)}, [p.items], ("pipelines", "store"))
     if cfg.shards == 1:
-        return run_stage(images_task, key, [p.image_audit], cfg)
-    shards = map_shards(images_task, key, cfg, not p.image_audit.exists())
-    return run_stage(merge_images_task, f"{key}-merge-{cfg.shards}", [p.image_audit], cfg, shards)
+        return run_stage("images", images_task, key, [p.image_audit], cfg)
+    shards = map_shards(images_task, key, cfg, bool(output_problem(p.image_audit)))
+    return run_stage("images", merge_images_task, f"{key}-merge-{cfg.shards}", [p.image_audit], cfg, shards)
 
 
-def stage_features(cfg: PipelineConfig, with_images: bool) -> dict[str, str]:
-    """Extract text (and image) features; returns modality → feature table name."""
+def stage_features(cfg: PipelineConfig) -> dict[str, dict]:
+    """Extract text (and image) features; returns modality → the extraction's summary."""
     p = cfg.paths
     specs = {"text": cfg.text_encoder}
-    if with_images:
+    if cfg.with_images:
         specs["image"] = cfg.image_encoder
-    names = {}
+    out = {}
     for modality, spec in specs.items():
         name = feature_name(spec)
         inputs = [p.items] + ([p.image_audit] if modality == "image" else [])
         key = stage_key(f"features-{name}", {"spec": spec, "batch": cfg.batch_size}, inputs, ("features", "store"))
         if cfg.shards > 1:  # encode shards on the task runner's workers; the final call assembles
-            map_shards(extract_task, key, cfg, not p.feature(name).exists(), spec, name)
-        run_stage(extract_task, key, [p.feature(name)], cfg, spec, name)
-        names[modality] = name
-    return names
+            map_shards(extract_task, key, cfg, bool(output_problem(p.feature(name))), spec, name)
+        summary = run_stage(f"features {modality}", extract_task, key, [p.feature(name)], cfg, spec, name)
+        out[modality] = {**summary, "name": name}
+    return out
 
 
 def stage_pretrain(cfg: PipelineConfig, image: str, text: str) -> str:
@@ -280,15 +329,8 @@ def stage_pretrain(cfg: PipelineConfig, image: str, text: str) -> str:
     conf = {"epochs": cfg.pretrain_epochs, "seed": cfg.seed}
     key = stage_key("pretrain", conf, [p.feature(image), p.feature(text), p.items], ("models", "store"))
     run_id = key.split("-", 1)[1][:10]
-    run_stage(pretrain_task, key, [p.feature(f"ica-{run_id}")], cfg, image, text, run_id)
+    run_stage("pretrain", pretrain_task, key, [p.feature(f"ica-{run_id}")], cfg, image, text, run_id)
     return f"ica-{run_id}"
-
-
-def modality_map(names: dict[str, str], mm: str | None) -> dict[str, str]:
-    """AnchorRec's v/t/mm inputs; a missing modality falls back to the one we have."""
-    text = names["text"]
-    image = names.get("image", text)
-    return {"v": image, "t": text, "mm": mm or text}
 
 
 def stage_train(cfg: PipelineConfig, features: dict[str, str]) -> dict:
@@ -298,7 +340,8 @@ def stage_train(cfg: PipelineConfig, features: dict[str, str]) -> dict:
     inputs = [p.items, p.interactions] + [p.feature(n) for n in sorted(set(features.values()))]
     key = stage_key("train", conf, inputs, ("models", "store"))
     run_id = f"{cfg.model}-{key.split('-', 1)[1][:10]}"
-    out = run_stage(train_task, key, [p.item_vectors(run_id), p.metrics(run_id)], cfg, features, run_id)
+    out = run_stage("train", train_task, key, [p.item_vectors(run_id), p.user_vectors(run_id), p.metrics(run_id)],
+                    cfg, features, run_id)
     out.setdefault("run_id", run_id)
     return out
 
@@ -306,20 +349,99 @@ def stage_train(cfg: PipelineConfig, features: dict[str, str]) -> dict:
 def stage_publish(cfg: PipelineConfig, run_id: str) -> dict:
     p = cfg.paths
     key = stage_key("publish", {"run": run_id}, [p.item_vectors(run_id)], ("store",))
-    return run_stage(publish_task, key, [p.index_dir(run_id) / "manifest.json"], cfg, run_id)
+    return run_stage("publish", publish_task, key, [p.index_dir(run_id) / "manifest.json"], cfg, run_id)
+
+
+# --------------------------------------------------------------------------- modalities
+def _plan(cfg: PipelineConfig, extracted: dict[str, dict]) -> Any:
+    from models.modalities import Coverage, plan_modalities
+
+    coverage = {m: Coverage(s["name"], int(s.get("n_vectors", 0)), int(s.get("n_items", 0))) for m, s in extracted.items()}
+    plan = plan_modalities(coverage, cfg.min_coverage, cfg.model, image_off=not cfg.with_images)
+    if plan.note:
+        log.warning("modalities: %s", plan.note)
+    return plan
+
+
+def _features_body(cfg: PipelineConfig) -> dict:
+    if cfg.with_images:
+        stage_images(cfg)
+    return stage_features(cfg)
+
+
+def _pretrain_body(cfg: PipelineConfig) -> dict:
+    """The recommender's v/t/mm inputs: ICA's fused output when both modalities are usable."""
+    plan = _plan(cfg, _features_body(cfg))
+    mm = None
+    if plan.pretrain and cfg.pretrain_epochs > 0:
+        mm = stage_pretrain(cfg, plan.image, plan.text)
+    return {"features": plan.features(mm), "note": plan.note, "usable": plan.usable}
+
+
+def _train_body(cfg: PipelineConfig) -> dict:
+    inputs = _pretrain_body(cfg)
+    return {**stage_train(cfg, inputs["features"]), "inputs": inputs}
+
+
+def _publish_body(cfg: PipelineConfig) -> dict:
+    trained = _train_body(cfg)
+    return {**stage_publish(cfg, trained["run_id"]), "run_id": trained["run_id"]}
+
+
+def _pipeline_body(cfg: PipelineConfig) -> dict:
+    t0 = time.perf_counter()
+    ingest_summary = stage_ingest(cfg)
+    inputs = _pretrain_body(cfg)
+    trained = stage_train(cfg, inputs["features"])
+    published = stage_publish(cfg, trained["run_id"])
+    result = {
+        "dataset": cfg.dataset,
+        "run_id": trained["run_id"],
+        "features": inputs["features"],
+        "modalities": {"usable": inputs["usable"], "note": inputs["note"]},
+        "ingest": ingest_summary,
+        "train": trained,
+        "publish": published,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    _pipeline_artifact(cfg, result)
+    return result
+
+
+def _pipeline_artifact(cfg: PipelineConfig, result: dict) -> None:
+    """A markdown artifact per run: data quality, modalities used and metrics, readable in the UI."""
+    p = cfg.paths
+    quality = p.prepare_report.read_text() if p.prepare_report.exists() else "{}"
+    metrics = p.metrics(result["run_id"]).read_text() if p.metrics(result["run_id"]).exists() else "{}"
+    note = result["modalities"]["note"] or "image and text"
+    md = (
+        f"# Pipeline run: {cfg.dataset} → {result['run_id']}\n\n"
+        f"Total {result['seconds']} s. Trained on: {note}; features {json.dumps(result['features'])}.\n\n"
+        f"## Data quality\n```json\n{quality[:6000]}\n```\n\n"
+        f"## Metrics\n```json\n{_metrics_brief(metrics)}\n```\n"
+    )
+    key = "pipeline-" + "".join(c if c.isalnum() else "-" for c in cfg.dataset.lower())
+    create_markdown_artifact(md, key=key, description=f"pipeline run on {cfg.dataset}")
+
+
+def _metrics_brief(metrics_json: str) -> str:
+    try:
+        m = json.loads(metrics_json)
+    except json.JSONDecodeError:
+        return metrics_json[:2000]
+    m.pop("history", None)
+    return json.dumps(m, indent=2, default=str)[:4000]
 
 
 # --------------------------------------------------------------------------- flows
-
-
-def _signature() -> Any:
-    import dataclasses
+def _signature(names: list[str] | None = None) -> Any:
     import inspect
 
     hints = typing.get_type_hints(PipelineConfig)  # real types, not the strings of `annotations`
     params = [
         inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
-        for f in dataclasses.fields(PipelineConfig)
+        for f in fields(PipelineConfig)
+        if names is None or f.name in names
     ]
     return inspect.Signature(params)
 
@@ -337,80 +459,21 @@ def _make_flow(name: str, body: Callable[[PipelineConfig], dict], doc: str) -> A
     return flow(name=name, description=doc, log_prints=True)(fn)
 
 
-def _with_images(cfg: PipelineConfig) -> bool:
-    return cfg.release != "mmrec"
+ingest_flow = _make_flow("ingest", stage_ingest, FLOW_DOCS["ingest"])
+features_flow = _make_flow("features", _features_body, FLOW_DOCS["features"])
+pretrain_flow = _make_flow("pretrain", _pretrain_body, FLOW_DOCS["pretrain"])
+train_flow = _make_flow("train", _train_body, FLOW_DOCS["train"])
+publish_flow = _make_flow("publish", _publish_body, FLOW_DOCS["publish"])
+pipeline = _make_flow("pipeline", _pipeline_body, FLOW_DOCS["pipeline"])
 
-
-def _features_body(cfg: PipelineConfig) -> dict:
-    if _with_images(cfg):
-        stage_images(cfg)
-    return stage_features(cfg, _with_images(cfg))
-
-
-def _pretrain_body(cfg: PipelineConfig) -> dict:
-    names = _features_body(cfg)
-    mm = None
-    if "image" in names and cfg.pretrain_epochs > 0:
-        mm = stage_pretrain(cfg, names["image"], names["text"])
-    return modality_map(names, mm)
-
-
-def _train_body(cfg: PipelineConfig) -> dict:
-    return stage_train(cfg, _pretrain_body(cfg))
-
-
-def _pipeline_body(cfg: PipelineConfig) -> dict:
-    t0 = time.perf_counter()
-    ingest_summary = stage_ingest(cfg)
-    features = _pretrain_body(cfg)
-    trained = stage_train(cfg, features)
-    published = stage_publish(cfg, trained["run_id"])
-    result = {
-        "dataset": cfg.dataset,
-        "run_id": trained["run_id"],
-        "features": features,
-        "ingest": ingest_summary,
-        "train": trained,
-        "publish": published,
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    _pipeline_artifact(cfg, result)
-    return result
-
-
-def _pipeline_artifact(cfg: PipelineConfig, result: dict) -> None:
-    """A markdown artifact per run: data quality and metrics, readable in the Prefect UI."""
-    p = cfg.paths
-    quality = p.prepare_report.read_text() if p.prepare_report.exists() else "{}"
-    metrics = p.metrics(result["run_id"]).read_text() if p.metrics(result["run_id"]).exists() else "{}"
-    md = (
-        f"# Pipeline run: {cfg.dataset} → {result['run_id']}\n\n"
-        f"Total {result['seconds']} s.\n\n## Data quality\n```json\n{quality[:6000]}\n```\n\n"
-        f"## Metrics\n```json\n{_metrics_brief(metrics)}\n```\n"
-    )
-    key = "pipeline-" + "".join(c if c.isalnum() else "-" for c in cfg.dataset.lower())
-    create_markdown_artifact(md, key=key, description=f"pipeline run on {cfg.dataset}")
-
-
-def _metrics_brief(metrics_json: str) -> str:
-    try:
-        m = json.loads(metrics_json)
-    except json.JSONDecodeError:
-        return metrics_json[:2000]
-    m.pop("history", None)
-    return json.dumps(m, indent=2, default=str)[:4000]
-
-
-ingest_flow = _make_flow("ingest", stage_ingest, "Download, parse, filter and split a dataset.")
-features_flow = _make_flow("features", _features_body, "Fetch images and extract features.")
-pretrain_flow = _make_flow("pretrain", _pretrain_body, "Pretrain the inter-content encoder (ICA).")
-train_flow = _make_flow("train", _train_body, "Train the recommender on the dataset's features.")
-publish_flow = _make_flow(
-    "publish", lambda c: stage_publish(c, _train_body(c)["run_id"]), "Publish a run's item vectors to FAISS."
-)
-pipeline = _make_flow("pipeline", _pipeline_body, "The whole pipeline: ingest → features → pretrain → train → publish.")
-
-
+FLOWS = {
+    "ingest": ingest_flow,
+    "features": features_flow,
+    "pretrain": pretrain_flow,
+    "train": train_flow,
+    "publish": publish_flow,
+    "pipeline": pipeline,
+}
 def with_runner(the_flow: Any, cfg: PipelineConfig) -> Any:
     """The flow on the task runner `cfg.task_runner` names: threads here, or a Dask cluster.
 
@@ -431,61 +494,6 @@ def with_runner(the_flow: Any, cfg: PipelineConfig) -> Any:
     return the_flow.with_options(task_runner=DaskTaskRunner(cluster_kwargs=kwargs))
 
 
-FLOWS = {
-    "ingest": ingest_flow,
-    "features": features_flow,
-    "pretrain": pretrain_flow,
-    "train": train_flow,
-    "publish": publish_flow,
-    "pipeline": pipeline,
-}
-
-
-# --------------------------------------------------------------------------- command line
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="AnchorRec: multimodal recommendation on Amazon data.")
-
-
-def _cli_for(name: str, the_flow: Any) -> None:
-    """Expose a flow as a CLI command with exactly the flow's parameters."""
-
-    def command(**params: Any) -> None:
-        cfg = PipelineConfig(**params)  # validate at the edge, before Prefect starts
-        result = with_runner(the_flow, cfg)(**asdict(cfg))
-        if name == "pipeline":
-            _print_pipeline_result(cfg, result)
-        else:
-            typer.echo(json.dumps(result, indent=2, default=str)[:4000])
-
-    command.__signature__ = _signature()  # type: ignore[attr-defined]
-    command.__doc__ = the_flow.description
-    app.command(name)(command)
-
-
-for _name, _flow in FLOWS.items():
-    _cli_for(_name, _flow)
-
-
-def _print_pipeline_result(cfg: PipelineConfig, result: dict) -> None:
-    from store.sql import run_query
-
-    m = json.loads(cfg.paths.metrics(result["run_id"]).read_text())
-    typer.echo(f"\nrun {result['run_id']} on {cfg.dataset} ({result['seconds']} s)")
-    for split in ("valid", "test"):
-        vals = m.get(split) or {}
-        shown = {k: round(v, 4) for k, v in vals.items() if k.endswith(("@10", "@20")) and not k.startswith("map")}
-        typer.echo(f"  {split}: {shown}")
-    query = SAMPLE_QUERY.format(user=0, k=5)
-    typer.echo(f"\n{query}")
-    typer.echo(show(run_query(cfg.paths, query, run_id=result["run_id"])))
-
-
-def show(table: Any, rows: int = 40) -> str:
-    """Render an Arrow table as DuckDB's box table (what `anchorrec sql` prints)."""
-    import duckdb
-
-    return str(duckdb.from_arrow(table).limit(rows)) if table.num_rows else "(no rows)"
-
-
 SAMPLE_QUERY = (
     "SELECT r.item_id, round(r.score, 3) AS score, i.title\n"
     "FROM (SELECT unnest(recommend({user}, {k}), recursive := true)) r JOIN items i USING (item_id)\n"
@@ -493,104 +501,11 @@ SAMPLE_QUERY = (
 )
 
 
-@app.command()
-def sql(
-    query: str = typer.Argument(..., help="SQL over items, users, interactions, features and vectors"),
-    dataset: str = "demo",
-    home: Optional[str] = None,
-    run_id: Optional[str] = typer.Option(None, help="published run (default: latest)"),
-    output: Optional[Path] = typer.Option(None, help="write the result to .parquet or .csv"),
-    write: bool = typer.Option(False, help="allow statements that modify the store"),
-) -> None:
-    """Run a SQL query against a dataset's store (read-only by default)."""
-    from store.sql import run_query
-
-    fmt = "table" if output is None else output.suffix.lstrip(".")
-    table = run_query(dataset_paths(dataset, home), query, run_id=run_id, output=output, fmt=fmt, read_only=not write)
-    typer.echo(show(table) if output is None else f"wrote {table.num_rows} rows to {output}")
-
-
-@app.command()
-def recommend(
-    user: int = typer.Option(..., "--user", help="user_id"),
-    k: int = typer.Option(10, "-k", help="how many items"),
-    dataset: str = "demo",
-    home: Optional[str] = None,
-    run_id: Optional[str] = None,
-) -> None:
-    """Top-k items for a user (training items excluded), with titles."""
-    from store.sql import recommend_for
-
-    typer.echo(show(recommend_for(dataset_paths(dataset, home), user, k, run_id=run_id)))
-
-
-@app.command()
-def similar(
-    item: str = typer.Option(..., "--item", help="asin or item_id"),
-    k: int = typer.Option(10, "-k"),
-    dataset: str = "demo",
-    home: Optional[str] = None,
-    run_id: Optional[str] = None,
-) -> None:
-    """Items nearest to an item in the published run's item space."""
-    from store.sql import similar_to
-
-    key: int | str = int(item) if item.isdigit() else item
-    typer.echo(show(similar_to(dataset_paths(dataset, home), key, k, run_id=run_id)))
-
-
-@app.command()
-def report(
-    runs: Optional[list[str]] = typer.Argument(None, help="run ids (default: every trained recommender run)"),
-    dataset: str = "demo",
-    home: Optional[str] = None,
-    baseline: Optional[str] = typer.Option(None, help="model to test the others against (default lightgcn)"),
-    out: Optional[Path] = typer.Option(None, help="report.md path (default <dataset>/reports/report-<time>/)"),
-) -> None:
-    """Compare runs (models × seeds): accuracy ± std, significance, collapse diagnostics, pictures."""
-    from models.report import compare_runs
-
-    paths = dataset_paths(dataset, home)
-    run_ids = runs or [r for r in paths.run_ids() if paths.metrics(r).exists() and not r.startswith("ica-")]
-    if not run_ids:
-        raise ValueError(f"{paths.runs_dir}: no trained runs to compare; run `anchorrec train` first")
-    out = out or paths.root / "reports" / f"report-{time.strftime('%Y%m%d-%H%M%S')}" / "report.md"
-    typer.echo(f"wrote {compare_runs(paths, run_ids, baseline=baseline, out=out)}")
-
-
-def _serve_command(cron: str = "0 3 * * *", name: str = "nightly", **params: Any) -> None:
-    """Serve `pipeline` as a cron-scheduled deployment on the configured Prefect server.
-
-    Point PREFECT_API_URL at a server (`prefect server start`); every other option becomes a
-    default parameter of the scheduled runs.
-    """
-    cfg = PipelineConfig(**params)
-    with_runner(pipeline, cfg).serve(name=name, cron=cron, parameters=asdict(cfg))
-
-
-def _serve_signature() -> Any:
-    import inspect
-
-    extra = [
-        inspect.Parameter("cron", inspect.Parameter.KEYWORD_ONLY, default="0 3 * * *", annotation=str),
-        inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY, default="nightly", annotation=str),
-    ]
-    return inspect.Signature(extra + list(_signature().parameters.values()))
-
-
-_serve_command.__signature__ = _serve_signature()  # type: ignore[attr-defined]
-app.command("serve")(_serve_command)
-
-
 def main() -> None:
-    """Console entry point: readable errors for bad input instead of tracebacks."""
-    from store.errors import StoreError
+    """The console entry point lives in cli.py; kept here for `python -c 'import flows; flows.main()'`."""
+    from cli import main as cli_main
 
-    try:
-        app()
-    except (StoreError, ValueError, FileNotFoundError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+    cli_main()
 
 
 if __name__ == "__main__":

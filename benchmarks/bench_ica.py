@@ -81,7 +81,7 @@ def build_giftcards_catalog(home: Path) -> DatasetPaths:
     products = {}
     for p in amazon.read_products(GIFT / "meta_Gift_Cards.json.gz", "2018", bad):
         products.setdefault(p.asin, p)
-    table, _ = _items_table(sorted(products), products, 2000)
+    table, *_ = _items_table(sorted(products), products, 2000)
     write_table(table, paths.items, schemas.ITEMS)
     local_photo_urls(paths, GIFT / "images")
     if bad.total:

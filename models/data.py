@@ -17,6 +17,7 @@ import torch
 
 from store import schemas
 from store.errors import StoreError
+from store.fixes import repair
 from store.layout import DatasetPaths
 from store.tables import read_table
 from store.vectors import align_features, array_hash, read_features
@@ -102,9 +103,9 @@ def load_interactions(paths: DatasetPaths) -> InteractionData:
     item_ids = items.column("item_id").to_numpy().astype(np.int64)
     n_items = len(item_ids)
     if n_items == 0:
-        raise StoreError(paths.items, "has no items", "rerun the prepare stage")
+        raise StoreError(paths.items, "has no items", repair(paths.items))
     if not np.array_equal(np.sort(item_ids), np.arange(n_items)):
-        raise StoreError(paths.items, "item_id is not a permutation of 0..n-1", "rerun the prepare stage")
+        raise StoreError(paths.items, "item_id is not a permutation of 0..n-1", repair(paths.items))
     asins = [None] * n_items
     for i, a in zip(item_ids.tolist(), items.column("asin").to_pylist()):
         asins[i] = a
@@ -117,9 +118,9 @@ def load_interactions(paths: DatasetPaths) -> InteractionData:
     else:
         n_users = int(users.max()) + 1 if len(users) else 0
     if len(users) and (users.min() < 0 or users.max() >= n_users):
-        raise StoreError(paths.interactions, f"user_id outside 0..{n_users - 1}", "rerun the prepare stage")
+        raise StoreError(paths.interactions, f"user_id outside 0..{n_users - 1}", repair(paths.interactions))
     if len(its) and (its.min() < 0 or its.max() >= n_items):
-        raise StoreError(paths.interactions, f"item_id outside 0..{n_items - 1}", "rerun the prepare stage")
+        raise StoreError(paths.interactions, f"item_id outside 0..{n_items - 1}", repair(paths.interactions))
     split = inter.column("split")
     unknown = pc.sum(pc.invert(pc.is_in(split, value_set=pa.array(list(schemas.SPLITS), pa.string())))).as_py() or 0
     if unknown:
@@ -129,7 +130,7 @@ def load_interactions(paths: DatasetPaths) -> InteractionData:
         mask = pc.equal(split, name).to_numpy(zero_copy_only=False)
         pairs[name] = np.stack([users[mask], its[mask]], axis=1)
     if not len(pairs["train"]):
-        raise StoreError(paths.interactions, "has no training interactions", "rerun the prepare stage")
+        raise StoreError(paths.interactions, "has no training interactions", repair(paths.interactions))
     return interactions_from_arrays(n_users, n_items, pairs["train"], pairs["valid"], pairs["test"], asins)
 
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from models.content_metrics import content_topn, cross_modal_retrieval
 from models.ica import MODALITIES, ICAConfig, InterContentEncoder
 from store.errors import StoreError
+from store.fixes import repair
 from store.layout import DatasetPaths
 from store.tables import atomic_path, read_json, read_table, write_json
 from store.vectors import align_features, read_features, write_features
@@ -56,7 +57,7 @@ def load_catalog(paths: DatasetPaths, image_feature: str, text_feature: str) -> 
     items = read_table(paths.items, columns=["item_id", "asin"])
     ids = items.column("item_id").to_numpy().astype(np.int64)
     if not np.array_equal(np.sort(ids), np.arange(len(ids))):
-        raise StoreError(paths.items, "item_id is not a permutation of 0..n-1", "rerun the prepare stage")
+        raise StoreError(paths.items, "item_id is not a permutation of 0..n-1", repair(paths.items))
     order = np.argsort(ids)
     all_asins = items.column("asin").to_pylist()
     asins = [all_asins[i] for i in order]
@@ -69,7 +70,7 @@ def load_catalog(paths: DatasetPaths, image_feature: str, text_feature: str) -> 
         vectors, valid = align_features(table, asins, source=path)
         if not np.isfinite(vectors[valid]).all():
             bad = np.where(valid & ~np.isfinite(vectors).all(1))[0][:5]
-            raise StoreError(path, f"non-finite values in the vectors of item_id(s) {bad.tolist()}", "re-extract it")
+            raise StoreError(path, f"non-finite values in the vectors of item_id(s) {bad.tolist()}", repair(path))
         out[m] = (vectors, valid, table.metadata)
     return Catalog(
         asins=asins,
@@ -264,6 +265,27 @@ def _check_resumable(run_dir: Path, cfg: ICAConfig, input_hash: str) -> None:
             )
 
 
+MIN_PAIRED_ITEMS = 4
+
+
+def check_inputs(paths: DatasetPaths, cat: Catalog, image_feature: str, text_feature: str) -> None:
+    """ICA learns from items that have both modalities: with one modality all null its losses are
+    exactly 0 and it 'succeeds' as a meaningless model, so refuse before training."""
+    for name, valid in ((image_feature, cat.image_valid), (text_feature, cat.text_valid)):
+        if not valid.any():
+            raise ValueError(
+                f"{paths.feature(name)}: no item has a vector, so ICA has nothing to align; pretrain needs image "
+                "and text features (the pipeline skips ICA on its own when a modality is missing; give images "
+                "with --images DIR)"
+            )
+    both = int((cat.image_valid & cat.text_valid).sum())
+    if both < MIN_PAIRED_ITEMS:
+        raise ValueError(
+            f"{paths.root}: only {both} item(s) have both an image and a text vector ({image_feature}, "
+            f"{text_feature}); ICA needs at least {MIN_PAIRED_ITEMS}"
+        )
+
+
 def pretrain_ica(
     paths: DatasetPaths,
     image_feature: str,
@@ -279,9 +301,8 @@ def pretrain_ica(
     baseline metrics, and the per-epoch history (also in runs/ica-<run_id>/metrics.json).
     """
     cat = load_catalog(paths, image_feature, text_feature)
+    check_inputs(paths, cat, image_feature, text_feature)
     both = cat.image_valid & cat.text_valid
-    if not (cat.image_valid | cat.text_valid).any():
-        raise ValueError(f"{paths.root}: no item has an image or a text feature")
     input_hash = _inputs_hash(cat)
     run_id = run_id or _hash(input_hash, cfg.to_dict())[:10]
     run_name = f"ica-{run_id}"

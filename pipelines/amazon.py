@@ -470,6 +470,27 @@ def read_products(
         yield rec
 
 
+def detect_meta_release(path: str | Path) -> str:
+    """'2014', '2018' or '2023' from the first record of a metadata file (its keys and syntax)."""
+    for _, lines in iter_line_batches(path, BadRecords()):
+        for line in lines:
+            text = line.strip().lstrip(b"\xef\xbb\xbf")
+            if not text:
+                continue
+            try:
+                obj = json.loads(text)
+            except ValueError:
+                return "2014"  # Python-literal lines ({'asin': …}) are the 2014 format
+            keys = set(obj) if isinstance(obj, dict) else set()
+            if keys & {"parent_asin", "main_category", "images", "store"}:
+                return "2023"
+            if keys & {"imUrl", "categories", "salesRank", "related"}:
+                return "2014"
+            return "2018"
+        return "2018"
+    return "2018"
+
+
 def read_reviews(
     path: str | Path, release: str, bad: BadRecords, *, progress: bool = False
 ) -> Iterator[Review]:

@@ -5,22 +5,29 @@ URL / file:// URL / local path given instead, or the generated demo), fetches th
 raw/ (verified, resumable, recorded in raw/manifest.json), parses them with the reader of their
 release, and hands the records to prepare. Tables are written only after every line of both
 files has been read, so a failed ingest leaves the previous tables as they were.
+
+`release="csv"` brings a user's own interactions (CSV / TSV / Parquet, pipelines.tabular) with
+optional metadata (any Amazon release file, detected, or a metadata CSV/TSV/Parquet). For every
+release but the demo, prepare refuses (ValueError, old tables kept) a result where fewer than
+`min_meta_match` of the kept items found a metadata record, unless `allow_missing_meta`.
 """
 from __future__ import annotations
 
 import logging
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pipelines import amazon, catalog, download
+from pipelines import amazon, catalog, download, tabular
 from pipelines.prepare import PrepareConfig, prepare
 from pipelines.records import BadRecords
 from store.layout import DatasetPaths, dataset_paths
 
 log = logging.getLogger(__name__)
 
-RELEASES = ("2014", "2018", "2023", "demo")
+RELEASES = ("2014", "2018", "2023", "demo", "csv")
+META_RELEASES = ("auto", "2014", "2018", "2023", "table")
 DEMO_META = "meta_Demo.json.gz"
 DEMO_REVIEWS = "Demo_5.json.gz"
 
@@ -41,23 +48,38 @@ def ingest(
     backoff: float = 1.0,
     demo_items: int = 300,
     demo_users: int = 400,
+    columns: str | dict[str, str] | None = None,
+    meta_release: str = "auto",
+    min_meta_match: float = 0.5,
+    allow_missing_meta: bool = False,
 ) -> dict[str, Any]:
     """Fetch, parse and prepare one dataset; return prepare's data-quality report.
 
     `meta` / `reviews` replace the catalog's URL of that file (any http(s) URL, file:// URL or
     local path); with both given, `category` may be omitted. `retries`, `timeout` and `backoff`
-    go to `download.fetch` for each file.
+    go to `download.fetch` for each file. For `release="csv"`, `reviews` is required, `meta` is
+    optional, `columns` names the interaction columns ('user=reviewerID,item=asin,...') and
+    `meta_release` says what the metadata file is (auto-detected by default).
     """
     release = str(release)
     if release not in RELEASES:
         raise ValueError(f"release must be one of {RELEASES}, got {release!r}")
-    config = PrepareConfig(kcore=kcore, seed=seed)  # validate before any download
+    if meta_release not in META_RELEASES:
+        raise ValueError(f"meta_release must be one of {META_RELEASES}, got {meta_release!r}")
+    if release != "csv" and columns:
+        raise ValueError("columns applies to --release csv only (your own interactions file)")
+    check = None if release == "demo" or (release == "csv" and meta is None) else min_meta_match
+    # validate before any download
+    config = PrepareConfig(kcore=kcore, seed=seed, min_meta_match=check, allow_missing_meta=allow_missing_meta)
     paths = dataset_paths(dataset, home)
+    fetch_opts = {"retries": retries, "timeout": timeout, "backoff": backoff, "progress": progress}
+    if release == "csv":
+        tabular.parse_columns(columns)
+        return _ingest_csv(paths, reviews, meta, columns, meta_release, config, fetch_opts, progress)
     if release == "demo":
         meta_path, reviews_path, sources = _demo_files(paths, progress, demo_items, demo_users, seed)
         parse_as = "2018"
     else:
-        fetch_opts = {"retries": retries, "timeout": timeout, "backoff": backoff, "progress": progress}
         meta_path, reviews_path, sources = _fetch_files(paths, release, category, meta, reviews, fetch_opts)
         parse_as = release
 
@@ -70,8 +92,70 @@ def ingest(
         bad=bad,
         sources={"release": release, "category": category, **sources},
         config=config,
+        meta_file=str(meta_path),
     )
     return report
+
+
+def _ingest_csv(
+    paths: DatasetPaths,
+    reviews: str | None,
+    meta: str | None,
+    columns: str | dict[str, str] | None,
+    meta_release: str,
+    config: PrepareConfig,
+    fetch_opts: dict[str, Any],
+    progress: bool,
+) -> dict[str, Any]:
+    """A user's own interactions file (+ optional metadata) → prepare."""
+    if reviews is None:
+        raise ValueError(
+            "--release csv needs --reviews PATH_OR_URL: a CSV, TSV or Parquet file with user and item "
+            "columns (name them with --columns \"user=COL,item=COL\")"
+        )
+    wanted = {"reviews": str(reviews)} if meta is None else {"reviews": str(reviews), "meta": str(meta)}
+    got, sources = _fetch_plan(paths, {k: (v, [], _file_name(v)) for k, v in wanted.items()}, fetch_opts)
+    bad = BadRecords()
+    batch, used = tabular.read_interactions(got["reviews"], bad, columns)
+    sources["reviews"]["columns"] = used
+    products: Any = iter(())
+    if meta is not None:
+        kind = _meta_kind(got["meta"], meta_release)
+        sources["meta"]["format"] = kind
+        if kind == "table":
+            base = _source_dir(str(meta)) or got["meta"].parent
+            products = tabular.read_meta_table(got["meta"], bad, base_dir=base)
+        else:
+            products = amazon.read_products(got["meta"], kind, bad, progress=progress)
+    log.info("%s: %d interactions read from %s", paths.name, len(batch), got["reviews"].name)
+    return prepare(
+        paths,
+        [batch],
+        products,
+        bad=bad,
+        sources={"release": "csv", "category": None, **sources},
+        config=config,
+        meta_file=str(got["meta"]) if meta is not None else None,
+    )
+
+
+def _meta_kind(path: Path, hint: str) -> str:
+    """'table' for a CSV/TSV/Parquet metadata file, else the Amazon release of its records."""
+    if hint != "auto":
+        return hint
+    if tabular.is_table_file(path) or tabular.is_parquet(path):
+        return "table"
+    return amazon.detect_meta_release(path)
+
+
+def _source_dir(source: str) -> Path | None:
+    """The folder of a local path or file:// URL (relative image paths are relative to it)."""
+    parts = urllib.parse.urlsplit(source)
+    if parts.scheme.lower() == "file":
+        return Path(urllib.request.url2pathname(parts.path)).parent
+    if parts.scheme.lower() in ("http", "https"):
+        return None
+    return Path(source).expanduser().resolve().parent
 
 
 def _demo_files(
@@ -120,8 +204,17 @@ def _fetch_files(
         else:
             f = remote[kind]
             plan[kind] = (f.url, list(f.mirrors), f.filename)
-    if plan["meta"][2] == plan["reviews"][2]:
-        raise ValueError(f"meta and reviews would both be stored as raw/{plan['meta'][2]}: rename one")
+    got, sources = _fetch_plan(paths, plan, fetch_opts)
+    return got["meta"], got["reviews"], sources
+
+
+def _fetch_plan(
+    paths: DatasetPaths, plan: dict[str, tuple[str, list[str], str]], fetch_opts: dict[str, Any]
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Each (source, mirrors, raw name) fetched into raw/ and described for the report."""
+    names = [name for _, _, name in plan.values()]
+    if len(set(names)) < len(names):
+        raise ValueError(f"meta and reviews would both be stored as raw/{names[0]}: rename one")
     got: dict[str, Path] = {}
     sources: dict[str, Any] = {}
     for kind, (source, mirrors, name) in plan.items():
@@ -136,7 +229,7 @@ def _fetch_files(
             "bytes": entry.get("bytes"),
             "sha256": entry.get("sha256"),
         }
-    return got["meta"], got["reviews"], sources
+    return got, sources
 
 
 def _file_name(source: str) -> str:

@@ -318,7 +318,7 @@ def _find_inter(src: Path, name: str | None) -> Path:
     found = sorted(src.glob(f"*{INTER_SUFFIX}"))
     if len(found) != 1:
         raise StoreError(src, f"has {len(found)} *{INTER_SUFFIX} files {[p.name for p in found]}",
-                         "pass name= to say which one to import")
+                         "keep one <name>.inter in the --source folder (or call import_mmrec(..., name=...))")
     return found[0]
 
 

@@ -15,9 +15,8 @@ reproduces count-for-count): a user with n interactions
 """
 from __future__ import annotations
 
-import html
-import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
@@ -25,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.records import REVIEW_BATCH_SCHEMA, BadRecords, Product, Review, ReviewBatch
+from pipelines.html_text import CleaningCounts, clean_text, first_sentence
+from pipelines.records import REVIEW_BATCH_SCHEMA, REVIEW_SPLIT_SCHEMA, BadRecords, Product, Review, ReviewBatch
 from store import schemas
 from store.layout import DatasetPaths
 from store.tables import write_json, write_table
@@ -46,6 +46,11 @@ class PrepareConfig:
     kcore: int = 5
     seed: int = 0
     max_text_chars: int = 2000
+    # Fewer kept items with a metadata record than this share is an error (a --meta file of the
+    # wrong category, or an unreadable one, would otherwise surface two stages later). None = no
+    # check (the demo and callers with no metadata file).
+    min_meta_match: float | None = None
+    allow_missing_meta: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.kcore, int) or self.kcore < 1:
@@ -54,28 +59,16 @@ class PrepareConfig:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.max_text_chars < 16:
             raise ValueError(f"max_text_chars must be >= 16, got {self.max_text_chars!r}")
+        if self.min_meta_match is not None and not 0.0 <= self.min_meta_match <= 1.0:
+            raise ValueError(f"min_meta_match must be between 0 and 1, got {self.min_meta_match!r}")
 
 
 # --------------------------------------------------------------------------------------------
 # text cleaning
 # --------------------------------------------------------------------------------------------
-_SCRIPT = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
-# a tag starts with a letter, '/', '!' or '?': "size < 5" and "<3" are text, not tags
-_TAG = re.compile(r"<\s*/?\s*[A-Za-z!?][^<>]*>")
-_WS = re.compile(r"\s+")
-
-
 def clean_html(value: str | None) -> str | None:
-    """Unescape entities, drop tags (also escaped ones like '&lt;br&gt;'), collapse whitespace."""
-    if not value:
-        return None
-    s = html.unescape(value)
-    if "<" in s:
-        s = _TAG.sub(" ", _SCRIPT.sub(" ", s))
-    if "&" in s:  # double-escaped entities ('&amp;nbsp;') in the dumps
-        s = html.unescape(s)
-    s = _WS.sub(" ", s).strip()
-    return s or None
+    """Plain text of a raw field (see pipelines.html_text: a real HTML parser, CSS/JS dropped)."""
+    return clean_text(value)
 
 
 def clean_categories(categories: Iterable[str]) -> list[str]:
@@ -127,6 +120,7 @@ class ReviewArrays:
     i: np.ndarray
     rating: np.ndarray  # float64, NaN = no rating
     ts: np.ndarray
+    split: np.ndarray | None = None  # given split codes (-1 = not given); None: no batch had one
 
     def __len__(self) -> int:
         return len(self.u)
@@ -151,7 +145,9 @@ def _batches(reviews: Iterable[Review | ReviewBatch], size: int = 1 << 16) -> It
 
 def collect_reviews(reviews: Iterable[Review | ReviewBatch]) -> ReviewArrays:
     """Reviews (records or Arrow batches) → integer codes; hashing happens in Arrow, not Python."""
-    tables = [b.table for b in _batches(reviews)]
+    batches = list(_batches(reviews))
+    given = any(b.has_split for b in batches)
+    tables = [_with_split(b) if given else b.table for b in batches]
     table = pa.concat_tables(tables) if tables else REVIEW_BATCH_SCHEMA.empty_table()
 
     def codes(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
@@ -165,7 +161,16 @@ def collect_reviews(reviews: Iterable[Review | ReviewBatch]) -> ReviewArrays:
     items, i = codes(table.column("asin"))
     rating = pc.fill_null(table.column("rating"), float("nan")).to_numpy()
     ts = table.column("timestamp").to_numpy().astype(np.int64, copy=False)
-    return ReviewArrays(users, items, u, i, np.asarray(rating, dtype=np.float64), ts)
+    split = None
+    if given:
+        split = pc.fill_null(table.column("split"), -1).to_numpy().astype(np.int8, copy=False)
+    return ReviewArrays(users, items, u, i, np.asarray(rating, dtype=np.float64), ts, split)
+
+
+def _with_split(batch: ReviewBatch) -> pa.Table:
+    if batch.has_split:
+        return batch.table
+    return batch.table.append_column("split", pa.nulls(len(batch), pa.int8())).cast(REVIEW_SPLIT_SCHEMA)
 
 
 def dedup_latest(u: np.ndarray, i: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -246,25 +251,64 @@ def assign_split(user_id: np.ndarray, ts: np.ndarray, item_id: np.ndarray, seed:
 # --------------------------------------------------------------------------------------------
 # the prepare step
 # --------------------------------------------------------------------------------------------
+DUPLICATE_POLICY = (
+    "merged by asin: the most complete record is kept (most non-empty of title, description, "
+    "brand, categories, image_url, after cleaning); ties keep the first seen"
+)
+GIVEN_SPLIT_RULE = "given: the split column of the interactions file, kept as given"
+
+
 @dataclass
 class _Catalog:
     products: dict[str, Product] = field(default_factory=dict)
-    seen: int = 0
-    duplicates: int = 0
+    seen: int = 0  # records read
+    duplicates: int = 0  # records whose asin had been read before
+    duplicate_asins: int = 0  # asins read more than once
+    replaced: int = 0  # kept items whose record came from a later, more complete copy
+
+
+def completeness(p: Product) -> int:
+    """How many of the fields prepare uses are non-empty once cleaned."""
+    return sum(
+        (
+            clean_text(p.title) is not None,
+            clean_text(p.description) is not None,
+            clean_text(p.brand) is not None,
+            bool(clean_categories(p.categories)),
+            bool(p.image_url and p.image_url.strip()),
+        )
+    )
 
 
 def _collect_products(products: Iterable[Product], wanted: set[str]) -> _Catalog:
-    """Keep only the products that survived k-core (metadata files are 10-100x larger)."""
+    """Keep only the products that survived k-core (metadata files are 10-100x larger).
+
+    The 2018 dumps repeat about a third of their lines, sometimes with a copy that has more
+    fields: repeats are merged by DUPLICATE_POLICY (scored only for wanted items, so the cost
+    stays with the few kept products).
+    """
     cat = _Catalog()
     seen: set[str] = set()
+    repeated: set[str] = set()
+    score: dict[str, int] = {}
     for p in products:
         cat.seen += 1
         if p.asin in seen:
             cat.duplicates += 1
+            repeated.add(p.asin)
+            if p.asin in wanted:
+                kept = cat.products[p.asin]
+                if p.asin not in score:
+                    score[p.asin] = completeness(kept)
+                new = completeness(p)
+                if new > score[p.asin]:
+                    cat.products[p.asin], score[p.asin] = p, new
+                    cat.replaced += 1
             continue
         seen.add(p.asin)
         if p.asin in wanted:
             cat.products[p.asin] = p
+    cat.duplicate_asins = len(repeated)
     return cat
 
 
@@ -282,11 +326,13 @@ def prepare(
     bad: BadRecords | None = None,
     sources: dict[str, Any] | None = None,
     config: PrepareConfig | None = None,
+    meta_file: str | None = None,
 ) -> dict[str, Any]:
     """Build and write items/users/interactions and the data-quality report; return the report.
 
     `products` is consumed only after k-core, so a lazy metadata reader never holds more than the
-    surviving items in memory.
+    surviving items in memory. `meta_file` (the metadata file's path or name) is what the
+    metadata-match error names (config.min_meta_match).
     """
     cfg = config or PrepareConfig(kcore=kcore, seed=seed)
     bad = bad if bad is not None else BadRecords()
@@ -329,13 +375,14 @@ def prepare(
     reviewer_ids = user_names.take(pa.array(u_sort))
     asins = item_names.take(pa.array(i_sort)).to_pylist()
 
-    split = assign_split(user_id, ts, item_id, cfg.seed)
+    split, split_info = _split(arr, keep, in_core, user_id, ts, item_id, cfg.seed)
     order = np.lexsort((item_id, ts, user_id))
     user_id, item_id, ts, rating, split = (a[order] for a in (user_id, item_id, ts, rating, split))
     split_hash = array_hash(user_id.astype(np.int32), item_id.astype(np.int32), split)
 
     catalog = _collect_products(products, set(asins))
-    items, missing = _items_table(asins, catalog.products, cfg.max_text_chars)
+    items, missing, cleaning = _items_table(asins, catalog.products, cfg.max_text_chars)
+    meta_check = check_meta_match(cfg, catalog.seen, len(asins) - missing["metadata"], len(asins), bad, meta_file)
 
     users = pa.table(
         {"user_id": pa.array(np.arange(len(reviewer_ids), dtype=np.int32)), "reviewer_id": reviewer_ids}
@@ -367,10 +414,15 @@ def prepare(
         "metadata": {
             "products_read": catalog.seen,
             "duplicate_products": catalog.duplicates,
+            "duplicate_asins": catalog.duplicate_asins,
+            "duplicates_replaced_by_more_complete": catalog.replaced,
+            "duplicate_policy": DUPLICATE_POLICY,
+            **meta_check,
         },
         "missing": missing,
+        "text_cleaning": cleaning,
         "bad_records": bad.as_dict(),
-        "split": {"seed": cfg.seed, "hash": split_hash, "rule": SPLIT_RULE, "sizes": sizes},
+        "split": {"seed": cfg.seed, "hash": split_hash, "sizes": sizes, **split_info},
         "output": {"items": items.num_rows, "users": users.num_rows, "interactions": inter.num_rows},
     }
     write_table(items, paths.items, schemas.ITEMS)
@@ -383,6 +435,49 @@ def prepare(
     return report
 
 
+def _split(
+    arr: ReviewArrays, keep: np.ndarray, in_core: np.ndarray, user_id: np.ndarray, ts: np.ndarray,
+    item_id: np.ndarray, seed: int,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The given split when every kept interaction has one, else the METHOD.md split."""
+    if arr.split is not None:
+        given = arr.split[keep][in_core]
+        unset = int((given < 0).sum())
+        if unset == 0:
+            return given.astype(np.int8), {"seed": None, "rule": GIVEN_SPLIT_RULE, "given": True}
+        note = f"given split ignored: {unset} kept interaction(s) have no split value; assigned by the rule"
+        return assign_split(user_id, ts, item_id, seed), {"rule": SPLIT_RULE, "given": False, "note": note}
+    return assign_split(user_id, ts, item_id, seed), {"rule": SPLIT_RULE}
+
+
+def check_meta_match(
+    cfg: PrepareConfig, products_read: int, matched: int, n_items: int, bad: BadRecords, meta_file: str | None
+) -> dict[str, Any]:
+    """Fail (before any table is written) when too few kept items found a metadata record.
+
+    An empty, unreadable or wrong-category --meta file would otherwise give items with no text
+    and no image, and the ingest would only fail two stages later.
+    """
+    ratio = matched / n_items if n_items else 1.0
+    info: dict[str, Any] = {"matched_items": matched, "items": n_items, "match_ratio": round(ratio, 4)}
+    if cfg.min_meta_match is None:
+        return {**info, "meta_check": "not checked"}
+    info.update(min_meta_match=cfg.min_meta_match, allow_missing_meta=cfg.allow_missing_meta)
+    if ratio >= cfg.min_meta_match:
+        return {**info, "meta_check": "passed"}
+    name = Path(meta_file).name if meta_file else "the metadata file"
+    if cfg.allow_missing_meta:
+        return {**info, "meta_check": f"failed ({ratio:.0%} < {cfg.min_meta_match:.0%}), allowed by allow_missing_meta"}
+    cause = ""
+    if products_read == 0:
+        cause = f"0 records parsed from {name}, {bad.by_file.get(name, 0)} bad line(s) (see bad_records); "
+    raise ValueError(
+        f"{cause}{name} matched metadata for {matched} of {n_items} items ({ratio:.0%}, fewer than "
+        f"min_meta_match {cfg.min_meta_match:.0%}); check that --meta is the same category as --reviews, "
+        "or pass --allow-missing-meta"
+    )
+
+
 def _first_sorted(names: pa.Array, codes: np.ndarray, n: int = 5) -> list[str]:
     chosen = names.take(pa.array(codes, pa.int64()))
     return chosen.take(pc.sort_indices(chosen)[:n]).to_pylist()
@@ -390,16 +485,31 @@ def _first_sorted(names: pa.Array, codes: np.ndarray, n: int = 5) -> list[str]:
 
 def _items_table(
     asins: list[str], products: dict[str, Product], max_chars: int
-) -> tuple[pa.Table, dict[str, int]]:
+) -> tuple[pa.Table, dict[str, int], dict[str, Any]]:
     cols: dict[str, list] = {k: [] for k in ("title", "description", "brand", "categories", "image_url", "text")}
     missing = dict.fromkeys(("metadata", "title", "description", "brand", "categories", "image", "text"), 0)
+    counts = CleaningCounts()
+    for name in ("title", "description", "brand", "categories"):
+        counts.add(name, "values", 0)
+    fallback_examples: list[str] = []
     for asin in asins:
         p = products.get(asin)
         if p is None:
             missing["metadata"] += 1
             p = Product(asin)
-        title, desc, brand = clean_html(p.title), clean_html(p.description), clean_html(p.brand)
+        title, desc, brand = clean_text(p.title), clean_text(p.description), clean_text(p.brand)
+        for name, raw, clean in (("title", p.title, title), ("description", p.description, desc),
+                                 ("brand", p.brand, brand)):
+            counts.record(name, raw, clean)
+        for c in p.categories:
+            counts.record("categories", c, clean_text(c))
         cats = clean_categories(p.categories)
+        if title is None and p.title and p.title.strip():  # the title was only markup
+            title = brand or first_sentence(desc)
+            if title is not None:
+                counts.add("title", "fallback_name")
+                if len(fallback_examples) < 5:
+                    fallback_examples.append(asin)
         image = p.image_url.strip() if p.image_url and p.image_url.strip() else None
         text = item_text(title, brand, cats, desc, max_chars)
         for name, value in (("title", title), ("description", desc), ("brand", brand),
@@ -420,7 +530,11 @@ def _items_table(
             "text": pa.array(cols["text"], pa.string()),
         }
     )
-    return table, missing
+    cleaning: dict[str, Any] = {"items": len(asins), **counts.as_dict()}
+    cleaning.setdefault("title", {}).setdefault("fallback_name", 0)
+    cleaning["title"]["fallback_examples"] = fallback_examples
+    cleaning["title"]["fallback_rule"] = "title that is only markup -> brand, else first description sentence"
+    return table, missing, cleaning
 
 
 def format_summary(report: dict[str, Any]) -> str:

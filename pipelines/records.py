@@ -47,6 +47,12 @@ REVIEW_BATCH_SCHEMA = pa.schema(
 )
 
 
+# A batch may carry a given split (codes 0 train, 1 valid, 2 test; null = not given) as a fifth
+# column: user-supplied interaction files (pipelines.tabular) can come with their own split.
+SPLIT_FIELD = pa.field("split", pa.int8())
+REVIEW_SPLIT_SCHEMA = REVIEW_BATCH_SCHEMA.append(SPLIT_FIELD)
+
+
 @dataclass(frozen=True)
 class ReviewBatch:
     """Many `Review`s as Arrow columns (REVIEW_BATCH_SCHEMA).
@@ -58,8 +64,12 @@ class ReviewBatch:
     table: pa.Table
 
     def __post_init__(self) -> None:
-        if self.table.schema.remove_metadata() != REVIEW_BATCH_SCHEMA:
+        if self.table.schema.remove_metadata() not in (REVIEW_BATCH_SCHEMA, REVIEW_SPLIT_SCHEMA):
             raise ValueError(f"ReviewBatch.table must have schema {REVIEW_BATCH_SCHEMA}, got {self.table.schema}")
+
+    @property
+    def has_split(self) -> bool:
+        return "split" in self.table.schema.names
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -79,6 +89,7 @@ class ReviewBatch:
         )
 
     def reviews(self) -> Iterator[Review]:
+        """The records without any given split (a `Review` has no split)."""
         cols = [self.table.column(n).to_pylist() for n in REVIEW_BATCH_SCHEMA.names]
         for user, asin, rating, ts in zip(*cols):
             yield Review(user, asin, rating, ts)
@@ -96,6 +107,7 @@ class BadRecords:
     counts: Counter = field(default_factory=Counter)
     dropped_counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    by_file: Counter = field(default_factory=Counter)  # problems per file name (all reasons)
 
     def add(
         self,
@@ -107,6 +119,7 @@ class BadRecords:
         dropped: bool = True,
     ) -> None:
         self.counts[reason] += 1
+        self.by_file[Path(file).name] += 1
         if dropped:
             self.dropped_counts[reason] += 1
         shown = self.examples.setdefault(reason, [])
@@ -128,6 +141,7 @@ class BadRecords:
             self.counts[reason] += n
         for reason, n in other.dropped_counts.items():
             self.dropped_counts[reason] += n
+        self.by_file.update(other.by_file)
         for reason, shown in other.examples.items():
             mine = self.examples.setdefault(reason, [])
             mine.extend(shown[: max(0, self.max_examples - len(mine))])
@@ -137,5 +151,6 @@ class BadRecords:
             "total": self.total,
             "dropped": self.dropped,
             "by_reason": dict(sorted(self.counts.items())),
+            "by_file": dict(sorted(self.by_file.items())),
             "examples": {k: self.examples[k] for k in sorted(self.examples)},
         }

@@ -4,17 +4,22 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def one_line(text: str) -> str:
+    """Library messages (Arrow, FAISS) span lines; a log line must not."""
+    return " ".join(str(text).split())
+
+
 class StoreError(Exception):
     """A file in the store is missing, malformed or inconsistent.
 
-    The message always names the file and says what to do, because the person reading it is
-    usually looking at a pipeline log, not at the code.
+    The message is one line that names the file and says what to do (an `anchorrec` command),
+    because the person reading it is usually looking at a pipeline log, not at the code.
     """
 
     def __init__(self, path: str | Path | None, problem: str, fix: str = "") -> None:
         self.path = Path(path) if path is not None else None
-        self.problem = problem
-        self.fix = fix
+        self.problem = one_line(problem)
+        self.fix = one_line(fix)
         where = f"{self.path}: " if self.path is not None else ""
-        hint = f" — {fix}" if fix else ""
-        super().__init__(f"{where}{problem}{hint}")
+        hint = f" — {self.fix}" if self.fix else ""
+        super().__init__(f"{where}{self.problem}{hint}")

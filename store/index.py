@@ -32,10 +32,11 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from store import fixes
 from store.errors import StoreError
 from store.layout import DatasetPaths, check_name
-from store.tables import read_json, read_metadata, write_json
-from store.vectors import array_hash, read_vectors
+from store.tables import read_json, write_json
+from store.vectors import read_vectors, verified_vectors_hash
 
 INDEX_FILE = "items.faiss"
 MANIFEST_FILE = "manifest.json"
@@ -96,20 +97,25 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str, config: IndexCo
 
 def _check_item_vectors(path: Path, ids: np.ndarray, vectors: np.ndarray) -> None:
     if len(ids) == 0:
-        raise StoreError(path, "has no rows: nothing to index", "rerun the training run")
+        raise StoreError(path, "has no rows: nothing to index", fixes.repair(path, "train"))
     if len(np.unique(ids)) != len(ids):
-        raise StoreError(path, "has duplicate item_id values", "rerun the training run")
+        raise StoreError(path, "has duplicate item_id values", fixes.repair(path, "train"))
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():
         raise StoreError(
             path,
             f"{int(bad.sum())} item vector(s) contain NaN/inf (first item_id {int(ids[bad][0])})",
-            "the run diverged: fix and rerun training",
+            f"the run diverged: lower --lr and {fixes.repair(path, 'train')}",
         )
 
 
-def _vectors_hash(meta: dict[str, str], vectors: np.ndarray) -> str:
-    return meta.get("vectors_hash") or array_hash(vectors)
+def republish(paths: DatasetPaths, run_id: str) -> str:
+    """Fix text for a bad index: `publish` rebuilds it (it publishes the run its options train)."""
+    name = paths.name
+    return (
+        f"rerun: anchorrec publish --dataset {name} with the options that trained run {run_id} "
+        f"(or anchorrec pipeline --dataset {name})"
+    )
 
 
 @contextlib.contextmanager
@@ -141,6 +147,9 @@ def publish(
 ) -> dict[str, Any]:
     """Index `runs/<run_id>/item_vectors.parquet` into `index/<run_id>/`; returns the manifest.
 
+    Always rebuilds from the vectors, so a missing, truncated or stale index is repaired by
+    calling it again; vectors that disagree with the hash their writer recorded (rows reordered
+    or edited) are refused, since an index of them would answer for no trained model.
     Re-publishing replaces the index in place; readers holding the old one keep answering from
     it, readers opening afterwards get the new one (see the module docstring).
     """
@@ -165,7 +174,9 @@ def publish(
         "params": params,
         "requested": asdict(config),
         "count": int(index.ntotal),
-        "vectors_hash": _vectors_hash(meta, vectors),
+        "vectors_hash": meta["vectors_hash"],
+        "hash_of": meta.get("hash_of", "vectors"),
+        "model": meta.get("model"),
         "item_vectors": str(source.relative_to(paths.root)),
         "faiss_version": faiss.__version__,
         "build_seconds": round(build_s, 3),
@@ -198,42 +209,69 @@ def _sha256_file(path: Path) -> str:
 # ----------------------------------------------------------------------------------------- load
 
 
-def published_runs(paths: DatasetPaths) -> list[tuple[str, dict[str, Any]]]:
-    """(run_id, manifest) of every published index, oldest first by publication time."""
+def manifests(paths: DatasetPaths) -> list[tuple[str, dict[str, Any] | StoreError]]:
+    """(run_id, manifest or the StoreError that reading it raised) of every index directory."""
     if not paths.index_root.is_dir():
         return []
-    found = []
-    for manifest_path in paths.index_root.glob(f"*/{MANIFEST_FILE}"):
+    found: list[tuple[str, dict[str, Any] | StoreError]] = []
+    for manifest_path in sorted(paths.index_root.glob(f"*/{MANIFEST_FILE}")):
+        run_id = manifest_path.parent.name
         try:
             manifest = read_json(manifest_path)
+            if not isinstance(manifest, dict) or not manifest.get("created_at"):
+                raise StoreError(manifest_path, "is not an index manifest (no created_at)", republish(paths, run_id))
         except StoreError as exc:
-            warnings.warn(f"skipping unreadable index manifest: {exc}", stacklevel=2)
+            found.append((run_id, StoreError(manifest_path, exc.problem, republish(paths, run_id))))
             continue
-        found.append((manifest_path.parent.name, manifest))
+        found.append((run_id, manifest))
+    return found
+
+
+def published_runs(paths: DatasetPaths) -> list[tuple[str, dict[str, Any]]]:
+    """(run_id, manifest) of every readable published index, oldest first by publication time.
+
+    Unreadable manifests are left out here (see `manifests`); `latest_run` refuses them.
+    """
+    found = [(run, m) for run, m in manifests(paths) if isinstance(m, dict)]
     return sorted(found, key=lambda rm: (str(rm[1].get("created_at", "")), rm[0]))
 
 
 def latest_run(paths: DatasetPaths) -> str | None:
-    """The most recently published run, or None when nothing is published."""
+    """The most recently published run, or None when nothing is published.
+
+    An unreadable manifest is an error, not a skip: its run may be the newest one, and answering
+    from an older run without saying so is worse than not answering.
+    """
+    for run_id, manifest in manifests(paths):
+        if isinstance(manifest, StoreError):
+            raise StoreError(
+                manifest.path,
+                f"{manifest.problem}; the newest published run cannot be told without it",
+                f"{manifest.fix}, or delete {manifest.path.parent} and pass --run-id RUN to use another published run",
+            )
     runs = published_runs(paths)
     return runs[-1][0] if runs else None
-
-
-_REPUBLISH = "re-publish the run (store.index.publish / `anchorrec publish`)"
 
 
 def _read_consistent(directory: Path, run_id: str, attempts: int = 5) -> tuple[dict[str, Any], np.ndarray]:
     """Manifest and index bytes that belong together (retrying across a concurrent publish)."""
     manifest_path, index_path = directory / MANIFEST_FILE, directory / INDEX_FILE
+    paths = DatasetPaths(directory.parent.parent)
+    fix = republish(paths, run_id)
     for attempt in range(attempts):
         if not manifest_path.exists():
-            raise StoreError(manifest_path, f"run {run_id!r} has no published index", f"publish it first: {_REPUBLISH}")
-        manifest = read_json(manifest_path)
+            raise StoreError(manifest_path, f"run {run_id!r} has no published index", fix)
+        try:
+            manifest = read_json(manifest_path)
+        except StoreError as exc:
+            raise StoreError(manifest_path, exc.problem, fix) from exc
+        if not isinstance(manifest, dict):
+            raise StoreError(manifest_path, f"is not an index manifest (a JSON {type(manifest).__name__})", fix)
         missing = [k for k in ("run", "dim", "count", "vectors_hash", "index_sha256") if k not in manifest]
         if missing:
-            raise StoreError(manifest_path, f"manifest lacks {missing}", _REPUBLISH)
+            raise StoreError(manifest_path, f"manifest lacks {missing}", fix)
         if not index_path.exists():
-            raise StoreError(index_path, "index file is missing", _REPUBLISH)
+            raise StoreError(index_path, "index file is missing", fix)
         data = index_path.read_bytes()
         if hashlib.sha256(data).hexdigest() == manifest["index_sha256"]:
             return manifest, np.frombuffer(data, dtype=np.uint8)
@@ -241,7 +279,7 @@ def _read_consistent(directory: Path, run_id: str, attempts: int = 5) -> tuple[d
     raise StoreError(
         index_path,
         f"index file does not match {manifest_path.name} (sha256 differs: corrupt or partly written)",
-        _REPUBLISH,
+        fix,
     )
 
 
@@ -255,27 +293,29 @@ def load_index(paths: DatasetPaths, run_id: str, *, check_vectors: bool = True) 
     directory = paths.index_dir(run_id)
     manifest, data = _read_consistent(directory, run_id)
     index_path = directory / INDEX_FILE
+    fix = republish(paths, run_id)
     try:
         index = faiss.deserialize_index(data)
     except RuntimeError as exc:
-        raise StoreError(index_path, f"FAISS cannot read it ({str(exc).splitlines()[0][:200]})", _REPUBLISH) from exc
+        raise StoreError(index_path, f"FAISS cannot read it ({str(exc).splitlines()[0][:200]})", fix) from exc
     if index.ntotal != manifest["count"] or index.d != manifest["dim"]:
         raise StoreError(
             index_path,
             f"holds {index.ntotal} vectors of dim {index.d}, manifest says {manifest['count']} of dim {manifest['dim']}",
-            _REPUBLISH,
+            fix,
         )
     if check_vectors:
         source = paths.item_vectors(run_id)
         if not source.exists():
-            raise StoreError(source, f"item vectors of run {run_id!r} are gone but an index is published", "rerun the run, then re-publish")
-        meta = read_metadata(source)
-        current = meta.get("vectors_hash") or array_hash(read_vectors(source, "item_id")[1])
+            raise StoreError(
+                source, f"item vectors of run {run_id!r} are gone but an index is published", fixes.repair(source, "train")
+            )
+        current = verified_vectors_hash(source, "item_id")  # refuses rows that disagree with their hash
         if current != manifest["vectors_hash"]:
             raise StoreError(
                 directory / MANIFEST_FILE,
                 f"index was built from item vectors {manifest['vectors_hash']} but {source} now holds {current}",
-                _REPUBLISH,
+                fix,
             )
     item_index = ItemIndex(run_id=run_id, manifest=manifest, index=index, path=index_path)
     if manifest.get("kind") == "hnsw":

@@ -40,6 +40,11 @@ INTERACTIONS = pa.schema(
 )
 
 IMAGE_STATUSES = ("ok", "cached", "no_url", "http_error", "undecodable", "too_large", "error")
+# Why an item has no image, finer than `status` (whose 'error' covers every network failure):
+# a dead host (dns, refused, host_down) calls for a local copy, a timeout for a rerun.
+IMAGE_REASONS = ("dns", "refused", "timeout", "http_error", "undecodable", "too_large", "host_down", "no_url", "error")
+# Where an item's image came from this run ('cache': kept from an earlier run).
+IMAGE_SOURCES = ("url", "cache", "local_dir", "local_csv")
 
 IMAGE_AUDIT = pa.schema(
     [
@@ -53,6 +58,16 @@ IMAGE_AUDIT = pa.schema(
         pa.field("path", pa.string()),
     ]
 )
+# The core above is what readers may rely on (audits of older versions have only it); the
+# fetcher writes these provenance columns too: `reason` (IMAGE_REASONS, null when the item has
+# an image), `source` (IMAGE_SOURCES, null when none) and `origin` (the URL or local file the
+# image was read from: what decides, on a rerun, whether the file in images/ is still current).
+IMAGE_AUDIT_PROVENANCE = (
+    pa.field("reason", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("origin", pa.string()),
+)
+IMAGE_AUDIT_FULL = pa.schema([*IMAGE_AUDIT, *IMAGE_AUDIT_PROVENANCE])
 
 
 def feature_schema(dim: int) -> pa.Schema:
@@ -77,7 +92,8 @@ def vectors_schema(key: str, dim: int) -> pa.Schema:
     )
 
 
-# Keys every feature table's Parquet metadata carries (ARCHITECTURE.md).
+# Keys every feature table's Parquet metadata carries (ARCHITECTURE.md). No clock time: the same
+# rows must give the same bytes; `created_at` lives in the sidecar features/<name>.json.
 FEATURE_METADATA_KEYS = (
     "encoder",
     "model",
@@ -85,6 +101,7 @@ FEATURE_METADATA_KEYS = (
     "dim",
     "modality",
     "input_hash",
-    "created_at",
+    "content_hash",
+    "num_rows",
 )
 MODALITIES = ("image", "text", "mm")

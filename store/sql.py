@@ -57,16 +57,20 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 from duckdb import sqltypes as T
 
+from store import fixes
 from store.errors import StoreError
-from store.index import MANIFEST_FILE, NO_ID, ItemIndex, latest_run, load_index
+from store.index import MANIFEST_FILE, NO_ID, ItemIndex, latest_run, load_index, published_runs, republish
+from store.inventory import require_dataset
 from store.layout import DatasetPaths, check_name
-from store.tables import atomic_path, read_table, write_table
+from store.tables import atomic_path, read_json, read_table, write_table
 from store.vectors import read_vectors
+from store.verify import footer_problem
 
 FORMATS = ("table", "parquet", "csv")
 # Settings a read-only session may still change: they cannot reach files.
 SAFE_SETTINGS = ("threads", "memory_limit", "preserve_insertion_order", "default_order", "default_null_order")
 FUNCTIONS = ("topn", "recommend", "recommend_all", "similar")
+RUN_KEY = b"run_id"  # schema metadata of recommend_for/similar_to results: the run that answered
 RESULT = pa.list_(pa.struct([pa.field("item_id", pa.int32()), pa.field("score", pa.float32())]))
 
 
@@ -131,7 +135,7 @@ class VectorFunctions:
 
     def _require_run(self) -> str:
         if self.run_id is None:
-            raise StoreError(self.paths.index_root, "no run has a published index", "publish a run first (store.index.publish / `anchorrec publish`)")
+            raise StoreError(self.paths.index_root, "no run has a published index", f"create one: anchorrec publish --dataset {self.paths.name}")
         return self.run_id
 
     @property
@@ -170,7 +174,7 @@ class VectorFunctions:
                     raise StoreError(
                         self.paths.interactions,
                         "does not exist, and recommend() excludes the training items it lists",
-                        "use recommend_all(user_id, k), or run the prepare step",
+                        f"use recommend_all(user_id, k), or {fixes.repair(self.paths.interactions)}",
                     )
                 table = read_table(self.paths.interactions, columns=["user_id", "item_id", "split"])
                 table = table.filter(pc.equal(table.column("split"), "train"))
@@ -272,13 +276,60 @@ def register_functions(con: duckdb.DuckDBPyConnection, functions: VectorFunction
 
 
 def _resolve_run(paths: DatasetPaths, run_id: str | None) -> str | None:
+    """The run whose index answers: the given one, or the newest published (never a silent fallback)."""
     if run_id is None:
         return latest_run(paths)
     check_name("run", run_id)
     manifest = paths.index_dir(run_id) / MANIFEST_FILE
     if not manifest.exists():
-        raise StoreError(manifest, f"run {run_id!r} has no published index", "publish it first (store.index.publish / `anchorrec publish`)")
+        raise StoreError(manifest, f"run {run_id!r} has no published index", republish(paths, run_id))
     return run_id
+
+
+def _check_sources(sources: dict[str, Path]) -> None:
+    """Refuse a cut or damaged table before DuckDB scans it (its own error names no file)."""
+    for path in sources.values():
+        found = footer_problem(path)
+        if found:
+            raise StoreError(None, found)
+
+
+def published_table(paths: DatasetPaths, current: str | None) -> pa.Table:
+    """One row per published run (oldest first): what the `published` view shows."""
+    rows = []
+    for run, manifest in published_runs(paths):
+        config_path = paths.run(run) / "config.json"
+        try:
+            config = read_json(config_path) if config_path.is_file() else {}
+        except StoreError:
+            config = {}
+        config = config if isinstance(config, dict) else {}
+        rows.append(
+            {
+                "run_id": run,
+                "model": manifest.get("model") or config.get("model"),
+                "seed": config.get("seed"),
+                "created": str(manifest.get("created_at", "")),
+                "count": manifest.get("count"),
+                "dim": manifest.get("dim"),
+                "kind": manifest.get("kind"),
+                "vectors_hash": manifest.get("vectors_hash"),
+                "current": run == current,
+            }
+        )
+    schema = pa.schema(
+        [("run_id", pa.string()), ("model", pa.string()), ("seed", pa.int64()), ("created", pa.string()),
+         ("count", pa.int64()), ("dim", pa.int32()), ("kind", pa.string()), ("vectors_hash", pa.string()),
+         ("current", pa.bool_())]
+    )
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _register_published(con: duckdb.DuckDBPyConnection, paths: DatasetPaths, run: str | None) -> None:
+    """`published` view and `published_run()`: SQL can ask which run answers its vector functions."""
+    con.register("published", published_table(paths, run))
+    literal = "NULL" if run is None else "'" + run.replace("'", "''") + "'"
+    con.execute(f"CREATE TEMP MACRO published_run() AS {literal}")
 
 
 def _sql_string(path: Path) -> str:
@@ -343,17 +394,28 @@ def connect(
     """A DuckDB connection over the dataset and the published index of `run_id` (default: latest).
 
     `database` None is in-memory; a path is a DuckDB file (created with the views if absent).
-    See the module docstring for what read-only guarantees.
+    See the module docstring for what read-only guarantees. `published_run()` in SQL names the
+    run whose index the vector functions use.
     """
+    return _connect(paths, run_id, database=database, read_only=read_only)[0]
+
+
+def _connect(
+    paths: DatasetPaths, run_id: str | None, *, database: str | Path | None = None, read_only: bool = True
+) -> tuple[duckdb.DuckDBPyConnection, VectorFunctions]:
+    require_dataset(paths)
     run = _resolve_run(paths, run_id)
     sources = table_sources(paths, run)
+    _check_sources(sources)
     con = _open_read_only(database, sources) if read_only else _open_read_write(database, sources)
-    register_functions(con, VectorFunctions(paths, run))
+    functions = VectorFunctions(paths, run)
+    register_functions(con, functions)
+    _register_published(con, paths, run)
     if read_only:
         con.execute("SET enable_external_access = false")
         con.execute(f"SET allowed_configs = {list(SAFE_SETTINGS)}")
         con.execute("SET lock_configuration = true")
-    return con
+    return con, functions
 
 
 # ------------------------------------------------------------------------------ one-shot helpers
@@ -361,7 +423,7 @@ def connect(
 
 def _what_is_there(con: duckdb.DuckDBPyConnection) -> str:
     views = sorted({r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()})
-    return f"views: {', '.join(views) or '(none)'}; functions: {', '.join(f + '(…, k)' for f in FUNCTIONS)}"
+    return f"views: {', '.join(views) or '(none)'}; functions: {', '.join(f + '(…, k)' for f in FUNCTIONS)}, published_run()"
 
 
 def _execute(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> pa.Table:
@@ -371,6 +433,10 @@ def _execute(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> pa
             return pa.table({})
         return rel.to_arrow_table()
     except duckdb.Error as exc:
+        # A store file that failed its check inside a vector function: its own message, not DuckDB's wrapper.
+        inner = str(exc).partition(f"{StoreError.__name__}: ")[2]
+        if inner:
+            raise StoreError(None, inner) from exc
         raise QueryError(None, f"query failed: {exc}", _what_is_there(con)) from exc
 
 
@@ -425,40 +491,69 @@ ORDER BY r.score DESC, r.item_id
 
 
 def _ranked(paths: DatasetPaths, fn: str, id_: int, k: int, run_id: str | None) -> pa.Table:
+    require_dataset(paths)
     if not paths.items.exists():
-        raise StoreError(paths.items, "does not exist: titles cannot be joined", "run the prepare step first")
+        raise StoreError(paths.items, "does not exist: titles cannot be joined", fixes.repair(paths.items))
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be an integer ≥ 1, got {k!r}")
-    con = connect(paths, run_id)
+    con, functions = _connect(paths, run_id)
+    run = functions.run_id
     try:
+        # Load and verify up front: a bad index or vectors file is a StoreError naming it,
+        # not an error from inside DuckDB.
+        functions.index
+        functions.items if fn == "similar" else functions.users
         table = _execute(con, _RANKED.format(fn=fn), {"id": int(id_), "k": int(k)})
     finally:
         con.close()
     rank = pa.array(np.arange(1, table.num_rows + 1, dtype=np.int32))
-    return table.add_column(0, "rank", rank)
+    table = table.add_column(0, "rank", rank)
+    return table.replace_schema_metadata({RUN_KEY: (run or "").encode()})
+
+
+def answered_by(table: pa.Table) -> str | None:
+    """The run id whose index produced a recommend_for/similar_to result."""
+    run = (table.schema.metadata or {}).get(RUN_KEY)
+    return run.decode() if run else None
 
 
 def recommend_for(
     paths: DatasetPaths, user_id: int, k: int = 10, run_id: str | None = None, *, include_seen: bool = False
 ) -> pa.Table:
-    """A user's top-k (rank, item_id, asin, title, score); training items excluded unless include_seen."""
+    """A user's top-k (rank, item_id, asin, title, score); training items excluded unless include_seen.
+
+    The run that answered is in the schema metadata (`answered_by(table)`).
+    """
     return _ranked(paths, "recommend_all" if include_seen else "recommend", int(user_id), k, run_id)
 
 
-def resolve_item(paths: DatasetPaths, asin_or_item_id: str | int) -> int:
-    """An int is an item_id; a string is an ASIN, or an item_id if no ASIN is spelled like it."""
-    if isinstance(asin_or_item_id, (int, np.integer)) and not isinstance(asin_or_item_id, bool):
-        return int(asin_or_item_id)
-    key = str(asin_or_item_id)
+def resolve_item(paths: DatasetPaths, item_id: int | None = None, asin: str | None = None) -> int:
+    """The item_id of exactly one of `item_id` or `asin`.
+
+    Separate arguments because real catalogs have all-digit ASINs ('0000000098' is an ASIN, not
+    item 98); an item_id must be in the items table.
+    """
+    if (item_id is None) == (asin is None):
+        raise ValueError("give exactly one of item_id (--item) or asin (--asin)")
+    if item_id is not None and (isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer))):
+        raise ValueError(f"item_id must be an integer, got {item_id!r}; pass an ASIN as asin= (--asin)")
     items = read_table(paths.items, columns=["item_id", "asin"])
-    hit = items.filter(pc.equal(items.column("asin"), key))
-    if hit.num_rows:
+    if asin is not None:
+        hit = items.filter(pc.equal(items.column("asin"), str(asin)))
+        if not hit.num_rows:
+            raise ValueError(f"unknown asin {asin!r}: not in {paths.items}")
         return int(hit.column("item_id")[0].as_py())
-    if key.isdigit():
-        return int(key)
-    raise ValueError(f"unknown item {key!r}: no such asin in {paths.items}")
+    if not pc.any(pc.equal(items.column("item_id"), int(item_id))).as_py():
+        raise ValueError(f"unknown item_id {int(item_id)}: not in {paths.items} (for an ASIN use --asin)")
+    return int(item_id)
 
 
-def similar_to(paths: DatasetPaths, asin_or_item_id: str | int, k: int = 10, run_id: str | None = None) -> pa.Table:
-    """Items most similar to one item (rank, item_id, asin, title, score), the item itself excluded."""
-    return _ranked(paths, "similar", resolve_item(paths, asin_or_item_id), k, run_id)
+def similar_to(
+    paths: DatasetPaths, item_id: int | None = None, k: int = 10, run_id: str | None = None, *, asin: str | None = None
+) -> pa.Table:
+    """Items most similar to one item (rank, item_id, asin, title, score), the item itself excluded.
+
+    Give `item_id` or `asin`; the run that answered is in the schema metadata (`answered_by`).
+    """
+    require_dataset(paths)
+    return _ranked(paths, "similar", resolve_item(paths, item_id, asin), k, run_id)

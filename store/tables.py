@@ -15,7 +15,12 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from store import fixes
 from store.errors import StoreError
+
+# Key-value metadata every table written here carries, so a reader can tell a whole file from
+# one that lost rows (see store.verify).
+NUM_ROWS = "num_rows"
 
 
 @contextlib.contextmanager
@@ -42,16 +47,21 @@ def write_table(
     schema: pa.Schema | None = None,
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Cast `table` to `schema` (if given), attach key-value metadata, write atomically."""
+    """Cast `table` to `schema` (if given), attach key-value metadata, write atomically.
+
+    The row count goes into the metadata and every page gets a CRC, so readers detect a file
+    that was cut or damaged instead of reading less data. No clock time is written: the same
+    table gives the same bytes (stage cache keys hash file bytes).
+    """
     path = Path(path)
     if schema is not None:
         table = conform(table, schema, source=path)
-    if metadata:
-        merged = dict(table.schema.metadata or {})
-        merged.update({k.encode(): str(v).encode() for k, v in metadata.items()})
-        table = table.replace_schema_metadata(merged)
+    merged = dict(table.schema.metadata or {})
+    merged.update({k.encode(): str(v).encode() for k, v in (metadata or {}).items()})
+    merged[NUM_ROWS.encode()] = str(table.num_rows).encode()
+    table = table.replace_schema_metadata(merged)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
     return path
 
 
@@ -62,7 +72,7 @@ def conform(table: pa.Table, schema: pa.Schema, source: str | Path | None = None
         raise StoreError(
             source,
             f"missing column(s) {missing}; has {table.column_names}",
-            "rewrite the table with the stage that produces it",
+            fixes.repair(source) if source is not None else "",
         )
     columns = []
     for field in schema:
@@ -71,10 +81,14 @@ def conform(table: pa.Table, schema: pa.Schema, source: str | Path | None = None
             col = col.cast(field.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise StoreError(
-                source, f"column {field.name!r} is {col.type}, expected {field.type}: {exc}"
+                source, f"column {field.name!r} is {col.type}, expected {field.type}: {exc}",
+                fixes.repair(source) if source is not None else "",
             ) from exc
         if not field.nullable and col.null_count:
-            raise StoreError(source, f"column {field.name!r} has {col.null_count} null value(s)")
+            raise StoreError(
+                source, f"column {field.name!r} has {col.null_count} null value(s)",
+                fixes.repair(source) if source is not None else "",
+            )
         columns.append(col)
     return pa.Table.from_arrays(columns, schema=schema.remove_metadata())
 
@@ -85,11 +99,16 @@ def read_table(
     """Read a Parquet table and validate it against `schema`, naming the file on any problem."""
     path = Path(path)
     if not path.exists():
-        raise StoreError(path, "does not exist", "run the stage that writes it first")
+        raise StoreError(path, "does not exist", fixes.repair(path))
     try:
-        table = pq.read_table(path, columns=columns)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise StoreError(path, f"not a readable Parquet file ({exc})", "delete it and rerun") from exc
+        table = pq.read_table(path, columns=columns, page_checksum_verification=True)
+    except (pa.ArrowException, OSError) as exc:
+        raise StoreError(path, f"not a readable Parquet file ({exc})", fixes.repair(path)) from exc
+    recorded = (table.schema.metadata or {}).get(NUM_ROWS.encode())
+    if recorded is not None and int(recorded) != table.num_rows:
+        raise StoreError(
+            path, f"has {table.num_rows} rows but its writer recorded {int(recorded)}", fixes.repair(path)
+        )
     if schema is None:
         return table
     if columns is not None:
@@ -102,10 +121,12 @@ def read_table(
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The Parquet key-value metadata (without Arrow's own schema blob)."""
     path = Path(path)
+    if not path.exists():
+        raise StoreError(path, "does not exist", fixes.repair(path))
     try:
         raw = pq.read_schema(path).metadata or {}
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise StoreError(path, f"not a readable Parquet file ({exc})") from exc
+    except (pa.ArrowException, OSError) as exc:
+        raise StoreError(path, f"not a readable Parquet file ({exc})", fixes.repair(path)) from exc
     return {k.decode(): v.decode() for k, v in raw.items() if k != b"ARROW:schema"}
 
 
@@ -119,8 +140,9 @@ def write_json(obj: Any, path: str | Path) -> Path:
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.exists():
-        raise StoreError(path, "does not exist")
+        raise StoreError(path, "does not exist", fixes.repair(path))
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise StoreError(path, f"invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f"at line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else f"({exc.reason})"
+        raise StoreError(path, f"invalid JSON {where}", fixes.repair(path)) from exc

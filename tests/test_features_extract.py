@@ -273,3 +273,18 @@ def test_sharded_extraction_then_final_call_equals_one_pass(dataset, effnet, tmp
     np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-6)
     with pytest.raises(ValueError, match="shard"):
         extract(dataset, effnet, name="x", shard=(3, 3), progress=False)
+
+
+def test_rebuilt_feature_table_has_identical_bytes(dataset, minilm):
+    """Issue #14: a deleted table re-extracted from the same inputs must not change downstream cache keys."""
+    from store.hashing import file_sha256
+
+    path = dataset.feature("text-minilm")
+    extract(dataset, minilm, batch_size=3, progress=False)
+    first = file_sha256(path)
+    created = read_features(path).metadata["created_at"]
+    assert b"created_at" not in path.read_bytes()  # the time lives in the sidecar, not the table
+    path.unlink()
+    extract(dataset, minilm, batch_size=3, progress=False)
+    assert file_sha256(path) == first
+    assert read_features(path).metadata["created_at"] >= created

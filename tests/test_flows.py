@@ -5,10 +5,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 import flows
 from store import dataset_paths
+from store.hashing import file_sha256
 from store.vectors import read_vectors
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
@@ -83,12 +85,49 @@ def test_changing_one_input_reruns_only_downstream(first_run):
     assert f"index/{changed['run_id']}/manifest.json" in after
 
 
-def test_deleted_output_is_rebuilt_even_when_cached(first_run):
+def test_deleted_feature_table_is_rebuilt_and_downstream_stays_cached(first_run):
+    """Same inputs, same bytes: the rebuilt table leaves pretrain/train/publish cache hits."""
     home, result = first_run
     p = dataset_paths("demo", home)
+    digest = file_sha256(p.feature("text-minilm"))
     p.feature("text-minilm").unlink()
-    flows.pipeline(**small(home))
-    assert p.feature("text-minilm").exists()
+    downstream = {k: v for k, v in outputs(home / "demo").items() if k.startswith(("runs/", "index/", "features/ica-"))}
+    again = flows.pipeline(**small(home))
+    assert file_sha256(p.feature("text-minilm")) == digest
+    after = outputs(home / "demo")
+    assert downstream and all(after[k] == v for k, v in downstream.items())
+    assert again["run_id"] == result["run_id"] and again["train"]["seconds"] == result["train"]["seconds"]
+
+
+def _shuffle_rows(path: Path) -> None:
+    table = pq.read_table(path)
+    order = np.random.default_rng(0).permutation(table.num_rows)
+    pq.write_table(table.take(order).replace_schema_metadata(table.schema.metadata), path)
+
+
+def test_damaged_outputs_are_detected_and_repaired_by_a_rerun(first_run):
+    from store.verify import problem
+
+    home, result = first_run
+    p = dataset_paths("demo", home)
+    run_id = result["run_id"]
+    manifest = p.index_dir(run_id) / "manifest.json"
+
+    _shuffle_rows(p.item_vectors(run_id))  # still a valid Parquet file
+    assert "rerun: anchorrec train" in problem(p.item_vectors(run_id))
+    (p.index_dir(run_id) / "items.faiss").write_bytes(b"garbage")
+    assert problem(manifest)
+    with p.items.open("r+b") as fh:  # cut items.parquet
+        fh.truncate(p.items.stat().st_size // 2)
+    assert problem(p.items)
+
+    again = flows.pipeline(**small(home))
+    assert again["run_id"] == run_id
+    assert problem(p.items) is None and problem(p.item_vectors(run_id)) is None and problem(manifest) is None
+
+    (p.index_dir(run_id) / "items.faiss").unlink()
+    flows.publish_flow(**small(home))  # `anchorrec publish` rebuilds it, whatever the cache says
+    assert problem(manifest) is None
 
 
 def test_bad_parameters_fail_before_any_work(tmp_path):

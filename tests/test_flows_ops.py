@@ -1,6 +1,7 @@
 """Operating the pipeline: a killed run resumes, the shard map runs on Dask, a schedule serves."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -77,8 +78,8 @@ def test_shard_map_on_dask_equals_single_process(tmp_path):
     one = flows.PipelineConfig(home=str(tmp_path / "one"), **base)
     many = flows.PipelineConfig(home=str(tmp_path / "many"), shards=2, task_runner="dask", **base)
     for cfg in (one, many):
-        flows.with_runner(flows.ingest_flow, cfg)(**flows.asdict(cfg))
-        flows.with_runner(flows.features_flow, cfg)(**flows.asdict(cfg))
+        flows.with_runner(flows.ingest_flow, cfg)(**dataclasses.asdict(cfg))
+        flows.with_runner(flows.features_flow, cfg)(**dataclasses.asdict(cfg))
     a, b = one.paths, many.paths
     audit_a, audit_b = read_table(a.image_audit), read_table(b.image_audit)
     assert audit_a.column("status").to_pylist() == audit_b.column("status").to_pylist()

@@ -309,3 +309,14 @@ def test_mmm_term_reconstructs_original_features_of_hidden_tokens(kind):
                 errs.append(float(((pred - target) ** 2).mean()))
     assert int(out["n_masked"]) == 3
     assert float(out["mmm"]) == pytest.approx(sum(errs) / 3, rel=1e-5)
+
+
+def test_pretrain_refuses_a_modality_without_vectors(home):
+    """ICA on all-null image vectors 'succeeds' with losses of exactly 0: refuse it instead."""
+    paths, _, _ = make_dataset(home, n=40, no_image=range(40))
+    with pytest.raises(ValueError, match=r"img\.parquet: no item has a vector.*--images DIR"):
+        pretrain_ica(paths, "img", "txt", ICAConfig(**TINY, epochs=1), run_id="null", progress=False)
+    assert not paths.run("ica-null").exists()
+    paths, _, _ = make_dataset(home, name="few", n=40, no_image=range(3, 40))
+    with pytest.raises(ValueError, match="only 3 item\\(s\\) have both"):
+        pretrain_ica(paths, "img", "txt", ICAConfig(**TINY, epochs=1), run_id="few", progress=False)

@@ -51,6 +51,10 @@ def _write_items(paths, rows: list[tuple[str, str | None]]) -> None:
     write_table(table, paths.items, schemas.ITEMS)
 
 
+def _counts(summary: dict) -> dict:
+    return {k: summary[k] for k in (*schemas.IMAGE_STATUSES, "total")}
+
+
 def _by_asin(paths) -> dict[str, dict]:
     return {r["asin"]: r for r in read_audit(paths).to_pylist()}
 
@@ -105,8 +109,10 @@ def test_every_outcome_is_audited(home, http_server, served):
 
     summary = fetch_images(paths, max_bytes=50_000, max_pixels=1_000_000, **{**FAST, "timeout": 0.5})
 
-    assert summary == {"ok": 7, "cached": 0, "no_url": 2, "http_error": 1, "undecodable": 2,
-                       "too_large": 3, "error": 1, "total": 16}
+    assert _counts(summary) == {"ok": 7, "cached": 0, "no_url": 2, "http_error": 1, "undecodable": 2,
+                                "too_large": 3, "error": 1, "total": 16}
+    assert summary["line"] == "images: 7 ok, 7 failed (too_large: 3, undecodable: 2, error: 1, http_error: 1), 2 without url"
+    assert summary["sources"] == {"url": 14}
     a = _by_asin(paths)
     assert [r["asin"] for r in read_audit(paths).to_pylist()] == [r[0] for r in rows]  # item order
     assert a["A_OK"]["status"] == "ok" and a["A_OK"]["http_status"] == 200
@@ -163,8 +169,10 @@ def test_rerun_keeps_valid_images_as_cached(home, http_server, served):
     a = _by_asin(paths)
     assert a["B1"]["status"] == "ok"
     assert paths.image("B1").read_bytes() == (served / "retry.jpg").read_bytes()
-    assert third == {"ok": 1, "cached": 2, "no_url": 1, "http_error": 0, "undecodable": 0,
-                     "too_large": 0, "error": 0, "total": 4}
+    assert _counts(third) == {"ok": 1, "cached": 2, "no_url": 1, "http_error": 0, "undecodable": 0,
+                              "too_large": 0, "error": 0, "total": 4}
+    assert third["line"] == "images: 3 ok (2 cached), 1 without url"
+    assert [a[k]["source"] for k in ("B1", "B2", "B3", "B4")] == ["url", "cache", None, "cache"]
 
 
 def test_unreachable_host_is_an_error_row(home):
@@ -176,8 +184,9 @@ def test_unreachable_host_is_an_error_row(home):
     paths = dataset_paths("down")
     _write_items(paths, [("C1", f"http://127.0.0.1:{port}/x.jpg")])
     summary = fetch_images(paths, **{**FAST, "retries": 1})
-    assert summary["error"] == 1
-    assert "unreachable" in _by_asin(paths)["C1"]["detail"]
+    assert summary["error"] == 1 and summary["reasons"] == {"refused": 1}
+    row = _by_asin(paths)["C1"]
+    assert "unreachable" in row["detail"] and row["reason"] == "refused" and row["source"] == "url"
 
 
 def test_invalid_arguments_name_the_field(home):
@@ -232,7 +241,26 @@ def test_sharded_fetch_then_merge_equals_one_pass(home, tmp_path):
     assert merged == whole
     a, b = read_audit(one), read_audit(many)
     assert a.column("asin").to_pylist() == b.column("asin").to_pylist()
-    assert a.column("status").to_pylist() == b.column("status").to_pylist()
+    for col in ("status", "reason", "source", "origin", "detail"):
+        assert a.column(col).to_pylist() == b.column(col).to_pylist(), col
+    assert merged["line"] == "images: 5 ok, 1 failed (undecodable: 1), 1 without url"
     assert sorted(p.name for p in many.images_dir.glob(".audit.shard-*")) == []
     with pytest.raises(ValueError, match="shard"):
         fetch_images(many, shard=(3, 3), **FAST)
+
+
+def test_audit_of_an_older_version_still_reads_and_caches(home, tmp_path):
+    """Audits written before reason/source/origin existed: provenance reads as null, and the
+    images they vouch for stay cached (their `url` stands in for the origin)."""
+    src = tmp_path / "a.jpg"
+    src.write_bytes(_jpeg(20, 20))
+    paths = dataset_paths("old")
+    _write_items(paths, [("O1", src.as_uri()), ("O2", None)])
+    fetch_images(paths, **FAST)
+    core = read_audit(paths).select([f.name for f in schemas.IMAGE_AUDIT])
+    write_table(core, paths.image_audit, schemas.IMAGE_AUDIT)  # as the old fetcher wrote it
+    old = read_audit(paths)
+    assert old.column("reason").to_pylist() == [None, None] and old.column("source").null_count == 2
+    again = fetch_images(paths, **FAST)
+    assert again["line"] == "images: 1 ok (1 cached), 1 without url"
+    assert read_audit(paths).column("origin").to_pylist() == [src.as_uri(), None]

@@ -187,7 +187,7 @@ def test_optional_files_absent(tmp_path: Path, home: Path) -> None:
 def test_which_inter_file(tmp_path: Path, home: Path) -> None:
     src = make_mmrec(tmp_path / "src")
     _write(src / "other.inter", ["userID\titemID\tx_label", "0\t0\t0"])
-    with pytest.raises(StoreError, match="pass name="):
+    with pytest.raises(StoreError, match="keep one <name>.inter in the --source folder"):
         import_mmrec(src, "toy", progress=False)
     assert import_mmrec(src, "toy", name="other", progress=False)["output"]["interactions"] == 1
     assert import_mmrec(src, "toy", name="toy", progress=False)["output"]["interactions"] == 15

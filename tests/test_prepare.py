@@ -198,7 +198,12 @@ def test_prepare_writes_valid_tables_and_report(home: Path) -> None:
     assert report["steps"][2]["interactions"] == n - 3 == inter.num_rows
     assert report["kcore"]["users_removed_examples"] == ["loner"]
     assert report["kcore"]["items_removed_examples"] == ["rare"]
-    assert report["metadata"] == {"products_read": 12, "duplicate_products": 1}
+    md = report["metadata"]
+    assert (md["products_read"], md["duplicate_products"], md["duplicate_asins"]) == (12, 1, 1)
+    assert md["duplicates_replaced_by_more_complete"] == 0 and md["duplicate_policy"] == P.DUPLICATE_POLICY
+    assert md["meta_check"] == "not checked" and md["matched_items"] == 11 and md["items"] == 12
+    assert report["text_cleaning"]["title"]["cleaned"] == 11  # 'Item <b>j</b>'
+    assert report["text_cleaning"]["description"] == {"values": 11, "cleaned": 11, "emptied": 0}
     assert report["missing"]["metadata"] == 1 and report["missing"]["title"] == 1
     assert report["missing"]["image"] == 1 + 4  # item11 + items 0, 3, 6, 9
     assert report["bad_records"]["by_reason"] == {"malformed line (not JSON)": 1}

@@ -192,12 +192,12 @@ def test_not_published_missing_and_corrupt_files(data):
     good = index_file.read_bytes()
 
     index_file.write_bytes(good[: len(good) // 2])  # truncated
-    with pytest.raises(StoreError, match="re-publish") as info:
+    with pytest.raises(StoreError, match="rerun: anchorrec publish --dataset toys") as info:
         load_index(data.paths, data.run_id)
     assert str(index_file) in str(info.value) and "sha256" in str(info.value)
 
     index_file.unlink()
-    with pytest.raises(StoreError, match="index file is missing.*re-publish"):
+    with pytest.raises(StoreError, match="index file is missing — rerun: anchorrec publish --dataset toys"):
         load_index(data.paths, data.run_id)
 
     # garbage whose hash the manifest agrees with: FAISS itself refuses it
@@ -228,7 +228,7 @@ def test_manifest_count_mismatch(data):
 def test_index_stale_after_vectors_change(data):
     publish(data.paths, data.run_id)
     write_vectors(data.paths.item_vectors(data.run_id), "item_id", data.item_ids, data.items * 2)
-    with pytest.raises(StoreError, match="re-publish") as info:
+    with pytest.raises(StoreError, match="rerun: anchorrec publish --dataset toys") as info:
         load_index(data.paths, data.run_id)
     assert "item_vectors.parquet" in str(info.value)
     load_index(data.paths, data.run_id, check_vectors=False)  # explicitly allowed
@@ -264,8 +264,11 @@ def test_latest_run_and_published_runs(data):
     publish(data.paths, data.run_id)  # re-publishing makes it the latest
     assert latest_run(data.paths) == "run-a"
     (data.paths.index_dir("run-a") / MANIFEST_FILE).write_text("{broken")
-    with pytest.warns(UserWarning, match="skipping unreadable index manifest"):
-        assert latest_run(data.paths) == "run-b"
+    # the newest run's manifest is garbage: an error naming it, never the older run-b
+    with pytest.raises(StoreError, match=r"index/run-a/manifest\.json: invalid JSON .*newest published run") as info:
+        latest_run(data.paths)
+    assert "anchorrec publish --dataset toys" in str(info.value) and "\n" not in str(info.value)
+    assert [r for r, _ in published_runs(data.paths)] == ["run-b"]
 
 
 def test_reconstruct_and_unknown_item(data):

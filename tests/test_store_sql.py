@@ -13,7 +13,7 @@ import pytest
 from store import StoreError
 from store.hashing import file_sha256
 from store.index import ItemIndex, publish
-from store.sql import QueryError, connect, feature_view_name, recommend_for, run_query, similar_to
+from store.sql import QueryError, answered_by, connect, feature_view_name, recommend_for, run_query, similar_to
 from store.vectors import write_vectors
 from store_testdata import make_dataset
 
@@ -238,7 +238,7 @@ def test_stale_index_is_refused_in_sql(tmp_path):
     publish(data.paths, data.run_id)
     write_vectors(data.paths.item_vectors(data.run_id), "item_id", data.item_ids, data.items + 1)
     con = connect(data.paths)
-    with pytest.raises(duckdb.Error, match="re-publish"):
+    with pytest.raises(duckdb.Error, match="rerun: anchorrec publish --dataset toys"):
         con.sql("SELECT similar(1, 3)").fetchall()
     con.close()
 
@@ -276,14 +276,23 @@ def test_recommend_for_and_similar_to(data):
     seen = recommend_for(data.paths, 7, 5, include_seen=True)
     assert seen.column("item_id").to_pylist() == data.exact(data.users[7:8], 5)[0][0].tolist()
 
-    by_asin = similar_to(data.paths, "B00012", 4)
+    by_asin = similar_to(data.paths, asin="B00012", k=4)
     by_id = similar_to(data.paths, 12, 4)
-    by_digits = similar_to(data.paths, "12", 4)
     want, _ = data.exact(data.items[12:13], 4, [{12}])
-    for t in (by_asin, by_id, by_digits):
+    for t in (by_asin, by_id):
         assert t.column("item_id").to_pylist() == want[0].tolist()
-    with pytest.raises(ValueError, match="unknown item 'NOPE'"):
-        similar_to(data.paths, "NOPE", 3)
+        assert answered_by(t) == data.run_id
+    assert answered_by(table) == data.run_id
+    with pytest.raises(ValueError, match="unknown asin 'NOPE'"):
+        similar_to(data.paths, asin="NOPE", k=3)
+    with pytest.raises(ValueError, match="unknown asin '12'"):  # digits are an ASIN when given as one
+        similar_to(data.paths, asin="12", k=3)
+    with pytest.raises(ValueError, match="item_id must be an integer"):
+        similar_to(data.paths, "B00012", 3)
+    with pytest.raises(ValueError, match="unknown item_id 5000"):
+        similar_to(data.paths, 5000, 3)
+    with pytest.raises(ValueError, match="exactly one"):
+        similar_to(data.paths, 12, 3, asin="B00012")
     with pytest.raises(ValueError, match="k must be"):
         recommend_for(data.paths, 7, 0)
     with pytest.raises(QueryError, match="unknown user_id 999"):

@@ -18,6 +18,7 @@ from store.vectors import (
     read_features,
     read_vectors,
     to_matrix,
+    vectors_hash,
     write_features,
     write_vectors,
 )
@@ -103,7 +104,7 @@ def test_write_json_roundtrip_and_invalid_json_names_line(tmp_path):
 
 def test_read_table_errors_name_file_and_column(tmp_path):
     missing = tmp_path / "items.parquet"
-    with pytest.raises(StoreError, match=r"items\.parquet: does not exist — run the stage"):
+    with pytest.raises(StoreError, match=r"items\.parquet: does not exist — rerun: anchorrec ingest --dataset "):
         read_table(missing)
     garbage = tmp_path / "garbage.parquet"
     garbage.write_bytes(b"this is not parquet")
@@ -130,7 +131,7 @@ def test_read_table_casts_selects_and_keeps_metadata(tmp_path):
     assert out.column_names == ["user_id", "reviewer_id"]
     assert out.schema.field("user_id").type == pa.int32()
     assert out.schema.metadata[b"source"] == b"test"
-    assert read_metadata(path) == {"source": "test"}
+    assert read_metadata(path) == {"source": "test", "num_rows": "2"}
     only = read_table(path, schemas.USERS, columns=["reviewer_id"])
     assert only.column_names == ["reviewer_id"]
 
@@ -221,7 +222,10 @@ def test_run_vectors_roundtrip_and_hash(tmp_path):
     got_ids, got, meta = read_vectors(path, "item_id")
     np.testing.assert_array_equal(got_ids, ids)
     np.testing.assert_array_equal(got, vectors)
-    assert meta["vectors_hash"] == array_hash(vectors) and meta["dim"] == "5" and meta["run"] == "r"
+    assert meta["vectors_hash"] == vectors_hash(ids, vectors) and meta["dim"] == "5" and meta["run"] == "r"
+    assert meta["num_rows"] == "6" and meta["hash_of"] == "ids+vectors"
+    assert vectors_hash(ids, vectors) != vectors_hash(ids[::-1], vectors[::-1])  # a row shuffle changes it
+    assert vectors_hash(ids, vectors) != vectors_hash(ids[::-1], vectors)  # ids moved against vectors too
     assert array_hash(vectors) != array_hash(vectors * 2)
     assert array_hash(vectors) != array_hash(vectors.reshape(5, 6))  # shape is part of the hash
     with pytest.raises(ValueError, match="key must be"):

@@ -1,0 +1,500 @@
+"""The `anchorrec` command line: options, checks before any work, one-line errors, clean stops.
+
+Every flow is a command whose options are exactly the PipelineConfig fields of the option groups
+it uses (pipeline_config.FLOW_GROUPS), with help text and choices from the fields' metadata. Everything a
+user can get wrong is checked before Prefect starts (preflight), and every user error, here or
+deep in a stage, ends as one red `error:` line and exit code 2. Ctrl-C / SIGTERM stop within a
+second: every file in the store is written atomically and training checkpoints each epoch, so
+the same command afterwards resumes.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+import typing
+import zlib
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import typer
+
+from pipeline_config import FLOW_DOCS, FLOW_GROUPS, NO_IMAGES, PipelineConfig
+from store import dataset_paths
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="AnchorRec: multimodal recommendation on Amazon data — ingest, features, pretrain, train, publish, query.",
+)
+EXIT_USER_ERROR = 2
+DEFAULT_MAX_ROWS = 40
+
+
+# --------------------------------------------------------------------------- options from the config
+def _config_parameter(f: Any) -> inspect.Parameter:
+    hints = typing.get_type_hints(PipelineConfig)
+    choices = f.metadata.get("choices")
+    annotation = Literal[choices] if choices else hints[f.name]  # type: ignore[valid-type]
+    option = typer.Option(f.default, f"--{f.name.replace('_', '-')}", help=f.metadata["help"])
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+def config_parameters(groups: tuple[str, ...]) -> list[inspect.Parameter]:
+    return [_config_parameter(f) for f in fields(PipelineConfig) if f.metadata["group"] in groups]
+
+
+def _flow_command(name: str) -> None:
+    """Expose a flow as a command with the options of its groups; the rest keep their defaults.
+
+    Prefect (and torch) are imported only once the options passed their checks.
+    """
+
+    def command(**params: Any) -> None:
+        cfg = PipelineConfig(**params)
+        preflight(cfg, name)
+        import flows
+
+        result = flows.with_runner(flows.FLOWS[name], cfg)(**asdict(cfg))
+        print_result(name, cfg, result)
+
+    command.__signature__ = inspect.Signature(config_parameters(FLOW_GROUPS[name]))  # type: ignore[attr-defined]
+    command.__doc__ = FLOW_DOCS[name]
+    app.command(name)(command)
+
+
+for _name in FLOW_GROUPS:
+    _flow_command(_name)
+
+
+# --------------------------------------------------------------------------- checks before any work
+def _is_url(source: str) -> bool:
+    return source.lower().startswith(("http://", "https://"))
+
+
+def _local(source: str) -> Path:
+    return Path(source[len("file://"):]) if source.lower().startswith("file://") else Path(source)
+
+
+def check_readable(option: str, source: str | None, want: str = "file") -> None:
+    """A local input exists and can be read; URLs are left to the download (retries, mirrors)."""
+    if not source or _is_url(source):
+        return
+    path = _local(source)
+    if want == "file" and not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise ValueError(f"--{option} {source}: {what}; give the path of a file (or an http(s) URL)")
+    if want == "dir" and not path.is_dir():
+        raise ValueError(f"--{option} {source}: no such directory")
+    if want == "any" and not path.exists():
+        raise ValueError(f"--{option} {source}: no such file or directory")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"--{option} {source}: not readable (check its permissions)")
+
+
+def check_device(device: str | None) -> None:
+    """cpu, cuda, cuda:N or mps, and a CUDA device only where one exists."""
+    if device is None:
+        return
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()) or (index and kind != "cuda"):
+        raise ValueError(f"--device {device}: use cpu, cuda, cuda:N or mps (or leave it out: cuda when present)")
+    if kind == "cuda":
+        count = _cuda_devices()
+        if int(index or 0) >= count:
+            raise ValueError(f"--device {device}: this machine has {count} CUDA device(s); use --device cpu or leave it out")
+
+
+def _cuda_devices() -> int:
+    """How many CUDA devices torch sees; without an NVIDIA driver it is 0, known without importing torch."""
+    if not (Path("/proc/driver/nvidia").exists() or any(Path("/dev").glob("nvidia[0-9]*"))):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_encoders(cfg: PipelineConfig) -> None:
+    from features.base import parse_spec
+
+    for option, spec, modality in (("text-encoder", cfg.text_encoder, "text"), ("image-encoder", cfg.image_encoder, "image")):
+        if modality == "image" and spec == NO_IMAGES:
+            continue
+        try:
+            parsed = parse_spec(spec)
+        except ValueError as exc:
+            raise ValueError(f"--{option}: {exc}") from None
+        if parsed.modality != modality:
+            raise ValueError(f"--{option} {spec}: that is a{'n' if parsed.modality == 'image' else ''} "
+                             f"{parsed.modality} encoder; give a{'n' if modality == 'image' else ''} {modality} encoder")
+
+
+def check_text_file(option: str, source: str | None) -> None:
+    """The first 64 KiB of a local input are text (JSON lines, CSV), gzip of text, or Parquet.
+
+    Catches the wrong file passed by mistake in a second, instead of a parse failure after the
+    Prefect server has started; records that are bad further in are the parser's to count.
+    """
+    if not source or _is_url(source):
+        return
+    path = _local(source)
+    with path.open("rb") as fh:
+        head = fh.read(1 << 16)
+    if head[:4] == b"PAR1":
+        return
+    if head[:2] == b"\x1f\x8b":
+        try:
+            head = zlib.decompressobj(wbits=31).decompress(head, 1 << 16)
+        except zlib.error as exc:
+            raise ValueError(f"--{option} {source}: gzip header but the data does not decompress ({exc}); "
+                             "download the file again") from None
+    if b"\x00" in head[:4096]:
+        raise ValueError(f"--{option} {source}: binary data, not JSON lines, CSV/TSV (plain or gzip) or Parquet; "
+                         "check that this is the file you meant")
+
+
+def check_ingest(cfg: PipelineConfig) -> None:
+    for option, source in (("meta", cfg.meta), ("reviews", cfg.reviews)):
+        check_readable(option, source)
+        check_text_file(option, source)
+    if cfg.release == "mmrec":
+        check_readable("source", cfg.source, "dir")
+        if not any(Path(cfg.source).glob("*.inter")):  # type: ignore[arg-type]
+            raise ValueError(f"--source {cfg.source}: no <name>.inter file in it (MMRec format)")
+    if cfg.release in ("2014", "2018", "2023"):
+        from pipelines import catalog
+
+        if cfg.category:
+            catalog.canonical_category(cfg.release, cfg.category)  # ValueError naming the known ones
+        elif not (cfg.meta and cfg.reviews):
+            raise ValueError(
+                f"--release {cfg.release} needs --category (e.g. {', '.join(catalog.categories(cfg.release)[:3])}, …) "
+                "or both --meta and --reviews"
+            )
+
+
+def check_dataset_exists(cfg: PipelineConfig) -> None:
+    p = cfg.paths
+    if not p.items.exists():
+        raise ValueError(
+            f"dataset {cfg.dataset!r} has no items.parquet under {p.root.parent.resolve()}; create it first: "
+            f"anchorrec ingest --dataset {cfg.dataset} (or anchorrec pipeline --dataset {cfg.dataset})"
+        )
+
+
+def preflight(cfg: PipelineConfig, command: str) -> None:
+    """Every check that can fail before work starts, in the order a user would fix them."""
+    from store.layout import check_name
+
+    check_name("dataset", cfg.dataset)
+    groups = FLOW_GROUPS.get(command, FLOW_GROUPS["pipeline"])
+    if "ingest" in groups:
+        check_ingest(cfg)
+    else:
+        check_dataset_exists(cfg)
+    if "features" in groups:
+        check_readable("images", cfg.images, "any")
+        check_encoders(cfg)
+        check_device(cfg.device)
+
+
+# --------------------------------------------------------------------------- results
+def show(table: Any, rows: int = DEFAULT_MAX_ROWS) -> str:
+    """An Arrow table as DuckDB's box table, every shown row rendered, and the total when cut."""
+    import duckdb
+
+    if not table.num_rows:
+        return "(no rows)"
+    text = _render(duckdb.from_arrow(table.slice(0, rows)), rows)
+    if table.num_rows > rows:
+        text += f"\n{table.num_rows} rows in all, first {rows} shown: use --max-rows {table.num_rows} or --output FILE.csv"
+    return text
+
+
+def _render(rel: Any, rows: int) -> str:
+    import io
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        rel.show(max_rows=rows + 1, max_width=shutil.get_terminal_size((160, 40)).columns)
+    return buf.getvalue().rstrip("\n")
+
+
+def _metrics_line(metrics: dict, split: str) -> str:
+    vals = metrics.get(split) or {}
+    shown = {k: round(v, 4) for k, v in vals.items() if k.endswith(("@10", "@20")) and not k.startswith("map")}
+    return f"  {split}: {shown}"
+
+
+def print_result(name: str, cfg: PipelineConfig, result: dict) -> None:
+    """What each command leaves on the screen after its stage lines."""
+    p = cfg.paths
+    if name in ("ingest", "features", "pretrain"):
+        keep = result.get("features", result) if name == "pretrain" else result
+        brief = {k: v for k, v in keep.items() if isinstance(v, (str, int, float)) or k == "features"}
+        typer.echo(json.dumps(brief, default=str)[:800])
+        return
+    run_id = result["run_id"]
+    metrics = json.loads(p.metrics(run_id).read_text())
+    typer.echo(f"\nrun {run_id} on {cfg.dataset} ({metrics.get('model', cfg.model)})")
+    for split in ("valid", "test"):
+        typer.echo(_metrics_line(metrics, split))
+    if name == "pipeline":
+        from flows import SAMPLE_QUERY
+        from store.sql import run_query
+
+        query = SAMPLE_QUERY.format(user=0, k=5)
+        typer.echo(f"\n{query}")
+        typer.echo(show(run_query(p, query, run_id=run_id)))
+    if name in ("publish", "pipeline"):
+        typer.echo(f"published {run_id}: anchorrec recommend --dataset {cfg.dataset} --user 0")
+
+
+# --------------------------------------------------------------------------- store commands
+HomeOption = typer.Option(None, "--home", help="root of all datasets (default $ANCHORREC_HOME or ./data)")
+DatasetOption = typer.Option("demo", "--dataset", help="dataset name")
+RunOption = typer.Option(None, "--run-id", help="published run to query (default: the newest published run)")
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="SQL over items, users, interactions, feature_<name>, user/item vectors"),
+    dataset: str = DatasetOption,
+    home: Optional[str] = HomeOption,
+    run_id: Optional[str] = RunOption,
+    output: Optional[Path] = typer.Option(None, "--output", help="write the whole result to a .parquet or .csv file"),
+    max_rows: int = typer.Option(DEFAULT_MAX_ROWS, "--max-rows", min=1, help="rows to print (the total is always said)"),
+    write: bool = typer.Option(False, "--write", help="allow statements that modify the store"),
+) -> None:
+    """Run a SQL query against a dataset's store (read-only by default)."""
+    from store.sql import run_query
+
+    fmt = "table" if output is None else output.suffix.lstrip(".")
+    table = run_query(dataset_paths(dataset, home), query, run_id=run_id, output=output, fmt=fmt, read_only=not write)
+    typer.echo(show(table, max_rows) if output is None else f"wrote {table.num_rows} rows to {output}")
+
+
+def _answered_by(paths: Any, table: Any) -> str:
+    """The line that says which published run answered (a LightGCN run serves as quietly as any)."""
+    from store.inventory import run_summary
+    from store.sql import answered_by
+
+    run_id = answered_by(table)
+    if not run_id:
+        return "answered by: unknown run"
+    s = run_summary(paths, run_id)
+    return (f"answered by run {run_id} (model {s.get('model')}, seed {s.get('seed')}, "
+            f"test recall@20 {s.get('test_recall@20')}; --run-id picks another, anchorrec runs lists them)")
+
+
+@app.command()
+def recommend(
+    user: int = typer.Option(..., "--user", help="user_id (see: anchorrec sql \"SELECT * FROM users\")"),
+    k: int = typer.Option(10, "-k", min=1, help="how many items"),
+    dataset: str = DatasetOption,
+    home: Optional[str] = HomeOption,
+    run_id: Optional[str] = RunOption,
+) -> None:
+    """Top-k items for a user (training items excluded), with titles, from a published run."""
+    from store.sql import recommend_for
+
+    paths = dataset_paths(dataset, home)
+    table = recommend_for(paths, user, k, run_id=run_id)
+    typer.echo(_answered_by(paths, table))
+    typer.echo(show(table))
+
+
+@app.command()
+def similar(
+    item: Optional[int] = typer.Option(None, "--item", help="item_id (0..n-1)"),
+    asin: Optional[str] = typer.Option(None, "--asin", help="the item's ASIN (numeric ASINs are ASINs here)"),
+    k: int = typer.Option(10, "-k", min=1, help="how many items"),
+    dataset: str = DatasetOption,
+    home: Optional[str] = HomeOption,
+    run_id: Optional[str] = RunOption,
+) -> None:
+    """Items nearest to an item in the published run's item space."""
+    from store.sql import similar_to
+
+    if (item is None) == (asin is None):
+        raise ValueError("give exactly one of --item ITEM_ID or --asin ASIN")
+    paths = dataset_paths(dataset, home)
+    table = similar_to(paths, item_id=item, asin=asin, k=k, run_id=run_id)
+    typer.echo(_answered_by(paths, table))
+    typer.echo(show(table))
+
+
+def _print_rows(rows: list[dict], schema: Any, empty: str) -> None:
+    """A listing as a table (typed by `schema`, so all-null columns still print), or what to do."""
+    import pyarrow as pa
+
+    typer.echo(show(pa.Table.from_pylist(rows, schema=schema), len(rows)) if rows else empty)
+
+
+@app.command("ls")
+def list_datasets(home: Optional[str] = HomeOption) -> None:
+    """The datasets under the home directory, with their sizes, features and runs."""
+    from store.inventory import DATASETS_SCHEMA, list_datasets as datasets
+    from store.layout import anchorrec_home
+
+    empty = f"no datasets under {home or anchorrec_home()}; create one: anchorrec pipeline --dataset demo"
+    _print_rows(datasets(home), DATASETS_SCHEMA, empty)
+
+
+@app.command()
+def runs(dataset: str = DatasetOption, home: Optional[str] = HomeOption) -> None:
+    """A dataset's training runs: model, seed, status, validation / test Recall@20, published or not."""
+    from store.inventory import RUNS_SCHEMA, list_runs
+
+    check_dataset_exists(PipelineConfig(dataset=dataset, home=home))
+    empty = f"{dataset}: no runs yet; train one: anchorrec train --dataset {dataset}"
+    _print_rows(list_runs(dataset_paths(dataset, home)), RUNS_SCHEMA, empty)
+
+
+@app.command()
+def report(
+    runs: Optional[list[str]] = typer.Argument(None, help="run ids (default: every trained recommender run)"),
+    dataset: str = DatasetOption,
+    home: Optional[str] = HomeOption,
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="model to test the others against (default lightgcn)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="report.md path (default <dataset>/reports/report-<time>/)"),
+) -> None:
+    """Compare runs (models × seeds): accuracy ± std, significance, collapse diagnostics, pictures."""
+    from models.report import compare_runs
+
+    paths = dataset_paths(dataset, home)
+    run_ids = runs or [r for r in paths.run_ids() if paths.metrics(r).exists() and not r.startswith("ica-")]
+    if not run_ids:
+        raise ValueError(f"{paths.runs_dir}: no trained runs to compare; train one: anchorrec train --dataset {dataset}")
+    out = out or paths.root / "reports" / f"report-{time.strftime('%Y%m%d-%H%M%S')}" / "report.md"
+    typer.echo(f"wrote {compare_runs(paths, run_ids, baseline=baseline, out=out)}")
+
+
+# --------------------------------------------------------------------------- scheduling
+def check_prefect_api() -> str:
+    """serve registers a deployment and polls a server for its runs: without one it would poll forever."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    start = "start one with `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api"
+    if not url:
+        raise ValueError(f"serve needs a Prefect server and PREFECT_API_URL is not set: {start}")
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ValueError(f"no Prefect API answers at PREFECT_API_URL={url} ({type(exc).__name__}): {start}") from None
+    return url
+
+
+def _serve_command(cron: str, name: str, **params: Any) -> None:
+    """Serve `pipeline` as a cron-scheduled deployment on the Prefect server at PREFECT_API_URL.
+
+    Every other option becomes a default parameter of the scheduled runs.
+    """
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron)
+    except ValueError:
+        raise ValueError(f"--cron {cron!r} is not a cron expression, e.g. '0 3 * * *' (03:00 every day)") from None
+    cfg = PipelineConfig(**params)
+    preflight(cfg, "pipeline")
+    import flows  # sets Prefect's defaults (telemetry off, …) before Prefect reads its settings
+
+    url = check_prefect_api()
+    typer.echo(f"serving pipeline/{name} ({cron}) on {url}; Ctrl-C stops")
+    flows.with_runner(flows.pipeline, cfg).serve(name=name, cron=cron, parameters=asdict(cfg))
+
+
+_serve_command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter("cron", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                          default=typer.Option("0 3 * * *", "--cron", help="when to run, as a cron expression")),
+        inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                          default=typer.Option("nightly", "--name", help="deployment name (pipeline/<name>)")),
+        *config_parameters(FLOW_GROUPS["pipeline"]),
+    ]
+)
+app.command("serve")(_serve_command)
+
+
+# --------------------------------------------------------------------------- entry point
+def _error(message: str) -> None:
+    typer.secho(f"error: {' '.join(str(message).split())}", fg=typer.colors.RED, err=True)
+
+
+def _stop(signum: int, _frame: Any) -> None:
+    """End at once: the store is written atomically and checkpoints are per epoch, so nothing of
+    value is lost, and waiting for Prefect to report states to a server that the same Ctrl-C
+    stopped takes minutes of connection errors."""
+    sys.stderr.write(f"\nstopped ({signal.Signals(signum).name}): finished stages and checkpoints are kept; "
+                     "run the same command again to resume\n")
+    sys.stderr.flush()
+    try:
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            child.terminate()
+    except Exception:  # noqa: BLE001 - stopping must not fail
+        pass
+    os._exit(130 if signum == signal.SIGINT else 143)
+
+
+def _quiet_logging() -> None:
+    """One line per stage on stderr; Prefect's own tracebacks off (the error is reported once, here)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ours = logging.getLogger("anchorrec")
+    ours.handlers[:] = [handler]
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    for name in ("prefect.task_runs", "prefect.flow_runs", "prefect.task_engine", "prefect.flow_engine"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    for name in ("urllib3", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors are one red line and exit 2; bugs keep their traceback."""
+    from store.errors import StoreError
+
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    from typer.exceptions import Abort, Exit
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    _quiet_logging()
+    if not sys.stderr.isatty():  # a log file gets each bar's start and end, not every redraw
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
+    try:
+        app(args=argv, standalone_mode=False)
+    except Exit as exc:
+        sys.exit(exc.exit_code)
+    except Abort:
+        sys.exit(130)
+    except NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else "usage: anchorrec COMMAND --help")
+        sys.exit(EXIT_USER_ERROR)
+    except ClickException as exc:  # bad or unknown option, bad value: click's own message
+        _error(f"{exc.format_message()} (see: anchorrec {sys.argv[1] if len(sys.argv) > 1 else ''} --help)")
+        sys.exit(EXIT_USER_ERROR)
+    except (StoreError, ValueError, FileNotFoundError, PermissionError) as exc:
+        _error(str(exc))
+        sys.exit(EXIT_USER_ERROR)
+    except Exception:  # noqa: BLE001 - a bug: keep the traceback for the report
+        traceback.print_exc()
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
