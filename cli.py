@@ -292,8 +292,10 @@ def _answered_by(paths: Any, table: Any) -> str:
     if not run_id:
         return "answered by: unknown run"
     s = run_summary(paths, run_id)
+    recall = s.get("test_recall@20")
+    recall = "?" if recall is None else f"{recall:.4f}"
     return (f"answered by run {run_id} (model {s.get('model')}, seed {s.get('seed')}, "
-            f"test recall@20 {s.get('test_recall@20')}; --run-id picks another, anchorrec runs lists them)")
+            f"test recall@20 {recall}; --run-id picks another, anchorrec runs lists them)")
 
 
 @app.command()

@@ -26,15 +26,17 @@ GIFT = REPO.parent / "shared" / "data" / "amazon2018-giftcards"
 
 def anchorrec(env: dict, *args: str) -> tuple[float, subprocess.CompletedProcess]:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True)
     seconds = time.perf_counter() - t0
+    # decoded without newline translation: text mode would turn a progress bar's \r redraws into lines
+    proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
     if proc.returncode != 0:
         raise SystemExit(f"anchorrec {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return seconds, proc
 
 
 def stage_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.split(":")[0] in
+    return [line.split("\r")[-1] for line in stderr.split("\n") if line.split("\r")[-1].split(":")[0] in
             ("ingest", "images", "features text", "features image", "pretrain", "train", "publish", "modalities")]
 
 

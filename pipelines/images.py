@@ -178,7 +178,7 @@ def fetch_images(
     )
     target = paths.image_audit if shard is None else _shard_audit(paths, *shard)
     write_table(table, target, schemas.IMAGE_AUDIT_FULL)
-    return _summarize(table, target, announce=progress)
+    return _summarize(table, target)
 
 
 def merge_audits(paths: DatasetPaths, shards: int) -> dict:
@@ -194,7 +194,7 @@ def merge_audits(paths: DatasetPaths, shards: int) -> dict:
     write_table(table, paths.image_audit, schemas.IMAGE_AUDIT_FULL)
     for p in parts:
         p.unlink()
-    return _summarize(table, paths.image_audit, announce=True)
+    return _summarize(table, paths.image_audit)
 
 
 def read_audit(paths: DatasetPaths) -> pa.Table:
@@ -242,7 +242,7 @@ def _read_full(path: Path) -> pa.Table:
     return conform(raw, schemas.IMAGE_AUDIT_FULL, source=path)
 
 
-def _summarize(table: pa.Table, target: Path, *, announce: bool) -> dict:
+def _summarize(table: pa.Table, target: Path) -> dict:
     summary: dict = {s: 0 for s in schemas.IMAGE_STATUSES}
     for status in table.column("status").to_pylist():
         summary[status] += 1
@@ -251,9 +251,7 @@ def _summarize(table: pa.Table, target: Path, *, announce: bool) -> dict:
     summary["reasons"] = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
     summary["sources"] = dict(sorted(Counter(s for s in table.column("source").to_pylist() if s).items()))
     summary["line"] = summary_line(table)
-    log.log(logging.DEBUG if announce else logging.INFO, "%s (audit: %s)", summary["line"], target)
-    if announce:
-        print(summary["line"])
+    log.info("%s (audit: %s)", summary["line"], target)  # the flows print it as the stage's line
     return summary
 
 

@@ -33,9 +33,16 @@ def anchorrec(*args: str) -> list[str]:
     return [sys.executable, "-m", "cli", *args]
 
 
+def run_bytes(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """Output decoded without newline translation: text mode would turn a bar's \r redraws into lines."""
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, timeout=600)
+    proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
+    return proc
+
+
 @pytest.fixture(scope="module")
 def first(env) -> subprocess.CompletedProcess:
-    return subprocess.run(anchorrec("pipeline", *SMALL), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return run_bytes(anchorrec("pipeline", *SMALL), env)
 
 
 def test_pipeline_output_is_short_and_has_no_error_lines(first):
@@ -44,7 +51,8 @@ def test_pipeline_output_is_short_and_has_no_error_lines(first):
     lines = text.split("\n")  # what a terminal shows: a progress bar redraws its line with \r
     assert len(lines) < 60, text
     assert not [line for line in lines if "ERROR" in line or "Traceback" in line or "Retrying" in line]
-    stages = [line.split(":")[0] for line in first.stderr.splitlines() if ":" in line and not line.startswith(" ")]
+    shown = [line.split("\r")[-1] for line in first.stderr.split("\n")]  # a bar's last redraw, then the line
+    stages = [line.split(":")[0] for line in shown if ":" in line and not line.startswith(" ")]
     for stage in ("ingest", "images", "features text", "features image", "pretrain", "train", "publish"):
         assert stage in stages, first.stderr
     assert "answered" not in text and "published anchorrec-" in text
@@ -70,7 +78,7 @@ def test_ctrl_c_stops_within_seconds_and_the_rerun_resumes(first, env):
     assert "stopped (SIGINT)" in err and "ConnectError" not in err and "Traceback" not in err
     assert err.count("\n") < 20
 
-    again = subprocess.run(anchorrec(*args), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    again = run_bytes(anchorrec(*args), env)
     assert again.returncode == 0, again.stderr[-3000:]
     (run,) = [d for d in p.runs_dir.glob("anchorrec-*") if d not in before]
     metrics = json.loads((run / "metrics.json").read_text())
