@@ -243,6 +243,11 @@ def print_result(name: str, cfg: PipelineConfig, result: dict) -> None:
         brief = {k: v for k, v in keep.items() if isinstance(v, (str, int, float)) or k == "features"}
         typer.echo(json.dumps(brief, default=str)[:800])
         return
+    if name == "tune":
+        typer.echo(f"\nbest of {result['model']} on {cfg.dataset}: valid recall@20 {result['best_value']:.4f}, "
+                   f"run {result['best_run_id']}, params {json.dumps(result['best_params'])}")
+        typer.echo(f"study: {p.root / 'tuning' / cfg.model}/best.json; the trials' runs: anchorrec runs --dataset {cfg.dataset}")
+        return
     run_id = result["run_id"]
     metrics = json.loads(p.metrics(run_id).read_text())
     typer.echo(f"\nrun {run_id} on {cfg.dataset} ({metrics.get('model', cfg.model)})")

@@ -259,6 +259,17 @@ def train_task(cfg: PipelineConfig, features: dict[str, str], run_id: str) -> di
     return train(cfg.paths, tc)
 
 
+@task(name="tune", persist_result=True)
+@_timed
+def tune_task(cfg: PipelineConfig, features: dict[str, str]) -> dict:
+    from models.train import TrainConfig
+    from models.tune import tune
+
+    base = TrainConfig(model=cfg.model, features=features, epochs=cfg.epochs, patience=cfg.patience, seed=cfg.seed,
+                       device=cfg.device)
+    return tune(cfg.paths, base, cfg.trials, pruner=cfg.pruner, seed=cfg.seed, n_jobs=cfg.jobs)
+
+
 @task(name="publish", persist_result=True)
 @_timed
 def publish_task(cfg: PipelineConfig, run_id: str) -> dict:
@@ -348,6 +359,16 @@ def stage_train(cfg: PipelineConfig, features: dict[str, str]) -> dict:
     return out
 
 
+def stage_tune(cfg: PipelineConfig, features: dict[str, str]) -> dict:
+    """The key holds `trials`: asking for more continues the stored study (models.tune resumes it)."""
+    p = cfg.paths
+    conf = {k: getattr(cfg, k) for k in ("model", "epochs", "patience", "seed", "trials", "pruner")}
+    conf["features"] = features
+    inputs = [p.items, p.interactions] + [p.feature(n) for n in sorted(set(features.values()))]
+    key = stage_key("tune", conf, inputs, ("models", "store"))
+    return run_stage("tune", tune_task, key, [p.root / "tuning" / cfg.model / "best.json"], cfg, features)
+
+
 def stage_publish(cfg: PipelineConfig, run_id: str) -> dict:
     p = cfg.paths
     key = stage_key("publish", {"run": run_id}, [p.item_vectors(run_id)], ("store",))
@@ -383,6 +404,11 @@ def _pretrain_body(cfg: PipelineConfig) -> dict:
 def _train_body(cfg: PipelineConfig) -> dict:
     inputs = _pretrain_body(cfg)
     return {**stage_train(cfg, inputs["features"]), "inputs": inputs}
+
+
+def _tune_body(cfg: PipelineConfig) -> dict:
+    inputs = _pretrain_body(cfg)
+    return {**stage_tune(cfg, inputs["features"]), "inputs": inputs}
 
 
 def _publish_body(cfg: PipelineConfig) -> dict:
@@ -467,6 +493,7 @@ pretrain_flow = _make_flow("pretrain", _pretrain_body, FLOW_DOCS["pretrain"])
 train_flow = _make_flow("train", _train_body, FLOW_DOCS["train"])
 publish_flow = _make_flow("publish", _publish_body, FLOW_DOCS["publish"])
 pipeline = _make_flow("pipeline", _pipeline_body, FLOW_DOCS["pipeline"])
+tune_flow = _make_flow("tune", _tune_body, FLOW_DOCS["tune"])
 
 FLOWS = {
     "ingest": ingest_flow,
@@ -475,6 +502,7 @@ FLOWS = {
     "train": train_flow,
     "publish": publish_flow,
     "pipeline": pipeline,
+    "tune": tune_flow,
 }
 def with_runner(the_flow: Any, cfg: PipelineConfig) -> Any:
     """The flow on the task runner `cfg.task_runner` names: threads here, or a Dask cluster.

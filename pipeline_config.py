@@ -11,9 +11,9 @@ from typing import Any, Optional
 from store import DatasetPaths, dataset_paths
 
 RELEASES = ("demo", "2014", "2018", "2023", "mmrec", "csv")
-MODELS = ("anchorrec", "alignrec", "lightgcn")  # models.registry.MODELS (checked in tests)
-CONTENT_MODELS = ("anchorrec", "alignrec")
+MODELS = ("anchorrec", "alignrec", "lightgcn", "vbpr", "freedom")  # models.registry.MODELS (checked in tests)
 TASK_RUNNERS = ("thread", "dask")
+PRUNERS = ("median", "halving", "none")  # models.tune.PRUNERS (checked in tests)
 NO_IMAGES = "none"
 META_RELEASES = ("auto", "2014", "2018", "2023", "table")
 
@@ -59,7 +59,11 @@ class PipelineConfig:
     model: str = _opt("anchorrec", "recommender to train", "train", MODELS)
     epochs: int = _opt(60, "most training epochs", "train")
     patience: int = _opt(10, "stop after this many epochs without a better validation Recall@20", "train")
-    lr: float = _opt(1e-3, "learning rate", "train")
+    lr: float = _opt(1e-3, "learning rate (tune searches its own lr grid)", "train")
+    trials: int = _opt(10, "trials of the study in all (a rerun runs only the missing ones)", "tune")
+    jobs: int = _opt(1, "trials run at once, in threads of one torch thread each", "tune")
+    pruner: str = _opt("median", "stop trials early on validation Recall@20: median, successive halving or none", "tune",
+                       PRUNERS)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -70,7 +74,8 @@ class PipelineConfig:
             raise ValueError("--release mmrec needs --source DIR: the directory holding <name>.inter")
         if self.release == "csv" and not self.reviews:
             raise ValueError("--release csv needs --reviews FILE: a CSV, TSV or Parquet of user,item interactions")
-        for name in ("kcore", "image_workers", "shards", "batch_size", "epochs", "patience", "demo_items", "demo_users"):
+        for name in ("kcore", "image_workers", "shards", "batch_size", "epochs", "patience", "demo_items", "demo_users",
+                     "trials", "jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be ≥ 1, got {getattr(self, name)}")
         if self.pretrain_epochs < 0:
@@ -105,6 +110,7 @@ FLOW_GROUPS = {
     "train": ("common", "features", "pretrain", "train"),
     "publish": ("common", "features", "pretrain", "train"),
     "pipeline": ("common", "ingest", "features", "pretrain", "train"),
+    "tune": ("common", "features", "pretrain", "train", "tune"),
 }
 FLOW_DOCS = {
     "ingest": "Download, parse, filter and split a dataset.",
@@ -113,4 +119,5 @@ FLOW_DOCS = {
     "train": "Extract features, pretrain and train the recommender (finished stages are cached).",
     "publish": "Train (cached when done) and publish the run's item vectors to a FAISS index.",
     "pipeline": "The whole pipeline: ingest → features → pretrain → train → publish.",
+    "tune": "Search a model's hyperparameters on validation Recall@20 (Optuna); the study resumes where it stopped.",
 }

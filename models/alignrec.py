@@ -64,6 +64,16 @@ class AlignRecConfig:
             raise ValueError(f"user_lift must be 'sym' or 'mean', got {self.user_lift!r}")
 
 
+# `anchorrec tune`'s grid (models/tune.py): the authors' grids for the two alignment weights
+# (cca_weight 1e-4 … 0.1, sim_weight 0.1 … 0.5) and MMRec's reg_weight grid; lr on the grid every
+# model shares. lr comes from models.tune.LR_GRID (shared); every name here is an AlignRecConfig field.
+SEARCH_SPACE: dict[str, tuple] = {
+    "cca_weight": (1e-4, 1e-3, 1e-2, 1e-1),
+    "sim_weight": (0.1, 0.2, 0.3, 0.4, 0.5),
+    "reg_weight": (1e-2, 1e-3, 1e-4, 1e-5, 1e-6),
+}
+
+
 class AlignRec(nn.Module):
     def __init__(self, graph: GraphData, cfg: AlignRecConfig) -> None:
         super().__init__()

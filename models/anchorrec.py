@@ -237,6 +237,18 @@ class AnchorRecConfig:
             raise ValueError(f"user_lift must be 'sym' or 'mean', got {self.user_lift!r}")
 
 
+# `anchorrec tune`'s grid (models/tune.py), the authors' (METHOD.md): lr {5e-3 … 1e-4},
+# aal/amp {0, 1e-4 … 1}, tau {0.05 … 1}, n_layers {1, 2, 3}; plus the L2 strength, which the
+# report found 10× AlignRec's. lr comes from models.tune.LR_GRID (shared); every name here is an AnchorRecConfig field.
+SEARCH_SPACE: dict[str, tuple] = {
+    "aal_loss": (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+    "amp_loss": (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+    "tau": (0.05, 0.1, 0.2, 0.5, 1.0),
+    "n_layers": (1, 2, 3),
+    "lambda_weight": (1e-2, 1e-3, 1e-4),
+}
+
+
 # ----------------------------------------------------------------------------- model
 
 

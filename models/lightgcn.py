@@ -41,6 +41,15 @@ class LightGCNConfig:
             raise ValueError(f"reg_weight must be ≥ 0, got {self.reg_weight}")
 
 
+# `anchorrec tune`'s grid (models/tune.py): MMRec's LightGCN.yaml searches n_layers {1..4} and
+# reg_weight {1e-2 … 1e-6}; lr is searched for every model on one grid (an equal budget).
+# lr comes from models.tune.LR_GRID (shared); every name here is a LightGCNConfig field.
+SEARCH_SPACE: dict[str, tuple] = {
+    "n_layers": (1, 2, 3, 4),
+    "reg_weight": (1e-2, 1e-3, 1e-4, 1e-5, 1e-6),
+}
+
+
 def bipartite_blocks(graph: GraphData) -> tuple[FixedSparse, FixedSparse]:
     """(R, Rᵀ): the user–item and item–user blocks of the normalized graph Â = [[0, R], [Rᵀ, 0]]."""
     n_u, n_i = graph.n_users, graph.n_items

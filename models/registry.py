@@ -16,6 +16,8 @@ MODELS: dict[str, tuple[str, str, str]] = {
     "lightgcn": ("models.lightgcn", "LightGCN", "LightGCNConfig"),
     "alignrec": ("models.alignrec", "AlignRec", "AlignRecConfig"),
     "anchorrec": ("models.anchorrec", "AnchorRec", "AnchorRecConfig"),
+    "vbpr": ("models.vbpr", "VBPR", "VBPRConfig"),
+    "freedom": ("models.freedom", "FREEDOM", "FREEDOMConfig"),
 }
 
 
