@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import time
+import tomllib
 import traceback
 import typing
 import zlib
@@ -265,6 +266,17 @@ def print_result(name: str, cfg: PipelineConfig, result: dict) -> None:
 
 
 # --------------------------------------------------------------------------- store commands
+def require_dataset_dir(dataset: str, home: str | None) -> Any:
+    """The dataset's paths, or one line listing the datasets there (before DuckDB or FAISS load)."""
+    paths = dataset_paths(dataset, home)
+    if not paths.root.is_dir():
+        root = paths.root.parent
+        there = sorted(d.name for d in root.iterdir() if (d / "items.parquet").exists()) if root.is_dir() else []
+        raise ValueError(f"dataset {dataset!r} not found under {root.resolve()} (datasets: {', '.join(there) or 'none'}); "
+                         f"create it: anchorrec pipeline --dataset {dataset}")
+    return paths
+
+
 HomeOption = typer.Option(None, "--home", help="root of all datasets (default $ANCHORREC_HOME or ./data)")
 DatasetOption = typer.Option("demo", "--dataset", help="dataset name")
 RunOption = typer.Option(None, "--run-id", help="published run to query (default: the newest published run)")
@@ -281,10 +293,11 @@ def sql(
     write: bool = typer.Option(False, "--write", help="allow statements that modify the store"),
 ) -> None:
     """Run a SQL query against a dataset's store (read-only by default)."""
+    paths = require_dataset_dir(dataset, home)
     from store.sql import run_query
 
     fmt = "table" if output is None else output.suffix.lstrip(".")
-    table = run_query(dataset_paths(dataset, home), query, run_id=run_id, output=output, fmt=fmt, read_only=not write)
+    table = run_query(paths, query, run_id=run_id, output=output, fmt=fmt, read_only=not write)
     typer.echo(show(table, max_rows) if output is None else f"wrote {table.num_rows} rows to {output}")
 
 
@@ -312,9 +325,9 @@ def recommend(
     run_id: Optional[str] = RunOption,
 ) -> None:
     """Top-k items for a user (training items excluded), with titles, from a published run."""
+    paths = require_dataset_dir(dataset, home)
     from store.sql import recommend_for
 
-    paths = dataset_paths(dataset, home)
     table = recommend_for(paths, user, k, run_id=run_id)
     typer.echo(_answered_by(paths, table))
     typer.echo(show(table))
@@ -330,11 +343,11 @@ def similar(
     run_id: Optional[str] = RunOption,
 ) -> None:
     """Items nearest to an item in the published run's item space."""
-    from store.sql import similar_to
-
     if (item is None) == (asin is None):
         raise ValueError("give exactly one of --item ITEM_ID or --asin ASIN")
-    paths = dataset_paths(dataset, home)
+    paths = require_dataset_dir(dataset, home)
+    from store.sql import similar_to
+
     table = similar_to(paths, item_id=item, asin=asin, k=k, run_id=run_id)
     typer.echo(_answered_by(paths, table))
     typer.echo(show(table))
@@ -387,12 +400,26 @@ def report(
 
 
 # --------------------------------------------------------------------------- scheduling
+def configured_api_url() -> str | None:
+    """PREFECT_API_URL from the environment or the active Prefect profile, read without importing
+    Prefect (2 s): a refusal must come in well under 3 s."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return url
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    if not profiles.is_file():
+        return None
+    data = tomllib.loads(profiles.read_text())
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active", "ephemeral")
+    return (data.get("profiles", {}).get(active) or {}).get("PREFECT_API_URL")
+
+
 def check_prefect_api() -> str:
     """serve registers a deployment and polls a server for its runs: without one it would poll forever."""
     import httpx
-    from prefect.settings import PREFECT_API_URL
 
-    url = PREFECT_API_URL.value()
+    url = configured_api_url()
     start = "start one with `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api"
     if not url:
         raise ValueError(f"serve needs a Prefect server and PREFECT_API_URL is not set: {start}")
@@ -403,22 +430,29 @@ def check_prefect_api() -> str:
     return url
 
 
+def check_cron(cron: str) -> None:
+    """Standard five-field cron, checked with cronsim (Prefect's own check needs Prefect imported)."""
+    from datetime import datetime
+
+    from cronsim import CronSim, CronSimError
+
+    try:
+        CronSim(cron, datetime.now())
+    except CronSimError as exc:
+        raise ValueError(f"--cron {cron!r} is not a cron expression ({exc}), e.g. '0 3 * * *' (03:00 every day)") from None
+
+
 def _serve_command(cron: str, name: str, **params: Any) -> None:
     """Serve `pipeline` as a cron-scheduled deployment on the Prefect server at PREFECT_API_URL.
 
     Every other option becomes a default parameter of the scheduled runs.
     """
-    from prefect.client.schemas.schedules import CronSchedule
-
-    try:
-        CronSchedule(cron=cron)
-    except ValueError:
-        raise ValueError(f"--cron {cron!r} is not a cron expression, e.g. '0 3 * * *' (03:00 every day)") from None
+    check_cron(cron)
     cfg = PipelineConfig(**params)
     preflight(cfg, "pipeline")
+    url = check_prefect_api()
     import flows  # sets Prefect's defaults (telemetry off, …) before Prefect reads its settings
 
-    url = check_prefect_api()
     typer.echo(f"serving pipeline/{name} ({cron}) on {url}; Ctrl-C stops")
     flows.with_runner(flows.pipeline, cfg).serve(name=name, cron=cron, parameters=asdict(cfg))
 

@@ -18,6 +18,9 @@ MODELS: dict[str, tuple[str, str, str]] = {
     "anchorrec": ("models.anchorrec", "AnchorRec", "AnchorRecConfig"),
     "vbpr": ("models.vbpr", "VBPR", "VBPRConfig"),
     "freedom": ("models.freedom", "FREEDOM", "FREEDOMConfig"),
+    "lattice": ("models.lattice", "LATTICE", "LATTICEConfig"),
+    "bm3": ("models.bm3", "BM3", "BM3Config"),
+    "lgmrec": ("models.lgmrec", "LGMRec", "LGMRecConfig"),
 }
 
 

@@ -1,0 +1,126 @@
+"""Reference values for the LGMRec parity tests, computed by MMRec's own class.
+
+Imports `LGMRec` from an MMRec checkout (github.com/enoche/MMRec, its `src/` folder), gives it
+the tiny fixed input of `tiny.py` (through mmrec_parity.py's dataset stub and feature files) and
+the initial weights of `lgmrec_weights`, runs one `calculate_loss` + backward and
+`full_sort_predict`, and prints per case the loss and fingerprints (tiny.fingerprint) of every
+parameter's gradient and of the score matrix, as JSON. tests/test_lgmrec.py holds these numbers.
+
+Randomness is made deterministic for both sides: keep_rate 1 (no dropout on the hyperedge
+assignments), and `torch.nn.functional.gumbel_softmax` is swapped for `FixedGumbel`, which adds
+the same fixed Gumbel noise for the k-th draw of a forward pass (v items, v users, t items,
+t users) — the tests swap in the same function for our model.
+
+    MMREC_SRC=/path/to/MMRec/src .venv/bin/python benchmarks/parity/lgmrec_parity.py
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tiny  # noqa: E402
+from mmrec_parity import TinyDataset, base_config, batch, load_weights, record, scipy_shim, write_features  # noqa: E402
+
+# our parameter name → MMRec's attribute path
+LGMREC_NAMES = {
+    "user_emb.weight": "user_embedding.weight",
+    "item_emb.weight": "item_id_embedding.weight",
+    "trs.t": "item_text_trs",
+    "hyper.t": "t_hyper",
+    "trs.v": "item_image_trs",
+    "hyper.v": "v_hyper",
+}
+
+# the cases: MMRec config values (keep_rate 1 in all: dropout off); "deep" has hyper_num ≥ d
+# (the plain contrastive form) and two hypergraph steps
+CASES: dict[str, dict[str, Any]] = {
+    "lgmrec": {"same": False, "n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 3, "alpha": 0.3},
+    "lgmrec_same": {"same": True, "n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 3, "alpha": 0.3},
+    "lgmrec_deep": {"same": False, "n_ui_layers": 1, "n_mm_layers": 1, "n_hyper_layer": 2, "hyper_num": 5, "alpha": 0.6},
+}
+CL_WEIGHT, REG_WEIGHT = 0.05, 0.1  # BPR, contrastive and norm terms of similar size
+
+
+def lgmrec_weights(same: bool, hyper_num: int) -> dict[str, np.ndarray]:
+    """Initial LGMRec weights, keyed by our parameter names (projections are D_m × d, no bias)."""
+    rng = np.random.default_rng(51)
+    v_dim = tiny.T_DIM if same else tiny.V_DIM
+    uniform = lambda shape: rng.uniform(-0.5, 0.5, shape).astype(np.float32)  # noqa: E731
+    return {
+        "user_emb.weight": uniform((tiny.N_USERS, tiny.DIM)),
+        "item_emb.weight": uniform((tiny.N_ITEMS, tiny.DIM)),
+        "trs.t": uniform((tiny.T_DIM, tiny.DIM)),
+        "hyper.t": uniform((tiny.T_DIM, hyper_num)),
+        "trs.v": uniform((v_dim, tiny.DIM)),
+        "hyper.v": uniform((v_dim, hyper_num)),
+    }
+
+
+class FixedGumbel:
+    """`F.gumbel_softmax` with fixed noise: the k-th call (mod 4) adds the Gumbel draw of seed 61 + k."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, logits: torch.Tensor, tau: float = 1.0, hard: bool = False, eps: float = 1e-10,
+                 dim: int = -1) -> torch.Tensor:
+        assert not hard, "LGMRec draws soft assignments"
+        noise = -np.log(np.random.default_rng(61 + self.calls % 4).exponential(size=tuple(logits.shape)))
+        self.calls += 1
+        return torch.softmax((logits + torch.as_tensor(noise, dtype=logits.dtype)) / tau, dim=dim)
+
+
+@contextlib.contextmanager
+def fixed_gumbel() -> Iterator[FixedGumbel]:
+    real, fake = torch.nn.functional.gumbel_softmax, FixedGumbel()
+    torch.nn.functional.gumbel_softmax = fake
+    try:
+        yield fake
+    finally:
+        torch.nn.functional.gumbel_softmax = real
+
+
+def run_lgmrec(lgmrec_cls: type, root: Path, name: str, case: dict[str, Any]) -> dict[str, Any]:
+    data_dir = root / name
+    write_features(data_dir, case["same"])
+    args = {k: v for k, v in case.items() if k != "same"}
+    cfg = base_config(data_dir, feat_embed_dim=tiny.DIM, cf_model="lightgcn", keep_rate=1.0,
+                      cl_weight=CL_WEIGHT, reg_weight=REG_WEIGHT, **args)
+    model = lgmrec_cls(cfg, TinyDataset())
+    load_weights(model, lgmrec_weights(case["same"], case["hyper_num"]), LGMREC_NAMES)
+    with fixed_gumbel():
+        loss = model.calculate_loss(batch())
+        loss.backward()
+        with torch.no_grad():
+            scores = model.full_sort_predict((torch.arange(tiny.N_USERS),))
+    return record(model, loss, scores, LGMREC_NAMES)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mmrec", default=os.environ.get("MMREC_SRC"), help="MMRec's src/ folder (or $MMREC_SRC)")
+    args = ap.parse_args()
+    if not args.mmrec or not (Path(args.mmrec) / "models" / "lgmrec.py").is_file():
+        sys.exit("give MMRec's src/ folder: --mmrec /path/to/MMRec/src (or MMREC_SRC=…)")
+    sys.path.insert(0, str(Path(args.mmrec).resolve()))
+    scipy_shim()
+    from models.lgmrec import LGMRec  # MMRec's, from the checkout  # noqa: E402
+
+    torch.set_default_dtype(torch.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = {name: run_lgmrec(LGMRec, Path(tmp), name, case) for name, case in CASES.items()}
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
