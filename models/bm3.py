@@ -57,9 +57,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.blocks import content_modalities, emb_norm_loss, id_embeddings, projections, trained_features
 from models.data import GraphData
 from models.lightgcn import bipartite_blocks, bipartite_lightgcn
-from models.vbpr import content_modalities, emb_norm_loss
 
 
 @dataclass
@@ -112,15 +112,12 @@ class BM3(nn.Module):
         self.n_users, self.n_items = graph.n_users, graph.n_items
         self.modalities = content_modalities(graph, "BM3")
         d = cfg.embedding_dim
-        self.user_emb = nn.Embedding(self.n_users, d)
-        self.item_emb = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_emb.weight)
-        nn.init.xavier_uniform_(self.item_emb.weight)
+        self.user_emb, self.item_emb = id_embeddings(self.n_users, self.n_items, d)
         self.predictor = nn.Linear(d, d)
         nn.init.xavier_normal_(self.predictor.weight)
         # the features are trained (MMRec: nn.Embedding.from_pretrained(freeze=False)); own copies
-        self.feat = nn.ParameterDict({m: nn.Parameter(graph.features[m].float().clone()) for m in self.modalities})
-        self.trs = nn.ModuleDict({m: nn.Linear(graph.features[m].shape[1], d) for m in self.modalities})
+        self.feat = trained_features(graph, self.modalities)
+        self.trs = projections(graph, self.modalities, d)
         for m in self.modalities:
             nn.init.xavier_normal_(self.trs[m].weight)
         self.r, self.rt = bipartite_blocks(graph)

@@ -57,10 +57,10 @@ import torch
 from torch import nn
 
 from models.anchorrec import bpr_loss
+from models.blocks import content_modalities, id_embeddings, projections, require_knn, trained_features
 from models.data import GraphData
 from models.lightgcn import bipartite_blocks, bipartite_lightgcn
 from models.sparse import FixedSparse
-from models.vbpr import content_modalities
 
 EPS = 1e-7  # MMRec's guard in the degrees of its graphs
 
@@ -133,17 +133,12 @@ class FREEDOM(nn.Module):
         self.cfg = cfg
         self.n_users, self.n_items = graph.n_users, graph.n_items
         self.modalities = content_modalities(graph, "FREEDOM")
-        missing = [m for m in self.modalities if m not in graph.knn_edges]
-        if missing:
-            raise ValueError(f"FREEDOM needs the kNN graph of {missing}; build the GraphData with features {missing}")
+        require_knn(graph, self.modalities, "FREEDOM")
         d = cfg.embedding_dim
-        self.user_emb = nn.Embedding(self.n_users, d)
-        self.item_emb = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_emb.weight)
-        nn.init.xavier_uniform_(self.item_emb.weight)
+        self.user_emb, self.item_emb = id_embeddings(self.n_users, self.n_items, d)
         # the features are trained (MMRec: nn.Embedding.from_pretrained(freeze=False)); own copies
-        self.feat = nn.ParameterDict({m: nn.Parameter(graph.features[m].float().clone()) for m in self.modalities})
-        self.trs = nn.ModuleDict({m: nn.Linear(graph.features[m].shape[1], cfg.feat_embed_dim) for m in self.modalities})
+        self.feat = trained_features(graph, self.modalities)
+        self.trs = projections(graph, self.modalities, cfg.feat_embed_dim)
         self.mm = FixedSparse(item_graph(graph, self.modalities, cfg.mm_image_weight))
         self.r, self.rt = bipartite_blocks(graph)  # the full graph: scoring, and dropout 0
         coo = graph.ui.coalesce().indices()

@@ -68,10 +68,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.anchorrec import bpr_loss, l2_loss
+from models.blocks import content_modalities, id_embeddings, projections, require_knn, trained_features
 from models.data import GraphData
 from models.graphs import knn_search
 from models.sparse import FixedSparse
-from models.vbpr import content_modalities
 
 Edges = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows, cols, values
 
@@ -148,17 +148,12 @@ class LATTICE(nn.Module):
         self.cfg = cfg
         self.n_users, self.n_items = graph.n_users, graph.n_items
         self.modalities = content_modalities(graph, "LATTICE")
-        missing = [m for m in self.modalities if m not in graph.knn_edges]
-        if missing:
-            raise ValueError(f"LATTICE needs the kNN graph of {missing}; build the GraphData with features {missing}")
+        require_knn(graph, self.modalities, "LATTICE")
         d = cfg.embedding_dim
-        self.user_emb = nn.Embedding(self.n_users, d)
-        self.item_emb = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_emb.weight)
-        nn.init.xavier_uniform_(self.item_emb.weight)
+        self.user_emb, self.item_emb = id_embeddings(self.n_users, self.n_items, d)
         # trained through the learned graph (MMRec: nn.Embedding.from_pretrained(freeze=False)); own copies
-        self.feat = nn.ParameterDict({m: nn.Parameter(graph.features[m].float().clone()) for m in self.modalities})
-        self.trs = nn.ModuleDict({m: nn.Linear(graph.features[m].shape[1], cfg.feat_embed_dim) for m in self.modalities})
+        self.feat = trained_features(graph, self.modalities)
+        self.trs = projections(graph, self.modalities, cfg.feat_embed_dim)
         if len(self.modalities) == 2:
             self.modal_weight = nn.Parameter(torch.tensor([0.5, 0.5]))  # [v, t], MMRec's order
         self.fixed = {m: graph.knn_edges[m] for m in self.modalities}

@@ -73,10 +73,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.anchorrec import bpr_loss, feature_groups
+from models.blocks import emb_norm_loss, id_embeddings
 from models.data import GraphData
 from models.lightgcn import bipartite_blocks
 from models.sparse import FixedSparse
-from models.vbpr import emb_norm_loss
 
 BLOCK_ELEMENTS = {True: 2**18, False: 2**24}  # logits per block of the contrastive loss: CPU (cache-sized), GPU
 LOG2E = math.log2(math.e)
@@ -203,10 +203,7 @@ class LGMRec(nn.Module):
         for name in self.tables:
             self.register_buffer(f"feat_{name}", graph.features[name].float(), persistent=False)
         d, k = cfg.embedding_dim, cfg.hyper_num
-        self.user_emb = nn.Embedding(self.n_users, d)
-        self.item_emb = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_emb.weight)
-        nn.init.xavier_uniform_(self.item_emb.weight)
+        self.user_emb, self.item_emb = id_embeddings(self.n_users, self.n_items, d)
         dims = {m: graph.features[m].shape[1] for m in MODALITIES}
         self.trs = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(dims[m], d))) for m in MODALITIES})
         self.hyper = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(dims[m], k))) for m in MODALITIES})

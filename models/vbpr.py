@@ -40,9 +40,9 @@ import torch
 from torch import nn
 
 from models.anchorrec import bpr_loss, feature_groups
+from models.blocks import content_modalities, emb_norm_loss
 from models.data import GraphData
 
-CONTENT = ("t", "v")  # in MMRec's concatenation order
 
 
 @dataclass
@@ -62,22 +62,6 @@ class VBPRConfig:
 SEARCH_SPACE: dict[str, tuple] = {
     "reg_weight": (2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5),
 }
-
-
-def content_modalities(graph: GraphData, model: str) -> tuple[str, ...]:
-    """The graph's t and v features (either may be missing, not both), in MMRec's order."""
-    names = tuple(m for m in CONTENT if m in graph.features)
-    if not names:
-        raise ValueError(
-            f"{model} needs feature 't' or 'v'; the graph has {sorted(graph.features)}. "
-            "Extract text or image features first: `anchorrec features --dataset <name>`."
-        )
-    return names
-
-
-def emb_norm_loss(*embeddings: torch.Tensor) -> torch.Tensor:
-    """MMRec's EmbLoss: Σ ‖E‖_F over the batch tables, divided by the batch size."""
-    return sum(torch.linalg.vector_norm(e) for e in embeddings) / embeddings[-1].shape[0]
 
 
 class VBPR(nn.Module):

@@ -10,7 +10,8 @@ import torch
 
 from models.data import build_graph_data
 from models.train import TrainConfig, fit
-from models.vbpr import VBPR, VBPRConfig, emb_norm_loss
+from models.blocks import emb_norm_loss
+from models.vbpr import VBPR, VBPRConfig
 from models_fixtures import planted
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "parity"))

@@ -16,10 +16,8 @@ drop" — ours — agree). BM3 samples no negatives: the batch's third row is ig
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -101,15 +99,9 @@ def run_bm3(bm3_cls: type, root: Path, name: str, modalities: tuple[str, ...], s
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mmrec", default=os.environ.get("MMREC_SRC"), help="MMRec's src/ folder (or $MMREC_SRC)")
-    args = ap.parse_args()
-    if not args.mmrec or not (Path(args.mmrec) / "models" / "bm3.py").is_file():
-        sys.exit("give MMRec's src/ folder: --mmrec /path/to/MMRec/src (or MMREC_SRC=…)")
-    sys.path.insert(0, str(Path(args.mmrec).resolve()))
-    from mmrec_parity import scipy_shim  # noqa: E402
+    from mmrec_parity import use_mmrec_checkout  # noqa: E402
 
-    scipy_shim()
+    use_mmrec_checkout(__doc__, "bm3.py")
     from models.bm3 import BM3  # MMRec's, from the checkout  # noqa: E402
 
     torch.set_default_dtype(torch.float32)

@@ -18,9 +18,7 @@ that call to the identity.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny  # noqa: E402
-from mmrec_parity import TinyDataset, base_config, batch, load_weights, record, scipy_shim, write_features  # noqa: E402
+from mmrec_parity import TinyDataset, base_config, batch, load_weights, record, use_mmrec_checkout, write_features  # noqa: E402
 
 LAMBDA = 0.5  # lambda_coeff of the parity cases: both graphs weigh in the gradients
 REG_WEIGHT = 0.1
@@ -82,13 +80,7 @@ def run_lattice(lattice_cls: type, root: Path, name: str, same: bool, cached: bo
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mmrec", default=os.environ.get("MMREC_SRC"), help="MMRec's src/ folder (or $MMREC_SRC)")
-    args = ap.parse_args()
-    if not args.mmrec or not (Path(args.mmrec) / "models" / "lattice.py").is_file():
-        sys.exit("give MMRec's src/ folder: --mmrec /path/to/MMRec/src (or MMREC_SRC=…)")
-    sys.path.insert(0, str(Path(args.mmrec).resolve()))
-    scipy_shim()
+    use_mmrec_checkout(__doc__, "lattice.py")
     if not torch.cuda.is_available():
         torch.Tensor.cuda = lambda self, *a, **k: self  # MMRec's LATTICE calls .cuda() on its graphs
     from models.lattice import LATTICE  # MMRec's, from the checkout  # noqa: E402

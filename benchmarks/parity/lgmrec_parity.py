@@ -15,10 +15,8 @@ t users) — the tests swap in the same function for our model.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny  # noqa: E402
-from mmrec_parity import TinyDataset, base_config, batch, load_weights, record, scipy_shim, write_features  # noqa: E402
+from mmrec_parity import TinyDataset, base_config, batch, load_weights, record, use_mmrec_checkout, write_features  # noqa: E402
 
 # our parameter name → MMRec's attribute path
 LGMREC_NAMES = {
@@ -107,13 +105,7 @@ def run_lgmrec(lgmrec_cls: type, root: Path, name: str, case: dict[str, Any]) ->
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mmrec", default=os.environ.get("MMREC_SRC"), help="MMRec's src/ folder (or $MMREC_SRC)")
-    args = ap.parse_args()
-    if not args.mmrec or not (Path(args.mmrec) / "models" / "lgmrec.py").is_file():
-        sys.exit("give MMRec's src/ folder: --mmrec /path/to/MMRec/src (or MMREC_SRC=…)")
-    sys.path.insert(0, str(Path(args.mmrec).resolve()))
-    scipy_shim()
+    use_mmrec_checkout(__doc__, "lgmrec.py")
     from models.lgmrec import LGMRec  # MMRec's, from the checkout  # noqa: E402
 
     torch.set_default_dtype(torch.float32)

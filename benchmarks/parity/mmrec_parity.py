@@ -147,14 +147,19 @@ def scipy_shim() -> None:
         sp.dok_matrix._update = lambda self, d: [self.__setitem__(k, v) for k, v in d.items()]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def use_mmrec_checkout(doc: str, model_file: str) -> None:
+    """Parse --mmrec (or $MMREC_SRC), put MMRec's src/ first on sys.path and patch SciPy for it."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--mmrec", default=os.environ.get("MMREC_SRC"), help="MMRec's src/ folder (or $MMREC_SRC)")
     args = ap.parse_args()
-    if not args.mmrec or not (Path(args.mmrec) / "models" / "freedom.py").is_file():
+    if not args.mmrec or not (Path(args.mmrec) / "models" / model_file).is_file():
         sys.exit("give MMRec's src/ folder: --mmrec /path/to/MMRec/src (or MMREC_SRC=…)")
     sys.path.insert(0, str(Path(args.mmrec).resolve()))
     scipy_shim()
+
+
+def main() -> None:
+    use_mmrec_checkout(__doc__, "freedom.py")
     from models.freedom import FREEDOM  # MMRec's, from the checkout  # noqa: E402
     from models.vbpr import VBPR  # noqa: E402
 
