@@ -11,7 +11,7 @@ from typing import Any, Optional
 from store import DatasetPaths, dataset_paths
 
 RELEASES = ("demo", "2014", "2018", "2023", "mmrec", "csv")
-MODELS = ("anchorrec", "alignrec", "lightgcn", "vbpr", "freedom", "bm3", "lattice", "lgmrec")  # models.registry.MODELS (checked in tests)
+MODELS = ("anchorrec", "alignrec", "lightgcn", "vbpr", "freedom", "bm3", "lattice", "lgmrec", "damrs", "smore")  # models.registry.MODELS (checked in tests)
 TASK_RUNNERS = ("thread", "dask")
 PRUNERS = ("median", "halving", "none")  # models.tune.PRUNERS (checked in tests)
 NO_IMAGES = "none"

@@ -21,6 +21,8 @@ MODELS: dict[str, tuple[str, str, str]] = {
     "lattice": ("models.lattice", "LATTICE", "LATTICEConfig"),
     "bm3": ("models.bm3", "BM3", "BM3Config"),
     "lgmrec": ("models.lgmrec", "LGMRec", "LGMRecConfig"),
+    "damrs": ("models.damrs", "DAMRS", "DAMRSConfig"),
+    "smore": ("models.smore", "SMORE", "SMOREConfig"),
 }
 
 

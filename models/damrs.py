@@ -1,0 +1,294 @@
+"""DA-MRS (Xv et al., KDD 2024): denoised item–item graphs and feedback, aligned with user taste.
+
+"Improving Multi-modal Recommender Systems by Denoising and Aligning Multi-modal Content and
+User Feedback", as MMRec implements it (enoche/MMRec `src/models/damrs.py`):
+
+    item graphs  S_t, S_v: cosine kNN graphs with the noise masked out — an item pair is kept only
+                 where its text AND its image similarity reach that modality's mean similarity
+                 over all pairs; each item keeps its k = knn_k most similar kept items (itself
+                 among them), unweighted, S[i, j] = 1/sqrt(d_i d_j), d_i = kept neighbours of i
+                 S_s: the behaviour ("session") graph — each item, itself and the items most
+                 often bought by the same users, normalized the same way
+    h_m          h_m = S_m^L q for m ∈ {t, v, s}    (q: item ID embeddings, L = n_mm_layers)
+    u, i         LightGCN mean of layers 0..n_ui_layers on the user–item graph
+    score        u · (i + (h_t + h_v + h_s) / 3)
+    denoising    a BPR pair is weighted by how much the three views agree that the user likes
+    feedback     the positive (w+ = mean σ · exp(−var σ)², σ = σ(u · ĥ_m,i+)) and, where the
+                 positive scores below the batch's mean negative, how sure they are it is a
+                 false positive (w− = max σ − mean negative σ); weights carry no gradient:
+                 L_bpr = −mean(w+ log σ(x+ − x−) + w− log σ(x− − x+))
+    neighbour    for each view m and batch item i, pseudo-positives from the softmax over all items
+    alignment    of cos(h_m,i, h_m,j): the top 10 of p_a + p_b + 2 p_m (the two other views a, b) and
+                 the top 10 of p_m outside those; InfoNCE-like, τ = 0.2:
+                 L_nd = −log(Σ_mm e^{c/τ} / Σ_all e^{c/τ}) − log(Σ_single e^{c/τ} / (Σ_all − Σ_mm))
+    user align   p_g = σ(u_U · î_I), p_c = σ(u_U · ĥ_I) over the batch's unique users U × items I,
+                 ĥ = normalized (h_t + h_v + h_s)/3: L_kl = mean(KL(p_g‖p_c) + KL(p_c‖p_g)) (Bernoulli)
+    loss         L_bpr + neighbor_weight · mean_m L_nd,m + kl_weight · L_kl
+
+With t = v (one table, the text-only setup) both masks and graphs are the text's, and h_v = h_t;
+with only one of t and v in the graph it serves as both, the same thing.
+
+Where this file departs from MMRec (tests/test_damrs.py checks loss, gradients and scores
+against the values MMRec's class prints, benchmarks/parity/damrs_parity.py):
+
+- the masked kNN graphs are built without an N × N similarity matrix: the mean similarity of a
+  modality is ‖Σ_i x̂_i‖² / N² (exact), each item's candidates are its CANDIDATES·knn_k nearest
+  items of the modality (`models.graphs.knn_search`, FAISS block by block), and the first knn_k
+  of them that pass both masks are kept. MMRec ranks the whole masked row; the two agree unless
+  fewer than knn_k of an item's CANDIDATES·knn_k nearest pass the other modality's mask (then
+  this file keeps fewer neighbours). MMRec ranks a masked row by its values, so where a
+  modality's mean similarity is negative, a passing negative similarity can rank below the
+  masked-out zeros there; here passing items always rank first;
+- the behaviour graph: MMRec reads it from a per-dataset file (`item_graph_dict_2.npy`, shipped
+  by the authors without the script that made it; its weights are ignored — the graph is
+  unweighted). Here it is built from the training pairs: each item's knn_k items that share the
+  most users with it (at least one; ties → lower index), plus itself, blockwise from the sparse
+  RᵀR. The parity script hands MMRec a dict made the same way;
+- MMRec creates the text/image projections (text_trs, image_trs) but never uses them, and keeps
+  the features frozen: this file has neither (the same trained parameters: the two ID tables);
+- only the batch's rows of the last user–item layer are computed; h_t, h_v, h_s are computed
+  for all items (the pseudo-labels and the contrastive denominator need every item, as MMRec's);
+  the pseudo-label ranking runs without autograd (only its indices are used, as in MMRec); the
+  batch's unique users and items come sorted (MMRec asks for them unsorted; the terms average
+  over them, so the order does not matter);
+- the batch × all-items cosine matrix of a view is computed once and shared by the pseudo-labels
+  (softmax) and the contrastive denominator (MMRec computes it twice); the second pseudo-label
+  set is taken from p_m's 2·10 best instead of re-ranking an N-wide copy with the first set
+  zeroed (the same items: softmax values are > 0); with one table as t and v the graph, view and
+  neighbour term are computed once and counted twice (MMRec computes the same thing twice);
+- log σ(x) is F.logsigmoid (MMRec: torch.log(torch.sigmoid(x)); equal until σ saturates, where
+  MMRec gives −inf); the pseudo-label count is min(10, n_items // 2) — MMRec's 10 fails below 20
+  items; unused MMRec options (lambda_coeff, cf_model, reg_weight, weight_size) are not carried.
+
+Defaults: MMRec's DAMRS.yaml (embedding 64, knn_k 10, n_mm_layers 1, n_ui_layers 2, kl_weight 1,
+neighbor_weight 0.001 — the values its yaml keeps active; the grids in its comments are the
+SEARCH_SPACE below).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.blocks import content_modalities, id_embeddings
+from models.data import GraphData
+from models.graphs import knn_search
+from models.lightgcn import bipartite_blocks, bipartite_lightgcn
+from models.sparse import FixedSparse
+
+EPS = 1e-7  # MMRec's guard in the degrees of its item graphs
+CANDIDATES = 8  # nearest items per knn_k searched before the masks (see the docstring)
+PSEUDO_K = 10  # MMRec's pseudo-positives per kind
+TEMPERATURE = 0.2  # MMRec's neighbour-discrimination temperature
+BLOCK = 4096  # items per block when building the behaviour graph
+
+
+@dataclass
+class DAMRSConfig:
+    embedding_dim: int = 64
+    knn_k: int = 10
+    n_mm_layers: int = 1
+    n_ui_layers: int = 2
+    kl_weight: float = 1.0
+    neighbor_weight: float = 0.001
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be ≥ 1, got {self.embedding_dim}")
+        if self.knn_k < 1:
+            raise ValueError(f"knn_k must be ≥ 1, got {self.knn_k}")
+        for name in ("n_mm_layers", "n_ui_layers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        for name in ("kl_weight", "neighbor_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+
+
+# `anchorrec tune`'s grid (models/tune.py): MMRec's DAMRS.yaml hyper_parameters, each with the
+# grid in its comments (kl_weight: the commented {10, 0.1, 0.01} and the active 1; learning_rate
+# excluded: one lr grid for every model).
+SEARCH_SPACE: dict[str, tuple] = {
+    "kl_weight": (0.01, 0.1, 1.0, 10.0),
+    "neighbor_weight": (0.0, 0.0001, 0.001, 0.01, 0.1, 1.0),
+    "n_mm_layers": (1, 2),
+    "n_ui_layers": (1, 2, 3),
+}
+
+
+def row_normalized_graph(rows: np.ndarray, cols: np.ndarray, n: int) -> torch.Tensor:
+    """Unweighted S[i, j] = 1/sqrt(d_i d_j), d_i the entries of row i (MMRec's normalization)."""
+    inv = (np.bincount(rows, minlength=n).astype(np.float32) + EPS) ** -0.5
+    idx = torch.as_tensor(np.stack([rows, cols]).astype(np.int64))
+    vals = torch.as_tensor((inv[rows] * inv[cols]).astype(np.float32))
+    return torch.sparse_coo_tensor(idx, vals, (n, n), check_invariants=False).coalesce()
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def mean_similarity(unit: np.ndarray) -> float:
+    """The mean cosine over all N² pairs (the item itself included), without the N × N matrix."""
+    s = unit.astype(np.float64).sum(0)
+    return float(s @ s) / len(unit) ** 2
+
+
+def masked_knn_edges(feats: dict[str, np.ndarray], k: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(rows, cols) of each modality's kNN graph over the pairs that pass every modality's mean mask."""
+    unit = {m: unit_rows(f.astype(np.float32)) for m, f in feats.items()}
+    means = {m: mean_similarity(u) for m, u in unit.items()}
+    n = len(next(iter(unit.values())))
+    out = {}
+    for m, f in feats.items():
+        idx, sim = knn_search(f.astype(np.float32), min(n, CANDIDATES * k), include_self=True)
+        ok = (sim >= means[m]) & (idx >= 0)
+        safe = np.maximum(idx, 0)
+        for other, u in unit.items():
+            if other != m:
+                ok &= np.einsum("nd,nkd->nk", u, u[safe]) >= means[other]
+        rank = np.cumsum(ok, axis=1)  # candidates are best first: keep the first k that pass
+        keep = ok & (rank <= k)
+        rows = np.repeat(np.arange(n), idx.shape[1]).reshape(idx.shape)[keep]
+        out[m] = (rows, idx[keep])
+    return out
+
+
+def behaviour_edges(ui: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols): each item, itself and its k items with the most common users (≥ 1), block by block."""
+    coo = ui.coalesce().cpu()
+    u, i = coo.indices().numpy()
+    n_users, n_items = coo.shape
+    r = sp.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=(n_users, n_items))
+    rt = r.T.tocsr()
+    rows, cols = [np.arange(n_items)], [np.arange(n_items)]
+    for start in range(0, n_items, BLOCK):
+        co = (rt[start : start + BLOCK] @ r).tocoo()
+        keep = co.row + start != co.col
+        br, bc, bv = co.row[keep] + start, co.col[keep], co.data[keep]
+        order = np.lexsort((bc, -bv, br))  # by item, then most common users, then lower index
+        br, bc = br[order], bc[order]
+        first = np.searchsorted(br, br, side="left")
+        top = np.arange(len(br)) - first < k
+        rows.append(br[top])
+        cols.append(bc[top])
+    return np.concatenate(rows), np.concatenate(cols)
+
+
+def label_positives(total: torch.Tensor, p_m: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top k of p_a + p_b + 2 p_m = total + p_m, top k of p_m outside those): view m's pseudo-positives.
+
+    MMRec zeroes the first k in a copy of p_m and ranks it again; the k best of p_m outside them
+    are among p_m's 2k best (softmax values are > 0), so those are ranked instead: no N-wide copy.
+    """
+    mm = torch.topk(total + p_m, k, dim=-1).indices
+    cand = torch.topk(p_m, 2 * k, dim=-1).indices
+    keep = ~(cand.unsqueeze(2) == mm.unsqueeze(1)).any(2)
+    keep &= torch.cumsum(keep, dim=1) <= k
+    return mm, cand[keep].view(len(cand), k)
+
+
+def neighbour_loss(mm: torch.Tensor, single: torch.Tensor, q: torch.Tensor, keys: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """−log(Σ_mm / Σ_all) − log(Σ_single / (Σ_all − Σ_mm)) over e^{cos/τ}, averaged over the batch.
+
+    q, keys: the batch's and all items' normalized view; cos = q keysᵀ (shared with the pseudo-labels).
+    """
+    mm_s = torch.exp((keys[mm] * q.unsqueeze(1)).sum(2) / TEMPERATURE).sum(1)
+    single_s = torch.exp((keys[single] * q.unsqueeze(1)).sum(2) / TEMPERATURE).sum(1)
+    total = torch.exp(cos / TEMPERATURE).sum(1)
+    return (-torch.log(mm_s / total + 1e-9) - torch.log(single_s / (total - mm_s) + 1e-9)).mean()
+
+
+def bernoulli_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return p * torch.log(p) - p * torch.log(q) + (1 - p) * torch.log(1 - p) - (1 - p) * torch.log(1 - q)
+
+
+def pair_weights(u: torch.Tensor, views_pos: list[torch.Tensor], views_neg: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w+, w−) of each BPR pair from the three views' agreement; no gradient."""
+    with torch.no_grad():
+        p = torch.sigmoid(torch.stack([(u * F.normalize(h, dim=-1)).sum(1) for h in views_pos]))
+        n_mean = torch.sigmoid(torch.stack([(u * F.normalize(h, dim=-1)).sum(1) for h in views_neg])).mean()
+        p_mean = p.mean(0)
+        w_pos = (p_mean * torch.exp(-p.var(0)) ** 2).clamp(0, 1)
+        w_neg = ((p.max(0).values - n_mean) * (p_mean < n_mean).float()).clamp(0, 1)
+    return w_pos, w_neg
+
+
+class DAMRS(nn.Module):
+    def __init__(self, graph: GraphData, cfg: DAMRSConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.n_users, self.n_items = graph.n_users, graph.n_items
+        names = content_modalities(graph, "DA-MRS")
+        d = cfg.embedding_dim
+        self.user_emb, self.item_emb = id_embeddings(self.n_users, self.n_items, d)
+        feats = {m: graph.features[m].detach().cpu().numpy() for m in names}
+        if len(names) == 2 and np.array_equal(feats["t"], feats["v"]):
+            names = ("t",)  # one table as t and v: the same masks and graph; built and used once
+            del feats["v"]
+        edges = masked_knn_edges(feats, cfg.knn_k)
+        mm = {m: FixedSparse(row_normalized_graph(*edges[m], self.n_items).to(graph.device)) for m in names}
+        self.s_t, self.s_v = mm[names[0]], mm[names[-1]]  # one modality serves as both
+        self.s_s = FixedSparse(row_normalized_graph(*behaviour_edges(graph.ui, cfg.knn_k), self.n_items).to(graph.device))
+        self.r, self.rt = bipartite_blocks(graph)
+        self.pseudo_k = min(PSEUDO_K, self.n_items // 2)
+
+    def views(self) -> list[torch.Tensor]:
+        """[h_t, h_v, h_s]: the item IDs propagated on each item graph, all items."""
+        out: dict[int, torch.Tensor] = {}
+        for s in (self.s_t, self.s_v, self.s_s):
+            if id(s) not in out:  # one table as t and v: one graph, propagated once
+                h = self.item_emb.weight
+                for _ in range(self.cfg.n_mm_layers):
+                    h = s(h)
+                out[id(s)] = h
+        return [out[id(s)] for s in (self.s_t, self.s_v, self.s_s)]
+
+    def batch_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
+        b = len(users)
+        uniq_u, uniq_i = torch.unique(users), torch.unique(torch.cat([pos, neg]))
+        u, i = bipartite_lightgcn(
+            self.r, self.rt, self.user_emb.weight, self.item_emb.weight, self.cfg.n_ui_layers,
+            torch.cat([users, uniq_u]), torch.cat([pos, neg, uniq_i]),
+        )
+        u_b, u_uniq, i_pos, i_neg, i_uniq = u[:b], u[b:], i[:b], i[b : 2 * b], i[2 * b :]
+        h_t, h_v, h_s = views = self.views()
+        out = {}
+        if self.cfg.neighbor_weight > 0:
+            # one table as t and v: the same graph, view, labels and term; computed once, counted twice
+            distinct = [0, 2] if self.s_t is self.s_v else [0, 1, 2]
+            qs = {m: F.normalize(views[m][uniq_i], dim=1) for m in distinct}
+            keys = {m: F.normalize(views[m], dim=1) for m in distinct}
+            cos = {m: qs[m] @ keys[m].T for m in distinct}  # batch × all items, once per view
+            with torch.no_grad():
+                probs = {m: torch.softmax(cos[m], dim=1) for m in distinct}
+                probs.setdefault(1, probs[0])
+                total = probs[0] + probs[1] + probs[2]
+            nd = {}
+            for m in distinct:
+                with torch.no_grad():
+                    mm, single = label_positives(total, probs[m], self.pseudo_k)
+                nd[m] = neighbour_loss(mm, single, qs[m], keys[m], cos[m])
+            nd.setdefault(1, nd[0])
+            out["neighbour"] = self.cfg.neighbor_weight * (nd[2] + nd[1] + nd[0]) / 3.0  # MMRec's order: s, v, t
+        if self.cfg.kl_weight > 0:
+            content = (h_t + h_v + h_s)[uniq_i] / 3.0
+            p_g = torch.sigmoid(u_uniq @ F.normalize(i_uniq, dim=-1).T)
+            p_c = torch.sigmoid(u_uniq @ F.normalize(content, dim=-1).T)
+            out["kl"] = self.cfg.kl_weight * (bernoulli_kl(p_g, p_c) + bernoulli_kl(p_c, p_g)).mean()
+        w_pos, w_neg = pair_weights(u_b, [h[pos] for h in views], [h[neg] for h in views])
+        pos_score = (u_b * (i_pos + (h_t[pos] + h_v[pos] + h_s[pos]) / 3.0)).sum(1)
+        x = pos_score - (u_b * (i_neg + (h_t[neg] + h_v[neg] + h_s[neg]) / 3.0)).sum(1)
+        out = {"bpr": -(F.logsigmoid(x) * w_pos + F.logsigmoid(-x) * w_neg).mean(), **out}
+        out["loss"] = sum(out.values())
+        return out
+
+    @torch.no_grad()
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        u, i = bipartite_lightgcn(self.r, self.rt, self.user_emb.weight, self.item_emb.weight, self.cfg.n_ui_layers)
+        h_t, h_v, h_s = self.views()
+        return u, i + (h_t + h_v + h_s) / 3.0

@@ -1,0 +1,155 @@
+"""DA-MRS: parity with MMRec's class on a tiny fixed input, its sparse graphs, and learning."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import damrs
+from models.damrs import DAMRS, DAMRSConfig, behaviour_edges, masked_knn_edges, mean_similarity
+from models.data import build_graph_data, interactions_from_arrays
+from models.train import TrainConfig, fit
+from models_fixtures import planted
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "parity"))
+import damrs_parity as P  # noqa: E402
+import tiny  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# printed by benchmarks/parity/damrs_parity.py (MMRec's DAMRS on its 8 × 24 tiny input, knn_k 3,
+# the cases' settings in P.CASES): loss, and fingerprints (norm, probe sum) of each gradient and
+# of the user × item score matrix.
+MMREC = {
+    "damrs": {
+        "loss": 0.4055507481098175,
+        "scores": (1.335560456881161, 1.6323414033075565),
+        "grads": {"user_emb.weight": (0.033032248160727, 0.02403719989506543),
+                  "item_emb.weight": (0.11398210612251514, -0.12123919302541236)},
+    },
+    "damrs_same": {
+        "loss": 0.41439685225486755,
+        "scores": (1.3499520315563192, 2.053770253165544),
+        "grads": {"user_emb.weight": (0.03075997067191539, 0.02317034280201997),
+                  "item_emb.weight": (0.09490254337526358, -0.003462206445452915)},
+    },
+    "damrs_deep": {
+        "loss": 0.4050675332546234,
+        "scores": (1.5821772687150577, 1.8993413356014912),
+        "grads": {"user_emb.weight": (0.029023766888200145, 0.013985117840282273),
+                  "item_emb.weight": (0.07109327760112924, -0.0746168140599931)},
+    },
+}
+# float32 noise: the neighbour term sums e^{cos/0.2} (up to e^5) and subtracts two such sums; our
+# own float64 run moves the item gradient's probe sum by 1.3e-5, as far as MMRec's float32 run is
+GRAD_ATOL = 5e-5
+
+
+def tiny_graph(same: bool):
+    train = P.train_pairs()
+    data = interactions_from_arrays(P.N_USERS, P.N_ITEMS, train, train[:0], train[:0])
+    return build_graph_data(data, P.features(same), knn_k=P.KNN_K, device="cpu")
+
+
+def tiny_model(case: str) -> DAMRS:
+    args = {k: v for k, v in P.CASES[case].items() if k != "same"}
+    return DAMRS(tiny_graph(P.CASES[case]["same"]), DAMRSConfig(embedding_dim=P.DIM, knn_k=P.KNN_K, **args))
+
+
+@pytest.mark.parametrize("case", sorted(MMREC))
+def test_loss_gradients_and_scores_equal_mmrec(case):
+    model, expected = tiny_model(case), MMREC[case]
+    params = dict(model.named_parameters())
+    assert set(params) == set(expected["grads"]), "the ID tables are DA-MRS's only trained parameters"
+    with torch.no_grad():
+        for name, value in P.weights().items():
+            params[name].copy_(torch.as_tensor(value))
+    loss = model.batch_loss(*(torch.as_tensor(x) for x in P.batch_arrays()))["loss"]
+    loss.backward()
+    np.testing.assert_allclose(float(loss.detach()), expected["loss"], rtol=1e-5)
+    for name, ref in expected["grads"].items():
+        np.testing.assert_allclose(tiny.fingerprint(params[name].grad.numpy()), ref, rtol=1e-4, atol=GRAD_ATOL, err_msg=name)
+    u, i = model.final_embeddings()
+    np.testing.assert_allclose(tiny.fingerprint((u @ i.T).numpy()), expected["scores"], rtol=1e-5, atol=1e-6)
+
+
+def dense_masked_knn(feats: dict[str, np.ndarray], k: int) -> dict[str, set]:
+    """MMRec's rule on the full N × N matrices: mask below either mean, top min(k, kept) per row."""
+    sims = {}
+    for m, f in feats.items():
+        x = f / np.linalg.norm(f, axis=1, keepdims=True)
+        sims[m] = x @ x.T
+    keep = np.logical_and.reduce([s >= s.mean() for s in sims.values()])
+    out = {}
+    for m, s in sims.items():
+        masked = np.where(keep, s, -np.inf)
+        out[m] = {(i, j) for i in range(len(s)) for j in np.argsort(-masked[i], kind="stable")[: min(k, keep[i].sum())]}
+    return out
+
+
+def test_masked_knn_equals_the_dense_rule_without_an_n_by_n_matrix():
+    rng = np.random.default_rng(3)
+    n, k = 90, 4  # 8·k = 32 candidates of 90 items: the candidate search is exercised
+    feats = {"t": rng.standard_normal((n, 6)).astype(np.float32), "v": rng.standard_normal((n, 5)).astype(np.float32)}
+    ours = masked_knn_edges(feats, k)
+    ref = dense_masked_knn(feats, k)
+    for m in feats:
+        rows, cols = ours[m]
+        assert set(zip(rows.tolist(), cols.tolist())) == ref[m], m
+        assert (np.bincount(rows, minlength=n) <= k).all() and (rows == cols).sum() == n  # itself always kept
+    x = feats["t"] / np.linalg.norm(feats["t"], axis=1, keepdims=True)
+    assert mean_similarity(x) == pytest.approx(float((x @ x.T).mean()), rel=1e-6)
+    # the text mask matters: the v graph is not v's plain top-k
+    xv = feats["v"] / np.linalg.norm(feats["v"], axis=1, keepdims=True)
+    plain = {(i, j) for i in range(n) for j in np.argsort(-(xv @ xv.T)[i], kind="stable")[:k]}
+    assert len(ref["v"] - plain) > n // 2
+
+
+def test_behaviour_graph_is_the_top_co_bought_items_built_blockwise(monkeypatch):
+    monkeypatch.setattr(damrs, "BLOCK", 7)  # several blocks over 24 items
+    g = tiny_graph(False)
+    rows, cols = behaviour_edges(g.ui, P.KNN_K)
+    ref = P.behaviour_dict(P.KNN_K)  # what the parity script hands MMRec
+    expected = {(i, i) for i in range(P.N_ITEMS)} | {(i, j) for i, (nb, _) in ref.items() for j in nb}
+    assert set(zip(rows.tolist(), cols.tolist())) == expected
+    assert len(rows) == len(expected)  # no duplicates
+
+
+def test_text_only_setup_uses_one_graph_for_t_and_v():
+    train = P.train_pairs()
+    data = interactions_from_arrays(P.N_USERS, P.N_ITEMS, train, train[:0], train[:0])
+    g = build_graph_data(data, {"t": P.features(False)["t"]}, knn_k=P.KNN_K, device="cpu")
+    model = DAMRS(g, DAMRSConfig(embedding_dim=P.DIM, knn_k=P.KNN_K))
+    h_t, h_v, h_s = model.views()
+    torch.testing.assert_close(h_t, h_v)
+    assert not torch.allclose(h_t, h_s)
+    u, i = model.final_embeddings()
+    assert u.shape == (P.N_USERS, P.DIM) and i.shape == (P.N_ITEMS, P.DIM)
+    out = model.batch_loss(*(torch.as_tensor(x) for x in P.batch_arrays()))
+    assert set(out) == {"bpr", "neighbour", "kl", "loss"} and torch.isfinite(out["loss"])
+    same = tiny_model("damrs_same")  # t = v as two equal tables: one graph, one view
+    assert same.s_t is same.s_v and tiny_model("damrs").s_t is not tiny_model("damrs").s_v
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="knn_k"):
+        DAMRSConfig(knn_k=0)
+    with pytest.raises(ValueError, match="kl_weight"):
+        DAMRSConfig(kl_weight=-1)
+    with pytest.raises(ValueError, match="n_ui_layers"):
+        DAMRSConfig(n_ui_layers=-1)
+
+
+def test_trains_through_the_trainer_and_learns_the_planted_preference(tmp_path):
+    data = planted(n_users=120, n_items=60, n_groups=3, per_user=10)
+    rng = np.random.default_rng(1)
+    graph = build_graph_data(data, {"t": rng.standard_normal((60, 8)).astype(np.float32),
+                                    "v": rng.standard_normal((60, 6)).astype(np.float32)}, knn_k=4, device="cpu")
+    cfg = TrainConfig(model="damrs", model_args={"embedding_dim": 16}, epochs=30, batch_size=256, lr=0.01, patience=30)
+    m = fit(data, graph, cfg, tmp_path / "run", progress=False)
+    losses = [h["loss"] for h in m["history"]]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0]
+    assert m["test"]["recall@20"] > 0.8  # random ranking: about 0.38
