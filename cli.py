@@ -28,6 +28,7 @@ from typing import Any, Literal, Optional
 import typer
 
 from pipeline_config import FLOW_DOCS, FLOW_GROUPS, NO_IMAGES, PipelineConfig
+from pipelines.sources import is_local, local_path
 from store import dataset_paths
 
 app = typer.Typer(
@@ -77,19 +78,11 @@ for _name in FLOW_GROUPS:
 
 
 # --------------------------------------------------------------------------- checks before any work
-def _is_url(source: str) -> bool:
-    return source.lower().startswith(("http://", "https://"))
-
-
-def _local(source: str) -> Path:
-    return Path(source[len("file://"):]) if source.lower().startswith("file://") else Path(source)
-
-
 def check_readable(option: str, source: str | None, want: str = "file") -> None:
     """A local input exists and can be read; URLs are left to the download (retries, mirrors)."""
-    if not source or _is_url(source):
+    if not source or not is_local(source):
         return
-    path = _local(source)
+    path = local_path(source)
     if want == "file" and not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
         raise ValueError(f"--{option} {source}: {what}; give the path of a file (or an http(s) URL)")
@@ -144,9 +137,9 @@ def check_text_file(option: str, source: str | None) -> None:
     Catches the wrong file passed by mistake in a second, instead of a parse failure after the
     Prefect server has started; records that are bad further in are the parser's to count.
     """
-    if not source or _is_url(source):
+    if not source or not is_local(source):
         return
-    path = _local(source)
+    path = local_path(source)
     with path.open("rb") as fh:
         head = fh.read(1 << 16)
     if head[:4] == b"PAR1":
@@ -507,7 +500,7 @@ def _quiet_logging() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors are one red line and exit 2; bugs keep their traceback."""
-    from store.errors import StoreError
+    from store.errors import USER_ERRORS
 
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
     from typer.exceptions import Abort, Exit
@@ -529,7 +522,7 @@ def main(argv: list[str] | None = None) -> None:
     except ClickException as exc:  # bad or unknown option, bad value: click's own message
         _error(f"{exc.format_message()} (see: anchorrec {sys.argv[1] if len(sys.argv) > 1 else ''} --help)")
         sys.exit(EXIT_USER_ERROR)
-    except (StoreError, ValueError, FileNotFoundError, PermissionError) as exc:
+    except USER_ERRORS as exc:
         _error(str(exc))
         sys.exit(EXIT_USER_ERROR)
     except Exception:  # noqa: BLE001 - a bug: keep the traceback for the report

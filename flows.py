@@ -31,8 +31,11 @@ if os.environ.get("PREFECT_HOME"):  # Prefect makes only the last level, then fa
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 
+from pipelines.local_images import fingerprint as images_fingerprint
 from store import DatasetPaths, dataset_paths  # noqa: F401
+from store.errors import USER_ERRORS
 from store.hashing import file_sha256
+from store.verify import problem, problems
 
 REPO = Path(__file__).resolve().parent
 from pipeline_config import FLOW_DOCS, FLOW_GROUPS, NO_IMAGES, RELEASES, PipelineConfig  # noqa: F401 (re-exported)
@@ -65,58 +68,20 @@ def stage_key(stage: str, config: dict[str, Any], inputs: list[Path], rooms: tup
     return f"{stage}-{h.hexdigest()[:20]}"
 
 
-def folder_fingerprint(source: str | None) -> str | None:
-    """Names, sizes and mtimes of a user's images (a folder, or a CSV and the files it lists).
-
-    Cheap (no image is read) and it changes whenever an image is added, replaced or removed.
-    """
-    if not source:
-        return None
-    root = Path(source)
-    if root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file())
-    elif root.is_file():
-        files = [root] + _listed_files(root)
-    else:
-        files = []
-    h = hashlib.sha256(str(root.resolve()).encode())
-    for f in files:
-        st = f.stat() if f.exists() else None
-        h.update(f"{f}:{st and st.st_size}:{st and st.st_mtime_ns}".encode())
-    return h.hexdigest()[:20]
-
-
-def _listed_files(listing: Path) -> list[Path]:
-    """The image paths of an `asin,path` CSV/TSV, relative ones taken from the listing's folder."""
-    import csv
-
-    delimiter = "\t" if listing.suffix.lower() == ".tsv" else ","
-    with listing.open(newline="", encoding="utf-8", errors="replace") as fh:
-        rows = csv.DictReader(fh, delimiter=delimiter)
-        return [listing.parent / r["path"] for r in rows if r.get("path")]
-
-
-def output_problem(path: Path) -> str | None:
-    """Why an output cannot be trusted (missing, cut, disagrees with what its writer recorded)."""
-    from store.verify import problem
-
-    return problem(path)
-
-
 def run_stage(name: str, fn: Any, key: str, outputs: list[Path], *args: Any, **kwargs: Any) -> dict:
     """Call a stage task under `key`; recompute when an output is missing or fails its check.
 
     Prints one line per stage on the `anchorrec` logger: the stage's own summary, or 'cached'.
     """
-    problems = [p for p in (output_problem(o) for o in outputs) if p]
-    if problems:
-        log.debug("%s: recomputing (%s)", name, problems[0])
-    state = fn.with_options(cache_key_fn=lambda *_: key, refresh_cache=bool(problems))(*args, return_state=True, **kwargs)
+    found = problems(outputs)
+    if found:
+        log.debug("%s: recomputing (%s)", name, found[0])
+    state = fn.with_options(cache_key_fn=lambda *_: key, refresh_cache=bool(found))(*args, return_state=True, **kwargs)
     result = state.result()  # raises the stage's own exception
-    still = [p for p in (output_problem(o) for o in outputs) if p]
-    if still:  # a cached result whose files went bad between the check and now
+    cached = state.name == "Cached"  # then the outputs are the ones just checked, unchanged
+    still = [] if cached else problems(outputs)
+    if still:
         raise RuntimeError(f"{name}: output failed its check after the stage ran: {still[0]}")
-    cached = state.name == "Cached"
     log.info("%s: %s", name, "cached" if cached else stage_line(name, result))
     return result
 
@@ -145,18 +110,14 @@ def stage_line(name: str, s: dict) -> str:
 
 
 # --------------------------------------------------------------------------- tasks
-def _is_user_error(exc: BaseException) -> bool:
-    from store.errors import StoreError
-
-    return isinstance(exc, (StoreError, ValueError, FileNotFoundError, PermissionError))
-
-
 def _retry_transient(_task: Any, _run: Any, state: Any) -> bool:
     """Retry network hiccups, never a user error (a bad file stays bad: say so at once)."""
     try:
         state.result()
-    except Exception as exc:  # noqa: BLE001 - the state's own exception
-        return not _is_user_error(exc)
+    except USER_ERRORS:
+        return False
+    except Exception:  # noqa: BLE001 - the state's own exception: a network hiccup, say
+        return True
     return False
 
 
@@ -312,10 +273,10 @@ def stage_ingest(cfg: PipelineConfig) -> dict:
 def stage_images(cfg: PipelineConfig) -> dict:
     """One task, or `shards` mapped tasks (spread over the task runner's workers) and a merge."""
     p = cfg.paths
-    key = stage_key("images", {"images": folder_fingerprint(cfg.images)}, [p.items], ("pipelines", "store"))
+    key = stage_key("images", {"images": images_fingerprint(cfg.images)}, [p.items], ("pipelines", "store"))
     if cfg.shards == 1:
         return run_stage("images", images_task, key, [p.image_audit], cfg)
-    shards = map_shards(images_task, key, cfg, bool(output_problem(p.image_audit)))
+    shards = map_shards(images_task, key, cfg, bool(problem(p.image_audit)))
     return run_stage("images", merge_images_task, f"{key}-merge-{cfg.shards}", [p.image_audit], cfg, shards)
 
 
@@ -331,7 +292,7 @@ def stage_features(cfg: PipelineConfig) -> dict[str, dict]:
         inputs = [p.items] + ([p.image_audit] if modality == "image" else [])
         key = stage_key(f"features-{name}", {"spec": spec, "batch": cfg.batch_size}, inputs, ("features", "store"))
         if cfg.shards > 1:  # encode shards on the task runner's workers; the final call assembles
-            map_shards(extract_task, key, cfg, bool(output_problem(p.feature(name))), spec, name)
+            map_shards(extract_task, key, cfg, bool(problem(p.feature(name))), spec, name)
         summary = run_stage(f"features {modality}", extract_task, key, [p.feature(name)], cfg, spec, name)
         out[modality] = {**summary, "name": name}
     return out

@@ -72,7 +72,7 @@ def bench_training(args: argparse.Namespace, device: str) -> dict:
     from models.anchorrec import AnchorRec, AnchorRecConfig
     from models.data import build_graph_data
     from models.metrics import RankingEvaluator
-    from models.train import BPRSampler
+    from models.train import BPRSampler, evaluate_model
 
     home = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     data, x, what = sports_inputs(args.sports, args.features, home)
@@ -97,15 +97,7 @@ def bench_training(args: argparse.Namespace, device: str) -> dict:
     epochs = [timed(epoch, device)[0] for _ in range(1 + args.repeat)]  # the first is the warm-up
     evaluator = RankingEvaluator(data.train_csr, data.valid_csr, (10, 20, 50), device=torch.device(device))
 
-    def evaluate() -> dict:
-        model.eval()
-        with torch.no_grad():
-            user, item = model.final_embeddings()
-            out = evaluator.evaluate(user, item)
-        model.train()
-        return out
-
-    evals = [timed(evaluate, device) for _ in range(1 + args.repeat)]
+    evals = [timed(lambda: evaluate_model(model, evaluator), device) for _ in range(1 + args.repeat)]
     return {
         "features": what,
         "users": data.n_users,

@@ -172,7 +172,8 @@ def _epoch_lr(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * cfg.lr_decay ** (epoch / cfg.lr_decay_epochs)
 
 
-def _evaluate(model: torch.nn.Module, evaluator: RankingEvaluator) -> dict[str, float]:
+def evaluate_model(model: torch.nn.Module, evaluator: RankingEvaluator) -> dict[str, float]:
+    """Metrics of the model's final embeddings, in eval mode (dropout off), back in train mode after."""
     model.eval()
     with torch.no_grad():
         user, item = model.final_embeddings()
@@ -273,7 +274,7 @@ def fit(
 
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             t1, c1 = time.perf_counter(), time.process_time()
-            valid = _evaluate(model, valid_eval)
+            valid = evaluate_model(model, valid_eval)
             eval_s, eval_cpu_s = time.perf_counter() - t1, time.process_time() - c1
             timings["eval_s"] += eval_s
             timings["eval_cpu_s"] = timings.get("eval_cpu_s", 0.0) + eval_cpu_s

@@ -16,8 +16,6 @@ import logging
 import os
 import re
 import threading
-import urllib.parse
-import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -27,6 +25,7 @@ import tenacity
 import urllib3
 from tqdm.auto import tqdm
 
+from pipelines.sources import is_local, local_path
 from store.hashing import file_sha256
 from store.tables import write_json
 
@@ -104,7 +103,7 @@ def fetch(
     failures: list[tuple[str, str, str]] = []
     for url in candidates:
         try:
-            if _is_local(url):
+            if is_local(url):
                 got = _copy_local(url, dest, sha256=sha256, size=size, progress=progress)
             else:
                 got = _download_http(
@@ -192,8 +191,8 @@ def _is_current(dest: Path, entry: Any, candidates: list[str], sha256: str | Non
     wanted = {_normalize(c) for c in candidates}
     if _normalize(str(entry.get("requested", ""))) not in wanted and _normalize(str(entry.get("url", ""))) not in wanted:
         return False
-    if _is_local(candidates[0]):  # a local source that changed since must be copied again
-        src = _local_path(candidates[0])
+    if is_local(candidates[0]):  # a local source that changed since must be copied again
+        src = local_path(candidates[0])
         if not src.is_file() or src.stat().st_size != n:
             return False
     if sha256 is not None:
@@ -205,26 +204,14 @@ def _is_current(dest: Path, entry: Any, candidates: list[str], sha256: str | Non
 # local files
 
 
-def _is_local(source: str) -> bool:
-    scheme = urllib.parse.urlsplit(source).scheme.lower()
-    return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")
-
-
-def _local_path(source: str) -> Path:
-    parts = urllib.parse.urlsplit(source)
-    if parts.scheme.lower() == "file":
-        return Path(urllib.request.url2pathname(parts.path)).expanduser()
-    return Path(source).expanduser()
-
-
 def _normalize(source: str) -> str:
-    if source and _is_local(source):
-        return _local_path(source).absolute().as_uri()
+    if source and is_local(source):
+        return local_path(source).absolute().as_uri()
     return source
 
 
 def _copy_local(source: str, dest: Path, *, sha256: str | None, size: int | None, progress: bool) -> dict[str, Any]:
-    src = _local_path(source)
+    src = local_path(source)
     if not src.is_file():
         raise _Failed(f"no such file: {src}", kind="missing")
     n = src.stat().st_size

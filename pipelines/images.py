@@ -28,8 +28,6 @@ import logging
 import os
 import re
 import tempfile
-import urllib.parse
-import urllib.request
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -45,6 +43,7 @@ from tqdm.auto import tqdm
 
 from pipelines.hosts import DEAD_HOST_KINDS, HostBoard, HostDown, classify, host_of, short_error
 from pipelines.local_images import LocalImage, LocalImages, find_local_images
+from pipelines.sources import is_local, local_path
 from store import schemas
 from store.layout import DatasetPaths
 from store.tables import conform, read_table, write_table
@@ -341,10 +340,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _is_local(url: str) -> bool:
-    return urllib.parse.urlsplit(url).scheme.lower() in ("", "file")
-
-
 def _read_local(path: Path, max_bytes: int) -> bytes:
     if not path.is_file():
         raise _Stop(Outcome("error", detail=f"no such file: {path}"))
@@ -355,10 +350,8 @@ def _read_local(path: Path, max_bytes: int) -> bytes:
 
 
 def _read(run: _Run, url: str) -> tuple[bytes, int | None]:
-    if _is_local(url):
-        parts = urllib.parse.urlsplit(url)
-        path = Path(urllib.request.url2pathname(parts.path)) if parts.scheme else Path(url)
-        return _read_local(path, run.max_bytes), None
+    if is_local(url):
+        return _read_local(local_path(url), run.max_bytes), None
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(run.retries + 1),
         wait=tenacity.wait_exponential(multiplier=run.backoff, max=10),

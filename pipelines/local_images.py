@@ -9,6 +9,7 @@ two columns is a user error, raised at once.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,18 +43,35 @@ class LocalImages:
 
 def find_local_images(images_dir: str | Path | None) -> LocalImages:
     """Scan a folder or read a CSV/TSV of local images; ValueError when it cannot be used."""
-    if images_dir is None:
-        return LocalImages()
-    where = Path(images_dir).expanduser()
-    if not where.exists():
-        raise ValueError(f"images_dir {where}: no such file or folder — {FIX}")
-    found = _scan_folder(where) if where.is_dir() else _read_table(where)
+    found = _collect(images_dir)
+    where = Path(images_dir).expanduser() if images_dir is not None else None
     if found.problems:
         shown = "; ".join(f"{f}{f':{n}' if n else ''}: {r}" for f, n, r in found.problems[:5])
         more = f" (and {len(found.problems) - 5} more)" if len(found.problems) > 5 else ""
         log.warning("images_dir %s: %d entr%s skipped: %s%s", where, len(found.problems),
                     "y" if len(found.problems) == 1 else "ies", shown, more)
     return found
+
+
+def fingerprint(images_dir: str | Path | None) -> str | None:
+    """Which file each asin would be taken from, with its size and mtime: the images stage's cache
+    key part. Cheap (no image is read), and it changes exactly when the images used change."""
+    if images_dir is None:
+        return None
+    h = hashlib.sha256()
+    for asin, image in sorted(_collect(images_dir).images.items()):
+        st = image.path.stat() if image.path.exists() else None
+        h.update(f"{asin}:{image.path}:{st and st.st_size}:{st and st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _collect(images_dir: str | Path | None) -> LocalImages:
+    if images_dir is None:
+        return LocalImages()
+    where = Path(images_dir).expanduser()
+    if not where.exists():
+        raise ValueError(f"images_dir {where}: no such file or folder — {FIX}")
+    return _scan_folder(where) if where.is_dir() else _read_table(where)
 
 
 def _scan_folder(folder: Path) -> LocalImages:

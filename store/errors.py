@@ -23,3 +23,7 @@ class StoreError(Exception):
         where = f"{self.path}: " if self.path is not None else ""
         hint = f" — {self.fix}" if self.fix else ""
         super().__init__(f"{where}{self.problem}{hint}")
+
+
+# What a user can fix (a bad option, file or stored table): reported in one line, never retried.
+USER_ERRORS: tuple[type[Exception], ...] = (StoreError, ValueError, FileNotFoundError, PermissionError)

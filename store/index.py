@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from store import fixes
 from store.errors import StoreError
+from store.hashing import file_sha256
 from store.layout import DatasetPaths, check_name
 from store.tables import read_json, write_json
 from store.vectors import read_vectors, verified_vectors_hash
@@ -188,7 +189,7 @@ def publish(
         try:
             faiss.write_index(index, str(tmp / INDEX_FILE))
             _fsync(tmp / INDEX_FILE)
-            manifest["index_sha256"] = _sha256_file(tmp / INDEX_FILE)
+            manifest["index_sha256"] = file_sha256(tmp / INDEX_FILE)
             manifest["index_bytes"] = (tmp / INDEX_FILE).stat().st_size
             write_json(manifest, tmp / MANIFEST_FILE)
             os.replace(tmp / INDEX_FILE, target / INDEX_FILE)
@@ -196,14 +197,6 @@ def publish(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return manifest
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------- load

@@ -81,8 +81,6 @@ def run_lattice(lattice_cls: type, root: Path, name: str, same: bool, cached: bo
 
 def main() -> None:
     use_mmrec_checkout(__doc__, "lattice.py")
-    if not torch.cuda.is_available():
-        torch.Tensor.cuda = lambda self, *a, **k: self  # MMRec's LATTICE calls .cuda() on its graphs
     from models.lattice import LATTICE  # MMRec's, from the checkout  # noqa: E402
 
     torch.set_default_dtype(torch.float32)

@@ -148,7 +148,8 @@ def scipy_shim() -> None:
 
 
 def use_mmrec_checkout(doc: str, model_file: str) -> None:
-    """Parse --mmrec (or $MMREC_SRC), put MMRec's src/ first on sys.path and patch SciPy for it."""
+    """Parse --mmrec (or $MMREC_SRC), put MMRec's src/ first on sys.path, patch SciPy for it and
+    keep its tensors on the CPU (the recorded reference values are CPU float32)."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--mmrec", default=os.environ.get("MMREC_SRC"), help="MMRec's src/ folder (or $MMREC_SRC)")
     args = ap.parse_args()
@@ -156,6 +157,7 @@ def use_mmrec_checkout(doc: str, model_file: str) -> None:
         sys.exit("give MMRec's src/ folder: --mmrec /path/to/MMRec/src (or MMREC_SRC=…)")
     sys.path.insert(0, str(Path(args.mmrec).resolve()))
     scipy_shim()
+    torch.Tensor.cuda = lambda self, *a, **k: self  # reference values on the CPU: MMRec calls .cuda() on its graphs
 
 
 def main() -> None:

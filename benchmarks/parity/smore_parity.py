@@ -135,8 +135,6 @@ def main() -> None:
     from mmrec_parity import use_mmrec_checkout  # noqa: E402
 
     use_mmrec_checkout(__doc__, "smore.py")
-    if not torch.cuda.is_available():
-        torch.Tensor.cuda = lambda self, *a, **k: self  # MMRec's SMORE calls .cuda() on its graphs
     scatter_shim()
     from models.smore import SMORE  # MMRec's, from the checkout  # noqa: E402
 
