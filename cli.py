@@ -28,6 +28,7 @@ from typing import Any, Literal, Optional
 import typer
 
 from pipeline_config import FLOW_DOCS, FLOW_GROUPS, NO_IMAGES, PipelineConfig
+from pipelines.catalog_only import NEEDS_INTERACTIONS, refuse_catalog_pipeline, require_interactions
 from pipelines.sources import is_local, local_path
 from store import dataset_paths
 
@@ -194,10 +195,16 @@ def preflight(cfg: PipelineConfig, command: str) -> None:
         check_ingest(cfg)
     else:
         check_dataset_exists(cfg)
+    if command in NEEDS_INTERACTIONS and "ingest" in groups:  # catalog-only datasets: features and pretrain only
+        refuse_catalog_pipeline(cfg.dataset, cfg.release, cfg.reviews, cfg.meta)
+    elif command in NEEDS_INTERACTIONS:
+        require_interactions(cfg.paths, command)
     if "features" in groups:
         check_readable("images", cfg.images, "any")
         check_encoders(cfg)
         check_device(cfg.device)
+    if "pretrain" in groups and cfg.ica_from:
+        cfg.ica_run()  # the run exists and has a checkpoint, before Prefect starts
 
 
 # --------------------------------------------------------------------------- results
@@ -319,6 +326,7 @@ def recommend(
 ) -> None:
     """Top-k items for a user (training items excluded), with titles, from a published run."""
     paths = require_dataset_dir(dataset, home)
+    require_interactions(paths, "recommend")
     from store.sql import recommend_for
 
     table = recommend_for(paths, user, k, run_id=run_id)
@@ -356,7 +364,8 @@ def _print_rows(rows: list[dict], schema: Any, empty: str) -> None:
 @app.command("ls")
 def list_datasets(home: Optional[str] = HomeOption) -> None:
     """The datasets under the home directory, with their sizes, features and runs."""
-    from store.inventory import DATASETS_SCHEMA, list_datasets as datasets
+    from store.inventory import DATASETS_SCHEMA
+    from store.inventory import list_datasets as datasets
     from store.layout import anchorrec_home
 
     empty = f"no datasets under {home or anchorrec_home()}; create one: anchorrec pipeline --dataset demo"
@@ -382,7 +391,7 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", help="report.md path (default <dataset>/reports/report-<time>/)"),
 ) -> None:
     """Compare runs (models × seeds): accuracy ± std, significance, collapse diagnostics, pictures."""
-    from models.report import compare_runs
+    from models.evaluation.report import compare_runs
 
     paths = dataset_paths(dataset, home)
     run_ids = runs or [r for r in paths.run_ids() if paths.metrics(r).exists() and not r.startswith("ica-")]
@@ -390,6 +399,28 @@ def report(
         raise ValueError(f"{paths.runs_dir}: no trained runs to compare; train one: anchorrec train --dataset {dataset}")
     out = out or paths.root / "reports" / f"report-{time.strftime('%Y%m%d-%H%M%S')}" / "report.md"
     typer.echo(f"wrote {compare_runs(paths, run_ids, baseline=baseline, out=out)}")
+
+
+@app.command()
+def leaderboard(
+    dataset: str = DatasetOption,
+    home: Optional[str] = HomeOption,
+    models: Optional[list[str]] = typer.Option(None, "--model", help="a tuned model to include (repeat; default: every tuned model)"),
+    seeds: int = typer.Option(5, "--seeds", min=1, max=20, help="seeds each tuned configuration is rerun on (0..N-1)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="leaderboard.md path (default <dataset>/reports/leaderboard/)"),
+) -> None:
+    """Rerun every tuned model's best configuration on N seeds; one table of accuracy, collapse and cost."""
+    paths = require_dataset_dir(dataset, home)
+    require_interactions(paths, "leaderboard")
+    from models.registry import MODELS
+
+    unknown = sorted(set(models or []) - set(MODELS))
+    if unknown:
+        raise ValueError(f"--model: unknown {unknown}; known models: {', '.join(MODELS)}")
+    from models.evaluation.leaderboard import run_leaderboard
+
+    path = run_leaderboard(paths, models, seeds=range(seeds), out=out, progress=sys.stderr.isatty(), log=typer.echo)
+    typer.echo(f"wrote {path}")
 
 
 # --------------------------------------------------------------------------- scheduling
@@ -500,10 +531,10 @@ def _quiet_logging() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors are one red line and exit 2; bugs keep their traceback."""
-    from store.errors import USER_ERRORS
-
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
     from typer.exceptions import Abort, Exit
+
+    from store.errors import USER_ERRORS
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)

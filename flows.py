@@ -31,6 +31,7 @@ if os.environ.get("PREFECT_HOME"):  # Prefect makes only the last level, then fa
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 
+from pipelines.catalog_only import is_catalog_request, refuse_catalog_pipeline, require_interactions
 from pipelines.local_images import fingerprint as images_fingerprint
 from store import DatasetPaths, dataset_paths  # noqa: F401
 from store.errors import USER_ERRORS
@@ -192,20 +193,44 @@ def extract_task(cfg: PipelineConfig, spec: str, name: str, shard: Optional[tupl
     )
 
 
+@task(name="extract-tokens", persist_result=True)
+@_timed
+def tokens_task(cfg: PipelineConfig, spec: str, modality: str, name: str) -> dict:
+    from features.tokens import extract_tokens
+
+    return extract_tokens(cfg.paths, spec, modality, name=name, grid=cfg.token_grid, max_length=cfg.max_text_tokens,
+                          batch_size=cfg.batch_size, device=cfg.device)
+
+
 @task(name="pretrain-ica", persist_result=True)
 @_timed
-def pretrain_task(cfg: PipelineConfig, image_feature: str, text_feature: str, run_id: str) -> dict:
-    from models.ica import ICAConfig
-    from models.pretrain import pretrain_ica
+def pretrain_task(cfg: PipelineConfig, image_feature: str, text_feature: str, run_id: str,
+                  tokens: dict[str, str] | None = None) -> dict:
+    from models.pretraining.ica import ICAConfig
+    from models.pretraining.pretrain import pretrain_ica
 
     ica = ICAConfig(epochs=cfg.pretrain_epochs, seed=cfg.seed)
-    return pretrain_ica(cfg.paths, image_feature, text_feature, ica, run_id=run_id)
+    tokens = tokens or {}
+    return pretrain_ica(cfg.paths, image_feature, text_feature, ica, run_id=run_id,
+                        image_tokens=tokens.get("image"), text_tokens=tokens.get("text"))
+
+
+@task(name="apply-ica", persist_result=True)
+@_timed
+def apply_ica_task(cfg: PipelineConfig, run_dir: str, image_feature: str, text_feature: str, name: str,
+                   tokens: dict[str, str] | None = None) -> dict:
+    from models.pretraining.apply import write_applied_feature
+
+    tokens = tokens or {}
+    path = write_applied_feature(cfg.paths, Path(run_dir), image_feature, text_feature, tokens.get("image"),
+                                 tokens.get("text"), name=name)
+    return {"name": path.stem, "path": str(path), "run": run_dir}
 
 
 @task(name="train", persist_result=True)
 @_timed
 def train_task(cfg: PipelineConfig, features: dict[str, str], run_id: str) -> dict:
-    from models.train import TrainConfig, train
+    from models.training.trainer import TrainConfig, train
 
     tc = TrainConfig(
         model=cfg.model,
@@ -223,8 +248,8 @@ def train_task(cfg: PipelineConfig, features: dict[str, str], run_id: str) -> di
 @task(name="tune", persist_result=True)
 @_timed
 def tune_task(cfg: PipelineConfig, features: dict[str, str]) -> dict:
-    from models.train import TrainConfig
-    from models.tune import tune
+    from models.training.trainer import TrainConfig
+    from models.training.tune import tune
 
     base = TrainConfig(model=cfg.model, features=features, epochs=cfg.epochs, patience=cfg.patience, seed=cfg.seed,
                        device=cfg.device)
@@ -267,7 +292,8 @@ def stage_ingest(cfg: PipelineConfig) -> dict:
     if cfg.source:
         inputs += sorted(f for f in Path(cfg.source).glob("*") if f.is_file())
     key = stage_key("ingest", conf, inputs, ("pipelines", "store"))
-    return run_stage("ingest", ingest_task, key, [p.items, p.users, p.interactions], cfg)
+    catalog = is_catalog_request(cfg.release, cfg.reviews, cfg.meta)  # items only (pipelines.catalog_only)
+    return run_stage("ingest", ingest_task, key, [p.items] if catalog else [p.items, p.users, p.interactions], cfg)
 
 
 def stage_images(cfg: PipelineConfig) -> dict:
@@ -295,16 +321,41 @@ def stage_features(cfg: PipelineConfig) -> dict[str, dict]:
             map_shards(extract_task, key, cfg, bool(problem(p.feature(name))), spec, name)
         summary = run_stage(f"features {modality}", extract_task, key, [p.feature(name)], cfg, spec, name)
         out[modality] = {**summary, "name": name}
+        if cfg.tokens:
+            out[modality]["tokens"] = stage_tokens(cfg, modality, spec, inputs)
     return out
 
 
-def stage_pretrain(cfg: PipelineConfig, image: str, text: str) -> str:
+def stage_tokens(cfg: PipelineConfig, modality: str, spec: str, inputs: list[Path]) -> str:
+    """Token-level features of one modality (tokens/<name>.parquet) for the token encoder."""
+    from features.tokens import default_token_name
+
+    name = default_token_name(spec)
+    conf = {"spec": spec, "grid": cfg.token_grid, "max_length": cfg.max_text_tokens}
+    key = stage_key(f"tokens-{name}", conf, inputs, ("features", "store"))
+    run_stage(f"tokens {modality}", tokens_task, key, [cfg.paths.token_feature(name)], cfg, spec, modality, name)
+    return name
+
+
+def stage_pretrain(cfg: PipelineConfig, image: str, text: str, tokens: dict[str, str]) -> str:
     p = cfg.paths
-    conf = {"epochs": cfg.pretrain_epochs, "seed": cfg.seed}
-    key = stage_key("pretrain", conf, [p.feature(image), p.feature(text), p.items], ("models", "store"))
+    conf = {"epochs": cfg.pretrain_epochs, "seed": cfg.seed, "tokens": tokens}
+    inputs = [p.feature(image), p.feature(text), p.items] + [p.token_feature(n) for n in tokens.values()]
+    key = stage_key("pretrain", conf, inputs, ("models", "store"))
     run_id = key.split("-", 1)[1][:10]
-    run_stage("pretrain", pretrain_task, key, [p.feature(f"ica-{run_id}")], cfg, image, text, run_id)
+    run_stage("pretrain", pretrain_task, key, [p.feature(f"ica-{run_id}")], cfg, image, text, run_id, tokens)
     return f"ica-{run_id}"
+
+
+def stage_apply_ica(cfg: PipelineConfig, image: str, text: str, tokens: dict[str, str]) -> str:
+    """mm from an encoder pretrained elsewhere (typically a large catalog) instead of pretraining here."""
+    p = cfg.paths
+    run_dir, name = cfg.ica_run()
+    inputs = [p.feature(image), p.feature(text), p.items, run_dir / "checkpoint.pt", run_dir / "config.json"]
+    inputs += [p.token_feature(n) for n in tokens.values()]
+    key = stage_key("apply-ica", {"run": str(run_dir), "tokens": tokens, "name": name}, inputs, ("models", "store"))
+    run_stage("apply ica", apply_ica_task, key, [p.feature(name)], cfg, str(run_dir), image, text, name, tokens)
+    return name
 
 
 def stage_train(cfg: PipelineConfig, features: dict[str, str]) -> dict:
@@ -321,7 +372,7 @@ def stage_train(cfg: PipelineConfig, features: dict[str, str]) -> dict:
 
 
 def stage_tune(cfg: PipelineConfig, features: dict[str, str]) -> dict:
-    """The key holds `trials`: asking for more continues the stored study (models.tune resumes it)."""
+    """The key holds `trials`: asking for more continues the stored study (models.training.tune resumes it)."""
     p = cfg.paths
     conf = {k: getattr(cfg, k) for k in ("model", "epochs", "patience", "seed", "trials", "pruner")}
     conf["features"] = features
@@ -338,7 +389,7 @@ def stage_publish(cfg: PipelineConfig, run_id: str) -> dict:
 
 # --------------------------------------------------------------------------- modalities
 def _plan(cfg: PipelineConfig, extracted: dict[str, dict]) -> Any:
-    from models.modalities import Coverage, plan_modalities
+    from models.training.modalities import Coverage, plan_modalities
 
     coverage = {m: Coverage(s["name"], int(s.get("n_vectors", 0)), int(s.get("n_items", 0))) for m, s in extracted.items()}
     plan = plan_modalities(coverage, cfg.min_coverage, cfg.model, image_off=not cfg.with_images)
@@ -355,30 +406,38 @@ def _features_body(cfg: PipelineConfig) -> dict:
 
 def _pretrain_body(cfg: PipelineConfig) -> dict:
     """The recommender's v/t/mm inputs: ICA's fused output when both modalities are usable."""
-    plan = _plan(cfg, _features_body(cfg))
+    extracted = _features_body(cfg)
+    plan = _plan(cfg, extracted)
+    tokens = {m: s["tokens"] for m, s in extracted.items() if s.get("tokens")} if plan.pretrain else {}
     mm = None
-    if plan.pretrain and cfg.pretrain_epochs > 0:
-        mm = stage_pretrain(cfg, plan.image, plan.text)
+    if plan.pretrain and cfg.ica_from:
+        mm = stage_apply_ica(cfg, plan.image, plan.text, tokens)
+    elif plan.pretrain and cfg.pretrain_epochs > 0:
+        mm = stage_pretrain(cfg, plan.image, plan.text, tokens)
     return {"features": plan.features(mm), "note": plan.note, "usable": plan.usable}
 
 
 def _train_body(cfg: PipelineConfig) -> dict:
+    require_interactions(cfg.paths, "train")  # before any stage runs
     inputs = _pretrain_body(cfg)
     return {**stage_train(cfg, inputs["features"]), "inputs": inputs}
 
 
 def _tune_body(cfg: PipelineConfig) -> dict:
+    require_interactions(cfg.paths, "tune")
     inputs = _pretrain_body(cfg)
     return {**stage_tune(cfg, inputs["features"]), "inputs": inputs}
 
 
 def _publish_body(cfg: PipelineConfig) -> dict:
+    require_interactions(cfg.paths, "publish")
     trained = _train_body(cfg)
     return {**stage_publish(cfg, trained["run_id"]), "run_id": trained["run_id"]}
 
 
 def _pipeline_body(cfg: PipelineConfig) -> dict:
     t0 = time.perf_counter()
+    refuse_catalog_pipeline(cfg.dataset, cfg.release, cfg.reviews, cfg.meta)
     ingest_summary = stage_ingest(cfg)
     inputs = _pretrain_body(cfg)
     trained = stage_train(cfg, inputs["features"])

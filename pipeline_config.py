@@ -6,6 +6,7 @@ print its help) without importing Prefect.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Optional
 
 from store import DatasetPaths, dataset_paths
@@ -13,7 +14,7 @@ from store import DatasetPaths, dataset_paths
 RELEASES = ("demo", "2014", "2018", "2023", "mmrec", "csv")
 MODELS = ("anchorrec", "alignrec", "lightgcn", "vbpr", "freedom", "bm3", "lattice", "lgmrec", "damrs", "smore")  # models.registry.MODELS (checked in tests)
 TASK_RUNNERS = ("thread", "dask")
-PRUNERS = ("median", "halving", "none")  # models.tune.PRUNERS (checked in tests)
+PRUNERS = ("median", "halving", "none")  # models.training.tune.PRUNERS (checked in tests)
 NO_IMAGES = "none"
 META_RELEASES = ("auto", "2014", "2018", "2023", "table")
 
@@ -55,7 +56,13 @@ class PipelineConfig:
     min_coverage: float = _opt(0.2, "a modality with vectors for fewer items than this share is left out", "features")
     batch_size: int = _opt(64, "encoder batch size", "features")
     device: Optional[str] = _opt(None, "cpu, cuda or cuda:N (default: cuda when present)", "features")
+    tokens: bool = _opt(False, "also extract token-level features (tokens/<name>.parquet) and pretrain the encoder on them",
+                        "features")
+    token_grid: int = _opt(4, "image tokens per side: grid² regions of the backbone's feature map (CLIP: patches)", "features")
+    max_text_tokens: int = _opt(32, "word pieces kept per item text for token features, [CLS] and [SEP] included", "features")
     pretrain_epochs: int = _opt(30, "epochs of inter-content (ICA) pretraining; 0 skips it", "pretrain")
+    ica_from: Optional[str] = _opt(None, "encode with a finished pretraining run instead of pretraining here: RUN "
+                                   "(this dataset), DATASET/RUN, or a runs/ica-… folder", "pretrain")
     model: str = _opt("anchorrec", "recommender to train", "train", MODELS)
     epochs: int = _opt(60, "most training epochs", "train")
     patience: int = _opt(10, "stop after this many epochs without a better validation Recall@20", "train")
@@ -72,12 +79,17 @@ class PipelineConfig:
                 raise ValueError(f"--{_flag(f.name)} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}")
         if self.release == "mmrec" and not self.source:
             raise ValueError("--release mmrec needs --source DIR: the directory holding <name>.inter")
-        if self.release == "csv" and not self.reviews:
-            raise ValueError("--release csv needs --reviews FILE: a CSV, TSV or Parquet of user,item interactions")
+        if self.release == "csv" and not self.reviews and not self.meta:
+            raise ValueError("--release csv needs --reviews FILE: a CSV, TSV or Parquet of user,item interactions "
+                             "(or --meta FILE alone: a catalog-only dataset, for features and pretrain)")
         for name in ("kcore", "image_workers", "shards", "batch_size", "epochs", "patience", "demo_items", "demo_users",
                      "trials", "jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be ≥ 1, got {getattr(self, name)}")
+        if not 1 <= self.token_grid <= 16:
+            raise ValueError(f"--token-grid must be in 1..16, got {self.token_grid}")
+        if self.max_text_tokens < 3:
+            raise ValueError(f"--max-text-tokens must be ≥ 3 ([CLS], one word piece, [SEP]), got {self.max_text_tokens}")
         if self.pretrain_epochs < 0:
             raise ValueError("--pretrain-epochs must be ≥ 0 (0 skips pretraining)")
         if not 0 < self.lr < 1:
@@ -89,6 +101,25 @@ class PipelineConfig:
     @property
     def paths(self) -> DatasetPaths:
         return dataset_paths(self.dataset, self.home)
+
+    def ica_run(self) -> tuple[Path, str]:
+        """`--ica-from` as (run folder, name of the mm feature it writes here): RUN, DATASET/RUN or a folder."""
+        given = str(self.ica_from)
+        folder = Path(given).expanduser()
+        if folder.is_dir():
+            run_dir = folder.resolve()
+            origin = run_dir.parent.parent.name  # <home>/<dataset>/runs/<run>
+        elif given.count("/") == 1:
+            origin, run = given.split("/")
+            run_dir = dataset_paths(origin, self.home).run(run)
+        else:
+            run_dir, origin = self.paths.run(given), self.dataset
+        if not (run_dir / "checkpoint.pt").is_file():
+            raise FileNotFoundError(
+                f"--ica-from {given}: no pretraining run at {run_dir} (no checkpoint.pt); list runs with "
+                f"`anchorrec runs --dataset {origin}`, or pretrain one: anchorrec pretrain --dataset {origin}"
+            )
+        return run_dir, run_dir.name if origin == self.dataset else f"{run_dir.name}-from-{origin}"
 
     @property
     def with_images(self) -> bool:

@@ -9,7 +9,7 @@ mm branch:
 - `no-mm`: the model without its mm branch (AnchorRecConfig.mm_branch=False: no recovery, AAL,
   mm AMP or smoothing term).
 
-Each variant runs over several seeds through models.train.train_seeds; the epoch is selected on
+Each variant runs over several seeds through models.training.trainer.train_seeds; the epoch is selected on
 validation Recall@20 only, and test metrics are read at that epoch. The datasets and their
 feature tables come from benchmarks/bench_ica.py (run it first); they are copied to a fresh
 home so these runs do not mix with the pretraining runs.
@@ -29,8 +29,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from models.pretrain import write_concat_feature  # noqa: E402
-from models.train import TrainConfig, train_seeds  # noqa: E402
+from models.pretraining.pretrain import write_concat_feature  # noqa: E402
+from models.training.trainer import TrainConfig, train_seeds  # noqa: E402
 from store.layout import DatasetPaths, dataset_paths  # noqa: E402
 
 IMAGE, TEXT = "image-effnet", "text-minilm"

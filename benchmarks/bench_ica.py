@@ -32,10 +32,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from features.extract import extract  # noqa: E402
-from models.content_metrics import content_topn  # noqa: E402
-from models.data import load_interactions  # noqa: E402
-from models.ica import ICAConfig  # noqa: E402
-from models.pretrain import concat_vectors, load_catalog, pretrain_ica, write_concat_feature  # noqa: E402
+from models.evaluation.content_metrics import content_topn  # noqa: E402
+from models.pretraining.ica import ICAConfig  # noqa: E402
+from models.pretraining.pretrain import (  # noqa: E402
+    concat_vectors,
+    load_catalog,
+    pretrain_ica,
+    write_concat_feature,
+)
+from models.training.data import load_interactions  # noqa: E402
 from pipelines import amazon  # noqa: E402
 from pipelines.images import fetch_images  # noqa: E402
 from pipelines.ingest import ingest  # noqa: E402

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import graphs  # noqa: E402
+from models.training import graphs  # noqa: E402
 
 
 def cpu_seconds() -> float:

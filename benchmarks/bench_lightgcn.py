@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.train import TrainConfig, train  # noqa: E402
+from models.training.trainer import TrainConfig, train  # noqa: E402
 from store.layout import dataset_paths  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -39,7 +39,7 @@ def speed_ratio(paths, batches: int = 20) -> dict:
     import torch.nn.functional as F
 
     from models.registry import make_model
-    from models.train import BPRSampler, prepare
+    from models.training.trainer import BPRSampler, prepare
 
     data, graph = prepare(paths, TrainConfig(model="lightgcn"))
     triples = torch.as_tensor(BPRSampler(data).epoch(0, 0))[: batches * 2048]

@@ -2,8 +2,8 @@
 
 Both implementations hold the same parameters (one state_dict) and give the same loss (checked
 on the first batch); only the per-batch computation differs (see benchmarks/reference_structure.py).
-The batches are the trainer's (models.train.BPRSampler, epoch 0, batch 2048) and each step is a
-trainer's: loss, zero_grad, backward, Adam step — ours with models/train.py's fused Adam, the
+The batches are the trainer's (models.training.trainer.BPRSampler, epoch 0, batch 2048) and each step is a
+trainer's: loss, zero_grad, backward, Adam step — ours with models/training/trainer.py's fused Adam, the
 reference with its trainer's (MMRec's) plain torch.optim.Adam, and a second reference copy with
 fused Adam so the model computation's ratio is shown apart from the optimizer's. They run
 interleaved batch by batch (rotating who goes first) so that a busy machine slows all alike; the
@@ -31,7 +31,7 @@ from reference_structure import ReferenceStructureAnchorRec  # noqa: E402
 from sports_data import sports_graph  # noqa: E402
 
 from models.anchorrec import AnchorRec, AnchorRecConfig  # noqa: E402
-from models.train import BPRSampler  # noqa: E402
+from models.training.trainer import BPRSampler  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.md"
 SPORTS_ARGS = dict(aal_loss=0.01, amp_loss=0.01, tau=0.25, n_layers=1, lambda_weight=1e-3, recover_lambda=0.0005)
@@ -69,7 +69,7 @@ def main() -> None:
     ref_fused = ReferenceStructureAnchorRec(graph, cfg).to(graph.device)
     ref_fused.load_state_dict(ours.state_dict())
     models = {"ours": ours, "ref": ref, "ref_fused": ref_fused}
-    # ours: the trainer's fused Adam (models/train.py); ref: the reference trainer's (MMRec's)
+    # ours: the trainer's fused Adam (models/training/trainer.py); ref: the reference trainer's (MMRec's)
     # plain torch.optim.Adam; ref_fused: the reference structure with our optimizer, so that
     # ref_fused / ours is the model computation's ratio alone
     opts = {
@@ -119,7 +119,7 @@ def main() -> None:
         "| --- | --- | --- | --- |",
         f"| reference structure (full forward + all-item projections per batch) | torch.optim.Adam (the reference trainer's) | {med['ref']:.3f} | {epoch['ref']:.0f} |",
         f"| reference structure, our optimizer | fused Adam | {med['ref_fused']:.3f} | {epoch['ref_fused']:.0f} |",
-        f"| ours (models/anchorrec.py + models/train.py) | fused Adam | {med['ours']:.3f} | {epoch['ours']:.0f} |",
+        f"| ours (models/anchorrec.py + models/training/trainer.py) | fused Adam | {med['ours']:.3f} | {epoch['ours']:.0f} |",
         f"| speed-up of the trainer (reference / ours) | | {ratio:.2f}× (per-batch quartiles {q1:.2f}–{q3:.2f}) | |",
         f"| speed-up of the model computation alone (same optimizer) | | {model_ratio:.2f}× | |",
         "",

@@ -51,7 +51,7 @@ def timed(fn: Callable[[], Any], device: str) -> tuple[float, Any]:
 
 # --------------------------------------------------------------------------- 1. Sports training
 def sports_inputs(src: Path, features: Path | None, home: Path) -> tuple[Any, np.ndarray, str]:
-    from models.data import load_interactions
+    from models.training.data import load_interactions
     from pipelines.mmrec import import_mmrec
     from store.layout import dataset_paths
 
@@ -70,9 +70,9 @@ def sports_inputs(src: Path, features: Path | None, home: Path) -> tuple[Any, np
 
 def bench_training(args: argparse.Namespace, device: str) -> dict:
     from models.anchorrec import AnchorRec, AnchorRecConfig
-    from models.data import build_graph_data
-    from models.metrics import RankingEvaluator
-    from models.train import BPRSampler, evaluate_model
+    from models.evaluation.metrics import RankingEvaluator
+    from models.training.data import build_graph_data
+    from models.training.trainer import BPRSampler, evaluate_model
 
     home = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     data, x, what = sports_inputs(args.sports, args.features, home)
@@ -171,8 +171,8 @@ def bench_extraction(args: argparse.Namespace, device: str) -> dict:
 def bench_ica(args: argparse.Namespace, device: str) -> dict:
     import pyarrow as pa
 
-    from models.ica import ICAConfig
-    from models.pretrain import pretrain_ica
+    from models.pretraining.ica import ICAConfig
+    from models.pretraining.pretrain import pretrain_ica
     from store import schemas
     from store.layout import dataset_paths
     from store.tables import write_table

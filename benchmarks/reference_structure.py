@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from models.anchorrec import AnchorRec, AnchorRecConfig, bpr_loss, l2_loss, uia_margin_loss, user_lift
-from models.data import GraphData
+from models.anchorrec import AnchorRec, AnchorRecConfig
+from models.blocks import user_lift
+from models.losses import bpr_loss, l2_loss, uia_margin_loss
+from models.training.data import GraphData
 
 
 def build_sim(x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Content features are METHOD.md's reference setting: all-MiniLM-L6-v2 vectors of each item's
 keyword phrase (benchmarks/sports_data.py), used as t, v and mm alike (Sports has no images
 here, so "vision" coherence equals text coherence by construction). Every run selects its epoch
-on validation Recall@20; the report (models.report.compare_runs) gives test mean ± std over
+on validation Recall@20; the report (models.evaluation.report.compare_runs) gives test mean ± std over
 seeds, paired significance against LightGCN, the positional-collapse diagnostics, the long-tail
 split and the pictures.
 
@@ -38,10 +38,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sports_data import minilm_keywords, load_sports  # noqa: E402
+from sports_data import load_sports, minilm_keywords  # noqa: E402
 
-from models.report import compare_runs  # noqa: E402
-from models.train import TrainConfig, resume_run, train_seeds  # noqa: E402
+from models.evaluation.report import compare_runs  # noqa: E402
+from models.training.trainer import TrainConfig, resume_run, train_seeds  # noqa: E402
 from store.layout import DatasetPaths, dataset_paths  # noqa: E402
 from store.tables import read_json  # noqa: E402
 from store.vectors import write_features  # noqa: E402
@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="no training: report the runs that finished")
     ap.add_argument("--train-only", action="store_true", help="train, then stop without writing the report")
     ap.add_argument("--continue-stopped", action="store_true",
-                    help="train on the runs that were stopped for time (models.train.stop_run) until early stopping ends them")
+                    help="train on the runs that were stopped for time (models.training.trainer.stop_run) until early stopping ends them")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 per process when several run")
     ap.add_argument("--projection-sample", type=int, default=1500)
     ap.add_argument("--results", type=Path, default=RESULTS / "report_sports.md")
@@ -178,7 +178,7 @@ def continue_stopped(paths: DatasetPaths, runs: list[str]) -> None:
 
 def stop_reason(run: dict, cap: int) -> str:
     if run.get("stopped_by_hand"):
-        return "no: stopped for time (models.train.stop_run), best epoch so far tested"
+        return "no: stopped for time (models.training.trainer.stop_run), best epoch so far tested"
     return "yes" if run["epochs_run"] < cap else "no (cap)"
 
 
@@ -199,7 +199,7 @@ def write_summary(args: argparse.Namespace, command: str, done: list[str], repor
         lines.append(f"  - {m}: `{settings(m, args.epochs)}`, model args `{MODEL_ARGS[m]}`")
     lines += [
         "- " + (f"epochs capped at {args.epochs}: runs may not be converged" if args.epochs else "a run 'stopped early' when its patience "
-                "ran out before the cap; a run stopped for time was ended by hand (models.train.stop_run) and its best "
+                "ran out before the cap; a run stopped for time was ended by hand (models.training.trainer.stop_run) and its best "
                 "validation epoch so far was tested"),
         f"- runs finished: {len(done)} of {len(models) * len(seeds)}; "
         + ("report regenerated from the finished runs with `--report-only`" if args.report_only else f"wall time {seconds / 60:.1f} min"),

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sports_data import WORK, sports_graph  # noqa: E402
 
-from models.train import TrainConfig, fit  # noqa: E402
+from models.training.trainer import TrainConfig, fit  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "anchorrec_sports.md"
 REFERENCE_VALID_R20 = 0.0879

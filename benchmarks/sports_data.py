@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.data import InteractionData, build_graph_data, load_interactions
+from models.training.data import InteractionData, build_graph_data, load_interactions
 from pipelines.mmrec import import_mmrec
 from store.layout import dataset_paths
 

@@ -103,6 +103,28 @@ class ClipImageEncoder(_ClipBase):
             out = self.net.encode_image(batch.to(self.device, non_blocking=True), normalize=True)
         return to_numpy(out)
 
+    def encode_image_tokens(self, batch: torch.Tensor, grid: int = 4) -> np.ndarray:
+        """(n, grid², dim) float32: the ViT's patch tokens (after ln_post, through the same
+        projection as the pooled embedding, not normalized), average-pooled to grid × grid."""
+        visual = self.net.visual
+        if not hasattr(visual, "output_tokens") or not hasattr(visual, "grid_size"):
+            raise ValueError(f"CLIP model {self.model!r} has no ViT image tower: patch tokens need a ViT model")
+        if len(batch) == 0:
+            return np.zeros((0, grid * grid, self.dim), dtype=np.float32)
+        before = visual.output_tokens
+        visual.output_tokens = True
+        try:
+            with torch.inference_mode(), autocast(self.device):
+                _, tokens = visual(batch.to(self.device, non_blocking=True))
+                if visual.proj is not None:
+                    tokens = tokens @ visual.proj
+                gh, gw = visual.grid_size
+                fmap = tokens.transpose(1, 2).reshape(len(tokens), -1, gh, gw)
+                pooled = torch.nn.functional.adaptive_avg_pool2d(fmap.float(), grid)
+        finally:
+            visual.output_tokens = before
+        return to_numpy(pooled.flatten(2).transpose(1, 2))
+
 
 class ClipTextEncoder(_ClipBase):
     """Unit-norm CLIP text embeddings (the tokenizer truncates to the model's context length)."""

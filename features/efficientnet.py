@@ -106,13 +106,16 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = nn.BatchNorm2d(1280, eps=BN_EPS)
         self._fc = nn.Linear(1280, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, 3, H, W) normalized images → (n, 1280) pooled penultimate features."""
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, 3, H, W) normalized images → (n, 1280, H/32, W/32) head activations (7×7 at 224)."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
-        x = F.relu6(self._bn1(self._conv_head(x)))
-        return x.mean(dim=(2, 3))
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, 3, H, W) normalized images → (n, 1280) pooled penultimate features."""
+        return self.feature_map(x).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self.features(x))
@@ -217,6 +220,18 @@ class EfficientNetLite0Encoder:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast(self.device):
             return to_numpy(self.net.features(x))
+
+    def encode_image_tokens(self, batch: torch.Tensor, grid: int = 4) -> np.ndarray:
+        """(n, grid², 1280) float32: the head feature map average-pooled to grid × grid regions,
+        row-major. With grid 7 at 224 px the mean over tokens is exactly `encode`'s vector."""
+        if len(batch) == 0:
+            return np.zeros((0, grid * grid, self.dim), dtype=np.float32)
+        x = batch.to(self.device, non_blocking=True)
+        if str(self.device).startswith("cuda"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(self.device):
+            fmap = F.adaptive_avg_pool2d(self.net.feature_map(x), grid)
+            return to_numpy(fmap.flatten(2).transpose(1, 2))
 
     def classify(self, batch: torch.Tensor) -> np.ndarray:
         """ImageNet logits; used to check the weights load into a working classifier."""

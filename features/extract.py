@@ -22,7 +22,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -142,15 +142,25 @@ def image_inputs(paths: DatasetPaths, items: pa.Table, threads: int = 8) -> Inpu
     return Inputs(asins, items.column("item_id").to_numpy(), payload, missing, keys)
 
 
+def item_inputs(paths: DatasetPaths, modality: str) -> Inputs:
+    """What each item of the dataset feeds an encoder of `modality` (pooled and token extraction)."""
+    items = _read_items(paths)
+    return text_inputs(items) if modality == "text" else image_inputs(paths, items)
+
+
 # --- batch iterators, reused by benchmarks ------------------------------------------------------
 
 
-def text_batches(encoder: Encoder, texts: Sequence[str], batch_size: int) -> Iterator[tuple[list[int], np.ndarray]]:
-    """(positions, vectors) per batch; texts go longest first so each batch pads to similar lengths."""
+def text_batches(
+    encoder: Encoder, texts: Sequence[str], batch_size: int, encode: Callable[[Any], Any] | None = None
+) -> Iterator[tuple[list[int], Any]]:
+    """(positions, vectors) per batch; texts go longest first so each batch pads to similar lengths.
+    `encode` replaces encoder.encode (token extraction asks for per-token outputs instead)."""
+    encode = encode or encoder.encode
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     for start in range(0, len(order), batch_size):
         pos = order[start : start + batch_size]
-        yield pos, encoder.encode([texts[i] for i in pos])
+        yield pos, encode([texts[i] for i in pos])
 
 
 def extract_texts(encoder: Encoder, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
@@ -162,9 +172,11 @@ def extract_texts(encoder: Encoder, texts: Sequence[str], batch_size: int = 64) 
 
 
 def encoded_image_batches(
-    encoder: Encoder, image_paths: Sequence[str | Path], *, batch_size: int, workers: int, draft: bool = True
-) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
-    """(positions, vectors, [(position, undecodable reason)]) per batch, decoding in `workers`."""
+    encoder: Encoder, image_paths: Sequence[str | Path], *, batch_size: int, workers: int, draft: bool = True,
+    encode: Callable[[Any], Any] | None = None,
+) -> Iterator[tuple[list[int], Any, list[tuple[int, str]]]]:
+    """(positions, vectors, [(position, undecodable reason)]) per batch, decoding in `workers`;
+    `encode` replaces encoder.encode (it is not called for a batch where nothing decoded)."""
     for pos, batch, failed in image_batches(
         image_paths,
         encoder.preprocess,  # type: ignore[attr-defined]
@@ -174,8 +186,80 @@ def encoded_image_batches(
         draft=draft,
         pin_memory=str(encoder.device).startswith("cuda"),
     ):
-        vectors = encoder.encode(batch) if batch is not None else np.zeros((0, encoder.dim), np.float32)
-        yield pos, vectors, failed
+        if batch is None:
+            yield pos, np.zeros((0, encoder.dim), np.float32), failed
+        else:
+            yield pos, (encode or encoder.encode)(batch), failed
+
+
+def pending_batches(
+    encoder: Encoder, inputs: Inputs, pending: list[int], modality: str, *, batch_size: int, workers: int,
+    draft: bool, encode: Callable[[Any], Any] | None = None,
+) -> Iterator[tuple[list[int], Any, list[tuple[int, str]]]]:
+    """Encoded batches of the items at `pending` (positions into `inputs`), in those positions:
+    (positions encoded, outputs, [(position, undecodable reason)])."""
+    if modality == "text":
+        texts = [inputs.payload[p] for p in pending]
+        for local, out in text_batches(encoder, texts, batch_size, encode):  # type: ignore[arg-type]
+            yield [pending[i] for i in local], out, []
+        return
+    files = [inputs.payload[p] for p in pending]
+    for local, out, failed in encoded_image_batches(
+        encoder, files, batch_size=batch_size, workers=workers, draft=draft, encode=encode  # type: ignore[arg-type]
+    ):
+        yield [pending[i] for i in local], out, [(pending[i], reason) for i, reason in failed]
+
+
+def run_pending(
+    encoder: Encoder, inputs: Inputs, pending: list[int], modality: str, *,
+    store: Callable[[list[int], Any], None], fail: Callable[[int, str], None], save: Callable[[list[int]], None],
+    buffer: list[int], batch_size: int, workers: int, draft: bool, chunk_size: int, progress: bool, desc: str,
+    encode: Callable[[Any], Any] | None = None,
+) -> None:
+    """Encode the items at `pending` with a progress bar: each batch's outputs go to `store`, each
+    undecodable item to `fail`, and finished positions (after those already in `buffer`) to `save`
+    every `chunk_size` items and once more on the way out, also when interrupted, so a rerun resumes."""
+
+    def flush(force: bool = False) -> None:
+        if buffer and (force or len(buffer) >= chunk_size):
+            save(list(buffer))
+            buffer.clear()
+
+    bar = tqdm(total=len(pending), unit="item", desc=desc, disable=not progress, dynamic_ncols=True)
+    try:
+        for done, out, failed in pending_batches(
+            encoder, inputs, pending, modality, batch_size=batch_size, workers=workers, draft=draft, encode=encode
+        ):
+            if done:
+                store(done, out)
+            for pos, reason in failed:
+                fail(pos, reason)
+            buffer.extend(done + [pos for pos, _ in failed])
+            bar.update(len(done) + len(failed))
+            flush()
+    finally:
+        flush(force=True)  # keep what was finished, even when interrupted
+        bar.close()
+
+
+def shard_plan(inputs: Inputs, filled: np.ndarray, shard: tuple[int, int] | None) -> tuple[list[int], list[int]]:
+    """(this shard's unfinished items with no input: recorded with their reason now, items to encode)."""
+    n = len(inputs.asins)
+    mine = np.ones(n, dtype=bool) if shard is None else (np.arange(n) % shard[1] == shard[0])
+    todo = [p for p in range(n) if mine[p] and not filled[p]]
+    return [p for p in todo if inputs.missing[p] is not None], [p for p in todo if inputs.missing[p] is None]
+
+
+def check_extract_args(batch_size: int, workers: int, chunk_size: int, shard: tuple[int, int] | None) -> None:
+    """Refuse bad sizes before any model is loaded (shared by pooled and token extraction)."""
+    if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be ≥ 0, got {workers}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
 
 
 def extract_images(
@@ -227,30 +311,44 @@ class Partial:
     def parts(self) -> list[Path]:
         return sorted(self.root.glob("part-*.parquet"))
 
-    def load(self, inputs: Inputs) -> dict[int, tuple[np.ndarray | None, str | None]]:
-        """position → (vector or None, reason) for rows whose content key still matches."""
+    def matching_rows(self, inputs: Inputs) -> Iterator[tuple[pa.Table, list[int], list[int]]]:
+        """(part table, its rows, their positions in `inputs`) for rows whose content key still matches."""
         current = {a: (i, k) for i, (a, k) in enumerate(zip(inputs.asins, inputs.keys))}
-        done: dict[int, tuple[np.ndarray | None, str | None]] = {}
         for part in self.parts():
             table = read_table(part)
-            vectors, valid = to_matrix(table.column("vector"), self.dim)
-            for j, (asin, key, reason) in enumerate(
-                zip(table.column("asin").to_pylist(), table.column("key").to_pylist(), table.column("reason").to_pylist())
-            ):
+            rows, positions = [], []
+            for j, (asin, key) in enumerate(zip(table.column("asin").to_pylist(), table.column("key").to_pylist())):
                 hit = current.get(asin)
                 if hit is not None and hit[1] == key:
-                    done[hit[0]] = (vectors[j] if valid[j] else None, reason)
+                    rows.append(j)
+                    positions.append(hit[0])
+            yield table, rows, positions
+
+    def load(self, inputs: Inputs) -> dict[int, tuple[np.ndarray | None, str | None]]:
+        """position → (vector or None, reason) for rows whose content key still matches."""
+        done: dict[int, tuple[np.ndarray | None, str | None]] = {}
+        for table, rows, positions in self.matching_rows(inputs):
+            vectors, valid = to_matrix(table.column("vector"), self.dim)
+            reasons = table.column("reason").to_pylist()
+            for j, pos in zip(rows, positions):
+                done[pos] = (vectors[j] if valid[j] else None, reasons[j])
         return done
 
     def write(self, inputs: Inputs, positions: list[int], vectors: np.ndarray, valid: np.ndarray, reasons: list[str | None]) -> None:
+        self.write_columns(inputs, positions, {
+            "vector": fixed_list(vectors[positions], valid[positions]),
+            "reason": pa.array([reasons[p] for p in positions], pa.string()),
+        })
+
+    def write_columns(self, inputs: Inputs, positions: list[int], columns: dict[str, pa.Array]) -> None:
+        """One part file: asin and item_id of `positions`, the given columns, then the content keys."""
         if not positions:
             return
         table = pa.table(
             {
                 "asin": pa.array([inputs.asins[p] for p in positions], pa.string()),
                 "item_id": pa.array(inputs.item_ids[positions].astype(np.int32)),
-                "vector": fixed_list(vectors[positions], valid[positions]),
-                "reason": pa.array([reasons[p] for p in positions], pa.string()),
+                **columns,
                 "key": pa.array([inputs.keys[p] for p in positions], pa.string()),
             }
         )
@@ -286,14 +384,7 @@ def extract(
     and no table is written: a final call without `shard` then finds every row done and writes
     the table. That is the Prefect flow's fan-out over a distributed task runner.
     """
-    if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
-        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    if workers < 0:
-        raise ValueError(f"workers must be ≥ 0, got {workers}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
+    check_extract_args(batch_size, workers, chunk_size, shard)
     t0 = time.perf_counter()
     if isinstance(spec, str):
         parsed = parse_spec(spec)
@@ -305,8 +396,7 @@ def extract(
     name = name or default_name
     out_path = paths.feature(name)
 
-    items = _read_items(paths)
-    inputs = text_inputs(items) if modality == "text" else image_inputs(paths, items)
+    inputs = item_inputs(paths, modality)
     ihash = inputs.input_hash(spec_text)
     n = len(inputs.asins)
 
@@ -334,48 +424,23 @@ def extract(
         filled[pos] = True
     resumed = int(filled.sum())
 
-    mine = np.ones(n, dtype=bool) if shard is None else (np.arange(n) % shard[1] == shard[0])
-    buffer: list[int] = []
-    for pos in range(n):
-        if mine[pos] and not filled[pos] and inputs.missing[pos] is not None:
-            reasons[pos] = inputs.missing[pos]
-            filled[pos] = True
-            buffer.append(pos)
-    pending = [p for p in range(n) if mine[p] and not filled[p]]
+    buffer, pending = shard_plan(inputs, filled, shard)
+    for pos in buffer:
+        reasons[pos] = inputs.missing[pos]
+        filled[pos] = True
 
-    def flush(force: bool = False) -> None:
-        if buffer and (force or len(buffer) >= chunk_size):
-            partial.write(inputs, buffer, vectors, valid, reasons)
-            buffer.clear()
+    def store(positions: list[int], vec: np.ndarray) -> None:
+        vectors[positions], valid[positions], filled[positions] = vec, True, True
+
+    def fail(pos: int, reason: str) -> None:
+        reasons[pos], filled[pos] = reason, True
 
     t_encode = time.perf_counter()
-    bar = tqdm(total=len(pending), unit="item", desc=f"extract {name}", disable=not progress, dynamic_ncols=True)
-    try:
-        if modality == "text":
-            texts = [inputs.payload[p] for p in pending]
-            for local, vec in text_batches(encoder, texts, batch_size):  # type: ignore[arg-type]
-                glob = [pending[i] for i in local]
-                vectors[glob], valid[glob], filled[glob] = vec, True, True
-                buffer.extend(glob)
-                bar.update(len(glob))
-                flush()
-        else:
-            files = [inputs.payload[p] for p in pending]
-            for local, vec, failed in encoded_image_batches(
-                encoder, files, batch_size=batch_size, workers=workers, draft=draft  # type: ignore[arg-type]
-            ):
-                glob = [pending[i] for i in local]
-                vectors[glob], valid[glob], filled[glob] = vec, True, True
-                for i, reason in failed:
-                    reasons[pending[i]] = reason
-                    filled[pending[i]] = True
-                    glob.append(pending[i])
-                buffer.extend(glob)
-                bar.update(len(glob))
-                flush()
-    finally:
-        flush(force=True)  # keep what was finished, even when interrupted
-        bar.close()
+    run_pending(
+        encoder, inputs, pending, modality, store=store, fail=fail, buffer=buffer,
+        save=lambda positions: partial.write(inputs, positions, vectors, valid, reasons),
+        batch_size=batch_size, workers=workers, draft=draft, chunk_size=chunk_size, progress=progress, desc=f"extract {name}",
+    )
     encode_seconds = time.perf_counter() - t_encode
     if shard is not None:
         return {"name": name, "shard": list(shard), "encoded": len(pending), "resumed": resumed,

@@ -94,6 +94,18 @@ class BertEncoder:
         pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         return to_numpy(pooled)
 
+    def encode_tokens(self, batch: list[str], max_length: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(last hidden states (n, L, dim) float32, attention mask (n, L) bool, tokenizer ids
+        (n, L) int32), L ≤ max_length: the word states a fusion encoder attends over, with the ids
+        masked word modelling predicts. The mask says which are real, whichever side the tokenizer pads."""
+        torch = self._torch
+        tokens = self.tokenizer(
+            list(batch), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(self.device)
+        with torch.inference_mode(), autocast(self.device):
+            hidden = self.net(**tokens).last_hidden_state
+        return to_numpy(hidden), tokens["attention_mask"].bool().cpu().numpy(), tokens["input_ids"].int().cpu().numpy()
+
 
 def _max_seq_length(source: str, tokenizer) -> int:
     """sentence-transformers' max_seq_length when the directory has one (256 for MiniLM)."""

@@ -23,17 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.anchorrec import (
-    bpr_loss,
-    info_nce,
-    l2_loss,
-    require_modalities,
-    similarity_gap,
-    user_lift,
-)
-from models.data import GraphData
-from models.lightgcn import lightgcn_mean
-from models.sparse import FixedSparse
+from models.backbone import lightgcn_mean
+from models.blocks import require_modalities, user_lift
+from models.losses import bpr_loss, info_nce, l2_loss, similarity_gap
+from models.training.data import GraphData
+from models.training.sparse import FixedSparse
 
 
 @dataclass
@@ -64,9 +58,9 @@ class AlignRecConfig:
             raise ValueError(f"user_lift must be 'sym' or 'mean', got {self.user_lift!r}")
 
 
-# `anchorrec tune`'s grid (models/tune.py): the authors' grids for the two alignment weights
+# `anchorrec tune`'s grid (models/training/tune.py): the authors' grids for the two alignment weights
 # (cca_weight 1e-4 … 0.1, sim_weight 0.1 … 0.5) and MMRec's reg_weight grid; lr on the grid every
-# model shares. lr comes from models.tune.LR_GRID (shared); every name here is an AlignRecConfig field.
+# model shares. lr comes from models.training.tune.LR_GRID (shared); every name here is an AlignRecConfig field.
 SEARCH_SPACE: dict[str, tuple] = {
     "cca_weight": (1e-4, 1e-3, 1e-2, 1e-1),
     "sim_weight": (0.1, 0.2, 0.3, 0.4, 0.5),

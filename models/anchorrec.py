@@ -1,6 +1,7 @@
 """AnchorRec (stage 2): anchored alignment of gated modality branches on a LightGCN backbone.
 
-Read top to bottom: the loss functions, the config, then the model. The math follows
+Read top to bottom: the gating, the config, then the model (the loss terms are in
+models/losses.py, the LightGCN backbone in models/backbone.py). The math follows
 ../shared/specs/METHOD.md ("Stage 2 — AnchorRec") and the authors' released code
 (hun9008/AnchorRec_SIGIR26) where the spec leaves details open:
 
@@ -46,58 +47,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.data import GraphData
-from models.lightgcn import bipartite_blocks, bipartite_lightgcn
-from models.sparse import FixedSparse, block
+from models.backbone import bipartite_blocks, bipartite_lightgcn
+from models.blocks import (
+    feature_groups,
+    mlp,
+    require_modalities,
+    same_matrix,
+    user_lift,
+)
+from models.losses import (
+    bpr_loss,
+    gram_sq,
+    info_nce,
+    l2_loss,
+    similarity_gap,
+    smoothing_loss,
+    uia_margin_loss,
+)
+from models.training.data import GraphData
+from models.training.sparse import FixedSparse
 
 MODALITIES = ("mm", "t", "v")
 
 
-# ----------------------------------------------------------------------------- losses
-
-
-def bpr_loss(u: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """−mean log σ(u·p − u·n)."""
-    return -F.logsigmoid((u * p).sum(1) - (u * n).sum(1)).mean()
-
-
-def l2_loss(*embeddings: torch.Tensor) -> torch.Tensor:
-    """½ Σ‖e‖² over the batch's embeddings, per batch row (the reference's BPR regularizer)."""
-    return sum(0.5 * (e**2).sum() for e in embeddings) / embeddings[0].shape[0]
-
-
-class _CosineLogSumExp(torch.autograd.Function):
-    """lse_i = log Σ_j exp(a_i·o_j) for rows a = unit/τ, o = unit, touching the B × B matrix 3 times.
-
-    Since |a_i·o_j| ≤ 1/τ, the shift 1/τ replaces the row maximum (no overflow; exp(−2/τ) stays
-    a normal float32 while τ ≥ 0.025, below that the row maximum is used). The forward keeps
-    E = exp(a oᵀ − shift) and its row sums s; the backward needs only E:
-    ∂lse/∂a = diag(g/s) E o and ∂lse/∂o = Eᵀ diag(g/s) a — two products, no B × B pass
-    (torch.logsumexp and its autograd make about eight).
-    """
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, o: torch.Tensor, tau: float) -> torch.Tensor:  # type: ignore[override]
-        if tau >= 0.025:  # the shift rides in the product as one more column: [a, −1/τ]·[o, 1]
-            a_aug = torch.cat([a, a.new_full((a.shape[0], 1), -1.0 / tau)], 1)
-            e = a_aug @ torch.cat([o, o.new_ones(o.shape[0], 1)], 1).T
-            shift = a.new_full((a.shape[0],), 1.0 / tau)
-        else:
-            e = a @ o.T
-            shift = e.amax(1)
-            e.sub_(shift[:, None])
-        e.exp_()
-        s = e.sum(1)
-        ctx.save_for_backward(a, o, e, s)
-        return s.log() + shift
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
-        a, o, e, s = ctx.saved_tensors
-        w = (g / s)[:, None]
-        grad_a = w * (e @ o) if ctx.needs_input_grad[0] else None
-        grad_o = e.T @ (w * a) if ctx.needs_input_grad[1] else None
-        return grad_a, grad_o, None
+# ----------------------------------------------------------------------------- gating
 
 
 class _GatedIds(torch.autograd.Function):
@@ -125,72 +98,6 @@ class _GatedIds(torch.autograd.Function):
         t.addcmul_(t, s, value=-1.0)  # t ⊙ (1 − s)
         grad_a = t.view(len(ids), -1)
         return None, grad_a.T @ f, grad_a.sum(0), grad_ids
-
-
-def info_nce(anchor: torch.Tensor, other: torch.Tensor, tau: float) -> torch.Tensor:
-    """One-directional InfoNCE on cosine similarity: row i of `anchor` should pick row i of `other`.
-
-    −mean_i log(exp(s_ii/τ) / Σ_j exp(s_ij/τ)); 1/τ is applied to the B × d anchor rather than
-    to the B × B logits, and the log-sum-exp is the stable form of the reference's exp/sum.
-    """
-    a = F.normalize(anchor, dim=1) / tau
-    o = F.normalize(other, dim=1)
-    return (_CosineLogSumExp.apply(a, o, tau) - (a * o).sum(1)).mean()
-
-
-def uia_margin_loss(u: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float) -> torch.Tensor:
-    """relu(margin + (1 − cos(u, p)) − (1 − cos(u, n))), mean; u is the (detached) anchor."""
-    u = u.detach()
-    return F.relu(margin + (1 - F.cosine_similarity(u, p, dim=-1)) - (1 - F.cosine_similarity(u, n, dim=-1))).mean()
-
-
-def gram_sq(x: torch.Tensor) -> torch.Tensor:
-    """‖x xᵀ‖_F² = ‖xᵀ x‖_F², through whichever Gram matrix is smaller."""
-    g = x.T @ x if x.shape[1] <= x.shape[0] else x @ x.T
-    return (g**2).sum()
-
-
-def similarity_gap(emb: torch.Tensor, feat_unit: torch.Tensor, feat_gram_sq: torch.Tensor | None = None) -> torch.Tensor:
-    """‖E Eᵀ − S‖_F / B with S = F Fᵀ the raw features' cosine matrix (F rows of unit norm).
-
-    This is MMRec's EmbLoss on the B × B gap (the norm, not its square, over the batch size), as
-    the reference computes it. Expanded, ‖EEᵀ − FFᵀ‖² = ‖EᵀE‖² − 2‖EᵀF‖² + ‖FᵀF‖², so no B × B
-    matrix is formed. `feat_gram_sq` (= ‖FFᵀ‖²) may be passed in when modalities share features.
-    """
-    if feat_gram_sq is None:
-        feat_gram_sq = gram_sq(feat_unit)
-    sq = gram_sq(emb) - 2 * ((emb.T @ feat_unit) ** 2).sum() + feat_gram_sq
-    return torch.sqrt(torch.clamp(sq, min=1e-12)) / emb.shape[0]
-
-
-def smoothing_loss(z: torch.Tensor, knn: FixedSparse, deg_sum: torch.Tensor) -> torch.Tensor:
-    """mean over the kNN edges (i, j, w) of w‖z_i − z_j‖², all edges, without gathering them.
-
-    Σ_ij w_ij‖z_i − z_j‖² = Σ_i (r_i + c_i)‖z_i‖² − 2 Σ_i z_i·(K z)_i with r, c the row and
-    column sums of K (`deg_sum` = r + c).
-    """
-    total = (deg_sum * (z**2).sum(1)).sum() - 2 * (z * knn(z)).sum()
-    return total / knn.nnz
-
-
-def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
-    net = nn.Sequential(nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Linear(d_hidden, d_out))
-    for layer in net:
-        if isinstance(layer, nn.Linear):
-            nn.init.xavier_uniform_(layer.weight)
-    return net
-
-
-def user_lift(graph: GraphData, kind: str) -> torch.Tensor:
-    """The users × items matrix that lifts item embeddings to users.
-
-    'sym' is the reference's R = D_u^-1/2 R D_i^-1/2 (the user–item block of the normalized
-    graph); 'mean' is `graph.ui` (each user the mean of their training items).
-    """
-    if kind == "mean":
-        return graph.ui
-    n_u, n_i = graph.n_users, graph.n_items
-    return block(graph.adj, 0, n_u, n_u, n_u + n_i)
 
 
 # ----------------------------------------------------------------------------- config
@@ -237,9 +144,9 @@ class AnchorRecConfig:
             raise ValueError(f"user_lift must be 'sym' or 'mean', got {self.user_lift!r}")
 
 
-# `anchorrec tune`'s grid (models/tune.py), the authors' (METHOD.md): lr {5e-3 … 1e-4},
+# `anchorrec tune`'s grid (models/training/tune.py), the authors' (METHOD.md): lr {5e-3 … 1e-4},
 # aal/amp {0, 1e-4 … 1}, tau {0.05 … 1}, n_layers {1, 2, 3}; plus the L2 strength, which the
-# report found 10× AlignRec's. lr comes from models.tune.LR_GRID (shared); every name here is an AnchorRecConfig field.
+# report found 10× AlignRec's. lr comes from models.training.tune.LR_GRID (shared); every name here is an AnchorRecConfig field.
 SEARCH_SPACE: dict[str, tuple] = {
     "aal_loss": (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0),
     "amp_loss": (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0),
@@ -250,28 +157,6 @@ SEARCH_SPACE: dict[str, tuple] = {
 
 
 # ----------------------------------------------------------------------------- model
-
-
-def require_modalities(graph: GraphData, names: tuple[str, ...], model: str) -> None:
-    for m in names:
-        if m not in graph.features or m not in graph.knn:
-            raise ValueError(
-                f"{model} needs feature and kNN graph {m!r}; the graph has features {sorted(graph.features)}. "
-                "Build the GraphData with all of them (the same table may serve several modalities)."
-            )
-
-
-def feature_groups(features: dict[str, torch.Tensor], names: tuple[str, ...]) -> dict[str, str]:
-    """Modality → the first modality with identical raw features (so shared work is done once)."""
-    groups: dict[str, str] = {}
-    for m in names:
-        groups[m] = next((o for o in groups if features[o].shape == features[m].shape and torch.equal(features[o], features[m])), m)
-    return groups
-
-
-def same_matrix(a: FixedSparse, b: FixedSparse) -> bool:
-    """The same sparse matrix (so products with it may be shared)."""
-    return a.shape == b.shape and all(torch.equal(getattr(a, n), getattr(b, n)) for n in ("crow", "col", "val"))
 
 
 class AnchorRec(nn.Module):

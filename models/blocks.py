@@ -1,5 +1,6 @@
-"""Building blocks the MMRec-style baselines share: which content a model gets, its ID tables,
-its trained feature copies and projections, and MMRec's embedding-norm loss.
+"""Building blocks the recommenders share: which content a model gets and checks on it, its ID
+tables, trained feature copies and projections, MLP heads, the user lift of item vectors and
+row-consistent dropout.
 
 Kept in one place so that every baseline creates its parameters the same way and in the same
 order (the parity tests against MMRec fix the random stream: users' table, items' table, then
@@ -8,9 +9,11 @@ the projections), and so a fix reaches all of them.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from models.data import GraphData
+from models.training.data import GraphData
+from models.training.sparse import FixedSparse, block
 
 CONTENT = ("t", "v")  # in MMRec's concatenation order
 
@@ -52,6 +55,52 @@ def projections(graph: GraphData, modalities: tuple[str, ...], dim: int) -> nn.M
     return nn.ModuleDict({m: nn.Linear(graph.features[m].shape[1], dim) for m in modalities})
 
 
-def emb_norm_loss(*embeddings: torch.Tensor) -> torch.Tensor:
-    """MMRec's EmbLoss: Σ ‖E‖_F over the batch tables, divided by the batch size."""
-    return sum(torch.linalg.vector_norm(e) for e in embeddings) / embeddings[-1].shape[0]
+def require_modalities(graph: GraphData, names: tuple[str, ...], model: str) -> None:
+    for m in names:
+        if m not in graph.features or m not in graph.knn:
+            raise ValueError(
+                f"{model} needs feature and kNN graph {m!r}; the graph has features {sorted(graph.features)}. "
+                "Build the GraphData with all of them (the same table may serve several modalities)."
+            )
+
+
+def feature_groups(features: dict[str, torch.Tensor], names: tuple[str, ...]) -> dict[str, str]:
+    """Modality → the first modality with identical raw features (so shared work is done once)."""
+    groups: dict[str, str] = {}
+    for m in names:
+        groups[m] = next((o for o in groups if features[o].shape == features[m].shape and torch.equal(features[o], features[m])), m)
+    return groups
+
+
+def same_matrix(a: FixedSparse, b: FixedSparse) -> bool:
+    """The same sparse matrix (so products with it may be shared)."""
+    return a.shape == b.shape and all(torch.equal(getattr(a, n), getattr(b, n)) for n in ("crow", "col", "val"))
+
+
+def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    net = nn.Sequential(nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Linear(d_hidden, d_out))
+    for layer in net:
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+    return net
+
+
+def user_lift(graph: GraphData, kind: str) -> torch.Tensor:
+    """The users × items matrix that lifts item embeddings to users.
+
+    'sym' is the reference's R = D_u^-1/2 R D_i^-1/2 (the user–item block of the normalized
+    graph); 'mean' is `graph.ui` (each user the mean of their training items).
+    """
+    if kind == "mean":
+        return graph.ui
+    n_u, n_i = graph.n_users, graph.n_items
+    return block(graph.adj, 0, n_u, n_u, n_u + n_i)
+
+
+def row_dropout(x: torch.Tensor, ids: torch.Tensor, p: float) -> torch.Tensor:
+    """dropout(X)[ids] for X whose rows `ids` are x: one mask per distinct id, as on the full table."""
+    uniq, inverse = torch.unique(ids, return_inverse=True)
+    first = torch.zeros(len(uniq), dtype=torch.long, device=ids.device).scatter_(
+        0, inverse, torch.arange(len(ids), device=ids.device)
+    )
+    return F.dropout(x.index_select(0, first), p, training=True).index_select(0, inverse)

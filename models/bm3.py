@@ -54,12 +54,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from models.blocks import content_modalities, emb_norm_loss, id_embeddings, projections, trained_features
-from models.data import GraphData
-from models.lightgcn import bipartite_blocks, bipartite_lightgcn
+from models.backbone import bipartite_blocks, bipartite_lightgcn
+from models.blocks import (
+    content_modalities,
+    id_embeddings,
+    projections,
+    row_dropout,
+    trained_features,
+)
+from models.losses import cosine_gap, emb_norm_loss
+from models.training.data import GraphData
 
 
 @dataclass
@@ -82,27 +88,13 @@ class BM3Config:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
 
 
-# `anchorrec tune`'s grid (models/tune.py): MMRec's BM3.yaml searches n_layers, dropout and
+# `anchorrec tune`'s grid (models/training/tune.py): MMRec's BM3.yaml searches n_layers, dropout and
 # reg_weight; lr is searched for every model on one grid (an equal budget). Other names are BM3Config fields.
 SEARCH_SPACE: dict[str, tuple] = {
     "n_layers": (1, 2),
     "dropout": (0.3, 0.5),
     "reg_weight": (0.1, 0.01),
 }
-
-
-def cosine_gap(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 − mean cosine: BM3's alignment of a prediction with a (detached) target view."""
-    return 1 - F.cosine_similarity(online, target.detach(), dim=-1).mean()
-
-
-def row_dropout(x: torch.Tensor, ids: torch.Tensor, p: float) -> torch.Tensor:
-    """dropout(X)[ids] for X whose rows `ids` are x: one mask per distinct id, as on the full table."""
-    uniq, inverse = torch.unique(ids, return_inverse=True)
-    first = torch.zeros(len(uniq), dtype=torch.long, device=ids.device).scatter_(
-        0, inverse, torch.arange(len(ids), device=ids.device)
-    )
-    return F.dropout(x.index_select(0, first), p, training=True).index_select(0, inverse)
 
 
 class BM3(nn.Module):

@@ -33,7 +33,7 @@ against the values MMRec's class prints, benchmarks/parity/damrs_parity.py):
 
 - the masked kNN graphs are built without an N × N similarity matrix: the mean similarity of a
   modality is ‖Σ_i x̂_i‖² / N² (exact), each item's candidates are its CANDIDATES·knn_k nearest
-  items of the modality (`models.graphs.knn_search`, FAISS block by block), and the first knn_k
+  items of the modality (`models.training.graphs.knn_search`, FAISS block by block), and the first knn_k
   of them that pass both masks are kept. MMRec ranks the whole masked row; the two agree unless
   fewer than knn_k of an item's CANDIDATES·knn_k nearest pass the other modality's mask (then
   this file keeps fewer neighbours). MMRec ranks a masked row by its values, so where a
@@ -74,11 +74,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.backbone import bipartite_blocks, bipartite_lightgcn
 from models.blocks import content_modalities, id_embeddings
-from models.data import GraphData
-from models.graphs import knn_search
-from models.lightgcn import bipartite_blocks, bipartite_lightgcn
-from models.sparse import FixedSparse
+from models.training.data import GraphData
+from models.training.graphs import knn_search
+from models.training.sparse import FixedSparse
 
 EPS = 1e-7  # MMRec's guard in the degrees of its item graphs
 CANDIDATES = 8  # nearest items per knn_k searched before the masks (see the docstring)
@@ -109,7 +109,7 @@ class DAMRSConfig:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
 
 
-# `anchorrec tune`'s grid (models/tune.py): MMRec's DAMRS.yaml hyper_parameters, each with the
+# `anchorrec tune`'s grid (models/training/tune.py): MMRec's DAMRS.yaml hyper_parameters, each with the
 # grid in its comments (kl_weight: the commented {10, 0.1, 0.01} and the active 1; learning_rate
 # excluded: one lr grid for every model).
 SEARCH_SPACE: dict[str, tuple] = {

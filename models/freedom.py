@@ -22,7 +22,7 @@ the text-only setup) S = S_t and the two feature copies are trained apart, as in
 Where this file departs from MMRec (tests/test_freedom.py checks loss, gradients and scores
 against the values MMRec's class prints, benchmarks/parity/mmrec_parity.py):
 
-- the kNN graph comes from `GraphData.knn_edges` (FAISS, block by block, models/graphs.py) — no
+- the kNN graph comes from `GraphData.knn_edges` (FAISS, block by block, models/training/graphs.py) — no
   N × N similarity matrix. Its k and whether an item counts among its own neighbours are the
   trainer's `knn_k` / `knn_self` (defaults 10 / True = FREEDOM's knn_k 10 with the item itself
   in its top-k, as MMRec's topk over a similarity matrix with a unit diagonal has it); the
@@ -56,11 +56,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.anchorrec import bpr_loss
-from models.blocks import content_modalities, id_embeddings, projections, require_knn, trained_features
-from models.data import GraphData
-from models.lightgcn import bipartite_blocks, bipartite_lightgcn
-from models.sparse import FixedSparse
+from models.backbone import bipartite_blocks, bipartite_lightgcn
+from models.blocks import (
+    content_modalities,
+    id_embeddings,
+    projections,
+    require_knn,
+    trained_features,
+)
+from models.losses import bpr_loss
+from models.training.data import GraphData
+from models.training.sparse import FixedSparse
 
 EPS = 1e-7  # MMRec's guard in the degrees of its graphs
 
@@ -94,7 +100,7 @@ class FREEDOMConfig:
             raise ValueError(f"mm_image_weight must be in [0, 1], got {self.mm_image_weight}")
 
 
-# `anchorrec tune`'s grid (models/tune.py): MMRec's FREEDOM.yaml searches dropout and reg_weight;
+# `anchorrec tune`'s grid (models/training/tune.py): MMRec's FREEDOM.yaml searches dropout and reg_weight;
 # lr is searched for every model on one grid (an equal budget). Other names are FREEDOMConfig fields.
 SEARCH_SPACE: dict[str, tuple] = {
     "dropout": (0.8, 0.9),

@@ -30,13 +30,13 @@ Where this file departs from MMRec (tests/test_lattice.py checks loss, gradients
 against the values MMRec's class prints, benchmarks/parity/lattice_parity.py):
 
 - no N × N matrix: the fixed graphs are `GraphData.knn_edges` (FAISS, block by block,
-  models/graphs.py); the learned graph's neighbours are found by the same `knn_search` on the
+  models/training/graphs.py); the learned graph's neighbours are found by the same `knn_search` on the
   detached projections, and only their k cosines per row are recomputed with gradients. The
   gradient is the same as through MMRec's dense topk (which passes gradient to the selected
   entries alone); neighbours tied in cosine may be chosen in another order. k and whether an
   item is among its own neighbours follow the fixed graph, i.e. the trainer's `knn_k` /
   `knn_self` (defaults 10 / True = MMRec's knn_k 10 and its topk over a unit diagonal). Above
-  models.graphs.EXACT_MAX items the search is approximate for the learned graph as well;
+  models.training.graphs.EXACT_MAX items the search is approximate for the learned graph as well;
 - the graph's rows are propagated with an index_add over its edges (k·(2 + 2) per item), then
   kept as a fixed CSR matrix for the epoch's other batches, which compute only their items' rows
   of the last item-graph layer and of the last user–item layer (the loss reads no other row);
@@ -51,8 +51,10 @@ Speed (benchmarks/parity/epoch_speed.py, Sports, one CPU thread, CPU seconds): 1
 against LightGCN's 7.5 in the same run. The epoch's first batch costs 5.7 s (two exact kNN
 searches over 18k projected items, 2.1 s, and the gradient into the two 18k × 384 feature
 tables), each other batch 0.09 s (LightGCN 0.07). MMRec multiplies the dense 18k × 18k item graph
-by the item table in every batch: 0.8 s for that product alone (measured), its backward another
-such product, about 170 s per epoch before its dense graph construction (an estimate).
+by the item table in every batch: 0.8 s for that product alone, its backward another. Measured
+against MMRec's structure re-created (benchmarks/bench_baseline_speed.py, same weights and batches,
+1 thread, a loaded machine): 20–22× per batch and per epoch (430–673 vs 20–32 s/epoch); its
+literal diag(d)·A·diag(d) normalization would add an estimated 1,350–1,860 s per epoch more.
 
 Defaults: MMRec's LATTICE.yaml (embedding 64, feat_embed_dim 64, weight_size [64, 64] → 2 UI
 layers, n_layers 1, knn_k 10, lambda_coeff 0.9, lr decay 0.96 per 50 epochs = the trainer's
@@ -67,11 +69,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.anchorrec import bpr_loss, l2_loss
-from models.blocks import content_modalities, id_embeddings, projections, require_knn, trained_features
-from models.data import GraphData
-from models.graphs import knn_search
-from models.sparse import FixedSparse
+from models.blocks import (
+    content_modalities,
+    id_embeddings,
+    projections,
+    require_knn,
+    trained_features,
+)
+from models.losses import bpr_loss, l2_loss
+from models.training.data import GraphData
+from models.training.graphs import knn_search
+from models.training.sparse import FixedSparse
 
 Edges = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows, cols, values
 
@@ -98,7 +106,7 @@ class LATTICEConfig:
             raise ValueError(f"reg_weight must be ≥ 0, got {self.reg_weight}")
 
 
-# `anchorrec tune`'s grid (models/tune.py): MMRec's LATTICE.yaml searches reg_weight (and lr,
+# `anchorrec tune`'s grid (models/training/tune.py): MMRec's LATTICE.yaml searches reg_weight (and lr,
 # which is searched for every model on one grid). Other names are LATTICEConfig fields.
 SEARCH_SPACE: dict[str, tuple] = {
     "reg_weight": (0.0, 1e-5, 1e-4, 1e-3),

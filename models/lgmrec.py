@@ -72,11 +72,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.anchorrec import bpr_loss, feature_groups
-from models.blocks import emb_norm_loss, id_embeddings
-from models.data import GraphData
-from models.lightgcn import bipartite_blocks
-from models.sparse import FixedSparse
+from models.backbone import bipartite_blocks
+from models.blocks import feature_groups, id_embeddings
+from models.losses import bpr_loss, emb_norm_loss
+from models.training.data import GraphData
+from models.training.sparse import FixedSparse
 
 BLOCK_ELEMENTS = {True: 2**18, False: 2**24}  # logits per block of the contrastive loss: CPU (cache-sized), GPU
 LOG2E = math.log2(math.e)
@@ -113,9 +113,9 @@ class LGMRecConfig:
             raise ValueError(f"keep_rate must be in (0, 1], got {self.keep_rate}")
 
 
-# `anchorrec tune`'s grid (models/tune.py): MMRec's LGMRec.yaml gives one value per dataset
+# `anchorrec tune`'s grid (models/training/tune.py): MMRec's LGMRec.yaml gives one value per dataset
 # (Baby active; Sports, Clothing commented out); the grid is their union. lr comes from
-# models.tune.LR_GRID (shared); other names are LGMRecConfig fields.
+# models.training.tune.LR_GRID (shared); other names are LGMRecConfig fields.
 SEARCH_SPACE: dict[str, tuple] = {
     "n_hyper_layer": (1, 2),
     "hyper_num": (4, 64),

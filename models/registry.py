@@ -10,7 +10,7 @@ import dataclasses
 import importlib
 from typing import Any
 
-from models.data import GraphData
+from models.training.data import GraphData
 
 MODELS: dict[str, tuple[str, str, str]] = {
     "lightgcn": ("models.lightgcn", "LightGCN", "LightGCNConfig"),

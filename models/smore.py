@@ -29,7 +29,7 @@ feature copies and projections are trained apart, as in MMRec.
 Where this file departs from MMRec (tests/test_smore.py checks loss, gradients and scores
 against the values MMRec's class prints, benchmarks/parity/smore_parity.py):
 
-- the kNN graphs come from `GraphData.knn_edges` (FAISS, block by block, models/graphs.py) — no
+- the kNN graphs come from `GraphData.knn_edges` (FAISS, block by block, models/training/graphs.py) — no
   N × N similarity matrix; they are MMRec's `build_knn_normalized_graph(…, 'sym')` (cosine
   weights of the top k, the item itself among them, w_ij / sqrt(d_i d_j) with d the row sums).
   One k for both modalities, the trainer's `knn_k` (default 10, the first value of MMRec's
@@ -68,12 +68,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.anchorrec import bpr_loss, info_nce
-from models.blocks import content_modalities, id_embeddings, projections, require_knn, trained_features
-from models.bm3 import row_dropout
-from models.data import GraphData
-from models.lightgcn import bipartite_blocks, bipartite_lightgcn
-from models.sparse import FixedSparse
+from models.backbone import bipartite_blocks, bipartite_lightgcn
+from models.blocks import (
+    content_modalities,
+    id_embeddings,
+    projections,
+    require_knn,
+    row_dropout,
+    trained_features,
+)
+from models.losses import bpr_loss, info_nce
+from models.training.data import GraphData
+from models.training.sparse import FixedSparse
 
 VIEWS = ("v", "t", "f")  # image, text, fusion
 
@@ -100,7 +106,7 @@ class SMOREConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-# `anchorrec tune`'s grid (models/tune.py): MMRec's SMORE.yaml searches n_ui_layers, reg_weight,
+# `anchorrec tune`'s grid (models/training/tune.py): MMRec's SMORE.yaml searches n_ui_layers, reg_weight,
 # dropout_rate and the two kNN sizes (here the trainer's knn_k, shared by every trial of a study);
 # lr is searched for every model on one grid. Other names are SMOREConfig fields.
 SEARCH_SPACE: dict[str, tuple] = {

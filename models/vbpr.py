@@ -39,10 +39,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.anchorrec import bpr_loss, feature_groups
-from models.blocks import content_modalities, emb_norm_loss
-from models.data import GraphData
-
+from models.blocks import content_modalities, feature_groups
+from models.losses import bpr_loss, emb_norm_loss
+from models.training.data import GraphData
 
 
 @dataclass
@@ -57,7 +56,7 @@ class VBPRConfig:
             raise ValueError(f"reg_weight must be ≥ 0, got {self.reg_weight}")
 
 
-# `anchorrec tune`'s grid (models/tune.py): MMRec's VBPR.yaml searches reg_weight; lr is searched
+# `anchorrec tune`'s grid (models/training/tune.py): MMRec's VBPR.yaml searches reg_weight; lr is searched
 # for every model on one grid (an equal budget). Other names are VBPRConfig fields.
 SEARCH_SPACE: dict[str, tuple] = {
     "reg_weight": (2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5),

@@ -7,7 +7,8 @@ release, and hands the records to prepare. Tables are written only after every l
 files has been read, so a failed ingest leaves the previous tables as they were.
 
 `release="csv"` brings a user's own interactions (CSV / TSV / Parquet, pipelines.tabular) with
-optional metadata (any Amazon release file, detected, or a metadata CSV/TSV/Parquet). For every
+optional metadata (any Amazon release file, detected, or a metadata CSV/TSV/Parquet); metadata
+without interactions makes a catalog-only dataset (pipelines.catalog_only). For every
 release but the demo, prepare refuses (ValueError, old tables kept) a result where fewer than
 `min_meta_match` of the kept items found a metadata record, unless `allow_missing_meta`.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import amazon, catalog, download, tabular
+from pipelines.catalog_only import prepare_catalog
 from pipelines.prepare import PrepareConfig, prepare
 from pipelines.records import BadRecords
 from store.layout import DatasetPaths, dataset_paths
@@ -57,9 +59,10 @@ def ingest(
 
     `meta` / `reviews` replace the catalog's URL of that file (any http(s) URL, file:// URL or
     local path); with both given, `category` may be omitted. `retries`, `timeout` and `backoff`
-    go to `download.fetch` for each file. For `release="csv"`, `reviews` is required, `meta` is
-    optional, `columns` names the interaction columns ('user=reviewerID,item=asin,...') and
-    `meta_release` says what the metadata file is (auto-detected by default).
+    go to `download.fetch` for each file. For `release="csv"`, `reviews` and/or `meta` (`meta`
+    alone: a catalog-only dataset, no interactions); `columns` names the interaction columns
+    ('user=reviewerID,item=asin,...') and `meta_release` says what the metadata file is
+    (auto-detected by default).
     """
     release = str(release)
     if release not in RELEASES:
@@ -73,6 +76,11 @@ def ingest(
     config = PrepareConfig(kcore=kcore, seed=seed, min_meta_match=check, allow_missing_meta=allow_missing_meta)
     paths = dataset_paths(dataset, home)
     fetch_opts = {"retries": retries, "timeout": timeout, "backoff": backoff, "progress": progress}
+    if release == "csv" and reviews is None and meta is not None:
+        if columns:
+            raise ValueError("--columns names interaction columns; a catalog-only ingest (--meta without --reviews) "
+                             "has none: leave --columns out or give --reviews FILE")
+        return _ingest_catalog(paths, meta, meta_release, config, fetch_opts, progress)
     if release == "csv":
         tabular.parse_columns(columns)
         return _ingest_csv(paths, reviews, meta, columns, meta_release, config, fetch_opts, progress)
@@ -111,7 +119,7 @@ def _ingest_csv(
     if reviews is None:
         raise ValueError(
             "--release csv needs --reviews PATH_OR_URL: a CSV, TSV or Parquet file with user and item "
-            "columns (name them with --columns \"user=COL,item=COL\")"
+            "columns (name them with --columns \"user=COL,item=COL\"), or --meta alone for a catalog-only dataset"
         )
     wanted = {"reviews": str(reviews)} if meta is None else {"reviews": str(reviews), "meta": str(meta)}
     got, sources = _fetch_plan(paths, {k: (v, [], _file_name(v)) for k, v in wanted.items()}, fetch_opts)
@@ -137,6 +145,28 @@ def _ingest_csv(
         config=config,
         meta_file=str(got["meta"]) if meta is not None else None,
     )
+
+
+def _ingest_catalog(
+    paths: DatasetPaths,
+    meta: str,
+    meta_release: str,
+    config: PrepareConfig,
+    fetch_opts: dict[str, Any],
+    progress: bool,
+) -> dict[str, Any]:
+    """Metadata alone (no --reviews) → a catalog-only dataset (pipelines.catalog_only)."""
+    got, sources = _fetch_plan(paths, {"meta": (str(meta), [], _file_name(str(meta)))}, fetch_opts)
+    bad = BadRecords()
+    kind = _meta_kind(got["meta"], meta_release)
+    sources["meta"]["format"] = kind
+    if kind == "table":
+        products: Any = tabular.read_meta_table(got["meta"], bad, base_dir=_source_dir(str(meta)) or got["meta"].parent)
+    else:
+        products = amazon.read_products(got["meta"], kind, bad, progress=progress)
+    log.info("%s: catalog-only dataset from %s (no interactions)", paths.name, got["meta"].name)
+    return prepare_catalog(paths, products, bad=bad, sources={"release": "csv", "category": None, **sources},
+                           config=config)
 
 
 def _meta_kind(path: Path, hint: str) -> str:

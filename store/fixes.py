@@ -17,6 +17,7 @@ _WRITERS = {
     "prepare.json": "ingest",
     "images": "features",
     "features": "features",
+    "tokens": "features",
     "runs": "train",
     "index": "publish",
 }

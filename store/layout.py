@@ -70,6 +70,12 @@ class DatasetPaths:
         return self.root / "interactions.parquet"
 
     @property
+    def catalog_only(self) -> bool:
+        """Items but no interactions (ingested without --reviews): features and pretrain can run,
+        training cannot. The one marker every room and command checks (pipelines.catalog_only)."""
+        return self.items.exists() and not self.interactions.exists()
+
+    @property
     def prepare_report(self) -> Path:
         """Data-quality summary of the last prepare step (counts per step, split seed/hash)."""
         return self.root / "prepare.json"
@@ -80,6 +86,20 @@ class DatasetPaths:
 
     def feature(self, name: str) -> Path:
         return self.features_dir / f"{check_name('feature', name)}.parquet"
+
+    @property
+    def tokens_dir(self) -> Path:
+        """Token-level features (one row of fp16 tokens per item); outside features/ so a token
+        table is never taken for a pooled feature."""
+        return self.root / "tokens"
+
+    def token_feature(self, name: str) -> Path:
+        return self.tokens_dir / f"{check_name('feature', name)}.parquet"
+
+    def token_names(self) -> list[str]:
+        if not self.tokens_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.tokens_dir.glob("*.parquet"))
 
     @property
     def runs_dir(self) -> Path:

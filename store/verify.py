@@ -18,6 +18,8 @@ from store.errors import StoreError
 from store.index import INDEX_FILE, MANIFEST_FILE, load_index
 from store.layout import DatasetPaths
 from store.tables import NUM_ROWS, read_json
+from store.tokens import KIND as TOKENS_KIND
+from store.tokens import load_tokens
 from store.vectors import read_features, verified_vectors_hash
 
 
@@ -37,14 +39,16 @@ def footer_problem(path: str | Path) -> str | None:
 
 
 def parquet_problem(path: str | Path) -> str | None:
-    """footer_problem, then the recorded content hash of run vectors and feature tables."""
+    """footer_problem, then the recorded content hash of run vectors, feature and token tables."""
     path = Path(path)
     found = footer_problem(path)
     if found:
         return found
     kv = {k.decode(): v.decode() for k, v in (pq.read_schema(path).metadata or {}).items() if k != b"ARROW:schema"}
     try:
-        if "vectors_hash" in kv:
+        if kv.get("kind") == TOKENS_KIND:
+            load_tokens(path)
+        elif "vectors_hash" in kv:
             key = pq.read_schema(path).names[0]
             verified_vectors_hash(path, key)
         elif "content_hash" in kv and "dim" in kv:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.data import InteractionData, interactions_from_arrays
+from models.training.data import InteractionData, interactions_from_arrays
 
 
 def planted(n_users: int = 300, n_items: int = 200, n_groups: int = 5, per_user: int = 12, seed: int = 0) -> InteractionData:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.alignrec import AlignRec, AlignRecConfig
-from models.data import build_graph_data, interactions_from_arrays
+from models.training.data import build_graph_data, interactions_from_arrays
 
 N_USERS, N_ITEMS = 30, 24
 
@@ -116,7 +116,7 @@ def test_finetuned_features_move_and_raw_ones_do_not(toy):
 
 
 def test_learns_a_planted_preference(tmp_path):
-    from models.train import TrainConfig, fit
+    from models.training.trainer import TrainConfig, fit
 
     rng = np.random.default_rng(0)
     n_users, n_items, groups = 160, 96, 4

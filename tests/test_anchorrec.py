@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.anchorrec import AnchorRec, AnchorRecConfig, _GatedIds, similarity_gap, smoothing_loss, uia_margin_loss
-from models.data import build_graph_data, interactions_from_arrays
-from models.metrics import ranking_metrics
-from models.sparse import FixedSparse, csr_mm
+from models.anchorrec import AnchorRec, AnchorRecConfig, _GatedIds
+from models.backbone import bipartite_lightgcn, lightgcn_mean
+from models.evaluation.metrics import ranking_metrics
+from models.losses import similarity_gap, smoothing_loss, uia_margin_loss
+from models.training.data import build_graph_data, interactions_from_arrays
+from models.training.sparse import FixedSparse, csr_mm
 
 N_USERS, N_ITEMS = 30, 24
 
@@ -274,7 +276,7 @@ def planted(seed: int = 0):
 
 
 def test_learns_a_planted_preference(tmp_path):
-    from models.train import TrainConfig, fit
+    from models.training.trainer import TrainConfig, fit
 
     data, graph = planted()
     cfg = TrainConfig(model="anchorrec", model_args={"n_layers": 1, "tau": 0.2}, lr=0.01, epochs=25, batch_size=256, patience=25, seed=0)
@@ -408,7 +410,6 @@ def test_fused_branches_give_the_gradients_of_separate_branches(toy):
 
 @pytest.mark.parametrize("n_layers", [0, 1, 3])
 def test_bipartite_lightgcn_equals_the_layer_mean_on_the_whole_graph(toy, n_layers):
-    from models.lightgcn import bipartite_lightgcn, lightgcn_mean
 
     _, graph, (users, pos, neg) = toy
     model = make(graph, n_ui_layers=n_layers)

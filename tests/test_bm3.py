@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from models.bm3 import BM3, BM3Config, row_dropout
-from models.data import build_graph_data
-from models.train import TrainConfig, fit
 from models_fixtures import planted
+
+from models.blocks import row_dropout
+from models.bm3 import BM3, BM3Config
+from models.training.data import build_graph_data
+from models.training.trainer import TrainConfig, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "parity"))
 import bm3_parity  # noqa: E402
@@ -72,7 +73,7 @@ MMREC = {
 
 
 def text_only_graph():
-    from models.data import interactions_from_arrays
+    from models.training.data import interactions_from_arrays
 
     none = tiny.TRAIN[:0]
     data = interactions_from_arrays(tiny.N_USERS, tiny.N_ITEMS, tiny.TRAIN, none, none)

@@ -7,12 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from models_fixtures import planted
 
 from models import damrs
-from models.damrs import DAMRS, DAMRSConfig, behaviour_edges, masked_knn_edges, mean_similarity
-from models.data import build_graph_data, interactions_from_arrays
-from models.train import TrainConfig, fit
-from models_fixtures import planted
+from models.damrs import (
+    DAMRS,
+    DAMRSConfig,
+    behaviour_edges,
+    masked_knn_edges,
+    mean_similarity,
+)
+from models.training.data import build_graph_data, interactions_from_arrays
+from models.training.trainer import TrainConfig, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "parity"))
 import damrs_parity as P  # noqa: E402

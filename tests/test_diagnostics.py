@@ -1,11 +1,11 @@
-"""Positional-collapse diagnostics against hand-built cases (models/diagnostics.py)."""
+"""Positional-collapse diagnostics against hand-built cases (models/evaluation/diagnostics.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from models import diagnostics as dg
+from models.evaluation import diagnostics as dg
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -12,7 +12,13 @@ from PIL import Image
 
 from features.base import get_encoder
 from features.decode import load_image
-from features.extract import Partial, extract, extract_images, extract_texts, missing_image_reason
+from features.extract import (
+    Partial,
+    extract,
+    extract_images,
+    extract_texts,
+    missing_image_reason,
+)
 from store import schemas
 from store.layout import dataset_paths
 from store.tables import read_metadata, write_table

@@ -155,3 +155,26 @@ def test_readme_similar_items_query_matches_exact_search(first_run):
     expected = ids[np.argsort(-scores, kind="stable")[:5]]
     assert table.column("item_id").to_pylist() == expected.tolist()
     assert all(t for t in table.column("title").to_pylist())
+
+
+def test_tune_flow_runs_a_study_caches_it_and_tops_it_up(first_run):
+    """The Prefect flow around `anchorrec tune`: the study lives in the dataset, a rerun with the same
+    budget is a cache hit, a larger --trials continues the same study."""
+    import optuna
+
+    home, _ = first_run
+    p = dataset_paths("demo", home)
+    args = small(home, model="lightgcn", trials=2, epochs=2, patience=2, pruner="none")
+    first = flows.tune_flow(**args)
+    best = json.loads((p.root / "tuning" / "lightgcn" / "best.json").read_text())
+    assert first["done"] == 2 and first["best_params"] == best["best_params"]
+    metrics = json.loads(p.metrics(best["best_run_id"]).read_text())
+    assert metrics["valid"]["recall@20"] == first["best_value"] and metrics["epochs_run"] <= 2
+    before = (p.root / "tuning" / "lightgcn" / "best.json").stat().st_mtime_ns
+    again = flows.tune_flow(**args)
+    assert again["best_value"] == first["best_value"]
+    assert (p.root / "tuning" / "lightgcn" / "best.json").stat().st_mtime_ns == before  # cached: no trial ran
+    more = flows.tune_flow(**{**args, "trials": 3})
+    assert more["done"] == 3 and more["ran_now"] == 1
+    storage = f"sqlite:///{p.root / 'tuning' / 'lightgcn' / 'study.db'}"
+    assert len(optuna.load_study(study_name="lightgcn", storage=storage).get_trials()) == 3

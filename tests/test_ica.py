@@ -8,11 +8,11 @@ import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 import torch
+from ica_fixtures import killed_then_resumed, without_timing
 
-from models import pretrain as pretrain_mod
-from models.content_metrics import content_topn, cross_modal_retrieval
-from models.ica import ICAConfig, InterContentEncoder, info_nce
-from models.pretrain import pretrain_ica, write_concat_feature
+from models.evaluation.content_metrics import content_topn, cross_modal_retrieval
+from models.pretraining.ica import ICAConfig, InterContentEncoder, info_nce
+from models.pretraining.pretrain import pretrain_ica, write_concat_feature
 from store import schemas
 from store.layout import dataset_paths
 from store.tables import read_json, write_table
@@ -251,22 +251,11 @@ def test_resume_after_interruption_equals_uninterrupted(home, monkeypatch):
     cfg = ICAConfig(**{**TINY, "dropout": 0.1}, epochs=4, holdout=0.2, patience=0)
     full = pretrain_ica(paths, "img", "txt", cfg, run_id="full", progress=False)
 
-    real = pretrain_mod._train_epoch
+    def run():
+        return pretrain_ica(paths, "img", "txt", cfg, run_id="cut", progress=False)
 
-    def crash_at_3(model, opt, data, idx, cfg, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return real(model, opt, data, idx, cfg, epoch)
-
-    monkeypatch.setattr(pretrain_mod, "_train_epoch", crash_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain_ica(paths, "img", "txt", cfg, run_id="cut", progress=False)
-    assert [h["epoch"] for h in read_json(paths.metrics("ica-cut"))["history"]] == [0, 1, 2]
-    monkeypatch.setattr(pretrain_mod, "_train_epoch", real)
-    resumed = pretrain_ica(paths, "img", "txt", cfg, run_id="cut", progress=False)
-
-    strip = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
-    assert strip(resumed["history"]) == strip(full["history"])
+    resumed = killed_then_resumed(monkeypatch, run, kill_at=3)
+    assert without_timing(resumed["history"]) == without_timing(full["history"])
     a = torch.load(full["checkpoint"], weights_only=False)["model"]
     b = torch.load(resumed["checkpoint"], weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

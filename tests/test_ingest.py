@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import catalog, ingest as ingest_mod
+from pipelines import catalog
+from pipelines import ingest as ingest_mod
 from pipelines.download import DownloadError
 from pipelines.ingest import ingest
 from pipelines.prepare import format_summary

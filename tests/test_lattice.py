@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from models.data import build_graph_data
-from models.lattice import LATTICE, LATTICEConfig, knn_cosine
-from models.train import TrainConfig, fit
 from models_fixtures import planted
+
+from models.lattice import LATTICE, LATTICEConfig, knn_cosine
+from models.training.data import build_graph_data
+from models.training.trainer import TrainConfig, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "parity"))
 import tiny  # noqa: E402

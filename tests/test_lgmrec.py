@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from models_fixtures import planted
 
-from models.data import build_graph_data, interactions_from_arrays
 from models import lgmrec
 from models.lgmrec import LGMRec, LGMRecConfig, hyper_nce
-from models.train import TrainConfig, fit
-from models_fixtures import planted
+from models.training.data import build_graph_data, interactions_from_arrays
+from models.training.trainer import TrainConfig, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "parity"))
 import lgmrec_parity  # noqa: E402

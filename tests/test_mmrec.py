@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipelines.mmrec import import_mmrec
 from store import schemas
 from store.errors import StoreError
 from store.layout import dataset_paths
 from store.tables import read_json, read_metadata, read_table
 from store.vectors import read_features
-
-from pipelines.mmrec import import_mmrec
 
 ASINS = ["B000000A01", "B000000A02", "B000000A03", "B000000A04", "B000000A05", "B000000A06"]
 USERS = ["AUSER0", "AUSER1", "AUSER2", "AUSER3"]

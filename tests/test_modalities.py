@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.modalities import Coverage, plan_modalities
+from models.training.modalities import Coverage, plan_modalities
 
 IMG = Coverage("image-effnet", 90, 100)
 TXT = Coverage("text-minilm", 100, 100)

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from models import graphs
+from models.training import graphs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -158,8 +158,9 @@ def test_spmm_gradient_matches_torch_sparse():
 
 
 def test_build_graph_data_shapes_and_shared_knn():
-    from models.data import build_graph_data
     from models_fixtures import planted
+
+    from models.training.data import build_graph_data
 
     data = planted(n_users=40, n_items=30, n_groups=2, per_user=6)
     f = np.random.default_rng(5).standard_normal((30, 12)).astype(np.float32)

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from models.data import build_graph_data
-from models.lightgcn import LightGCN, LightGCNConfig
-from models.metrics import ranking_metrics
-from models.registry import make_model
 from models_fixtures import planted
+
+from models.evaluation.metrics import ranking_metrics
+from models.lightgcn import LightGCN, LightGCNConfig
+from models.registry import make_model
+from models.training.data import build_graph_data
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from models.metrics import RankingEvaluator, paired_test, per_user_metrics, ranking_metrics
+from models.evaluation.metrics import (
+    RankingEvaluator,
+    paired_test,
+    per_user_metrics,
+    ranking_metrics,
+)
 
 
 def three_users():

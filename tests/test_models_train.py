@@ -8,11 +8,20 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from models_fixtures import planted
 
 from models import registry
-from models.data import build_graph_data, load_interactions, load_modalities
-from models.train import BPRSampler, TrainConfig, fit, resume_run, stop_run, summarize_seeds, train, train_seeds
-from models_fixtures import planted
+from models.training.data import build_graph_data, load_interactions, load_modalities
+from models.training.trainer import (
+    BPRSampler,
+    TrainConfig,
+    fit,
+    resume_run,
+    stop_run,
+    summarize_seeds,
+    train,
+    train_seeds,
+)
 from store import schemas
 from store.layout import dataset_paths
 from store.tables import write_table

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
-from models import report
-from models.data import load_interactions
-from models.metrics import ranking_metrics
+from models.evaluation import report
+from models.evaluation.metrics import ranking_metrics
+from models.training.data import load_interactions
 from store import schemas
 from store.layout import DatasetPaths, dataset_paths
 from store.tables import read_json, write_json, write_table

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from models.data import build_graph_data, interactions_from_arrays
-from models.smore import SMORE, SMOREConfig, max_fusion
-from models.train import TrainConfig, fit
 from models_fixtures import planted
+
+from models.smore import SMORE, SMOREConfig, max_fusion
+from models.training.data import build_graph_data, interactions_from_arrays
+from models.training.trainer import TrainConfig, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "parity"))
 import bm3_parity  # noqa: E402

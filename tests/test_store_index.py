@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+from store_testdata import make_dataset
 
 from store import StoreError
 from store.index import (
@@ -21,7 +22,6 @@ from store.index import (
 )
 from store.tables import read_metadata
 from store.vectors import write_vectors
-from store_testdata import make_dataset
 
 
 @pytest.fixture()

@@ -9,13 +9,21 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from store_testdata import make_dataset
 
 from store import StoreError
 from store.hashing import file_sha256
 from store.index import ItemIndex, publish
-from store.sql import QueryError, answered_by, connect, feature_view_name, recommend_for, run_query, similar_to
+from store.sql import (
+    QueryError,
+    answered_by,
+    connect,
+    feature_view_name,
+    recommend_for,
+    run_query,
+    similar_to,
+)
 from store.vectors import write_vectors
-from store_testdata import make_dataset
 
 ARCHITECTURE_EXAMPLE = """
 SELECT r.item_id, r.score, i.title

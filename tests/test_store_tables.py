@@ -10,7 +10,14 @@ import pytest
 
 from store import StoreError, dataset_paths, schemas
 from store.layout import DatasetPaths, check_name
-from store.tables import atomic_path, read_json, read_metadata, read_table, write_json, write_table
+from store.tables import (
+    atomic_path,
+    read_json,
+    read_metadata,
+    read_table,
+    write_json,
+    write_table,
+)
 from store.vectors import (
     align_features,
     array_hash,

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from store_testdata import items_table, make_dataset, write_run
 
 from store import StoreError, schemas
 from store.hashing import file_sha256
@@ -19,7 +20,6 @@ from store.sql import answered_by, connect, recommend_for, run_query, similar_to
 from store.tables import read_table, write_json, write_table
 from store.vectors import read_features, read_vectors, write_features
 from store.verify import problem, problems, published_problem
-from store_testdata import items_table, make_dataset, write_run
 
 
 @pytest.fixture()

@@ -12,7 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import tabular
-from pipelines.amazon import BAD_CSV, BAD_RATING, BAD_TIMESTAMP, MISSING_ASIN, MISSING_USER
+from pipelines.amazon import (
+    BAD_CSV,
+    BAD_RATING,
+    BAD_TIMESTAMP,
+    MISSING_ASIN,
+    MISSING_USER,
+)
 from pipelines.ingest import RELEASES, ingest
 from pipelines.records import BadRecords
 from store import schemas

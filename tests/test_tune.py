@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from optuna.trial import TrialState
-
-from models import tune as tune_mod
-from models.data import interactions_from_arrays
-from models.registry import MODELS, make_config
-from models.train import TrainConfig, load_checkpoint
 from models_fixtures import planted
-from store.inventory import list_runs
+from optuna.trial import TrialState
 from test_models_train import write_tiny_dataset
+
+from models.training import tune as tune_mod
+from models.registry import MODELS, make_config
+from models.training.data import interactions_from_arrays
+from models.training.trainer import TrainConfig, load_checkpoint
+from store.inventory import list_runs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -100,8 +100,8 @@ def test_pruned_trial_leaves_a_finished_run_at_its_best_epoch(tmp_path):
 
 KILLER = """
 import os, signal, sys
-from models import tune as tune_mod
-from models.train import TrainConfig
+from models.training import tune as tune_mod
+from models.training.trainer import TrainConfig
 from store.layout import dataset_paths
 import test_tune
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from models.data import build_graph_data
-from models.train import TrainConfig, fit
-from models.blocks import emb_norm_loss
-from models.vbpr import VBPR, VBPRConfig
 from models_fixtures import planted
+
+from models.losses import emb_norm_loss
+from models.training.data import build_graph_data
+from models.training.trainer import TrainConfig, fit
+from models.vbpr import VBPR, VBPRConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "parity"))
 import tiny  # noqa: E402

@@ -1,6 +1,6 @@
 """Seconds per training epoch on MMRec Sports (MiniLM keyword vectors as t and v) per model.
 
-One epoch as the trainer runs it (models/train.py: BPRSampler epoch 0, batch 2048, loss,
+One epoch as the trainer runs it (models/training/trainer.py: BPRSampler epoch 0, batch 2048, loss,
 backward, fused Adam, then `on_epoch_end`), at each model's defaults, timed wall and CPU.
 
     .venv/bin/python benchmarks/parity/epoch_speed.py --threads 1 --models lightgcn vbpr freedom
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from sports_data import sports_graph  # noqa: E402
 
 from models.registry import make_model  # noqa: E402
-from models.train import BPRSampler  # noqa: E402
+from models.training.trainer import BPRSampler  # noqa: E402
 
 
 def one_epoch(name: str, data, graph, batch_size: int) -> tuple[float, float, float]:

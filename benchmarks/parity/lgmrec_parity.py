@@ -27,7 +27,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny  # noqa: E402
-from mmrec_parity import TinyDataset, base_config, batch, load_weights, record, use_mmrec_checkout, write_features  # noqa: E402
+from mmrec_parity import (  # noqa: E402
+    TinyDataset,
+    base_config,
+    batch,
+    load_weights,
+    record,
+    use_mmrec_checkout,
+    write_features,
+)
 
 # our parameter name → MMRec's attribute path
 LGMREC_NAMES = {

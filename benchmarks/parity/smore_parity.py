@@ -111,7 +111,14 @@ def scatter_shim() -> None:
 def run_smore(smore_cls: type, root: Path, name: str, same: bool, n_ui_layers: int, n_layers: int,
               reg_weight: float, dropout: float) -> dict[str, Any]:
     from bm3_parity import fixed_dropout  # noqa: E402
-    from mmrec_parity import TinyDataset, base_config, batch, load_weights, record, write_features  # noqa: E402
+    from mmrec_parity import (  # noqa: E402
+        TinyDataset,
+        base_config,
+        batch,
+        load_weights,
+        record,
+        write_features,
+    )
 
     data_dir = root / f"smore-{name}"
     write_features(data_dir, same)

@@ -98,7 +98,7 @@ def fingerprint(x: np.ndarray) -> tuple[float, float]:
 def graph(same: bool = False):
     """Our GraphData of the tiny input (t = v when `same`); imported lazily: the reference script
     has MMRec's `models` package on its path, not ours."""
-    from models.data import build_graph_data, interactions_from_arrays
+    from models.training.data import build_graph_data, interactions_from_arrays
 
     f = features()
     if same:

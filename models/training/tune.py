@@ -41,7 +41,14 @@ import torch
 from optuna.trial import TrialState
 
 from models.registry import MODELS, make_config
-from models.train import SELECT_METRIC, TrainConfig, fit, load_checkpoint, prepare, stop_run
+from models.training.trainer import (
+    SELECT_METRIC,
+    TrainConfig,
+    fit,
+    load_checkpoint,
+    prepare,
+    stop_run,
+)
 from store.layout import DatasetPaths, check_name
 from store.tables import write_json
 

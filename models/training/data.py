@@ -200,9 +200,9 @@ def build_graph_data(
     """Build the user–item graph, per-modality kNN graphs and feature tensors on `device`.
 
     knn_self=True keeps each item among its own k neighbours, as the reference does (see
-    models.graphs); False gives k true neighbours.
+    models.training.graphs); False gives k true neighbours.
     """
-    from models import graphs
+    from models.training import graphs
 
     device = default_device(device)
     for name, f in features.items():

@@ -23,9 +23,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from models.data import GraphData, InteractionData, build_graph_data, default_device, load_interactions, load_modalities
-from models.metrics import RankingEvaluator
+from models.evaluation.metrics import RankingEvaluator
 from models.registry import MODELS, make_config, make_model
+from models.training.data import (
+    GraphData,
+    InteractionData,
+    build_graph_data,
+    default_device,
+    load_interactions,
+    load_modalities,
+)
 from store.layout import DatasetPaths, check_name
 from store.tables import atomic_path, read_json, write_json
 from store.vectors import write_vectors

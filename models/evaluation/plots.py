@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from models.diagnostics import few_threads  # noqa: E402
+from models.evaluation.diagnostics import few_threads  # noqa: E402
 from store.tables import atomic_path  # noqa: E402
 
 OTHER = "other"
@@ -180,7 +180,7 @@ def _grouped_bars(ax: "plt.Axes", groups: Sequence[str], series: Mapping[str, tu
 def coherence_bars(per_model: Mapping[str, Mapping[str, tuple[float, float]]], out: Path, top: int = 3) -> Path:
     """One panel per feature (text, vision, …): bars of coherence@1..top per model, ± std over seeds.
 
-    `per_model[model]['text@1'] = (mean, std)` (keys as models.diagnostics.coherence returns).
+    `per_model[model]['text@1'] = (mean, std)` (keys as models.evaluation.diagnostics.coherence returns).
     """
     feats = sorted({k.split("@")[0] for m in per_model.values() for k in m})
     if not feats:

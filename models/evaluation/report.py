@@ -5,7 +5,7 @@ What a reader gets, and why each part is there:
 - paired significance against a baseline model, on per-user test metrics recomputed from the
   runs' vectors and paired across the same users (and the same seeds) — two means ± std that
   overlap can still differ consistently user by user, and the converse;
-- the positional-collapse diagnostics of models.diagnostics — AnchorRec's claim is about the
+- the positional-collapse diagnostics of models.evaluation.diagnostics — AnchorRec's claim is about the
   geometry of the item space, which accuracy alone cannot show;
 - the long tail: test metrics on held-out items of each popularity bucket (AlignRec reports its
   gains there; a popularity-driven space wins the head and loses the tail);
@@ -25,9 +25,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models import diagnostics, plots
-from models.data import InteractionData, load_interactions, load_modalities
-from models.metrics import paired_test, per_user_metrics
+from models.evaluation import diagnostics, plots
+from models.evaluation.metrics import paired_test, per_user_metrics
+from models.training.data import InteractionData, load_interactions, load_modalities
 from store.errors import StoreError
 from store.layout import DatasetPaths
 from store.tables import read_json, read_table, write_json

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models.metrics import ranking_metrics
+from models.evaluation.metrics import ranking_metrics
 
 
 def _normalized(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -79,7 +79,7 @@ def content_topn(
     """Content-only top-N on the held-out split: score(u, i) = Σ_{j ∈ train(u)} cos(i, j).
 
     Zero rows (items without content) score 0 against everything. Training items are excluded
-    from the ranking (models.metrics). Returns ranking_metrics' dict at k (recall@k, ndcg@k, …).
+    from the ranking (models.evaluation.metrics). Returns ranking_metrics' dict at k (recall@k, ndcg@k, …).
     """
     v = _normalized(item_vectors).numpy()
     if v.shape[0] != train_csr.shape[1]:

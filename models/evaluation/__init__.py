@@ -1,0 +1,1 @@
+"""Evaluation: ranking metrics, collapse diagnostics, content metrics, reports and plots."""

@@ -1,0 +1,187 @@
+"""The leaderboard: every tuned model's best configuration rerun on several seeds, in one report.
+
+Why a separate step from `anchorrec tune`: a study picks a configuration on validation with one
+seed; whether one model beats another is a claim about seeds and users, so each model's choice
+is trained again on `seeds` seeds and the comparison report (models/evaluation/report.py:
+accuracy mean ± std, paired significance, collapse diagnostics, long tail, pictures) runs over
+those runs. This file adds what only a tuned comparison has: the chosen hyperparameters, the
+cost (s/epoch, epochs to best, tuning wall time) and a verdict in words.
+
+Selection stays on validation: the configuration is the study's (best.json), and the baseline
+the others are tested against is the best non-AnchorRec model by mean validation Recall@20 of
+its reruns. Test numbers are read, never used to choose.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from models.evaluation.report import compare_runs
+from models.registry import MODELS
+from models.training.trainer import TrainConfig, train_seeds
+from models.training.tune import study_dir
+from store.layout import DatasetPaths
+from store.tables import write_json
+
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+PROPOSED = "anchorrec"  # the model the leaderboard is about; the rest are baselines
+
+
+def tuned_models(paths: DatasetPaths) -> list[str]:
+    """Models with a finished study on this dataset, in registry order."""
+    return [m for m in MODELS if (study_dir(paths, m) / "best.json").exists()]
+
+
+def best_config(paths: DatasetPaths, model: str) -> tuple[TrainConfig, dict[str, Any]]:
+    """The study's chosen configuration (its best trial's own config.json) and its best.json."""
+    best_path = study_dir(paths, model) / "best.json"
+    if not best_path.exists():
+        raise FileNotFoundError(
+            f"{best_path}: no finished study of {model!r} on {paths.name!r}; "
+            f"run `anchorrec tune --dataset {paths.name} --model {model}` first"
+        )
+    best = json.loads(best_path.read_text())
+    config_path = paths.run(best["best_run_id"]) / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(
+            f"{config_path}: the best trial's run of {model!r} is gone; rerun "
+            f"`anchorrec tune --dataset {paths.name} --model {model}` (the study retrains it)"
+        )
+    stored = json.loads(config_path.read_text())
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in stored.items() if k in fields})
+    return cfg, best
+
+
+def run_leaderboard(
+    paths: DatasetPaths,
+    models: Sequence[str] | None = None,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    out: Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    **report_args: Any,
+) -> Path:
+    """Rerun each model's tuned configuration on `seeds` (resumable: runs lb-<model>-s<seed>) and
+    write leaderboard.md/.json with the comparison report's sections below the leaderboard's own."""
+    models = list(models) if models else tuned_models(paths)
+    if not models:
+        raise ValueError(f"no tuned model on {paths.name!r}: run `anchorrec tune --dataset {paths.name} --model M` first")
+    if not seeds:
+        raise ValueError("seeds must not be empty: e.g. --seeds 5")
+    chosen = {m: best_config(paths, m) for m in models}  # every study checked before any training
+    reruns: dict[str, dict[str, Any]] = {}
+    for model, (cfg, _) in chosen.items():
+        log(f"leaderboard: {model} on {len(seeds)} seed(s) with the study's configuration")
+        base = dataclasses.replace(cfg, run_id=f"lb-{model}")
+        reruns[model] = train_seeds(paths, base, seeds, progress=progress)
+    baseline = pick_baseline(reruns)
+    rows = leaderboard_rows(chosen, reruns)
+    out = Path(out) if out is not None else paths.root / "reports" / "leaderboard" / "leaderboard.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run_ids = [rid for s in reruns.values() for rid in s["runs"]]
+    report_path = compare_runs(paths, run_ids, baseline=baseline, out=out.parent / "report.md",
+                               title=f"Runs behind the leaderboard on {paths.name}", **report_args)
+    report = json.loads((out.parent / "report.json").read_text())
+    verdict = verdict_lines(rows, report, baseline)
+    out.write_text("\n".join(render(paths, rows, verdict, baseline, seeds, report_path.name)) + "\n")
+    write_json({"dataset": paths.name, "seeds": list(seeds), "baseline": baseline, "models": rows,
+                "verdict": verdict, "report": report_path.name}, out.with_suffix(".json"))
+    return out
+
+
+def pick_baseline(reruns: dict[str, dict[str, Any]]) -> str:
+    """The best model other than AnchorRec by mean validation Recall@20 (AnchorRec if alone)."""
+    others = {m: s for m, s in reruns.items() if m != PROPOSED} or reruns
+    return max(others, key=lambda m: others[m]["valid_mean"]["recall@20"])
+
+
+def leaderboard_rows(chosen: dict[str, tuple[TrainConfig, dict]], reruns: dict[str, dict[str, Any]]) -> dict[str, dict]:
+    """Per model: chosen hyperparameters, test mean ± std, and the cost of tuning and training."""
+    rows = {}
+    for model, (cfg, best) in chosen.items():
+        s = reruns[model]
+        rows[model] = {
+            "params": best["best_params"],
+            "valid_recall@20": s["valid_mean"]["recall@20"],
+            "test_mean": s["test_mean"], "test_std": s["test_std"],
+            "best_epochs": s["best_epochs"],
+            "epochs_to_best": float(np.mean(s["best_epochs"])),
+            "tuning": {"trials": best["trials"], "complete": best.get("complete"), "pruned": best.get("pruned"),
+                       "wall_s": best.get("wall_s_total"), "epochs": cfg.epochs, "patience": cfg.patience},
+        }
+    ranked = sorted(rows.items(), key=lambda kv: -kv[1]["test_mean"]["recall@20"])
+    return {m: {**row, "rank": rank} for rank, (m, row) in enumerate(ranked, start=1)}
+
+
+def verdict_lines(rows: dict[str, dict], report: dict[str, Any], baseline: str) -> list[str]:
+    """Which model is best, by how much, and whether AnchorRec keeps its collapse and tail edge."""
+    ranked = list(rows)
+    best, lines = ranked[0], []
+    r20 = {m: rows[m]["test_mean"]["recall@20"] for m in ranked}
+    if len(ranked) > 1:
+        second = ranked[1]
+        lines.append(f"Best on test Recall@20: **{best}** {r20[best]:.4f}, {r20[best] - r20[second]:+.4f} "
+                     f"({(r20[best] / r20[second] - 1) * 100:+.1f}%) over {second} {r20[second]:.4f}.")
+    else:
+        lines.append(f"Only {best} was tuned: {r20[best]:.4f} test Recall@20.")
+    sig = [s for s in report["significance"] if s["metric"] == "recall@20" and "t_pvalue" in s]
+    for s in sig:
+        lines.append(f"{s['model']} vs {baseline} (best baseline by validation): Δ Recall@20 {s['mean_diff']:+.4f}, "
+                     f"paired t p = {s['t_pvalue']:.3g}, better on {s['seeds_better']}/{len(s['seeds'])} seeds.")
+    if PROPOSED in rows and baseline != PROPOSED:
+        lines += _advantages(report, baseline)
+    return lines
+
+
+def _model_mean(report: dict[str, Any], model: str, get: Callable[[dict], float | None]) -> float:
+    values = [get(report["diagnostics"][rid]) for rid, r in report["runs"].items() if r["model"] == model]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _advantages(report: dict[str, Any], baseline: str) -> list[str]:
+    """AnchorRec against the best baseline on ID overlap, ID dominance and tail Recall@20."""
+    checks = [
+        ("ID overlap@3", lambda d: d.get("id_overlap@3"), "lower"),
+        ("ID dominance", lambda d: d.get("id_dominance"), "lower"),
+        ("tail Recall@20", lambda d: d["long_tail"]["tail"]["recall@20"], "higher"),
+    ]
+    lines = []
+    for name, get, better in checks:
+        a, b = _model_mean(report, PROPOSED, get), _model_mean(report, baseline, get)
+        if np.isnan(a) or np.isnan(b):
+            continue
+        keeps = a < b if better == "lower" else a > b
+        lines.append(f"{PROPOSED} {name} {a:.4f} vs {baseline} {b:.4f} ({better} is better): "
+                     f"{'keeps its advantage' if keeps else 'no advantage'} after tuning.")
+    return lines
+
+
+def render(paths: DatasetPaths, rows: dict[str, dict], verdict: list[str], baseline: str,
+           seeds: Sequence[int], report_name: str) -> list[str]:
+    lines = [f"# Leaderboard on {paths.name}", "",
+             f"Each model's configuration chosen by `anchorrec tune` on validation Recall@20 (equal trial budget, epoch cap "
+             f"and patience), then trained on seeds {', '.join(map(str, seeds))}; test metrics mean ± std over seeds. "
+             f"Significance, collapse diagnostics, long tail and pictures: [{report_name}]({report_name}).", ""]
+    lines += ["## Verdict", ""] + [f"- {v}" for v in verdict] + [""]
+    keys = ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]
+    lines += ["## Accuracy (test)", "", "| model | " + " | ".join(keys) + " | valid R@20 |",
+              "| --- | " + " | ".join("---" for _ in keys) + " | --- |"]
+    for m, r in rows.items():
+        cells = [f"{r['test_mean'][k]:.4f} ± {r['test_std'][k]:.4f}" for k in keys]
+        lines.append(f"| {m}{' (baseline)' if m == baseline else ''} | " + " | ".join(cells) + f" | {r['valid_recall@20']:.4f} |")
+    lines += ["", "## Cost", "", "| model | epochs to best (mean) | trials (complete/pruned) | tuning wall s | epoch cap / patience |",
+              "| --- | --- | --- | --- | --- |"]
+    for m, r in rows.items():
+        t = r["tuning"]
+        lines.append(f"| {m} | {r['epochs_to_best']:.1f} | {t['trials']} ({t['complete']}/{t['pruned']}) | "
+                     f"{t['wall_s'] if t['wall_s'] is not None else '–'} | {t['epochs']} / {t['patience']} |")
+    lines += ["", "s/epoch per run: the report's Runs table.", "", "## Chosen hyperparameters", "",
+              "| model | parameters |", "| --- | --- |"]
+    lines += [f"| {m} | `{json.dumps(r['params'], sort_keys=True)}` |" for m, r in rows.items()]
+    return lines

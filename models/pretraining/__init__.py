@@ -1,0 +1,1 @@
+"""The inter-content encoder (stage 1) and its pretraining."""

@@ -1,0 +1,88 @@
+"""Leaderboard: the studies' choices rerun on seeds, one report; selection never reads test."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from models_fixtures import planted
+from test_models_train import write_tiny_dataset
+
+from models.evaluation import leaderboard as lb
+from models.training import tune as tune_mod
+from models.training.trainer import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FEATS = {"t": "text-tiny", "v": "text-tiny", "mm": "text-tiny"}
+BASES = {
+    "lightgcn": TrainConfig(model="lightgcn", model_args={"dim": 8}, epochs=2, patience=2, batch_size=64, knn_k=4),
+    "anchorrec": TrainConfig(model="anchorrec", model_args={"embedding_dim": 8}, features=FEATS, epochs=2, patience=2,
+                             batch_size=64, knn_k=4),
+}
+SPACES = {"lightgcn": {"lr": (1e-2, 5e-3), "n_layers": (1, 2)}, "anchorrec": {"lr": (1e-2, 5e-3), "n_layers": (1, 2)}}
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    home = tmp_path_factory.mktemp("lb")
+    paths, _, _ = write_tiny_dataset(home, planted(n_users=40, n_items=30, n_groups=2, per_user=8))
+    for model, base in BASES.items():
+        tune_mod.tune(paths, base, 2, space=SPACES[model], pruner="none")
+    return paths
+
+
+def test_missing_study_names_the_command(tuned):
+    with pytest.raises(FileNotFoundError, match="anchorrec tune --dataset tiny --model vbpr"):
+        lb.best_config(tuned, "vbpr")
+
+
+def test_leaderboard_reruns_the_chosen_configuration_on_every_seed(tuned):
+    assert lb.tuned_models(tuned) == ["lightgcn", "anchorrec"]
+    out = lb.run_leaderboard(tuned, seeds=(0, 1), progress=False, log=lambda _: None, projection_sample=40)
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert set(result["models"]) == {"lightgcn", "anchorrec"} and result["seeds"] == [0, 1]
+    for model in BASES:
+        best = json.loads((tune_mod.study_dir(tuned, model) / "best.json").read_text())
+        chosen = json.loads((tuned.run(best["best_run_id"]) / "config.json").read_text())
+        tests = []
+        for seed in (0, 1):
+            cfg = json.loads((tuned.run(f"lb-{model}-s{seed}") / "config.json").read_text())
+            assert cfg["seed"] == seed
+            assert {k: v for k, v in cfg.items() if k not in ("seed", "run_id")} == {
+                k: v for k, v in chosen.items() if k not in ("seed", "run_id")}
+            tests.append(json.loads(tuned.metrics(f"lb-{model}-s{seed}").read_text())["test"]["recall@20"])
+        row = result["models"][model]
+        assert row["params"] == best["best_params"]
+        assert row["test_mean"]["recall@20"] == pytest.approx(sum(tests) / 2)
+        assert row["tuning"]["trials"] == 2 and row["tuning"]["epochs"] == 2
+    # one baseline besides AnchorRec: it is the one tested against, and the verdict names it
+    assert result["baseline"] == "lightgcn"
+    assert any("anchorrec vs lightgcn" in v for v in result["verdict"])
+    text = out.read_text()
+    assert "## Verdict" in text and "## Chosen hyperparameters" in text and "## Cost" in text
+    assert (out.parent / "report.md").exists()
+    # ranked by test Recall@20 in the table, best first
+    ranked = sorted(result["models"].values(), key=lambda r: r["rank"])
+    r20 = [r["test_mean"]["recall@20"] for r in ranked]
+    assert r20 == sorted(r20, reverse=True) and [r["rank"] for r in ranked] == [1, 2]
+    first = next(m for m, r in result["models"].items() if r["rank"] == 1)
+    assert text.index(f"| {first}") < text.index(f"| {next(m for m in BASES if m != first)}")
+
+
+def test_baseline_is_chosen_on_validation_not_test():
+    reruns = {
+        "lightgcn": {"valid_mean": {"recall@20": 0.30}, "test_mean": {"recall@20": 0.10}},
+        "vbpr": {"valid_mean": {"recall@20": 0.20}, "test_mean": {"recall@20": 0.90}},
+        "anchorrec": {"valid_mean": {"recall@20": 0.99}, "test_mean": {"recall@20": 0.99}},
+    }
+    assert lb.pick_baseline(reruns) == "lightgcn"
+    assert lb.pick_baseline({"anchorrec": reruns["anchorrec"]}) == "anchorrec"
+
+
+def test_cli_leaderboard_checks_models_before_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, ["leaderboard", "--dataset", "nope", "--home", str(tmp_path)])
+    assert result.exit_code != 0 and "not found" in str(result.exception or result.output)
