@@ -43,9 +43,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "parity"))
 
 from reference_baselines import ReferenceFREEDOM, ReferenceLATTICE, dense_normalized  # noqa: E402
 from sports_data import sports_graph  # noqa: E402
+from tiny import FREEDOM_NAMES  # noqa: E402
 
 from models.freedom import FREEDOM, FREEDOMConfig  # noqa: E402
 from models.lattice import LATTICE, LATTICEConfig  # noqa: E402
@@ -215,18 +217,8 @@ def report(rows: list[dict], diag: dict[int, list[tuple]], data, cmd: str, loads
 # --- cross-check: the re-creation against MMRec's own classes (--mmrec SRC) --------------------
 
 CHECK_HEADING = "## Cross-check: the re-creation against MMRec's own classes"
-# our parameter name → MMRec's attribute (benchmarks/parity/tiny.py has the same map for the parity tests)
-MMREC_NAMES = {
-    "user_emb.weight": "user_embedding.weight",
-    "item_emb.weight": "item_id_embedding.weight",
-    "trs.t.weight": "text_trs.weight",
-    "trs.t.bias": "text_trs.bias",
-    "trs.v.weight": "image_trs.weight",
-    "trs.v.bias": "image_trs.bias",
-    "feat.t": "text_embedding.weight",
-    "feat.v": "image_embedding.weight",
-    "modal_weight": "modal_weight",
-}
+# our parameter name → MMRec's attribute: the parity tests' map, plus LATTICE's modality weights
+MMREC_NAMES = {**FREEDOM_NAMES, "modal_weight": "modal_weight"}
 
 
 class MMRecDataset:

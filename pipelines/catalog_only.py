@@ -49,12 +49,7 @@ def prepare_catalog(
 
     Nothing is written when no product has an asin, so a wrong file leaves the old tables.
     """
-    from pipelines.prepare import (
-        DUPLICATE_POLICY,
-        PrepareConfig,
-        _collect_products,
-        _items_table,
-    )
+    from pipelines.prepare import PrepareConfig, _collect_products, _items_table
     from pipelines.records import BadRecords
     from store import schemas
     from store.tables import write_json, write_table
@@ -75,13 +70,7 @@ def prepare_catalog(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "catalog_only": True,
         "sources": sources or {},
-        "metadata": {
-            "products_read": catalog.seen,
-            "duplicate_products": catalog.duplicates,
-            "duplicate_asins": catalog.duplicate_asins,
-            "duplicates_replaced_by_more_complete": catalog.replaced,
-            "duplicate_policy": DUPLICATE_POLICY,
-        },
+        "metadata": catalog.report(),
         "missing": missing,
         "text_cleaning": cleaning,
         "bad_records": bad.as_dict(),

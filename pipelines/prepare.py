@@ -266,6 +266,16 @@ class _Catalog:
     duplicate_asins: int = 0  # asins read more than once
     replaced: int = 0  # kept items whose record came from a later, more complete copy
 
+    def report(self) -> dict[str, Any]:
+        """prepare.json's `metadata` counts (interactions and catalog-only datasets alike)."""
+        return {
+            "products_read": self.seen,
+            "duplicate_products": self.duplicates,
+            "duplicate_asins": self.duplicate_asins,
+            "duplicates_replaced_by_more_complete": self.replaced,
+            "duplicate_policy": DUPLICATE_POLICY,
+        }
+
 
 def completeness(p: Product) -> int:
     """How many of the fields prepare uses are non-empty once cleaned."""
@@ -411,14 +421,7 @@ def prepare(
             "users_removed_examples": _first_sorted(arr.users, removed_users),
             "items_removed_examples": _first_sorted(arr.items, removed_items),
         },
-        "metadata": {
-            "products_read": catalog.seen,
-            "duplicate_products": catalog.duplicates,
-            "duplicate_asins": catalog.duplicate_asins,
-            "duplicates_replaced_by_more_complete": catalog.replaced,
-            "duplicate_policy": DUPLICATE_POLICY,
-            **meta_check,
-        },
+        "metadata": {**catalog.report(), **meta_check},
         "missing": missing,
         "text_cleaning": cleaning,
         "bad_records": bad.as_dict(),
