@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU figure we owe, in one run of under 8 minutes on one H200 (prepare with
 # benchmarks/gpu_prepare.sh here first; carry .gpu): AnchorRec training epoch and full evaluation on
-# MMRec Sports, CLIP ViT-B-32 extraction img/s at random weights, ICA pretraining items/s.
+# MMRec Sports, CLIP ViT-B-32 extraction img/s at random weights, ICA pretraining items/s (pooled
+# inputs, and the token encoder on 16 image + 24 text tokens).
 # Writes gpu_check.md / gpu_check.json to $OUT (the device tool's folder) or bench-out/gpu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
