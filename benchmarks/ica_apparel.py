@@ -87,6 +87,8 @@ class Setup:
     batch_size: int
     probe_c: float | None = None  # None: chosen on the training part (content_probes.choose_c)
     holdout: float = 0.1
+    d_model: int = 256  # the encoder width, the same for the pooled and the token encoder
+    ablation_seeds: int = 1  # seeds each ablation arm is pretrained on (the first N of `seeds`)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -209,8 +211,12 @@ class Method:
     tokens: bool
     changes: tuple[tuple[str, Any], ...] = ()
 
-    def run_id(self, seed: int, epochs: int) -> str:
-        return f"{self.name}-s{seed}-e{epochs}"
+    def run_id(self, seed: int, epochs: int, d_model: int = 256) -> str:
+        return f"{self.name}-s{seed}-e{epochs}" + (f"-d{d_model}" if d_model != 256 else "")
+
+    @property
+    def ablation(self) -> bool:
+        return self.name.startswith("token-")
 
 
 def methods(setup: Setup) -> list[Method]:
@@ -230,9 +236,9 @@ def pretrain(setup: Setup, sub: DatasetPaths, method: Method, seed: int) -> dict
     from models.pretraining.ica import ICAConfig
     from models.pretraining.pretrain import pretrain_ica
 
-    cfg = ICAConfig(epochs=setup.epochs, seed=seed, holdout=setup.holdout, **dict(method.changes))
+    cfg = ICAConfig(epochs=setup.epochs, seed=seed, holdout=setup.holdout, d_model=setup.d_model, **dict(method.changes))
     tokens = {"image_tokens": IMAGE_TOK, "text_tokens": TEXT_TOK} if method.tokens else {}
-    return pretrain_ica(sub, IMAGE, TEXT, cfg, run_id=method.run_id(seed, setup.epochs), progress=True,
+    return pretrain_ica(sub, IMAGE, TEXT, cfg, run_id=method.run_id(seed, setup.epochs, setup.d_model), progress=True,
                         threads=setup.threads, **tokens)
 
 
@@ -418,10 +424,10 @@ def run(setup: Setup, out_prefix: Path, command: str) -> dict:
     histories: dict[str, list[dict]] = {}
     item_speed: dict[str, float] = {}
     for method in methods(setup):
-        for seed in setup.seeds:
+        for seed in setup.seeds[: setup.ablation_seeds] if method.ablation else setup.seeds:
             summary = pretrain(setup, sub, method, seed)
             checkpoint = Path(summary["checkpoint"])  # rewritten only when the run trains further
-            row = cached(res_dir / f"{method.run_id(seed, setup.epochs)}.json",
+            row = cached(res_dir / f"{method.run_id(seed, setup.epochs, setup.d_model)}.json",
                          lambda s=summary, m=method, sd=seed: evaluate_run(paths, Path(s["run_dir"]), m, split, sd, setup.probe_c),
                          newer_than=checkpoint)
             per_seed.setdefault(f"{method.name} ICA", []).append(row)
@@ -464,6 +470,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=30, help="pretraining epochs (patience stops earlier)")
     ap.add_argument("--items", type=int, default=None, help="a seeded sample of N items (quick runs)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--d-model", type=int, default=256, help="encoder width (pooled and token encoders alike)")
+    ap.add_argument("--ablation-seeds", type=int, default=1, help="seeds per ablation arm (the first N of --seeds)")
     ap.add_argument("--batch-size", type=int, default=64, help="feature extraction batch size")
     ap.add_argument("--probe-c", type=float, default=None,
                     help="fixed C of the linear probes (default: chosen from 0.01/0.1/1 on the training part)")
@@ -480,7 +488,8 @@ def main(argv: list[str] | None = None) -> None:
     work = args.work or Path(os.environ.get("ANCHORREC_BENCH_WORK", "/tmp/anchorrec-bench")) / "ica_apparel"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     setup = Setup(work=work, n_items=args.items, epochs=args.epochs, seeds=list(range(args.seeds)),
-                  threads=args.threads, ablation=args.ablation, batch_size=args.batch_size, probe_c=args.probe_c)
+                  threads=args.threads, ablation=args.ablation, batch_size=args.batch_size, probe_c=args.probe_c,
+                  d_model=args.d_model, ablation_seeds=args.ablation_seeds)
     out = args.out
     if args.items and args.out == RESULTS / "ica_apparel":
         out = work / f"ica_apparel-{setup.tag}"  # a quick run never overwrites the full run's results
