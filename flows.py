@@ -99,6 +99,11 @@ def stage_line(name: str, s: dict) -> str:
     if name.startswith("features") and "n_vectors" in s:
         return (f"{s.get('name')}: vectors for {s['n_vectors']} of {s.get('n_items')} items "
                 f"({s.get('encoded', 0)} encoded, {s.get('resumed', 0)} resumed){took}")
+    if name.startswith("tokens") and "n_with_tokens" in s:
+        return (f"{s.get('name')}: tokens for {s['n_with_tokens']} of {s.get('n_items')} items, {s.get('mean_tokens', 0):.1f} "
+                f"per item, {s.get('bytes_per_item', 0) / 1024:.1f} KB/item ({s.get('encoded', 0)} encoded){took}")
+    if name == "apply ica" and "name" in s:
+        return f"{s['name']}: mm encoded by {s.get('run')}{took}"
     if name == "train" and "run_id" in s:
         valid = round((s.get("valid") or {}).get("recall@20", float("nan")), 4)
         return f"{s['run_id']}: best epoch {s.get('best_epoch')} of {s.get('epochs_run')}, valid recall@20 {valid}{took}"

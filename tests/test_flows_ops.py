@@ -138,3 +138,13 @@ def _healthy(port: int) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def test_stage_lines_are_one_short_human_line_per_stage():
+    tokens = {"name": "text-minilm-tok", "n_with_tokens": 7000, "n_items": 7580, "mean_tokens": 23.51,
+              "bytes_per_item": 17033, "encoded": 12, "seconds": 3.2, "token_meta": {"vocab_size": 30522}}
+    assert flows.stage_line("tokens text", tokens) == (
+        "text-minilm-tok: tokens for 7000 of 7580 items, 23.5 per item, 16.6 KB/item (12 encoded) (3.2 s)")
+    applied = {"name": "ica-1-from-apparel", "run": "/h/apparel/runs/ica-1", "path": "/x", "seconds": 1.5}
+    assert flows.stage_line("apply ica", applied) == "ica-1-from-apparel: mm encoded by /h/apparel/runs/ica-1 (1.5 s)"
+    assert flows.stage_line("images", {"line": "images: 5 ok"}) == "5 ok"
