@@ -89,6 +89,7 @@ class Setup:
     holdout: float = 0.1
     d_model: int = 256  # the encoder width, the same for the pooled and the token encoder
     ablation_seeds: int = 1  # seeds each ablation arm is pretrained on (the first N of `seeds`)
+    states_arm: bool = False  # with the ablation: also the token ICA fed contextual text states instead of ids
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -225,7 +226,8 @@ def methods(setup: Setup) -> list[Method]:
         out.append(Method("token", True))
         if setup.ablation:
             out += [Method(f"token-no-{w.removesuffix('_weight')}", True, ((w, 0.0),)) for w in LOSS_WEIGHTS]
-            out.append(Method("token-states", True, (("text_input", "states"),)))  # contextual states, not ids
+            if setup.states_arm:
+                out.append(Method("token-states", True, (("text_input", "states"),)))  # contextual states, not ids
     else:
         setup.notes.append("token ICA skipped: features.tokens / token-aware pretrain_ica not available")
     return out
@@ -472,6 +474,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--d-model", type=int, default=256, help="encoder width (pooled and token encoders alike)")
     ap.add_argument("--ablation-seeds", type=int, default=1, help="seeds per ablation arm (the first N of --seeds)")
+    ap.add_argument("--states-arm", action="store_true", help="with --ablation: also text_input=states (contextual states)")
     ap.add_argument("--batch-size", type=int, default=64, help="feature extraction batch size")
     ap.add_argument("--probe-c", type=float, default=None,
                     help="fixed C of the linear probes (default: chosen from 0.01/0.1/1 on the training part)")
@@ -489,7 +492,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     setup = Setup(work=work, n_items=args.items, epochs=args.epochs, seeds=list(range(args.seeds)),
                   threads=args.threads, ablation=args.ablation, batch_size=args.batch_size, probe_c=args.probe_c,
-                  d_model=args.d_model, ablation_seeds=args.ablation_seeds)
+                  d_model=args.d_model, ablation_seeds=args.ablation_seeds, states_arm=args.states_arm)
     out = args.out
     if args.items and args.out == RESULTS / "ica_apparel":
         out = work / f"ica_apparel-{setup.tag}"  # a quick run never overwrites the full run's results
