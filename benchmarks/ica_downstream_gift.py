@@ -59,14 +59,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--home", required=True, help="ANCHORREC_HOME holding the gift dataset")
     ap.add_argument("--dataset", default="gift")
-    ap.add_argument("--apparel-work", type=Path, required=True, help="ica_apparel's work dir ($ANCHORREC_BENCH_WORK)")
+    ap.add_argument("--apparel-work", type=Path, default=None, help="ica_apparel's work dir ($ANCHORREC_BENCH_WORK)")
+    ap.add_argument("--runs", type=Path, default=None,
+                    help="folder holding ica-pooled-s0-<tag> and ica-token-s0-<tag> (default: ica_apparel's runs)")
     ap.add_argument("--apparel-tag", default="e6-d128", help="the apparel runs' suffix: e<epochs>[-d<d_model>]")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--patience", type=int, default=20)
     args = ap.parse_args()
     paths = dataset_paths(args.dataset, args.home)
-    runs = args.apparel_work / "ica_apparel" / "home" / "apparel-all-train" / "runs"
+    if args.runs is None and args.apparel_work is None:
+        ap.error("give --apparel-work (ica_apparel's work dir) or --runs (a folder of pretraining runs)")
+    runs = args.runs or args.apparel_work / "ica_apparel" / "home" / "apparel-all-train" / "runs"
     arms = mm_arms(paths, runs, args.apparel_tag)
     rows = {}
     for arm, mm in arms.items():
