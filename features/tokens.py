@@ -37,7 +37,7 @@ from features.extract import (
 )
 from store.layout import DatasetPaths
 from store.tables import read_metadata, read_table
-from store.tokens import TokenTable, load_tokens, to_fp16, token_columns, write_tokens
+from store.tokens import TokenTable, leaf_values, load_tokens, padded, to_fp16, token_columns, write_tokens
 
 log = logging.getLogger(__name__)
 
@@ -98,26 +98,12 @@ class Rows:
                 continue
             table = table.take(pa.array(rows))
             counts = table.column("n_tokens").to_numpy().astype(np.int64)
-            t = self.tokens.shape[1]
-            mask = np.arange(t)[None, :] < counts[:, None]
-            tokens = np.zeros((len(rows), t, self.tokens.shape[2]), np.float16)
-            tokens[mask] = _values(table.column("tokens")).reshape(-1, self.tokens.shape[2])
-            ids = None
-            if self.ids is not None:
-                ids = np.zeros((len(rows), t), np.int32)
-                ids[mask] = _values(table.column("ids"))
-            self.put(positions, tokens, mask, ids)
+            flat_ids = leaf_values(table.column("ids")) if self.ids is not None else None
+            self.put(positions, *padded(counts, self.tokens.shape[1], self.tokens.shape[2],
+                                        leaf_values(table.column("tokens")), flat_ids))
             for pos, reason in zip(positions, table.column("reason").to_pylist()):
                 self.reasons[pos] = reason
         return int(self.filled.sum()) - before
-
-
-def _values(column: pa.ChunkedArray) -> np.ndarray:
-    """All leaf values of a (nested) list column, in row order."""
-    arr = column.combine_chunks()
-    while pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
-        arr = arr.flatten()
-    return arr.to_numpy(zero_copy_only=False)
 
 
 # --- encoders ------------------------------------------------------------------------------------

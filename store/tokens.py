@@ -110,10 +110,26 @@ def token_columns(tokens: np.ndarray, n_tokens: np.ndarray, ids: np.ndarray | No
     return out
 
 
-def _flat(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """The values of a list column, only those its rows point at (offsets and slices honoured)."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return column.flatten()
+def leaf_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Every leaf value of a (nested) list column in row order, only those its rows point at
+    (offsets and slices honoured): the stored tokens or ids of all rows, one after another."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    while pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+        arr = arr.flatten()
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def padded(counts: np.ndarray, max_tokens: int, dim: int, flat_tokens: np.ndarray,
+           flat_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The stored layout (real tokens only, row after row) → zero-padded (tokens, mask, ids)."""
+    mask = np.arange(max_tokens)[None, :] < np.asarray(counts)[:, None]
+    tokens = np.zeros((len(counts), max_tokens, dim), np.float16)
+    tokens[mask] = flat_tokens.reshape(-1, dim)
+    ids = None
+    if flat_ids is not None:
+        ids = np.zeros((len(counts), max_tokens), np.int32)
+        ids[mask] = flat_ids
+    return tokens, mask, ids
 
 
 def tokens_hash(
@@ -146,8 +162,7 @@ def write_tokens(
     with_ids = "ids" in columns
     content = tokens_hash(
         list(asins), np.asarray(item_ids), columns["n_tokens"].to_numpy(),
-        _flat(columns["tokens"]).flatten().to_numpy(zero_copy_only=False),
-        _flat(columns["ids"]).to_numpy(zero_copy_only=False) if with_ids else None, list(reasons),
+        leaf_values(columns["tokens"]), leaf_values(columns["ids"]) if with_ids else None, list(reasons),
     )
     meta = dict(metadata)
     meta.update({
@@ -173,12 +188,11 @@ def load_tokens(path: str | Path) -> TokenTable:
     dim, max_tokens = int(kv["dim"]), int(kv["max_tokens"])
     with_ids = kv.get("modality") == "text"
     table = read_table(path, token_schema(dim, with_ids))
-    n = table.num_rows
     counts = table.column("n_tokens").to_numpy().astype(np.int64)
     if counts.max(initial=0) > max_tokens:
         raise _refuse(path, f"a row has {counts.max()} tokens, more than max_tokens={max_tokens}")
-    flat = _flat(table.column("tokens")).flatten().to_numpy(zero_copy_only=False)
-    flat_ids = _flat(table.column("ids")).to_numpy(zero_copy_only=False) if with_ids else None
+    flat = leaf_values(table.column("tokens"))
+    flat_ids = leaf_values(table.column("ids")) if with_ids else None
     if len(flat) != counts.sum() * dim or (flat_ids is not None and len(flat_ids) != counts.sum()):
         raise _refuse(path, "n_tokens does not match the stored tokens")
     asins = table.column("asin").to_pylist()
@@ -187,13 +201,7 @@ def load_tokens(path: str | Path) -> TokenTable:
     actual = tokens_hash(asins, item_ids, counts, flat, flat_ids, reasons)
     if actual != kv.get("content_hash"):
         raise _refuse(path, f"rows do not match the content_hash its writer recorded ({actual} ≠ {kv.get('content_hash')})")
-    mask = np.arange(max_tokens)[None, :] < counts[:, None]
-    tokens = np.zeros((n, max_tokens, dim), np.float16)
-    tokens[mask] = flat.reshape(-1, dim)
-    ids = None
-    if flat_ids is not None:
-        ids = np.zeros((n, max_tokens), np.int32)
-        ids[mask] = flat_ids
+    tokens, mask, ids = padded(counts, max_tokens, dim, flat, flat_ids)
     meta = {k: v for k, v in kv.items() if k not in ("token_meta", NUM_ROWS)}
     meta.update(json.loads(kv.get("token_meta", "{}")))
     meta["dim"], meta["max_tokens"] = dim, max_tokens
