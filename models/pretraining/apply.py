@@ -58,11 +58,19 @@ def apply_encoder(
     neither modality get zeros (the caller marks them invalid)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config = load_encoder(run_dir, device)
-    check_compatible(str(run_dir), "image", config["specs"]["image"], image)
-    check_compatible(str(run_dir), "text", config["specs"]["text"], text)
+    return encode_inputs(model, config, str(run_dir), image, text, batch)
+
+
+def encode_inputs(
+    model: InterContentEncoder, config: dict, run: str, image: TokenInputs, text: TokenInputs, batch: int = 512,
+) -> np.ndarray:
+    """`apply_encoder` with the run already loaded: checks the inputs' specs, then encodes."""
+    check_compatible(run, "image", config["specs"]["image"], image)
+    check_compatible(run, "text", config["specs"]["text"], text)
     if image.n != text.n:
         raise ValueError(f"{image.n} image rows but {text.n} text rows: both must be the same items in the same order")
     cat = Catalog([str(i) for i in range(image.n)], image, text)
+    device = next(model.parameters()).device
     mm = encode_catalog(model, _Tensors(cat, device), np.arange(image.n), "mm", batch)
     return np.where((image.valid | text.valid)[:, None], mm, 0.0).astype(np.float32)
 
@@ -82,14 +90,14 @@ def write_applied_feature(
     the run's name (ica-<id>), so `--ica-from RUN` gives the target an `mm` feature called RUN.
     """
     run_dir = Path(run_dir)
-    _, config = load_encoder(run_dir)  # fail on a bad run before reading the target
+    model, config = load_encoder(run_dir, torch.device("cuda" if torch.cuda.is_available() else "cpu"))  # before the target
     given = {"image_feature": image_feature, "text_feature": text_feature, "image_tokens": image_tokens, "text_tokens": text_tokens}
     if not any(given.values()):
         given = {k: config.get(k) for k in given}
     asins = item_asins(paths)
     image = load_inputs(paths, asins, "image", given["image_feature"], given["image_tokens"])
     text = load_inputs(paths, asins, "text", given["text_feature"], given["text_tokens"])
-    mm = apply_encoder(run_dir, image, text)
+    mm = encode_inputs(model, config, str(run_dir), image, text)
     cfg = ICAConfig.from_dict(config["config"])
     extra = {"run_id": run_dir.name, "applied_from": str(run_dir), "best_epoch": str(config.get("best_epoch")),
              **{k: str(v) for k, v in given.items() if v}}
