@@ -36,6 +36,7 @@ from store.hashing import file_sha256
 from store.layout import DatasetPaths
 from store.tables import read_json, read_metadata, read_table, write_json, write_table
 from store.vectors import fixed_list, to_matrix, write_features
+from store.verify import problem
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +363,25 @@ class Partial:
 # --- the stage ---------------------------------------------------------------------------------
 
 
+def up_to_date(out_path: Path, ihash: str, spec_text: str) -> bool:
+    """The table exists, was made by this encoder from these inputs, and passes its checks.
+
+    The checks matter: a table whose footer is intact but whose pages are damaged still carries
+    the right input hash, and calling it up to date would leave the damage in place on a rerun.
+    """
+    if not out_path.exists():
+        return False
+    damage = problem(out_path)
+    if damage is not None:
+        log.warning("rebuilding: %s", damage)
+        return False
+    meta = read_metadata(out_path)
+    if meta.get("input_hash") != ihash or meta.get("encoder") != spec_text:
+        return False
+    log.info("%s is up to date (input hash %s)", out_path, ihash)
+    return True
+
+
 def extract(
     paths: DatasetPaths,
     spec: str | Encoder,
@@ -400,11 +420,9 @@ def extract(
     ihash = inputs.input_hash(spec_text)
     n = len(inputs.asins)
 
-    if resume and out_path.exists():
+    if resume and up_to_date(out_path, ihash, spec_text):
         meta = read_metadata(out_path)
-        if meta.get("input_hash") == ihash and meta.get("encoder") == spec_text:
-            log.info("%s is up to date (input hash %s)", out_path, ihash)
-            return _summary(name, out_path, spec_text, modality, int(meta["dim"]), meta, t0, resumed=0, encoded=0, skipped=True)
+        return _summary(name, out_path, spec_text, modality, int(meta["dim"]), meta, t0, resumed=0, encoded=0, skipped=True)
 
     if encoder is None:
         encoder = get_encoder(spec_text, device)

@@ -34,10 +34,19 @@ from features.extract import (
     item_inputs,
     run_pending,
     shard_plan,
+    up_to_date,
 )
 from store.layout import DatasetPaths
 from store.tables import read_metadata, read_table
-from store.tokens import TokenTable, leaf_values, load_tokens, padded, to_fp16, token_columns, write_tokens
+from store.tokens import (
+    TokenTable,
+    leaf_values,
+    load_tokens,
+    padded,
+    to_fp16,
+    token_columns,
+    write_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +212,8 @@ def extract_tokens(
     inputs = item_inputs(paths, modality)
     tspec = _token_spec(spec_text, modality, grid, max_length)
     ihash = inputs.input_hash(tspec)
-    if resume and out_path.exists():
-        meta = read_metadata(out_path)
-        if meta.get("input_hash") == ihash and meta.get("encoder") == spec_text:
-            log.info("%s is up to date (input hash %s)", out_path, ihash)
-            return _summary(name, out_path, t0, encoded=0, resumed=0, skipped=True)
+    if resume and up_to_date(out_path, ihash, spec_text):
+        return _summary(name, out_path, t0, encoded=0, resumed=0, skipped=True)
 
     encoder = encoder or get_encoder(spec_text, device)
     encode = token_encode(encoder, modality, grid, max_length)

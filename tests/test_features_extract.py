@@ -294,3 +294,25 @@ def test_rebuilt_feature_table_has_identical_bytes(dataset, minilm):
     extract(dataset, minilm, batch_size=3, progress=False)
     assert file_sha256(path) == first
     assert read_features(path).metadata["created_at"] >= created
+
+
+def damage_a_page(path: Path) -> None:
+    """Flip one byte in the middle of the data, leaving the footer (and its input hash) intact."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_table_with_an_intact_footer_is_rebuilt_not_called_up_to_date(dataset, minilm):
+    from store.hashing import file_sha256
+    from store.verify import problem
+
+    path = dataset.feature("text-minilm")
+    extract(dataset, minilm, progress=False)
+    whole = file_sha256(path)
+    damage_a_page(path)
+    assert problem(path) is not None and read_metadata(path)["input_hash"]  # damaged, yet its footer reads
+    counting = Counting(minilm)
+    rebuilt = extract(dataset, counting, progress=False)
+    assert not rebuilt["skipped"] and counting.items == 5
+    assert problem(path) is None and file_sha256(path) == whole

@@ -353,3 +353,19 @@ def test_load_tokens_refuses_a_pooled_feature_table(tiny, effnet):
     extract(tiny, effnet, workers=0, progress=False)
     with pytest.raises(StoreError, match="not a token table .* anchorrec features --dataset tok"):
         load_tokens(tiny.feature("image-effnet"))
+
+
+def test_a_damaged_token_table_is_rebuilt_not_called_up_to_date(tiny, effnet, monkeypatch):
+    from test_features_extract import damage_a_page
+
+    from store.verify import problem
+
+    path = tiny.token_feature("image-effnet-tok")
+    extract_tokens(tiny, effnet, "image", workers=0, progress=False)
+    whole = file_sha256(path)
+    damage_a_page(path)
+    assert problem(path) is not None
+    calls = crash_on(monkeypatch, effnet, "encode_image_tokens", 0)
+    rebuilt = extract_tokens(tiny, effnet, "image", workers=0, progress=False)
+    assert not rebuilt["skipped"] and sum(calls) > 0
+    assert problem(path) is None and file_sha256(path) == whole
