@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,14 +23,24 @@ from store.errors import StoreError
 NUM_ROWS = "num_rows"
 
 
+def temp_beside(path: Path) -> Path:
+    """Create an empty, uniquely named hidden file beside `path` and return its path.
+
+    Its mode is what `open()` would give (0666 less the umask), so the renamed file is readable by
+    whoever may read the dataset directory; `tempfile.mkstemp` would make every table, index and
+    report 0600, unreadable to a serving process running as another user.
+    """
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on clean exit rename it into place, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temp_beside(path)
     try:
         yield tmp
         with open(tmp, "rb") as fh:

@@ -78,6 +78,26 @@ def test_atomic_path_keeps_old_file_when_writer_crashes(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["t.json"], "temporary file left behind"
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_get_the_umask_mode_not_0600(tmp_path, umask):
+    """A serving process of another user must be able to read tables, JSON and images it may read."""
+    import os
+
+    from pipelines.images import _write_atomic
+
+    old = os.umask(umask)
+    try:
+        table = write_table(pa.table({"user_id": pa.array([1], pa.int32()), "reviewer_id": ["a"]}),
+                            tmp_path / "users.parquet", schemas.USERS)
+        doc = write_json({"a": 1}, tmp_path / "m.json")
+        _write_atomic(tmp_path / "B0001.jpg", b"jpeg bytes")
+    finally:
+        os.umask(old)
+    for path in (table, doc, tmp_path / "B0001.jpg"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["B0001.jpg", "m.json", "users.parquet"]
+
+
 def test_write_table_crash_midway_leaves_old_table(tmp_path, monkeypatch):
     path = tmp_path / "users.parquet"
     old = pa.table({"user_id": pa.array([1, 2], pa.int32()), "reviewer_id": ["a", "b"]})
