@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -256,3 +257,18 @@ def test_config_validation():
 def test_summarize_seeds_single_run_has_zero_std():
     s = summarize_seeds([{"run_id": "a", "valid": {"recall@20": 0.1}, "test": {"recall@20": 0.2}, "best_epoch": 3}])
     assert s["test_mean"]["recall@20"] == 0.2 and s["test_std"]["recall@20"] == 0.0
+
+
+def test_missing_rows_are_filled_with_the_mean_and_reported_once_per_table(caplog):
+    from models.training.data import fill_missing_rows
+
+    vectors = np.array([[1.0, 0.0], [0.0, 0.0], [3.0, 2.0]], dtype=np.float32)
+    valid = np.array([True, False, True])
+    with caplog.at_level(logging.DEBUG, logger="models.training.data"):
+        for _ in range(3):  # a leaderboard loads the same table for every run
+            filled = fill_missing_rows("image-once-test", vectors, valid)
+    assert filled[1].tolist() == [2.0, 1.0] and vectors[1].tolist() == [0.0, 0.0]
+    levels = [r.levelno for r in caplog.records if "image-once-test: 1 of 3 items missing" in r.getMessage()]
+    assert levels == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    with pytest.raises(ValueError, match="no item has a valid vector"):
+        fill_missing_rows("image-once-test", vectors, np.zeros(3, bool))

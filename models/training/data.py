@@ -134,11 +134,15 @@ def load_interactions(paths: DatasetPaths) -> InteractionData:
     return interactions_from_arrays(n_users, n_items, pairs["train"], pairs["valid"], pairs["test"], asins)
 
 
+_FILL_WARNED: set[tuple[str, int, int]] = set()
+
+
 def fill_missing_rows(name: str, vectors: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Items without this modality get the mean of the items that have it.
 
     A zero row would give those items a degenerate cosine (and kNN neighbours by accident); the
-    mean keeps them neutral. The count is logged so a bad extraction is visible.
+    mean keeps them neutral. The count is logged so a bad extraction is visible, once per table
+    and process (a leaderboard loads the same table for each of its runs).
     """
     n_missing = int((~valid).sum())
     if n_missing == len(valid):
@@ -146,7 +150,10 @@ def fill_missing_rows(name: str, vectors: np.ndarray, valid: np.ndarray) -> np.n
     if n_missing:
         vectors = vectors.copy()
         vectors[~valid] = vectors[valid].mean(axis=0)
-        log.warning("feature %s: %d of %d items missing, filled with the mean vector", name, n_missing, len(valid))
+        key = (name, n_missing, len(valid))
+        log.log(logging.DEBUG if key in _FILL_WARNED else logging.WARNING,
+                "feature %s: %d of %d items missing, filled with the mean vector", name, n_missing, len(valid))
+        _FILL_WARNED.add(key)
     return vectors
 
 
