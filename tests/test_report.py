@@ -252,3 +252,34 @@ def test_compare_runs_refuses_bad_input(home: Path) -> None:
         report.compare_runs(paths, ["a"], baseline="alignrec")
     with pytest.raises(ValueError, match="empty"):
         report.compare_runs(paths, [])
+
+
+def test_training_curves_of_ten_models_by_five_seeds_keep_their_layout(tmp_path: Path, monkeypatch) -> None:
+    """A leaderboard plots 50 runs: one legend entry per model, outside the axes, no layout warning."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from models.evaluation import plots
+
+    histories = {
+        f"model{m} s{s}": [{"epoch": e, "loss": (10.0 if m == 0 else 0.5) / (e + 1), "valid": {"recall@20": 0.1 * e}}
+                           for e in range(5)]
+        for m in range(10) for s in range(5)
+    }
+    captured = {}
+    real_save = plots._save
+
+    def keep(fig, out):
+        captured["legends"] = [[t.get_text() for t in lg.get_texts()] for lg in fig.legends]
+        captured["yscale"] = fig.axes[0].get_yscale()
+        return real_save(fig, out)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = plots.training_curves(histories, tmp_path / "curves.png")
+    plt.close("all")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert captured["legends"] == [[f"model{m} (5 runs)" for m in range(10)]]
+    assert captured["yscale"] == "log"  # losses 20x apart share one readable axis

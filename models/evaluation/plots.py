@@ -45,25 +45,31 @@ def training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], out: P
     """
     if not histories:
         raise ValueError("training_curves needs at least one run history")
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
     groups = sorted({label.split(" ")[0] for label in histories})
     colours = {g: plt.cm.tab10(i % 10) for i, g in enumerate(groups)}
     styles = ["-", "--", ":", "-."]
     seen: Counter[str] = Counter()
+    losses: list[float] = []
     for label, history in histories.items():
         group = label.split(" ")[0]
         style = styles[seen[group] % len(styles)]
         seen[group] += 1
         epochs = [h["epoch"] for h in history if "loss" in h]
-        ax_loss.plot(epochs, [h["loss"] for h in history if "loss" in h], style, color=colours[group], label=label)
+        losses += [h["loss"] for h in history if "loss" in h]
+        ax_loss.plot(epochs, [h["loss"] for h in history if "loss" in h], style, color=colours[group])
         val = [(h["epoch"], h["valid"][metric]) for h in history if metric in h.get("valid", {})]
         if val:
-            ax_val.plot(*zip(*val), style, color=colours[group], marker=".", label=label)
+            ax_val.plot(*zip(*val), style, color=colours[group], marker=".", markersize=3)
     ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
+    if losses and min(losses) > 0 and max(losses) > 20 * min(losses):
+        ax_loss.set_yscale("log")  # models' losses differ by orders of magnitude (BM3's is ~10, BPR's ~0.1)
     ax_val.set(title=f"validation {metric}", xlabel="epoch", ylabel=metric)
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
-    ax_val.legend(fontsize=7, loc="lower right")
+    # one entry per model (its seeds share the colour; line styles tell them apart), outside the axes
+    handles = [plt.Line2D([], [], color=colours[g], label=f"{g} ({seen[g]} run{'s' if seen[g] > 1 else ''})") for g in groups]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
     return _save(fig, out)
 
 
