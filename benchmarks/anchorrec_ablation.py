@@ -18,6 +18,8 @@ Rows (each a change to the tuned configuration):
     no-mm         mm_branch False — no mm branch (no recovery, alignment, mm structure, smoothing)
     no-smooth     smooth_weight 0 — the graph smoothing over the mm kNN edges
     recover-5e-4  recover_lambda 0.0005 — the released config's recovery strength (ours 0.5)
+    mm=NAME       (with --mm NAME) the mm feature table NAME instead of the tuned one, e.g. an
+                  encoder pretrained on a larger catalog and applied with `--ica-from`
 
     .venv/bin/python benchmarks/anchorrec_ablation.py --home /work/lb-home --dataset gift
 """
@@ -91,6 +93,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="gift")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--mm", action="append", default=[], help="also a row with this mm feature table (repeatable)")
     args = ap.parse_args()
     paths = dataset_paths(args.dataset, args.home)
     board = json.loads((paths.root / "reports" / "leaderboard" / "leaderboard.json").read_text())
@@ -101,8 +104,13 @@ def main() -> None:
     buckets = popularity_buckets(data.train_csr)
     stats = {"tuned": run_stats(paths, [f"lb-anchorrec-s{s}" for s in seeds], data, buckets),
              f"best: {best_model}": run_stats(paths, [f"lb-{best_model}-s{s}" for s in seeds], data, buckets)}
-    for name in args.rows:
-        row_cfg = dataclasses.replace(cfg, model_args=row_args(cfg.model_args, ROWS[name]), run_id=f"abl-{name.replace('/', '-')}")
+    for mm in args.mm:
+        if not paths.feature(mm).exists():
+            ap.error(f"--mm {mm}: no feature table {paths.feature(mm)}")
+    variants = [(name, dataclasses.replace(cfg, model_args=row_args(cfg.model_args, ROWS[name]))) for name in args.rows]
+    variants += [(f"mm={mm}", dataclasses.replace(cfg, features={**cfg.features, "mm": mm})) for mm in args.mm]
+    for name, row_cfg in variants:
+        row_cfg = dataclasses.replace(row_cfg, run_id=f"abl-{name.replace('/', '-').replace('=', '-')}")
         summary = train_seeds(paths, row_cfg, seeds, progress=False)
         stats[name] = run_stats(paths, summary["runs"], data, buckets)
         print(name, f"test R@20 {np.mean([s['recall@20'] for s in stats[name]]):.4f}", flush=True)
@@ -122,7 +130,12 @@ def write_results(paths, args, stats: dict[str, list[dict]], best_model: str, tu
     for name, c in col.items():
         d_t, p_t = paired(c["recall@20"], tuned)
         d_b, p_b = paired(c["recall@20"], best)
-        change = json.dumps(ROWS.get(name, {})) if name in ROWS else ""
+        if name in ROWS:
+            change = json.dumps(ROWS[name])
+        elif name.startswith("mm="):
+            change = json.dumps({"features.mm": name[3:]})
+        else:
+            change = ""
         lines.append(f"| {name} | `{change}` | {np.mean(c['valid']):.4f} | {np.mean(c['recall@20']):.4f} ± {np.std(c['recall@20']):.4f} | "
                      f"{np.mean(c['ndcg@20']):.4f} | {d_t:+.4f} ({p_t:.3g}) | {d_b:+.4f} ({p_b:.3g}) | "
                      f"{np.mean(c['head']):.4f} | {np.mean(c['tail']):.4f} |")
