@@ -37,6 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @dataclasses.dataclass
 class ScriptedConfig:
     schedule: str = "rrvrtrrrrrrr"  # per epoch: r random, v ranks VALID items first, t TEST items first
+    nan_from_batch: int = 10**9  # the loss is NaN from this batch on (one batch per epoch here)
 
 
 class Scripted(torch.nn.Module):
@@ -52,7 +53,8 @@ class Scripted(torch.nn.Module):
         self.noise = torch.as_tensor(np.random.default_rng(0).random(self.valid.shape), dtype=torch.float32)
 
     def batch_loss(self, users, pos, neg):
-        loss = (self.w * 0).sum() + 1.0
+        self.batches = getattr(self, "batches", 0) + 1
+        loss = (self.w * 0).sum() + (1.0 if self.batches < self.cfg.nan_from_batch else float("nan"))
         return {"loss": loss, "const": loss}
 
     def on_epoch_end(self, epoch: int) -> None:
@@ -87,6 +89,21 @@ def test_selection_uses_validation_only_and_stops_on_patience(scripted, tmp_path
     assert max(test_recalls) == m["valid"]["recall@20"]
     # the reported test metrics are those of epoch 2's embeddings, not the best test epoch's
     assert m["test"]["recall@20"] < 1.0
+
+
+def test_diverged_run_stops_and_tests_its_best_epoch_so_far(scripted, tmp_path):
+    """As MMRec's trainer: a NaN loss ends the run at its best validation epoch, and says where."""
+    data = scripted
+    graph = build_graph_data(data, {}, device="cpu")
+    cfg = TrainConfig(model="scripted", epochs=12, patience=8, run_id="nan", model_args={"nan_from_batch": 6})
+    m = fit(data, graph, cfg, tmp_path / "nan", progress=False)
+    assert m["diverged_at_epoch"] == 5 and m["epochs_run"] == 5
+    assert m["best_epoch"] == 2 and m["valid"]["recall@20"] == 1.0
+    again = fit(data, graph, cfg, tmp_path / "nan", progress=False)  # finished: nothing is trained again
+    assert again["diverged_at_epoch"] == 5 and again["test"] == m["test"]
+    assert fit(data, graph, dataclasses.replace(cfg, model_args={}), tmp_path / "ok", progress=False)["diverged_at_epoch"] is None
+    with pytest.raises(FloatingPointError, match="loss is nan at epoch 0; lower lr"):
+        fit(data, graph, dataclasses.replace(cfg, model_args={"nan_from_batch": 1}), tmp_path / "nan0", progress=False)
 
 
 def test_stopped_run_tests_the_best_epoch_so_far_and_says_so(scripted, tmp_path):

@@ -224,7 +224,7 @@ def fit(
     valid_eval = RankingEvaluator(data.train_csr, data.valid_csr, cfg.ks, device=device)
     sampler = BPRSampler(data)
 
-    start_epoch, history, stopped_by_hand = 0, [], False
+    start_epoch, history, stopped_by_hand, diverged_at = 0, [], False, None
     best = {"metric": -math.inf, "epoch": -1, "state": None, "valid": {}}
     timings = {"train_s": 0.0, "eval_s": 0.0}
     finished = False
@@ -235,6 +235,7 @@ def fit(
         start_epoch, history, best, timings = ckpt["epoch"], ckpt["history"], ckpt["best"], ckpt["timings"]
         finished = ckpt.get("finished", False)
         stopped_by_hand = ckpt.get("stopped_by_hand", False)
+        diverged_at = ckpt.get("diverged_at")
         _set_rng_state(ckpt["rng"])
         log.info("resuming %s at epoch %d", run_dir.name, start_epoch)
 
@@ -275,7 +276,15 @@ def fit(
         record: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_s": train_s, "train_cpu_s": train_cpu_s}
         record.update({k: float(v) / max(n_batches, 1) for k, v in sums.items()})
         if not math.isfinite(record.get("loss", 0.0)):
-            raise FloatingPointError(f"{run_dir.name}: loss is {record['loss']} at epoch {epoch}; lower lr or check features")
+            if best["state"] is None:
+                raise FloatingPointError(f"{run_dir.name}: loss is {record['loss']} at epoch {epoch}; lower lr or check features")
+            # as MMRec's trainer: a diverged run stops and keeps its best validation epoch so far (a seed
+            # of a leaderboard is a result, not a crash); metrics.json says where it diverged
+            log.warning("%s: loss is %s at epoch %d; stopped there, testing the best epoch so far (%d)",
+                        run_dir.name, record["loss"], epoch, best["epoch"])
+            diverged_at = epoch
+            save_checkpoint(ckpt_path, {**load_checkpoint(ckpt_path), "finished": True, "diverged_at": epoch})
+            break
         timings["train_s"] += train_s
         timings["train_cpu_s"] = timings.get("train_cpu_s", 0.0) + train_cpu_s
 
@@ -312,7 +321,8 @@ def fit(
             break
     if bar is not None:
         bar.close()
-    return finalize(data, graph, cfg, model, best, history, timings, run_dir, resumed_from=start_epoch, stopped_by_hand=stopped_by_hand)
+    return finalize(data, graph, cfg, model, best, history, timings, run_dir, resumed_from=start_epoch,
+                    stopped_by_hand=stopped_by_hand, diverged_at=diverged_at)
 
 
 def finalize(
@@ -326,6 +336,7 @@ def finalize(
     run_dir: Path,
     resumed_from: int = 0,
     stopped_by_hand: bool = False,
+    diverged_at: int | None = None,
 ) -> dict[str, Any]:
     """Restore the best-validation weights, test them once, write vectors and metrics.json."""
     if best["state"] is None:
@@ -358,6 +369,7 @@ def finalize(
         "epochs_run": epochs_run,
         "resumed_from_epoch": resumed_from,
         "stopped_by_hand": stopped_by_hand,  # ended by `stop_run` (a time budget), not by early stopping
+        "diverged_at_epoch": diverged_at,  # the epoch whose loss was not finite (training ended there), or None
         "history": history,
         "timings": {
             **timings,
