@@ -1,15 +1,14 @@
 """Prefect flows: wiring only, no domain logic.
 
 Each stage is one Prefect task that calls one room's function. A task's cache key is a hash of
-its real inputs (input file contents, its config and the source of the rooms it runs), so a rerun
-with nothing changed recomputes nothing, and changing one input reruns exactly the stages
-downstream of it. A stage whose outputs are missing or fail their check (store.verify) is
+its real inputs (input file contents, its config and the source of the modules it runs, see
+stage_keys), so a rerun with nothing changed recomputes nothing, and changing one input reruns
+exactly the stages downstream of it. A stage whose outputs are missing or fail their check (store.verify) is
 recomputed even when its key is cached. The command line lives in cli.py.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -35,40 +34,15 @@ from pipelines.catalog_only import is_catalog_request, refuse_catalog_pipeline, 
 from pipelines.local_images import fingerprint as images_fingerprint
 from store import DatasetPaths, dataset_paths  # noqa: F401
 from store.errors import USER_ERRORS
-from store.hashing import file_sha256
 from store.verify import problem, problems
+from stage_keys import stage_key
 
-REPO = Path(__file__).resolve().parent
 from pipeline_config import FLOW_DOCS, FLOW_GROUPS, NO_IMAGES, RELEASES, PipelineConfig  # noqa: F401 (re-exported)
 
 log = logging.getLogger("anchorrec")
 
 
-# --------------------------------------------------------------------------- cache keys
-@functools.lru_cache(maxsize=None)
-def code_version(*rooms: str) -> str:
-    """Hash of the Python source of the rooms a stage runs: editing them invalidates its cache."""
-    h = hashlib.sha256()
-    for room in sorted(rooms):
-        base = REPO / room
-        files = sorted(base.rglob("*.py")) if base.is_dir() else [REPO / f"{room}.py"]
-        for f in files:
-            h.update(str(f.relative_to(REPO)).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def stage_key(stage: str, config: dict[str, Any], inputs: list[Path], rooms: tuple[str, ...]) -> str:
-    """Cache key of a stage: its config, the content of its input files and its code."""
-    h = hashlib.sha256(stage.encode())
-    h.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for p in inputs:
-        h.update(str(p.name).encode())
-        h.update(file_sha256(p).encode() if p.is_file() else b"<missing>")
-    h.update(code_version(*rooms).encode())
-    return f"{stage}-{h.hexdigest()[:20]}"
-
-
+# --------------------------------------------------------------------------- stages
 def run_stage(name: str, fn: Any, key: str, outputs: list[Path], *args: Any, **kwargs: Any) -> dict:
     """Call a stage task under `key`; recompute when an output is missing or fails its check.
 
@@ -296,7 +270,7 @@ def stage_ingest(cfg: PipelineConfig) -> dict:
     inputs = [Path(x) for x in (cfg.meta, cfg.reviews) if x and Path(x).is_file()]
     if cfg.source:
         inputs += sorted(f for f in Path(cfg.source).glob("*") if f.is_file())
-    key = stage_key("ingest", conf, inputs, ("pipelines", "store"))
+    key = stage_key("ingest", conf, inputs, ("pipelines.ingest", "pipelines.mmrec"))
     catalog = is_catalog_request(cfg.release, cfg.reviews, cfg.meta)  # items only (pipelines.catalog_only)
     return run_stage("ingest", ingest_task, key, [p.items] if catalog else [p.items, p.users, p.interactions], cfg)
 
@@ -304,7 +278,7 @@ def stage_ingest(cfg: PipelineConfig) -> dict:
 def stage_images(cfg: PipelineConfig) -> dict:
     """One task, or `shards` mapped tasks (spread over the task runner's workers) and a merge."""
     p = cfg.paths
-    key = stage_key("images", {"images": images_fingerprint(cfg.images)}, [p.items], ("pipelines", "store"))
+    key = stage_key("images", {"images": images_fingerprint(cfg.images)}, [p.items], ("pipelines.images",))
     if cfg.shards == 1:
         return run_stage("images", images_task, key, [p.image_audit], cfg)
     shards = map_shards(images_task, key, cfg, bool(problem(p.image_audit)))
@@ -321,7 +295,7 @@ def stage_features(cfg: PipelineConfig) -> dict[str, dict]:
     for modality, spec in specs.items():
         name = feature_name(spec)
         inputs = [p.items] + ([p.image_audit] if modality == "image" else [])
-        key = stage_key(f"features-{name}", {"spec": spec, "batch": cfg.batch_size}, inputs, ("features", "store"))
+        key = stage_key(f"features-{name}", {"spec": spec, "batch": cfg.batch_size}, inputs, ("features.extract",))
         if cfg.shards > 1:  # encode shards on the task runner's workers; the final call assembles
             map_shards(extract_task, key, cfg, bool(problem(p.feature(name))), spec, name)
         summary = run_stage(f"features {modality}", extract_task, key, [p.feature(name)], cfg, spec, name)
@@ -337,7 +311,7 @@ def stage_tokens(cfg: PipelineConfig, modality: str, spec: str, inputs: list[Pat
 
     name = default_token_name(spec)
     conf = {"spec": spec, "grid": cfg.token_grid, "max_length": cfg.max_text_tokens}
-    key = stage_key(f"tokens-{name}", conf, inputs, ("features", "store"))
+    key = stage_key(f"tokens-{name}", conf, inputs, ("features.tokens",))
     run_stage(f"tokens {modality}", tokens_task, key, [cfg.paths.token_feature(name)], cfg, spec, modality, name)
     return name
 
@@ -346,7 +320,7 @@ def stage_pretrain(cfg: PipelineConfig, image: str, text: str, tokens: dict[str,
     p = cfg.paths
     conf = {"epochs": cfg.pretrain_epochs, "seed": cfg.seed, "tokens": tokens}
     inputs = [p.feature(image), p.feature(text), p.items] + [p.token_feature(n) for n in tokens.values()]
-    key = stage_key("pretrain", conf, inputs, ("models", "store"))
+    key = stage_key("pretrain", conf, inputs, ("models.pretraining.pretrain",))
     run_id = key.split("-", 1)[1][:10]
     run_stage("pretrain", pretrain_task, key, [p.feature(f"ica-{run_id}")], cfg, image, text, run_id, tokens)
     return f"ica-{run_id}"
@@ -358,17 +332,19 @@ def stage_apply_ica(cfg: PipelineConfig, image: str, text: str, tokens: dict[str
     run_dir, name = cfg.ica_run()
     inputs = [p.feature(image), p.feature(text), p.items, run_dir / "checkpoint.pt", run_dir / "config.json"]
     inputs += [p.token_feature(n) for n in tokens.values()]
-    key = stage_key("apply-ica", {"run": str(run_dir), "tokens": tokens, "name": name}, inputs, ("models", "store"))
+    key = stage_key("apply-ica", {"run": str(run_dir), "tokens": tokens, "name": name}, inputs, ("models.pretraining.apply",))
     run_stage("apply ica", apply_ica_task, key, [p.feature(name)], cfg, str(run_dir), image, text, name, tokens)
     return name
 
 
 def stage_train(cfg: PipelineConfig, features: dict[str, str]) -> dict:
+    from models.registry import model_module
+
     p = cfg.paths
     conf = {k: getattr(cfg, k) for k in ("model", "lr", "epochs", "patience", "seed")}
     conf["features"] = features
     inputs = [p.items, p.interactions] + [p.feature(n) for n in sorted(set(features.values()))]
-    key = stage_key("train", conf, inputs, ("models", "store"))
+    key = stage_key("train", conf, inputs, ("models.training.trainer", model_module(cfg.model)))
     run_id = f"{cfg.model}-{key.split('-', 1)[1][:10]}"
     out = run_stage("train", train_task, key, [p.item_vectors(run_id), p.user_vectors(run_id), p.metrics(run_id)],
                     cfg, features, run_id)
@@ -378,17 +354,19 @@ def stage_train(cfg: PipelineConfig, features: dict[str, str]) -> dict:
 
 def stage_tune(cfg: PipelineConfig, features: dict[str, str]) -> dict:
     """The key holds `trials`: asking for more continues the stored study (models.training.tune resumes it)."""
+    from models.registry import model_module
+
     p = cfg.paths
     conf = {k: getattr(cfg, k) for k in ("model", "epochs", "patience", "seed", "trials", "pruner")}
     conf["features"] = features
     inputs = [p.items, p.interactions] + [p.feature(n) for n in sorted(set(features.values()))]
-    key = stage_key("tune", conf, inputs, ("models", "store"))
+    key = stage_key("tune", conf, inputs, ("models.training.tune", model_module(cfg.model)))
     return run_stage("tune", tune_task, key, [p.root / "tuning" / cfg.model / "best.json"], cfg, features)
 
 
 def stage_publish(cfg: PipelineConfig, run_id: str) -> dict:
     p = cfg.paths
-    key = stage_key("publish", {"run": run_id}, [p.item_vectors(run_id)], ("store",))
+    key = stage_key("publish", {"run": run_id}, [p.item_vectors(run_id)], ("store.index",))
     return run_stage("publish", publish_task, key, [p.index_dir(run_id) / "manifest.json"], cfg, run_id)
 
 

@@ -56,12 +56,16 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--home", default=os.environ.get("ANCHORREC_HOME", str(REPO / "data")))
+    ap.add_argument("--ica-from", metavar="RUN",
+                    help="mm from this finished pretraining run (DATASET/RUN) instead of pretraining here; also "
+                         "pins the mm table of studies begun with an earlier run after the pretraining code changed")
     args = ap.parse_args()
     common = ["--dataset", args.dataset, "--home", args.home]
+    features = FEATURES[args.dataset] + (["--ica-from", args.ica_from] if args.ica_from else [])
     anchorrec("ingest", *common, *INGEST[args.dataset])  # each step is cached: a rerun skips what is done
-    anchorrec("pretrain", *common, *FEATURES[args.dataset])
+    anchorrec("pretrain", *common, *features)
     for model in args.models:
-        anchorrec("tune", *common, *FEATURES[args.dataset], "--model", model, "--trials", str(args.trials),
+        anchorrec("tune", *common, *features, "--model", model, "--trials", str(args.trials),
                   "--epochs", str(args.epochs), "--patience", str(args.patience))
     models = [x for m in args.models for x in ("--model", m)]
     anchorrec("leaderboard", *common, *models, "--seeds", str(args.seeds))

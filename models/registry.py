@@ -25,10 +25,35 @@ MODELS: dict[str, tuple[str, str, str]] = {
     "smore": ("models.smore", "SMORE", "SMOREConfig"),
 }
 
+# The content tables (modalities) each model reads. A run's configuration, its cache key and a
+# study's budget hold only these, so a new `mm` table (a new ICA run) leaves the runs and studies
+# of models that never read `mm` valid, and an ID-only model loads no feature at all.
+READS: dict[str, tuple[str, ...]] = {
+    "lightgcn": (),
+    "alignrec": ("mm",),
+    "anchorrec": ("mm", "t", "v"),
+    **{name: ("t", "v") for name in ("vbpr", "freedom", "lattice", "bm3", "lgmrec", "damrs", "smore")},
+}
 
-def _lookup(name: str) -> tuple[type, type]:
+
+def read_features(name: str, features: dict[str, str]) -> dict[str, str]:
+    """The part of a dataset's v/t/mm tables that model `name` reads."""
+    return {m: table for m, table in features.items() if m in READS[name]}
+
+
+def model_module(name: str) -> str:
+    """The module that holds model `name` (loaded by name at run time, so cache keys list it)."""
+    _check(name)
+    return MODELS[name][0]
+
+
+def _check(name: str) -> None:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
+
+
+def _lookup(name: str) -> tuple[type, type]:
+    _check(name)
     module_name, cls_name, cfg_name = MODELS[name]
     module = importlib.import_module(module_name)
     return getattr(module, cls_name), getattr(module, cfg_name)

@@ -250,7 +250,8 @@ def test_train_from_store_writes_outputs(home):
     on_disk = json.loads((run / "metrics.json").read_text())
     assert on_disk["test"] == m["test"] and set(m["test"]) >= {"recall@20", "ndcg@20", "precision@10", "map@50"}
     assert len(on_disk["history"]) == 3 and on_disk["timings"]["train_s_per_epoch"] > 0
-    assert list(paths.cache_dir.glob("knn-*.npz"))  # the kNN graph was cached
+    assert json.loads((run / "config.json").read_text())["features"] == {}  # LightGCN reads no feature table
+    assert not list(paths.cache_dir.glob("knn-*.npz"))  # so none was loaded and no kNN graph built
 
     summary = train_seeds(paths, dataclasses.replace(cfg, run_id="multi", epochs=2), seeds=[0, 1], progress=False)
     assert summary["runs"] == ["multi-s0", "multi-s1"] and summary["n"] == 2

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from models.evaluation.metrics import RankingEvaluator
-from models.registry import MODELS, make_config, make_model
+from models.registry import MODELS, make_config, make_model, read_features
 from models.training.data import (
     GraphData,
     InteractionData,
@@ -79,6 +79,7 @@ class TrainConfig:
         for modality in self.features:
             if modality not in ("v", "t", "mm"):
                 raise ValueError(f"features: modality must be 'v', 't' or 'mm', got {modality!r}")
+        self.features = read_features(self.model, self.features)  # a table the model never reads is not its input
         if self.run_id is not None:
             check_name("run", self.run_id)
         if not isinstance(self.model_args, dict):
@@ -208,6 +209,7 @@ def fit(
     config_path = run_dir / "config.json"
     if ckpt_path.exists() and config_path.exists():
         old = read_json(config_path)
+        old["features"] = read_features(cfg.model, old.get("features") or {})  # runs written before READS kept all
         changed = sorted(k for k in set(old) | set(config_json) if k not in ("device", "run_id") and old.get(k) != config_json.get(k))
         if changed:
             raise ValueError(

@@ -40,7 +40,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from models.registry import MODELS, make_config
+from models.registry import MODELS, make_config, read_features
 from models.training.trainer import (
     SELECT_METRIC,
     TrainConfig,
@@ -149,6 +149,8 @@ def open_study(directory: Path, name: str, base: TrainConfig, seed: int, pruner:
     budget = {k: v for k, v in base.to_json().items() if k in BUDGET_KEYS}
     budget["model_args"] = base.model_args
     stored = study.user_attrs.get("budget")
+    if stored is not None:  # studies from before READS stored every table of the dataset
+        stored = {**stored, "features": read_features(base.model, stored.get("features") or {})}
     if stored is None:
         study.set_user_attr("budget", budget)
     elif stored != _jsonable(budget):

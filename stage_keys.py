@@ -1,0 +1,89 @@
+"""Cache keys of the flow's stages: a stage's config, the content of its inputs and its code.
+
+"Its code" is the source of the project modules the stage really runs: its entry modules and,
+transitively, every project module they import (read from the source, imports inside functions
+included). Hashing whole rooms made any edit anywhere invalidate everything: a fix in the
+recommender trainer renamed the ICA run (its id comes from the pretrain key), the `mm` table got a
+new name, and every tuning study on the dataset refused to continue. Modules loaded by name at run
+time (the model registry) are not visible in the source; a stage names them as entry modules.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from store.hashing import file_sha256
+
+REPO = Path(__file__).resolve().parent
+PROJECT = ("models", "store", "features", "pipelines", "pipeline_config", "flows", "stage_keys")
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of project module `name` (a package's __init__.py), or None if it is not ours."""
+    if name.split(".")[0] not in PROJECT:
+        return None
+    base = REPO.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported(path: Path, name: str) -> set[str]:
+    """Project modules named by the imports in `path` (module `name`), wherever they stand in it."""
+    found: set[str] = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from . import x, from .y import z
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)  # `from store import fixes` names a module
+    parents = {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 1)}
+    return {m for m in found | parents if module_file(m) is not None}
+
+
+@functools.lru_cache(maxsize=None)
+def closure(*entries: str) -> tuple[Path, ...]:
+    """Source files of `entries` and of every project module they import, transitively, sorted."""
+    seen: dict[str, Path] = {}
+    todo = list(entries)
+    while todo:
+        name = todo.pop()
+        path = module_file(name)
+        if name in seen or path is None:
+            if path is None and name in entries:
+                raise ValueError(f"code version: {name!r} is not a module of this project")
+            continue
+        seen[name] = path
+        todo.extend(_imported(path, name) - set(seen))
+    return tuple(sorted(set(seen.values())))
+
+
+@functools.lru_cache(maxsize=None)
+def code_version(*entries: str) -> str:
+    """Hash of the source a stage runs: editing a module it does not import leaves its key alone."""
+    h = hashlib.sha256()
+    for f in closure(*sorted(entries)):
+        h.update(str(f.relative_to(REPO)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def stage_key(stage: str, config: dict[str, Any], inputs: list[Path], code: tuple[str, ...]) -> str:
+    """Cache key of a stage: its config, the content of its input files and the code it runs."""
+    h = hashlib.sha256(stage.encode())
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for p in inputs:
+        h.update(str(p.name).encode())
+        h.update(file_sha256(p).encode() if p.is_file() else b"<missing>")
+    h.update(code_version(*code).encode())
+    return f"{stage}-{h.hexdigest()[:20]}"
