@@ -9,10 +9,10 @@ time (the model registry) are not visible in the source; a stage names them as e
 """
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +33,33 @@ def module_file(name: str) -> Path | None:
     return None
 
 
+# `from X import a, b` (also in parentheses over lines) and `import X, Y as Z`, at any indent. Read
+# with a regex, not ast.parse: CPython 3.11's ast.parse is not thread-safe ("AST constructor
+# recursion depth mismatch" when Prefect parses in another thread), and a stray match in a
+# docstring can only add a file to the hash, never leave one out.
+_FROM = re.compile(r"^[ \t]*from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n]*)", re.MULTILINE)
+_IMPORT = re.compile(r"^[ \t]*import[ \t]+([^\n]*)", re.MULTILINE)
+
+
+def _names(clause: str) -> list[str]:
+    """The imported names of `a, b as c` or `(a,\n b)`, comments and aliases dropped."""
+    clause = re.sub(r"#[^\n]*", "", clause).strip("()\\ \n")
+    return [part.split()[0] for part in clause.replace("\n", " ").split(",") if part.split()]
+
+
 def _imported(path: Path, name: str) -> set[str]:
     """Project modules named by the imports in `path` (module `name`), wherever they stand in it."""
-    found: set[str] = set()
+    source = path.read_text()
+    found = {m for match in _IMPORT.finditer(source) for m in _names(match.group(1))}
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: from . import x, from .y import z
-                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{parent}.{base}" if base else parent
-            found.add(base)
-            found.update(f"{base}.{a.name}" for a in node.names)  # `from store import fixes` names a module
+    for match in _FROM.finditer(source):
+        base = match.group(1)
+        level = len(base) - len(base.lstrip("."))
+        if level:  # relative: from . import x, from ..y import z
+            parent = package.rsplit(".", level - 1)[0] if level > 1 else package
+            base = f"{parent}.{base[level:]}" if base[level:] else parent
+        found.add(base)
+        found.update(f"{base}.{n}" for n in _names(match.group(2)))  # `from store import fixes` names a module
     parents = {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 1)}
     return {m for m in found | parents if module_file(m) is not None}
 

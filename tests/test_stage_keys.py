@@ -18,14 +18,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture()
 def fake_project(tmp_path, monkeypatch):
-    """A tiny project: models.a imports b (inside a function) and .c (relatively); d is imported by nobody."""
+    """A tiny project: models.a imports b and d (inside a function), .c (relatively) and e (in
+parentheses); f is imported by nobody."""
     pkg = tmp_path / "models"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text("from .c import X\n\ndef f():\n    from models import b\n    import numpy\n    return b\n")
+    (pkg / "a.py").write_text("from .c import X\nfrom models import (\n    e,  # a module, in parentheses\n)\n\n"
+                              "def f():\n    from models import b\n    import numpy as np, models.d as _  # noqa\n    return b\n")
     (pkg / "b.py").write_text("Y = 1\n")
     (pkg / "c.py").write_text("X = 2\n")
     (pkg / "d.py").write_text("Z = 3\n")
+    (pkg / "e.py").write_text("W = 0\n")
+    (pkg / "f.py").write_text("V = 0\n")
     monkeypatch.setattr(stage_keys, "REPO", tmp_path)
     stage_keys.closure.cache_clear()
     stage_keys.code_version.cache_clear()
@@ -42,12 +46,12 @@ def version(entry: str) -> str:
 
 def test_closure_follows_function_level_and_relative_imports_only_into_the_project(fake_project):
     names = [p.name for p in stage_keys.closure("models.a")]
-    assert names == ["__init__.py", "a.py", "b.py", "c.py"]  # not d.py, not numpy
+    assert names == ["__init__.py", "a.py", "b.py", "c.py", "d.py", "e.py"]  # not f.py, not numpy
 
 
 def test_editing_an_imported_module_changes_the_key_and_an_unrelated_one_does_not(fake_project):
     before = version("models.a")
-    (fake_project / "d.py").write_text("Z = 4\n")
+    (fake_project / "f.py").write_text("V = 4\n")
     assert version("models.a") == before
     (fake_project / "b.py").write_text("Y = 2\n")
     after_b = version("models.a")
