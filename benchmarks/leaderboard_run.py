@@ -11,11 +11,16 @@ later session, goes on from where the last one stopped. Datasets:
     sports  MMRec Sports, text only (MiniLM of the item text as t = v = mm)
 
     .venv/bin/python benchmarks/leaderboard_run.py --dataset gift --trials 10 --epochs 100 --patience 20
+    .venv/bin/python benchmarks/leaderboard_run.py --dataset sports --models lightgcn alignrec anchorrec \
+        --trials 8 --epochs 100 --patience 20 --jobs 2 \
+        --snapshot benchmarks/results/leaderboard_sports/studies     # many hours on 2 cores: rerun to go on
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -37,14 +42,53 @@ FEATURES = {  # options of every later command (they extract features and pretra
 }
 
 
-def anchorrec(*args: str) -> None:
-    """One CLI call, its output streamed; a failure stops the script with the command to rerun."""
+def anchorrec(*args: str, every: float = 60.0, tick=lambda: None) -> None:
+    """One CLI call, its output streamed, `tick()` every `every` s while it runs; a failure stops
+    the script with the command to rerun."""
     cmd = [str(REPO / ".venv" / "bin" / "anchorrec"), *args]
     print(f"$ anchorrec {' '.join(args)}", flush=True)
     t0 = time.perf_counter()
-    if subprocess.run(cmd, cwd=REPO).returncode != 0:
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    while True:
+        try:
+            code = proc.wait(timeout=every)
+            break
+        except subprocess.TimeoutExpired:
+            tick()
+    tick()
+    if code != 0:
         sys.exit(f"failed: anchorrec {' '.join(args)} (rerun this script to continue)")
     print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def save_studies(tuning: Path, snapshot: Path, models: list[str]) -> None:
+    """Copy each model's study (a live SQLite file: through SQLite's backup API) and best.json.
+
+    The studies hold every finished trial's parameters and values, a few hundred kB: kept in the
+    repository they outlive a machine that loses its disk between sessions, where a Sports study
+    takes hours per model. Runs and checkpoints are not kept; a lost best run is retrained."""
+    for model in models:
+        src = tuning / model / "study.db"
+        if not src.exists():
+            continue
+        dst = snapshot / model / "study.db"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name("study.db.tmp")
+        with sqlite3.connect(src, timeout=60) as a, sqlite3.connect(tmp) as b:
+            a.backup(b)
+        tmp.replace(dst)
+        if (tuning / model / "best.json").exists():
+            shutil.copyfile(tuning / model / "best.json", dst.with_name("best.json"))
+
+
+def restore_studies(tuning: Path, snapshot: Path, models: list[str]) -> None:
+    """A study the home lacks is started from the snapshot's copy (its trials count as done)."""
+    for model in models:
+        src = snapshot / model / "study.db"
+        if src.exists() and not (tuning / model / "study.db").exists():
+            (tuning / model).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tuning / model / "study.db")
+            print(f"{model}: study restored from {src}", flush=True)
 
 
 def main() -> None:
@@ -55,18 +99,25 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--patience", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--jobs", type=int, default=1, help="trials of a study at once (threads, one torch thread each)")
     ap.add_argument("--home", default=os.environ.get("ANCHORREC_HOME", str(REPO / "data")))
     ap.add_argument("--ica-from", metavar="RUN",
                     help="mm from this finished pretraining run (DATASET/RUN) instead of pretraining here; also "
                          "pins the mm table of studies begun with an earlier run after the pretraining code changed")
+    ap.add_argument("--snapshot", type=Path, metavar="DIR",
+                    help="keep a copy of every study here (each minute) and start a study the home lacks from it")
     args = ap.parse_args()
     common = ["--dataset", args.dataset, "--home", args.home]
+    tuning = Path(args.home) / args.dataset / "tuning"
+    snap = (lambda: save_studies(tuning, args.snapshot, args.models)) if args.snapshot else (lambda: None)
+    if args.snapshot:
+        restore_studies(tuning, args.snapshot, args.models)
     features = FEATURES[args.dataset] + (["--ica-from", args.ica_from] if args.ica_from else [])
     anchorrec("ingest", *common, *INGEST[args.dataset])  # each step is cached: a rerun skips what is done
     anchorrec("pretrain", *common, *features)
     for model in args.models:
         anchorrec("tune", *common, *features, "--model", model, "--trials", str(args.trials),
-                  "--epochs", str(args.epochs), "--patience", str(args.patience))
+                  "--epochs", str(args.epochs), "--patience", str(args.patience), "--jobs", str(args.jobs), tick=snap)
     models = [x for m in args.models for x in ("--model", m)]
     anchorrec("leaderboard", *common, *models, "--seeds", str(args.seeds))
 

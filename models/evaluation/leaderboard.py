@@ -23,7 +23,7 @@ import numpy as np
 from models.evaluation.report import compare_runs
 from models.registry import MODELS
 from models.training.trainer import TrainConfig, train_seeds
-from models.training.tune import study_dir
+from models.training.tune import study_dir, trial_config
 from store.layout import DatasetPaths
 from store.tables import write_json
 
@@ -37,7 +37,10 @@ def tuned_models(paths: DatasetPaths) -> list[str]:
 
 
 def best_config(paths: DatasetPaths, model: str) -> tuple[TrainConfig, dict[str, Any]]:
-    """The study's chosen configuration (its best trial's own config.json) and its best.json."""
+    """The study's chosen configuration (its best trial's own config.json) and its best.json.
+
+    Without the trial's run (the study was restored from a snapshot), the configuration is rebuilt
+    from the study's budget and the trial's parameters, as the study built it."""
     best_path = study_dir(paths, model) / "best.json"
     if not best_path.exists():
         raise FileNotFoundError(
@@ -46,14 +49,13 @@ def best_config(paths: DatasetPaths, model: str) -> tuple[TrainConfig, dict[str,
         )
     best = json.loads(best_path.read_text())
     config_path = paths.run(best["best_run_id"]) / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(
-            f"{config_path}: the best trial's run of {model!r} is gone; rerun "
-            f"`anchorrec tune --dataset {paths.name} --model {model}` (the study retrains it)"
-        )
-    stored = json.loads(config_path.read_text())
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in stored.items() if k in fields})
+    if config_path.exists():
+        stored = json.loads(config_path.read_text())
+        cfg = TrainConfig(**{k: v for k, v in stored.items() if k in fields})
+    else:  # the run is gone (a study restored on a new machine): the study's budget and the trial's params
+        base = TrainConfig(**{k: v for k, v in best["budget"].items() if k in fields})
+        cfg = trial_config(base, best["best_params"], best["best_run_id"])
     return cfg, best
 
 
