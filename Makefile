@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/anchorrec pipeline --dataset demo
 
+# one worker per core, a test file per worker (its module fixtures are built once): CI on 2 cores
+# took 18 min in one process, most of it end-to-end tests that wait on subprocesses and servers
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 clean-venv:
 	rm -rf $(VENV)

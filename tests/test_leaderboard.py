@@ -86,3 +86,21 @@ def test_cli_leaderboard_checks_models_before_work(tmp_path):
 
     result = CliRunner().invoke(app, ["leaderboard", "--dataset", "nope", "--home", str(tmp_path)])
     assert result.exit_code != 0 and "not found" in str(result.exception or result.output)
+
+
+def test_a_diverged_seed_is_named_in_the_verdict(tmp_path):
+    from store import dataset_paths
+    from store.tables import write_json
+
+    paths = dataset_paths("tiny", tmp_path)
+    for rid, epoch in (("lb-lattice-s0", None), ("lb-lattice-s1", 25)):
+        paths.run(rid).mkdir(parents=True)
+        write_json({"test": {"recall@20": 0.5}, "diverged_at_epoch": epoch}, paths.metrics(rid))
+    diverged = lb.diverged_runs(paths, ["lb-lattice-s0", "lb-lattice-s1"])
+    assert diverged == {"lb-lattice-s1": 25}
+    rows = {"lattice": {"test_mean": {"recall@20": 0.5}, "best_epochs": [30, 19], "diverged": diverged},
+            "lightgcn": {"test_mean": {"recall@20": 0.4}, "best_epochs": [40, 41], "diverged": {}}}
+    lines = lb.verdict_lines(rows, {"significance": []}, "lightgcn")
+    assert [x for x in lines if "diverged" in x] == [
+        "lattice: 1 of 2 seeds diverged (loss not finite: lb-lattice-s1 at epoch 25); each is tested at its best "
+        "validation epoch before that, which its mean ± std includes."]

@@ -83,6 +83,8 @@ def run_leaderboard(
         reruns[model] = train_seeds(paths, base, seeds, progress=progress)
     baseline = pick_baseline(reruns)
     rows = leaderboard_rows(chosen, reruns)
+    for model, s in reruns.items():
+        rows[model]["diverged"] = diverged_runs(paths, s["runs"])
     out = Path(out) if out is not None else paths.root / "reports" / "leaderboard" / "leaderboard.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     run_ids = [rid for s in reruns.values() for rid in s["runs"]]
@@ -120,6 +122,16 @@ def leaderboard_rows(chosen: dict[str, tuple[TrainConfig, dict]], reruns: dict[s
     return {m: {**row, "rank": rank} for rank, (m, row) in enumerate(ranked, start=1)}
 
 
+def diverged_runs(paths: DatasetPaths, run_ids: Sequence[str]) -> dict[str, int]:
+    """Runs whose loss turned non-finite, with the epoch: each was tested at its best epoch before."""
+    out = {}
+    for rid in run_ids:
+        epoch = json.loads(paths.metrics(rid).read_text()).get("diverged_at_epoch")
+        if epoch is not None:
+            out[rid] = int(epoch)
+    return out
+
+
 def verdict_lines(rows: dict[str, dict], report: dict[str, Any], baseline: str) -> list[str]:
     """Which model is best, by how much, and whether AnchorRec keeps its collapse and tail edge."""
     ranked = list(rows)
@@ -137,6 +149,11 @@ def verdict_lines(rows: dict[str, dict], report: dict[str, Any], baseline: str) 
                      f"paired t p = {s['t_pvalue']:.3g}, better on {s['seeds_better']}/{len(s['seeds'])} seeds.")
     if PROPOSED in rows and baseline != PROPOSED:
         lines += _advantages(report, baseline)
+    for m, row in rows.items():
+        if row.get("diverged"):
+            runs = ", ".join(f"{rid} at epoch {ep}" for rid, ep in row["diverged"].items())
+            lines.append(f"{m}: {len(row['diverged'])} of {len(row['best_epochs'])} seeds diverged (loss not finite: {runs}); "
+                         "each is tested at its best validation epoch before that, which its mean ± std includes.")
     return lines
 
 
