@@ -3,8 +3,8 @@
 Each stage is one Prefect task that calls one room's function. A task's cache key is a hash of
 its real inputs (input file contents, its config and the source of the modules it runs, see
 stage_keys), so a rerun with nothing changed recomputes nothing, and changing one input reruns
-exactly the stages downstream of it. A stage whose outputs are missing or fail their check (store.verify) is
-recomputed even when its key is cached. The command line lives in cli.py.
+exactly the stages downstream of it. A stage whose outputs are missing or fail their check
+(store.verify) is recomputed even when its key is cached. The command line lives in cli.py.
 """
 from __future__ import annotations
 
@@ -338,8 +338,9 @@ def stage_apply_ica(cfg: PipelineConfig, image: str, text: str, tokens: dict[str
 
 
 def stage_train(cfg: PipelineConfig, features: dict[str, str]) -> dict:
-    from models.registry import model_module
+    from models.registry import model_module, read_features
 
+    features = read_features(cfg.model, features)  # a new table it never reads changes nothing
     p = cfg.paths
     conf = {k: getattr(cfg, k) for k in ("model", "lr", "epochs", "patience", "seed")}
     conf["features"] = features
@@ -354,8 +355,9 @@ def stage_train(cfg: PipelineConfig, features: dict[str, str]) -> dict:
 
 def stage_tune(cfg: PipelineConfig, features: dict[str, str]) -> dict:
     """The key holds `trials`: asking for more continues the stored study (models.training.tune resumes it)."""
-    from models.registry import model_module
+    from models.registry import model_module, read_features
 
+    features = read_features(cfg.model, features)  # a new table it never reads changes nothing
     p = cfg.paths
     conf = {k: getattr(cfg, k) for k in ("model", "epochs", "patience", "seed", "trials", "pruner")}
     conf["features"] = features

@@ -110,3 +110,19 @@ def test_a_study_stored_with_unread_tables_continues_and_a_read_table_change_is_
     study.set_user_attr("budget", {**budget, "epochs": 3})
     with pytest.raises(ValueError, match="other settings.*epochs=3"):
         tune_mod.tune(paths, base, 3, space=space, pruner="none")
+
+
+def test_a_train_key_ignores_tables_its_model_never_reads(tmp_path, monkeypatch):
+    import flows
+    from pipeline_config import PipelineConfig
+
+    keys = []
+    monkeypatch.setattr(flows, "run_stage", lambda name, fn, key, *a, **k: keys.append((key, a[-2])) or {})
+    cfg = {"lightgcn": PipelineConfig(dataset="tiny", home=str(tmp_path), model="lightgcn"),
+           "alignrec": PipelineConfig(dataset="tiny", home=str(tmp_path), model="alignrec")}
+    for mm in ("ica-aaaaaaaaaa", "ica-bbbbbbbbbb"):
+        for model in cfg:
+            flows.stage_train(cfg[model], {"v": "image-effnet", "t": "text-minilm", "mm": mm})
+    (lg_a, feats), (al_a, _), (lg_b, _), (al_b, _) = keys
+    assert lg_a == lg_b and feats == {}  # LightGCN: same key, same run, and no table handed to training
+    assert al_a != al_b  # AlignRec reads mm
