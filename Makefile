@@ -16,10 +16,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/anchorrec pipeline --dataset demo
 
-# one worker per core, a test file per worker (its module fixtures are built once): CI on 2 cores
+# one worker per core (at most 4: each end-to-end test holds ~2 GB), a test file per worker (its module
+# fixtures are built once): CI on 2 cores
 # took 18 min in one process, most of it end-to-end tests that wait on subprocesses and servers
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 clean-venv:
 	rm -rf $(VENV)
