@@ -24,6 +24,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def save_studies(tuning: Path, snapshot: Path, models: list[str]) -> None:
         dst = snapshot / model / "study.db"
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name("study.db.tmp")
-        with sqlite3.connect(src, timeout=60) as a, sqlite3.connect(tmp) as b:
+        with closing(sqlite3.connect(src, timeout=60)) as a, closing(sqlite3.connect(tmp)) as b:
             a.backup(b)
         tmp.replace(dst)
         if (tuning / model / "best.json").exists():
