@@ -281,3 +281,28 @@ def test_a_diverging_trial_is_counted_and_reported_not_fatal(tmp_path, monkeypat
     assert out["done"] == 3 and out["complete"] == 2 and out["failed"] == 1
     assert out["failures"][0]["trial"] == 1 and "loss is nan" in out["failures"][0]["error"]
     assert tune_mod.tune(paths, BASE, 3, space=SPACE)["ran_now"] == 0  # a failed trial used its share of the budget
+
+
+def test_threads_never_take_the_same_continued_trial(tmp_path):
+    """Continued trials are enqueued (WAITING); on SQLite two threads could both take one of them
+    and train one run twice into one checkpoint while the other waited (seen with --jobs 2)."""
+    import threading
+
+    for rep in range(5):
+        directory = tmp_path / f"study{rep}"
+        directory.mkdir()
+        study = tune_mod.open_study(directory, "lightgcn", BASE, 0, tune_mod.make_pruner("none", 3))
+        for lr in (5e-2, 2e-2, 1e-2, 5e-3):
+            study.enqueue_trial({"lr": lr})
+        taken, start = [], threading.Barrier(4)
+
+        def take():
+            start.wait()
+            taken.append(study.ask().number)
+
+        workers = [threading.Thread(target=take) for _ in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert sorted(taken) == [0, 1, 2, 3]

@@ -140,10 +140,25 @@ def study_lock(directory: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+class SerialStateStorage(optuna.storages.RDBStorage):
+    """Optuna's SQLite storage with trial state changes made one at a time in this process.
+
+    Optuna takes a WAITING trial (an enqueued one: a trial continued after a kill) by reading its
+    state and writing RUNNING; on SQLite two threads can both read WAITING before either writes,
+    and both get the same trial. With `--jobs 2` two workers then trained one run into one
+    checkpoint while the other continued trial waited. Other processes are kept out by the study lock.
+    """
+
+    _lock = threading.Lock()
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        with self._lock:
+            return super().set_trial_state_values(trial_id, state, values)
+
+
 def open_study(directory: Path, name: str, base: TrainConfig, seed: int, pruner: optuna.pruners.BasePruner) -> optuna.Study:
     """Create or load the study; a stored study with another budget (epochs, features, …) is refused."""
-    storage = optuna.storages.RDBStorage(f"sqlite:///{directory / 'study.db'}",
-                                         engine_kwargs={"connect_args": {"timeout": 60}})
+    storage = SerialStateStorage(f"sqlite:///{directory / 'study.db'}", engine_kwargs={"connect_args": {"timeout": 60}})
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP), pruner=pruner)
     budget = {k: v for k, v in base.to_json().items() if k in BUDGET_KEYS}
