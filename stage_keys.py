@@ -67,17 +67,16 @@ def _imported(path: Path, name: str) -> set[str]:
 @functools.lru_cache(maxsize=None)
 def closure(*entries: str) -> tuple[Path, ...]:
     """Source files of `entries` and of every project module they import, transitively, sorted."""
+    unknown = [e for e in entries if module_file(e) is None]
+    if unknown:
+        raise ValueError(f"code version: {unknown[0]!r} is not a module of this project")
     seen: dict[str, Path] = {}
     todo = list(entries)
     while todo:
         name = todo.pop()
-        path = module_file(name)
-        if name in seen or path is None:
-            if path is None and name in entries:
-                raise ValueError(f"code version: {name!r} is not a module of this project")
-            continue
-        seen[name] = path
-        todo.extend(_imported(path, name) - set(seen))
+        if name not in seen:  # _imported names only project modules: each has a file
+            seen[name] = module_file(name)  # type: ignore[assignment]
+            todo.extend(_imported(seen[name], name) - set(seen))
     return tuple(sorted(set(seen.values())))
 
 
