@@ -84,8 +84,11 @@ class RankingEvaluator:
         if i_all.shape[0] != self.n_items:
             raise ValueError(f"item_emb has {i_all.shape[0]} rows for {self.n_items} items")
         parts: dict[str, list[torch.Tensor]] = {f"{m}@{k}": [] for m in METRICS for k in self.ks}
+        # One score buffer for all blocks: a fresh 256 MB tensor per block is a fresh mmap whose
+        # page faults cost a third of the block's product on CPU (measured, benchmarks/bench_evaluator.py).
+        buffer = u_all.new_empty(max((len(b[0]) for b in self.blocks), default=0), self.n_items)
         for u, (tr_r, tr_c), (ho_r, ho_c), n_pos in self.blocks:
-            scores = u_all[u] @ i_all.T
+            scores = torch.mm(u_all[u], i_all.T, out=buffer[: len(u)])
             scores[tr_r, tr_c] = -torch.inf
             top = torch.topk(scores, self.max_k, dim=1, sorted=True).indices
             scores.zero_()
