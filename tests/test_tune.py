@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -94,6 +95,52 @@ def test_pruned_trial_leaves_a_finished_run_at_its_best_epoch(tmp_path):
         assert load_checkpoint(paths.run(run) / "checkpoint.pt")["epoch"] == 1
         assert paths.item_vectors(run).exists()
     assert {r["run_id"]: r["status"] for r in list_runs(paths)}["tune-lightgcn-t001"] == "stopped"
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def tune_lines():
+    """The study's progress lines, read at the logger itself (the CLI's 'anchorrec' logger does
+    not propagate to the root, where caplog listens)."""
+    logger, handler = logging.getLogger("anchorrec.tune"), Lines()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield lambda: handler.lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_a_study_says_what_each_trial_does(tmp_path, tune_lines):
+    paths = tiny_paths(tmp_path)
+    tune_mod.tune(paths, BASE, 2, space=SPACE, pruner=PruneAfterFirstTrial())
+    lines = tune_lines()
+    value = study_of(paths).trials[0].value
+    assert lines[0].startswith("tune lightgcn trial 0 (tune-lightgcn-t000): 1/3 epochs, valid recall@20 ")
+    done = [line for line in lines if "trial 0" in line and "done" in line]
+    assert len(done) == 1 and done[0].endswith(f"valid recall@20 {value:.4f} (best_epoch "
+                                               f"{study_of(paths).trials[0].user_attrs['best_epoch']})")
+    assert any(line.startswith("tune lightgcn trial 1 (tune-lightgcn-t001): pruned (epoch 0:") for line in lines)
+
+
+def test_trial_progress_is_a_line_a_minute_with_the_best_so_far(tune_lines, monkeypatch):
+    clock = iter([0.0, 10.0, 61.0])
+    monkeypatch.setattr(tune_mod.time, "monotonic", lambda: next(clock))
+    progress = tune_mod.TrialProgress("alignrec", 4, "tune-alignrec-t004", 100)
+    for epoch, value in enumerate((0.05, 0.07, 0.06)):
+        progress(epoch, {"train_s": 40.0, "eval_s": 9.4, "valid": {"recall@20": value}})
+    assert tune_lines() == [
+        "tune alignrec trial 4 (tune-alignrec-t004): 1/100 epochs, valid recall@20 0.0500, best 0.0500 (best_epoch 0) (49 s/epoch)",
+        "tune alignrec trial 4 (tune-alignrec-t004): 3/100 epochs, valid recall@20 0.0600, best 0.0700 (best_epoch 1) (49 s/epoch)",
+    ]
 
 
 # ------------------------------------------------------------------ resume after a kill
