@@ -408,6 +408,8 @@ def leaderboard(
     models: Optional[list[str]] = typer.Option(None, "--model", help="a tuned model to include (repeat; default: every tuned model)"),
     seeds: int = typer.Option(5, "--seeds", min=1, max=20, help="seeds each tuned configuration is rerun on (0..N-1)"),
     out: Optional[Path] = typer.Option(None, "--out", help="leaderboard.md path (default <dataset>/reports/leaderboard/)"),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="reruns at once (worker processes, one torch thread each; "
+                             "up to the number of cores)"),
 ) -> None:
     """Rerun every tuned model's best configuration on N seeds; one table of accuracy, collapse and cost."""
     paths = require_dataset_dir(dataset, home)
@@ -419,7 +421,8 @@ def leaderboard(
         raise ValueError(f"--model: unknown {unknown}; known models: {', '.join(MODELS)}")
     from models.evaluation.leaderboard import run_leaderboard
 
-    path = run_leaderboard(paths, models, seeds=range(seeds), out=out, progress=sys.stderr.isatty(), log=typer.echo)
+    path = run_leaderboard(paths, models, seeds=range(seeds), out=out, progress=sys.stderr.isatty(), log=typer.echo,
+                           jobs=jobs)
     typer.echo(f"wrote {path}")
 
 

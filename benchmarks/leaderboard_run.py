@@ -100,7 +100,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--patience", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--jobs", type=int, default=1, help="trials of a study at once (threads, one torch thread each)")
+    ap.add_argument("--jobs", type=int, default=1, help="trials of a study at once (threads, one torch thread each), "
+                    "and leaderboard reruns at once (processes)")
     ap.add_argument("--home", default=os.environ.get("ANCHORREC_HOME", str(REPO / "data")))
     ap.add_argument("--ica-from", metavar="RUN",
                     help="mm from this finished pretraining run (DATASET/RUN) instead of pretraining here; also "
@@ -120,7 +121,7 @@ def main() -> None:
         anchorrec("tune", *common, *features, "--model", model, "--trials", str(args.trials),
                   "--epochs", str(args.epochs), "--patience", str(args.patience), "--jobs", str(args.jobs), tick=snap)
     models = [x for m in args.models for x in ("--model", m)]
-    anchorrec("leaderboard", *common, *models, "--seeds", str(args.seeds))
+    anchorrec("leaderboard", *common, *models, "--seeds", str(args.seeds), "--jobs", str(args.jobs))
 
 
 if __name__ == "__main__":

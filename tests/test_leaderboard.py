@@ -69,6 +69,15 @@ def test_leaderboard_reruns_the_chosen_configuration_on_every_seed(tuned):
     assert text.index(f"| {first}") < text.index(f"| {next(m for m in BASES if m != first)}")
 
 
+def test_reruns_in_worker_processes_give_the_same_leaderboard(tuned, tmp_path):
+    kwargs = dict(seeds=(0, 1), progress=False, log=lambda _: None, projection_sample=40)
+    two = lb.run_leaderboard(tuned, jobs=2, out=tmp_path / "two" / "leaderboard.md", **kwargs)
+    one = lb.run_leaderboard(tuned, jobs=1, out=tmp_path / "one" / "leaderboard.md", **kwargs)
+    a, b = (json.loads(p.with_suffix(".json").read_text()) for p in (two, one))
+    assert a["models"] == b["models"] and a["verdict"] == b["verdict"] and (a["jobs"], b["jobs"]) == (2, 1)
+    assert "reruns 2 at once, one torch thread each" in two.read_text()
+
+
 def test_baseline_is_chosen_on_validation_not_test():
     reruns = {
         "lightgcn": {"valid_mean": {"recall@20": 0.30}, "test_mean": {"recall@20": 0.10}},

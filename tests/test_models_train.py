@@ -261,6 +261,28 @@ def test_train_from_store_writes_outputs(home):
     assert (paths.runs_dir / "multi-seeds.json").exists()
 
 
+def test_seeds_in_worker_processes_give_the_runs_of_one_process(tmp_path):
+    """BM3 draws dropout masks from torch's global generator every batch: threads would share it,
+    worker processes keep each seed's stream its own, so --jobs cannot change a run."""
+    paths, _, _ = write_tiny_dataset(tmp_path, planted(n_users=40, n_items=30, n_groups=2, per_user=8))
+    cfg = TrainConfig(model="bm3", model_args={"embedding_dim": 8}, features={"t": "text-tiny", "v": "text-tiny"},
+                      epochs=2, batch_size=64, knn_k=4)
+    one = train_seeds(paths, dataclasses.replace(cfg, run_id="one"), seeds=[0, 1, 2], progress=False)
+    two = train_seeds(paths, dataclasses.replace(cfg, run_id="two"), seeds=[0, 1, 2], progress=False, jobs=2)
+    assert two["runs"] == ["two-s0", "two-s1", "two-s2"]
+    for a, b in zip(one["runs"], two["runs"]):
+        ma, mb = (json.loads(paths.metrics(r).read_text()) for r in (a, b))
+        assert [h["loss"] for h in ma["history"]] == [h["loss"] for h in mb["history"]]
+        assert ma["test"] == mb["test"] and ma["seed"] == mb["seed"]
+        _, va, _ = read_vectors(paths.item_vectors(a), "item_id")
+        _, vb, _ = read_vectors(paths.item_vectors(b), "item_id")
+        np.testing.assert_array_equal(va, vb)
+    assert len({json.dumps(json.loads(paths.metrics(r).read_text())["history"][0]["loss"]) for r in two["runs"]}) == 3
+    assert two["test_mean"] == one["test_mean"]
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        train_seeds(paths, cfg, seeds=[0], jobs=0)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="model"):
         TrainConfig(model="nope")

@@ -16,6 +16,7 @@ from models_fixtures import planted
 from optuna.trial import TrialState
 from test_models_train import write_tiny_dataset
 
+from models.training import progress as progress_mod
 from models.training import tune as tune_mod
 from models.registry import MODELS, make_config
 from models.training.data import interactions_from_arrays
@@ -110,7 +111,7 @@ class Lines(logging.Handler):
 def tune_lines():
     """The study's progress lines, read at the logger itself (the CLI's 'anchorrec' logger does
     not propagate to the root, where caplog listens)."""
-    logger, handler = logging.getLogger("anchorrec.tune"), Lines()
+    logger, handler = logging.getLogger("anchorrec.progress"), Lines()
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -133,8 +134,8 @@ def test_a_study_says_what_each_trial_does(tmp_path, tune_lines):
 
 def test_trial_progress_is_a_line_a_minute_with_the_best_so_far(tune_lines, monkeypatch):
     clock = iter([0.0, 10.0, 61.0])
-    monkeypatch.setattr(tune_mod.time, "monotonic", lambda: next(clock))
-    progress = tune_mod.TrialProgress("alignrec", 4, "tune-alignrec-t004", 100)
+    monkeypatch.setattr(progress_mod.time, "monotonic", lambda: next(clock))
+    progress = progress_mod.EpochProgress("tune alignrec trial 4 (tune-alignrec-t004)", 100, "recall@20")
     for epoch, value in enumerate((0.05, 0.07, 0.06)):
         progress(epoch, {"train_s": 40.0, "eval_s": 9.4, "valid": {"recall@20": value}})
     assert tune_lines() == [
@@ -147,6 +148,7 @@ def test_trial_progress_is_a_line_a_minute_with_the_best_so_far(tune_lines, monk
 
 KILLER = """
 import os, signal, sys
+from models.training import progress as progress_mod
 from models.training import tune as tune_mod
 from models.training.trainer import TrainConfig
 from store.layout import dataset_paths

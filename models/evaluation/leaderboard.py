@@ -22,7 +22,7 @@ import numpy as np
 
 from models.evaluation.report import compare_runs
 from models.registry import MODELS
-from models.training.trainer import TrainConfig, train_seeds
+from models.training.trainer import TrainConfig, fit_runs, seed_configs, write_seeds_summary
 from models.training.tune import study_dir, trial_config
 from store.layout import DatasetPaths
 from store.tables import write_json
@@ -66,21 +66,24 @@ def run_leaderboard(
     out: Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    jobs: int = 1,
     **report_args: Any,
 ) -> Path:
-    """Rerun each model's tuned configuration on `seeds` (resumable: runs lb-<model>-s<seed>) and
-    write leaderboard.md/.json with the comparison report's sections below the leaderboard's own."""
+    """Rerun each model's tuned configuration on `seeds` (resumable: runs lb-<model>-s<seed>), `jobs`
+    runs at once, and write leaderboard.md/.json with the comparison report's sections below the
+    leaderboard's own."""
     models = list(models) if models else tuned_models(paths)
     if not models:
         raise ValueError(f"no tuned model on {paths.name!r}: run `anchorrec tune --dataset {paths.name} --model M` first")
     if not seeds:
         raise ValueError("seeds must not be empty: e.g. --seeds 5")
     chosen = {m: best_config(paths, m) for m in models}  # every study checked before any training
-    reruns: dict[str, dict[str, Any]] = {}
-    for model, (cfg, _) in chosen.items():
-        log(f"leaderboard: {model} on {len(seeds)} seed(s) with the study's configuration")
-        base = dataclasses.replace(cfg, run_id=f"lb-{model}")
-        reruns[model] = train_seeds(paths, base, seeds, progress=progress)
+    configs = {m: seed_configs(cfg, f"lb-{m}", seeds) for m, (cfg, _) in chosen.items()}
+    log(f"leaderboard: {', '.join(models)} on {len(seeds)} seed(s) each with the study's configuration"
+        + (f", {jobs} runs at once" if jobs > 1 else ""))
+    flat = [c for cs in configs.values() for c in cs]  # one pool for all models: no core idles at a model's last seed
+    results = iter(fit_runs(paths, flat, progress=progress and jobs == 1, jobs=jobs))
+    reruns = {m: write_seeds_summary(paths, f"lb-{m}", [next(results) for _ in cs]) for m, cs in configs.items()}
     baseline = pick_baseline(reruns)
     rows = leaderboard_rows(chosen, reruns)
     for model, s in reruns.items():
@@ -92,8 +95,8 @@ def run_leaderboard(
                                title=f"Runs behind the leaderboard on {paths.name}", **report_args)
     report = json.loads((out.parent / "report.json").read_text())
     verdict = verdict_lines(rows, report, baseline)
-    out.write_text("\n".join(render(paths, rows, verdict, baseline, seeds, report_path.name)) + "\n")
-    write_json({"dataset": paths.name, "seeds": list(seeds), "baseline": baseline, "models": rows,
+    out.write_text("\n".join(render(paths, rows, verdict, baseline, seeds, report_path.name, jobs)) + "\n")
+    write_json({"dataset": paths.name, "seeds": list(seeds), "jobs": jobs, "baseline": baseline, "models": rows,
                 "verdict": verdict, "report": report_path.name}, out.with_suffix(".json"))
     return out
 
@@ -182,7 +185,7 @@ def _advantages(report: dict[str, Any], baseline: str) -> list[str]:
 
 
 def render(paths: DatasetPaths, rows: dict[str, dict], verdict: list[str], baseline: str,
-           seeds: Sequence[int], report_name: str) -> list[str]:
+           seeds: Sequence[int], report_name: str, jobs: int = 1) -> list[str]:
     lines = [f"# Leaderboard on {paths.name}", "",
              f"Each model's configuration chosen by `anchorrec tune` on validation Recall@20 (equal trial budget, epoch cap "
              f"and patience), then trained on seeds {', '.join(map(str, seeds))}; test metrics mean ± std over seeds. "
@@ -200,7 +203,8 @@ def render(paths: DatasetPaths, rows: dict[str, dict], verdict: list[str], basel
         t = r["tuning"]
         lines.append(f"| {m} | {r['epochs_to_best']:.1f} | {t['trials']} ({t['complete']}/{t['pruned']}) | "
                      f"{t['wall_s'] if t['wall_s'] is not None else '–'} | {t['epochs']} / {t['patience']} |")
-    lines += ["", "s/epoch per run: the report's Runs table.", "", "## Chosen hyperparameters", "",
+    timing = f" (reruns {jobs} at once, one torch thread each)" if jobs > 1 else ""
+    lines += ["", f"s/epoch per run: the report's Runs table{timing}.", "", "## Chosen hyperparameters", "",
               "| model | parameters |", "| --- | --- |"]
     lines += [f"| {m} | `{json.dumps(r['params'], sort_keys=True)}` |" for m, r in rows.items()]
     return lines

@@ -12,10 +12,13 @@ epoch; rerunning with the same run_id resumes from it and ends where an uninterr
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,6 +28,7 @@ import torch
 
 from models.evaluation.metrics import RankingEvaluator
 from models.registry import MODELS, make_config, make_model, read_features
+from models.training.progress import EpochProgress, log_to_stderr
 from models.training.data import (
     GraphData,
     InteractionData,
@@ -171,6 +175,12 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- training
 
 
+def cpu_seconds() -> float:
+    """CPU time of this run: its own thread's when torch computes on one thread (trials run side by
+    side in threads of one process, whose CPU time would add up theirs), the process's otherwise."""
+    return time.thread_time() if torch.get_num_threads() == 1 else time.process_time()
+
+
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
@@ -255,7 +265,7 @@ def fit(
         lr = _epoch_lr(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         triples = torch.as_tensor(sampler.epoch(cfg.seed, epoch), device=device)
         sums: dict[str, torch.Tensor] = {}  # summed on the device: no host sync per batch
         n_batches = 0
@@ -273,7 +283,7 @@ def fit(
             model.on_epoch_end(epoch)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        train_s, train_cpu_s = time.perf_counter() - t0, cpu_seconds() - c0
         # CPU seconds beside wall seconds: on a shared machine wall time mostly measures the neighbours
         record: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_s": train_s, "train_cpu_s": train_cpu_s}
         record.update({k: float(v) / max(n_batches, 1) for k, v in sums.items()})
@@ -291,9 +301,9 @@ def fit(
         timings["train_cpu_s"] = timings.get("train_cpu_s", 0.0) + train_cpu_s
 
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            t1, c1 = time.perf_counter(), time.process_time()
+            t1, c1 = time.perf_counter(), cpu_seconds()
             valid = evaluate_model(model, valid_eval)
-            eval_s, eval_cpu_s = time.perf_counter() - t1, time.process_time() - c1
+            eval_s, eval_cpu_s = time.perf_counter() - t1, cpu_seconds() - c1
             timings["eval_s"] += eval_s
             timings["eval_cpu_s"] = timings.get("eval_cpu_s", 0.0) + eval_cpu_s
             record.update({"eval_s": eval_s, "eval_cpu_s": eval_cpu_s, "valid": valid})
@@ -458,21 +468,63 @@ def summarize_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def train_seeds(paths: DatasetPaths, cfg: TrainConfig, seeds: Sequence[int], progress: bool = True) -> dict[str, Any]:
-    """One run per seed (run ids <base>-s<seed>); mean ± std written to runs/<base>-seeds.json."""
+def seed_configs(cfg: TrainConfig, base: str, seeds: Sequence[int]) -> list[TrainConfig]:
+    """One config per seed, run ids <base>-s<seed>."""
     if not seeds:
         raise ValueError("seeds must not be empty")
-    base = cfg.run_id or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    make_config(cfg.model, **cfg.model_args)
-    data, graph = prepare(paths, cfg)
-    results = []
-    for seed in seeds:
-        run_cfg = dataclasses.replace(cfg, seed=int(seed), run_id=f"{base}-s{seed}")
-        results.append(fit(data, graph, run_cfg, paths.run(run_cfg.run_id), progress=progress))
+    make_config(cfg.model, **cfg.model_args)  # a bad model argument fails before any data is read
+    return [dataclasses.replace(cfg, seed=int(seed), run_id=f"{base}-s{seed}") for seed in seeds]
+
+
+def fit_runs(paths: DatasetPaths, configs: Sequence[TrainConfig], progress: bool = True, jobs: int = 1) -> list[dict[str, Any]]:
+    """Train every config (resuming finished or started runs); metrics in the configs' order.
+
+    jobs = 1: one after another in this process, the data prepared once per model (the configs of
+    a model differ only in seed and run id). jobs > 1: that many worker processes with one torch
+    thread each. On a few cores that is near jobs× the throughput of one multi-threaded run
+    (sparse products scale poorly), and processes, unlike threads, keep each run's random stream
+    its own, so a seed gives the same run either way.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if jobs == 1 or len(configs) == 1:
+        results = []
+        for _, group in itertools.groupby(configs, key=lambda c: c.model):
+            group = list(group)
+            data, graph = prepare(paths, group[0])
+            results += [fit(data, graph, c, paths.run(c.run_id), progress=progress) for c in group]
+        return results
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
+    with ProcessPoolExecutor(max_workers=min(jobs, len(configs)), mp_context=spawn) as pool:
+        return list(pool.map(_train_in_worker, [paths] * len(configs), configs))
+
+
+def write_seeds_summary(paths: DatasetPaths, base: str, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std of one model's seed runs, written to runs/<base>-seeds.json."""
     summary = summarize_seeds(results)
     summary["base_run_id"] = base
     write_json(summary, paths.runs_dir / f"{check_name('run', base)}-seeds.json")
     return summary
+
+
+def train_seeds(paths: DatasetPaths, cfg: TrainConfig, seeds: Sequence[int], progress: bool = True,
+                jobs: int = 1) -> dict[str, Any]:
+    """One run per seed (run ids <base>-s<seed>), `jobs` at once; mean ± std written to
+    runs/<base>-seeds.json."""
+    base = cfg.run_id or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    configs = seed_configs(cfg, base, seeds)
+    return write_seeds_summary(paths, base, fit_runs(paths, configs, progress, jobs))
+
+
+def _train_in_worker(paths: DatasetPaths, cfg: TrainConfig) -> dict[str, Any]:
+    """One seed in a worker process: its own data, one torch thread, a progress line a minute."""
+    torch.set_num_threads(1)
+    log_to_stderr()
+    progress = EpochProgress(f"{cfg.model} {cfg.run_id}", cfg.epochs, SELECT_METRIC)
+    data, graph = prepare(paths, cfg)
+    metrics = fit(data, graph, cfg, paths.run(cfg.run_id), progress=False, callback=progress)
+    progress.done(metrics)
+    return metrics
 
 
 def format_summary(summary: dict[str, Any], keys: Sequence[str] = ("recall@20", "ndcg@20")) -> str:
@@ -490,6 +542,9 @@ __all__ = [
     "fit",
     "train",
     "train_seeds",
+    "seed_configs",
+    "fit_runs",
+    "write_seeds_summary",
     "prepare",
     "summarize_seeds",
     "format_summary",

@@ -41,6 +41,8 @@ import torch
 from optuna.trial import TrialState
 
 from models.registry import MODELS, make_config, read_features
+from models.training.progress import EpochProgress
+from models.training.progress import log as progress_log
 from models.training.trainer import (
     SELECT_METRIC,
     TrainConfig,
@@ -53,8 +55,6 @@ from store.layout import DatasetPaths, check_name
 from store.tables import write_json
 
 log = logging.getLogger(__name__)
-progress_log = logging.getLogger("anchorrec.tune")  # shown by the CLI at INFO (cli._quiet_logging)
-PROGRESS_EVERY_S = 60.0
 
 PRUNERS = ("median", "halving", "none")
 TRAIN_KEYS = ("lr",)  # search-space names that are TrainConfig fields; the rest are model config fields
@@ -252,7 +252,7 @@ class Objective:
         run_dir = self.paths.run(run_id)
         self._report_done_epochs(trial, run_dir)
 
-        progress = TrialProgress(self.base.model, trial.number, run_id, cfg.epochs)
+        progress = EpochProgress(f"tune {self.base.model} trial {trial.number} ({run_id})", cfg.epochs, SELECT_METRIC)
 
         def report(epoch: int, record: dict[str, Any]) -> None:  # after the epoch's checkpoint is written
             progress(epoch, record)
@@ -275,8 +275,7 @@ class Objective:
             trial.set_user_attr("error", str(exc))
             raise
         self._record(trial, metrics)
-        progress_log.info("%s: done after %d epochs, valid %s %.4f (best_epoch %d)", progress.head,
-                          metrics["epochs_run"], SELECT_METRIC, metrics["valid"][SELECT_METRIC], metrics["best_epoch"])
+        progress.done(metrics)
         return float(metrics["valid"][SELECT_METRIC])
 
     @staticmethod
@@ -303,31 +302,6 @@ class Objective:
         trial.set_user_attr("train_s_per_epoch", float(metrics["timings"]["train_s_per_epoch"]))
         trial.set_user_attr("valid", {k: float(metrics["valid"][k]) for k in TEST_KEYS if k in metrics["valid"]})
         trial.set_user_attr("test", {k: float(metrics["test"][k]) for k in TEST_KEYS if k in metrics["test"]})
-
-
-class TrialProgress:
-    """A line per trial at most every `every` seconds (and at its first epoch): trials run in
-    threads, where progress bars would overwrite each other, and a Sports study runs for hours."""
-
-    def __init__(self, model: str, number: int, run_id: str, epochs: int, every: float = PROGRESS_EVERY_S) -> None:
-        self.head = f"tune {model} trial {number} ({run_id})"
-        self.epochs, self.every = epochs, every
-        self.best: tuple[float, int] | None = None
-        self.last: float | None = None
-
-    def __call__(self, epoch: int, record: dict[str, Any]) -> None:
-        if "valid" in record:
-            value = float(record["valid"][SELECT_METRIC])
-            if self.best is None or value > self.best[0]:
-                self.best = (value, epoch)
-        now = time.monotonic()
-        if self.last is not None and now - self.last < self.every:
-            return
-        self.last = now
-        seconds = float(record.get("train_s", 0.0)) + float(record.get("eval_s", 0.0))
-        best = f", best {self.best[0]:.4f} (best_epoch {self.best[1]})" if self.best else ""
-        valid = f", valid {SELECT_METRIC} {float(record['valid'][SELECT_METRIC]):.4f}" if "valid" in record else ""
-        progress_log.info("%s: %d/%d epochs%s%s (%.0f s/epoch)", self.head, epoch + 1, self.epochs, valid, best, seconds)
 
 
 # ---------------------------------------------------------------- the search
