@@ -481,9 +481,10 @@ def fit_runs(paths: DatasetPaths, configs: Sequence[TrainConfig], progress: bool
 
     jobs = 1: one after another in this process, the data prepared once per model (the configs of
     a model differ only in seed and run id). jobs > 1: that many worker processes with one torch
-    thread each. On a few cores that is near jobs× the throughput of one multi-threaded run
-    (sparse products scale poorly), and processes, unlike threads, keep each run's random stream
-    its own, so a seed gives the same run either way.
+    thread each, which keeps every core busy to the last run and, unlike threads, keeps each run's
+    random stream its own, so a seed gives the same run either way. The gain over one run on J
+    threads depends on how well the model's ops scale: Sports LightGCN on 2 cores does 1.2× the
+    epochs per hour (benchmarks/bench_parallel_runs.py).
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
