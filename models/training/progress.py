@@ -39,6 +39,9 @@ class EpochProgress:
         best = f", best {self.best[0]:.4f} (best_epoch {self.best[1]})" if self.best else ""
         log.info("%s: %d/%d epochs%s%s (%.0f s/epoch)", self.head, epoch + 1, self.epochs, valid, best, seconds)
 
+    def pruned(self, reason: object) -> None:
+        log.info("%s: pruned (%s)", self.head, reason)
+
     def done(self, metrics: dict[str, Any]) -> None:
         log.info("%s: done after %d epochs, valid %s %.4f (best_epoch %d)", self.head, metrics["epochs_run"],
                  self.metric, metrics["valid"][self.metric], metrics["best_epoch"])

@@ -42,7 +42,6 @@ from optuna.trial import TrialState
 
 from models.registry import MODELS, make_config, read_features
 from models.training.progress import EpochProgress
-from models.training.progress import log as progress_log
 from models.training.trainer import (
     SELECT_METRIC,
     TrainConfig,
@@ -266,7 +265,7 @@ class Objective:
         except optuna.TrialPruned as exc:
             stop_run(run_dir)  # the run ends at its checkpoint: tested once at its best epoch so far
             self._record(trial, fit(self.data, self.graph, cfg, run_dir, progress=False))
-            progress_log.info("%s: pruned (%s)", progress.head, exc)
+            progress.pruned(exc)
             raise
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)  # Optuna marks it FAIL; the next tune continues it
