@@ -21,7 +21,7 @@ Rows (each a change to the tuned configuration):
     mm=NAME       (with --mm NAME) the mm feature table NAME instead of the tuned one, e.g. an
                   encoder pretrained on a larger catalog and applied with `--ica-from`
 
-    .venv/bin/python benchmarks/anchorrec_ablation.py --home /work/lb-home --dataset gift
+    .venv/bin/python benchmarks/anchorrec_ablation.py --home /work/lb-home --dataset gift [--jobs 2]
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from models.evaluation.leaderboard import best_config  # noqa: E402
 from models.evaluation.report import long_tail, popularity_buckets, run_vectors  # noqa: E402
 from models.training.data import load_interactions  # noqa: E402
-from models.training.trainer import load_metrics, train_seeds  # noqa: E402
+from models.training.trainer import fit_runs, load_metrics, seed_configs  # noqa: E402
 from store.layout import dataset_paths  # noqa: E402
 from store.tables import write_json  # noqa: E402
 
@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--mm", action="append", default=[], help="also a row with this mm feature table (repeatable)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (worker processes, one torch thread each)")
     args = ap.parse_args()
     paths = dataset_paths(args.dataset, args.home)
     board = json.loads((paths.root / "reports" / "leaderboard" / "leaderboard.json").read_text())
@@ -109,10 +110,11 @@ def main() -> None:
             ap.error(f"--mm {mm}: no feature table {paths.feature(mm)}")
     variants = [(name, dataclasses.replace(cfg, model_args=row_args(cfg.model_args, ROWS[name]))) for name in args.rows]
     variants += [(f"mm={mm}", dataclasses.replace(cfg, features={**cfg.features, "mm": mm})) for mm in args.mm]
-    for name, row_cfg in variants:
-        row_cfg = dataclasses.replace(row_cfg, run_id=f"abl-{name.replace('/', '-').replace('=', '-')}")
-        summary = train_seeds(paths, row_cfg, seeds, progress=False)
-        stats[name] = run_stats(paths, summary["runs"], data, buckets)
+    runs = {name: seed_configs(row_cfg, f"abl-{name.replace('/', '-').replace('=', '-')}", seeds)
+            for name, row_cfg in variants}
+    fit_runs(paths, [c for cs in runs.values() for c in cs], progress=False, jobs=args.jobs)  # resumable: done runs load
+    for name, cs in runs.items():
+        stats[name] = run_stats(paths, [c.run_id for c in cs], data, buckets)
         print(name, f"test R@20 {np.mean([s['recall@20'] for s in stats[name]]):.4f}", flush=True)
     write_results(paths, args, stats, best_model, cfg.model_args)
 
