@@ -50,6 +50,10 @@ class DownloadError(RuntimeError):
         hint = f" — {fix}" if fix else ""
         super().__init__(f"{url}: {problem}{hint}")
 
+    def __reduce__(self):
+        """Rebuilt from its parts, so it crosses process boundaries."""
+        return type(self), (self.url, self.problem, self.fix, self.attempts)
+
 
 class _Transient(Exception):
     """Worth retrying the same URL (dropped connection, timeout, 5xx, short body)."""

@@ -24,6 +24,10 @@ class StoreError(Exception):
         hint = f" — {self.fix}" if self.fix else ""
         super().__init__(f"{where}{self.problem}{hint}")
 
+    def __reduce__(self):
+        """Rebuilt from its parts, so it crosses process boundaries (a worker's error reaches the parent)."""
+        return type(self), (self.path, self.problem, self.fix)
+
 
 # What a user can fix (a bad option, file or stored table): reported in one line, never retried.
 USER_ERRORS: tuple[type[Exception], ...] = (StoreError, ValueError, FileNotFoundError, PermissionError)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from models_fixtures import planted
@@ -10,6 +11,7 @@ from test_models_train import write_tiny_dataset
 from models.evaluation import leaderboard as lb
 from models.training import tune as tune_mod
 from models.training.trainer import TrainConfig
+from store.layout import dataset_paths
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -70,12 +72,23 @@ def test_leaderboard_reruns_the_chosen_configuration_on_every_seed(tuned):
 
 
 def test_reruns_in_worker_processes_give_the_same_leaderboard(tuned, tmp_path):
-    kwargs = dict(seeds=(0, 1), progress=False, log=lambda _: None, projection_sample=40)
-    two = lb.run_leaderboard(tuned, jobs=2, out=tmp_path / "two" / "leaderboard.md", **kwargs)
-    one = lb.run_leaderboard(tuned, jobs=1, out=tmp_path / "one" / "leaderboard.md", **kwargs)
-    a, b = (json.loads(p.with_suffix(".json").read_text()) for p in (two, one))
+    """Two copies of the tuned home without reruns: one trains them in workers, one in this process."""
+    homes = {}
+    for jobs in (2, 1):
+        home = tmp_path / f"jobs{jobs}"
+        shutil.copytree(tuned.root.parent, home)
+        homes[jobs] = dataset_paths(tuned.name, home)
+        for run in homes[jobs].runs_dir.glob("lb-*"):
+            shutil.rmtree(run) if run.is_dir() else run.unlink()
+    outs = {jobs: lb.run_leaderboard(paths, jobs=jobs, seeds=(0, 1), progress=False, log=lambda _: None,
+                                     projection_sample=40) for jobs, paths in homes.items()}
+    a, b = (json.loads(outs[j].with_suffix(".json").read_text()) for j in (2, 1))
     assert a["models"] == b["models"] and a["verdict"] == b["verdict"] and (a["jobs"], b["jobs"]) == (2, 1)
-    assert "reruns 2 at once, one torch thread each" in two.read_text()
+    for model in BASES:
+        for seed in (0, 1):
+            history = [json.loads(homes[j].metrics(f"lb-{model}-s{seed}").read_text())["history"] for j in (2, 1)]
+            assert len(history[0]) == 2 and [h["loss"] for h in history[0]] == [h["loss"] for h in history[1]]
+    assert "reruns 2 at once, one torch thread each" in outs[2].read_text()
 
 
 def test_baseline_is_chosen_on_validation_not_test():

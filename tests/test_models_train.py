@@ -13,17 +13,19 @@ from models_fixtures import planted
 
 from models import registry
 from models.training.data import build_graph_data, load_interactions, load_modalities
+from models.training import trainer as trainer_mod
 from models.training.trainer import (
     BPRSampler,
     TrainConfig,
     fit,
+    fit_runs,
     resume_run,
     stop_run,
     summarize_seeds,
     train,
     train_seeds,
 )
-from store import schemas
+from store import StoreError, schemas
 from store.layout import dataset_paths
 from store.tables import write_table
 from store.vectors import read_vectors, write_features
@@ -281,6 +283,22 @@ def test_seeds_in_worker_processes_give_the_runs_of_one_process(tmp_path):
     assert two["test_mean"] == one["test_mean"]
     with pytest.raises(ValueError, match="jobs must be at least 1"):
         train_seeds(paths, cfg, seeds=[0], jobs=0)
+    # a run that fails in a worker fails the call, with its own error
+    bad = dataclasses.replace(cfg, features={"t": "no-such-table", "v": "text-tiny"}, run_id="bad")
+    with pytest.raises(StoreError, match="no-such-table.parquet: does not exist"):
+        fit_runs(paths, [dataclasses.replace(cfg, run_id="ok", epochs=1), bad], progress=False, jobs=2)
+
+def test_one_process_prepares_again_only_when_a_config_reads_other_data(tmp_path, monkeypatch):
+    """Ablation rows of one model read other tables or graphs: each must get its own."""
+    paths, _, _ = write_tiny_dataset(tmp_path, planted(n_users=40, n_items=30, n_groups=2, per_user=8))
+    cfg = TrainConfig(model="bm3", model_args={"embedding_dim": 8}, features={"t": "text-tiny", "v": "text-tiny"},
+                      epochs=1, batch_size=64, knn_k=4)
+    prepared, real = [], trainer_mod.prepare
+    monkeypatch.setattr(trainer_mod, "prepare", lambda p, c: prepared.append(c.knn_k) or real(p, c))
+    runs = [dataclasses.replace(cfg, run_id="a-s0"), dataclasses.replace(cfg, run_id="a-s1", seed=1),
+            dataclasses.replace(cfg, run_id="b-s0", knn_k=3), dataclasses.replace(cfg, run_id="c-s0")]
+    fit_runs(paths, runs, progress=False)
+    assert prepared == [4, 3, 4]  # the two seeds of a share one preparation; b and then c get their own
 
 
 def test_config_validation():

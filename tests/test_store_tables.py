@@ -268,3 +268,17 @@ def test_run_vectors_roundtrip_and_hash(tmp_path):
 def test_paths_are_plain_values():
     a, b = DatasetPaths(Path("/x/toys")), DatasetPaths(Path("/x/toys"))
     assert a == b and hash(a) == hash(b) and not Path("/x/toys").exists()
+
+
+def test_errors_cross_process_boundaries_intact():
+    """A worker process's error is pickled to the parent: type, message and parts must survive."""
+    import pickle
+
+    from pipelines.download import DownloadError
+    from store.errors import StoreError
+    from store.sql import QueryError
+
+    for err in (StoreError("/d/items.parquet", "missing", "run anchorrec ingest"), QueryError(None, "bad SQL"),
+                DownloadError("http://x/a.jpg", "HTTP 404", "check the URL", [("http://x/a.jpg", "HTTP 404")])):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err) and vars(back) == vars(err)

@@ -136,11 +136,12 @@ def test_trial_progress_is_a_line_a_minute_with_the_best_so_far(tune_lines, monk
     clock = iter([0.0, 10.0, 61.0])
     monkeypatch.setattr(progress_mod.time, "monotonic", lambda: next(clock))
     progress = progress_mod.EpochProgress("tune alignrec trial 4 (tune-alignrec-t004)", 100, "recall@20")
-    for epoch, value in enumerate((0.05, 0.07, 0.06)):
+    progress.replay([{"epoch": 0, "valid": {"recall@20": 0.06}}])  # a continued run: epoch 0 was done before
+    for epoch, value in enumerate((0.05, 0.07, 0.06), start=1):
         progress(epoch, {"train_s": 40.0, "eval_s": 9.4, "valid": {"recall@20": value}})
     assert tune_lines() == [
-        "tune alignrec trial 4 (tune-alignrec-t004): 1/100 epochs, valid recall@20 0.0500, best 0.0500 (best_epoch 0) (49 s/epoch)",
-        "tune alignrec trial 4 (tune-alignrec-t004): 3/100 epochs, valid recall@20 0.0600, best 0.0700 (best_epoch 1) (49 s/epoch)",
+        "tune alignrec trial 4 (tune-alignrec-t004): 2/100 epochs, valid recall@20 0.0500, best 0.0600 (best_epoch 0) (49 s/epoch)",
+        "tune alignrec trial 4 (tune-alignrec-t004): 4/100 epochs, valid recall@20 0.0600, best 0.0700 (best_epoch 2) (49 s/epoch)",
     ]
 
 

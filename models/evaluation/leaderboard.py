@@ -82,7 +82,7 @@ def run_leaderboard(
     log(f"leaderboard: {', '.join(models)} on {len(seeds)} seed(s) each with the study's configuration"
         + (f", {jobs} runs at once" if jobs > 1 else ""))
     flat = [c for cs in configs.values() for c in cs]  # one pool for all models: no core idles at a model's last seed
-    results = iter(fit_runs(paths, flat, progress=progress and jobs == 1, jobs=jobs))
+    results = iter(fit_runs(paths, flat, progress=progress, jobs=jobs))
     reruns = {m: write_seeds_summary(paths, f"lb-{m}", [next(results) for _ in cs]) for m, cs in configs.items()}
     baseline = pick_baseline(reruns)
     rows = leaderboard_rows(chosen, reruns)

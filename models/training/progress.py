@@ -25,11 +25,19 @@ class EpochProgress:
         self.best: tuple[float, int] | None = None
         self.last: float | None = None
 
-    def __call__(self, epoch: int, record: dict[str, Any]) -> None:
+    def replay(self, history: list[dict[str, Any]]) -> None:
+        """The epochs a continued run did before (its checkpoint's history): the best so far is the run's."""
+        for record in history:
+            self._track(record["epoch"], record)
+
+    def _track(self, epoch: int, record: dict[str, Any]) -> None:
         if "valid" in record:
             value = float(record["valid"][self.metric])
             if self.best is None or value > self.best[0]:
                 self.best = (value, epoch)
+
+    def __call__(self, epoch: int, record: dict[str, Any]) -> None:
+        self._track(epoch, record)
         now = time.monotonic()
         if self.last is not None and now - self.last < self.every:
             return

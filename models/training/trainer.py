@@ -17,8 +17,11 @@ import json
 import logging
 import math
 import multiprocessing
+import os
+import signal
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -173,6 +176,12 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------- training
+
+
+def done_epochs(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run's checkpoint ([] before its first epoch)."""
+    ckpt = Path(run_dir) / "checkpoint.pt"
+    return load_checkpoint(ckpt)["history"] if ckpt.exists() else []
 
 
 def cpu_seconds() -> float:
@@ -447,6 +456,11 @@ def prepare(paths: DatasetPaths, cfg: TrainConfig) -> tuple[InteractionData, Gra
     return data, graph
 
 
+def prepare_key(cfg: TrainConfig) -> tuple:
+    """What `prepare` reads from a config: configs with equal keys can share its data and graphs."""
+    return json.dumps(cfg.features, sort_keys=True), cfg.knn_k, cfg.knn_self, cfg.device
+
+
 def train(paths: DatasetPaths, cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train one model on one dataset; outputs in runs/<run_id>/ (resumes an existing run_id)."""
     make_config(cfg.model, **cfg.model_args)  # fail on a bad model argument before loading data
@@ -479,25 +493,49 @@ def seed_configs(cfg: TrainConfig, base: str, seeds: Sequence[int]) -> list[Trai
 def fit_runs(paths: DatasetPaths, configs: Sequence[TrainConfig], progress: bool = True, jobs: int = 1) -> list[dict[str, Any]]:
     """Train every config (resuming finished or started runs); metrics in the configs' order.
 
-    jobs = 1: one after another in this process, the data prepared once per model (the configs of
-    a model differ only in seed and run id). jobs > 1: that many worker processes with one torch
-    thread each, which keeps every core busy to the last run and, unlike threads, keeps each run's
-    random stream its own, so a seed gives the same run either way. The gain over one run on J
-    threads depends on how well the model's ops scale: Sports LightGCN on 2 cores does 1.2× the
-    epochs per hour (benchmarks/bench_parallel_runs.py).
+    jobs = 1: one after another in this process, the data prepared again only when `prepare_key`
+    changes. jobs > 1: that many worker processes with one torch thread each, a progress line a
+    minute per run; this keeps every core busy to the last run and, unlike threads, keeps each
+    run's random stream its own: on CPU a run is the one `--jobs 1` gives at one torch thread.
+    The gain over one run on J threads depends on how well the model's ops scale: Sports LightGCN
+    on 2 cores does 1.2× the epochs per hour (benchmarks/bench_parallel_runs.py). The first
+    failing run stops the others (their last epoch is checkpointed: a rerun continues them).
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     if jobs == 1 or len(configs) == 1:
-        results = []
-        for _, group in itertools.groupby(configs, key=lambda c: c.model):
-            group = list(group)
-            data, graph = prepare(paths, group[0])
-            results += [fit(data, graph, c, paths.run(c.run_id), progress=progress) for c in group]
+        results, key, prepared = [], None, None
+        for c in configs:
+            if prepare_key(c) != key:
+                key, prepared = prepare_key(c), prepare(paths, c)
+            results.append(fit(*prepared, c, paths.run(c.run_id), progress=progress))
         return results
     spawn = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
-    with ProcessPoolExecutor(max_workers=min(jobs, len(configs)), mp_context=spawn) as pool:
-        return list(pool.map(_train_in_worker, [paths] * len(configs), configs))
+    with ProcessPoolExecutor(max_workers=min(jobs, len(configs)), mp_context=spawn, initializer=_worker_init) as pool:
+        futures = [pool.submit(_train_in_worker, paths, c) for c in configs]
+        try:
+            for future in as_completed(futures):
+                future.result()  # the first error is raised now, not after the runs before it
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return [f.result() for f in futures]
+
+
+def _worker_init() -> None:
+    """A worker trains on one thread, prints progress lines, leaves Ctrl-C to the parent (which
+    stops it: cli._stop) and ends with the parent even when that is killed outright, so a rerun
+    never finds a stray worker writing the same checkpoint."""
+    torch.set_num_threads(1)
+    log_to_stderr()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
 
 
 def write_seeds_summary(paths: DatasetPaths, base: str, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -518,10 +556,9 @@ def train_seeds(paths: DatasetPaths, cfg: TrainConfig, seeds: Sequence[int], pro
 
 
 def _train_in_worker(paths: DatasetPaths, cfg: TrainConfig) -> dict[str, Any]:
-    """One seed in a worker process: its own data, one torch thread, a progress line a minute."""
-    torch.set_num_threads(1)
-    log_to_stderr()
+    """One run in a worker process (`_worker_init`): its own data, a progress line a minute."""
     progress = EpochProgress(f"{cfg.model} {cfg.run_id}", cfg.epochs, SELECT_METRIC)
+    progress.replay(done_epochs(paths.run(cfg.run_id)))
     data, graph = prepare(paths, cfg)
     metrics = fit(data, graph, cfg, paths.run(cfg.run_id), progress=False, callback=progress)
     progress.done(metrics)
@@ -545,6 +582,8 @@ __all__ = [
     "train_seeds",
     "seed_configs",
     "fit_runs",
+    "done_epochs",
+    "prepare_key",
     "write_seeds_summary",
     "prepare",
     "summarize_seeds",

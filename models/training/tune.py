@@ -45,8 +45,8 @@ from models.training.progress import EpochProgress
 from models.training.trainer import (
     SELECT_METRIC,
     TrainConfig,
+    done_epochs,
     fit,
-    load_checkpoint,
     prepare,
     stop_run,
 )
@@ -249,9 +249,12 @@ class Objective:
         trial.set_user_attr("run_id", run_id)
         cfg = trial_config(self.base, params, run_id)
         run_dir = self.paths.run(run_id)
-        self._report_done_epochs(trial, run_dir)
-
+        history = done_epochs(run_dir)
+        for record in history:  # a continued run's earlier epochs, so the pruner sees the whole curve
+            if "valid" in record:
+                trial.report(record["valid"][SELECT_METRIC], record["epoch"])
         progress = EpochProgress(f"tune {self.base.model} trial {trial.number} ({run_id})", cfg.epochs, SELECT_METRIC)
+        progress.replay(history)
 
         def report(epoch: int, record: dict[str, Any]) -> None:  # after the epoch's checkpoint is written
             progress(epoch, record)
@@ -282,16 +285,6 @@ class Objective:
         """An earlier complete trial with the same parameters (grids are small: TPE repeats itself)."""
         done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         return next((t for t in done if t.params == params), None)
-
-    @staticmethod
-    def _report_done_epochs(trial: optuna.Trial, run_dir: Path) -> None:
-        """A continued run's earlier epochs, so the pruner sees the whole curve."""
-        ckpt = run_dir / "checkpoint.pt"
-        if not ckpt.exists():
-            return
-        for record in load_checkpoint(ckpt)["history"]:
-            if "valid" in record:
-                trial.report(record["valid"][SELECT_METRIC], record["epoch"])
 
     @staticmethod
     def _record(trial: optuna.Trial, metrics: dict[str, Any]) -> None:
