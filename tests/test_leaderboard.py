@@ -108,6 +108,9 @@ def test_cli_leaderboard_checks_models_before_work(tmp_path):
 
     result = CliRunner().invoke(app, ["leaderboard", "--dataset", "nope", "--home", str(tmp_path)])
     assert result.exit_code != 0 and "not found" in str(result.exception or result.output)
+    result = CliRunner().invoke(app, ["leaderboard", "--dataset", "nope", "--home", str(tmp_path), "--jobs", "0"])
+    assert result.exit_code == 2 and "--jobs" in result.output and "greater than or equal to 1" in result.output
+    assert "reruns at once" in CliRunner().invoke(app, ["leaderboard", "--help"]).output
 
 
 def test_a_diverged_seed_is_named_in_the_verdict(tmp_path):
