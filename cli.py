@@ -520,12 +520,9 @@ def _stop(signum: int, _frame: Any) -> None:
 
 def _quiet_logging() -> None:
     """One line per stage on stderr; Prefect's own tracebacks off (the error is reported once, here)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    ours = logging.getLogger("anchorrec")
-    ours.handlers[:] = [handler]
-    ours.setLevel(logging.INFO)
-    ours.propagate = False
+    from models.training.progress import log_to_stderr
+
+    log_to_stderr()
     for name in ("prefect.task_runs", "prefect.flow_runs", "prefect.task_engine", "prefect.flow_engine"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     for name in ("urllib3", "httpx"):

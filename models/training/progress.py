@@ -56,11 +56,11 @@ class EpochProgress:
 
 
 def log_to_stderr() -> None:
-    """In a worker process (spawned: no handlers), print the `anchorrec` lines as the CLI does."""
+    """The `anchorrec` lines, one per message on stderr: set by the CLI and in every worker process
+    (spawned workers start without handlers)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
     ours = logging.getLogger("anchorrec")
-    if not ours.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        ours.addHandler(handler)
-        ours.setLevel(logging.INFO)
-        ours.propagate = False
+    ours.handlers[:] = [handler]
+    ours.setLevel(logging.INFO)
+    ours.propagate = False

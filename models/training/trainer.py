@@ -12,7 +12,6 @@ epoch; rerunning with the same run_id resumes from it and ends where an uninterr
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
 import math
