@@ -13,7 +13,13 @@ later session, goes on from where the last one stopped. Datasets:
     .venv/bin/python benchmarks/leaderboard_run.py --dataset gift --trials 10 --epochs 100 --patience 20
     .venv/bin/python benchmarks/leaderboard_run.py --dataset sports --models lightgcn alignrec anchorrec \
         --trials 8 --epochs 100 --patience 20 --jobs 2 \
-        --snapshot benchmarks/results/leaderboard_sports/studies     # many hours on 2 cores: rerun to go on
+        --snapshot benchmarks/results/leaderboard_sports     # many hours on 2 cores: rerun to go on
+
+With --snapshot DIR, what a machine that loses its disk between sessions must not lose is copied
+to DIR each minute: the studies (DIR/studies/<model>/study.db) and the summaries of finished
+leaderboard runs (DIR/runs/<run_id>/: config, metrics, diagnostics, per-user test metrics, their
+pictures; no vectors or checkpoints, a few hundred kB each). A home that lacks them starts from
+these copies; a kept run is not trained again. Runs in flight at the end are lost and retrained.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 GIFT = DATA / "amazon2018-giftcards"
+KEPT = ("config.json", "metrics.json", "diagnostics.json", "per_user.npz", "training_curves.png", "projection.png")
 MODELS = ["lightgcn", "alignrec", "anchorrec", "vbpr", "freedom", "lattice", "bm3", "lgmrec", "smore", "damrs"]
 INGEST = {  # `anchorrec ingest` options
     "gift": ["--release", "2018", "--meta", str(GIFT / "meta_Gift_Cards.json.gz"), "--reviews", str(GIFT / "Gift_Cards_5.json.gz")],
@@ -63,16 +70,18 @@ def anchorrec(*args: str, every: float = 60.0, tick=lambda: None) -> None:
 
 
 def save_studies(tuning: Path, snapshot: Path, models: list[str]) -> None:
-    """Copy each model's study (a live SQLite file: through SQLite's backup API) and best.json.
+    """Copy each model's study (a live SQLite file: through SQLite's backup API) and best.json to
+    snapshot/studies/<model>/.
 
     The studies hold every finished trial's parameters and values, a few hundred kB: kept in the
     repository they outlive a machine that loses its disk between sessions, where a Sports study
-    takes hours per model. Runs and checkpoints are not kept; a lost best run is retrained."""
+    takes hours per model. The trials' runs and checkpoints are not kept; a lost best run is
+    retrained by the leaderboard anyway."""
     for model in models:
         src = tuning / model / "study.db"
         if not src.exists():
             continue
-        dst = snapshot / model / "study.db"
+        dst = snapshot / "studies" / model / "study.db"
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name("study.db.tmp")
         with closing(sqlite3.connect(src, timeout=60)) as a, closing(sqlite3.connect(tmp)) as b:
@@ -85,11 +94,45 @@ def save_studies(tuning: Path, snapshot: Path, models: list[str]) -> None:
 def restore_studies(tuning: Path, snapshot: Path, models: list[str]) -> None:
     """A study the home lacks is started from the snapshot's copy (its trials count as done)."""
     for model in models:
-        src = snapshot / model / "study.db"
+        src = snapshot / "studies" / model / "study.db"
         if src.exists() and not (tuning / model / "study.db").exists():
             (tuning / model).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tuning / model / "study.db")
             print(f"{model}: study restored from {src}", flush=True)
+
+
+def save_runs(runs: Path, snapshot: Path) -> list[str]:
+    """Copy the summary of every finished leaderboard run (lb-*) not yet in the snapshot.
+
+    A run counts as finished once its report summary exists (diagnostics.json and per_user.npz are
+    written after metrics.json, as the run ends). Returns the run ids copied."""
+    copied = []
+    for run in sorted(runs.glob("lb-*")):
+        if not all((run / name).exists() for name in KEPT[:4]) or (snapshot / "runs" / run.name / KEPT[3]).exists():
+            continue
+        dst = snapshot / "runs" / run.name
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in KEPT:
+            if (run / name).exists():
+                shutil.copy2(run / name, tmp / name)
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+        copied.append(run.name)
+    return copied
+
+
+def restore_runs(runs: Path, snapshot: Path) -> list[str]:
+    """Kept runs the home lacks are copied in; `anchorrec leaderboard` reports them without training."""
+    restored = []
+    for src in sorted((snapshot / "runs").glob("lb-*")):
+        if src.is_dir() and not src.name.endswith(".tmp") and not (runs / src.name).exists():
+            shutil.copytree(src, runs / src.name)
+            restored.append(src.name)
+    if restored:
+        print(f"{len(restored)} finished leaderboard run(s) restored from {snapshot / 'runs'}", flush=True)
+    return restored
 
 
 def main() -> None:
@@ -107,13 +150,20 @@ def main() -> None:
                     help="mm from this finished pretraining run (DATASET/RUN) instead of pretraining here; also "
                          "pins the mm table of studies begun with an earlier run after the pretraining code changed")
     ap.add_argument("--snapshot", type=Path, metavar="DIR",
-                    help="keep a copy of every study here (each minute) and start a study the home lacks from it")
+                    help="keep a copy of every study and finished leaderboard run here (each minute) and start "
+                         "what the home lacks from it")
     args = ap.parse_args()
     common = ["--dataset", args.dataset, "--home", args.home]
-    tuning = Path(args.home) / args.dataset / "tuning"
-    snap = (lambda: save_studies(tuning, args.snapshot, args.models)) if args.snapshot else (lambda: None)
+    tuning, runs = Path(args.home) / args.dataset / "tuning", Path(args.home) / args.dataset / "runs"
+
+    def snap() -> None:
+        if args.snapshot:
+            save_studies(tuning, args.snapshot, args.models)
+            save_runs(runs, args.snapshot)
+
     if args.snapshot:
         restore_studies(tuning, args.snapshot, args.models)
+        restore_runs(runs, args.snapshot)
     features = FEATURES[args.dataset] + (["--ica-from", args.ica_from] if args.ica_from else [])
     anchorrec("ingest", *common, *INGEST[args.dataset])  # each step is cached: a rerun skips what is done
     anchorrec("pretrain", *common, *features)
@@ -121,7 +171,11 @@ def main() -> None:
         anchorrec("tune", *common, *features, "--model", model, "--trials", str(args.trials),
                   "--epochs", str(args.epochs), "--patience", str(args.patience), "--jobs", str(args.jobs), tick=snap)
     models = [x for m in args.models for x in ("--model", m)]
-    anchorrec("leaderboard", *common, *models, "--seeds", str(args.seeds), "--jobs", str(args.jobs))
+    anchorrec("leaderboard", *common, *models, "--seeds", str(args.seeds), "--jobs", str(args.jobs), tick=snap)
+    if args.snapshot:  # the table itself, beside the studies and runs it was made from
+        shutil.copytree(Path(args.home) / args.dataset / "reports" / "leaderboard", args.snapshot / "report",
+                        dirs_exist_ok=True)
+        print(f"leaderboard copied to {args.snapshot / 'report'}", flush=True)
 
 
 if __name__ == "__main__":

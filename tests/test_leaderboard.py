@@ -88,6 +88,8 @@ def test_reruns_in_worker_processes_give_the_same_leaderboard(tuned, tmp_path):
         for seed in (0, 1):
             history = [json.loads(homes[j].metrics(f"lb-{model}-s{seed}").read_text())["history"] for j in (2, 1)]
             assert len(history[0]) == 2 and [h["loss"] for h in history[0]] == [h["loss"] for h in history[1]]
+            for j in (2, 1):  # each run's report summary was made as it ended, in the worker that trained it
+                assert (homes[j].run(f"lb-{model}-s{seed}") / "per_user.npz").exists()
     assert "reruns 2 at once, one torch thread each" in outs[2].read_text()
 
 

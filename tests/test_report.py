@@ -14,6 +14,7 @@ from models.evaluation import report
 from models.evaluation.metrics import ranking_metrics
 from models.training.data import load_interactions
 from store import schemas
+from store.errors import StoreError
 from store.layout import DatasetPaths, dataset_paths
 from store.tables import read_json, write_json, write_table
 from store.vectors import write_features, write_vectors
@@ -240,6 +241,34 @@ def test_compare_runs_renders_tables_and_pictures(home: Path) -> None:
     for model in ("lightgcn", "anchorrec"):
         vals = np.array([metrics[f"{model}-s{s}"]["test"]["recall@20"] for s in (0, 1)])
         assert all_rows[model][4] == f"{vals.mean():.4f} ± {vals.std(ddof=1):.4f}"
+
+
+def test_runs_kept_as_summaries_give_the_same_report_without_vectors(home: Path) -> None:
+    """A leaderboard snapshot keeps config, metrics, diagnostics and per-user metrics, not vectors:
+    the report from those equals the one from the vectors, and other settings are refused."""
+    paths = _dataset(home)
+    runs = [f"{m}-s{s}" for m in ("lightgcn", "anchorrec") for s in (0, 1)]
+    for rid in runs:
+        model, seed = rid.split("-s")
+        _run(paths, rid, model, int(seed), with_id=True)
+        report.keep_run_summary(paths, rid, {"text": "text-test"}, projection_sample=40)
+        assert (paths.run(rid) / report.PER_USER).exists() and (paths.run(rid) / "projection.png").exists()
+    full = report.compare_runs(paths, runs, baseline="lightgcn", out=home / "full" / "report.md",
+                               features={"text": "text-test"}, projection_sample=40)
+    for rid in runs:  # what a machine that lost its disk gets back from the snapshot
+        for f in paths.run(rid).glob("*.parquet"):
+            f.unlink()
+    kept = report.compare_runs(paths, runs, baseline="lightgcn", out=home / "kept" / "report.md",
+                               features={"text": "text-test"}, projection_sample=40)
+    a, b = read_json(full.parent / "report.json"), read_json(kept.parent / "report.json")
+    assert a["significance"] == b["significance"] and a["accuracy"] == b["accuracy"]
+    assert a["diagnostics"] == b["diagnostics"] and set(a["pictures"]) == set(b["pictures"])
+    assert (kept.parent / "projection-anchorrec.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(StoreError, match="diagnostics.json: the run's vectors are not here"):
+        report.diagnose_run(paths, "anchorrec-s0", {"text": "text-test"}, top=2)
+    (paths.run("lightgcn-s1") / report.PER_USER).unlink()
+    with pytest.raises(StoreError, match="per_user.npz: the run's vectors are not here"):
+        report.run_per_user(paths, "lightgcn-s1", load_interactions(paths))
 
 
 def test_compare_runs_refuses_bad_input(home: Path) -> None:

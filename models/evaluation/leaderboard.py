@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from models.evaluation.report import compare_runs
+from models.evaluation.report import compare_runs, default_features, keep_run_summary
 from models.registry import MODELS
-from models.training.trainer import TrainConfig, fit_runs, seed_configs, write_seeds_summary
+from models.training.trainer import TrainConfig, config_changes, fit_runs, seed_configs, write_seeds_summary
 from models.training.tune import study_dir, trial_config
 from store.layout import DatasetPaths
-from store.tables import write_json
+from store.tables import read_json, write_json
 
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 PROPOSED = "anchorrec"  # the model the leaderboard is about; the rest are baselines
@@ -82,8 +83,16 @@ def run_leaderboard(
     log(f"leaderboard: {', '.join(models)} on {len(seeds)} seed(s) each with the study's configuration"
         + (f", {jobs} runs at once" if jobs > 1 else ""))
     flat = [c for cs in configs.values() for c in cs]  # one pool for all models: no core idles at a model's last seed
-    results = iter(fit_runs(paths, flat, progress=progress, jobs=jobs))
-    reruns = {m: write_seeds_summary(paths, f"lb-{m}", [next(results) for _ in cs]) for m, cs in configs.items()}
+    results = {c.run_id: m for c in flat if (m := kept_metrics(paths, c)) is not None}
+    if results:
+        log(f"{len(results)} run(s) kept as summaries from an earlier machine: not trained again")
+    features = report_args.pop("features", None) or default_features([c.to_json() for c in flat])
+    summary_args = {k: report_args[k] for k in ("top", "n_clusters", "sample", "projection_sample") if k in report_args}
+    todo = [c for c in flat if c.run_id not in results]
+    if todo:  # each run's report summary is made as it ends: a kept summary (snapshot) suffices from then on
+        after = partial(keep_run_summary, features=features, **summary_args)
+        results.update(zip([c.run_id for c in todo], fit_runs(paths, todo, progress=progress, jobs=jobs, after=after)))
+    reruns = {m: write_seeds_summary(paths, f"lb-{m}", [results[c.run_id] for c in cs]) for m, cs in configs.items()}
     baseline = pick_baseline(reruns)
     rows = leaderboard_rows(chosen, reruns)
     for model, s in reruns.items():
@@ -91,7 +100,7 @@ def run_leaderboard(
     out = Path(out) if out is not None else paths.root / "reports" / "leaderboard" / "leaderboard.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     run_ids = [rid for s in reruns.values() for rid in s["runs"]]
-    report_path = compare_runs(paths, run_ids, baseline=baseline, out=out.parent / "report.md",
+    report_path = compare_runs(paths, run_ids, baseline=baseline, out=out.parent / "report.md", features=features,
                                title=f"Runs behind the leaderboard on {paths.name}", **report_args)
     report = json.loads((out.parent / "report.json").read_text())
     verdict = verdict_lines(rows, report, baseline)
@@ -99,6 +108,21 @@ def run_leaderboard(
     write_json({"dataset": paths.name, "seeds": list(seeds), "jobs": jobs, "baseline": baseline, "models": rows,
                 "verdict": verdict, "report": report_path.name}, out.with_suffix(".json"))
     return out
+
+
+def kept_metrics(paths: DatasetPaths, cfg: TrainConfig) -> dict[str, Any] | None:
+    """metrics.json of a run kept as its summary (no checkpoint: a snapshot brought its small files
+    to this machine), or None for a run to train or continue. A kept run of another configuration
+    is refused: its run id would mix two settings in one table."""
+    run_dir = paths.run(cfg.run_id)
+    if (run_dir / "checkpoint.pt").exists() or not paths.metrics(cfg.run_id).exists():
+        return None
+    stored = read_json(run_dir / "config.json")
+    changed = [k for k in config_changes(stored, cfg.to_json()) if k not in ("n_users", "n_items")]
+    if changed:
+        raise ValueError(f"{run_dir}: a kept run of another configuration (fields {changed}); the study's choice "
+                         "changed since it ran: delete the run directory to train it again")
+    return read_json(paths.metrics(cfg.run_id))
 
 
 def pick_baseline(reruns: dict[str, dict[str, Any]]) -> str:

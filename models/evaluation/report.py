@@ -11,11 +11,14 @@ What a reader gets, and why each part is there:
   gains there; a popularity-driven space wins the head and loses the tail);
 - the pictures (training curves, t-SNE of ID vs final item space, coherence and long-tail bars).
 
-Per run, `diagnose_run` writes runs/<run_id>/diagnostics.json (+ its pictures); the report reuses
-it while the run's vectors and the diagnostic settings are unchanged.
+Per run, `diagnose_run` writes runs/<run_id>/diagnostics.json (+ its pictures) and `run_per_user`
+per_user.npz; the report reuses them while the run's vectors and the settings are unchanged. A run
+kept as its summary only (those files, config.json and metrics.json, without vectors: what a
+leaderboard snapshot carries to a machine that lost its disk) is reported from them.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +33,12 @@ from models.evaluation.metrics import paired_test, per_user_metrics
 from models.training.data import InteractionData, load_interactions, load_modalities
 from store.errors import StoreError
 from store.layout import DatasetPaths
-from store.tables import read_json, read_table, write_json
+from store.tables import atomic_path, read_json, read_table, write_json
 from store.vectors import array_hash, read_vectors
 
 ID_ITEM_VECTORS = "id_item_vectors.parquet"
 DIAGNOSTICS = "diagnostics.json"
+PER_USER = "per_user.npz"
 MODALITY_NAMES = {"t": "text", "v": "vision"}  # coherence is reported for these (METHOD.md)
 BUCKETS = ("head", "mid", "tail")
 REPORT_KS = (10, 20)
@@ -64,6 +68,17 @@ def load_run(paths: DatasetPaths, run_id: str) -> RunInfo:
     if not model:
         raise StoreError(run_dir / "config.json", "has no 'model'", "rerun training")
     return RunInfo(run_id, str(model), int(config.get("seed", metrics.get("seed", 0))), config, metrics, run_dir)
+
+
+def vectors_kept(paths: DatasetPaths, run_id: str) -> bool:
+    """False for a run kept as its summary only (metrics, diagnostics, per-user test metrics)."""
+    return paths.user_vectors(run_id).exists() and paths.item_vectors(run_id).exists()
+
+
+def _summary_only(path: Path, what: str) -> StoreError:
+    return StoreError(path, f"the run's vectors are not here (a kept summary) and this file, which would give its {what}, "
+                      "is missing or was made with other settings", "retrain the run, or report it with the settings "
+                      "its summary was made with")
 
 
 def run_vectors(paths: DatasetPaths, run_id: str, data: InteractionData) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -258,10 +273,22 @@ def diagnose_run(
 
     `features` maps a display name to a feature table, e.g. {'text': 'text-minilm', 'vision':
     'image-clip'}; by default the run's own t and v tables. The result is reused while the run's
-    vectors and these settings are unchanged (force=True recomputes).
+    vectors and these settings are unchanged (force=True recomputes); a run kept as its summary (no
+    vectors) returns its diagnostics.json if made with these settings, else a StoreError.
     """
     info = load_run(paths, run_id)
     features = dict(features) if features is not None else default_features([info.config])
+    settings = {"features": features, "top": top, "n_clusters": n_clusters, "seed": seed, "sample": sample,
+                "buckets": list(BUCKETS)}
+    want_pictures = {"projection_sample": projection_sample} if pictures else None
+    out_path = info.dir / DIAGNOSTICS
+    cached = read_json(out_path) if out_path.exists() else {}
+    cached_settings = {k: v for k, v in cached.get("inputs", {}).items() if not k.endswith("_hash")}
+    usable = cached_settings == settings and (want_pictures is None or cached.get("pictures_inputs") == want_pictures)
+    if not vectors_kept(paths, run_id):
+        if not usable:
+            raise _summary_only(out_path, "diagnostics")
+        return cached
     data = data or load_interactions(paths)
     user, item, id_item = run_vectors(paths, run_id, data)
     id_note = None
@@ -271,20 +298,10 @@ def diagnose_run(
     inputs = {
         "item_vectors_hash": array_hash(item),
         "id_item_vectors_hash": array_hash(id_item) if id_item is not None else None,
-        "features": features,
-        "top": top,
-        "n_clusters": n_clusters,
-        "seed": seed,
-        "sample": sample,
-        "pictures": pictures,
-        "projection_sample": projection_sample,
-        "buckets": list(BUCKETS),
+        **settings,
     }
-    out_path = info.dir / DIAGNOSTICS
-    if out_path.exists() and not force:
-        cached = read_json(out_path)
-        if cached.get("inputs") == inputs:
-            return cached
+    if usable and not force and cached.get("inputs") == inputs:
+        return cached
     t0 = time.perf_counter()
     raw = load_modalities(paths, features, asins=data.asins) if features else {}
     diag: dict[str, Any] = diagnostics.diagnose_embeddings(
@@ -301,10 +318,47 @@ def diagnose_run(
         labels, legend = projection_labels(paths, data, raw, seed)
         plots.projection(id_item, item, labels, info.dir / "projection.png", projection_sample, seed, f"{info.model} s{info.seed}", legend)
         pics["projection"] = "projection.png"
-        diag["pictures"] = pics
+        diag["pictures"], diag["pictures_inputs"] = pics, want_pictures
     diag["seconds"] = round(time.perf_counter() - t0, 2)
     write_json(diag, out_path)
     return diag
+
+
+def run_per_user(paths: DatasetPaths, run_id: str, data: InteractionData) -> dict[str, np.ndarray]:
+    """Per-user test metrics of a run ({'users': ids, 'recall@20': …}), cached in per_user.npz.
+
+    The paired tests need them per user; cached beside the diagnostics they outlive the vectors, so a
+    run kept as its summary is still compared user by user."""
+    path = paths.run(run_id) / PER_USER
+    split = array_hash(data.test_csr.indptr, data.test_csr.indices)
+    if not vectors_kept(paths, run_id):
+        if not path.exists():
+            raise _summary_only(path, "per-user test metrics")
+        with np.load(path) as z:
+            if str(z["split"]) != split:
+                raise StoreError(path, "was computed on another test split", "retrain the run on this dataset")
+            return {k: z[k] for k in z.files if k not in ("key", "split")}
+    user, item, _ = run_vectors(paths, run_id, data)
+    key = array_hash(user, item) + str(REPORT_KS)
+    if path.exists():
+        with np.load(path) as z:
+            if str(z["key"]) == key and str(z["split"]) == split:
+                return {k: z[k] for k in z.files if k not in ("key", "split")}
+    out = per_user_metrics(user, item, data.train_csr, data.test_csr, ks=REPORT_KS)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, key=key, split=split, **out)
+    return out
+
+
+def keep_run_summary(paths: DatasetPaths, run_id: str, features: dict[str, str] | None = None, *, top: int = 3,
+                     n_clusters: int = 10, sample: int | None = 4000, projection_sample: int = 2000) -> None:
+    """What a report needs of a run, made while its vectors are here: diagnostics.json with its
+    pictures, and per_user.npz. A leaderboard calls it as each run ends, so that these small files
+    (kept by a snapshot) report the run on a machine that has lost the vectors."""
+    data = load_interactions(paths)
+    diagnose_run(paths, run_id, features, data=data, top=top, n_clusters=n_clusters, sample=sample,
+                 projection_sample=projection_sample, pictures=True)
+    run_per_user(paths, run_id, data)
 
 
 # ------------------------------------------------------------------------------ report
@@ -440,8 +494,7 @@ def compare_runs(
         diags[r.run_id] = diagnose_run(
             paths, r.run_id, features, data=data, top=top, n_clusters=n_clusters, sample=sample, pictures=False
         )
-        user, item, _ = run_vectors(paths, r.run_id, data)
-        per_user[r.run_id] = per_user_metrics(user, item, data.train_csr, data.test_csr, ks=REPORT_KS)
+        per_user[r.run_id] = run_per_user(paths, r.run_id, data)
 
     metric_keys = [f"{m}@{k}" for m in ("recall", "ndcg") for k in REPORT_KS]
     sig = significance(groups, per_user, baseline, metric_keys)
@@ -508,11 +561,17 @@ def _report_pictures(
     pics["long tail"] = "long_tail.png"
     labels, legend = projection_labels(paths, data, raw)
     for model, rs in groups.items():
-        r = rs[0]
+        name = f"projection-{model}.png"
+        r = next((r for r in rs if vectors_kept(paths, r.run_id)), None)
+        if r is None:  # kept summaries only: the picture their diagnostics drew, if any
+            drawn = [r.dir / "projection.png" for r in rs if (r.dir / "projection.png").exists()]
+            if drawn:
+                shutil.copyfile(drawn[0], folder / name)
+                pics[f"projection {model}"] = name
+            continue
         _, item, id_item = run_vectors(paths, r.run_id, data)
         if id_item is None and model == "lightgcn":
             id_item = item
-        name = f"projection-{model}.png"
         plots.projection(id_item, item, labels, folder / name, projection_sample, 0, f"{model} (seed {r.seed})", legend)
         pics[f"projection {model}"] = name
     return pics

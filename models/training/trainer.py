@@ -208,6 +208,15 @@ def evaluate_model(model: torch.nn.Module, evaluator: RankingEvaluator) -> dict[
     return out
 
 
+def config_changes(stored: dict[str, Any], config_json: dict[str, Any]) -> list[str]:
+    """Fields in which a run's config.json differs from a config about to continue it (device and
+    run id may differ: a run moves between machines)."""
+    features = read_features(config_json["model"], stored.get("features") or {})  # runs written before READS kept all
+    stored = {**stored, "features": features}
+    return sorted(k for k in set(stored) | set(config_json)
+                  if k not in ("device", "run_id") and stored.get(k) != config_json.get(k))
+
+
 def fit(
     data: InteractionData,
     graph: GraphData,
@@ -226,9 +235,7 @@ def fit(
     config_json = {**cfg.to_json(), "n_users": data.n_users, "n_items": data.n_items}
     config_path = run_dir / "config.json"
     if ckpt_path.exists() and config_path.exists():
-        old = read_json(config_path)
-        old["features"] = read_features(cfg.model, old.get("features") or {})  # runs written before READS kept all
-        changed = sorted(k for k in set(old) | set(config_json) if k not in ("device", "run_id") and old.get(k) != config_json.get(k))
+        changed = config_changes(read_json(config_path), config_json)
         if changed:
             raise ValueError(
                 f"{run_dir}: a run with a different configuration exists (fields {changed}); "
@@ -489,7 +496,8 @@ def seed_configs(cfg: TrainConfig, base: str, seeds: Sequence[int]) -> list[Trai
     return [dataclasses.replace(cfg, seed=int(seed), run_id=f"{base}-s{seed}") for seed in seeds]
 
 
-def fit_runs(paths: DatasetPaths, configs: Sequence[TrainConfig], progress: bool = True, jobs: int = 1) -> list[dict[str, Any]]:
+def fit_runs(paths: DatasetPaths, configs: Sequence[TrainConfig], progress: bool = True, jobs: int = 1,
+             after: Callable[[DatasetPaths, str], Any] | None = None) -> list[dict[str, Any]]:
     """Train every config (resuming finished or started runs); metrics in the configs' order.
 
     jobs = 1: one after another in this process, the data prepared again only when `prepare_key`
@@ -499,6 +507,8 @@ def fit_runs(paths: DatasetPaths, configs: Sequence[TrainConfig], progress: bool
     The gain over one run on J threads depends on how well the model's ops scale: Sports LightGCN
     on 2 cores does 1.2× the epochs per hour (benchmarks/bench_parallel_runs.py). The first
     failing run stops the others (their last epoch is checkpointed: a rerun continues them).
+    `after(paths, run_id)` runs as each run ends, where it ran (picklable for jobs > 1): work on the
+    run's outputs that should not wait for the last run, such as a report's per-run summary.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
@@ -508,10 +518,12 @@ def fit_runs(paths: DatasetPaths, configs: Sequence[TrainConfig], progress: bool
             if prepare_key(c) != key:
                 key, prepared = prepare_key(c), prepare(paths, c)
             results.append(fit(*prepared, c, paths.run(c.run_id), progress=progress))
+            if after is not None:
+                after(paths, c.run_id)
         return results
     spawn = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
     with ProcessPoolExecutor(max_workers=min(jobs, len(configs)), mp_context=spawn, initializer=_worker_init) as pool:
-        futures = [pool.submit(_train_in_worker, paths, c) for c in configs]
+        futures = [pool.submit(_train_in_worker, paths, c, after) for c in configs]
         try:
             for future in as_completed(futures):
                 future.result()  # the first error is raised now, not after the runs before it
@@ -554,13 +566,16 @@ def train_seeds(paths: DatasetPaths, cfg: TrainConfig, seeds: Sequence[int], pro
     return write_seeds_summary(paths, base, fit_runs(paths, configs, progress, jobs))
 
 
-def _train_in_worker(paths: DatasetPaths, cfg: TrainConfig) -> dict[str, Any]:
+def _train_in_worker(paths: DatasetPaths, cfg: TrainConfig,
+                     after: Callable[[DatasetPaths, str], Any] | None = None) -> dict[str, Any]:
     """One run in a worker process (`_worker_init`): its own data, a progress line a minute."""
     progress = EpochProgress(f"{cfg.model} {cfg.run_id}", cfg.epochs, SELECT_METRIC)
     progress.replay(done_epochs(paths.run(cfg.run_id)))
     data, graph = prepare(paths, cfg)
     metrics = fit(data, graph, cfg, paths.run(cfg.run_id), progress=False, callback=progress)
     progress.done(metrics)
+    if after is not None:
+        after(paths, cfg.run_id)
     return metrics
 
 
@@ -583,6 +598,7 @@ __all__ = [
     "fit_runs",
     "done_epochs",
     "prepare_key",
+    "config_changes",
     "write_seeds_summary",
     "prepare",
     "summarize_seeds",
