@@ -19,7 +19,10 @@ With --snapshot DIR, what a machine that loses its disk between sessions must no
 to DIR each minute: the studies (DIR/studies/<model>/study.db) and the summaries of finished
 leaderboard runs (DIR/runs/<run_id>/: config, metrics, diagnostics, per-user test metrics, their
 pictures; no vectors or checkpoints, a few hundred kB each). A home that lacks them starts from
-these copies; a kept run is not trained again. Runs in flight at the end are lost and retrained.
+these copies; a kept run is not trained again. Every ten minutes the runs in flight (trials and
+reruns: checkpoint and config, 58 MB each on Sports) are copied to DIR/inflight/, not meant for
+commit: where a session's uncommitted files outlive its machine, a run continues from its last
+copy instead of from epoch 0.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 GIFT = DATA / "amazon2018-giftcards"
 KEPT = ("config.json", "metrics.json", "diagnostics.json", "per_user.npz", "training_curves.png", "projection.png")
+INFLIGHT_EVERY = 600.0  # s between copies of in-flight checkpoints
 MODELS = ["lightgcn", "alignrec", "anchorrec", "vbpr", "freedom", "lattice", "bm3", "lgmrec", "smore", "damrs"]
 INGEST = {  # `anchorrec ingest` options
     "gift": ["--release", "2018", "--meta", str(GIFT / "meta_Gift_Cards.json.gz"), "--reviews", str(GIFT / "Gift_Cards_5.json.gz")],
@@ -135,6 +139,38 @@ def restore_runs(runs: Path, snapshot: Path) -> list[str]:
     return restored
 
 
+def save_inflight(runs: Path, snapshot: Path) -> list[str]:
+    """Copy checkpoint and config of every run in flight (a checkpoint, no metrics.json yet) to
+    snapshot/inflight/<run>/ (a checkpoint is replaced atomically, so a copy is always whole) and
+    drop the copies of runs no longer in flight. Returns the runs copied."""
+    target = snapshot / "inflight"
+    live = sorted(r for r in runs.glob("*") if (r / "checkpoint.pt").exists() and not (r / "metrics.json").exists())
+    for old in target.glob("*") if target.exists() else []:
+        if old.is_dir() and old.name not in {r.name for r in live}:
+            shutil.rmtree(old)
+    for run in live:
+        tmp = target / f"{run.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in ("config.json", "checkpoint.pt"):
+            shutil.copy2(run / name, tmp / name)
+        shutil.rmtree(target / run.name, ignore_errors=True)
+        tmp.rename(target / run.name)
+    return [r.name for r in live]
+
+
+def restore_inflight(runs: Path, snapshot: Path) -> list[str]:
+    """Runs in flight when an earlier machine went, which this home lacks: they continue from their copy."""
+    restored = []
+    for src in sorted((snapshot / "inflight").glob("*")):
+        if src.is_dir() and not src.name.endswith(".tmp") and not (runs / src.name).exists():
+            shutil.copytree(src, runs / src.name)
+            restored.append(src.name)
+    if restored:
+        print(f"continuing from their checkpoints: {', '.join(restored)}", flush=True)
+    return restored
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=sorted(INGEST), required=True)
@@ -156,14 +192,20 @@ def main() -> None:
     common = ["--dataset", args.dataset, "--home", args.home]
     tuning, runs = Path(args.home) / args.dataset / "tuning", Path(args.home) / args.dataset / "runs"
 
+    last_inflight = [time.monotonic()]
+
     def snap() -> None:
         if args.snapshot:
             save_studies(tuning, args.snapshot, args.models)
             save_runs(runs, args.snapshot)
+            if time.monotonic() - last_inflight[0] >= INFLIGHT_EVERY:
+                save_inflight(runs, args.snapshot)
+                last_inflight[0] = time.monotonic()
 
     if args.snapshot:
         restore_studies(tuning, args.snapshot, args.models)
         restore_runs(runs, args.snapshot)
+        restore_inflight(runs, args.snapshot)
     features = FEATURES[args.dataset] + (["--ica-from", args.ica_from] if args.ica_from else [])
     anchorrec("ingest", *common, *INGEST[args.dataset])  # each step is cached: a rerun skips what is done
     anchorrec("pretrain", *common, *features)

@@ -79,3 +79,26 @@ def test_finished_leaderboard_runs_outlive_the_disk_as_summaries(tmp_path):
     with pytest.raises(ValueError, match="lb-anchorrec-s0: a kept run of another configuration .*'lr'"):
         run_leaderboard(paths, **quiet)
     assert stored["lr"] != 0.5
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_run_in_flight_continues_from_its_copy_on_a_new_machine(tmp_path):
+    from test_models_train import assert_same_run, kill_after, small_lightgcn_run
+
+    from models.training.trainer import fit
+
+    data, graph, cfg = small_lightgcn_run()
+    runs, snapshot = tmp_path / "runs", tmp_path / "snapshot"
+    full = fit(data, graph, cfg, tmp_path / "full", progress=False)
+    kill_after(data, graph, cfg, runs / "lb-lightgcn-s0", epoch=2)  # in flight when the machine went
+    fit(data, graph, cfg, runs / "lb-lightgcn-s1", progress=False)  # finished: not a flight copy
+    assert leaderboard_run.save_inflight(runs, snapshot) == ["lb-lightgcn-s0"]
+    assert sorted(p.name for p in (snapshot / "inflight" / "lb-lightgcn-s0").iterdir()) == ["checkpoint.pt", "config.json"]
+
+    shutil.rmtree(runs)
+    assert leaderboard_run.restore_inflight(runs, snapshot) == ["lb-lightgcn-s0"]
+    resumed = fit(data, graph, cfg, runs / "lb-lightgcn-s0", progress=False)
+    assert resumed["resumed_from_epoch"] == 3
+    assert_same_run(resumed, full, runs / "lb-lightgcn-s0", tmp_path / "full")
+    assert leaderboard_run.save_inflight(runs, snapshot) == [] and not list((snapshot / "inflight").iterdir())
+    assert leaderboard_run.restore_inflight(runs, snapshot) == []
