@@ -105,38 +105,45 @@ def restore_studies(tuning: Path, snapshot: Path, models: list[str]) -> None:
             print(f"{model}: study restored from {src}", flush=True)
 
 
+def copy_run(run: Path, dst: Path, names: tuple[str, ...]) -> None:
+    """The files `names` of a run directory (those it has) to dst, whole or not at all."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in names:
+        if (run / name).exists():
+            shutil.copy2(run / name, tmp / name)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
+def restore_missing(src: Path, runs: Path, what: str) -> list[str]:
+    """Copy into `runs` every run directory of `src` that the home lacks."""
+    restored = []
+    for run in sorted(src.glob("*")):
+        if run.is_dir() and not run.name.endswith(".tmp") and not (runs / run.name).exists():
+            shutil.copytree(run, runs / run.name)
+            restored.append(run.name)
+    if restored:
+        print(f"{what} from {src}: {', '.join(restored)}", flush=True)
+    return restored
+
+
 def save_runs(runs: Path, snapshot: Path) -> list[str]:
     """Copy the summary of every finished leaderboard run (lb-*) not yet in the snapshot.
 
     A run counts as finished once its report summary exists (diagnostics.json and per_user.npz are
     written after metrics.json, as the run ends). Returns the run ids copied."""
-    copied = []
-    for run in sorted(runs.glob("lb-*")):
-        if not all((run / name).exists() for name in KEPT[:4]) or (snapshot / "runs" / run.name / KEPT[3]).exists():
-            continue
-        dst = snapshot / "runs" / run.name
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name in KEPT:
-            if (run / name).exists():
-                shutil.copy2(run / name, tmp / name)
-        shutil.rmtree(dst, ignore_errors=True)
-        tmp.rename(dst)
-        copied.append(run.name)
-    return copied
+    done = [r for r in sorted(runs.glob("lb-*")) if all((r / name).exists() for name in KEPT[:4])]
+    copied = [r for r in done if not (snapshot / "runs" / r.name / KEPT[3]).exists()]
+    for run in copied:
+        copy_run(run, snapshot / "runs" / run.name, KEPT)
+    return [r.name for r in copied]
 
 
 def restore_runs(runs: Path, snapshot: Path) -> list[str]:
     """Kept runs the home lacks are copied in; `anchorrec leaderboard` reports them without training."""
-    restored = []
-    for src in sorted((snapshot / "runs").glob("lb-*")):
-        if src.is_dir() and not src.name.endswith(".tmp") and not (runs / src.name).exists():
-            shutil.copytree(src, runs / src.name)
-            restored.append(src.name)
-    if restored:
-        print(f"{len(restored)} finished leaderboard run(s) restored from {snapshot / 'runs'}", flush=True)
-    return restored
+    return restore_missing(snapshot / "runs", runs, "finished leaderboard runs restored")
 
 
 def save_inflight(runs: Path, snapshot: Path) -> list[str]:
@@ -144,31 +151,18 @@ def save_inflight(runs: Path, snapshot: Path) -> list[str]:
     snapshot/inflight/<run>/ (a checkpoint is replaced atomically, so a copy is always whole) and
     drop the copies of runs no longer in flight. Returns the runs copied."""
     target = snapshot / "inflight"
-    live = sorted(r for r in runs.glob("*") if (r / "checkpoint.pt").exists() and not (r / "metrics.json").exists())
+    live = [r for r in sorted(runs.glob("*")) if (r / "checkpoint.pt").exists() and not (r / "metrics.json").exists()]
     for old in target.glob("*") if target.exists() else []:
         if old.is_dir() and old.name not in {r.name for r in live}:
             shutil.rmtree(old)
     for run in live:
-        tmp = target / f"{run.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name in ("config.json", "checkpoint.pt"):
-            shutil.copy2(run / name, tmp / name)
-        shutil.rmtree(target / run.name, ignore_errors=True)
-        tmp.rename(target / run.name)
+        copy_run(run, target / run.name, ("config.json", "checkpoint.pt"))
     return [r.name for r in live]
 
 
 def restore_inflight(runs: Path, snapshot: Path) -> list[str]:
     """Runs in flight when an earlier machine went, which this home lacks: they continue from their copy."""
-    restored = []
-    for src in sorted((snapshot / "inflight").glob("*")):
-        if src.is_dir() and not src.name.endswith(".tmp") and not (runs / src.name).exists():
-            shutil.copytree(src, runs / src.name)
-            restored.append(src.name)
-    if restored:
-        print(f"continuing from their checkpoints: {', '.join(restored)}", flush=True)
-    return restored
+    return restore_missing(snapshot / "inflight", runs, "runs continuing from their checkpoints")
 
 
 def main() -> None:
