@@ -18,10 +18,21 @@ Rows (each a change to the tuned configuration):
     no-mm         mm_branch False — no mm branch (no recovery, alignment, mm structure, smoothing)
     no-smooth     smooth_weight 0 — the graph smoothing over the mm kNN edges
     recover-5e-4  recover_lambda 0.0005 — the released config's recovery strength (ours 0.5)
+    no-t          t_branch False — z_t out of the score: where t is the mm table itself (MMRec
+                  Sports runs one text table as mm, t and v) z_mm + z_t is one branch counted twice
+    uia-grad      uia_detach False — UIA's gradient also reaches the user anchor (the spec detaches it)
     mm=NAME       (with --mm NAME) the mm feature table NAME instead of the tuned one, e.g. an
                   encoder pretrained on a larger catalog and applied with `--ica-from`
 
     .venv/bin/python benchmarks/anchorrec_ablation.py --home /work/lb-home --dataset gift [--jobs 2]
+    .venv/bin/python benchmarks/anchorrec_ablation.py --home /work/lb-home --dataset sports --seeds 2 --jobs 2 \
+        --rows no-t l2/10 ui-layers-4 no-mm uia-grad no-smooth recover-5e-4 \
+        --snapshot benchmarks/results/leaderboard_sports     # many hours on 2 cores: rerun to go on
+
+Runs are trained rows first, in the order of --rows, so the first rows finish first; --report-only
+writes the table of the rows whose runs have all ended, training nothing. With --snapshot DIR each
+finished run's summary is kept in DIR/runs/ (the head / tail columns come from its diagnostics, so a
+kept run needs no vectors) and runs in flight in DIR/inflight/, as in leaderboard_run.py.
 """
 from __future__ import annotations
 
@@ -29,15 +40,19 @@ import argparse
 import dataclasses
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models.evaluation.leaderboard import best_config  # noqa: E402
-from models.evaluation.report import long_tail, popularity_buckets, run_vectors  # noqa: E402
+from run_snapshot import every, keeper, restore_inflight, restore_runs  # noqa: E402
+
+from models.evaluation.leaderboard import best_config, kept_metrics  # noqa: E402
+from models.evaluation.report import default_features, diagnose_run, keep_run_summary  # noqa: E402
 from models.training.data import load_interactions  # noqa: E402
 from models.training.trainer import fit_runs, load_metrics, seed_configs  # noqa: E402
 from store.layout import dataset_paths  # noqa: E402
@@ -50,6 +65,8 @@ ROWS: dict[str, dict] = {
     "no-mm": {"mm_branch": False},
     "no-smooth": {"smooth_weight": 0.0},
     "recover-5e-4": {"recover_lambda": 0.0005},
+    "no-t": {"t_branch": False},
+    "uia-grad": {"uia_detach": False},
 }
 
 
@@ -65,16 +82,15 @@ def row_args(tuned: dict, change: dict) -> dict:
     return args
 
 
-def run_stats(paths, run_ids: list[str], data, buckets: np.ndarray) -> list[dict]:
-    """Per seed: test R@20 / N@20 and head / tail R@20 of the run's published-at-best vectors."""
+def run_stats(paths, run_ids: list[str], data, features: dict[str, str]) -> list[dict]:
+    """Per seed: valid and test R@20, test N@20, and head / tail test R@20 from the run's
+    diagnostics (made as it ended; computed now for a run that has its vectors and none yet)."""
     out = []
     for rid in run_ids:
         metrics = load_metrics(paths, rid)
-        test = metrics["test"]
-        user, item, _ = run_vectors(paths, rid, data)
-        tail = long_tail(user, item, data.train_csr, data.test_csr, buckets)
-        out.append({"run": rid, "valid": metrics["valid"]["recall@20"], "recall@20": test["recall@20"], "ndcg@20": test["ndcg@20"],
-                    "head": tail["head"]["recall@20"], "tail": tail["tail"]["recall@20"]})
+        tail = diagnose_run(paths, rid, features, data=data)["long_tail"]
+        out.append({"run": rid, "valid": metrics["valid"]["recall@20"], "recall@20": metrics["test"]["recall@20"],
+                    "ndcg@20": metrics["test"]["ndcg@20"], "head": tail["head"]["recall@20"], "tail": tail["tail"]["recall@20"]})
     return out
 
 
@@ -87,36 +103,67 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float]:
     return float(diff.mean()), p
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--home", required=True)
     ap.add_argument("--dataset", default="gift")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="rows, trained in this order")
     ap.add_argument("--mm", action="append", default=[], help="also a row with this mm feature table (repeatable)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (worker processes, one torch thread each)")
-    args = ap.parse_args()
+    ap.add_argument("--snapshot", type=Path, metavar="DIR", help="keep finished runs' summaries (and runs in flight) here "
+                    "and start what the home lacks from them")
+    ap.add_argument("--report-only", action="store_true", help="train nothing: the table of the rows whose runs have ended")
+    ap.add_argument("--out", type=Path, help="table path without suffix (.md and .json are written; default "
+                    "benchmarks/results/anchorrec_ablation_<dataset>)")
+    args = ap.parse_args(argv)
+    args.command = " ".join(sys.argv[1:] if argv is None else argv)
     paths = dataset_paths(args.dataset, args.home)
-    board = json.loads((paths.root / "reports" / "leaderboard" / "leaderboard.json").read_text())
+    board_path = paths.root / "reports" / "leaderboard" / "leaderboard.json"
+    if not board_path.exists():
+        ap.error(f"{board_path}: no leaderboard on {args.dataset} yet; the tuned row is its lb-anchorrec runs: "
+                 f"run benchmarks/leaderboard_run.py --dataset {args.dataset} first")
+    board = json.loads(board_path.read_text())
     best_model = max(board["models"], key=lambda m: board["models"][m]["test_mean"]["recall@20"])
-    cfg, _ = best_config(paths, "anchorrec")
-    seeds = list(range(args.seeds))
-    data = load_interactions(paths)
-    buckets = popularity_buckets(data.train_csr)
-    stats = {"tuned": run_stats(paths, [f"lb-anchorrec-s{s}" for s in seeds], data, buckets),
-             f"best: {best_model}": run_stats(paths, [f"lb-{best_model}-s{s}" for s in seeds], data, buckets)}
     for mm in args.mm:
         if not paths.feature(mm).exists():
             ap.error(f"--mm {mm}: no feature table {paths.feature(mm)}")
+    cfg, _ = best_config(paths, "anchorrec")
+    seeds = list(range(args.seeds))
     variants = [(name, dataclasses.replace(cfg, model_args=row_args(cfg.model_args, ROWS[name]))) for name in args.rows]
     variants += [(f"mm={mm}", dataclasses.replace(cfg, features={**cfg.features, "mm": mm})) for mm in args.mm]
     runs = {name: seed_configs(row_cfg, f"abl-{name.replace('/', '-').replace('=', '-')}", seeds)
             for name, row_cfg in variants}
-    fit_runs(paths, [c for cs in runs.values() for c in cs], progress=False, jobs=args.jobs)  # resumable: done runs load
+    features = default_features([cfg.to_json()])
+    if args.snapshot:
+        restore_runs(paths.runs_dir, args.snapshot)
+        restore_inflight(paths.runs_dir, args.snapshot)
+    if not args.report_only:
+        train(paths, [c for cs in runs.values() for c in cs], features, args.jobs, args.snapshot)
+    data = load_interactions(paths)
+    stats = {"tuned": run_stats(paths, [f"lb-anchorrec-s{s}" for s in seeds], data, features),
+             f"best: {best_model}": run_stats(paths, [f"lb-{best_model}-s{s}" for s in seeds], data, features)}
     for name, cs in runs.items():
-        stats[name] = run_stats(paths, [c.run_id for c in cs], data, buckets)
-        print(name, f"test R@20 {np.mean([s['recall@20'] for s in stats[name]]):.4f}", flush=True)
+        if all(paths.metrics(c.run_id).exists() for c in cs):
+            stats[name] = run_stats(paths, [c.run_id for c in cs], data, features)
+            print(name, f"test R@20 {np.mean([s['recall@20'] for s in stats[name]]):.4f}", flush=True)
+        else:
+            print(f"{name}: not every seed has ended yet; left out of the table", flush=True)
     write_results(paths, args, stats, best_model, cfg.model_args)
+
+
+def train(paths, configs: list, features: dict[str, str], jobs: int, snapshot: Path | None) -> None:
+    """Train the runs not kept as summaries (resumable: finished runs load, started ones continue),
+    each run's report summary made as it ends; with a snapshot, kept there every minute."""
+    todo = [c for c in configs if kept_metrics(paths, c) is None]
+    after = partial(keep_run_summary, features=features)
+    if not todo:
+        return
+    if snapshot is None:
+        fit_runs(paths, todo, progress=False, jobs=jobs, after=after)
+        return
+    with every(60.0, keeper(paths.runs_dir, snapshot, "abl-")):
+        fit_runs(paths, todo, progress=False, jobs=jobs, after=after)
 
 
 def write_results(paths, args, stats: dict[str, list[dict]], best_model: str, tuned_args: dict) -> None:
@@ -126,7 +173,7 @@ def write_results(paths, args, stats: dict[str, list[dict]], best_model: str, tu
              f"Tuned model_args: `{json.dumps(tuned_args, sort_keys=True)}`; seeds 0..{args.seeds - 1}; the tuned row "
              f"is the leaderboard's lb-anchorrec runs. Δ is the mean per-seed difference (paired t over seeds). "
              f"Head / tail: items in the top 20% / bottom 50% by training popularity. Command: "
-             f"`.venv/bin/python benchmarks/anchorrec_ablation.py {' '.join(sys.argv[1:])}`", "",
+             f"`.venv/bin/python benchmarks/anchorrec_ablation.py {args.command}`", "",
              f"| row | change | valid R@20 | test R@20 | test N@20 | Δ R@20 vs tuned (p) | Δ R@20 vs {best_model} (p) | head R@20 | tail R@20 |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, c in col.items():
@@ -141,7 +188,7 @@ def write_results(paths, args, stats: dict[str, list[dict]], best_model: str, tu
         lines.append(f"| {name} | `{change}` | {np.mean(c['valid']):.4f} | {np.mean(c['recall@20']):.4f} ± {np.std(c['recall@20']):.4f} | "
                      f"{np.mean(c['ndcg@20']):.4f} | {d_t:+.4f} ({p_t:.3g}) | {d_b:+.4f} ({p_b:.3g}) | "
                      f"{np.mean(c['head']):.4f} | {np.mean(c['tail']):.4f} |")
-    out = REPO / "benchmarks" / "results" / f"anchorrec_ablation_{paths.name}"
+    out = args.out or REPO / "benchmarks" / "results" / f"anchorrec_ablation_{paths.name}"
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     write_json({"dataset": paths.name, "best_model": best_model, "tuned_args": tuned_args, "rows": stats}, out.with_suffix(".json"))
     print("\n".join(lines))

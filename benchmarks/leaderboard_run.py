@@ -29,18 +29,27 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run_snapshot import (  # noqa: E402  (re-exported: the tests reach them through this script)
+    KEPT,
+    keeper,
+    restore_inflight,
+    restore_runs,
+    restore_studies,
+    save_inflight,
+    save_runs,
+    save_studies,
+)
+
 DATA = REPO.parent / "shared" / "data"
 GIFT = DATA / "amazon2018-giftcards"
-KEPT = ("config.json", "metrics.json", "diagnostics.json", "per_user.npz", "training_curves.png", "projection.png")
-INFLIGHT_EVERY = 600.0  # s between copies of in-flight checkpoints
 MODELS = ["lightgcn", "alignrec", "anchorrec", "vbpr", "freedom", "lattice", "bm3", "lgmrec", "smore", "damrs"]
 INGEST = {  # `anchorrec ingest` options
     "gift": ["--release", "2018", "--meta", str(GIFT / "meta_Gift_Cards.json.gz"), "--reviews", str(GIFT / "Gift_Cards_5.json.gz")],
@@ -73,98 +82,6 @@ def anchorrec(*args: str, every: float = 60.0, tick=lambda: None) -> None:
     print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
-def save_studies(tuning: Path, snapshot: Path, models: list[str]) -> None:
-    """Copy each model's study (a live SQLite file: through SQLite's backup API) and best.json to
-    snapshot/studies/<model>/.
-
-    The studies hold every finished trial's parameters and values, a few hundred kB: kept in the
-    repository they outlive a machine that loses its disk between sessions, where a Sports study
-    takes hours per model. The trials' runs and checkpoints are not kept; a lost best run is
-    retrained by the leaderboard anyway."""
-    for model in models:
-        src = tuning / model / "study.db"
-        if not src.exists():
-            continue
-        dst = snapshot / "studies" / model / "study.db"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name("study.db.tmp")
-        with closing(sqlite3.connect(src, timeout=60)) as a, closing(sqlite3.connect(tmp)) as b:
-            a.backup(b)
-        tmp.replace(dst)
-        if (tuning / model / "best.json").exists():
-            shutil.copyfile(tuning / model / "best.json", dst.with_name("best.json"))
-
-
-def restore_studies(tuning: Path, snapshot: Path, models: list[str]) -> None:
-    """A study the home lacks is started from the snapshot's copy (its trials count as done)."""
-    for model in models:
-        src = snapshot / "studies" / model / "study.db"
-        if src.exists() and not (tuning / model / "study.db").exists():
-            (tuning / model).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, tuning / model / "study.db")
-            print(f"{model}: study restored from {src}", flush=True)
-
-
-def copy_run(run: Path, dst: Path, names: tuple[str, ...]) -> None:
-    """The files `names` of a run directory (those it has) to dst, whole or not at all."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in names:
-        if (run / name).exists():
-            shutil.copy2(run / name, tmp / name)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
-
-
-def restore_missing(src: Path, runs: Path, what: str) -> list[str]:
-    """Copy into `runs` every run directory of `src` that the home lacks."""
-    restored = []
-    for run in sorted(src.glob("*")):
-        if run.is_dir() and not run.name.endswith(".tmp") and not (runs / run.name).exists():
-            shutil.copytree(run, runs / run.name)
-            restored.append(run.name)
-    if restored:
-        print(f"{what} from {src}: {', '.join(restored)}", flush=True)
-    return restored
-
-
-def save_runs(runs: Path, snapshot: Path) -> list[str]:
-    """Copy the summary of every finished leaderboard run (lb-*) not yet in the snapshot.
-
-    A run counts as finished once its report summary exists (diagnostics.json and per_user.npz are
-    written after metrics.json, as the run ends). Returns the run ids copied."""
-    done = [r for r in sorted(runs.glob("lb-*")) if all((r / name).exists() for name in KEPT[:4])]
-    copied = [r for r in done if not (snapshot / "runs" / r.name / KEPT[3]).exists()]
-    for run in copied:
-        copy_run(run, snapshot / "runs" / run.name, KEPT)
-    return [r.name for r in copied]
-
-
-def restore_runs(runs: Path, snapshot: Path) -> list[str]:
-    """Kept runs the home lacks are copied in; `anchorrec leaderboard` reports them without training."""
-    return restore_missing(snapshot / "runs", runs, "finished leaderboard runs restored")
-
-
-def save_inflight(runs: Path, snapshot: Path) -> list[str]:
-    """Copy checkpoint and config of every run in flight (a checkpoint, no metrics.json yet) to
-    snapshot/inflight/<run>/ (a checkpoint is replaced atomically, so a copy is always whole) and
-    drop the copies of runs no longer in flight. Returns the runs copied."""
-    target = snapshot / "inflight"
-    live = [r for r in sorted(runs.glob("*")) if (r / "checkpoint.pt").exists() and not (r / "metrics.json").exists()]
-    for old in target.glob("*") if target.exists() else []:
-        if old.is_dir() and old.name not in {r.name for r in live}:
-            shutil.rmtree(old)
-    for run in live:
-        copy_run(run, target / run.name, ("config.json", "checkpoint.pt"))
-    return [r.name for r in live]
-
-
-def restore_inflight(runs: Path, snapshot: Path) -> list[str]:
-    """Runs in flight when an earlier machine went, which this home lacks: they continue from their copy."""
-    return restore_missing(snapshot / "inflight", runs, "runs continuing from their checkpoints")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=sorted(INGEST), required=True)
@@ -186,19 +103,16 @@ def main() -> None:
     common = ["--dataset", args.dataset, "--home", args.home]
     tuning, runs = Path(args.home) / args.dataset / "tuning", Path(args.home) / args.dataset / "runs"
 
-    last_inflight = [time.monotonic()]
+    keep = keeper(runs, args.snapshot, "lb-") if args.snapshot else None
 
     def snap() -> None:
-        if args.snapshot:
+        if keep:
             save_studies(tuning, args.snapshot, args.models)
-            save_runs(runs, args.snapshot)
-            if time.monotonic() - last_inflight[0] >= INFLIGHT_EVERY:
-                save_inflight(runs, args.snapshot)
-                last_inflight[0] = time.monotonic()
+            keep()
 
     if args.snapshot:
         restore_studies(tuning, args.snapshot, args.models)
-        restore_runs(runs, args.snapshot)
+        restore_runs(runs, args.snapshot)  # every kept run: the ablation's too
         restore_inflight(runs, args.snapshot)
     features = FEATURES[args.dataset] + (["--ica-from", args.ica_from] if args.ica_from else [])
     anchorrec("ingest", *common, *INGEST[args.dataset])  # each step is cached: a rerun skips what is done

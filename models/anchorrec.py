@@ -37,7 +37,10 @@ Ablation: `mm_branch=False` trains the model without the mm branch — the score
 LightGCN + z_t, and every term that needs z_mm goes with it: the recovery term D(P_mm(z_mm)),
 AAL (its anchor is P_mm(z_mm)), AMP's mm term and graph smoothing over the mm kNN edges. The
 graph then needs only t and v; if it has mm anyway, the mm modules are built (one state_dict
-layout) but get no gradient and the score does not read the mm features.
+layout) but get no gradient and the score does not read the mm features. `t_branch=False` drops
+z_t from the score only (every loss term stays): where t is the mm table itself (MMRec Sports
+runs one text table as mm, t and v) z_mm + z_t is one branch counted twice with two gates.
+`uia_detach=False` lets UIA's gradient reach the user anchor too.
 """
 from __future__ import annotations
 
@@ -122,6 +125,8 @@ class AnchorRecConfig:
     finetune_features: bool = False  # True: train copies of the raw features as branch inputs (the reference does)
     user_lift: str = "sym"  # 'sym' (reference) or 'mean'
     mm_branch: bool = True  # False: ablation without the mm branch (no recovery, AAL, mm AMP, smoothing)
+    t_branch: bool = True  # False: ablation without z_t in the score (it duplicates z_mm where t is mm, as on Sports)
+    uia_detach: bool = True  # False: ablation with the gradient of UIA's user anchor (the spec detaches it)
 
     def __post_init__(self) -> None:
         for name in ("embedding_dim", "proj_dim"):
@@ -140,6 +145,8 @@ class AnchorRecConfig:
         self.amp_modality_weights = tuple(float(w) for w in self.amp_modality_weights)
         if len(self.amp_modality_weights) != 3 or min(self.amp_modality_weights) < 0:
             raise ValueError(f"amp_modality_weights must be 3 weights ≥ 0 (mm, t, v), got {self.amp_modality_weights}")
+        if not (self.mm_branch or self.t_branch):
+            raise ValueError("mm_branch and t_branch are both False: AnchorRec needs at least one content branch in its score")
         if self.user_lift not in ("sym", "mean"):
             raise ValueError(f"user_lift must be 'sym' or 'mean', got {self.user_lift!r}")
 
@@ -207,8 +214,8 @@ class AnchorRec(nn.Module):
 
     @property
     def scored(self) -> tuple[str, ...]:
-        """The branches in the score: mm and t, or t alone in the no-mm ablation."""
-        return ("mm", "t") if self.cfg.mm_branch else ("t",)
+        """The branches in the score: mm and t, or one of them in the no-mm / no-t ablations."""
+        return tuple(m for m, on in (("mm", self.cfg.mm_branch), ("t", self.cfg.t_branch)) if on)
 
     def lightgcn(self) -> torch.Tensor:
         """The LightGCN view of every user then every item."""
@@ -299,7 +306,7 @@ class AnchorRec(nn.Module):
         lg_p = lg_i[:n_b]
         z = self.branches(self.scored + self.fused_v())
 
-        z_sum = z["t"] + z["mm"] if cfg.mm_branch else z["t"]  # the lift is linear: lift both at once
+        z_sum = sum(z[m] for m in self.scored)  # the lift is linear: lift both at once
         u = lg_u + self.lift.rows(users, z_sum)
         i = lg_i + z_sum.index_select(0, items)  # index_select: its backward is one index_add
         need_h_mm = cfg.mm_branch and (cfg.recover_lambda > 0 or cfg.aal_loss > 0)
@@ -312,7 +319,7 @@ class AnchorRec(nn.Module):
         if cfg.lambda_weight > 0:
             out["reg"] = cfg.lambda_weight * l2_loss(u, p, n)
         if cfg.uia_weight > 0:
-            out["uia"] = cfg.uia_weight * uia_margin_loss(u, p, n, cfg.uia_margin)
+            out["uia"] = cfg.uia_weight * uia_margin_loss(u, p, n, cfg.uia_margin, detach=cfg.uia_detach)
         if cfg.mm_branch and cfg.aal_loss > 0:
             h_mm_p = h_mm[:n_b]
             mix = cfg.aal_v_share * self.proj["v"](self.feature_rows("raw", "v", pos, pos_rows)) + (1 - cfg.aal_v_share) * self.proj[

@@ -68,9 +68,10 @@ def info_nce(anchor: torch.Tensor, other: torch.Tensor, tau: float) -> torch.Ten
     return (_CosineLogSumExp.apply(a, o, tau) - (a * o).sum(1)).mean()
 
 
-def uia_margin_loss(u: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float) -> torch.Tensor:
-    """relu(margin + (1 − cos(u, p)) − (1 − cos(u, n))), mean; u is the (detached) anchor."""
-    u = u.detach()
+def uia_margin_loss(u: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float, detach: bool = True) -> torch.Tensor:
+    """relu(margin + (1 − cos(u, p)) − (1 − cos(u, n))), mean; u is the anchor, detached unless `detach` is False."""
+    if detach:
+        u = u.detach()
     return F.relu(margin + (1 - F.cosine_similarity(u, p, dim=-1)) - (1 - F.cosine_similarity(u, n, dim=-1))).mean()
 
 

@@ -61,8 +61,9 @@ def direct(model: AnchorRec, graph, users, pos, neg) -> dict[str, torch.Tensor]:
         for _ in range(cfg.n_layers):
             e = graph.knn[m].to_dense() @ e
         z[m] = e
-    user = lg_u + r @ z["mm"] + r @ z["t"]
-    item = lg_i + z["mm"] + z["t"] + cfg.recover_lambda * model.recover(model.proj["mm"](z["mm"]))
+    z_sum = z["mm"] + z["t"] if cfg.t_branch else z["mm"]
+    user = lg_u + r @ z_sum
+    item = lg_i + z_sum + cfg.recover_lambda * model.recover(model.proj["mm"](z["mm"]))
     u, p, n = user[users], item[pos], item[neg]
     b = len(users)
     out = {"bpr": -torch.log(torch.sigmoid((u * p).sum(1) - (u * n).sum(1))).mean()}
@@ -71,7 +72,7 @@ def direct(model: AnchorRec, graph, users, pos, neg) -> dict[str, torch.Tensor]:
     def cos(a, c):
         return (a * c).sum(1) / (a.norm(dim=1) * c.norm(dim=1))
 
-    ud = u.detach()
+    ud = u.detach() if cfg.uia_detach else u
     out["uia"] = cfg.uia_weight * torch.clamp(cfg.uia_margin + (1 - cos(ud, p)) - (1 - cos(ud, n)), min=0).mean()
 
     def nce(a, c, tau):
@@ -351,6 +352,42 @@ def test_without_mm_branch_the_graph_needs_no_mm(toy):
     assert "mm" not in model.trs
     for key, value in model.batch_loss(*batch).items():
         torch.testing.assert_close(value, full.batch_loss(*batch)[key], msg=key)
+
+
+@pytest.mark.parametrize("change", [{"t_branch": False}, {"uia_detach": False}, {"t_branch": False, "uia_detach": False}])
+def test_ablation_switches_match_the_direct_formula(toy, change):
+    _, graph, batch = toy
+    model = make(graph, aal_loss=0.5, amp_loss=0.3, **change)
+    got, want = model.batch_loss(*batch), direct(model, graph, *batch)
+    assert set(got) == set(want)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6, msg=key)
+    g_got = torch.autograd.grad(got["loss"], [model.user_emb, model.item_emb, model.gate["t"].weight])
+    g_want = torch.autograd.grad(want["loss"], [model.user_emb, model.item_emb, model.gate["t"].weight])
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_without_t_branch_the_score_ignores_t_and_t_learns_only_through_amp(toy):
+    _, graph, batch = toy
+    model = make(graph, t_branch=False, amp_modality_weights=(1.0, 0.0, 0.01))
+    model.batch_loss(*batch)["loss"].backward()
+    assert model.gate["t"].weight.grad is None and model.trs["t"].weight.grad is None
+    assert model.gate["mm"].weight.grad.abs().sum() > 0
+    before = model.final_embeddings()
+    with torch.no_grad():
+        model.gate["t"].weight.add_(1.0)
+    for a, b in zip(model.final_embeddings(), before):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="at least one content branch"):
+        AnchorRecConfig(mm_branch=False, t_branch=False)
+
+
+def test_uia_without_detach_reaches_the_user_anchor():
+    u = torch.randn(5, 4, requires_grad=True)
+    p, n = torch.randn(5, 4), torch.randn(5, 4)
+    (g_u,) = torch.autograd.grad(uia_margin_loss(u, p, n, 2.0, detach=False), [u])  # margin 2: relu never flat
+    assert g_u.abs().sum() > 0
 
 
 @pytest.mark.parametrize("n_layers", [1, 2])

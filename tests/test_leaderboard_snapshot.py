@@ -57,10 +57,10 @@ def test_finished_leaderboard_runs_outlive_the_disk_as_summaries(tmp_path):
     first = read_json(run_leaderboard(paths, **quiet).with_suffix(".json"))
     (paths.runs_dir / "lb-anchorrec-s1" / "per_user.npz").rename(tmp_path / "later")  # as if still finishing
     snapshot = tmp_path / "snapshot"
-    assert leaderboard_run.save_runs(paths.runs_dir, snapshot) == ["lb-anchorrec-s0"]
+    assert leaderboard_run.save_runs(paths.runs_dir, snapshot, "lb-") == ["lb-anchorrec-s0"]
     (tmp_path / "later").rename(paths.runs_dir / "lb-anchorrec-s1" / "per_user.npz")
-    assert leaderboard_run.save_runs(paths.runs_dir, snapshot) == ["lb-anchorrec-s1"]  # each run once
-    assert leaderboard_run.save_runs(paths.runs_dir, snapshot) == []
+    assert leaderboard_run.save_runs(paths.runs_dir, snapshot, "lb-") == ["lb-anchorrec-s1"]  # each run once
+    assert leaderboard_run.save_runs(paths.runs_dir, snapshot, "lb-") == []
     kept = sorted(p.name for p in (snapshot / "runs" / "lb-anchorrec-s0").iterdir())
     assert kept == sorted(leaderboard_run.KEPT)  # no vectors, no checkpoint
 

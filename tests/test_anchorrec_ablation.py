@@ -1,0 +1,74 @@
+"""benchmarks/anchorrec_ablation.py: rows on the tuned AnchorRec, kept as summaries, reported without vectors."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+from models_fixtures import planted
+from test_models_train import write_tiny_dataset
+
+from models.evaluation.leaderboard import run_leaderboard
+from models.training import tune as tune_mod
+from models.training.trainer import TrainConfig, load_metrics
+from store.tables import read_json
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("anchorrec_ablation", REPO / "benchmarks" / "anchorrec_ablation.py")
+ablation = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ablation)
+spec = importlib.util.spec_from_file_location("run_snapshot", REPO / "benchmarks" / "run_snapshot.py")
+run_snapshot = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run_snapshot)
+
+
+def test_row_args_change_one_thing_of_the_tuned_config():
+    tuned = {"lambda_weight": 0.001, "tau": 0.5}
+    assert ablation.row_args(tuned, ablation.ROWS["l2/10"]) == {"lambda_weight": pytest.approx(1e-4), "tau": 0.5}
+    assert ablation.row_args({}, ablation.ROWS["l2/10"]) == {"lambda_weight": pytest.approx(1e-3)}  # the default ÷ 10
+    assert ablation.row_args(tuned, ablation.ROWS["no-t"]) == {**tuned, "t_branch": False}
+    assert ablation.row_args(tuned, ablation.ROWS["uia-grad"]) == {**tuned, "uia_detach": False}
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_rows_are_kept_as_summaries_and_reported_again_without_vectors(tmp_path):
+    paths, _, _ = write_tiny_dataset(tmp_path / "home", planted(n_users=40, n_items=30, n_groups=2, per_user=8))
+    feats = {"t": "text-tiny", "v": "text-tiny", "mm": "text-tiny"}  # one table as mm, t and v, as on Sports
+    base = TrainConfig(model="anchorrec", model_args={"embedding_dim": 8}, features=feats, epochs=3, patience=3,
+                       batch_size=64, knn_k=4)
+    tune_mod.tune(paths, base, 2, space={"lr": (1e-2, 5e-3)}, pruner="none")
+    run_leaderboard(paths, seeds=(0, 1), progress=False, log=lambda _: None, projection_sample=40)
+    snapshot, out = tmp_path / "snapshot", tmp_path / "table"
+    argv = ["--home", str(tmp_path / "home"), "--dataset", paths.name, "--seeds", "2", "--rows", "no-t", "uia-grad",
+            "--snapshot", str(snapshot), "--out", str(out)]
+    ablation.main(argv)
+    first = read_json(out.with_suffix(".json"))
+    assert sorted(first["rows"]) == ["best: anchorrec", "no-t", "tuned", "uia-grad"]
+    for row, run in (("no-t", "abl-no-t"), ("uia-grad", "abl-uia-grad")):
+        got = [r["recall@20"] for r in first["rows"][row]]
+        assert got == [load_metrics(paths, f"{run}-s{s}")["test"]["recall@20"] for s in (0, 1)]
+        assert read_json(paths.run(f"{run}-s0") / "config.json")["model_args"] == ablation.row_args(
+            first["tuned_args"], ablation.ROWS[row])
+        assert sorted(p.name for p in (snapshot / "runs" / f"{run}-s0").iterdir()) == sorted(run_snapshot.KEPT)
+    assert first["rows"]["no-t"] != first["rows"]["tuned"]
+    assert '| no-t | `{"t_branch": false}` |' in out.with_suffix(".md").read_text()
+
+    # a new machine: the runs are gone, the snapshot has every summary (the leaderboard's kept by leaderboard_run)
+    run_snapshot.save_runs(paths.runs_dir, snapshot, "lb-")
+    shutil.rmtree(paths.runs_dir)
+    out.with_suffix(".json").unlink()
+    ablation.main(argv + ["--report-only"])
+    assert read_json(out.with_suffix(".json"))["rows"] == first["rows"]
+    assert not list(paths.runs_dir.glob("*/checkpoint.pt"))  # nothing was trained
+    assert not list(paths.runs_dir.glob("*/item_vectors.parquet"))
+
+
+def test_report_only_leaves_out_rows_still_running(tmp_path, capsys):
+    """A row whose seeds have not all ended is named and left out, not reported on fewer seeds."""
+    stats = {"tuned": [{"run": "a", "valid": 0.2, "recall@20": 0.1, "ndcg@20": 0.05, "head": 0.3, "tail": 0.01}] * 2}
+    stats["best: lightgcn"] = stats["tuned"]
+    args = type("A", (), {"seeds": 2, "command": "x", "out": tmp_path / "t"})()
+    ablation.write_results(type("P", (), {"name": "toy"})(), args, stats, "lightgcn", {})
+    text = (tmp_path / "t.md").read_text()
+    assert "| tuned |" in text and "| no-t |" not in text
