@@ -120,11 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     args.command = " ".join(sys.argv[1:] if argv is None else argv)
     paths = dataset_paths(args.dataset, args.home)
     board_path = paths.root / "reports" / "leaderboard" / "leaderboard.json"
-    if not board_path.exists():
+    if args.report_only and not board_path.exists():
         ap.error(f"{board_path}: no leaderboard on {args.dataset} yet; the tuned row is its lb-anchorrec runs: "
                  f"run benchmarks/leaderboard_run.py --dataset {args.dataset} first")
-    board = json.loads(board_path.read_text())
-    best_model = max(board["models"], key=lambda m: board["models"][m]["test_mean"]["recall@20"])
     for mm in args.mm:
         if not paths.feature(mm).exists():
             ap.error(f"--mm {mm}: no feature table {paths.feature(mm)}")
@@ -140,6 +138,11 @@ def main(argv: list[str] | None = None) -> None:
         restore_inflight(paths.runs_dir, args.snapshot)
     if not args.report_only:
         train(paths, [c for cs in runs.values() for c in cs], features, args.jobs, args.snapshot)
+    if not board_path.exists():  # the rows need only the study's choice; the table needs the leaderboard's reruns
+        print(f"rows trained; no leaderboard yet ({board_path}): rerun with --report-only once it has ended", flush=True)
+        return
+    board = json.loads(board_path.read_text())
+    best_model = max(board["models"], key=lambda m: board["models"][m]["test_mean"]["recall@20"])
     data = load_interactions(paths)
     stats = {"tuned": run_stats(paths, [f"lb-anchorrec-s{s}" for s in seeds], data, features),
              f"best: {best_model}": run_stats(paths, [f"lb-{best_model}-s{s}" for s in seeds], data, features)}
@@ -162,7 +165,7 @@ def train(paths, configs: list, features: dict[str, str], jobs: int, snapshot: P
     if snapshot is None:
         fit_runs(paths, todo, progress=False, jobs=jobs, after=after)
         return
-    with every(60.0, keeper(paths.runs_dir, snapshot, "abl-")):
+    with every(60.0, keeper(paths.runs_dir, snapshot, "abl-", ("abl-",))):
         fit_runs(paths, todo, progress=False, jobs=jobs, after=after)
 
 

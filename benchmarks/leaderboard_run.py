@@ -103,7 +103,7 @@ def main() -> None:
     common = ["--dataset", args.dataset, "--home", args.home]
     tuning, runs = Path(args.home) / args.dataset / "tuning", Path(args.home) / args.dataset / "runs"
 
-    keep = keeper(runs, args.snapshot, "lb-") if args.snapshot else None
+    keep = keeper(runs, args.snapshot, "lb-", ("lb-", "tune-")) if args.snapshot else None
 
     def snap() -> None:
         if keep:

@@ -14,6 +14,7 @@ and start a home that lacks them from these copies: a kept run is reported witho
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import threading
@@ -25,6 +26,7 @@ from typing import Iterator
 
 KEPT = ("config.json", "metrics.json", "diagnostics.json", "per_user.npz", "training_curves.png", "projection.png")
 INFLIGHT_EVERY = 600.0  # s between copies of in-flight checkpoints
+PARTIAL = ".partial"  # DIR/.partial/: copies being made (git-ignored)
 
 
 def save_studies(tuning: Path, snapshot: Path, models: list[str]) -> None:
@@ -60,15 +62,25 @@ def restore_studies(tuning: Path, snapshot: Path, models: list[str]) -> None:
 
 
 def copy_run(run: Path, dst: Path, names: tuple[str, ...]) -> None:
-    """The files `names` of a run directory (those it has) to dst, whole or not at all."""
-    tmp = dst.with_name(dst.name + ".tmp")
+    """The files `names` of a run directory (those it has) to dst, whole or not at all.
+
+    The copy is made in DIR/.partial/ under this process's id, outside the folders that restores
+    read, so two scripts keeping one snapshot (a leaderboard and an ablation) never see or remove
+    each other's half-made copies."""
+    tmp = dst.parent.parent / PARTIAL / f"{dst.parent.name}-{dst.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in names:
-        if (run / name).exists():
-            shutil.copy2(run / name, tmp / name)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for name in names:
+            if (run / name).exists():
+                shutil.copy2(run / name, tmp / name)
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+    except OSError as e:  # the run ended or moved meanwhile, or another script's copy won: the next tick copies again
+        print(f"snapshot: {run.name} not copied this time ({e})", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def restore_missing(src: Path, runs: Path, what: str) -> list[str]:
@@ -100,15 +112,17 @@ def restore_runs(runs: Path, snapshot: Path) -> list[str]:
     return restore_missing(snapshot / "runs", runs, "finished runs restored")
 
 
-def save_inflight(runs: Path, snapshot: Path) -> list[str]:
-    """Copy checkpoint and config of every run in flight (a checkpoint, no metrics.json yet) to
-    snapshot/inflight/<run>/ (a checkpoint is replaced atomically, so a copy is always whole) and
-    drop the copies of runs no longer in flight. Returns the runs copied."""
+def save_inflight(runs: Path, snapshot: Path, prefixes: tuple[str, ...] = ("",)) -> list[str]:
+    """Copy checkpoint and config of every run in flight named prefix* (a checkpoint, no
+    metrics.json yet) to snapshot/inflight/<run>/ (a checkpoint is replaced atomically, so a copy
+    is always whole) and drop the copies of such runs no longer in flight; other scripts' runs are
+    left to them. Returns the runs copied."""
     target = snapshot / "inflight"
-    live = [r for r in sorted(runs.glob("*")) if (r / "checkpoint.pt").exists() and not (r / "metrics.json").exists()]
+    live = [r for r in sorted(runs.glob("*")) if r.name.startswith(prefixes)
+            and (r / "checkpoint.pt").exists() and not (r / "metrics.json").exists()]
     for old in target.glob("*") if target.exists() else []:
-        if old.is_dir() and old.name not in {r.name for r in live}:
-            shutil.rmtree(old)
+        if old.is_dir() and old.name.startswith(prefixes) and old.name not in {r.name for r in live}:
+            shutil.rmtree(old, ignore_errors=True)
     for run in live:
         copy_run(run, target / run.name, ("config.json", "checkpoint.pt"))
     return [r.name for r in live]
@@ -139,14 +153,15 @@ def every(seconds: float, tick: Callable[[], None]) -> Iterator[None]:
         tick()
 
 
-def keeper(runs: Path, snapshot: Path, prefix: str) -> Callable[[], None]:
-    """A tick that saves finished runs named prefix* each call and the runs in flight every INFLIGHT_EVERY s."""
+def keeper(runs: Path, snapshot: Path, finished: str, inflight: tuple[str, ...]) -> Callable[[], None]:
+    """A tick that saves this script's finished runs (named finished*) each call and its runs in
+    flight (named inflight*) every INFLIGHT_EVERY s."""
     last = [time.monotonic()]
 
     def tick() -> None:
-        save_runs(runs, snapshot, prefix)
+        save_runs(runs, snapshot, finished)
         if time.monotonic() - last[0] >= INFLIGHT_EVERY:
-            save_inflight(runs, snapshot)
+            save_inflight(runs, snapshot, inflight)
             last[0] = time.monotonic()
 
     return tick

@@ -38,11 +38,15 @@ def test_rows_are_kept_as_summaries_and_reported_again_without_vectors(tmp_path)
     base = TrainConfig(model="anchorrec", model_args={"embedding_dim": 8}, features=feats, epochs=3, patience=3,
                        batch_size=64, knn_k=4)
     tune_mod.tune(paths, base, 2, space={"lr": (1e-2, 5e-3)}, pruner="none")
-    run_leaderboard(paths, seeds=(0, 1), progress=False, log=lambda _: None, projection_sample=40)
     snapshot, out = tmp_path / "snapshot", tmp_path / "table"
     argv = ["--home", str(tmp_path / "home"), "--dataset", paths.name, "--seeds", "2", "--rows", "no-t", "uia-grad",
             "--snapshot", str(snapshot), "--out", str(out)]
-    ablation.main(argv)
+    with pytest.raises(SystemExit):  # no table before the leaderboard's reruns
+        ablation.main(argv + ["--report-only"])
+    ablation.main(argv)  # the rows train on the study's choice while the leaderboard has not ended
+    assert not out.with_suffix(".json").exists() and paths.metrics("abl-uia-grad-s1").exists()
+    run_leaderboard(paths, seeds=(0, 1), progress=False, log=lambda _: None, projection_sample=40)
+    ablation.main(argv)  # finished rows load: nothing trained again, the table written
     first = read_json(out.with_suffix(".json"))
     assert sorted(first["rows"]) == ["best: anchorrec", "no-t", "tuned", "uia-grad"]
     for row, run in (("no-t", "abl-no-t"), ("uia-grad", "abl-uia-grad")):

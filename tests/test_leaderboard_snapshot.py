@@ -61,6 +61,7 @@ def test_finished_leaderboard_runs_outlive_the_disk_as_summaries(tmp_path):
     (tmp_path / "later").rename(paths.runs_dir / "lb-anchorrec-s1" / "per_user.npz")
     assert leaderboard_run.save_runs(paths.runs_dir, snapshot, "lb-") == ["lb-anchorrec-s1"]  # each run once
     assert leaderboard_run.save_runs(paths.runs_dir, snapshot, "lb-") == []
+    assert leaderboard_run.save_runs(paths.runs_dir, snapshot, "abl-") == []  # another script's prefix
     kept = sorted(p.name for p in (snapshot / "runs" / "lb-anchorrec-s0").iterdir())
     assert kept == sorted(leaderboard_run.KEPT)  # no vectors, no checkpoint
 
@@ -102,3 +103,11 @@ def test_a_run_in_flight_continues_from_its_copy_on_a_new_machine(tmp_path):
     assert_same_run(resumed, full, runs / "lb-lightgcn-s0", tmp_path / "full")
     assert leaderboard_run.save_inflight(runs, snapshot) == [] and not list((snapshot / "inflight").iterdir())
     assert leaderboard_run.restore_inflight(runs, snapshot) == []
+
+    # two scripts keep one snapshot (a leaderboard, an ablation): each copies and drops only its own runs
+    kill_after(data, graph, cfg, runs / "abl-x-s0", epoch=1)
+    assert leaderboard_run.save_inflight(runs, snapshot, ("abl-",)) == ["abl-x-s0"]
+    shutil.rmtree(runs / "abl-x-s0")  # gone from the home, but it is not the leaderboard's to drop
+    assert leaderboard_run.save_inflight(runs, snapshot, ("lb-", "tune-")) == []
+    assert [p.name for p in (snapshot / "inflight").iterdir()] == ["abl-x-s0"]
+    assert not (snapshot / ".partial").exists() or not list((snapshot / ".partial").iterdir())  # no half-made copy left
