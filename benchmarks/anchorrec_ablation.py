@@ -18,6 +18,7 @@ Rows (each a change to the tuned configuration):
     no-mm         mm_branch False — no mm branch (no recovery, alignment, mm structure, smoothing)
     no-smooth     smooth_weight 0 — the graph smoothing over the mm kNN edges
     recover-5e-4  recover_lambda 0.0005 — the released config's recovery strength (ours 0.5)
+    no-amp        amp_loss 0 — AMP, which holds the branches' item–item similarities to the raw features
     no-t          t_branch False — z_t out of the score: where t is the mm table itself (MMRec
                   Sports runs one text table as mm, t and v) z_mm + z_t is one branch counted twice
     uia-grad      uia_detach False — UIA's gradient also reaches the user anchor (the spec detaches it)
@@ -26,7 +27,7 @@ Rows (each a change to the tuned configuration):
 
     .venv/bin/python benchmarks/anchorrec_ablation.py --home /work/lb-home --dataset gift [--jobs 2]
     .venv/bin/python benchmarks/anchorrec_ablation.py --home /work/lb-home --dataset sports --seeds 2 --jobs 2 \
-        --rows no-t l2/10 ui-layers-4 no-mm uia-grad no-smooth recover-5e-4 \
+        --rows no-t no-amp l2/10 ui-layers-4 no-mm no-uia uia-grad no-smooth recover-5e-4 \
         --snapshot benchmarks/results/leaderboard_sports     # many hours on 2 cores: rerun to go on
 
 Runs are trained rows first, in the order of --rows, so the first rows finish first; --report-only
@@ -65,6 +66,7 @@ ROWS: dict[str, dict] = {
     "no-mm": {"mm_branch": False},
     "no-smooth": {"smooth_weight": 0.0},
     "recover-5e-4": {"recover_lambda": 0.0005},
+    "no-amp": {"amp_loss": 0.0},
     "no-t": {"t_branch": False},
     "uia-grad": {"uia_detach": False},
 }

@@ -29,6 +29,7 @@ def test_row_args_change_one_thing_of_the_tuned_config():
     assert ablation.row_args({}, ablation.ROWS["l2/10"]) == {"lambda_weight": pytest.approx(1e-3)}  # the default ÷ 10
     assert ablation.row_args(tuned, ablation.ROWS["no-t"]) == {**tuned, "t_branch": False}
     assert ablation.row_args(tuned, ablation.ROWS["uia-grad"]) == {**tuned, "uia_detach": False}
+    assert ablation.row_args({"amp_loss": 0.1}, ablation.ROWS["no-amp"]) == {"amp_loss": 0.0}
 
 
 @pytest.mark.usefixtures("one_torch_thread")
