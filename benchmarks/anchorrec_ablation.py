@@ -179,6 +179,8 @@ def write_results(paths, args, stats: dict[str, list[dict]], best_model: str, tu
              f"is the leaderboard's lb-anchorrec runs. Δ is the mean per-seed difference (paired t over seeds). "
              f"Head / tail: items in the top 20% / bottom 50% by training popularity. Command: "
              f"`.venv/bin/python benchmarks/anchorrec_ablation.py {args.command}`", "",
+             *([f"Only {args.seeds} seeds a row (each run costs hours here): a difference within about two of the "
+                f"tuned row's seed std ({2 * np.std(tuned):.4f}) is not resolved, whatever its p.", ""] if args.seeds < 5 else []),
              f"| row | change | valid R@20 | test R@20 | test N@20 | Δ R@20 vs tuned (p) | Δ R@20 vs {best_model} (p) | head R@20 | tail R@20 |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, c in col.items():

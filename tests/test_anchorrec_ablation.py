@@ -77,3 +77,4 @@ def test_report_only_leaves_out_rows_still_running(tmp_path, capsys):
     ablation.write_results(type("P", (), {"name": "toy"})(), args, stats, "lightgcn", {})
     text = (tmp_path / "t.md").read_text()
     assert "| tuned |" in text and "| no-t |" not in text
+    assert "Only 2 seeds a row" in text  # fewer seeds than the leaderboard's five: said in the table
