@@ -41,6 +41,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -161,14 +162,11 @@ def train(paths, configs: list, features: dict[str, str], jobs: int, snapshot: P
     """Train the runs not kept as summaries (resumable: finished runs load, started ones continue),
     each run's report summary made as it ends; with a snapshot, kept there every minute."""
     todo = [c for c in configs if kept_metrics(paths, c) is None]
-    after = partial(keep_run_summary, features=features)
     if not todo:
         return
-    if snapshot is None:
-        fit_runs(paths, todo, progress=False, jobs=jobs, after=after)
-        return
-    with every(60.0, keeper(paths.runs_dir, snapshot, "abl-", ("abl-",))):
-        fit_runs(paths, todo, progress=False, jobs=jobs, after=after)
+    kept = every(60.0, keeper(paths.runs_dir, snapshot, "abl-", ("abl-",))) if snapshot else nullcontext()
+    with kept:
+        fit_runs(paths, todo, progress=False, jobs=jobs, after=partial(keep_run_summary, features=features))
 
 
 def write_results(paths, args, stats: dict[str, list[dict]], best_model: str, tuned_args: dict) -> None:

@@ -306,7 +306,7 @@ class AnchorRec(nn.Module):
         lg_p = lg_i[:n_b]
         z = self.branches(self.scored + self.fused_v())
 
-        z_sum = sum(z[m] for m in self.scored)  # the lift is linear: lift both at once
+        z_sum = z[self.scored[0]] if len(self.scored) == 1 else z["mm"] + z["t"]  # the lift is linear: lift both at once
         u = lg_u + self.lift.rows(users, z_sum)
         i = lg_i + z_sum.index_select(0, items)  # index_select: its backward is one index_add
         need_h_mm = cfg.mm_branch and (cfg.recover_lambda > 0 or cfg.aal_loss > 0)
