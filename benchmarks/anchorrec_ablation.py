@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     for mm in args.mm:
         if not paths.feature(mm).exists():
             ap.error(f"--mm {mm}: no feature table {paths.feature(mm)}")
-    cfg, _ = best_config(paths, "anchorrec")
+    try:
+        cfg, _ = best_config(paths, "anchorrec")
+    except (FileNotFoundError, ValueError) as e:  # no study, or one that cannot be read: one line, exit 2
+        ap.error(str(e))
     seeds = list(range(args.seeds))
     variants = [(name, dataclasses.replace(cfg, model_args=row_args(cfg.model_args, ROWS[name]))) for name in args.rows]
     variants += [(f"mm={mm}", dataclasses.replace(cfg, features={**cfg.features, "mm": mm})) for mm in args.mm]

@@ -44,6 +44,9 @@ def test_rows_are_kept_as_summaries_and_reported_again_without_vectors(tmp_path)
             "--snapshot", str(snapshot), "--out", str(out)]
     with pytest.raises(SystemExit):  # no table before the leaderboard's reruns
         ablation.main(argv + ["--report-only"])
+    with pytest.raises(SystemExit) as no_study:  # a dataset without an AnchorRec study: one line, exit 2
+        ablation.main(["--home", str(tmp_path / "nohome"), "--dataset", paths.name])
+    assert no_study.value.code == 2
     ablation.main(argv)  # the rows train on the study's choice while the leaderboard has not ended
     assert not out.with_suffix(".json").exists() and paths.metrics("abl-uia-grad-s1").exists()
     run_leaderboard(paths, seeds=(0, 1), progress=False, log=lambda _: None, projection_sample=40)
