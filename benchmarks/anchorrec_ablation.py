@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_snapshot import every, keeper, restore_inflight, restore_runs  # noqa: E402
 
 from models.evaluation.leaderboard import best_config, kept_metrics  # noqa: E402
+from models.evaluation.metrics import paired_over_seeds  # noqa: E402
 from models.evaluation.report import default_features, diagnose_run, keep_run_summary  # noqa: E402
 from models.training.data import load_interactions  # noqa: E402
 from models.training.trainer import fit_runs, load_metrics, seed_configs  # noqa: E402
@@ -95,15 +96,6 @@ def run_stats(paths, run_ids: list[str], data, features: dict[str, str]) -> list
         out.append({"run": rid, "valid": metrics["valid"]["recall@20"], "recall@20": metrics["test"]["recall@20"],
                     "ndcg@20": metrics["test"]["ndcg@20"], "head": tail["head"]["recall@20"], "tail": tail["tail"]["recall@20"]})
     return out
-
-
-def paired(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Mean per-seed difference a − b and the paired t-test's p over seeds."""
-    from scipy import stats
-
-    diff = np.asarray(a) - np.asarray(b)
-    p = float(stats.ttest_rel(a, b).pvalue) if len(a) > 1 and np.any(diff != diff[0]) else float("nan")
-    return float(diff.mean()), p
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -185,8 +177,8 @@ def write_results(paths, args, stats: dict[str, list[dict]], best_model: str, tu
              f"| row | change | valid R@20 | test R@20 | test N@20 | Δ R@20 vs tuned (p) | Δ R@20 vs {best_model} (p) | head R@20 | tail R@20 |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, c in col.items():
-        d_t, p_t = paired(c["recall@20"], tuned)
-        d_b, p_b = paired(c["recall@20"], best)
+        d_t, p_t = paired_over_seeds(c["recall@20"], tuned)
+        d_b, p_b = paired_over_seeds(c["recall@20"], best)
         if name in ROWS:
             change = json.dumps(ROWS[name])
         elif name.startswith("mm="):

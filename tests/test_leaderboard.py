@@ -131,3 +131,38 @@ def test_a_diverged_seed_is_named_in_the_verdict(tmp_path):
     assert [x for x in lines if "diverged" in x] == [
         "lattice: 1 of 2 seeds diverged (loss not finite: lb-lattice-s1 at epoch 25); each is tested at its best "
         "validation epoch before that, which its mean ± std includes."]
+
+
+def _report(values: dict[str, list[tuple[float, float, float]]]) -> dict:
+    """A report.json with per-run (id_overlap@3, id_dominance, tail recall@20) for each model's seeds."""
+    runs, diags = {}, {}
+    for model, per_seed in values.items():
+        for seed, (overlap, dominance, tail) in enumerate(per_seed):
+            rid = f"lb-{model}-s{seed}"
+            runs[rid] = {"model": model, "seed": seed}
+            diags[rid] = {"id_overlap@3": overlap, "id_dominance": dominance, "long_tail": {"tail": {"recall@20": tail}}}
+    return {"runs": runs, "diagnostics": diags}
+
+
+def test_advantages_are_paired_by_seed_and_say_when_seed_noise_hides_them():
+    report = _report({
+        "anchorrec": [(0.3, 100.0, 0.0082), (0.4, 104.0, 0.0070), (0.35, 101.0, 0.0095)],
+        "alignrec": [(0.6, 150.0, 0.0078), (0.58, 140.0, 0.0080), (0.59, 149.0, 0.0076)],
+    })
+    lines = lb._advantages(report, "alignrec")
+    assert lines[0].startswith("anchorrec ID overlap@3 0.3500 vs alignrec 0.5900 (lower is better): keeps its advantage")
+    assert "better on 3/3 seeds" in lines[0]
+    assert "ID dominance 101.6667 vs alignrec 146.3333" in lines[1] and "keeps its advantage" in lines[1]
+    # tail: ahead in the mean (0.00823 vs 0.00780) but behind on one seed of three: not a kept advantage
+    assert "tail Recall@20 0.0082 vs alignrec 0.0078" in lines[2]
+    assert "ahead in the mean, not resolved over seeds" in lines[2] and "better on 2/3 seeds" in lines[2]
+    behind = lb._advantages(_report({"anchorrec": [(0.9, 1.0, 0.1)] * 2, "alignrec": [(0.5, 2.0, 0.2)] * 2}), "alignrec")
+    assert "no advantage" in behind[0] and "keeps its advantage" in behind[1] and "no advantage" in behind[2]
+    # a constant per-seed edge has no t (p nan) but holds on every seed
+    assert "better on 2/2 seeds, paired t over seeds p = nan" in behind[1]
+
+
+def test_advantages_pair_only_common_seeds():
+    report = _report({"anchorrec": [(0.3, 1.0, 0.2)] * 3, "lightgcn": [(1.0, 2.0, 0.1)]})
+    lines = lb._advantages(report, "lightgcn")
+    assert all("1/1 seeds" in x and "ahead in the mean, not resolved" in x for x in lines)

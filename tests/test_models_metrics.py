@@ -105,3 +105,18 @@ def test_paired_test():
     assert noise["t_pvalue"] > 0.001
     with pytest.raises(ValueError):
         paired_test(a, b[:10])
+
+
+def test_paired_over_seeds_is_the_paired_t_over_per_seed_values():
+    from scipy import stats
+
+    from models.evaluation.metrics import paired_over_seeds
+
+    a, b = [0.10, 0.12, 0.11, 0.13], [0.09, 0.10, 0.11, 0.10]
+    diff, p = paired_over_seeds(a, b)
+    assert diff == pytest.approx(0.015)
+    assert p == pytest.approx(stats.ttest_rel(a, b).pvalue) and 0.05 < p < 0.2  # 3 of 4 seeds ahead: no claim
+    assert np.isnan(paired_over_seeds([0.2], [0.1])[1])  # one seed: no test
+    assert np.isnan(paired_over_seeds([0.2, 0.3], [0.1, 0.2])[1])  # a constant difference: no t
+    with pytest.raises(ValueError, match="equal length"):
+        paired_over_seeds([0.1, 0.2], [0.1])

@@ -149,6 +149,24 @@ def per_user_metrics(
     return RankingEvaluator(train_csr, heldout_csr, ks, users, block, device).per_user(user_emb, item_emb)
 
 
+def paired_over_seeds(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Mean per-seed difference a − b and the paired t-test's p over seeds.
+
+    For per-run numbers (a diagnostic, a row's Recall@20) where each seed gives one value per
+    model: with a handful of seeds this is the honest test, per-user tests would count users as
+    independent draws of the training run. p is nan when it cannot be computed (one seed, or a
+    constant difference)."""
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"per-seed values must be 1-d, non-empty and of equal length, got {a.shape} and {b.shape}")
+    diff = a - b
+    constant = np.allclose(diff, diff[0], rtol=1e-9, atol=1e-12)  # float noise is no spread: its t would be huge
+    p = float(stats.ttest_rel(a, b).pvalue) if len(a) > 1 and not constant else float("nan")
+    return float(diff.mean()), p
+
+
 def paired_test(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Paired t-test and Wilcoxon signed-rank test of per-user metrics of two runs on one split."""
     from scipy import stats
