@@ -76,8 +76,11 @@ def test_tiny_study_runs_records_trials_and_tops_up(tmp_path):
     assert on_disk["best_params"] == out["best_params"] and on_disk["budget"]["epochs"] == 3
     assert on_disk["wall_s_total"] > 0
 
+    best_path = tune_mod.study_dir(paths, "lightgcn") / "best.json"
+    written = best_path.read_bytes()
     again = tune_mod.tune(paths, BASE, 3, space=SPACE, pruner="none")  # done: nothing reruns
     assert again["ran_now"] == 0 and again["best_value"] == out["best_value"]
+    assert best_path.read_bytes() == written  # nor is best.json rewritten with this call's wall time
     more = tune_mod.tune(paths, BASE, 4, space=SPACE, pruner="none")  # the total grows by one trial
     assert more["ran_now"] == 1 and more["done"] == 4
     assert [t.value for t in study_of(paths).get_trials()][:3] == [t.value for t in trials]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import importlib
+import json
 import logging
 import threading
 import time
@@ -369,8 +370,24 @@ def tune(
         summary.update(ran_now=ran, revived=revived, wall_s=round(time.perf_counter() - t0, 2))
         if revived:
             summary["line"] += f"; continued unfinished trial(s) {revived}"
-        write_json(summary, directory / "best.json")
+        if _changed(summary, directory / "best.json"):
+            write_json(summary, directory / "best.json")
     return summary
+
+
+def _changed(summary: dict[str, Any], path: Path) -> bool:
+    """Whether best.json would say something new: a call that ran nothing (a finished study asked
+    again, as every `leaderboard_run.py` restart does) leaves it alone, so it keeps the wall time
+    of the call that did the work and a committed snapshot is not dirtied by a timing."""
+    if not path.exists():
+        return True
+    volatile = ("wall_s", "ran_now")
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return True  # unreadable: write it anew
+    new = json.loads(json.dumps(summary, default=str))  # as write_json stores it (tuples as lists)
+    return {k: v for k, v in old.items() if k not in volatile} != {k: v for k, v in new.items() if k not in volatile}
 
 
 def summarize(study: optuna.Study, paths: DatasetPaths, base: TrainConfig, trials: int, pruner: Any, seed: int) -> dict[str, Any]:
