@@ -166,3 +166,16 @@ def test_advantages_pair_only_common_seeds():
     report = _report({"anchorrec": [(0.3, 1.0, 0.2)] * 3, "lightgcn": [(1.0, 2.0, 0.1)]})
     lines = lb._advantages(report, "lightgcn")
     assert all("1/1 seeds" in x and "ahead in the mean, not resolved" in x for x in lines)
+
+
+def test_the_verdict_places_the_gap_by_item_popularity():
+    report = _report({"anchorrec": [(0.3, 1.0, 0.0090), (0.3, 1.0, 0.0080)], "alignrec": [(0.6, 2.0, 0.0070), (0.6, 2.0, 0.0076)]})
+    heads = {"anchorrec": (0.15, 0.16), "alignrec": (0.18, 0.185)}
+    for rid, run in report["runs"].items():
+        report["diagnostics"][rid]["long_tail"]["head"] = {"recall@20": heads[run["model"]][run["seed"]]}
+    (line,) = lb._by_popularity(report, "alignrec")
+    assert line.startswith("anchorrec vs alignrec, test Recall@20 by item popularity")
+    assert "head 0.1550 vs 0.1825 (-0.0275, better on 0/2 seeds, p = " in line
+    assert "tail 0.0085 vs 0.0073 (+0.0012, better on 2/2 seeds" in line and "; mid " not in line  # no mid bucket given
+    rows = {"alignrec": {"test_mean": {"recall@20": 0.2}}, "anchorrec": {"test_mean": {"recall@20": 0.1}}}
+    assert line in lb.verdict_lines(rows, {**report, "significance": []}, "alignrec")

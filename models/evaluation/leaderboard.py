@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from models.evaluation.metrics import paired_over_seeds
-from models.evaluation.report import compare_runs, default_features, keep_run_summary
+from models.evaluation.report import BUCKETS, compare_runs, default_features, keep_run_summary
 from models.registry import MODELS
 from models.training.trainer import TrainConfig, config_changes, fit_runs, seed_configs, write_seeds_summary
 from models.training.tune import study_dir, trial_config
@@ -177,6 +177,7 @@ def verdict_lines(rows: dict[str, dict], report: dict[str, Any], baseline: str) 
                      f"paired t p = {s['t_pvalue']:.3g}, better on {s['seeds_better']}/{len(s['seeds'])} seeds.")
     if PROPOSED in rows and baseline != PROPOSED:
         lines += _advantages(report, baseline)
+        lines += _by_popularity(report, baseline)
     for m, row in rows.items():
         if row.get("diverged"):
             runs = ", ".join(f"{rid} at epoch {ep}" for rid, ep in row["diverged"].items())
@@ -225,6 +226,29 @@ def _advantages(report: dict[str, Any], baseline: str) -> list[str]:
         lines.append(f"{PROPOSED} {name} {np.mean(a):.4f} vs {baseline} {np.mean(b):.4f} ({better} is better): {word} "
                      f"after tuning (better on {wins}/{len(seeds)} seeds, paired t over seeds p = {p:.3g}).")
     return lines
+
+
+def _bucket_recall20(diagnostics: dict[str, Any], bucket: str) -> float | None:
+    return diagnostics["long_tail"].get(bucket, {}).get("recall@20")
+
+
+def _by_popularity(report: dict[str, Any], baseline: str) -> list[str]:
+    """Where AnchorRec wins or loses against the baseline: Recall@20 on head / mid / tail items,
+    paired by seed (issue 17: a gap is only actionable once it is placed)."""
+    parts = []
+    for bucket in BUCKETS:
+        ours, theirs = (_per_seed(report, m, partial(_bucket_recall20, bucket=bucket)) for m in (PROPOSED, baseline))
+        seeds = sorted(set(ours) & set(theirs))
+        if not seeds:
+            continue
+        a, b = [ours[s] for s in seeds], [theirs[s] for s in seeds]
+        diff, p = paired_over_seeds(a, b)
+        wins = sum(x > y for x, y in zip(a, b))
+        parts.append(f"{bucket} {np.mean(a):.4f} vs {np.mean(b):.4f} ({diff:+.4f}, better on {wins}/{len(seeds)} seeds, p = {p:.3g})")
+    if not parts:
+        return []
+    return [f"{PROPOSED} vs {baseline}, test Recall@20 by item popularity (head / mid / tail: top 20% / next 30% / "
+            f"bottom 50% by training interactions): " + "; ".join(parts) + "."]
 
 
 def render(paths: DatasetPaths, rows: dict[str, dict], verdict: list[str], baseline: str,
