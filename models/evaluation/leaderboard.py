@@ -195,6 +195,18 @@ def _per_seed(report: dict[str, Any], model: str, get: Callable[[dict], float | 
     return out
 
 
+def _paired_with_baseline(report: dict[str, Any], baseline: str, get: Callable[[dict], float | None]
+                          ) -> tuple[list[float], list[float], float, float] | None:
+    """AnchorRec's and the baseline's values on their common seeds, the mean difference and the
+    paired t over seeds; None when they share no seed."""
+    ours, theirs = _per_seed(report, PROPOSED, get), _per_seed(report, baseline, get)
+    seeds = sorted(set(ours) & set(theirs))
+    if not seeds:
+        return None
+    a, b = [ours[s] for s in seeds], [theirs[s] for s in seeds]
+    return (a, b, *paired_over_seeds(a, b))
+
+
 ADVANTAGE_ALPHA = 0.05  # below this paired-over-seeds p an edge is called kept; above, within seed noise
 
 
@@ -209,22 +221,19 @@ def _advantages(report: dict[str, Any], baseline: str) -> list[str]:
     ]
     lines = []
     for name, get, better in checks:
-        ours, theirs = _per_seed(report, PROPOSED, get), _per_seed(report, baseline, get)
-        seeds = sorted(set(ours) & set(theirs))
-        if not seeds:
+        if (paired := _paired_with_baseline(report, baseline, get)) is None:
             continue
-        a, b = [ours[s] for s in seeds], [theirs[s] for s in seeds]
-        diff, p = paired_over_seeds(a, b)
+        a, b, diff, p = paired
         sign = 1.0 if better == "higher" else -1.0
         wins = sum(sign * (x - y) > 0 for x, y in zip(a, b))
         if sign * diff <= 0:
             word = "no advantage"
-        elif p < ADVANTAGE_ALPHA or (np.isnan(p) and wins == len(seeds) > 1):
+        elif p < ADVANTAGE_ALPHA or (np.isnan(p) and wins == len(a) > 1):
             word = "keeps its advantage"
         else:
             word = "ahead in the mean, not resolved over seeds"
         lines.append(f"{PROPOSED} {name} {np.mean(a):.4f} vs {baseline} {np.mean(b):.4f} ({better} is better): {word} "
-                     f"after tuning (better on {wins}/{len(seeds)} seeds, paired t over seeds p = {p:.3g}).")
+                     f"after tuning (better on {wins}/{len(a)} seeds, paired t over seeds p = {p:.3g}).")
     return lines
 
 
@@ -237,14 +246,11 @@ def _by_popularity(report: dict[str, Any], baseline: str) -> list[str]:
     paired by seed (issue 17: a gap is only actionable once it is placed)."""
     parts = []
     for bucket in BUCKETS:
-        ours, theirs = (_per_seed(report, m, partial(_bucket_recall20, bucket=bucket)) for m in (PROPOSED, baseline))
-        seeds = sorted(set(ours) & set(theirs))
-        if not seeds:
+        if (paired := _paired_with_baseline(report, baseline, partial(_bucket_recall20, bucket=bucket))) is None:
             continue
-        a, b = [ours[s] for s in seeds], [theirs[s] for s in seeds]
-        diff, p = paired_over_seeds(a, b)
+        a, b, diff, p = paired
         wins = sum(x > y for x, y in zip(a, b))
-        parts.append(f"{bucket} {np.mean(a):.4f} vs {np.mean(b):.4f} ({diff:+.4f}, better on {wins}/{len(seeds)} seeds, p = {p:.3g})")
+        parts.append(f"{bucket} {np.mean(a):.4f} vs {np.mean(b):.4f} ({diff:+.4f}, better on {wins}/{len(a)} seeds, p = {p:.3g})")
     if not parts:
         return []
     return [f"{PROPOSED} vs {baseline}, test Recall@20 by item popularity (head / mid / tail: top 20% / next 30% / "

@@ -379,13 +379,11 @@ def _changed(summary: dict[str, Any], path: Path) -> bool:
     """Whether best.json would say something new: a call that ran nothing (a finished study asked
     again, as every `leaderboard_run.py` restart does) leaves it alone, so it keeps the wall time
     of the call that did the work and a committed snapshot is not dirtied by a timing."""
-    if not path.exists():
-        return True
     volatile = ("wall_s", "ran_now")
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
-        return True  # unreadable: write it anew
+        return True  # missing or unreadable: write it anew
     new = json.loads(json.dumps(summary, default=str))  # as write_json stores it (tuples as lists)
     return {k: v for k, v in old.items() if k not in volatile} != {k: v for k, v in new.items() if k not in volatile}
 
