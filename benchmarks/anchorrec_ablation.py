@@ -8,7 +8,8 @@ would be adopted is judged on its validation column, never on test:
 
     test Recall@20 / NDCG@20 (mean ± std over seeds), Δ Recall@20 against the tuned row
     (mean of per-seed differences, paired t over seeds) and against the leaderboard's best
-    model, and Recall@20 on head / tail items (top 20% / bottom 50% by training popularity).
+    model, Recall@20 on head / tail items (top 20% / bottom 50% by training popularity), and the
+    collapse diagnostics ID overlap@3 and ID dominance (a fix must not buy accuracy by collapsing).
 
 Rows (each a change to the tuned configuration):
 
@@ -87,14 +88,17 @@ def row_args(tuned: dict, change: dict) -> dict:
 
 
 def run_stats(paths, run_ids: list[str], data, features: dict[str, str]) -> list[dict]:
-    """Per seed: valid and test R@20, test N@20, and head / tail test R@20 from the run's
-    diagnostics (made as it ended; computed now for a run that has its vectors and none yet)."""
+    """Per seed: valid and test R@20, test N@20, head / tail test R@20 and the collapse diagnostics
+    (ID overlap@3, ID dominance) from the run's diagnostics (made as it ended; computed now for a
+    run that has its vectors and none yet): a fix that buys accuracy by collapsing is no fix."""
     out = []
     for rid in run_ids:
         metrics = load_metrics(paths, rid)
-        tail = diagnose_run(paths, rid, features, data=data)["long_tail"]
+        diag = diagnose_run(paths, rid, features, data=data)
+        tail = diag["long_tail"]
         out.append({"run": rid, "valid": metrics["valid"]["recall@20"], "recall@20": metrics["test"]["recall@20"],
-                    "ndcg@20": metrics["test"]["ndcg@20"], "head": tail["head"]["recall@20"], "tail": tail["tail"]["recall@20"]})
+                    "ndcg@20": metrics["test"]["ndcg@20"], "head": tail["head"]["recall@20"], "tail": tail["tail"]["recall@20"],
+                    "id_overlap@3": diag.get("id_overlap@3"), "id_dominance": diag.get("id_dominance")})
     return out
 
 
@@ -165,17 +169,20 @@ def train(paths, configs: list, features: dict[str, str], jobs: int, snapshot: P
 
 
 def write_results(paths, args, stats: dict[str, list[dict]], best_model: str, tuned_args: dict) -> None:
-    col = {name: {k: [s[k] for s in rows] for k in ("valid", "recall@20", "ndcg@20", "head", "tail")} for name, rows in stats.items()}
+    keys = ("valid", "recall@20", "ndcg@20", "head", "tail", "id_overlap@3", "id_dominance")
+    col = {name: {k: [s.get(k) for s in rows] for k in keys} for name, rows in stats.items()}
     tuned, best = col["tuned"]["recall@20"], col[f"best: {best_model}"]["recall@20"]
     lines = [f"# AnchorRec ablation on {paths.name}: one change to the tuned configuration per row", "",
              f"Tuned model_args: `{json.dumps(tuned_args, sort_keys=True)}`; seeds 0..{args.seeds - 1}; the tuned row "
              f"is the leaderboard's lb-anchorrec runs. Δ is the mean per-seed difference (paired t over seeds). "
-             f"Head / tail: items in the top 20% / bottom 50% by training popularity. Command: "
+             f"Head / tail: items in the top 20% / bottom 50% by training popularity. ID overlap@3 and ID "
+             f"dominance are the collapse diagnostics of the report (lower: the vectors say more than the "
+             f"ID graph). Command: "
              f"`.venv/bin/python benchmarks/anchorrec_ablation.py {args.command}`", "",
              *([f"Only {args.seeds} seeds a row (each run costs hours here): a difference within about two of the "
                 f"tuned row's seed std ({2 * np.std(tuned):.4f}) is not resolved, whatever its p.", ""] if args.seeds < 5 else []),
-             f"| row | change | valid R@20 | test R@20 | test N@20 | Δ R@20 vs tuned (p) | Δ R@20 vs {best_model} (p) | head R@20 | tail R@20 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"| row | change | valid R@20 | test R@20 | test N@20 | Δ R@20 vs tuned (p) | Δ R@20 vs {best_model} (p) | head R@20 | tail R@20 | ID overlap@3 | ID dominance |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, c in col.items():
         d_t, p_t = paired_over_seeds(c["recall@20"], tuned)
         d_b, p_b = paired_over_seeds(c["recall@20"], best)
@@ -187,11 +194,17 @@ def write_results(paths, args, stats: dict[str, list[dict]], best_model: str, tu
             change = ""
         lines.append(f"| {name} | `{change}` | {np.mean(c['valid']):.4f} | {np.mean(c['recall@20']):.4f} ± {np.std(c['recall@20']):.4f} | "
                      f"{np.mean(c['ndcg@20']):.4f} | {d_t:+.4f} ({p_t:.3g}) | {d_b:+.4f} ({p_b:.3g}) | "
-                     f"{np.mean(c['head']):.4f} | {np.mean(c['tail']):.4f} |")
+                     f"{np.mean(c['head']):.4f} | {np.mean(c['tail']):.4f} | {_mean(c['id_overlap@3'], '.2f')} | "
+                     f"{_mean(c['id_dominance'], '.1f')} |")
     out = args.out or REPO / "benchmarks" / "results" / f"anchorrec_ablation_{paths.name}"
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     write_json({"dataset": paths.name, "best_model": best_model, "tuned_args": tuned_args, "rows": stats}, out.with_suffix(".json"))
     print("\n".join(lines))
+
+
+def _mean(values: list, fmt: str) -> str:
+    """The mean, or '–' where a run's diagnostics lack the figure (a summary kept before it was made)."""
+    return "–" if any(v is None for v in values) else format(float(np.mean(values)), fmt)
 
 
 if __name__ == "__main__":

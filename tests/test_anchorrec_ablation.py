@@ -60,6 +60,10 @@ def test_rows_are_kept_as_summaries_and_reported_again_without_vectors(tmp_path)
             first["tuned_args"], ablation.ROWS[row])
         assert sorted(p.name for p in (snapshot / "runs" / f"{run}-s0").iterdir()) == sorted(run_snapshot.KEPT)
     assert first["rows"]["no-t"] != first["rows"]["tuned"]
+    for rows in first["rows"].values():  # the collapse diagnostics are each run's own, as in its diagnostics.json
+        for r in rows:
+            diag = read_json(paths.run(r["run"]) / "diagnostics.json")
+            assert (r["id_overlap@3"], r["id_dominance"]) == (diag["id_overlap@3"], diag["id_dominance"])
     assert '| no-t | `{"t_branch": false}` |' in out.with_suffix(".md").read_text()
 
     # a row with a seed still running is left out, not reported on fewer seeds
@@ -86,3 +90,16 @@ def test_a_table_on_fewer_seeds_than_the_leaderboard_says_so(tmp_path):
     text = (tmp_path / "t.md").read_text()
     assert "| tuned |" in text and "| no-t |" not in text
     assert "Only 2 seeds a row" in text  # fewer seeds than the leaderboard's five: said in the table
+
+
+def test_the_table_carries_the_collapse_diagnostics_and_marks_a_missing_one(tmp_path):
+    run = {"run": "a", "valid": 0.2, "recall@20": 0.1, "ndcg@20": 0.05, "head": 0.3, "tail": 0.01}
+    stats = {"tuned": [{**run, "id_overlap@3": 0.3, "id_dominance": 100.0}, {**run, "id_overlap@3": 0.4, "id_dominance": 110.0}],
+             "best: lightgcn": [{**run, "id_overlap@3": 1.0, "id_dominance": 200.0}] * 2,
+             "no-t": [run, run]}  # summaries without the figures
+    args = type("A", (), {"seeds": 2, "command": "x", "out": tmp_path / "t"})()
+    ablation.write_results(type("P", (), {"name": "toy"})(), args, stats, "lightgcn", {})
+    rows = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[-2:] for line in (tmp_path / "t.md").read_text().splitlines()
+            if line.startswith("| ") and "---" not in line}
+    assert rows["tuned"] == ["0.35", "105.0"] and rows["best: lightgcn"] == ["1.00", "200.0"]
+    assert rows["no-t"] == ["–", "–"]
