@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, help="table path without suffix (.md and .json are written; default "
                     "benchmarks/results/anchorrec_ablation_<dataset>)")
     args = ap.parse_args(argv)
-    args.command = " ".join(sys.argv[1:] if argv is None else argv)
+    args.command = " ".join(a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only")
     paths = dataset_paths(args.dataset, args.home)
     board_path = paths.root / "reports" / "leaderboard" / "leaderboard.json"
     if args.report_only and not board_path.exists():
@@ -177,29 +177,35 @@ def write_results(paths, args, stats: dict[str, list[dict]], best_model: str, tu
              f"is the leaderboard's lb-anchorrec runs. Δ is the mean per-seed difference (paired t over seeds). "
              f"Head / tail: items in the top 20% / bottom 50% by training popularity. ID overlap@3 and ID "
              f"dominance are the collapse diagnostics of the report (lower: the vectors say more than the "
-             f"ID graph). Command: "
+             f"ID graph). Command that trains the rows (with --report-only it only writes this table): "
              f"`.venv/bin/python benchmarks/anchorrec_ablation.py {args.command}`", "",
              *([f"Only {args.seeds} seeds a row (each run costs hours here): a difference within about two of the "
                 f"tuned row's seed std ({2 * np.std(tuned):.4f}) is not resolved, whatever its p.", ""] if args.seeds < 5 else []),
              f"| row | change | valid R@20 | test R@20 | test N@20 | Δ R@20 vs tuned (p) | Δ R@20 vs {best_model} (p) | head R@20 | tail R@20 | ID overlap@3 | ID dominance |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, c in col.items():
-        d_t, p_t = paired_over_seeds(c["recall@20"], tuned)
-        d_b, p_b = paired_over_seeds(c["recall@20"], best)
+        vs_tuned = _delta(c["recall@20"], tuned) if name != "tuned" else "—"
+        vs_best = _delta(c["recall@20"], best) if name != f"best: {best_model}" else "—"
         if name in ROWS:
-            change = json.dumps(ROWS[name])
+            change = f"`{json.dumps(ROWS[name])}`"
         elif name.startswith("mm="):
-            change = json.dumps({"features.mm": name[3:]})
+            change = f"`{json.dumps({'features.mm': name[3:]})}`"
         else:
-            change = ""
-        lines.append(f"| {name} | `{change}` | {np.mean(c['valid']):.4f} | {np.mean(c['recall@20']):.4f} ± {np.std(c['recall@20']):.4f} | "
-                     f"{np.mean(c['ndcg@20']):.4f} | {d_t:+.4f} ({p_t:.3g}) | {d_b:+.4f} ({p_b:.3g}) | "
+            change = "—"
+        lines.append(f"| {name} | {change} | {np.mean(c['valid']):.4f} | {np.mean(c['recall@20']):.4f} ± {np.std(c['recall@20']):.4f} | "
+                     f"{np.mean(c['ndcg@20']):.4f} | {vs_tuned} | {vs_best} | "
                      f"{np.mean(c['head']):.4f} | {np.mean(c['tail']):.4f} | {_mean(c['id_overlap@3'], '.2f')} | "
                      f"{_mean(c['id_dominance'], '.1f')} |")
     out = args.out or REPO / "benchmarks" / "results" / f"anchorrec_ablation_{paths.name}"
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     write_json({"dataset": paths.name, "best_model": best_model, "tuned_args": tuned_args, "rows": stats}, out.with_suffix(".json"))
     print("\n".join(lines))
+
+
+def _delta(values: list[float], baseline: list[float]) -> str:
+    """Mean per-seed difference and its paired-t p, as the table prints it."""
+    d, p = paired_over_seeds(values, baseline)
+    return f"{d:+.4f} ({p:.3g})"
 
 
 def _mean(values: list, fmt: str) -> str:

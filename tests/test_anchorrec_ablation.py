@@ -78,6 +78,8 @@ def test_rows_are_kept_as_summaries_and_reported_again_without_vectors(tmp_path)
     out.with_suffix(".json").unlink()
     ablation.main(argv + ["--report-only"])
     assert read_json(out.with_suffix(".json"))["rows"] == first["rows"]
+    command = out.with_suffix(".md").read_text().split("anchorrec_ablation.py ")[1].split("`")[0]
+    assert command == " ".join(argv)  # the command that trains the rows, not the --report-only call that wrote it
     assert not list(paths.runs_dir.glob("*/checkpoint.pt"))  # nothing was trained
     assert not list(paths.runs_dir.glob("*/item_vectors.parquet"))
 
@@ -103,3 +105,7 @@ def test_the_table_carries_the_collapse_diagnostics_and_marks_a_missing_one(tmp_
             if line.startswith("| ") and "---" not in line}
     assert rows["tuned"] == ["0.35", "105.0"] and rows["best: lightgcn"] == ["1.00", "200.0"]
     assert rows["no-t"] == ["–", "–"]
+    cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in (tmp_path / "t.md").read_text().splitlines()
+             if line.startswith("| ") and "---" not in line}
+    assert cells["tuned"][5] == "—" and cells["best: lightgcn"][6] == "—"  # no row is compared with itself
+    assert cells["tuned"][6].startswith("+0.0000") and cells["tuned"][1] == "—"  # the tuned row changes nothing
