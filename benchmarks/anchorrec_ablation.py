@@ -9,7 +9,9 @@ would be adopted is judged on its validation column, never on test:
     test Recall@20 / NDCG@20 (mean ± std over seeds), Δ Recall@20 against the tuned row
     (mean of per-seed differences, paired t over seeds) and against the leaderboard's best
     model, Recall@20 on head / tail items (top 20% / bottom 50% by training popularity), and the
-    collapse diagnostics ID overlap@3 and ID dominance (a fix must not buy accuracy by collapsing).
+    collapse diagnostics ID overlap@3 and ID dominance (a fix must not buy accuracy by collapsing);
+    and a second table of each row's weighted loss terms at its best epoch (which term the
+    optimiser spends its effort on, beside the row that removes it).
 
 Rows (each a change to the tuned configuration):
 
@@ -98,8 +100,17 @@ def run_stats(paths, run_ids: list[str], data, features: dict[str, str]) -> list
         tail = diag["long_tail"]
         out.append({"run": rid, "valid": metrics["valid"]["recall@20"], "recall@20": metrics["test"]["recall@20"],
                     "ndcg@20": metrics["test"]["ndcg@20"], "head": tail["head"]["recall@20"], "tail": tail["tail"]["recall@20"],
-                    "id_overlap@3": diag.get("id_overlap@3"), "id_dominance": diag.get("id_dominance")})
+                    "id_overlap@3": diag.get("id_overlap@3"), "id_dominance": diag.get("id_dominance"),
+                    "loss_terms": loss_terms(metrics)})
     return out
+
+
+def loss_terms(metrics: dict) -> dict[str, float]:
+    """The weighted loss terms of the epoch the run was read at (its best): which term the optimiser
+    actually spends its effort on, so a row that removes a term can be read against its size."""
+    best = next((h for h in metrics.get("history", []) if h.get("epoch") == metrics.get("best_epoch")), {})
+    return {k: float(v) for k, v in best.items()
+            if k not in ("epoch", "loss", "lr") and not k.endswith("_s") and isinstance(v, (int, float))}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -196,10 +207,31 @@ def write_results(paths, args, stats: dict[str, list[dict]], best_model: str, tu
                      f"{np.mean(c['ndcg@20']):.4f} | {vs_tuned} | {vs_best} | "
                      f"{np.mean(c['head']):.4f} | {np.mean(c['tail']):.4f} | {_mean(c['id_overlap@3'], '.2f')} | "
                      f"{_mean(c['id_dominance'], '.1f')} |")
+    lines += ["", *loss_table(stats)]
     out = args.out or REPO / "benchmarks" / "results" / f"anchorrec_ablation_{paths.name}"
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     write_json({"dataset": paths.name, "best_model": best_model, "tuned_args": tuned_args, "rows": stats}, out.with_suffix(".json"))
     print("\n".join(lines))
+
+
+def loss_table(stats: dict[str, list[dict]]) -> list[str]:
+    """Per row, each weighted loss term at the best epoch (mean over seeds) and its share of their sum."""
+    terms = sorted({k for rows in stats.values() for s in rows for k in s.get("loss_terms", {})})
+    if not terms:
+        return []
+    lines = ["Weighted loss terms at the best epoch (mean over seeds; share of their sum), to read beside the row "
+             "that removes each term: a term near 0% of the loss is one the optimiser hardly spends effort on.", "", "| row | " + " | ".join(terms) + " |", "| --- |" + " --- |" * len(terms)]
+    for name, rows in stats.items():
+        mean = {t: np.mean([s["loss_terms"][t] for s in rows]) if all(t in s.get("loss_terms", {}) for s in rows) else None
+                for t in terms}
+        total = sum(v for v in mean.values() if v is not None)
+        cells = ["" if v is None else f"{v:.2g} ({_share(v, total)})" for v in mean.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _share(value: float, total: float) -> str:
+    return "–" if total <= 0 else "<1%" if 0 < value / total < 0.01 else f"{value / total:.0%}"
 
 
 def _delta(values: list[float], baseline: list[float]) -> str:

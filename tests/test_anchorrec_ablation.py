@@ -109,3 +109,19 @@ def test_the_table_carries_the_collapse_diagnostics_and_marks_a_missing_one(tmp_
              if line.startswith("| ") and "---" not in line}
     assert cells["tuned"][5] == "—" and cells["best: lightgcn"][6] == "—"  # no row is compared with itself
     assert cells["tuned"][6].startswith("+0.0000") and cells["tuned"][1] == "—"  # the tuned row changes nothing
+
+
+def test_the_loss_terms_are_those_of_the_best_epoch_with_their_shares():
+    history = [{"epoch": 1, "bpr": 0.5, "reg": 0.5, "loss": 1.0, "lr": 1e-3, "train_s": 3.0, "valid": {"recall@20": 0.1}},
+               {"epoch": 2, "bpr": 0.6, "reg": 0.3, "uia": 0.001, "loss": 0.901, "lr": 1e-3, "train_s": 3.0,
+                "valid": {"recall@20": 0.2}}]
+    terms = ablation.loss_terms({"best_epoch": 2, "history": history})
+    assert terms == {"bpr": 0.6, "reg": 0.3, "uia": 0.001}  # the best epoch's terms: no total, lr, timing or metrics
+    assert ablation.loss_terms({"best_epoch": 2, "history": []}) == {}
+    stats = {"tuned": [{"loss_terms": terms}, {"loss_terms": {"bpr": 0.4, "reg": 0.5, "uia": 0.001}}],
+             "best: alignrec": [{"loss_terms": {"bpr": 1.0, "cca": 3.0}}] * 2}
+    table = ablation.loss_table(stats)
+    assert table[2] == "| row | bpr | cca | reg | uia |"
+    assert table[4] == "| tuned | 0.5 (55%) |  | 0.4 (44%) | 0.001 (<1%) |"
+    assert table[5] == "| best: alignrec | 1 (25%) | 3 (75%) |  |  |"
+    assert ablation.loss_table({"tuned": [{"run": "a"}]}) == []  # summaries without terms: no table
