@@ -25,6 +25,8 @@ Rows (each a change to the tuned configuration):
     no-t          t_branch False — z_t out of the score: where t is the mm table itself (MMRec
                   Sports runs one text table as mm, t and v) z_mm + z_t is one branch counted twice
     uia-grad      uia_detach False — UIA's gradient also reaches the user anchor (the spec detaches it)
+    uia-x10       uia_weight 0.1 — AlignRec's alignment weight: tuned AnchorRec spends <1% of its loss
+                  on UIA where AlignRec spends 23% (the loss-term table)
     mm=NAME       (with --mm NAME) the mm feature table NAME instead of the tuned one, e.g. an
                   encoder pretrained on a larger catalog and applied with `--ica-from`
 
@@ -74,6 +76,7 @@ ROWS: dict[str, dict] = {
     "no-amp": {"amp_loss": 0.0},
     "no-t": {"t_branch": False},
     "uia-grad": {"uia_detach": False},
+    "uia-x10": {"uia_weight": 0.1},
 }
 
 

@@ -30,6 +30,16 @@ def test_row_args_change_one_thing_of_the_tuned_config():
     assert ablation.row_args(tuned, ablation.ROWS["no-t"]) == {**tuned, "t_branch": False}
     assert ablation.row_args(tuned, ablation.ROWS["uia-grad"]) == {**tuned, "uia_detach": False}
     assert ablation.row_args({"amp_loss": 0.1}, ablation.ROWS["no-amp"]) == {"amp_loss": 0.0}
+    assert ablation.row_args(tuned, ablation.ROWS["uia-x10"]) == {**tuned, "uia_weight": 0.1}
+
+
+def test_every_row_is_a_valid_anchorrec_config():
+    from models.anchorrec import AnchorRecConfig
+
+    tuned = {"aal_loss": 0.0, "amp_loss": 0.1, "lambda_weight": 0.001, "n_layers": 2, "tau": 0.5}  # Sports' choice
+    for name, change in ablation.ROWS.items():
+        cfg = AnchorRecConfig(**ablation.row_args(tuned, change))  # an unknown or invalid field raises here
+        assert cfg != AnchorRecConfig(**tuned), name  # and each row changes something
 
 
 @pytest.mark.usefixtures("one_torch_thread")
