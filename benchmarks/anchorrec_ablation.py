@@ -223,10 +223,11 @@ def loss_table(stats: dict[str, list[dict]]) -> list[str]:
     if not terms:
         return []
     lines = ["Weighted loss terms at the best epoch (mean over seeds; share of their sum), to read beside the row "
-             "that removes each term: a term near 0% of the loss is one the optimiser hardly spends effort on.", "", "| row | " + " | ".join(terms) + " |", "| --- |" + " --- |" * len(terms)]
+             "that removes each term: a term near 0% of the loss is one the optimiser hardly spends effort on.", "",
+             "| row | " + " | ".join(terms) + " |", "| --- |" + " --- |" * len(terms)]
     for name, rows in stats.items():
-        mean = {t: np.mean([s["loss_terms"][t] for s in rows]) if all(t in s.get("loss_terms", {}) for s in rows) else None
-                for t in terms}
+        has = {t for t in terms if all(t in s.get("loss_terms", {}) for s in rows)}  # every seed has it
+        mean = {t: np.mean([s["loss_terms"][t] for s in rows]) if t in has else None for t in terms}
         total = sum(v for v in mean.values() if v is not None)
         cells = ["" if v is None else f"{v:.2g} ({_share(v, total)})" for v in mean.values()]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
