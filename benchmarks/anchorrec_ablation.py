@@ -27,6 +27,9 @@ Rows (each a change to the tuned configuration):
     uia-grad      uia_detach False — UIA's gradient also reaches the user anchor (the spec detaches it)
     uia-x10       uia_weight 0.1 — AlignRec's alignment weight: tuned AnchorRec spends <1% of its loss
                   on UIA where AlignRec spends 23% (the loss-term table)
+    epochs-200    epoch cap 200 (patience as tuned) — AnchorRec peaks at the 100-epoch cap on Sports:
+                  is the gap a budget artefact? Started from the tuned runs' checkpoints where the
+                  home has them, so only the epochs past 100 are trained
     mm=NAME       (with --mm NAME) the mm feature table NAME instead of the tuned one, e.g. an
                   encoder pretrained on a larger catalog and applied with `--ica-from`
 
@@ -62,7 +65,13 @@ from models.evaluation.leaderboard import best_config, kept_metrics  # noqa: E40
 from models.evaluation.metrics import paired_over_seeds  # noqa: E402
 from models.evaluation.report import default_features, diagnose_run, keep_run_summary  # noqa: E402
 from models.training.data import load_interactions  # noqa: E402
-from models.training.trainer import fit_runs, load_metrics, seed_configs  # noqa: E402
+from models.training.trainer import (  # noqa: E402
+    TrainConfig,
+    fit_runs,
+    load_metrics,
+    seed_configs,
+    start_from_shorter_run,
+)
 from store.layout import dataset_paths  # noqa: E402
 from store.tables import write_json  # noqa: E402
 
@@ -78,6 +87,18 @@ ROWS: dict[str, dict] = {
     "uia-grad": {"uia_detach": False},
     "uia-x10": {"uia_weight": 0.1},
 }
+# rows that change the training, not the model: started from the tuned runs' checkpoints where the
+# home has them (a higher epoch cap only adds epochs to the leaderboard's runs)
+TRAIN_ROWS: dict[str, dict] = {
+    "epochs-200": {"epochs": 200},
+}
+
+
+def row_config(tuned: TrainConfig, name: str) -> TrainConfig:
+    """The tuned config with row `name`'s one change."""
+    if name in TRAIN_ROWS:
+        return dataclasses.replace(tuned, **TRAIN_ROWS[name])
+    return dataclasses.replace(tuned, model_args=row_args(tuned.model_args, ROWS[name]))
 
 
 def row_args(tuned: dict, change: dict) -> dict:
@@ -121,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--home", required=True)
     ap.add_argument("--dataset", default="gift")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="rows, trained in this order")
+    ap.add_argument("--rows", nargs="+", default=[*ROWS, *TRAIN_ROWS], choices=[*ROWS, *TRAIN_ROWS],
+                    help="rows, trained in this order")
     ap.add_argument("--mm", action="append", default=[], help="also a row with this mm feature table (repeatable)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (worker processes, one torch thread each)")
     ap.add_argument("--snapshot", type=Path, metavar="DIR", help="keep finished runs' summaries (and runs in flight) here "
@@ -144,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, ValueError) as e:  # no study, or one that cannot be read: one line, exit 2
         ap.error(str(e))
     seeds = list(range(args.seeds))
-    variants = [(name, dataclasses.replace(cfg, model_args=row_args(cfg.model_args, ROWS[name]))) for name in args.rows]
+    variants = [(name, row_config(cfg, name)) for name in args.rows]
     variants += [(f"mm={mm}", dataclasses.replace(cfg, features={**cfg.features, "mm": mm})) for mm in args.mm]
     runs = {name: seed_configs(row_cfg, f"abl-{name.replace('/', '-').replace('=', '-')}", seeds)
             for name, row_cfg in variants}
@@ -153,6 +175,10 @@ def main(argv: list[str] | None = None) -> None:
         restore_runs(paths.runs_dir, args.snapshot)
         restore_inflight(paths.runs_dir, args.snapshot)
     if not args.report_only:
+        for name in set(runs) & set(TRAIN_ROWS):
+            for seed, c in zip(seeds, runs[name]):
+                if kept_metrics(paths, c) is None:
+                    start_from_shorter_run(paths.run(f"lb-anchorrec-s{seed}"), paths.run(c.run_id), c)
         train(paths, [c for cs in runs.values() for c in cs], features, args.jobs, args.snapshot)
     if not board_path.exists():  # the rows need only the study's choice; the table needs the leaderboard's reruns
         print(f"rows trained; no leaderboard yet ({board_path}): rerun with --report-only once it has ended", flush=True)
@@ -200,8 +226,8 @@ def write_results(paths, args, stats: dict[str, list[dict]], best_model: str, tu
     for name, c in col.items():
         vs_tuned = _delta(c["recall@20"], tuned) if name != "tuned" else "—"
         vs_best = _delta(c["recall@20"], best) if name != f"best: {best_model}" else "—"
-        if name in ROWS:
-            change = f"`{json.dumps(ROWS[name])}`"
+        if name in ROWS or name in TRAIN_ROWS:
+            change = f"`{json.dumps(ROWS.get(name) or TRAIN_ROWS[name])}`"
         elif name.startswith("mm="):
             change = f"`{json.dumps({'features.mm': name[3:]})}`"
         else:

@@ -40,6 +40,10 @@ def test_every_row_is_a_valid_anchorrec_config():
     for name, change in ablation.ROWS.items():
         cfg = AnchorRecConfig(**ablation.row_args(tuned, change))  # an unknown or invalid field raises here
         assert cfg != AnchorRecConfig(**tuned), name  # and each row changes something
+    base = TrainConfig(model="anchorrec", model_args=tuned, epochs=100, patience=20)
+    for name in [*ablation.ROWS, *ablation.TRAIN_ROWS]:
+        row = ablation.row_config(base, name)  # TrainConfig validates its own fields
+        assert row != base and row.seed == base.seed, name
 
 
 @pytest.mark.usefixtures("one_torch_thread")
@@ -75,6 +79,15 @@ def test_rows_are_kept_as_summaries_and_reported_again_without_vectors(tmp_path)
             diag = read_json(paths.run(r["run"]) / "diagnostics.json")
             assert (r["id_overlap@3"], r["id_dominance"]) == (diag["id_overlap@3"], diag["id_dominance"])
     assert '| no-t | `{"t_branch": false}` |' in out.with_suffix(".md").read_text()
+
+    # a longer epoch cap goes on from the leaderboard's runs: their epochs are not trained again
+    ablation.main([*argv[:argv.index("--rows")], "--rows", "epochs-200", *argv[argv.index("--snapshot"):]])
+    for s in (0, 1):
+        tuned, longer = load_metrics(paths, f"lb-anchorrec-s{s}"), load_metrics(paths, f"abl-epochs-200-s{s}")
+        assert longer["resumed_from_epoch"] == 3 and longer["epochs_run"] > 3
+        assert longer["history"][:3] == tuned["history"]
+        assert read_json(paths.run(f"abl-epochs-200-s{s}") / "config.json")["epochs"] == 200
+    assert '| epochs-200 | `{"epochs": 200}` |' in out.with_suffix(".md").read_text()
 
     # a row with a seed still running is left out, not reported on fewer seeds
     (paths.metrics("abl-uia-grad-s1")).rename(tmp_path / "running")

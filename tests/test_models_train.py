@@ -20,6 +20,7 @@ from models.training.trainer import (
     fit,
     fit_runs,
     resume_run,
+    start_from_shorter_run,
     stop_run,
     summarize_seeds,
     train,
@@ -193,6 +194,41 @@ def test_run_stopped_for_time_then_resumed_equals_uninterrupted_run(tmp_path):
     assert (tmp_path / "full" / "metrics.json").exists()
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
         resume_run(tmp_path / "never-started")
+
+
+def test_longer_run_started_from_a_shorter_one_equals_the_longer_run(tmp_path):
+    """A higher epoch cap continues the capped run's checkpoint: only the new epochs are trained."""
+    data, graph, cfg = small_lightgcn_run()
+    short, long_ = dataclasses.replace(cfg, epochs=3, run_id="short"), dataclasses.replace(cfg, epochs=6, run_id="long")
+    full = fit(data, graph, long_, tmp_path / "full", progress=False)
+    fit(data, graph, short, tmp_path / "short", progress=False)
+    assert start_from_shorter_run(tmp_path / "short", tmp_path / "long", long_) == 3
+    longer = fit(data, graph, long_, tmp_path / "long", progress=False)
+    assert longer["resumed_from_epoch"] == 3 and longer["epochs_run"] == full["epochs_run"] == 6
+    assert_same_run(longer, full, tmp_path / "long", tmp_path / "full")
+    assert start_from_shorter_run(tmp_path / "short", tmp_path / "long", long_) is None  # has its own checkpoint
+    assert start_from_shorter_run(tmp_path / "never", tmp_path / "x", long_) is None
+    with pytest.raises(ValueError, match="fields \\['lr'\\]"):
+        start_from_shorter_run(tmp_path / "short", tmp_path / "y", dataclasses.replace(long_, lr=1e-2))
+    with pytest.raises(ValueError, match="fields \\['epochs'\\]"):
+        start_from_shorter_run(tmp_path / "long", tmp_path / "z", short)
+    odd = dataclasses.replace(short, eval_every=2, run_id="odd")  # its last validation (epoch 2) is off the grid
+    fit(data, graph, odd, tmp_path / "odd", progress=False)
+    with pytest.raises(ValueError, match="cap 3 is not a multiple of eval_every 2"):
+        start_from_shorter_run(tmp_path / "odd", tmp_path / "w", dataclasses.replace(long_, eval_every=2))
+
+
+def test_shorter_run_ended_by_early_stopping_is_taken_as_ended(scripted, tmp_path):
+    """Early stopping ended it before its cap: the longer run would have ended there too."""
+    data = scripted
+    graph = build_graph_data(data, {}, device="cpu")
+    cfg = TrainConfig(model="scripted", epochs=12, patience=3, run_id="a")
+    short = fit(data, graph, cfg, tmp_path / "a", progress=False)
+    longer_cfg = dataclasses.replace(cfg, epochs=30, run_id="b")
+    assert start_from_shorter_run(tmp_path / "a", tmp_path / "b", longer_cfg) == 6
+    longer = fit(data, graph, longer_cfg, tmp_path / "b", progress=False)
+    assert longer["epochs_run"] == short["epochs_run"] == 6 and longer["best_epoch"] == 2
+    assert longer["test"] == short["test"]
 
 
 def write_tiny_dataset(home, data, with_feature: bool = True):

@@ -442,6 +442,39 @@ def resume_run(run_dir: Path) -> int | None:
     return int(ckpt["epoch"])
 
 
+def start_from_shorter_run(src_dir: Path, dst_dir: Path, cfg: TrainConfig) -> int | None:
+    """Start run `dst_dir` (config `cfg`) from the checkpoint of `src_dir`, a run whose config
+    differs only in a lower epoch cap: the first epochs of the longer run are the shorter one's
+    (same seed, same batches, same lr schedule), so only the epochs past the old cap are trained.
+
+    For "does a longer budget close the gap" without paying again for the epochs already run. A
+    source run that early stopping (or divergence) ended is copied as ended: the longer run would
+    have ended there too. Returns the epoch the new run continues from, or None where `dst_dir`
+    already has a checkpoint or `src_dir` has none (then `fit` trains it as usual).
+    """
+    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    src_ckpt, dst_ckpt = src_dir / "checkpoint.pt", dst_dir / "checkpoint.pt"
+    if dst_ckpt.exists() or not src_ckpt.exists():
+        return None
+    stored = read_json(src_dir / "config.json")
+    wanted = {**cfg.to_json(), "n_users": stored.get("n_users"), "n_items": stored.get("n_items")}
+    changed = [k for k in config_changes(stored, wanted) if k != "epochs"]
+    if changed or stored["epochs"] > cfg.epochs:
+        raise ValueError(f"{src_dir}: not a shorter run of {dst_dir.name} (fields {changed or ['epochs']} differ); "
+                         "only the epoch cap may be lower")
+    if stored["epochs"] % cfg.eval_every:  # the old cap was validated off the eval_every grid
+        raise ValueError(f"{src_dir}: its cap {stored['epochs']} is not a multiple of eval_every {cfg.eval_every}, "
+                         "so its last validation is not the longer run's; train it from the start")
+    ckpt = load_checkpoint(src_ckpt)
+    early_stopped = ckpt["epoch"] - 1 - ckpt["best"]["epoch"] >= cfg.patience
+    ckpt["finished"] = early_stopped or ckpt.get("diverged_at") is not None
+    ckpt["stopped_by_hand"] = False
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    write_json({**wanted, "run_id": cfg.run_id}, dst_dir / "config.json")
+    save_checkpoint(dst_ckpt, ckpt)
+    return int(ckpt["epoch"])
+
+
 def id_item_embeddings(model: torch.nn.Module, n_users: int) -> np.ndarray | None:
     """Items in the model's ID-only (LightGCN) space, when it has one apart from the final space."""
     lightgcn = getattr(model, "lightgcn", None)
@@ -605,5 +638,6 @@ __all__ = [
     "format_summary",
     "load_metrics",
     "resume_run",
+    "start_from_shorter_run",
     "stop_run",
 ]
