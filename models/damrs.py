@@ -7,8 +7,9 @@ User Feedback", as MMRec implements it (enoche/MMRec `src/models/damrs.py`):
                  where its text AND its image similarity reach that modality's mean similarity
                  over all pairs; each item keeps its k = knn_k most similar kept items (itself
                  among them), unweighted, S[i, j] = 1/sqrt(d_i d_j), d_i = kept neighbours of i
-                 S_s: the behaviour ("session") graph — each item, itself and the items most
-                 often bought by the same users, normalized the same way
+                 S_s: the behaviour ("session") graph — each item, itself and its top 2 items
+                 among those sharing at least 2 users with it (most shared users first),
+                 normalized the same way
     h_m          h_m = S_m^L q for m ∈ {t, v, s}    (q: item ID embeddings, L = n_mm_layers)
     u, i         LightGCN mean of layers 0..n_ui_layers on the user–item graph
     score        u · (i + (h_t + h_v + h_s) / 3)
@@ -39,11 +40,15 @@ against the values MMRec's class prints, benchmarks/parity/damrs_parity.py):
   this file keeps fewer neighbours). MMRec ranks a masked row by its values, so where a
   modality's mean similarity is negative, a passing negative similarity can rank below the
   masked-out zeros there; here passing items always rank first;
-- the behaviour graph: MMRec reads it from a per-dataset file (`item_graph_dict_2.npy`, shipped
-  by the authors without the script that made it; its weights are ignored — the graph is
-  unweighted). Here it is built from the training pairs: each item's knn_k items that share the
-  most users with it (at least one; ties → lower index), plus itself, blockwise from the sparse
-  RᵀR. The parity script hands MMRec a dict made the same way;
+- the behaviour graph: MMRec reads it from a per-dataset file (`item_graph_dict_2.npy`) that
+  the authors' `build_iib_graph.py` (XMUDM/DA-MRS) writes from the training pairs: an item pair
+  is an edge when the two items share at least 2 users, and each item keeps its 2 pairs with the
+  most common users (`behaviour_min_users`, `behaviour_k`; the file name's 2 is that top 2); MMRec
+  adds the item itself and ignores the counts (the graph is unweighted). Here the same rule is
+  computed from the sparse RᵀR, a block of dense rows at a time instead of the N × N matrix,
+  with the script's own torch.topk per row, so ties at the cut fall as they fall there (torch
+  does not specify that order: it is the installed torch's). The parity script runs the authors' script itself on the tiny input and hands MMRec its
+  output file;
 - MMRec creates the text/image projections (text_trs, image_trs) but never uses them, and keeps
   the features frozen: this file has neither (the same trained parameters: the two ID tables);
 - only the batch's rows of the last user–item layer are computed; h_t, h_v, h_s are computed
@@ -62,7 +67,7 @@ against the values MMRec's class prints, benchmarks/parity/damrs_parity.py):
 
 Defaults: MMRec's DAMRS.yaml (embedding 64, knn_k 10, n_mm_layers 1, n_ui_layers 2, kl_weight 1,
 neighbor_weight 0.001 — the values its yaml keeps active; the grids in its comments are the
-SEARCH_SPACE below).
+SEARCH_SPACE below) and the behaviour graph of the file that yaml names (co-users ≥ 2, top 2).
 """
 from __future__ import annotations
 
@@ -84,7 +89,7 @@ EPS = 1e-7  # MMRec's guard in the degrees of its item graphs
 CANDIDATES = 8  # nearest items per knn_k searched before the masks (see the docstring)
 PSEUDO_K = 10  # MMRec's pseudo-positives per kind
 TEMPERATURE = 0.2  # MMRec's neighbour-discrimination temperature
-BLOCK = 4096  # items per block when building the behaviour graph
+DENSE_BLOCK = 1 << 24  # count values made dense at once when building the behaviour graph (64 MB)
 
 
 @dataclass
@@ -95,12 +100,17 @@ class DAMRSConfig:
     n_ui_layers: int = 2
     kl_weight: float = 1.0
     neighbor_weight: float = 0.001
+    behaviour_k: int = 2  # the authors' item_graph_dict_2: top 2 co-bought items per item
+    behaviour_min_users: int = 2  # build_iib_graph.py: a pair needs at least 2 common users
 
     def __post_init__(self) -> None:
         if self.embedding_dim < 1:
             raise ValueError(f"embedding_dim must be ≥ 1, got {self.embedding_dim}")
         if self.knn_k < 1:
             raise ValueError(f"knn_k must be ≥ 1, got {self.knn_k}")
+        for name in ("behaviour_k", "behaviour_min_users"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         for name in ("n_mm_layers", "n_ui_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
@@ -158,24 +168,28 @@ def masked_knn_edges(feats: dict[str, np.ndarray], k: int) -> dict[str, tuple[np
     return out
 
 
-def behaviour_edges(ui: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols): each item, itself and its k items with the most common users (≥ 1), block by block."""
+def behaviour_edges(ui: torch.Tensor, k: int, min_users: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols): each item, itself and its k items sharing the most users (at least min_users).
+
+    The authors' rule (build_iib_graph.py): torch.topk over each item's dense row of common-user
+    counts, so ties fall as they fall there; rows are made dense a block at a time (≤ DENSE_BLOCK
+    values), never the N × N matrix.
+    """
     coo = ui.coalesce().cpu()
     u, i = coo.indices().numpy()
     n_users, n_items = coo.shape
     r = sp.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=(n_users, n_items))
     rt = r.T.tocsr()
     rows, cols = [np.arange(n_items)], [np.arange(n_items)]
-    for start in range(0, n_items, BLOCK):
-        co = (rt[start : start + BLOCK] @ r).tocoo()
-        keep = co.row + start != co.col
-        br, bc, bv = co.row[keep] + start, co.col[keep], co.data[keep]
-        order = np.lexsort((bc, -bv, br))  # by item, then most common users, then lower index
-        br, bc = br[order], bc[order]
-        first = np.searchsorted(br, br, side="left")
-        top = np.arange(len(br)) - first < k
-        rows.append(br[top])
-        cols.append(bc[top])
+    step = max(1, DENSE_BLOCK // max(n_items, 1))
+    for start in range(0, n_items, step):
+        block = torch.from_numpy((rt[start : start + step] @ r).toarray())
+        block[block < min_users] = 0
+        block[torch.arange(len(block)), torch.arange(start, start + len(block))] = 0  # not itself
+        values, idx = torch.topk(block, min(k, n_items), dim=1)
+        keep = (values > 0).numpy()
+        rows.append(np.nonzero(keep)[0] + start)
+        cols.append(idx.numpy()[keep])
     return np.concatenate(rows), np.concatenate(cols)
 
 
@@ -233,7 +247,8 @@ class DAMRS(nn.Module):
         edges = masked_knn_edges(feats, cfg.knn_k)
         mm = {m: FixedSparse(row_normalized_graph(*edges[m], self.n_items).to(graph.device)) for m in names}
         self.s_t, self.s_v = mm[names[0]], mm[names[-1]]  # one modality serves as both
-        self.s_s = FixedSparse(row_normalized_graph(*behaviour_edges(graph.ui, cfg.knn_k), self.n_items).to(graph.device))
+        behaviour = behaviour_edges(graph.ui, cfg.behaviour_k, cfg.behaviour_min_users)
+        self.s_s = FixedSparse(row_normalized_graph(*behaviour, self.n_items).to(graph.device))
         self.r, self.rt = bipartite_blocks(graph)
         self.pseudo_k = min(PSEUDO_K, self.n_items // 2)
 

@@ -27,28 +27,32 @@ import tiny  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # printed by benchmarks/parity/damrs_parity.py (MMRec's DAMRS on its 8 × 24 tiny input, knn_k 3,
-# the cases' settings in P.CASES): loss, and fingerprints (norm, probe sum) of each gradient and
-# of the user × item score matrix.
+# the cases' settings in P.CASES, the behaviour graph the authors' build_iib_graph.py writes): loss,
+# and fingerprints (norm, probe sum) of each gradient and of the user × item score matrix.
 MMREC = {
     "damrs": {
-        "loss": 0.4055507481098175,
-        "scores": (1.335560456881161, 1.6323414033075565),
-        "grads": {"user_emb.weight": (0.033032248160727, 0.02403719989506543),
-                  "item_emb.weight": (0.11398210612251514, -0.12123919302541236)},
+        "loss": 0.3753410279750824,
+        "scores": (1.4168759243388445, 1.9848777256516876),
+        "grads": {"user_emb.weight": (0.03680609759118244, 0.024157349321047687),
+                  "item_emb.weight": (0.06781092455748787, -0.06427045115793242)},
     },
     "damrs_same": {
-        "loss": 0.41439685225486755,
-        "scores": (1.3499520315563192, 2.053770253165544),
-        "grads": {"user_emb.weight": (0.03075997067191539, 0.02317034280201997),
-                  "item_emb.weight": (0.09490254337526358, -0.003462206445452915)},
+        "loss": 0.37731269001960754,
+        "scores": (1.4327205446385876, 2.406306489348883),
+        "grads": {"user_emb.weight": (0.03460914368113143, 0.0232610127253114),
+                  "item_emb.weight": (0.06781878091668794, -0.05840846074596369)},
     },
     "damrs_deep": {
-        "loss": 0.4050675332546234,
-        "scores": (1.5821772687150577, 1.8993413356014912),
-        "grads": {"user_emb.weight": (0.029023766888200145, 0.013985117840282273),
-                  "item_emb.weight": (0.07109327760112924, -0.0746168140599931)},
+        "loss": 0.36941593885421753,
+        "scores": (1.7164349076130538, 2.109793931390009),
+        "grads": {"user_emb.weight": (0.03424537652799292, 0.021850494168333734),
+                  "item_emb.weight": (0.05602919004044937, 0.008848958522098539)},
     },
 }
+# the behaviour graph the authors' build_iib_graph.py (XMUDM/DA-MRS) writes for the tiny pairs with
+# --topk 2 (item → its neighbours; items not listed have none): printed by the same script.
+# Items 4 and 7 have ties at the cut, broken by torch.topk, not by index.
+AUTHORS_GRAPH = {4: [17, 15], 5: [4, 17], 6: [7], 7: [15, 4], 11: [18, 4], 13: [4], 15: [4, 7], 17: [4, 5], 18: [11], 19: [20], 20: [19], 21: [4], 23: [5]}
 # float32 noise: the neighbour term sums e^{cos/0.2} (up to e^5) and subtracts two such sums; our
 # own float64 run moves the item gradient's probe sum by 1.3e-5, as far as MMRec's float32 run is
 GRAD_ATOL = 5e-5
@@ -114,14 +118,29 @@ def test_masked_knn_equals_the_dense_rule_without_an_n_by_n_matrix():
     assert len(ref["v"] - plain) > n // 2
 
 
-def test_behaviour_graph_is_the_top_co_bought_items_built_blockwise(monkeypatch):
-    monkeypatch.setattr(damrs, "BLOCK", 7)  # several blocks over 24 items
+@pytest.mark.parametrize("dense_block", [damrs.DENSE_BLOCK, 24 * 5])  # one block; five blocks of 5 rows
+def test_behaviour_graph_is_the_authors_build_iib_graph(monkeypatch, dense_block):
+    monkeypatch.setattr(damrs, "DENSE_BLOCK", dense_block)
     g = tiny_graph(False)
-    rows, cols = behaviour_edges(g.ui, P.KNN_K)
-    ref = P.behaviour_dict(P.KNN_K)  # what the parity script hands MMRec
-    expected = {(i, i) for i in range(P.N_ITEMS)} | {(i, j) for i, (nb, _) in ref.items() for j in nb}
+    rows, cols = behaviour_edges(g.ui, damrs.DAMRSConfig().behaviour_k, damrs.DAMRSConfig().behaviour_min_users)
+    expected = {(i, i) for i in range(P.N_ITEMS)} | {(i, j) for i, nb in AUTHORS_GRAPH.items() for j in nb}
     assert set(zip(rows.tolist(), cols.tolist())) == expected
     assert len(rows) == len(expected)  # no duplicates
+
+
+def test_behaviour_graph_needs_the_common_users_and_keeps_the_top_k():
+    """Three users: items 0 and 1 share 3 users, 0 and 2 share 2, 0 and 3 share 1 (below the 2)."""
+    pairs = np.array([[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2], [2, 0], [2, 1], [2, 3]])
+    data = interactions_from_arrays(3, 4, pairs, pairs[:0], pairs[:0])
+    ui = build_graph_data(data, {"t": np.eye(4, dtype=np.float32)}, knn_k=2, device="cpu").ui
+    edges = lambda k, m: set(zip(*(a.tolist() for a in behaviour_edges(ui, k, m))))  # noqa: E731
+    selfs = {(i, i) for i in range(4)}
+    assert edges(2, 2) == selfs | {(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)}
+    top1 = edges(1, 2) - selfs
+    assert {(0, 1), (1, 0)} <= top1 and len(top1) == 3  # 0 and 1: each other's top item (3 users)
+    assert len({j for i, j in top1 if i == 2} & {0, 1}) == 1  # 2 shares 2 users with 0 and with 1: a tie, one kept
+    assert edges(2, 3) == selfs | {(0, 1), (1, 0)}
+    assert (0, 3) in edges(3, 1) and (0, 3) not in edges(3, 2)
 
 
 def test_text_only_setup_uses_one_graph_for_t_and_v():

@@ -3,21 +3,30 @@
 DA-MRS takes the top 10 pseudo-positives of each item twice over, so it needs more items than
 tiny.py's 7: this script defines its own tiny fixed input (N_USERS × N_ITEMS below, drawn from
 fixed NumPy seeds), which tests/test_damrs.py imports. It imports `DAMRS` from an MMRec checkout
-(github.com/enoche/MMRec, its `src/` folder), writes the features as the .npy files MMRec reads
-and the behaviour graph as the `item_graph_dict` file it reads (each item's knn_k items with the
-most common users, ties → lower index: what models/damrs.py builds), copies the initial weights
-in, runs one `calculate_loss` + backward and `full_sort_predict`, and prints per case the loss and
-fingerprints (tiny.fingerprint) of every trained parameter's gradient and of the score matrix.
+(github.com/enoche/MMRec, its `src/` folder), writes the features as the .npy files MMRec reads,
+builds the behaviour graph with the authors' own script (`build_iib_graph.py` of a DA-MRS
+checkout, github.com/XMUDM/DA-MRS, run as it is on the tiny pairs written as its .inter file:
+co-users ≥ 2, --topk 2, the `item_graph_dict_2.npy` MMRec's DAMRS.yaml names) and hands MMRec
+that file, copies the initial weights in, runs one `calculate_loss` + backward and
+`full_sort_predict`, and prints the authors' graph and per case the loss and fingerprints
+(tiny.fingerprint) of every trained parameter's gradient and of the score matrix.
 
 DA-MRS draws nothing at random in a training step (no dropout, no sampling), so no shim is needed
 for determinism; MMRec's kNN code moves its indices with `.cuda()`, which is made a no-op here
 (CPU run), and MMRec's `_random` helper is never called.
 
-    MMREC_SRC=/path/to/MMRec/src .venv/bin/python benchmarks/parity/damrs_parity.py
+The authors' script imports pandas, yaml and networkx, which the project does not need: give them
+on DAMRS_PYTHONPATH (e.g. `pip install --target /tmp/x --no-deps pandas pyyaml networkx
+python-dateutil pytz tzdata six`). Its PageRank line (alpha 1, unused by the graph) is run as is.
+
+    MMREC_SRC=/path/to/MMRec/src DAMRS_SRC=/path/to/DA-MRS DAMRS_PYTHONPATH=/tmp/x \
+        .venv/bin/python benchmarks/parity/damrs_parity.py
 """
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -78,18 +87,30 @@ def weights() -> dict[str, np.ndarray]:
     }
 
 
-def behaviour_dict(k: int) -> dict[int, tuple[list[int], list[float]]]:
-    """MMRec's item_graph_dict: item → (its k items with the most common users, their counts)."""
+BEHAVIOUR_K = 2  # the authors' item_graph_dict_2.npy (MMRec's DAMRS.yaml)
+
+
+def authors_behaviour_dict(damrs_src: Path, work: Path) -> dict[int, list[list]]:
+    """The authors' build_iib_graph.py run on the tiny pairs, in the layout it expects.
+
+    It reads configs from ./src_tiktok and the .inter file (user, item, x_label) from data_path;
+    its item count comes from the whole file, so the one item no training pair has is listed
+    with x_label 2 (test), as a real dataset lists every item.
+    """
     train = train_pairs()
-    r = np.zeros((N_USERS, N_ITEMS))
-    r[train[:, 0], train[:, 1]] = 1
-    co = r.T @ r
-    out = {}
-    for i in range(N_ITEMS):
-        cand = [(-co[i, j], j) for j in range(N_ITEMS) if j != i and co[i, j] > 0]
-        top = sorted(cand)[:k]
-        out[i] = ([j for _, j in top], [-c for c, _ in top])
-    return out
+    conf = work / "src_tiktok" / "configs"
+    (conf / "dataset").mkdir(parents=True)
+    data = work / "data" / "tiny"
+    data.mkdir(parents=True)
+    (conf / "overall.yaml").write_text(f"data_path: '{work / 'data'}/'\n")
+    (conf / "dataset" / "tiny.yaml").write_text("USER_ID_FIELD: userID\nITEM_ID_FIELD: itemID\ninter_file_name: tiny.inter\n")
+    rows = [f"{u}\t{i}\t0" for u, i in train.tolist()]
+    rows += [f"0\t{i}\t2" for i in sorted(set(range(N_ITEMS)) - set(train[:, 1].tolist()))]
+    (data / "tiny.inter").write_text("userID\titemID\tx_label\n" + "\n".join(rows) + "\n")
+    env = {**os.environ, "PYTHONPATH": os.environ.get("DAMRS_PYTHONPATH", "")}
+    subprocess.run([sys.executable, str(damrs_src / "build_iib_graph.py"), "-d", "tiny", "--topk", str(BEHAVIOUR_K)],
+                   cwd=work, env=env, check=True, capture_output=True)
+    return np.load(data / f"item_graph_dict_{BEHAVIOUR_K}.npy", allow_pickle=True).item()
 
 
 class Dataset:
@@ -109,7 +130,7 @@ class Dataset:
         return sp.coo_matrix((np.ones(len(t), np.float32), (t[:, 0], t[:, 1])), shape=(N_USERS, N_ITEMS))
 
 
-def run_case(damrs_cls: type, root: Path, name: str, case: dict[str, Any]) -> dict[str, Any]:
+def run_case(damrs_cls: type, root: Path, name: str, case: dict[str, Any], behaviour: dict) -> dict[str, Any]:
     from mmrec_parity import base_config, load_weights
 
     data_dir = root / name
@@ -117,7 +138,7 @@ def run_case(damrs_cls: type, root: Path, name: str, case: dict[str, Any]) -> di
     f = features(case["same"])
     np.save(data_dir / "text_feat.npy", f["t"])
     np.save(data_dir / "image_feat.npy", f["v"])
-    np.save(data_dir / "item_graph_dict.npy", behaviour_dict(KNN_K), allow_pickle=True)
+    np.save(data_dir / "item_graph_dict.npy", behaviour, allow_pickle=True)
     args = {k: v for k, v in case.items() if k != "same"}
     cfg = base_config(data_dir, knn_k=KNN_K, lambda_coeff=0.9, cf_model="lightgcn", reg_weight=0.0,
                       item_graph_dict_file="item_graph_dict.npy", **args)
@@ -139,9 +160,14 @@ def main() -> None:
     use_mmrec_checkout(__doc__, "damrs.py")
     from models.damrs import DAMRS  # MMRec's, from the checkout  # noqa: E402
 
+    damrs_src = os.environ.get("DAMRS_SRC")
+    if not damrs_src or not (Path(damrs_src) / "build_iib_graph.py").is_file():
+        sys.exit("give the DA-MRS checkout (github.com/XMUDM/DA-MRS) with build_iib_graph.py: DAMRS_SRC=/path/to/DA-MRS")
     torch.set_default_dtype(torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        out = {name: run_case(DAMRS, Path(tmp), name, case) for name, case in CASES.items()}
+        behaviour = authors_behaviour_dict(Path(damrs_src), Path(tmp) / "authors")
+        out: dict[str, Any] = {name: run_case(DAMRS, Path(tmp), name, case, behaviour) for name, case in CASES.items()}
+    out["behaviour_graph"] = {int(i): [int(j) for j in nb] for i, (nb, _) in sorted(behaviour.items())}
     print(json.dumps(out, indent=1))
 
 
