@@ -51,7 +51,7 @@ def test_rows_are_kept_as_summaries_and_reported_again_without_vectors(tmp_path)
     paths, _, _ = write_tiny_dataset(tmp_path / "home", planted(n_users=40, n_items=30, n_groups=2, per_user=8))
     feats = {"t": "text-tiny", "v": "text-tiny", "mm": "text-tiny"}  # one table as mm, t and v, as on Sports
     base = TrainConfig(model="anchorrec", model_args={"embedding_dim": 8}, features=feats, epochs=3, patience=3,
-                       batch_size=64, knn_k=4)
+                       batch_size=64, knn_k=4, seed=7)  # tuned on seed 7: the leaderboard's seeds 0 and 1 exclude it
     tune_mod.tune(paths, base, 2, space={"lr": (1e-2, 5e-3)}, pruner="none")
     snapshot, out = tmp_path / "snapshot", tmp_path / "table"
     argv = ["--home", str(tmp_path / "home"), "--dataset", paths.name, "--seeds", "2", "--rows", "no-t", "uia-grad",

@@ -40,14 +40,16 @@ def test_missing_study_names_the_command(tuned):
 
 def test_leaderboard_reruns_the_chosen_configuration_on_every_seed(tuned):
     assert lb.tuned_models(tuned) == ["lightgcn", "anchorrec"]
-    out = lb.run_leaderboard(tuned, seeds=(0, 1), progress=False, log=lambda _: None, projection_sample=40)
+    with pytest.raises(ValueError, match="seed 0 is the seed lightgcn's study tuned on"):
+        lb.run_leaderboard(tuned, seeds=(0, 1), progress=False, log=lambda _: None)  # the chosen trial itself
+    out = lb.run_leaderboard(tuned, seeds=(1, 2), progress=False, log=lambda _: None, projection_sample=40)
     result = json.loads(out.with_suffix(".json").read_text())
-    assert set(result["models"]) == {"lightgcn", "anchorrec"} and result["seeds"] == [0, 1]
+    assert set(result["models"]) == {"lightgcn", "anchorrec"} and result["seeds"] == [1, 2]
     for model in BASES:
         best = json.loads((tune_mod.study_dir(tuned, model) / "best.json").read_text())
         chosen = json.loads((tuned.run(best["best_run_id"]) / "config.json").read_text())
         tests = []
-        for seed in (0, 1):
+        for seed in (1, 2):
             cfg = json.loads((tuned.run(f"lb-{model}-s{seed}") / "config.json").read_text())
             assert cfg["seed"] == seed
             assert {k: v for k, v in cfg.items() if k not in ("seed", "run_id")} == {
@@ -57,11 +59,15 @@ def test_leaderboard_reruns_the_chosen_configuration_on_every_seed(tuned):
         assert row["params"] == best["best_params"]
         assert row["test_mean"]["recall@20"] == pytest.approx(sum(tests) / 2)
         assert row["tuning"]["trials"] == 2 and row["tuning"]["epochs"] == 2
+        assert row["tuning"]["distinct"] == best["done"] == 2 and row["tuning"]["grid_size"] == best["grid_size"]
+        # the tiny study's cap (2 epochs, patience 2) binds every rerun: each is flagged
+        assert len(row["near_cap"]) == 2 and all("of cap 2" in c for c in row["near_cap"])
     # one baseline besides AnchorRec: it is the one tested against, and the verdict names it
     assert result["baseline"] == "lightgcn"
     assert any("anchorrec vs lightgcn" in v for v in result["verdict"])
     text = out.read_text()
-    assert "## Verdict" in text and "## Chosen hyperparameters" in text and "## Cost" in text
+    assert "## Verdict" in text and "## Chosen hyperparameters" in text and "## Search and cost" in text
+    assert "## What binds" in text and any("cap, not early stopping, ended 2 of 2 reruns" in v for v in result["verdict"])
     assert (out.parent / "report.md").exists()
     # ranked by test Recall@20 in the table, best first
     ranked = sorted(result["models"].values(), key=lambda r: r["rank"])
@@ -80,12 +86,12 @@ def test_reruns_in_worker_processes_give_the_same_leaderboard(tuned, tmp_path):
         homes[jobs] = dataset_paths(tuned.name, home)
         for run in homes[jobs].runs_dir.glob("lb-*"):
             shutil.rmtree(run) if run.is_dir() else run.unlink()
-    outs = {jobs: lb.run_leaderboard(paths, jobs=jobs, seeds=(0, 1), progress=False, log=lambda _: None,
+    outs = {jobs: lb.run_leaderboard(paths, jobs=jobs, seeds=(1, 2), progress=False, log=lambda _: None,
                                      projection_sample=40) for jobs, paths in homes.items()}
     a, b = (json.loads(outs[j].with_suffix(".json").read_text()) for j in (2, 1))
     assert a["models"] == b["models"] and a["verdict"] == b["verdict"] and (a["jobs"], b["jobs"]) == (2, 1)
     for model in BASES:
-        for seed in (0, 1):
+        for seed in (1, 2):
             history = [json.loads(homes[j].metrics(f"lb-{model}-s{seed}").read_text())["history"] for j in (2, 1)]
             assert len(history[0]) == 2 and [h["loss"] for h in history[0]] == [h["loss"] for h in history[1]]
             for j in (2, 1):  # each run's report summary was made as it ended, in the worker that trained it
@@ -179,3 +185,13 @@ def test_the_verdict_places_the_gap_by_item_popularity():
     assert "tail 0.0085 vs 0.0073 (+0.0012, better on 2/2 seeds" in line and "; mid " not in line  # no mid bucket given
     rows = {"alignrec": {"test_mean": {"recall@20": 0.2}}, "anchorrec": {"test_mean": {"recall@20": 0.1}}}
     assert line in lb.verdict_lines(rows, {**report, "significance": []}, "alignrec")
+
+
+def test_chosen_values_on_a_grid_edge_and_runs_at_the_cap_are_flagged():
+    space = {"lr": (1e-2, 5e-3, 1e-3), "n_layers": (1, 2, 3), "dropout": (True, False)}
+    edges = lb.grid_edges({"lr": 1e-2, "n_layers": 2, "dropout": True}, space)
+    assert edges == {"lr": "0.01 = top of [0.001, 0.005, 0.01]"}  # n_layers inside; booleans have no edge
+    assert lb.grid_edges({"lr": 1e-3}, space) == {"lr": "0.001 = bottom of [0.001, 0.005, 0.01]"}
+    # cap 100, patience 20: a best epoch of 80 or later could not have been stopped by patience
+    assert lb.near_cap([79, 80, 99], ["a", "b", "c"], 100, 20) == ["b (best epoch 80 of cap 100)",
+                                                                 "c (best epoch 99 of cap 100)"]

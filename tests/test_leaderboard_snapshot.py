@@ -41,7 +41,7 @@ def test_a_snapshot_brings_back_a_lost_study_with_its_trials(tmp_path):
     rebuilt, _ = best_config(paths, "lightgcn")  # no run left: from the study's budget and the trial's params
     assert rebuilt.to_json() == chosen.to_json()
     out = tune_mod.tune(paths, base, 3, space=space, pruner="none")
-    assert out["done"] == 3 and out["ran_now"] == 1  # the two snapshot trials count; one more ran
+    assert out["done"] == 3 and out["ran_now"] == 1 + out["duplicates"]  # the two snapshot trials count; one more trained
     assert out["best_value"] >= first["best_value"]
 
 
@@ -51,7 +51,7 @@ def test_finished_leaderboard_runs_outlive_the_disk_as_summaries(tmp_path):
     paths, _, _ = write_tiny_dataset(tmp_path / "home", planted(n_users=40, n_items=30, n_groups=2, per_user=8))
     feats = {"t": "text-tiny", "v": "text-tiny", "mm": "text-tiny"}
     base = TrainConfig(model="anchorrec", model_args={"embedding_dim": 8}, features=feats, epochs=2, patience=2,
-                       batch_size=64, knn_k=4)
+                       batch_size=64, knn_k=4, seed=7)  # tuned on seed 7: seeds 0 and 1 confirm it
     tune_mod.tune(paths, base, 2, space={"lr": (1e-2, 5e-3)}, pruner="none")
     quiet = dict(seeds=(0, 1), progress=False, log=lambda _: None, projection_sample=40)
     first = read_json(run_leaderboard(paths, **quiet).with_suffix(".json"))

@@ -81,8 +81,8 @@ def test_tiny_study_runs_records_trials_and_tops_up(tmp_path):
     again = tune_mod.tune(paths, BASE, 3, space=SPACE, pruner="none")  # done: nothing reruns
     assert again["ran_now"] == 0 and again["best_value"] == out["best_value"]
     assert best_path.read_bytes() == written  # nor is best.json rewritten with this call's wall time
-    more = tune_mod.tune(paths, BASE, 4, space=SPACE, pruner="none")  # the total grows by one trial
-    assert more["ran_now"] == 1 and more["done"] == 4
+    more = tune_mod.tune(paths, BASE, 4, space=SPACE, pruner="none")  # the total grows by one distinct setting
+    assert more["done"] == 4 and more["ran_now"] == 1 + more["duplicates"]  # a repeat costs a proposal, not a trial
     assert [t.value for t in study_of(paths).get_trials()][:3] == [t.value for t in trials]
 
 
@@ -191,7 +191,7 @@ def test_study_killed_mid_trial_resumes_and_reaches_the_total(tmp_path):
     metrics = json.loads(paths.metrics("tune-lightgcn-t001").read_text())
     assert metrics["resumed_from_epoch"] == 2 and revived[0].value == metrics["valid"]["recall@20"]  # … and continued
     assert out["done"] == 3 and out["complete"] == 3 and out["failed"] == 0 and out["rerun_after_crash"] == 1
-    assert out["revived"] == [1] and len(after) == 4
+    assert out["revived"] == [1] and len(after) == 4 + out["duplicates"]  # repeats proposed after the restart cost no trial
 
 
 def test_interrupted_trial_is_continued_too(tmp_path, monkeypatch):
@@ -311,13 +311,32 @@ def test_cli_tune_has_its_options_with_help_and_checks_them():
         pipeline_config.PipelineConfig(jobs=0)
 
 
-def test_a_repeated_setting_is_not_trained_again(tmp_path):
+def test_a_repeated_setting_is_not_trained_again_nor_counted(tmp_path):
+    """Equal search, not equal proposals: a repeat takes the earlier run and does not use the budget."""
     paths = tiny_paths(tmp_path)
-    out = tune_mod.tune(paths, BASE, 2, space={"lr": (1e-2,), "n_layers": (1,), "reg_weight": (1e-4,)}, pruner="none")
-    first, second = study_of(paths).get_trials()
-    assert second.user_attrs["duplicate_of"] == 0 and second.value == first.value
-    assert second.user_attrs["run_id"] == "tune-lightgcn-t000" and not paths.run("tune-lightgcn-t001").exists()
-    assert out["duplicates"] == 1 and out["complete"] == 2
+    space = {"lr": (1e-2, 5e-3), "n_layers": (1,), "reg_weight": (1e-4,)}
+    tune_mod.tune(paths, BASE, 1, space=space, pruner="none")
+    first = study_of(paths).get_trials()[0]
+    study_of(paths).enqueue_trial(first.params)  # the next proposal repeats trial 0
+    out = tune_mod.tune(paths, BASE, 2, space=space, pruner="none")
+    trials = study_of(paths).get_trials()
+    repeat = trials[1]
+    assert repeat.user_attrs["duplicate_of"] == 0 and repeat.value == first.value
+    assert repeat.user_attrs["run_id"] == "tune-lightgcn-t000" and not paths.run("tune-lightgcn-t001").exists()
+    own = [t for t in trials if "duplicate_of" not in t.user_attrs]
+    assert len(own) == 2 and {t.params["lr"] for t in own} == {1e-2, 5e-3}  # both settings trained
+    assert out["done"] == 2 and out["complete"] == 2 and out["duplicates"] == len(trials) - 2 >= 1
+    assert out["epochs_trained"] == sum(json.loads(paths.metrics(t.user_attrs["run_id"]).read_text())["epochs_run"]
+                                        for t in own)
+    assert "2 of 2 distinct settings" in out["line"]
+
+
+def test_a_budget_beyond_the_grid_stops_at_the_grid(tmp_path):
+    paths = tiny_paths(tmp_path)
+    space = {"lr": (1e-2, 5e-3), "n_layers": (1,), "reg_weight": (1e-4,)}
+    out = tune_mod.tune(paths, BASE, 5, space=space, pruner="none")
+    own = [t for t in study_of(paths).get_trials() if "duplicate_of" not in t.user_attrs]
+    assert out["grid_size"] == 2 and out["done"] == 2 and len({t.params["lr"] for t in own}) == 2
 
 
 def test_a_diverging_trial_is_counted_and_reported_not_fatal(tmp_path, monkeypatch):
