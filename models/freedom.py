@@ -152,7 +152,10 @@ class FREEDOM(nn.Module):
         self.register_buffer("edge_items", coo[1].clone(), persistent=False)
         deg_u = torch.bincount(self.edge_users, minlength=self.n_users).float() + EPS
         deg_i = torch.bincount(self.edge_items, minlength=self.n_items).float() + EPS
-        self.register_buffer("edge_prob", (deg_u[self.edge_users] * deg_i[self.edge_items]).rsqrt(), persistent=False)
+        # MMRec's values to the bit (pow(−½) per side, then the product), so the same random stream
+        # draws the same edges (tests/test_freedom.py checks the draws against MMRec's own sampler)
+        prob = deg_u.pow(-0.5)[self.edge_users] * deg_i.pow(-0.5)[self.edge_items]
+        self.register_buffer("edge_prob", prob, persistent=False)
         self.train_r, self.train_rt = self.r, self.rt
         self.resample_edges()
 

@@ -92,6 +92,29 @@ def test_text_only_setup_t_equals_v_equals_mmrec():
     tiny.compare(model, tiny.freedom_weights(tiny.T_DIM, tiny.T_DIM), MMREC["freedom_same"])
 
 
+# printed by benchmarks/parity/mmrec_parity.py ("freedom_draws"): the (user, item) edges MMRec's own
+# pre_epoch_processing keeps on the tiny input (dropout tiny.DROPOUT) after torch.manual_seed(seed)
+MMREC_DRAWS = {
+    0: [[0, 3], [2, 0], [2, 4], [3, 2], [3, 3], [3, 4], [3, 6], [4, 5], [4, 6]],
+    1: [[0, 0], [0, 1], [0, 3], [1, 1], [1, 5], [3, 4], [4, 1], [4, 5], [4, 6]],
+    2: [[0, 1], [0, 3], [1, 1], [1, 5], [2, 0], [2, 4], [3, 2], [3, 3], [4, 6]],
+    3: [[0, 0], [0, 1], [1, 1], [2, 0], [2, 4], [2, 6], [3, 3], [4, 1], [4, 6]],
+}
+
+
+def test_the_sampler_draws_mmrecs_edges_from_the_same_random_stream(monkeypatch):
+    """Not hand-picked edges: our degree-sensitive draw itself, seeded as MMRec's was, keeps its edges."""
+    model = tiny_model(dropout=tiny.DROPOUT)
+    drawn = []
+    real = model.use_edges
+    monkeypatch.setattr(model, "use_edges", lambda u, i: (drawn.append(sorted(zip(u.tolist(), i.tolist()))), real(u, i)))
+    for seed, edges in MMREC_DRAWS.items():
+        torch.manual_seed(seed)
+        model.resample_edges()
+        assert [list(e) for e in drawn[-1]] == edges, seed
+    assert len({tuple(map(tuple, e)) for e in MMREC_DRAWS.values()}) == len(MMREC_DRAWS)  # four different draws
+
+
 def test_item_graph_is_unweighted_knn_mixed_by_image_weight():
     g = tiny.graph()
     model = FREEDOM(g, FREEDOMConfig(embedding_dim=4, feat_embed_dim=4, mm_image_weight=0.3))

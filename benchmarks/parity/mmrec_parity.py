@@ -9,7 +9,9 @@ score matrix, as JSON. tests/test_vbpr.py and tests/test_freedom.py hold these n
 
 FREEDOM's edge sampling is made deterministic by handing MMRec's `pre_epoch_processing` the
 kept edges of tiny.KEPT_EDGES in place of its `torch.multinomial` draw; the tests give our model
-the same edges (`FREEDOM.use_edges`).
+the same edges (`FREEDOM.use_edges`). The sampler itself is checked apart (`freedom_draws`): after
+torch.manual_seed(s) MMRec's own draw keeps the edges it prints, and ours, from the same random
+stream and the same edge probabilities, must keep the same ones.
 
     MMREC_SRC=/path/to/MMRec/src .venv/bin/python benchmarks/parity/mmrec_parity.py
     .venv/bin/python benchmarks/parity/mmrec_parity.py --mmrec /path/to/MMRec/src
@@ -109,10 +111,8 @@ def run_vbpr(vbpr_cls: type, root: Path, same: bool) -> dict[str, Any]:
     return record(model, loss.sum(), scores, tiny.VBPR_NAMES)
 
 
-def run_freedom(freedom_cls: type, root: Path, name: str, same: bool, dropout: float, image_weight: float) -> dict[str, Any]:
-    data_dir = root / f"freedom-{name}"
-    write_features(data_dir, same)
-    cfg = base_config(
+def freedom_config(data_dir: Path, dropout: float, image_weight: float) -> dict[str, Any]:
+    return base_config(
         data_dir,
         feat_embed_dim=tiny.DIM,
         knn_k=tiny.KNN_K,
@@ -125,7 +125,12 @@ def run_freedom(freedom_cls: type, root: Path, name: str, same: bool, dropout: f
         dropout=dropout,
         degree_ratio=1.0,
     )
-    model = freedom_cls(cfg, TinyDataset())
+
+
+def run_freedom(freedom_cls: type, root: Path, name: str, same: bool, dropout: float, image_weight: float) -> dict[str, Any]:
+    data_dir = root / f"freedom-{name}"
+    write_features(data_dir, same)
+    model = freedom_cls(freedom_config(data_dir, dropout, image_weight), TinyDataset())
     v_dim = tiny.T_DIM if same else tiny.V_DIM
     load_weights(model, tiny.freedom_weights(tiny.T_DIM, v_dim), tiny.FREEDOM_NAMES)
     real_multinomial = torch.multinomial
@@ -139,6 +144,25 @@ def run_freedom(freedom_cls: type, root: Path, name: str, same: bool, dropout: f
     with torch.no_grad():
         scores = model.full_sort_predict((torch.arange(tiny.N_USERS),))
     return record(model, loss, scores, tiny.FREEDOM_NAMES)
+
+
+DRAW_SEEDS = (0, 1, 2, 3)
+
+
+def freedom_draws(freedom_cls: type, root: Path) -> dict[str, list[list[int]]]:
+    """The (user, item) training edges MMRec's own `pre_epoch_processing` keeps after
+    torch.manual_seed(s), for each s: its sampler itself, on the random stream ours draws from."""
+    data_dir = root / "freedom-draws"
+    write_features(data_dir, same=False)
+    model = freedom_cls(freedom_config(data_dir, tiny.DROPOUT, 0.3), TinyDataset())
+    out = {}
+    for seed in DRAW_SEEDS:
+        torch.manual_seed(seed)
+        model.pre_epoch_processing()
+        u, i = model.masked_adj.coalesce().indices()
+        user_rows = u < tiny.N_USERS
+        out[str(seed)] = sorted([int(a), int(b) - tiny.N_USERS] for a, b in zip(u[user_rows], i[user_rows]))
+    return out
 
 
 def scipy_shim() -> None:
@@ -174,6 +198,7 @@ def main() -> None:
         out["freedom_full"] = run_freedom(FREEDOM, root, "full", same=False, dropout=0.0, image_weight=0.3)
         out["freedom_pruned"] = run_freedom(FREEDOM, root, "pruned", same=False, dropout=tiny.DROPOUT, image_weight=0.3)
         out["freedom_same"] = run_freedom(FREEDOM, root, "same", same=True, dropout=tiny.DROPOUT, image_weight=0.3)
+        out["freedom_draws"] = freedom_draws(FREEDOM, root)
     print(json.dumps(out, indent=1))
 
 
