@@ -21,9 +21,9 @@ import tiny  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# printed by benchmarks/parity/lgmrec_parity.py (MMRec's LGMRec on tiny.py's input, keep_rate 1,
-# cl_weight 0.05, reg_weight 0.1, the fixed Gumbel noise of lgmrec_parity.FixedGumbel, the
-# configs of lgmrec_parity.CASES): loss, and fingerprints (norm, probe sum) of each gradient
+# printed by benchmarks/parity/lgmrec_parity.py (MMRec's LGMRec on tiny.py's input, keep_rate 1 but
+# in "lgmrec_dropout" (0.5), cl_weight 0.05, reg_weight 0.1, the fixed Gumbel noise and dropout masks
+# of lgmrec_parity.FixedGumbel / FixedDropout, the configs of lgmrec_parity.CASES): loss, and fingerprints (norm, probe sum) of each gradient
 # and of the user × item score matrix.
 MMREC = {
     "lgmrec": {
@@ -62,7 +62,27 @@ MMREC = {
             "hyper.v": (1.0062724, 0.35881622),
         },
     },
+    "lgmrec_dropout": {
+        "loss": 2.081902265548706,
+        "scores": (4.300178261988217, 2.8962155424942457),
+        "grads": {
+            "user_emb.weight": (0.4463118441911792, -0.0022651560356697735),
+            "item_emb.weight": (1.1255662255626422, 1.4780554353686932),
+            "trs.t": (0.27140720723101136, 0.44984507289245934),
+            "hyper.t": (0.40522555473898514, 0.1333437786778914),
+            "trs.v": (0.2918591782411164, -0.236779665525493),
+            "hyper.v": (2.7391174189706464, 2.1759595510943828),
+        },
+    },
 }
+
+
+@pytest.fixture
+def fixed_dropout(monkeypatch):
+    """The parity script's fixed dropout masks, k-th training call = MMRec's k-th (nn.Dropout calls F.dropout)."""
+    fake = lgmrec_parity.FixedDropout()
+    monkeypatch.setattr(torch.nn.functional, "dropout", fake)
+    return fake
 
 
 @pytest.fixture
@@ -76,17 +96,20 @@ def fixed_gumbel(monkeypatch):
 def case_model(name: str) -> LGMRec:
     case = dict(lgmrec_parity.CASES[name])
     same = case.pop("same")
-    cfg = LGMRecConfig(embedding_dim=tiny.DIM, feat_embed_dim=tiny.DIM, keep_rate=1.0,
+    case.setdefault("keep_rate", 1.0)
+    cfg = LGMRecConfig(embedding_dim=tiny.DIM, feat_embed_dim=tiny.DIM,
                        cl_weight=lgmrec_parity.CL_WEIGHT, reg_weight=lgmrec_parity.REG_WEIGHT, **case)
     return LGMRec(tiny.graph(same), cfg)
 
 
 @pytest.mark.parametrize("name", sorted(MMREC))
-def test_loss_gradients_and_scores_equal_mmrec(name, fixed_gumbel):
+def test_loss_gradients_and_scores_equal_mmrec(name, fixed_gumbel, fixed_dropout):
     case = lgmrec_parity.CASES[name]
     weights = lgmrec_parity.lgmrec_weights(case["same"], case["hyper_num"])
     tiny.compare(case_model(name), weights, MMREC[name])
     assert fixed_gumbel.calls == 8  # 4 draws (v items, v users, t items, t users) per forward, as MMRec
+    # dropout on: 4 masks in the training forward (the same items/users order as MMRec's), none in scoring
+    assert fixed_dropout.calls == (4 if case.get("keep_rate", 1.0) < 1 else 0)
 
 
 def test_text_only_setup_stores_the_one_table_once():

@@ -6,10 +6,12 @@ the initial weights of `lgmrec_weights`, runs one `calculate_loss` + backward an
 `full_sort_predict`, and prints per case the loss and fingerprints (tiny.fingerprint) of every
 parameter's gradient and of the score matrix, as JSON. tests/test_lgmrec.py holds these numbers.
 
-Randomness is made deterministic for both sides: keep_rate 1 (no dropout on the hyperedge
-assignments), and `torch.nn.functional.gumbel_softmax` is swapped for `FixedGumbel`, which adds
-the same fixed Gumbel noise for the k-th draw of a forward pass (v items, v users, t items,
-t users) — the tests swap in the same function for our model.
+Randomness is made deterministic for both sides: `torch.nn.functional.gumbel_softmax` is swapped
+for `FixedGumbel`, which adds the same fixed Gumbel noise for the k-th draw of a forward pass
+(v items, v users, t items, t users), and `torch.nn.functional.dropout` (what MMRec's nn.Dropout
+calls) for `FixedDropout`, which keeps a fixed mask for the k-th training call — the tests swap
+in the same functions for our model. Most cases keep_rate 1 (no dropout); "lgmrec_dropout" 0.5.
+Scores are taken in eval mode, as MMRec's trainer evaluates (its dropout off, its noise on).
 
     MMREC_SRC=/path/to/MMRec/src .venv/bin/python benchmarks/parity/lgmrec_parity.py
 """
@@ -47,12 +49,14 @@ LGMREC_NAMES = {
     "hyper.v": "v_hyper",
 }
 
-# the cases: MMRec config values (keep_rate 1 in all: dropout off); "deep" has hyper_num ≥ d
-# (the plain contrastive form) and two hypergraph steps
+# the cases: MMRec config values (keep_rate 1: dropout off, unless given); "deep" has hyper_num ≥ d
+# (the plain contrastive form) and two hypergraph steps; "dropout" drops half the assignments
 CASES: dict[str, dict[str, Any]] = {
     "lgmrec": {"same": False, "n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 3, "alpha": 0.3},
     "lgmrec_same": {"same": True, "n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 3, "alpha": 0.3},
     "lgmrec_deep": {"same": False, "n_ui_layers": 1, "n_mm_layers": 1, "n_hyper_layer": 2, "hyper_num": 5, "alpha": 0.6},
+    "lgmrec_dropout": {"same": False, "n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 3, "alpha": 0.3,
+                       "keep_rate": 0.5},
 }
 CL_WEIGHT, REG_WEIGHT = 0.05, 0.1  # BPR, contrastive and norm terms of similar size
 
@@ -86,6 +90,31 @@ class FixedGumbel:
         return torch.softmax((logits + torch.as_tensor(noise, dtype=logits.dtype)) / tau, dim=dim)
 
 
+class FixedDropout:
+    """`F.dropout` with fixed masks: the k-th training call (mod 4) keeps the entries whose uniform
+    draw of seed 81 + k is ≥ p, scaled by 1 / (1 − p); outside training it is the identity."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
+        if not training or p == 0:
+            return x
+        keep = np.random.default_rng(81 + self.calls % 4).random(tuple(x.shape)) >= p
+        self.calls += 1
+        return x * torch.as_tensor(keep, dtype=x.dtype) / (1 - p)
+
+
+@contextlib.contextmanager
+def fixed_dropout() -> Iterator[FixedDropout]:
+    real, fake = torch.nn.functional.dropout, FixedDropout()
+    torch.nn.functional.dropout = fake
+    try:
+        yield fake
+    finally:
+        torch.nn.functional.dropout = real
+
+
 @contextlib.contextmanager
 def fixed_gumbel() -> Iterator[FixedGumbel]:
     real, fake = torch.nn.functional.gumbel_softmax, FixedGumbel()
@@ -99,14 +128,15 @@ def fixed_gumbel() -> Iterator[FixedGumbel]:
 def run_lgmrec(lgmrec_cls: type, root: Path, name: str, case: dict[str, Any]) -> dict[str, Any]:
     data_dir = root / name
     write_features(data_dir, case["same"])
-    args = {k: v for k, v in case.items() if k != "same"}
-    cfg = base_config(data_dir, feat_embed_dim=tiny.DIM, cf_model="lightgcn", keep_rate=1.0,
+    args = {"keep_rate": 1.0, **{k: v for k, v in case.items() if k != "same"}}
+    cfg = base_config(data_dir, feat_embed_dim=tiny.DIM, cf_model="lightgcn",
                       cl_weight=CL_WEIGHT, reg_weight=REG_WEIGHT, **args)
     model = lgmrec_cls(cfg, TinyDataset())
     load_weights(model, lgmrec_weights(case["same"], case["hyper_num"]), LGMREC_NAMES)
-    with fixed_gumbel():
+    with fixed_gumbel(), fixed_dropout():
         loss = model.calculate_loss(batch())
         loss.backward()
+        model.eval()  # as MMRec's trainer evaluates: nn.Dropout off, the Gumbel noise still drawn
         with torch.no_grad():
             scores = model.full_sort_predict((torch.arange(tiny.N_USERS),))
     return record(model, loss, scores, LGMREC_NAMES)
