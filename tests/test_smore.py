@@ -9,6 +9,7 @@ import pytest
 import torch
 from models_fixtures import planted
 
+from models import smore as smore_mod
 from models.smore import SMORE, SMOREConfig, max_fusion
 from models.training.data import build_graph_data, interactions_from_arrays
 from models.training.trainer import TrainConfig, fit
@@ -22,8 +23,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # printed by benchmarks/parity/smore_parity.py (MMRec's SMORE: embedding 6, cl_loss 0.5, knn_k 3,
 # the layers / reg_weight / dropout of smore_parity.CASES, dropout as the fixed column mask
-# bm3_parity.column_dropout): loss, and fingerprints (norm, probe sum) of each gradient and of
-# the user × item score matrix (eval mode).
+# bm3_parity.column_dropout; "smore_row_dropout": smore_parity.ROW_CASE with a mask per row,
+# smore_parity.RowMasks): loss, and fingerprints (norm, probe sum) of each gradient and of the
+# user × item score matrix (eval mode).
 MMREC = {
     "smore": {
         "loss": 1.5137446,
@@ -130,6 +132,41 @@ MMREC = {
             "spectrum.f": (0.070893438, -0.090204985),
         },
     },
+    "smore_row_dropout": {
+        "loss": 2.3473918,
+        "scores": (0.52781524, 0.32547475),
+        "grads": {
+            "user_emb.weight": (1.0983351, -0.323451),
+            "item_emb.weight": (2.5008806, -1.5557803),
+            "feat.t": (0.063456463, -0.036412672),
+            "feat.v": (0.050384237, 0.027986825),
+            "trs.t.weight": (0.17972028, 0.18750248),
+            "trs.t.bias": (0.094382337, 0.04106207),
+            "trs.v.weight": (0.15011603, -0.17424748),
+            "trs.v.bias": (0.082522423, 0.041735306),
+            "query.v.0.weight": (0.010980472, 0.0056382891),
+            "query.v.0.bias": (0.049958128, -0.078951831),
+            "query.v.2.weight": (0.0089531387, -0.00043187906),
+            "query.t.0.weight": (0.0092304186, 0.006152388),
+            "query.t.0.bias": (0.048297883, 0.022420087),
+            "query.t.2.weight": (0.0087609591, 0.0075080423),
+            "gate.v.0.weight": (0.04027586, 0.047743759),
+            "prefer.v.0.weight": (0.009492347, -0.0042365017),
+            "gate.v.0.bias": (0.036854408, 0.010855031),
+            "prefer.v.0.bias": (0.036101365, 0.0053394391),
+            "spectrum.v": (0.018052224, -0.0032531285),
+            "gate.t.0.weight": (0.032537357, -0.02709083),
+            "prefer.t.0.weight": (0.0051331103, -0.0060789571),
+            "gate.t.0.bias": (0.023410369, 0.033220944),
+            "prefer.t.0.bias": (0.022102821, 0.031826131),
+            "spectrum.t": (0.010820978, 0.0030205609),
+            "gate.f.0.weight": (0.15995909, -0.12380324),
+            "prefer.f.0.weight": (0.051261427, -0.034463821),
+            "gate.f.0.bias": (0.14566554, 0.10721071),
+            "prefer.f.0.bias": (0.1216851, 0.10896009),
+            "spectrum.f": (0.038140435, -0.015864253),
+        },
+    },
 }
 
 
@@ -144,6 +181,17 @@ def test_loss_gradients_and_scores_equal_mmrec(case, monkeypatch):
     model = SMORE(tiny.graph(same), config(*args))
     monkeypatch.setattr(torch.nn.functional, "dropout", bm3_parity.column_dropout)  # MMRec's run had the same mask
     tiny.compare(model, smore_parity.smore_weights(same), MMREC[name])
+
+
+def test_a_mask_per_row_equals_mmrec(monkeypatch):
+    """Each user's and item's own mask: MMRec drops its whole table, ours the batch's rows by id."""
+    name, same, *args = smore_parity.ROW_CASE
+    model = SMORE(tiny.graph(same), config(*args))
+    masks = smore_parity.RowMasks(smore_parity.DROPOUT)
+    monkeypatch.setattr(smore_mod, "row_dropout", masks.rows)
+    tiny.compare(model, smore_parity.smore_weights(same), MMREC[name])
+    assert masks.calls == 6  # users' v, t, f and items' v, t, f in training; none in scoring
+    assert abs(MMREC[name]["loss"] - MMREC["smore_dropout"]["loss"]) > 1e-2  # not the column mask's value
 
 
 def test_column_dropout_really_changes_the_loss(monkeypatch):

@@ -9,8 +9,12 @@ tests/test_smore.py holds these numbers.
 
 SMORE's preference dropout is random; for parity `torch.nn.functional.dropout` is replaced in
 both runs by bm3_parity's `column_dropout` (a fixed mask that depends on the column only, so
-"drop on all rows, then gather" — MMRec — and "gather, then drop" — ours — agree). Scores are
-computed without dropout (eval mode), as the trainer's evaluation does.
+"drop on all rows, then gather" — MMRec — and "gather, then drop" — ours — agree). That mask
+cannot tell one row from another, so the case "smore_row_dropout" gives every user and item row
+a mask of its own (`RowMasks`): MMRec drops its whole [users; items] table with it, ours the
+batch's rows by their ids (the test swaps models.smore.row_dropout, whose one-mask-per-distinct-
+id rule is tests/test_bm3.py's). Scores are computed without dropout (eval mode), as the
+trainer's evaluation does.
 
 Shims for a CPU machine without torch_scatter: MMRec's `.cuda()` on its item graphs is the
 identity, and `torch_scatter.scatter_add` (which MMRec's kNN normalization imports) is the same
@@ -43,6 +47,7 @@ CASES = (
     ("smore_dropout", False, 2, 2, 0.1, DROPOUT),
     ("smore_same", True, 3, 1, 0.1, 0.0),
 )
+ROW_CASE = ("smore_row_dropout", False, 2, 2, 0.1, DROPOUT)  # per-row masks (RowMasks)
 VIEWS = ("v", "t", "f")
 _THEIR_VIEW = {"v": "image", "t": "text", "f": "fusion"}
 
@@ -108,8 +113,36 @@ def scatter_shim() -> None:
         sys.modules["torch_scatter"] = mod
 
 
+class RowMasks:
+    """Fixed dropout masks with one row per user and item: view k's is the uniform draw of seed
+    91 + k over the (users + items) × DIM table, kept where ≥ p, scaled by 1 / (1 − p).
+
+    `full_table` stands in for F.dropout in MMRec's run (three calls on [users; items]: image,
+    text, fusion); `rows` for models.smore.row_dropout in ours (six calls: the batch users' v, t,
+    f, then the batch items' v, t, f, each row taking its own id's mask)."""
+
+    def __init__(self, p: float) -> None:
+        self.p, self.calls = p, 0
+
+    def mask(self, k: int) -> torch.Tensor:
+        draw = np.random.default_rng(91 + k).random((tiny.N_USERS + tiny.N_ITEMS, DIM))
+        return torch.as_tensor(draw >= self.p, dtype=torch.float32) / (1 - self.p)
+
+    def full_table(self, x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
+        if not training:
+            return x
+        assert x.shape == (tiny.N_USERS + tiny.N_ITEMS, DIM), x.shape
+        self.calls += 1
+        return x * self.mask((self.calls - 1) % 3)
+
+    def rows(self, x: torch.Tensor, ids: torch.Tensor, p: float) -> torch.Tensor:
+        k, items = self.calls % 3, (self.calls // 3) % 2 == 1
+        self.calls += 1
+        return x * self.mask(k)[ids + (tiny.N_USERS if items else 0)]
+
+
 def run_smore(smore_cls: type, root: Path, name: str, same: bool, n_ui_layers: int, n_layers: int,
-              reg_weight: float, dropout: float) -> dict[str, Any]:
+              reg_weight: float, dropout: float, row_masks: bool = False) -> dict[str, Any]:
     from bm3_parity import fixed_dropout  # noqa: E402
     from mmrec_parity import (  # noqa: E402
         TinyDataset,
@@ -129,8 +162,17 @@ def run_smore(smore_cls: type, root: Path, name: str, same: bool, n_ui_layers: i
     model = smore_cls(cfg, TinyDataset())
     load_weights(model, smore_weights(same), SMORE_NAMES)
     model.train()
-    with fixed_dropout() if dropout > 0 else contextlib.nullcontext():  # column_dropout ignores p: not at p = 0
-        loss = model.calculate_loss(batch())
+    if row_masks:
+        masks, real = RowMasks(dropout), torch.nn.functional.dropout
+        torch.nn.functional.dropout = masks.full_table
+        try:
+            loss = model.calculate_loss(batch())
+        finally:
+            torch.nn.functional.dropout = real
+        assert masks.calls == 3
+    else:
+        with fixed_dropout() if dropout > 0 else contextlib.nullcontext():  # column_dropout ignores p: not at p = 0
+            loss = model.calculate_loss(batch())
     loss.backward()
     model.eval()
     with torch.no_grad():
@@ -150,6 +192,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for case in CASES:
             out[case[0]] = run_smore(SMORE, Path(tmp), *case)
+        out[ROW_CASE[0]] = run_smore(SMORE, Path(tmp), *ROW_CASE, row_masks=True)
     print(json.dumps(out, indent=1))
 
 
