@@ -96,6 +96,9 @@ def main() -> None:
     ap.add_argument("--ica-from", metavar="RUN",
                     help="mm from this finished pretraining run (DATASET/RUN) instead of pretraining here; also "
                          "pins the mm table of studies begun with an earlier run after the pretraining code changed")
+    ap.add_argument("--no-tune", action="store_true",
+                    help="rerun the leaderboard on the studies' choices as they stand, without topping the studies "
+                         "up (a study run under an older budget rule or lr grid keeps its choice; seeds are added)")
     ap.add_argument("--snapshot", type=Path, metavar="DIR",
                     help="keep a copy of every study and finished leaderboard run here (each minute) and start "
                          "what the home lacks from it")
@@ -117,7 +120,7 @@ def main() -> None:
     features = FEATURES[args.dataset] + (["--ica-from", args.ica_from] if args.ica_from else [])
     anchorrec("ingest", *common, *INGEST[args.dataset])  # each step is cached: a rerun skips what is done
     anchorrec("pretrain", *common, *features)
-    for model in args.models:
+    for model in [] if args.no_tune else args.models:
         anchorrec("tune", *common, *features, "--model", model, "--trials", str(args.trials),
                   "--epochs", str(args.epochs), "--patience", str(args.patience), "--jobs", str(args.jobs), tick=snap)
     models = [x for m in args.models for x in ("--model", m)]
