@@ -52,12 +52,15 @@ def save_studies(tuning: Path, snapshot: Path, models: list[str]) -> None:
 
 
 def restore_studies(tuning: Path, snapshot: Path, models: list[str]) -> None:
-    """A study the home lacks is started from the snapshot's copy (its trials count as done)."""
+    """A study the home lacks is started from the snapshot's copy (its trials count as done), with
+    its best.json: the choice the kept runs were trained with."""
     for model in models:
         src = snapshot / "studies" / model / "study.db"
         if src.exists() and not (tuning / model / "study.db").exists():
             (tuning / model).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tuning / model / "study.db")
+            if src.with_name("best.json").exists() and not (tuning / model / "best.json").exists():
+                shutil.copyfile(src.with_name("best.json"), tuning / model / "best.json")  # the choice, as made
             print(f"{model}: study restored from {src}", flush=True)
 
 
