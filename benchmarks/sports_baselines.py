@@ -39,17 +39,25 @@ LR_DECAY = {"lattice": 0.96, "smore": 0.96}  # the models whose MMRec yaml sets 
 ORDER = ["vbpr", "freedom", "bm3", "lattice", "lgmrec", "smore", "damrs"]
 
 
-def train_one(model: str, seed: int, epochs: int, patience: int, data, graph) -> dict:
-    """Train (or resume) one model's Sports run; its summary row."""
+class SliceEnd(Exception):
+    """The time budget of this call is spent: the run stops at its last checkpoint and resumes next call."""
+
+
+def train_one(model: str, seed: int, epochs: int, patience: int, data, graph, device: str | None = None,
+              deadline: float = float("inf")) -> dict:
+    """Train (or resume) one model's Sports run; its summary row. Past `deadline` (time.monotonic)
+    the run stops after its next epoch's checkpoint (SliceEnd): the same command goes on from there."""
     cfg = TrainConfig(
         model=model, lr=1e-3, lr_decay=LR_DECAY.get(model, 1.0), epochs=epochs, patience=patience,
-        batch_size=2048, seed=seed, knn_k=10, run_id=f"sports-{model}-s{seed}",
+        batch_size=2048, seed=seed, knn_k=10, run_id=f"sports-{model}-s{seed}", device=device,
     )
 
     def log(epoch: int, rec: dict) -> None:
         v = rec.get("valid", {})
         print(f"{model} epoch {epoch:3d} loss {rec['loss']:.4f} train {rec['train_s']:.1f}s "
               f"eval {rec.get('eval_s', 0):.1f}s valid R@20 {v.get('recall@20', float('nan')):.4f}", flush=True)
+        if time.monotonic() > deadline:  # after the epoch's checkpoint: nothing is lost
+            raise SliceEnd(f"{model}: time budget spent after epoch {epoch}")
 
     m = fit(data, graph, cfg, WORK / "runs" / cfg.run_id, progress=False, callback=log)
     return {
@@ -92,15 +100,26 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", type=Path, default=RESULTS / "baselines_sports.json")
+    ap.add_argument("--device", default=None, help="cpu, cuda, … (default: CUDA when present)")
+    ap.add_argument("--time-budget", type=float, default=None, metavar="S",
+                    help="stop after the first epoch that ends past S seconds (at its checkpoint); rerun to go on")
     args = ap.parse_args()
+    deadline = time.monotonic() + args.time_budget if args.time_budget else float("inf")
     if args.patience < 20:
         ap.error("--patience: the comparison uses MMRec's stopping_step of 20 or more")
     torch.set_num_threads(args.threads)
-    data, graph = sports_graph()
+    data, graph = sports_graph(device=args.device)
     rows = json.loads(args.results.read_text()) if args.results.exists() else {}
     command = ".venv/bin/python benchmarks/sports_baselines.py " + " ".join(sys.argv[1:])
     for model in args.models:
-        rows[model] = train_one(model, args.seed, args.epochs, args.patience, data, graph)
+        if model in rows and rows[model].get("epochs") == args.epochs and rows[model].get("patience") == args.patience:
+            continue  # finished in an earlier call (a slice)
+        try:
+            rows[model] = train_one(model, args.seed, args.epochs, args.patience, data, graph, args.device, deadline)
+        except SliceEnd as end:
+            print(f"slice ended: {end}; run the same command again to continue", flush=True)
+            return
+        rows[model].update(epochs=args.epochs)
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(rows, indent=1, sort_keys=True))
         table = write_table(rows, command)

