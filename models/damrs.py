@@ -56,8 +56,10 @@ against the values MMRec's class prints, benchmarks/parity/damrs_parity.py):
   the pseudo-label ranking runs without autograd (only its indices are used, as in MMRec); the
   batch's unique users and items come sorted (MMRec asks for them unsorted; the terms average
   over them, so the order does not matter);
-- the batch × all-items cosine matrix of a view is computed once and shared by the pseudo-labels
-  (softmax) and the contrastive denominator (MMRec computes it twice); the second pseudo-label
+- the batch × all-items cosine matrix of a view is computed ROW_CHUNK batch items at a time and
+  shared by the pseudo-labels (softmax) and the contrastive denominator (MMRec computes it twice,
+  whole); the denominator's gradient recomputes it chunk by chunk (ExpSum), so memory stays
+  bounded by ROW_CHUNK × N at any catalog size, not batch × N kept for autograd; the second pseudo-label
   set is taken from p_m's 2·10 best instead of re-ranking an N-wide copy with the first set
   zeroed (the same items: softmax values are > 0); with one table as t and v the graph, view and
   neighbour term are computed once and counted twice (MMRec computes the same thing twice);
@@ -72,6 +74,7 @@ SEARCH_SPACE below) and the behaviour graph of the file that yaml names (co-user
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -89,6 +92,7 @@ EPS = 1e-7  # MMRec's guard in the degrees of its item graphs
 CANDIDATES = 8  # nearest items per knn_k searched before the masks (see the docstring)
 PSEUDO_K = 10  # MMRec's pseudo-positives per kind
 TEMPERATURE = 0.2  # MMRec's neighbour-discrimination temperature
+ROW_CHUNK = 256  # batch items whose batch × N cosines are held at once (256 × 10⁵ items: 100 MB)
 DENSE_BLOCK = 1 << 24  # count values made dense at once when building the behaviour graph (64 MB)
 
 
@@ -206,15 +210,61 @@ def label_positives(total: torch.Tensor, p_m: torch.Tensor, k: int) -> tuple[tor
     return mm, cand[keep].view(len(cand), k)
 
 
-def neighbour_loss(mm: torch.Tensor, single: torch.Tensor, q: torch.Tensor, keys: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+def neighbour_loss(mm: torch.Tensor, single: torch.Tensor, q: torch.Tensor, keys: torch.Tensor,
+                   total: torch.Tensor) -> torch.Tensor:
     """−log(Σ_mm / Σ_all) − log(Σ_single / (Σ_all − Σ_mm)) over e^{cos/τ}, averaged over the batch.
 
-    q, keys: the batch's and all items' normalized view; cos = q keysᵀ (shared with the pseudo-labels).
+    q, keys: the batch's and all items' normalized view; total = Σ_all e^{cos/τ} per batch item
+    (ExpSum: computed in row chunks, its gradient too).
     """
     mm_s = torch.exp((keys[mm] * q.unsqueeze(1)).sum(2) / TEMPERATURE).sum(1)
     single_s = torch.exp((keys[single] * q.unsqueeze(1)).sum(2) / TEMPERATURE).sum(1)
-    total = torch.exp(cos / TEMPERATURE).sum(1)
     return (-torch.log(mm_s / total + 1e-9) - torch.log(single_s / (total - mm_s) + 1e-9)).mean()
+
+
+class ExpSum(torch.autograd.Function):
+    """Σ_j e^{q_i·k_j/τ} for each batch item i over all items j, given its value.
+
+    The value comes from the chunked pass that also ranks the pseudo-labels (one batch × N matmul
+    per chunk serves both); the backward recomputes a chunk of e^{q k/τ} at a time, so no
+    batch × N matrix is kept for autograd.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, keys: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(q, keys)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        q, keys = ctx.saved_tensors
+        gq, gk = torch.empty_like(q), torch.zeros_like(keys)
+        for s in range(0, len(q), ROW_CHUNK):
+            w = torch.exp(q[s : s + ROW_CHUNK] @ keys.T / TEMPERATURE) * (grad[s : s + ROW_CHUNK, None] / TEMPERATURE)
+            gq[s : s + ROW_CHUNK] = w @ keys
+            gk.addmm_(w.T, q[s : s + ROW_CHUNK])
+        return gq, gk, None
+
+
+@torch.no_grad()
+def ranked_views(qs: dict[int, torch.Tensor], keys: dict[int, torch.Tensor], k: int) -> tuple[dict, dict]:
+    """Per view m: its pseudo-positives (mm, single) and Σ_all e^{cos/τ}, one row chunk at a time.
+
+    p_m = softmax(q_m kᵀ_m) over all items; total = p_t + p_v + p_s (a view used as t and v counts
+    twice); the chunk's batch × N cosines are computed once and serve the softmax and the sum.
+    """
+    views = sorted(qs)
+    labels: dict[int, list] = {m: [] for m in views}
+    sums: dict[int, list] = {m: [] for m in views}
+    for s in range(0, len(qs[views[0]]), ROW_CHUNK):
+        cos = {m: qs[m][s : s + ROW_CHUNK] @ keys[m].T for m in views}
+        probs = {m: torch.softmax(c, dim=1) for m, c in cos.items()}
+        total = probs[0] + probs.get(1, probs[0]) + probs[2]
+        for m in views:
+            labels[m].append(label_positives(total, probs[m], k))
+            sums[m].append(torch.exp(cos[m] / TEMPERATURE).sum(1))
+    return ({m: tuple(torch.cat(part) for part in zip(*labels[m])) for m in views},
+            {m: torch.cat(sums[m]) for m in views})
 
 
 def bernoulli_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -278,16 +328,9 @@ class DAMRS(nn.Module):
             distinct = [0, 2] if self.s_t is self.s_v else [0, 1, 2]
             qs = {m: F.normalize(views[m][uniq_i], dim=1) for m in distinct}
             keys = {m: F.normalize(views[m], dim=1) for m in distinct}
-            cos = {m: qs[m] @ keys[m].T for m in distinct}  # batch × all items, once per view
-            with torch.no_grad():
-                probs = {m: torch.softmax(cos[m], dim=1) for m in distinct}
-                probs.setdefault(1, probs[0])
-                total = probs[0] + probs[1] + probs[2]
-            nd = {}
-            for m in distinct:
-                with torch.no_grad():
-                    mm, single = label_positives(total, probs[m], self.pseudo_k)
-                nd[m] = neighbour_loss(mm, single, qs[m], keys[m], cos[m])
+            labels, sums = ranked_views({m: q.detach() for m, q in qs.items()},
+                                        {m: kk.detach() for m, kk in keys.items()}, self.pseudo_k)
+            nd = {m: neighbour_loss(*labels[m], qs[m], keys[m], ExpSum.apply(qs[m], keys[m], sums[m])) for m in distinct}
             nd.setdefault(1, nd[0])
             out["neighbour"] = self.cfg.neighbor_weight * (nd[2] + nd[1] + nd[0]) / 3.0  # MMRec's order: s, v, t
         if self.cfg.kl_weight > 0:

@@ -178,3 +178,46 @@ def test_trains_through_the_trainer_and_learns_the_planted_preference(tmp_path):
     losses = [h["loss"] for h in m["history"]]
     assert all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0]
     assert m["test"]["recall@20"] > 0.8  # random ranking: about 0.38
+
+
+def dense_neighbour_term(qs: dict, keys: dict, k: int) -> torch.Tensor:
+    """The whole batch × N matrices at once, autograd through all of them (the unchunked form)."""
+    cos = {m: qs[m] @ keys[m].T for m in qs}
+    with torch.no_grad():
+        probs = {m: torch.softmax(c, dim=1) for m, c in cos.items()}
+        total = probs[0] + probs.get(1, probs[0]) + probs[2]
+    nd = {}
+    for m in qs:
+        with torch.no_grad():
+            mm, single = damrs.label_positives(total, probs[m], k)
+        nd[m] = damrs.neighbour_loss(mm, single, qs[m], keys[m], torch.exp(cos[m] / damrs.TEMPERATURE).sum(1))
+    return sum(nd.values())
+
+
+@pytest.mark.parametrize("views", [(0, 2), (0, 1, 2)])
+def test_chunked_neighbour_term_equals_the_whole_matrices(monkeypatch, views):
+    """Row chunks of 7 over 300 batch items and 500 items: same pseudo-labels, loss and gradients."""
+    monkeypatch.setattr(damrs, "ROW_CHUNK", 7)
+    gen = torch.Generator().manual_seed(5)
+    base = {m: torch.randn(500, 8, generator=gen, dtype=torch.float64) for m in views}
+    batch = torch.randperm(500, generator=gen)[:300]
+
+    def run(chunked: bool) -> tuple[torch.Tensor, dict]:
+        h = {m: b.clone().requires_grad_(True) for m, b in base.items()}
+        qs = {m: torch.nn.functional.normalize(h[m][batch], dim=1) for m in views}
+        keys = {m: torch.nn.functional.normalize(h[m], dim=1) for m in views}
+        if chunked:
+            labels, sums = damrs.ranked_views({m: q.detach() for m, q in qs.items()},
+                                              {m: x.detach() for m, x in keys.items()}, 10)
+            loss = sum(damrs.neighbour_loss(*labels[m], qs[m], keys[m], damrs.ExpSum.apply(qs[m], keys[m], sums[m]))
+                       for m in views)
+        else:
+            loss = dense_neighbour_term(qs, keys, 10)
+        loss.backward()
+        return loss.detach(), {m: h[m].grad for m in views}
+
+    (loss_c, grad_c), (loss_d, grad_d) = run(True), run(False)
+    torch.testing.assert_close(loss_c, loss_d, rtol=1e-12, atol=0)
+    for m in views:
+        assert grad_d[m].abs().sum() > 0
+        torch.testing.assert_close(grad_c[m], grad_d[m], rtol=1e-10, atol=1e-13)
