@@ -59,9 +59,10 @@ def restore_studies(tuning: Path, snapshot: Path, models: list[str]) -> None:
         if src.exists() and not (tuning / model / "study.db").exists():
             (tuning / model).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tuning / model / "study.db")
-            if src.with_name("best.json").exists() and not (tuning / model / "best.json").exists():
-                shutil.copyfile(src.with_name("best.json"), tuning / model / "best.json")  # the choice, as made
             print(f"{model}: study restored from {src}", flush=True)
+        best = src.with_name("best.json")
+        if best.exists() and (tuning / model / "study.db").exists() and not (tuning / model / "best.json").exists():
+            shutil.copyfile(best, tuning / model / "best.json")  # the choice the kept runs were trained with
 
 
 def copy_run(run: Path, dst: Path, names: tuple[str, ...]) -> None:
