@@ -1,17 +1,32 @@
 # Two commands do all set-up on a fresh machine:  make demo  ·  make test
-# The virtual environment is (re)built whenever pyproject.toml changes.
+# The virtual environment is installed from requirements.lock (every package, exact versions) and is
+# (re)installed whenever the lock or pyproject.toml changes. `make lock` re-resolves pyproject.toml
+# and rewrites the lock (then: make test, and commit both).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+PIP_VERSION := 26.3
 
-.PHONY: demo test clean-venv
+.PHONY: demo test lock clean-venv
 
-$(STAMP): pyproject.toml
+# pip check fails when pyproject.toml asks for something the lock lacks: run `make lock`
+$(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
+	$(BIN)/python -m pip install -q -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip check || { echo "error: $(LOCK) does not satisfy pyproject.toml: run make lock"; exit 2; }
 	touch $(STAMP)
+
+# pip, not uv: torch/torchvision come from the local indexes only pip's config (/etc/xdg/pip) names
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
+	$(BIN)/python -m pip install -q --dry-run --ignore-installed --report $(LOCK).json -e '.[dev]'
+	$(BIN)/python deploy/lock.py $(LOCK).json $(LOCK)
+	rm -f $(LOCK).json
 
 demo: $(STAMP)
 	$(BIN)/anchorrec pipeline --dataset demo

@@ -51,6 +51,11 @@ def _config_parameter(f: Any) -> inspect.Parameter:
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 
 
+def _field_help(name: str) -> str:
+    """A config field's help, for a command that takes the option without the whole config."""
+    return next(f.metadata["help"] for f in fields(PipelineConfig) if f.name == name)
+
+
 def config_parameters(groups: tuple[str, ...]) -> list[inspect.Parameter]:
     return [_config_parameter(f) for f in fields(PipelineConfig) if f.metadata["group"] in groups]
 
@@ -64,10 +69,18 @@ def _flow_command(name: str) -> None:
     def command(**params: Any) -> None:
         cfg = PipelineConfig(**params)
         preflight(cfg, name)
-        import flows
+        from store.lock import dataset_lock
 
-        result = flows.with_runner(flows.FLOWS[name], cfg)(**asdict(cfg))
-        print_result(name, cfg, result)
+        # the flow takes it too (scheduled runs); taken here first, a refusal or wait comes before Prefect starts
+        with dataset_lock(cfg.paths, f"anchorrec {name}", wait=not cfg.no_wait):
+            from prefect_server import ensure_api
+
+            ensure_api()  # the home's shared Prefect server, set before Prefect reads its settings
+            import flows
+
+            _quiet_logging()  # importing Prefect re-applied its logging config: a stage's user error is our one line
+            result = flows.with_runner(flows.FLOWS[name], cfg)(**asdict(cfg))
+            print_result(name, cfg, result)
 
     command.__signature__ = inspect.Signature(config_parameters(FLOW_GROUPS[name]))  # type: ignore[attr-defined]
     command.__doc__ = FLOW_DOCS[name]
@@ -85,14 +98,29 @@ def check_readable(option: str, source: str | None, want: str = "file") -> None:
         return
     path = local_path(source)
     if want == "file" and not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise ValueError(f"--{option} {source}: {what}; give the path of a file (or an http(s) URL)")
+        raise ValueError(f"--{option} {source}: {_not_a_file(path)}; give the path of a regular file (or an http(s) URL)")
     if want == "dir" and not path.is_dir():
         raise ValueError(f"--{option} {source}: no such directory")
     if want == "any" and not path.exists():
         raise ValueError(f"--{option} {source}: no such file or directory")
     if not os.access(path, os.R_OK):
         raise ValueError(f"--{option} {source}: not readable (check its permissions)")
+
+
+def _not_a_file(path: Path) -> str:
+    """What a path that is not a regular file is: a device read as data never ends (/dev/zero)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+    kind = next((name for test, name in kinds if test(mode)), None)
+    return f"is {kind}, not a regular file" if kind else "is not a regular file"
 
 
 def check_device(device: str | None) -> None:
@@ -143,23 +171,33 @@ def check_text_file(option: str, source: str | None) -> None:
     path = local_path(source)
     with path.open("rb") as fh:
         head = fh.read(1 << 16)
+        whole = not fh.read(1)  # the head is the whole file
     if head[:4] == b"PAR1":
         return
     if head[:2] == b"\x1f\x8b":
+        inflate = zlib.decompressobj(wbits=31)
         try:
-            head = zlib.decompressobj(wbits=31).decompress(head, 1 << 16)
+            head = inflate.decompress(head, 1 << 16)
         except zlib.error as exc:
             raise ValueError(f"--{option} {source}: gzip header but the data does not decompress ({exc}); "
                              "download the file again") from None
+        if inflate.eof and not head.strip():
+            raise ValueError(f"--{option} {source}: empty gzip (no data once decompressed); "
+                             "download the file again or give the file you meant")
+    elif whole and not head.strip():
+        what = "empty file (0 bytes)" if not head else "holds only blank lines"
+        raise ValueError(f"--{option} {source}: {what}; give the file you meant")
     if b"\x00" in head[:4096]:
         raise ValueError(f"--{option} {source}: binary data, not JSON lines, CSV/TSV (plain or gzip) or Parquet; "
                          "check that this is the file you meant")
 
 
 def check_ingest(cfg: PipelineConfig) -> None:
-    for option, source in (("meta", cfg.meta), ("reviews", cfg.reviews)):
+    for option, source in (("meta", cfg.meta), ("reviews", cfg.reviews), ("train", cfg.train), ("valid", cfg.valid),
+                           ("test", cfg.test)):
         check_readable(option, source)
         check_text_file(option, source)
+    check_own_files(cfg)
     if cfg.release == "mmrec":
         check_readable("source", cfg.source, "dir")
         if not any(Path(cfg.source).glob("*.inter")):  # type: ignore[arg-type]
@@ -169,11 +207,59 @@ def check_ingest(cfg: PipelineConfig) -> None:
 
         if cfg.category:
             catalog.canonical_category(cfg.release, cfg.category)  # ValueError naming the known ones
-        elif not (cfg.meta and cfg.reviews):
+            check_reachable(cfg)
+        elif not cfg.reviews:
             raise ValueError(
                 f"--release {cfg.release} needs --category (e.g. {', '.join(catalog.categories(cfg.release)[:3])}, …) "
-                "or both --meta and --reviews"
+                "or --reviews (with --meta, or alone for an ID-only dataset); metadata without reviews is a "
+                f"catalog-only dataset: --release csv --meta {cfg.meta or 'FILE'} (README: Catalog-only datasets)"
             )
+
+
+def check_own_files(cfg: PipelineConfig) -> None:
+    """--release csv's options: a given split as files, column names, and each local table's header."""
+    own = {"columns": cfg.columns, "meta-columns": cfg.meta_columns, "no-header": cfg.no_header, "train": cfg.train,
+           "valid": cfg.valid, "test": cfg.test}
+    given = [k for k, v in own.items() if v]
+    if cfg.release != "csv":
+        if given:
+            raise ValueError(f"--{given[0]} applies to --release csv (your own files), not --release {cfg.release}")
+        return
+    if cfg.meta and not (cfg.reviews or cfg.train) and cfg.columns:
+        raise ValueError("--columns names interaction columns; a catalog-only ingest (--meta without --reviews) has none: "
+                         "name the metadata table's columns with --meta-columns \"asin=COL,title=COL,image=COL\"")
+    splits = [k for k in ("train", "valid", "test") if own[k]]
+    if splits and (cfg.reviews or "train" not in splits or "test" not in splits):
+        raise ValueError("a given split is --train FILE --test FILE (and --valid FILE) instead of --reviews; got "
+                         + ", ".join(f"--{k}" for k in (["reviews"] if cfg.reviews else []) + splits))
+    from pipelines import tabular
+
+    for option, source in (("reviews", cfg.reviews), ("train", cfg.train), ("valid", cfg.valid), ("test", cfg.test),
+                           ("meta", cfg.meta)):
+        if not source or not is_local(source):
+            continue
+        path = local_path(source)
+        if not (tabular.is_table_file(path) or tabular.is_parquet(path)):
+            continue
+        tabular.check_columns(path, cfg.meta_columns if option == "meta" else cfg.columns, no_header=cfg.no_header,
+                              meta=option == "meta")
+
+
+def check_reachable(cfg: PipelineConfig) -> None:
+    """A catalog file to download whose every location is unreachable (no network) is refused now,
+    in one line, not after Prefect started (pipelines.download would say the same, later)."""
+    from pipelines import catalog
+    from store.errors import SourceUnavailable
+
+    given = {"meta": cfg.meta, "reviews": cfg.reviews}
+    for remote in catalog.resolve(cfg.release, cfg.category):  # type: ignore[arg-type]
+        if given[remote.kind] or (cfg.paths.raw_dir / remote.filename).is_file():
+            continue  # a local file, or downloaded before (the download verifies it)
+        failed = catalog.unreachable(remote.urls)
+        if failed:
+            detail = "; ".join(f"{url} → {why}" for url, why in failed)
+            raise SourceUnavailable(None, f"{remote.url}: could not fetch {remote.filename} from {len(failed)} "
+                                    f"location(s): {detail}", f"unreachable: check the network or {catalog.LOCAL_FIX}")
 
 
 def check_dataset_exists(cfg: PipelineConfig) -> None:
@@ -196,7 +282,7 @@ def preflight(cfg: PipelineConfig, command: str) -> None:
     else:
         check_dataset_exists(cfg)
     if command in NEEDS_INTERACTIONS and "ingest" in groups:  # catalog-only datasets: features and pretrain only
-        refuse_catalog_pipeline(cfg.dataset, cfg.release, cfg.reviews, cfg.meta)
+        refuse_catalog_pipeline(cfg.dataset, cfg.release, cfg.reviews or cfg.train, cfg.meta)
     elif command in NEEDS_INTERACTIONS:
         require_interactions(cfg.paths, command)
     if "features" in groups:
@@ -236,12 +322,65 @@ def _metrics_line(metrics: dict, split: str) -> str:
     return f"  {split}: {shown}"
 
 
+SMALL_EVAL = 100
+
+
+def small_eval_note(p: Any) -> str | None:
+    """One line when the test split or the catalog is too small for its metrics to mean much
+    (recall@20 = 1.0 on a 24-item catalog is what a random top-20 list scores)."""
+    import pyarrow.compute as pc
+
+    from store.tables import read_table
+
+    inter = read_table(p.interactions, columns=["user_id", "item_id", "split"])
+    test = inter.filter(pc.equal(inter.column("split"), "test"))
+    counts = {"test users": len(pc.unique(test.column("user_id"))),
+              "test items": len(pc.unique(test.column("item_id"))),
+              "catalog items": read_table(p.items, columns=["item_id"]).num_rows}
+    small = {k: v for k, v in counts.items() if v < SMALL_EVAL}
+    if not small:
+        return None
+    shown = ", ".join(f"{v} {k}" for k, v in small.items())
+    return (f"note: only {shown} (fewer than {SMALL_EVAL}): these metrics are noisy and near their ceiling "
+            f"(a top-20 list covers {min(1.0, 20 / max(counts['catalog items'], 1)):.0%} of the catalog); "
+            "judge models on a larger dataset")
+
+
+def _pretrain_summary(cfg: PipelineConfig, result: dict) -> str:
+    """The recommender's inputs and the held-out retrieval the pretraining measured (its metrics.json)."""
+    features = result.get("features") or {}
+    lines = ["recommender inputs: " + ", ".join(f"{k}={v}" for k, v in features.items())]
+    mm = features.get("mm")
+    if not mm:
+        return "\n".join(lines + [f"no ICA pretraining: {result.get('note') or 'skipped'}"])
+    run_dir = cfg.ica_run()[0] if cfg.ica_from else cfg.paths.runs_dir / mm
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        return "\n".join(lines + [f"{mm}: no metrics.json in {run_dir}"])
+    m = json.loads(metrics_path.read_text())
+    final, chance = m.get("final") or {}, (m.get("baselines") or {}).get("chance") or {}
+    if "retrieval/i2t_recall@10" not in final:
+        why = "; ".join(f"{k}: {v}" for k, v in (m.get("skipped") or {}).items()) or "not measured"
+        return "\n".join(lines + [f"held-out retrieval: {why}"])
+    lines.append(f"held-out retrieval on {m.get('n_holdout_items')} items (epoch {m.get('best_epoch')} of "
+                 f"{m.get('epochs_run')}): image→text R@10 {final['retrieval/i2t_recall@10']:.3f}, text→image R@10 "
+                 f"{final['retrieval/t2i_recall@10']:.3f} (chance {chance.get('retrieval/mean_recall@10', float('nan')):.3f})")
+    return "\n".join(lines + [f"all metrics: {metrics_path}"])
+
+
 def print_result(name: str, cfg: PipelineConfig, result: dict) -> None:
     """What each command leaves on the screen after its stage lines."""
     p = cfg.paths
-    if name in ("ingest", "features", "pretrain"):
-        keep = result.get("features", result) if name == "pretrain" else result
-        brief = {k: v for k, v in keep.items() if isinstance(v, (str, int, float)) or k == "features"}
+    if name == "features":
+        for modality, s in result.items():
+            typer.echo(f"{modality} feature {s.get('name')}: vectors for {s.get('n_vectors')} of {s.get('n_items')} items "
+                       f"({p.feature(str(s.get('name')))})")
+        return
+    if name == "pretrain":
+        typer.echo(_pretrain_summary(cfg, result))
+        return
+    if name == "ingest":
+        brief = {k: v for k, v in result.items() if isinstance(v, (str, int, float))}
         typer.echo(json.dumps(brief, default=str)[:800])
         return
     if name == "tune":
@@ -250,10 +389,17 @@ def print_result(name: str, cfg: PipelineConfig, result: dict) -> None:
         typer.echo(f"study: {p.root / 'tuning' / cfg.model}/best.json; the trials' runs: anchorrec runs --dataset {cfg.dataset}")
         return
     run_id = result["run_id"]
+    if result.get("content_feature"):  # a catalog-only dataset: no model, no metrics
+        typer.echo(f"published {run_id}: content vectors {result['content_feature']} answer similar(); "
+                   f"anchorrec similar --dataset {cfg.dataset} --item 0")
+        return
     metrics = json.loads(p.metrics(run_id).read_text())
     typer.echo(f"\nrun {run_id} on {cfg.dataset} ({metrics.get('model', cfg.model)})")
     for split in ("valid", "test"):
         typer.echo(_metrics_line(metrics, split))
+    note = small_eval_note(p)
+    if note:
+        typer.echo(note)
     if name == "pipeline":
         from flows import SAMPLE_QUERY
         from store.sql import run_query
@@ -294,21 +440,28 @@ def sql(
 ) -> None:
     """Run a SQL query against a dataset's store (read-only by default)."""
     paths = require_dataset_dir(dataset, home)
-    from store.sql import run_query
+    from store.sql import check_format, check_output, run_query
 
     fmt = "table" if output is None else output.suffix.lstrip(".")
+    if output is not None:  # before the query runs: a wrong --output is said at once
+        check_format(output, fmt)
+        check_output(output, paths.root.parent)
     table = run_query(paths, query, run_id=run_id, output=output, fmt=fmt, read_only=not write)
     typer.echo(show(table, max_rows) if output is None else f"wrote {table.num_rows} rows to {output}")
 
 
 def _answered_by(paths: Any, table: Any) -> str:
     """The line that says which published run answered (a LightGCN run serves as quietly as any)."""
+    from store.index import content_feature, published_runs
     from store.inventory import run_summary
-    from store.sql import answered_by
+    from store.sql import answered_by, feature_view_name
 
     run_id = answered_by(table)
     if not run_id:
         return "answered by: unknown run"
+    feature = content_feature(dict(published_runs(paths)).get(run_id, {}))
+    if feature:
+        return f"answered by content vectors {feature_view_name(feature)} (no interactions: content similarity)"
     s = run_summary(paths, run_id)
     recall = s.get("test_recall@20")
     recall = "?" if recall is None else f"{recall:.4f}"
@@ -374,7 +527,8 @@ def list_datasets(home: Optional[str] = HomeOption) -> None:
 
 @app.command()
 def runs(dataset: str = DatasetOption, home: Optional[str] = HomeOption) -> None:
-    """A dataset's training runs: model, seed, status, validation / test Recall@20, published or not."""
+    """A dataset's training runs: model, seed, status (as its trainer recorded it), validation / test
+    Recall@20, published or not, and a note (why it failed, which files are missing)."""
     from store.inventory import RUNS_SCHEMA, list_runs
 
     check_dataset_exists(PipelineConfig(dataset=dataset, home=home))
@@ -406,10 +560,12 @@ def leaderboard(
     dataset: str = DatasetOption,
     home: Optional[str] = HomeOption,
     models: Optional[list[str]] = typer.Option(None, "--model", help="a tuned model to include (repeat; default: every tuned model)"),
-    seeds: int = typer.Option(5, "--seeds", min=1, max=20, help="seeds each tuned configuration is rerun on (0..N-1)"),
+    seeds: int = typer.Option(5, "--seeds", min=1, max=20, help="seeds each tuned configuration is rerun on (1..N; "
+                              "tuning trains on seed 0, which the reruns exclude)"),
     out: Optional[Path] = typer.Option(None, "--out", help="leaderboard.md path (default <dataset>/reports/leaderboard/)"),
     jobs: int = typer.Option(1, "--jobs", min=1, help="reruns at once (worker processes, one torch thread each; "
                              "up to the number of cores)"),
+    no_wait: bool = typer.Option(False, "--no-wait", help=_field_help("no_wait")),
 ) -> None:
     """Rerun every tuned model's best configuration on N seeds; one table of accuracy, collapse and cost."""
     paths = require_dataset_dir(dataset, home)
@@ -421,8 +577,11 @@ def leaderboard(
         raise ValueError(f"--model: unknown {unknown}; known models: {', '.join(MODELS)}")
     from models.evaluation.leaderboard import run_leaderboard
 
-    path = run_leaderboard(paths, models, seeds=range(seeds), out=out, progress=sys.stderr.isatty(), log=typer.echo,
-                           jobs=jobs)
+    from store.lock import dataset_lock
+
+    with dataset_lock(paths, "anchorrec leaderboard", wait=not no_wait):  # workers run under the parent's lock
+        path = run_leaderboard(paths, models, seeds=range(1, seeds + 1), out=out, progress=sys.stderr.isatty(), log=typer.echo,
+                               jobs=jobs)
     typer.echo(f"wrote {path}")
 
 
@@ -480,8 +639,53 @@ def _serve_command(cron: str, name: str, **params: Any) -> None:
     url = check_prefect_api()
     import flows  # sets Prefect's defaults (telemetry off, …) before Prefect reads its settings
 
-    typer.echo(f"serving pipeline/{name} ({cron}) on {url}; Ctrl-C stops")
-    flows.with_runner(flows.pipeline, cfg).serve(name=name, cron=cron, parameters=asdict(cfg))
+    hooks = {"on_running": [_run_started], "on_completion": [_run_ended], "on_failure": [_run_ended],
+             "on_crashed": [_run_ended], "on_cancellation": [_run_ended]}
+    served = flows.with_runner(flows.pipeline, cfg).with_options(**hooks)
+    runner = _serve_runner()(name=name, limit=1)  # a dataset has one writer: a second run would only wait
+    runner.add_flow(served, name=name, cron=cron, parameters=asdict(cfg))
+    typer.echo(f"serving pipeline/{name} ({cron}) on {url}; a run now: prefect deployment run 'pipeline/{name}'; "
+               "Ctrl-C stops")
+    import asyncio
+
+    asyncio.run(runner.start())
+
+
+def _serve_runner() -> type:
+    """Prefect's Runner, stopped by SIGTERM (systemctl stop) as by Ctrl-C: Prefect's own handler calls
+    sys.exit inside its event loop, which logs asyncio tracebacks and never awaits its shutdown."""
+    from prefect.runner import Runner
+
+    class ServeRunner(Runner):
+        def handle_sigterm(self, *_args: Any, **_kwargs: Any) -> None:
+            _stop(signal.SIGTERM, None)
+
+    return ServeRunner
+
+
+_run_clock: dict[str, float] = {}  # flow run id -> monotonic start, in the process that runs the flow
+
+
+def _run_kind(flow_run: Any) -> str:
+    return "scheduled run" if getattr(flow_run, "auto_scheduled", False) else "run"
+
+
+def _run_started(_flow: Any, flow_run: Any, _state: Any) -> None:
+    """Prefect runs each served flow run in a spawned process (run_flow_in_subprocess), which inherits
+    stderr but not the CLI's logging set-up: without this the stage lines of scheduled runs went nowhere."""
+    _quiet_logging()
+    _run_clock[str(flow_run.id)] = time.monotonic()
+    logging.getLogger("anchorrec").info("%s %s started (%s)", _run_kind(flow_run), flow_run.name, flow_run.id)
+
+
+def _run_ended(_flow: Any, flow_run: Any, state: Any) -> None:
+    """One line per run's end, a failure's message included (Prefect's own traceback is quieted)."""
+    _quiet_logging()
+    started = _run_clock.pop(str(flow_run.id), None)
+    took = f" after {time.monotonic() - started:.0f} s" if started is not None else ""
+    why = f": {' '.join(str(state.message).split())}" if not state.is_completed() and state.message else ""
+    logging.getLogger("anchorrec").info("%s %s %s%s%s", _run_kind(flow_run), flow_run.name, state.name.lower(),
+                                        took, why)
 
 
 _serve_command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -501,12 +705,44 @@ def _error(message: str) -> None:
     typer.secho(f"error: {' '.join(str(message).split())}", fg=typer.colors.RED, err=True)
 
 
+STOP_GRACE_S = 5.0  # the longest a stop waits for encoders to save their finished rows
+_stopping: list[int] = []
+
+
 def _stop(signum: int, _frame: Any) -> None:
-    """End at once: the store is written atomically and checkpoints are per epoch, so nothing of
-    value is lost, and waiting for Prefect to report states to a server that the same Ctrl-C
-    stopped takes minutes of connection errors."""
-    sys.stderr.write(f"\nstopped ({signal.Signals(signum).name}): finished stages and checkpoints are kept; "
-                     "run the same command again to resume\n")
+    """Stop within seconds, keeping what was finished.
+
+    An extraction that is encoding saves its encoded rows first (a rerun then encodes only the
+    rest): the main thread gets a KeyboardInterrupt, whose way out writes the partial rows, worker
+    threads see features.extract.RUNNING.stop after their batch, and a watchdog thread ends the
+    process once they all have, or after STOP_GRACE_S whatever happens. Nothing else is waited
+    for: the store is written atomically, checkpoints are per epoch, and Prefect reporting states
+    to a server that the same Ctrl-C stopped takes minutes of connection errors. A second signal
+    ends at once."""
+    import threading
+
+    code, name = (130 if signum == signal.SIGINT else 143), signal.Signals(signum).name
+    running = getattr(sys.modules.get("features.extract"), "RUNNING", None)
+    if _stopping or running is None or running.idle.is_set():
+        _exit_now(code, f"stopped ({name}): finished stages and checkpoints are kept; run the same command again to resume")
+    _stopping.append(signum)
+    running.stop.set()
+    threading.Thread(target=_exit_when_saved, args=(running, code, name), name="anchorrec-stop").start()
+    raise KeyboardInterrupt  # not a daemon thread: an exit of the main thread waits for it
+
+
+_stop.also_for_sigterm = True  # type: ignore[attr-defined]  # flows puts it back where Prefect swaps SIGTERM
+
+
+def _exit_when_saved(running: Any, code: int, name: str) -> None:
+    saved = running.idle.wait(STOP_GRACE_S)
+    late = "" if saved else f" (gave up after {STOP_GRACE_S:g} s on rows not yet saved)"
+    _exit_now(code, f"stopped ({name}): {running.kept} encoded items kept{late}; "
+                    "run the same command again to resume (it encodes only the rest)")
+
+
+def _exit_now(code: int, message: str) -> None:
+    sys.stderr.write(f"\n{message}\n")
     sys.stderr.flush()
     try:
         import psutil
@@ -515,22 +751,33 @@ def _stop(signum: int, _frame: Any) -> None:
             child.terminate()
     except Exception:  # noqa: BLE001 - stopping must not fail
         pass
-    os._exit(130 if signum == signal.SIGINT else 143)
+    os._exit(code)
+
+
+PREFECT_RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs", "prefect.task_engine", "prefect.flow_engine")
 
 
 def _quiet_logging() -> None:
-    """One line per stage on stderr; Prefect's own tracebacks off (the error is reported once, here)."""
+    """One line per stage on stderr; Prefect's own tracebacks off (the error is reported once, here).
+
+    Called before Prefect is imported and again after: importing it re-applies its logging config,
+    and the PREFECT_LOGGING_* variables make that config (here and in worker processes) agree.
+    """
     from models.training.progress import log_to_stderr
 
     log_to_stderr()
-    for name in ("prefect.task_runs", "prefect.flow_runs", "prefect.task_engine", "prefect.flow_engine"):
+    for name in PREFECT_RUN_LOGGERS:
+        env = "PREFECT_LOGGING_LOGGERS_" + name.upper().replace(".", "_") + "_LEVEL"
+        if name in ("prefect.task_runs", "prefect.flow_runs"):  # the two Prefect's config names
+            os.environ[env] = "CRITICAL"
         logging.getLogger(name).setLevel(logging.CRITICAL)
     for name in ("urllib3", "httpx"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors are one red line and exit 2; bugs keep their traceback."""
+    """Console entry point: user errors are one red line and exit 2; a bug is one line and exit 1, its
+    traceback in a log file that line names."""
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
     from typer.exceptions import Abort, Exit
 
@@ -551,14 +798,49 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(exc.ctx.get_help() if exc.ctx else "usage: anchorrec COMMAND --help")
         sys.exit(EXIT_USER_ERROR)
     except ClickException as exc:  # bad or unknown option, bad value: click's own message
-        _error(f"{exc.format_message()} (see: anchorrec {sys.argv[1] if len(sys.argv) > 1 else ''} --help)")
+        _error(_usage_message(exc))
         sys.exit(EXIT_USER_ERROR)
     except USER_ERRORS as exc:
         _error(str(exc))
         sys.exit(EXIT_USER_ERROR)
-    except Exception:  # noqa: BLE001 - a bug: keep the traceback for the report
-        traceback.print_exc()
+    except Exception as exc:  # noqa: BLE001 - a bug: one line here, the traceback in a file for the report
+        _error(f"internal error ({type(exc).__name__}: {str(exc)[:300]}); please report it with the traceback in "
+               f"{_crash_log(argv)}")
         sys.exit(1)
+
+
+def _usage_message(exc: Any) -> str:
+    """Click's message with where to look: the command list for an unknown command, else its --help."""
+    import re
+
+    ctx, message = getattr(exc, "ctx", None), exc.format_message()
+    unknown = re.fullmatch(r"No such command '(.*)'\.", message)
+    if ctx is not None and ctx.parent is None and unknown:
+        names = ", ".join(sorted(ctx.command.list_commands(ctx)))
+        return f"no such command '{unknown.group(1)}'; commands: {names} (see: anchorrec --help)"
+    command = f"{ctx.info_name} " if ctx is not None and ctx.parent is not None else ""
+    return f"{message} (see: anchorrec {command}--help)"
+
+
+def _crash_log(argv: list[str] | None) -> Path:
+    """Where a bug's traceback goes: $ANCHORREC_HOME/logs/ (or --home's), else the temp dir."""
+    import tempfile
+
+    from store.layout import anchorrec_home
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    given = [b for a, b in zip(args, args[1:]) if a == "--home"] + [a[7:] for a in args if a.startswith("--home=")]
+    home = given[0] if given else anchorrec_home()
+    text = f"anchorrec {' '.join(args)}\n{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n\n{traceback.format_exc()}"
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for folder in (Path(home) / "logs", Path(tempfile.gettempdir()) / "anchorrec-logs"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+            return (folder / name).resolve()
+        except OSError:
+            continue
+    return Path("(no writable folder for the log)")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,10 @@ from prefect.artifacts import create_markdown_artifact
 from pipelines.catalog_only import is_catalog_request, refuse_catalog_pipeline, require_interactions
 from pipelines.local_images import fingerprint as images_fingerprint
 from store import DatasetPaths, dataset_paths  # noqa: F401
+from store.layout import source_name
 from store.errors import USER_ERRORS
+from store.lock import dataset_lock
+from store import records
 from store.verify import problem, problems
 from stage_keys import stage_key
 
@@ -48,15 +51,28 @@ def run_stage(name: str, fn: Any, key: str, outputs: list[Path], *args: Any, **k
 
     Prints one line per stage on the `anchorrec` logger: the stage's own summary, or 'cached'.
     """
-    found = problems(outputs)
+    found = problems(outputs)  # includes the stage records: a valid but replaced output reruns too
     if found:
         log.debug("%s: recomputing (%s)", name, found[0])
-    state = fn.with_options(cache_key_fn=lambda *_: key, refresh_cache=bool(found))(*args, return_state=True, **kwargs)
-    result = state.result()  # raises the stage's own exception
+    saved = records.withdraw(outputs)  # the stage's read-back of its own outputs must not meet old records
+    try:
+        state = fn.with_options(cache_key_fn=lambda *_: key, refresh_cache=bool(found))(*args, return_state=True, **kwargs)
+        result = state.result()  # raises the stage's own exception
+    except BaseException:
+        records.restore(saved)  # outputs still the old files match them; half-replaced ones do not
+        raise
     cached = state.name == "Cached"  # then the outputs are the ones just checked, unchanged
-    still = [] if cached else problems(outputs)
+    still = [] if cached else problems(outputs, record=False)
     if still:
+        records.restore(saved)
         raise RuntimeError(f"{name}: output failed its check after the stage ran: {still[0]}")
+    if cached:
+        records.restore(saved)
+    else:
+        records.discard(saved)
+    for out in outputs:  # rows + content hash of what this stage left: readers compare with it
+        if not cached or records.read(out) is None:
+            records.write(out, name)
     log.info("%s: %s", name, "cached" if cached else stage_line(name, result))
     return result
 
@@ -68,8 +84,9 @@ def stage_line(name: str, s: dict) -> str:
     took = f" ({s['seconds']} s)" if "seconds" in s else ""
     if name == "ingest" and isinstance(s.get("output"), dict):
         out, bad = s["output"], s.get("bad_records") or {}
+        facts = "".join(f"\n  {fact}" for fact in s.get("facts") or [])  # one line each (prepare.data_facts)
         return (f"{out.get('items')} items, {out.get('users')} users, {out.get('interactions')} interactions; "
-                f"{bad.get('dropped', 0)} bad records dropped (see prepare.json){took}")
+                f"{bad.get('dropped', 0)} bad records dropped (see prepare.json){took}{facts}")
     if name.startswith("features") and "n_vectors" in s:
         return (f"{s.get('name')}: vectors for {s['n_vectors']} of {s.get('n_items')} items "
                 f"({s.get('encoded', 0)} encoded, {s.get('resumed', 0)} resumed){took}")
@@ -81,6 +98,9 @@ def stage_line(name: str, s: dict) -> str:
     if name == "train" and "run_id" in s:
         valid = round((s.get("valid") or {}).get("recall@20", float("nan")), 4)
         return f"{s['run_id']}: best epoch {s.get('best_epoch')} of {s.get('epochs_run')}, valid recall@20 {valid}{took}"
+    if name == "publish" and s.get("content_feature"):
+        return (f"{s.get('run')}: content vectors of {s['content_feature']} for {s.get('count')} items "
+                f"({s.get('without_vector', 0)} without a vector) in a {s.get('kind')} index{took}")
     if name == "publish" and "count" in s:
         return f"{s.get('run')}: {s['count']} items in a {s.get('kind')} index{took}"
     if name == "pretrain" and "feature" in s:
@@ -91,7 +111,8 @@ def stage_line(name: str, s: dict) -> str:
 
 # --------------------------------------------------------------------------- tasks
 def _retry_transient(_task: Any, _run: Any, state: Any) -> bool:
-    """Retry network hiccups, never a user error (a bad file stays bad: say so at once)."""
+    """Retry network hiccups, never a user error (a bad file stays bad: say so at once). A failed
+    download is one (store.errors.SourceUnavailable): its per-URL retries already ran."""
     try:
         state.result()
     except USER_ERRORS:
@@ -142,7 +163,8 @@ def ingest_extras(cfg: PipelineConfig) -> dict[str, Any]:
     """Options only the real-data releases take."""
     extras: dict[str, Any] = {"min_meta_match": cfg.min_meta_match, "allow_missing_meta": cfg.allow_missing_meta}
     if cfg.release == "csv":
-        extras.update(columns=cfg.columns, meta_release=cfg.meta_release)
+        extras.update(columns=cfg.columns, meta_release=cfg.meta_release, no_header=cfg.no_header,
+                      meta_columns=cfg.meta_columns, train=cfg.train, valid=cfg.valid, test=cfg.test)
     return extras
 
 
@@ -166,10 +188,12 @@ def merge_images_task(cfg: PipelineConfig, shard_summaries: list[dict]) -> dict:
 @_timed
 def extract_task(cfg: PipelineConfig, spec: str, name: str, shard: Optional[tuple[int, int]] = None) -> dict:
     from features.extract import extract
+    from features.tokens import extract_with_tokens, shares_pass
 
-    return extract(
-        cfg.paths, spec, name=name, batch_size=cfg.batch_size, device=cfg.device, shard=shard, progress=shard is None
-    )
+    kwargs = dict(name=name, batch_size=cfg.batch_size, device=cfg.device, shard=shard, progress=shard is None)
+    if cfg.tokens and shares_pass(spec):  # one backbone pass per photo for pooled and token features
+        return extract_with_tokens(cfg.paths, spec, grid=cfg.token_grid, **kwargs)
+    return extract(cfg.paths, spec, **kwargs)
 
 
 @task(name="extract-tokens", persist_result=True)
@@ -243,6 +267,14 @@ def publish_task(cfg: PipelineConfig, run_id: str) -> dict:
     return publish(cfg.paths, run_id)
 
 
+@task(name="publish-content", persist_result=True)
+@_timed
+def publish_content_task(cfg: PipelineConfig, feature: str) -> dict:
+    from store.index import publish_content
+
+    return publish_content(cfg.paths, feature)
+
+
 # --------------------------------------------------------------------------- stages
 def feature_name(spec: str) -> str:
     """The feature table a spec writes (features.base's rule, so cache keys and files agree)."""
@@ -261,17 +293,20 @@ def map_shards(fn: Any, key: str, cfg: PipelineConfig, refresh: bool, *args: Any
 
 
 INGEST_KEYS = ("release", "category", "meta", "reviews", "source", "columns", "meta_release", "kcore", "seed", "demo_items",
-               "demo_users", "min_meta_match", "allow_missing_meta")
+               "demo_users", "min_meta_match", "allow_missing_meta", "no_header", "meta_columns", "train", "valid",
+               "test")
 
 
 def stage_ingest(cfg: PipelineConfig) -> dict:
     p = cfg.paths
     conf = {k: getattr(cfg, k) for k in INGEST_KEYS}
-    inputs = [Path(x) for x in (cfg.meta, cfg.reviews) if x and Path(x).is_file()]
+    for k in ("meta", "reviews", "source", "train", "valid", "test"):  # user paths: by name (contents are hashed as inputs)
+        conf[k] = source_name(conf[k]) if conf[k] else conf[k]
+    inputs = [Path(x) for x in (cfg.meta, cfg.reviews, cfg.train, cfg.valid, cfg.test) if x and Path(x).is_file()]
     if cfg.source:
         inputs += sorted(f for f in Path(cfg.source).glob("*") if f.is_file())
     key = stage_key("ingest", conf, inputs, ("pipelines.ingest", "pipelines.mmrec"))
-    catalog = is_catalog_request(cfg.release, cfg.reviews, cfg.meta)  # items only (pipelines.catalog_only)
+    catalog = is_catalog_request(cfg.release, cfg.reviews or cfg.train, cfg.meta)  # items only (pipelines.catalog_only)
     return run_stage("ingest", ingest_task, key, [p.items] if catalog else [p.items, p.users, p.interactions], cfg)
 
 
@@ -285,8 +320,22 @@ def stage_images(cfg: PipelineConfig) -> dict:
     return run_stage("images", merge_images_task, f"{key}-merge-{cfg.shards}", [p.image_audit], cfg, shards)
 
 
+def keep_stop_handler_for_sigterm() -> None:
+    """Prefect's flow engine swaps in a SIGTERM handler that reports a crash to the server before
+    anything stops (minutes when the same signal took that server down); the command line's own
+    handler (cli._stop, marked `also_for_sigterm`) saves the encoded rows and ends in seconds, so
+    SIGTERM gets it back for the extraction. Prefect restores it when the flow ends."""
+    import signal
+    import threading
+
+    handler = signal.getsignal(signal.SIGINT)
+    if getattr(handler, "also_for_sigterm", False) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def stage_features(cfg: PipelineConfig) -> dict[str, dict]:
     """Extract text (and image) features; returns modality → the extraction's summary."""
+    keep_stop_handler_for_sigterm()
     p = cfg.paths
     specs = {"text": cfg.text_encoder}
     if cfg.with_images:
@@ -332,7 +381,8 @@ def stage_apply_ica(cfg: PipelineConfig, image: str, text: str, tokens: dict[str
     run_dir, name = cfg.ica_run()
     inputs = [p.feature(image), p.feature(text), p.items, run_dir / "checkpoint.pt", run_dir / "config.json"]
     inputs += [p.token_feature(n) for n in tokens.values()]
-    key = stage_key("apply-ica", {"run": str(run_dir), "tokens": tokens, "name": name}, inputs, ("models.pretraining.apply",))
+    conf = {"run": run_dir.name, "tokens": tokens, "name": name}  # the run by name; its checkpoint and config by content
+    key = stage_key("apply-ica", conf, inputs, ("models.pretraining.apply",))
     run_stage("apply ica", apply_ica_task, key, [p.feature(name)], cfg, str(run_dir), image, text, name, tokens)
     return name
 
@@ -370,6 +420,18 @@ def stage_publish(cfg: PipelineConfig, run_id: str) -> dict:
     p = cfg.paths
     key = stage_key("publish", {"run": run_id}, [p.item_vectors(run_id)], ("store.index",))
     return run_stage("publish", publish_task, key, [p.index_dir(run_id) / "manifest.json"], cfg, run_id)
+
+
+def stage_publish_content(cfg: PipelineConfig) -> dict:
+    """A catalog without interactions publishes content vectors (store.index.publish_content) for `similar`."""
+    from store.index import choose_content_feature, content_run_id
+
+    p = cfg.paths
+    feature = choose_content_feature(p, cfg.vectors)
+    run_id = content_run_id(feature)
+    key = stage_key("publish-content", {"feature": feature}, [p.items, p.feature(feature)], ("store.index",))
+    out = run_stage("publish", publish_content_task, key, [p.index_dir(run_id) / "manifest.json"], cfg, feature)
+    return {**out, "run_id": run_id, "content_feature": feature}
 
 
 # --------------------------------------------------------------------------- modalities
@@ -415,6 +477,8 @@ def _tune_body(cfg: PipelineConfig) -> dict:
 
 
 def _publish_body(cfg: PipelineConfig) -> dict:
+    if cfg.paths.catalog_only:  # nothing to train: content vectors answer similar()
+        return stage_publish_content(cfg)
     require_interactions(cfg.paths, "publish")
     trained = _train_body(cfg)
     return {**stage_publish(cfg, trained["run_id"]), "run_id": trained["run_id"]}
@@ -422,7 +486,7 @@ def _publish_body(cfg: PipelineConfig) -> dict:
 
 def _pipeline_body(cfg: PipelineConfig) -> dict:
     t0 = time.perf_counter()
-    refuse_catalog_pipeline(cfg.dataset, cfg.release, cfg.reviews, cfg.meta)
+    refuse_catalog_pipeline(cfg.dataset, cfg.release, cfg.reviews or cfg.train, cfg.meta)
     ingest_summary = stage_ingest(cfg)
     inputs = _pretrain_body(cfg)
     trained = stage_train(cfg, inputs["features"])
@@ -480,10 +544,16 @@ def _signature(names: list[str] | None = None) -> Any:
 
 
 def _make_flow(name: str, body: Callable[[PipelineConfig], dict], doc: str) -> Any:
-    """A Prefect flow whose parameters are PipelineConfig's fields (validated by Prefect)."""
+    """A Prefect flow whose parameters are PipelineConfig's fields (validated by Prefect).
+
+    The flow holds the dataset's writer lock (store.lock) for its whole run, here where the CLI and
+    scheduled runs (serve) both pass: a second writer waits for it, or with no_wait fails at once.
+    """
 
     def fn(**params: Any) -> dict:
-        return body(PipelineConfig(**params))
+        cfg = PipelineConfig(**params)
+        with dataset_lock(cfg.paths, f"anchorrec {name}", wait=not cfg.no_wait):
+            return body(cfg)
 
     fn.__name__ = fn.__qualname__ = name.replace("-", "_")
     fn.__doc__ = doc

@@ -33,6 +33,8 @@ class PipelineConfig:
     home: Optional[str] = _opt(None, "root of all datasets (default $ANCHORREC_HOME or ./data)", "common")
     seed: int = _opt(0, "seed of the split, pretraining and training", "common")
     task_runner: str = _opt("thread", "where tasks run: threads here, or a Dask cluster", "common", TASK_RUNNERS)
+    no_wait: bool = _opt(False, "when another command is writing this dataset, fail at once (exit 2) instead of "
+                         "waiting for it to end", "common")
     release: str = _opt("demo", "data source: generated demo, an Amazon release, an MMRec set or your CSV", "ingest", RELEASES)
     category: Optional[str] = _opt(None, "Amazon category to download, e.g. Gift_Cards", "ingest")
     meta: Optional[str] = _opt(None, "metadata file (URL, file:// URL or path): Amazon release file or CSV", "ingest")
@@ -41,6 +43,14 @@ class PipelineConfig:
     columns: Optional[str] = _opt(None, "CSV column names, e.g. 'user=reviewerID,item=asin,rating=stars'", "ingest")
     meta_release: str = _opt("auto", "what the --meta file is for --release csv (auto-detected by default)", "ingest",
                              META_RELEASES)
+    no_header: bool = _opt(False, "the CSV/TSV files start with data, no header row: name columns by position, "
+                           "--columns 'user=0,item=1,rating=2,time=3'", "ingest")
+    meta_columns: Optional[str] = _opt(None, "metadata table columns, e.g. 'asin=sku,title=name,brand=maker,image=photo' "
+                                       "(or positions)", "ingest")
+    train: Optional[str] = _opt(None, "a given split: the train interactions file (with --test, and --valid), "
+                                "instead of --reviews; kept exactly", "ingest")
+    valid: Optional[str] = _opt(None, "a given split: the validation interactions file", "ingest")
+    test: Optional[str] = _opt(None, "a given split: the test interactions file", "ingest")
     kcore: int = _opt(5, "keep users and items with at least this many interactions", "ingest")
     min_meta_match: float = _opt(0.5, "fail the ingest when fewer items than this share have metadata", "ingest")
     allow_missing_meta: bool = _opt(False, "ingest even when metadata matched fewer items than --min-meta-match", "ingest")
@@ -71,6 +81,8 @@ class PipelineConfig:
     jobs: int = _opt(1, "trials run at once, in threads of one torch thread each", "tune")
     pruner: str = _opt("median", "stop trials early on validation Recall@20: median, successive halving or none", "tune",
                        PRUNERS)
+    vectors: Optional[str] = _opt(None, "catalog-only datasets: the feature table publish indexes for `similar` "
+                                  "(default: the mm table, else text, else image)", "publish")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -79,7 +91,7 @@ class PipelineConfig:
                 raise ValueError(f"--{_flag(f.name)} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}")
         if self.release == "mmrec" and not self.source:
             raise ValueError("--release mmrec needs --source DIR: the directory holding <name>.inter")
-        if self.release == "csv" and not self.reviews and not self.meta:
+        if self.release == "csv" and not self.reviews and not self.meta and not self.train:
             raise ValueError("--release csv needs --reviews FILE: a CSV, TSV or Parquet of user,item interactions "
                              "(or --meta FILE alone: a catalog-only dataset, for features and pretrain)")
         for name in ("kcore", "image_workers", "shards", "batch_size", "epochs", "patience", "demo_items", "demo_users",
@@ -139,7 +151,7 @@ FLOW_GROUPS = {
     "features": ("common", "features"),
     "pretrain": ("common", "features", "pretrain"),
     "train": ("common", "features", "pretrain", "train"),
-    "publish": ("common", "features", "pretrain", "train"),
+    "publish": ("common", "features", "pretrain", "train", "publish"),
     "pipeline": ("common", "ingest", "features", "pretrain", "train"),
     "tune": ("common", "features", "pretrain", "train", "tune"),
 }

@@ -48,6 +48,7 @@ def before_module() -> object:
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("damrs_before", path)
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["damrs_before"] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     return mod
 

@@ -10,6 +10,7 @@ empty table (resume=False), so nothing is served from a previous run.
 
     python benchmarks/bench_tokens.py                      # n=300, batch 32, 2 torch threads, 2 decode threads
     python benchmarks/bench_tokens.py --n 300 --threads 2 --workers 2 --batch-size 64
+    python benchmarks/bench_tokens.py --modality one-pass  # pooled + tokens: two backbone passes vs one
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from features.base import get_encoder  # noqa: E402
 from features.extract import extract  # noqa: E402
-from features.tokens import extract_tokens  # noqa: E402
+from features.tokens import extract_tokens, extract_with_tokens  # noqa: E402
 from store import DatasetPaths, schemas  # noqa: E402
 from store.tables import write_table  # noqa: E402
 
@@ -84,6 +85,41 @@ def measure(paths: DatasetPaths, encoder, modality: str, args) -> list[dict]:
     return rows
 
 
+def measure_one_pass(paths: DatasetPaths, encoder, args) -> list[dict]:
+    """Pooled + token image tables (issue 30): two backbone passes per photo (extract, then
+    extract_tokens) against one (extract_with_tokens, then extract_tokens assembling its table),
+    alternated in this process; one row each, photos/s over both tables."""
+    common = {"batch_size": args.batch_size, "progress": False, "workers": args.workers}
+    tokens = paths.token_feature("image-effnet-tok")
+
+    def two() -> dict:
+        extract(paths, encoder, resume=False, **common)
+        return extract_tokens(paths, encoder, "image", grid=args.grid, resume=False, **common)
+
+    def one() -> dict:
+        extract_with_tokens(paths, encoder, grid=args.grid, resume=False, **common)
+        tokens.unlink(missing_ok=True)  # the last run's table: the partial rows of this pass are what counts
+        summary = extract_tokens(paths, encoder, "image", grid=args.grid, **common)
+        assert summary["encoded"] == 0, summary  # the token table came from the one pass
+        return summary
+
+    runs: dict[str, list[tuple[float, dict]]] = {"two passes": [], "one pass": []}
+    for _ in range(args.repeat):
+        runs["two passes"].append(timed(two))
+        runs["one pass"].append(timed(one))
+    rows = []
+    for kind, results in runs.items():
+        seconds, summary = min(results, key=lambda r: r[0])
+        n = summary["n_items"]
+        rows.append({"table": "image-effnet + image-effnet-tok", "kind": kind, "modality": "image",
+                     "shape": f"1 + {summary['max_tokens']} x {summary['dim']}", "items": n, "seconds": seconds,
+                     "per_s": n / seconds, "bytes_per_item": (paths.feature("image-effnet").stat().st_size
+                                                              + tokens.stat().st_size) / n,
+                     "mean_tokens": summary.get("mean_tokens", 1.0)})
+    rows.append({**rows[1], "kind": f"one / two passes: {rows[1]['per_s'] / rows[0]['per_s']:.2f}x"})
+    return rows
+
+
 def table(rows: list[dict], args) -> str:
     head = (f"{args.n} apparel items; batch {args.batch_size}, {torch.get_num_threads()} torch threads, "
             f"{args.workers} decode threads; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
@@ -104,7 +140,8 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--modality", choices=["image", "text", "both"], default="both")
+    ap.add_argument("--modality", choices=["image", "text", "both", "one-pass"], default="both",
+                    help="one-pass: pooled + token image tables from two backbone passes vs one")
     ap.add_argument("--out", type=Path, help="also write the table to this markdown file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -113,6 +150,8 @@ def main() -> None:
         paths = apparel_dataset(Path(tmp), args.n)
         if args.modality in ("image", "both"):
             rows += measure(paths, get_encoder("efficientnet-lite0", device="cpu"), "image", args)
+        if args.modality == "one-pass":
+            rows += measure_one_pass(paths, get_encoder("efficientnet-lite0", device="cpu"), args)
         if args.modality in ("text", "both"):
             rows += measure(paths, get_encoder("minilm", device="cpu"), "text", args)
     text = table(rows, args)

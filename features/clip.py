@@ -106,16 +106,22 @@ class ClipImageEncoder(_ClipBase):
     def encode_image_tokens(self, batch: torch.Tensor, grid: int = 4) -> np.ndarray:
         """(n, grid², dim) float32: the ViT's patch tokens (after ln_post, through the same
         projection as the pooled embedding, not normalized), average-pooled to grid × grid."""
+        return self.encode_with_tokens(batch, grid)[1]
+
+    def encode_with_tokens(self, batch: torch.Tensor, grid: int = 4) -> tuple[np.ndarray, np.ndarray]:
+        """(`encode`'s unit-norm embeddings, `encode_image_tokens`' tokens) from one pass of the
+        ViT: with output_tokens on, the tower returns its pooled output beside the patch tokens."""
         visual = self.net.visual
         if not hasattr(visual, "output_tokens") or not hasattr(visual, "grid_size"):
             raise ValueError(f"CLIP model {self.model!r} has no ViT image tower: patch tokens need a ViT model")
         if len(batch) == 0:
-            return np.zeros((0, grid * grid, self.dim), dtype=np.float32)
+            return np.zeros((0, self.dim), np.float32), np.zeros((0, grid * grid, self.dim), dtype=np.float32)
         before = visual.output_tokens
         visual.output_tokens = True
         try:
             with torch.inference_mode(), autocast(self.device):
-                _, tokens = visual(batch.to(self.device, non_blocking=True))
+                embedding, tokens = visual(batch.to(self.device, non_blocking=True))
+                embedding = torch.nn.functional.normalize(embedding, dim=-1)  # what encode_image(normalize=True) does
                 if visual.proj is not None:
                     tokens = tokens @ visual.proj
                 gh, gw = visual.grid_size
@@ -123,7 +129,7 @@ class ClipImageEncoder(_ClipBase):
                 pooled = torch.nn.functional.adaptive_avg_pool2d(fmap.float(), grid)
         finally:
             visual.output_tokens = before
-        return to_numpy(pooled.flatten(2).transpose(1, 2))
+        return to_numpy(embedding), to_numpy(pooled.flatten(2).transpose(1, 2))
 
 
 class ClipTextEncoder(_ClipBase):

@@ -224,14 +224,24 @@ class EfficientNetLite0Encoder:
     def encode_image_tokens(self, batch: torch.Tensor, grid: int = 4) -> np.ndarray:
         """(n, grid², 1280) float32: the head feature map average-pooled to grid × grid regions,
         row-major. With grid 7 at 224 px the mean over tokens is exactly `encode`'s vector."""
+        return self.encode_with_tokens(batch, grid)[1]
+
+    def encode_with_tokens(self, batch: torch.Tensor, grid: int = 4) -> tuple[np.ndarray, np.ndarray]:
+        """(`encode`'s vectors, `encode_image_tokens`' tokens) from one pass of the backbone.
+
+        Both are averages of the same head map, taken as each method takes it, so they are the
+        same numbers bit for bit. The mean of the grid means would equal the pooled vector only
+        where grid divides the map's 7×7 (grid 1 or 7): that is why the map is kept, not the grid."""
         if len(batch) == 0:
-            return np.zeros((0, grid * grid, self.dim), dtype=np.float32)
+            return np.zeros((0, self.dim), np.float32), np.zeros((0, grid * grid, self.dim), dtype=np.float32)
         x = batch.to(self.device, non_blocking=True)
         if str(self.device).startswith("cuda"):
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast(self.device):
-            fmap = F.adaptive_avg_pool2d(self.net.feature_map(x), grid)
-            return to_numpy(fmap.flatten(2).transpose(1, 2))
+            fmap = self.net.feature_map(x)
+            pooled = fmap.mean(dim=(2, 3))
+            tokens = F.adaptive_avg_pool2d(fmap, grid)
+            return to_numpy(pooled), to_numpy(tokens.flatten(2).transpose(1, 2))
 
     def classify(self, batch: torch.Tensor) -> np.ndarray:
         """ImageNet logits; used to check the weights load into a working classifier."""

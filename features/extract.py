@@ -7,7 +7,8 @@ Design points:
 - Resumable: finished rows go to `features/.<name>.partial/part-*.parquet` as they are produced,
   each with a per-item content key (hash of the text or of the image file); a rerun reuses the
   rows whose key still matches and encodes only the rest. The partial folder has no `.parquet`
-  suffix so it is never listed as a feature.
+  suffix so it is never listed as a feature. A stopped run (Ctrl-C, SIGTERM: see `Running` and
+  cli._stop) saves what it encoded on the way out.
 - A rerun with the same encoder and the same inputs (input_hash) does nothing.
 - Images are decoded in background threads (JPEG draft mode) while the main process
   runs the model; CUDA autocast (bf16/fp16) is the encoder's business.
@@ -17,12 +18,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +36,7 @@ from features.decode import UNDECODABLE, image_batches
 from store import schemas
 from store.errors import StoreError
 from store.hashing import file_sha256
-from store.layout import DatasetPaths
+from store.layout import DatasetPaths, portable
 from store.tables import read_json, read_metadata, read_table, write_json, write_table
 from store.vectors import fixed_list, to_matrix, write_features
 from store.verify import problem
@@ -211,36 +214,105 @@ def pending_batches(
         yield [pending[i] for i in local], out, [(pending[i], reason) for i, reason in failed]
 
 
+class Running:
+    """The extractions encoding in this process right now, for whoever handles a stop signal.
+
+    A signal interrupts only the main thread; an extraction in a task runner's worker thread sees
+    `stop` between batches instead. Each one saves its finished rows on the way out; `idle` is set
+    once none is encoding any more, and `kept` is how many finished rows their partial folders then
+    hold, so a handler can wait for exactly that (with its own deadline) and say what a rerun reuses.
+    """
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.idle = threading.Event()
+        self.idle.set()
+        self.active = 0
+        self.kept = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def one(self, already_kept: int) -> Iterator[list[int]]:
+        """Count an extraction as encoding; it adds the rows it saves to the yielded one-item list,
+        and when it ends by an exception (a stop) those rows and `already_kept` count as kept."""
+        saved = [0]
+        with self._lock:
+            self.active += 1
+            self.idle.clear()
+        try:
+            yield saved
+        except BaseException:
+            with self._lock:
+                self.kept += already_kept + saved[0]
+            raise
+        finally:
+            with self._lock:
+                self.active -= 1
+                if self.active == 0:
+                    self.idle.set()
+
+
+RUNNING = Running()
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised in a worker thread's extraction when a stop was asked for (RUNNING.stop)."""
+
+
+class SideOutput(Protocol):
+    """A second output filled from the same encoder pass as the pooled vectors (token features),
+    so that a photo goes through the backbone once for both."""
+
+    def begin(self, encoder: Encoder, inputs: Inputs, shard: tuple[int, int] | None, resume: bool) -> None:
+        """Called once the encoder is loaded and the items are known, before any batch."""
+
+    def encode(self, batch: Any) -> tuple[np.ndarray, Any]:
+        """A batch → (pooled vectors, this output's part), from one forward pass."""
+
+    def store(self, positions: list[int], out: Any) -> None: ...
+
+    def fail(self, pos: int, reason: str) -> None: ...
+
+    def save(self, positions: list[int]) -> None:
+        """Make the rows at `positions` durable, when the pooled rows are (a rerun resumes both)."""
+
+
 def run_pending(
     encoder: Encoder, inputs: Inputs, pending: list[int], modality: str, *,
     store: Callable[[list[int], Any], None], fail: Callable[[int, str], None], save: Callable[[list[int]], None],
     buffer: list[int], batch_size: int, workers: int, draft: bool, chunk_size: int, progress: bool, desc: str,
-    encode: Callable[[Any], Any] | None = None,
+    encode: Callable[[Any], Any] | None = None, kept: int = 0,
 ) -> None:
     """Encode the items at `pending` with a progress bar: each batch's outputs go to `store`, each
     undecodable item to `fail`, and finished positions (after those already in `buffer`) to `save`
-    every `chunk_size` items and once more on the way out, also when interrupted, so a rerun resumes."""
+    every `chunk_size` items and once more on the way out, also when interrupted (KeyboardInterrupt
+    in the main thread, RUNNING.stop in any), so a rerun resumes; `kept` counts the rows the
+    partial folder already holds, for RUNNING's report."""
 
-    def flush(force: bool = False) -> None:
+    def flush(saved: list[int], force: bool = False) -> None:
         if buffer and (force or len(buffer) >= chunk_size):
             save(list(buffer))
+            saved[0] += len(buffer)
             buffer.clear()
 
     bar = tqdm(total=len(pending), unit="item", desc=desc, disable=not progress, dynamic_ncols=True)
-    try:
-        for done, out, failed in pending_batches(
-            encoder, inputs, pending, modality, batch_size=batch_size, workers=workers, draft=draft, encode=encode
-        ):
-            if done:
-                store(done, out)
-            for pos, reason in failed:
-                fail(pos, reason)
-            buffer.extend(done + [pos for pos, _ in failed])
-            bar.update(len(done) + len(failed))
-            flush()
-    finally:
-        flush(force=True)  # keep what was finished, even when interrupted
-        bar.close()
+    with RUNNING.one(kept) as saved:
+        try:
+            for done, out, failed in pending_batches(
+                encoder, inputs, pending, modality, batch_size=batch_size, workers=workers, draft=draft, encode=encode
+            ):
+                if done:
+                    store(done, out)
+                for pos, reason in failed:
+                    fail(pos, reason)
+                buffer.extend(done + [pos for pos, _ in failed])
+                bar.update(len(done) + len(failed))
+                flush(saved)
+                if RUNNING.stop.is_set():
+                    raise Stopped(desc)
+        finally:
+            flush(saved, force=True)  # keep what was finished, even when interrupted
+            bar.close()
 
 
 def shard_plan(inputs: Inputs, filled: np.ndarray, shard: tuple[int, int] | None) -> tuple[list[int], list[int]]:
@@ -395,6 +467,7 @@ def extract(
     chunk_size: int = 2048,
     draft: bool = True,
     shard: tuple[int, int] | None = None,
+    side: SideOutput | None = None,
 ) -> dict:
     """Encode every item of `paths` with `spec` into features/<name>.parquet; returns a summary.
 
@@ -403,6 +476,7 @@ def extract(
     With `shard=(i, n)` only items at positions ≡ i (mod n) are encoded, into the partial rows,
     and no table is written: a final call without `shard` then finds every row done and writes
     the table. That is the Prefect flow's fan-out over a distributed task runner.
+    `side` fills a second output from the same encoder pass (features.tokens.extract_with_tokens).
     """
     check_extract_args(batch_size, workers, chunk_size, shard)
     t0 = time.perf_counter()
@@ -447,17 +521,29 @@ def extract(
         reasons[pos] = inputs.missing[pos]
         filled[pos] = True
 
-    def store(positions: list[int], vec: np.ndarray) -> None:
-        vectors[positions], valid[positions], filled[positions] = vec, True, True
+    def store(positions: list[int], out: Any) -> None:
+        if side is not None:
+            out, extra = out
+            side.store(positions, extra)
+        vectors[positions], valid[positions], filled[positions] = out, True, True
 
     def fail(pos: int, reason: str) -> None:
         reasons[pos], filled[pos] = reason, True
+        if side is not None:
+            side.fail(pos, reason)
 
+    def save(positions: list[int]) -> None:
+        partial.write(inputs, positions, vectors, valid, reasons)
+        if side is not None:
+            side.save(positions)
+
+    if side is not None:
+        side.begin(encoder, inputs, shard, resume)
     t_encode = time.perf_counter()
     run_pending(
-        encoder, inputs, pending, modality, store=store, fail=fail, buffer=buffer,
-        save=lambda positions: partial.write(inputs, positions, vectors, valid, reasons),
+        encoder, inputs, pending, modality, store=store, fail=fail, buffer=buffer, save=save,
         batch_size=batch_size, workers=workers, draft=draft, chunk_size=chunk_size, progress=progress, desc=f"extract {name}",
+        kept=resumed, encode=side.encode if side is not None else None,
     )
     encode_seconds = time.perf_counter() - t_encode
     if shard is not None:
@@ -473,7 +559,7 @@ def extract(
         vectors,
         encoder=spec_text,
         model=encoder.model,
-        weights=encoder.weights,
+        weights=portable(encoder.weights),  # no machine path in table metadata (a copied home stays identical)
         modality=modality,
         input_hash=ihash,
         valid=valid,

@@ -31,12 +31,13 @@ from features.extract import (
     Inputs,
     Partial,
     check_extract_args,
+    extract,
     item_inputs,
     run_pending,
     shard_plan,
     up_to_date,
 )
-from store.layout import DatasetPaths
+from store.layout import DatasetPaths, portable
 from store.tables import read_metadata, read_table
 from store.tokens import (
     TokenTable,
@@ -231,7 +232,7 @@ def extract_tokens(
         encoder, inputs, pending, modality, store=lambda positions, out: rows.put(positions, *out), fail=rows.fail,
         save=lambda positions: partial.write_columns(inputs, positions, rows.partial_columns(positions)), buffer=missing,
         batch_size=batch_size, workers=workers, draft=draft, chunk_size=chunk_size, progress=progress,
-        desc=f"tokens {name}", encode=encode,
+        desc=f"tokens {name}", encode=encode, kept=resumed,
     )
     encode_seconds = time.perf_counter() - t_encode
     if shard is not None:
@@ -242,7 +243,7 @@ def extract_tokens(
     write_tokens(
         out_path, inputs.asins, inputs.item_ids, rows.columns(slice(None)), rows.reasons,
         dim=encoder.dim, max_tokens=max_tokens, modality=modality,
-        metadata={"encoder": spec_text, "model": encoder.model, "weights": encoder.weights, "input_hash": ihash,
+        metadata={"encoder": spec_text, "model": encoder.model, "weights": portable(encoder.weights), "input_hash": ihash,
                   "name": name, "n_items": str(len(inputs.asins))},
         token_meta=token_meta(encoder, modality, grid, max_length),
     )
@@ -275,3 +276,76 @@ def _summary(name: str, path, t0: float, *, encoded: int, resumed: int, skipped:
         "input_hash": meta.get("input_hash"), "encoded": encoded, "resumed": resumed, "skipped": skipped,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+# --- pooled features and image tokens from one backbone pass -------------------------------------
+
+
+def shares_pass(spec: str) -> bool:
+    """Whether the pooled feature of `spec` and its image tokens can come from one forward pass
+    (EfficientNet-Lite0: both are averages of its head map; a CLIP ViT returns both at once)."""
+    parsed = parse_spec(spec)
+    return parsed.kind in ("efficientnet-lite0", "clip-image")
+
+
+class TokenSide:
+    """Image tokens as the side output of a pooled extraction (features.extract.SideOutput): its
+    rows go to the token table's partial folder as the pooled rows are saved, so extract_tokens
+    afterwards finds them done and only writes the table. Off when that table is up to date."""
+
+    def __init__(self, paths: DatasetPaths, name: str, grid: int) -> None:
+        self.paths, self.name, self.grid = paths, name, grid
+        self.active = False
+        self.saved = 0
+
+    def begin(self, encoder: Encoder, inputs: Inputs, shard: tuple[int, int] | None, resume: bool) -> None:
+        if not hasattr(encoder, "encode_with_tokens"):
+            raise ValueError(f"encoder {encoder.spec!r} has no image tokens: use 'efficientnet-lite0' or a CLIP ViT ('clip-image:…')")
+        self.encoder, self.inputs = encoder, inputs
+        tspec = _token_spec(encoder.spec, "image", self.grid, 0)
+        if resume and up_to_date(self.paths.token_feature(self.name), inputs.input_hash(tspec), encoder.spec):
+            return
+        self.active = True
+        tag = f"s{shard[0]}of{shard[1]}-" if shard else ""
+        self.partial = Partial(self.paths.tokens_dir / f".{self.name}.partial", tspec, encoder.dim, tag)
+        self.partial.open(resume)
+        self.rows = Rows.empty(len(inputs.asins), self.grid * self.grid, encoder.dim, with_ids=False)
+        self.done = {pos for _, _, positions in self.partial.matching_rows(inputs) for pos in positions}
+
+    def encode(self, batch: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        if not self.active:
+            return self.encoder.encode(batch), None
+        return self.encoder.encode_with_tokens(batch, self.grid)  # type: ignore[attr-defined]
+
+    def store(self, positions: list[int], tokens: np.ndarray | None) -> None:
+        if self.active and tokens is not None:
+            self.rows.put(positions, tokens, np.ones(tokens.shape[:2], bool), None)
+
+    def fail(self, pos: int, reason: str) -> None:
+        if self.active:
+            self.rows.fail(pos, reason)
+
+    def save(self, positions: list[int]) -> None:
+        if not self.active:
+            return
+        new = [p for p in positions if p not in self.done and self.rows.filled[p]]  # no-input items: extract_tokens's
+        self.partial.write_columns(self.inputs, new, self.rows.partial_columns(new))
+        self.done.update(new)
+        self.saved += len(new)
+
+
+def extract_with_tokens(paths: DatasetPaths, spec: str | Encoder, *, grid: int = 4, token_name: str | None = None,
+                        **kwargs: Any) -> dict:
+    """features.extract.extract (same arguments) whose backbone pass also gives the image tokens.
+
+    Why: EfficientNet-Lite0's pooled vector and its token grid are two averages of one head map,
+    so a second pass for the tokens doubles the cost of a photo for nothing. The tokens land in
+    the token table's partial rows; extract_tokens (same grid) then only assembles the table.
+    summary["token_rows"] says how many token rows the pass saved.
+    """
+    _check_shape_args(grid, 3)
+    if token_name is None:
+        token_name = (default_token_name(spec) if isinstance(spec, str) else spec.name + TOKEN_SUFFIX)
+    side = TokenSide(paths, token_name, grid)
+    summary = extract(paths, spec, side=side, **kwargs)
+    return {**summary, "token_rows": side.saved}

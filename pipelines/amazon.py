@@ -219,6 +219,7 @@ def _slow_parse(line: bytes, path: Path, lineno: int, bad: BadRecords, literal: 
         replaced = str(exc)
     text = text.lstrip("\ufeff").strip()
     if not text:
+        bad.count_blank(path)
         return None
     obj: Any = None
     try:
@@ -255,6 +256,7 @@ def _objects(
             obj = loads(line)
         except ValueError:
             if not line.strip():
+                bad.count_blank(path)
                 continue
             obj = _slow_parse(line, path, lineno, bad, literal)
             if obj is None:
@@ -387,7 +389,7 @@ def _product_2018(o: dict) -> Product | str:
         description=_text(o.get("description")),
         brand=_text(o.get("brand")),
         categories=_strings(o.get("category")),
-        image_url=_first_url(o.get("imageURLHighRes"), o.get("imageURL")),
+        image_url=_first_url(o.get("imageURLHighRes"), o.get("imageURL"), o.get("image")),  # `image`: older builds
     )
 
 
@@ -491,6 +493,22 @@ def detect_meta_release(path: str | Path) -> str:
     return "2018"
 
 
+def detect_review_release(path: str | Path) -> str:
+    """'2023' (user_id, parent_asin, ms timestamps) or '2018' (reviewerID; 2014 has the same fields)
+    from the first record of a review file."""
+    for _, lines in iter_line_batches(path, BadRecords()):
+        for line in lines:
+            text = line.strip().lstrip(b"\xef\xbb\xbf")
+            if not text:
+                continue
+            try:
+                obj = json.loads(text)
+            except ValueError:
+                return "2018"
+            return "2023" if isinstance(obj, dict) and {"user_id", "parent_asin"} & set(obj) else "2018"
+    return "2018"
+
+
 def read_reviews(
     path: str | Path, release: str, bad: BadRecords, *, progress: bool = False
 ) -> Iterator[Review]:
@@ -519,11 +537,36 @@ def read_review_batches(
         return
     spec = _REVIEW_SPEC[release]
     for first, n_lines, body in iter_blocks(path, bad, progress=progress):
+        bad.count_lines(path, n_lines)
         batch = _arrow_block(body, n_lines, spec)
         if batch is None:
             batch = ReviewBatch.from_reviews(list(_python_block(path, first, body, release, bad)))
+        if not spec.millis:
+            batch = _seconds_from_millis(batch, path, bad)
         if len(batch):
             yield batch
+
+
+MILLIS_ABOVE = 10**11  # an epoch beyond this is in milliseconds (as pipelines.tabular reads them)
+MILLIS_TIMESTAMP = "timestamp in milliseconds (divided by 1000, record kept)"
+
+
+def _seconds_from_millis(batch: ReviewBatch, path: Path, bad: BadRecords) -> ReviewBatch:
+    """2014/2018 times are seconds; converted files sometimes carry milliseconds. Stored as they
+    are they would be 1000x too large: convert them, and count them so the report says so."""
+    ts = batch.table.column("timestamp")
+    ms = pc.greater(ts, MILLIS_ABOVE)
+    n = pc.sum(ms).as_py() or 0
+    if not n:
+        return batch
+    shown = pc.filter(ts, ms).slice(0, bad.max_examples).to_pylist()
+    for value in shown:
+        bad.add(path, None, MILLIS_TIMESTAMP, f"unixReviewTime={value}", dropped=False)
+    bad.counts[MILLIS_TIMESTAMP] += n - len(shown)
+    bad.by_file[path.name] += n - len(shown)
+    fixed = pc.if_else(ms, pc.divide(ts, 1000), ts)
+    k = batch.table.schema.get_field_index("timestamp")
+    return ReviewBatch(batch.table.set_column(k, batch.table.schema.field(k), fixed))
 
 
 @dataclass(frozen=True)
@@ -619,10 +662,12 @@ def read_ratings_csv(
     path = Path(path)
     iu = (0, 1) if item_first else (1, 0)
     for first, lines in iter_line_batches(path, bad, progress=progress):
+        bad.count_lines(path, len(lines))
         for lineno, line in enumerate(lines, first):
             parts = line.rstrip(b"\r").split(b",")
             if len(parts) != 4:
                 if not line.strip():
+                    bad.count_blank(path)
                     continue
                 parts = next(csv.reader([line.decode("utf-8", "replace")]), [])
                 parts = [p.encode() for p in parts]
@@ -639,6 +684,7 @@ def read_ratings_csv(
             ts = _timestamp(parts[3].strip(), False)
             rating = _rating(parts[2].strip())
             if lineno == 1 and ts is None and rating == BAD_RATING:
+                bad.header_lines[path.name] += 1
                 continue  # a header row
             if not user:
                 bad.add(path, lineno, MISSING_USER, repr(line[:80]))

@@ -14,9 +14,17 @@ bytes (1f 8b) rather than trusting the `.gz` suffix.
 from __future__ import annotations
 
 import difflib
+import os
+import socket
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 
 KINDS = ("meta", "reviews")
+LOCAL_FIX = "pass --reviews/--meta with local files (download them elsewhere)"  # what a user does when offline
+HOSTS_ENV = "ANCHORREC_AMAZON_HOSTS"
+"""Comma-separated base URLs that replace a release's known hosts (a lab's local mirror laid out
+like the original directories, or a test's unreachable host); the Hugging Face copy is then not tried."""
 
 
 @dataclass(frozen=True)
@@ -205,24 +213,59 @@ def canonical_category(release: str | int, category: str) -> str:
     )
 
 
+def hosts(known: list[str]) -> list[str]:
+    """The base URLs to try: $ANCHORREC_AMAZON_HOSTS when set, else the release's known hosts."""
+    override = [h.strip().rstrip("/") for h in os.environ.get(HOSTS_ENV, "").split(",") if h.strip()]
+    return override or known
+
+
+def unreachable(urls: list[str], timeout: float = 5.0) -> list[tuple[str, str]]:
+    """(url, why) for every URL when none of their hosts resolves and accepts a connection; [] as soon
+    as one does (the download then handles HTTP errors, retries and mirrors).
+
+    Called before any work (cli preflight), so a machine without network is told in a second, not
+    after the workflow engine started. Only the stdlib: the check must cost nothing when online.
+    Skipped behind a proxy, where the machine itself is expected not to reach the hosts.
+    """
+    if urllib.request.getproxies():
+        return []
+    failures = []
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return []
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=timeout):
+                return []
+        except socket.gaierror:
+            failures.append((url, f"unreachable (name does not resolve: cannot resolve {parts.hostname!r})"))
+        except ConnectionRefusedError:
+            failures.append((url, "unreachable (connection refused)"))
+        except OSError as exc:
+            failures.append((url, f"unreachable ({exc.strerror or type(exc).__name__})"))
+    return failures
+
+
 def resolve(release: str | int, category: str) -> list[RemoteFile]:
     """The metadata and review files of one category: [meta, reviews], each with its mirrors."""
     rel = _check_release(release)
     cat = canonical_category(rel, category)
     if rel == "2014":
         meta, reviews = f"meta_{cat}.json.gz", f"reviews_{cat}_5.json.gz"
-        meta_urls = [f"{h}/{meta}" for h in _HOSTS_2014]
-        review_urls = [f"{h}/{reviews}" for h in _HOSTS_2014]
+        meta_urls = [f"{h}/{meta}" for h in hosts(_HOSTS_2014)]
+        review_urls = [f"{h}/{reviews}" for h in hosts(_HOSTS_2014)]
     elif rel == "2018":
         meta, reviews = f"meta_{cat}.json.gz", f"{cat}_5.json.gz"
-        meta_urls = [f"{h}/metaFiles2/{meta}" for h in _HOSTS_2018]
-        review_urls = [f"{h}/categoryFilesSmall/{reviews}" for h in _HOSTS_2018]
+        meta_urls = [f"{h}/metaFiles2/{meta}" for h in hosts(_HOSTS_2018)]
+        review_urls = [f"{h}/categoryFilesSmall/{reviews}" for h in hosts(_HOSTS_2018)]
     else:
         meta, reviews = f"meta_{cat}.jsonl.gz", f"{cat}.jsonl.gz"
-        meta_urls = [f"{h}/meta_categories/{meta}" for h in _HOSTS_2023]
-        meta_urls.append(f"{_HF_2023}/meta_categories/meta_{cat}.jsonl")
-        review_urls = [f"{h}/review_categories/{reviews}" for h in _HOSTS_2023]
-        review_urls.append(f"{_HF_2023}/review_categories/{cat}.jsonl")
+        meta_urls = [f"{h}/meta_categories/{meta}" for h in hosts(_HOSTS_2023)]
+        review_urls = [f"{h}/review_categories/{reviews}" for h in hosts(_HOSTS_2023)]
+        if not os.environ.get(HOSTS_ENV, "").strip():
+            meta_urls.append(f"{_HF_2023}/meta_categories/meta_{cat}.jsonl")
+            review_urls.append(f"{_HF_2023}/review_categories/{cat}.jsonl")
     return [
         RemoteFile("meta", meta_urls[0], meta_urls[1:], meta),
         RemoteFile("reviews", review_urls[0], review_urls[1:], reviews),

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # the refusal is checked by the CLI before any heavy import
     from pipelines.prepare import PrepareConfig
     from pipelines.records import BadRecords, Product
 
-NEEDS_INTERACTIONS = ("train", "publish", "tune", "pipeline", "recommend")
+NEEDS_INTERACTIONS = ("train", "tune", "pipeline", "recommend")  # publish: content vectors (store.index.publish_content)
 
 
 class CatalogOnlyError(ValueError):
@@ -50,6 +50,7 @@ def prepare_catalog(
     Nothing is written when no product has an asin, so a wrong file leaves the old tables.
     """
     from pipelines.prepare import PrepareConfig, _collect_products, _items_table
+    from pipelines.image_paths import rebase_images
     from pipelines.records import BadRecords
     from store import schemas
     from store.tables import write_json, write_table
@@ -64,6 +65,7 @@ def prepare_catalog(
             f"({bad.dropped} bad line(s): {dict(bad.counts)}); check --meta (a CSV/TSV/Parquet with an asin column)"
         )
     catalog = _collect_products(records, set(asins))
+    rebase_images(catalog.products.values(), paths)  # local images: dataset-relative, no machine path
     items, missing, cleaning = _items_table(asins, catalog.products, cfg.max_text_chars)
     report = {
         "dataset": paths.name,
@@ -89,7 +91,7 @@ def refusal(paths: DatasetPaths, command: str) -> str:
     """The one line that says why `command` cannot run here and how to get interactions in."""
     meta = _meta_source(paths) or "ITEMS.tsv"
     return (
-        f"dataset {paths.name!r} is catalog-only (no interactions): it can run features and pretrain, not {command}; "
+        f"dataset {paths.name!r} is catalog-only (no interactions): it can run features, pretrain and publish (content vectors for similar), not {command}; "
         f"to train, ingest interactions with --reviews FILE: anchorrec ingest --dataset {paths.name} --release csv "
         f"--meta {meta} --reviews FILE"
     )

@@ -408,8 +408,10 @@ def generate_demo(
 ) -> dict:
     """Write meta_Demo.json.gz, Demo_5.json.gz and images/<asin>.jpg into `raw_dir`.
 
-    Image URLs are absolute file:// URLs of the drawn JPEGs, so the ordinary image fetcher
-    "downloads" them. Returns a summary: counts, paths and the sha256 of each file.
+    Image URLs are the drawn JPEGs' paths relative to `raw_dir` (images/<asin>.jpg), so the files
+    name no machine and a copied home gives the same bytes; ingest records them relative to the
+    dataset (raw/images/…) and the ordinary image fetcher "downloads" them from there. Returns a
+    summary: counts, paths and the sha256 of each file.
     """
     config = DemoConfig(n_items=n_items, n_users=n_users, seed=seed)
     cat = build_catalog(config)
@@ -433,7 +435,7 @@ def generate_demo(
             stale.unlink()
 
     meta = [
-        meta_record(cat, i, (images_dir / f"{cat.asins[i]}.jpg").resolve().as_uri() if cat.has_image[i] else None, meta_rng)
+        meta_record(cat, i, f"{IMAGES_DIR}/{cat.asins[i]}.jpg" if cat.has_image[i] else None, meta_rng)
         for i in range(n_items)
     ]
     order = np.lexsort((cat.timestamp, cat.item))  # grouped by item, oldest first, as in the 2018 files

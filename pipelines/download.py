@@ -25,30 +25,34 @@ import tenacity
 import urllib3
 from tqdm.auto import tqdm
 
+from pipelines.catalog import LOCAL_FIX
+from pipelines.hosts import DEAD_HOST_KINDS, classify, short_error
 from pipelines.sources import is_local, local_path
+from store.errors import SourceUnavailable
 from store.hashing import file_sha256
+from store.layout import source_name
 from store.tables import write_json
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-LOCAL_FIX = "pass a local copy (a path or file:// URL) with --meta/--reviews"
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 _manifest_lock = threading.Lock()
 
 
-class DownloadError(RuntimeError):
-    """No candidate URL produced a verified file; says which URLs failed, why, and what to do."""
+class DownloadError(SourceUnavailable):
+    """No candidate URL produced a verified file; says which URLs failed, why, and what to do.
+
+    A user error (store.errors.SourceUnavailable): reported in one line, never retried as a stage.
+    """
 
     def __init__(self, url: str, problem: str, fix: str = "", attempts: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(None, f"{url}: {problem}", fix)
         self.url = url
         self.problem = problem
-        self.fix = fix
         self.attempts = attempts or [(url, problem)]
-        hint = f" — {fix}" if fix else ""
-        super().__init__(f"{url}: {problem}{hint}")
 
     def __reduce__(self):
         """Rebuilt from its parts, so it crosses process boundaries."""
@@ -115,7 +119,7 @@ def fetch(
                     progress=progress, backoff=backoff,
                 )
         except _Failed as exc:
-            log.warning("%s: %s", url, exc)
+            log.debug("%s: %s", url, exc)  # the final error lists every URL's reason
             failures.append((url, str(exc), exc.kind))
             continue
         _record(manifest, dest.name, requested=str(source), **got)
@@ -172,9 +176,9 @@ def _locked(manifest: Path) -> Iterator[None]:
 
 
 def _record(manifest: Path, name: str, *, requested: str, url: str, bytes: int, sha256: str, verified: list[str]) -> None:
-    entry = {
-        "url": url,
-        "requested": requested,
+    entry = {  # a local source by file name only: the manifest never names the machine (store.layout.source_name)
+        "url": source_name(url),
+        "requested": source_name(requested),
         "bytes": bytes,
         "sha256": sha256,
         "verified": verified,
@@ -192,12 +196,12 @@ def _is_current(dest: Path, entry: Any, candidates: list[str], sha256: str | Non
     n = dest.stat().st_size
     if entry.get("bytes") != n or (size is not None and size != n):
         return False
-    wanted = {_normalize(c) for c in candidates}
+    wanted = {_normalize(c) for c in candidates} | {source_name(c) for c in candidates}
     if _normalize(str(entry.get("requested", ""))) not in wanted and _normalize(str(entry.get("url", ""))) not in wanted:
         return False
     if is_local(candidates[0]):  # a local source that changed since must be copied again
-        src = local_path(candidates[0])
-        if not src.is_file() or src.stat().st_size != n:
+        src = local_path(candidates[0])  # recorded by name: same size, and not modified after the copy
+        if not src.is_file() or src.stat().st_size != n or src.stat().st_mtime_ns > dest.stat().st_mtime_ns:
             return False
     if sha256 is not None:
         return entry.get("sha256") == sha256 and file_sha256(dest) == sha256
@@ -279,7 +283,7 @@ def _download_http(
         wait=tenacity.wait_exponential(multiplier=backoff, max=60),
         retry=tenacity.retry_if_exception_type(_Transient),
         reraise=True,
-        before_sleep=lambda rs: log.warning(
+        before_sleep=lambda rs: log.debug(  # on screen only the outcome: the file or one error line
             "%s: %s; retry %d/%d", url, rs.outcome.exception(), rs.attempt_number, retries
         ),
     )
@@ -337,6 +341,10 @@ def _attempt(
     except requests.exceptions.TooManyRedirects as exc:
         raise _Failed(f"too many redirects: {exc}") from exc
     except requests.exceptions.RequestException as exc:
+        kind = classify(exc)
+        if kind in DEAD_HOST_KINDS:  # a name that does not resolve or a refused port: retrying cannot help
+            what = "name does not resolve" if kind == "dns" else "connection refused"
+            raise _Failed(f"unreachable ({what}: {_short_text(short_error(exc))})", kind="unreachable") from exc
         raise _Transient(f"unreachable ({type(exc).__name__}: {_short(exc)})") from exc
     state["never_connected"] = False
     with resp:
@@ -404,7 +412,10 @@ def _read_info(info: Path) -> dict[str, Any]:
 
 
 def _short(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc)
+    return _short_text(str(exc), limit)
+
+
+def _short_text(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -19,7 +19,10 @@ pipelines.local_images) are taken before any URL, through the same checks.
 
 Resumable: an image already on disk that still decodes, and whose origin (URL or local file) is
 the one recorded by the last audit, is kept as 'cached'. Local paths and file:// URLs go through
-the same checks as http(s), which is how the generated demo catalog and the tests use it.
+the same checks as http(s), which is how the generated demo catalog and the tests use it; a
+relative path (items.parquet records local images so: raw/images/<asin>.jpg, pipelines.image_paths)
+is relative to the dataset directory. No row names the machine: a user's file is its name and
+content hash (`origin`), so a copied home's audit is byte-identical.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ from pipelines.local_images import LocalImage, LocalImages, find_local_images
 from pipelines.sources import is_local, local_path
 from store import schemas
 from store.layout import DatasetPaths
+from store.hashing import file_sha256
 from store.tables import conform, read_table, temp_beside, write_table
 
 log = logging.getLogger(__name__)
@@ -289,14 +293,14 @@ def _one(run: _Run, asin: str, url: str | None, previous_origin: str | None) -> 
         if local is None and not url:
             more = " and no file in images_dir" if run.local.images else ""
             return Outcome("no_url", detail=f"item has no image_url{more}")
-        origin, source = (str(local.path), local.source) if local else (url, "url")
+        origin, source = (_local_origin(local.path), local.source) if local else (url, "url")
         target = run.paths.image(asin)
         rel = target.relative_to(run.paths.root).as_posix()
         if _keep_cached(run, target, local, origin, previous_origin):
             return Outcome("cached", bytes=target.stat().st_size, path=rel, source="cache", origin=origin)
         try:
             if local is not None:
-                data, http_status = _read_local(local.path, run.max_bytes), None
+                data, http_status = _read_local(local.path, run.max_bytes, local.path.name), None
             else:
                 data, http_status = _read(run, url)
             jpeg = _verify_as_jpeg(data, run.max_pixels)
@@ -339,9 +343,16 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _read_local(path: Path, max_bytes: int) -> bytes:
+def _local_origin(path: Path) -> str:
+    """A user's image file by name and content hash: the audit never names where it lies (a home
+    copied elsewhere stays byte-identical), yet a changed or different file is a different origin."""
+    return f"{path.name} sha256:{file_sha256(path)[:16]}" if path.is_file() else path.name
+
+
+def _read_local(path: Path, max_bytes: int, shown: str) -> bytes:
+    """`shown` is how errors name the file: as recorded, never the machine's absolute path."""
     if not path.is_file():
-        raise _Stop(Outcome("error", detail=f"no such file: {path}"))
+        raise _Stop(Outcome("error", detail=f"no such file: {shown}"))
     n = path.stat().st_size
     if n > max_bytes:
         raise _Stop(Outcome("too_large", bytes=n, detail=f"{n} bytes > max_bytes {max_bytes}"))
@@ -349,8 +360,8 @@ def _read_local(path: Path, max_bytes: int) -> bytes:
 
 
 def _read(run: _Run, url: str) -> tuple[bytes, int | None]:
-    if is_local(url):
-        return _read_local(local_path(url), run.max_bytes), None
+    if is_local(url):  # a relative path is relative to the dataset directory (raw/images/… of the demo)
+        return _read_local(run.paths.located(local_path(url)), run.max_bytes, url), None
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(run.retries + 1),
         wait=tenacity.wait_exponential(multiplier=run.backoff, max=10),

@@ -20,11 +20,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from pipelines import amazon, catalog, download, tabular
 from pipelines.catalog_only import prepare_catalog
 from pipelines.prepare import PrepareConfig, prepare
-from pipelines.records import BadRecords
-from store.layout import DatasetPaths, dataset_paths
+from pipelines.records import BadRecords, ReviewBatch
+from store.layout import DatasetPaths, dataset_paths, source_name
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,11 @@ def ingest(
     meta_release: str = "auto",
     min_meta_match: float = 0.5,
     allow_missing_meta: bool = False,
+    no_header: bool = False,
+    meta_columns: str | dict[str, str] | None = None,
+    train: str | None = None,
+    valid: str | None = None,
+    test: str | None = None,
 ) -> dict[str, Any]:
     """Fetch, parse and prepare one dataset; return prepare's data-quality report.
 
@@ -62,28 +69,42 @@ def ingest(
     go to `download.fetch` for each file. For `release="csv"`, `reviews` and/or `meta` (`meta`
     alone: a catalog-only dataset, no interactions); `columns` names the interaction columns
     ('user=reviewerID,item=asin,...') and `meta_release` says what the metadata file is
-    (auto-detected by default).
+    (auto-detected by default). `no_header`: the interaction (and metadata table) files start with
+    data; `meta_columns` names a metadata table's columns; `train`/`valid`/`test` are a given split
+    as three interaction files (instead of `reviews`). Without `meta` (and without a category for
+    an Amazon release) the dataset is ID-only: items have no text and no image.
     """
     release = str(release)
     if release not in RELEASES:
         raise ValueError(f"release must be one of {RELEASES}, got {release!r}")
     if meta_release not in META_RELEASES:
         raise ValueError(f"meta_release must be one of {META_RELEASES}, got {meta_release!r}")
-    if release != "csv" and columns:
-        raise ValueError("columns applies to --release csv only (your own interactions file)")
-    check = None if release == "demo" or (release == "csv" and meta is None) else min_meta_match
+    splits = {k: v for k, v in (("train", train), ("valid", valid), ("test", test)) if v}
+    if release != "csv" and (columns or splits or no_header or meta_columns):
+        raise ValueError("--columns, --meta-columns, --no-header and --train/--valid/--test apply to --release csv "
+                         "(your own files)")
+    if splits and (reviews or "train" not in splits or "test" not in splits):
+        raise ValueError("a given split is --train FILE with --test FILE (and --valid FILE), instead of --reviews")
+    id_only = meta is None and (release == "csv" or (release in amazon.RELEASES and category is None and reviews))
+    check = None if release == "demo" or id_only else min_meta_match
     # validate before any download
     config = PrepareConfig(kcore=kcore, seed=seed, min_meta_match=check, allow_missing_meta=allow_missing_meta)
     paths = dataset_paths(dataset, home)
     fetch_opts = {"retries": retries, "timeout": timeout, "backoff": backoff, "progress": progress}
-    if release == "csv" and reviews is None and meta is not None:
+    table_opts = {"columns": columns, "no_header": no_header, "meta_columns": meta_columns}
+    if release == "csv" and reviews is None and not splits and meta is not None:
         if columns:
             raise ValueError("--columns names interaction columns; a catalog-only ingest (--meta without --reviews) "
-                             "has none: leave --columns out or give --reviews FILE")
-        return _ingest_catalog(paths, meta, meta_release, config, fetch_opts, progress)
+                             "has none: name the metadata table's columns with --meta-columns, or give --reviews FILE")
+        return _ingest_catalog(paths, meta, meta_release, config, fetch_opts, progress, table_opts)
     if release == "csv":
         tabular.parse_columns(columns)
-        return _ingest_csv(paths, reviews, meta, columns, meta_release, config, fetch_opts, progress)
+        tabular.parse_columns(meta_columns, tabular.META_ROLES, "--meta-columns")
+        inputs = splits or ({"reviews": reviews} if reviews else {})
+        return _ingest_csv(paths, inputs, meta, meta_release, config, fetch_opts, progress, table_opts)
+    if id_only:
+        return _ingest_csv(paths, {"reviews": reviews}, None, meta_release, config, fetch_opts, progress,
+                           table_opts, release=release)
     if release == "demo":
         meta_path, reviews_path, sources = _demo_files(paths, progress, demo_items, demo_users, seed)
         parse_as = "2018"
@@ -107,44 +128,89 @@ def ingest(
 
 def _ingest_csv(
     paths: DatasetPaths,
-    reviews: str | None,
+    inputs: dict[str, str],
     meta: str | None,
-    columns: str | dict[str, str] | None,
     meta_release: str,
     config: PrepareConfig,
     fetch_opts: dict[str, Any],
     progress: bool,
+    table_opts: dict[str, Any],
+    release: str = "csv",
 ) -> dict[str, Any]:
-    """A user's own interactions file (+ optional metadata) → prepare."""
-    if reviews is None:
+    """A user's own interactions (one file, or a given split as train/valid/test files; a table or
+    Amazon review lines) + optional metadata → prepare. No metadata: an ID-only dataset."""
+    if not inputs:
         raise ValueError(
             "--release csv needs --reviews PATH_OR_URL: a CSV, TSV or Parquet file with user and item "
             "columns (name them with --columns \"user=COL,item=COL\"), or --meta alone for a catalog-only dataset"
         )
-    wanted = {"reviews": str(reviews)} if meta is None else {"reviews": str(reviews), "meta": str(meta)}
+    wanted = {k: str(v) for k, v in inputs.items()}
+    if meta is not None:
+        wanted["meta"] = str(meta)
     got, sources = _fetch_plan(paths, {k: (v, [], _file_name(v)) for k, v in wanted.items()}, fetch_opts)
     bad = BadRecords()
-    batch, used = tabular.read_interactions(got["reviews"], bad, columns)
-    sources["reviews"]["columns"] = used
+    batches = []
+    for kind in inputs:
+        split = SPLIT_FILES.get(kind)
+        batch, info = _read_interactions(got[kind], bad, table_opts, split, release, progress)
+        sources[kind].update(info)
+        batches.extend(batch)
     products: Any = iter(())
     if meta is not None:
         kind = _meta_kind(got["meta"], meta_release)
         sources["meta"]["format"] = kind
         if kind == "table":
             base = _source_dir(str(meta)) or got["meta"].parent
-            products = tabular.read_meta_table(got["meta"], bad, base_dir=base)
+            products = tabular.read_meta_table(got["meta"], bad, base_dir=base, columns=table_opts["meta_columns"],
+                                               no_header=table_opts["no_header"])
         else:
             products = amazon.read_products(got["meta"], kind, bad, progress=progress)
-    log.info("%s: %d interactions read from %s", paths.name, len(batch), got["reviews"].name)
+    else:
+        sources["meta"] = {"source": None, "note": "no metadata: an ID-only dataset (items have no text or image)"}
+    log.info("%s: %d interactions read from %s", paths.name, sum(len(b) for b in batches),
+             ", ".join(got[k].name for k in inputs))
     return prepare(
         paths,
-        [batch],
+        batches,
         products,
         bad=bad,
-        sources={"release": "csv", "category": None, **sources},
+        sources={"release": release, "category": None, **sources},
         config=config,
         meta_file=str(got["meta"]) if meta is not None else None,
     )
+
+
+SPLIT_FILES = {"train": 0, "valid": 1, "test": 2}
+
+
+def _read_interactions(
+    path: Path, bad: BadRecords, opts: dict[str, Any], split: int | None, release: str, progress: bool
+) -> tuple[list[ReviewBatch], dict[str, Any]]:
+    """One interactions file: a table (CSV/TSV/Parquet) or Amazon review lines (detected)."""
+    if release in amazon.RELEASES or _is_review_lines(path):
+        kind = release if release in amazon.RELEASES else amazon.detect_review_release(path)
+        if opts["columns"]:
+            raise ValueError(f"{path.name}: Amazon {kind} review lines have their own fields; leave --columns out")
+        batches = [_with_split(b, split) for b in amazon.read_review_batches(path, kind, bad, progress=progress)]
+        return batches, {"format": f"amazon {kind} reviews"}
+    notes: dict[str, Any] = {}
+    batch, used = tabular.read_interactions(path, bad, opts["columns"], no_header=opts["no_header"], split=split,
+                                            notes=notes)
+    units = {k: v for k, v in sorted(notes.get("timestamp_units", {}).items())}
+    info: dict[str, Any] = {"format": "table", "columns": used, "header": notes.get("header", True)}
+    if "timestamp" in used:
+        info["timestamps"] = {"read_as": units, "rule": "integers above 1e11 are milliseconds; strings are ISO 8601"}
+    return [batch], info
+
+
+def _is_review_lines(path: Path) -> bool:
+    return not (tabular.is_table_file(path) or tabular.is_parquet(path)) and amazon.review_format(path) == "json"
+
+
+def _with_split(batch: ReviewBatch, split: int | None) -> ReviewBatch:
+    if split is None:
+        return batch
+    return ReviewBatch(batch.table.append_column("split", pa.array([split] * len(batch), pa.int8())))
 
 
 def _ingest_catalog(
@@ -154,6 +220,7 @@ def _ingest_catalog(
     config: PrepareConfig,
     fetch_opts: dict[str, Any],
     progress: bool,
+    table_opts: dict[str, Any],
 ) -> dict[str, Any]:
     """Metadata alone (no --reviews) → a catalog-only dataset (pipelines.catalog_only)."""
     got, sources = _fetch_plan(paths, {"meta": (str(meta), [], _file_name(str(meta)))}, fetch_opts)
@@ -161,7 +228,8 @@ def _ingest_catalog(
     kind = _meta_kind(got["meta"], meta_release)
     sources["meta"]["format"] = kind
     if kind == "table":
-        products: Any = tabular.read_meta_table(got["meta"], bad, base_dir=_source_dir(str(meta)) or got["meta"].parent)
+        products: Any = tabular.read_meta_table(got["meta"], bad, base_dir=_source_dir(str(meta)) or got["meta"].parent,
+                                                columns=table_opts["meta_columns"], no_header=table_opts["no_header"])
     else:
         products = amazon.read_products(got["meta"], kind, bad, progress=progress)
     log.info("%s: catalog-only dataset from %s (no interactions)", paths.name, got["meta"].name)
@@ -206,7 +274,7 @@ def _demo_files(
             f"generate_demo did not write {meta_path} and {reviews_path}; delete {paths.raw_dir} and retry"
         )
     demo = {"source": "generated demo", "n_items": n_items, "n_users": n_users, "seed": seed}
-    sources = {"meta": {**demo, "file": str(meta_path)}, "reviews": {**demo, "file": str(reviews_path)}}
+    sources = {"meta": {**demo, "file": paths.relative(meta_path)}, "reviews": {**demo, "file": paths.relative(reviews_path)}}
     return meta_path, reviews_path, sources
 
 
@@ -253,9 +321,9 @@ def _fetch_plan(
         got[kind] = download.fetch(source, dest, manifest=paths.manifest, mirrors=mirrors, **fetch_opts)
         entry = download.read_manifest(paths.manifest).get(dest.name, {})
         sources[kind] = {
-            "source": source,
-            "url": entry.get("url", source),
-            "file": str(dest),
+            "source": source_name(source),  # a URL as given, a local file by name (+ sha256): no machine path
+            "url": source_name(entry.get("url", source)),
+            "file": paths.relative(dest),
             "bytes": entry.get("bytes"),
             "sha256": entry.get("sha256"),
         }

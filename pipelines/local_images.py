@@ -54,14 +54,15 @@ def find_local_images(images_dir: str | Path | None) -> LocalImages:
 
 
 def fingerprint(images_dir: str | Path | None) -> str | None:
-    """Which file each asin would be taken from, with its size and mtime: the images stage's cache
-    key part. Cheap (no image is read), and it changes exactly when the images used change."""
+    """Which file each asin would be taken from (by name, not where it lies), with its size and
+    mtime: the images stage's cache key part. Cheap (no image is read), it changes exactly when the
+    images used change, and a moved or copied images folder keeps it."""
     if images_dir is None:
         return None
     h = hashlib.sha256()
     for asin, image in sorted(_collect(images_dir).images.items()):
         st = image.path.stat() if image.path.exists() else None
-        h.update(f"{asin}:{image.path}:{st and st.st_size}:{st and st.st_mtime_ns}\n".encode())
+        h.update(f"{asin}:{image.path.name}:{st and st.st_size}:{st and st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
 
 
@@ -82,7 +83,7 @@ def _scan_folder(folder: Path) -> LocalImages:
     out = LocalImages()
     for asin, files in sorted(by_asin.items()):
         files.sort(key=lambda f: (EXTENSIONS.index(f.suffix.lower()), f.name))
-        out.images[asin] = LocalImage(files[0].resolve(), "local_dir", str(files[0]))
+        out.images[asin] = LocalImage(files[0].resolve(), "local_dir", files[0].name)
         if len(files) > 1:
             names = ", ".join(f.name for f in files)
             problem = f"{len(files)} files for asin {asin} ({names}): using {files[0].name}"
@@ -114,7 +115,7 @@ def _read_table(table: Path) -> LocalImages:
             path = Path(raw).expanduser()
             path = path if path.is_absolute() else table.parent / path
             first_line[asin] = line
-            out.images[asin] = LocalImage(path.resolve(), "local_csv", f"{table}:{line}")
+            out.images[asin] = LocalImage(path.resolve(), "local_csv", f"{table.name}:{line}")
     return out
 
 

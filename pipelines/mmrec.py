@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
+from pipelines.prepare import row_accounting
 from pipelines.records import BadRecords
 from store import schemas
 from store.errors import StoreError
@@ -56,6 +57,7 @@ class _Tsv:
     path: Path
     table: pa.Table
     lines: np.ndarray
+    skipped: int = 0  # lines the parser skipped (wrong number of fields; counted in BadRecords)
 
     def column(self, name: str) -> pa.Array:
         col = self.table.column(name)
@@ -72,6 +74,7 @@ def _bulk_add(bad: BadRecords, path: Path, lines: np.ndarray, reason: str, detai
         bad.add(path, int(lines[j]), reason, details[j] if details else "")
     bad.counts[reason] += n - k
     bad.dropped_counts[reason] += n - k
+    bad.dropped_by_file_reason[(path.name, reason)] += n - k
 
 
 def _header(path: Path) -> list[str]:
@@ -114,7 +117,7 @@ def _read_tsv(path: Path, required: tuple[str, ...], bad: BadRecords) -> _Tsv:
         )
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         raise StoreError(path, f"cannot be parsed as tab-separated text ({exc})") from exc
-    return _Tsv(path, table, _row_lines(table.num_rows, skipped))
+    return _Tsv(path, table, _row_lines(table.num_rows, skipped), len(skipped))
 
 
 def _row_lines(n_rows: int, skipped: list[int]) -> np.ndarray:
@@ -189,6 +192,7 @@ def _mapping(path: Path, key: str, id_col: str, bad: BadRecords) -> list[str]:
 
 def _interactions(path: Path, n_users: int | None, n_items: int, bad: BadRecords) -> dict[str, np.ndarray]:
     tsv = _read_tsv(path, ("userID", "itemID", "x_label"), bad)
+    bad.count_lines(path, tsv.table.num_rows + tsv.skipped + 1, header=1)  # every line accounted for in prepare.json
     has_ts = "timestamp" in tsv.table.column_names
     cols, ok = _ints(tsv, ("userID", "itemID", "x_label") + (("timestamp",) if has_ts else ()), bad)
     user, item, label = cols["userID"], cols["itemID"], cols["x_label"]
@@ -305,7 +309,7 @@ def _write_features(src: Path, paths: DatasetPaths, asins: list[str], mats: dict
             encoder="mmrec-npy", model=f"mmrec:{fname}", weights="precomputed by MMRec",
             modality=modality, input_hash=digest[:16], valid=finite,
             reasons=[None if v else "non-finite values in npy row" for v in finite],
-            extra={"source": "MMRec npy", "source_file": str(path.resolve()), "source_sha256": digest},
+            extra={"source": "MMRec npy", "source_file": path.name, "source_sha256": digest},
         )
         written[name] = {"file": fname, "dim": int(mat.shape[1]), "rows": int(mat.shape[0]),
                          "invalid_rows": int((~finite).sum()), "modality": modality}
@@ -380,13 +384,13 @@ def import_mmrec(
     steps.update()
 
     sizes = {X_LABELS[c]: int((split_code == c).sum()) for c in sorted(X_LABELS)}
-    sources = {p.name: {"path": str(p.resolve()), "bytes": p.stat().st_size}
+    sources = {p.name: {"path": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}  # by name: no machine path
                for p in [inter_path, src / ITEM_MAPPING, user_map, text_path,
                          *(src / f for f in FEATURE_FILES)] if p.is_file()}
     report = {
         "dataset": paths.name,
         "source": "mmrec",
-        "src": str(src.resolve()),
+        "src": src.resolve().name,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sources": sources,
         "steps": [{"step": "read", "lines": int(inter["lines_read"]), "interactions": int(len(user)),
@@ -399,6 +403,7 @@ def import_mmrec(
             "items_without_interactions": int(n_items - np.unique(item).size),
         },
         "bad_records": bad.as_dict(),
+        "rows": row_accounting(bad, 0, 0, int(len(user))),  # repeated pairs are rejected lines here (first kept)
         "split": {"seed": None, "hash": split_hash, "rule": SPLIT_RULE, "sizes": sizes},
         "features": {},
         "output": {"items": n_items, "users": n_users, "interactions": int(len(user))},

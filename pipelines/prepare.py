@@ -24,7 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.amazon import TRUNCATED
 from pipelines.html_text import CleaningCounts, clean_text, first_sentence
+from pipelines.image_paths import rebase_images
 from pipelines.records import REVIEW_BATCH_SCHEMA, REVIEW_SPLIT_SCHEMA, BadRecords, Product, Review, ReviewBatch
 from store import schemas
 from store.layout import DatasetPaths
@@ -255,7 +257,7 @@ DUPLICATE_POLICY = (
     "merged by asin: the most complete record is kept (most non-empty of title, description, "
     "brand, categories, image_url, after cleaning); ties keep the first seen"
 )
-GIVEN_SPLIT_RULE = "given: the split column of the interactions file, kept as given"
+GIVEN_SPLIT_RULE = "given: the split column of the interactions file, or its --train/--valid/--test files, kept as given"
 
 
 @dataclass
@@ -342,12 +344,97 @@ def prepare(
 
     `products` is consumed only after k-core, so a lazy metadata reader never holds more than the
     surviving items in memory. `meta_file` (the metadata file's path or name) is what the
-    metadata-match error names (config.min_meta_match).
+    metadata-match error names (config.min_meta_match). A refusal (ValueError) still writes
+    prepare.json with the reason and the counts known by then (the tables stay as they were):
+    the numbers that explain a failure are the ones a user needs most.
     """
-    cfg = config or PrepareConfig(kcore=kcore, seed=seed)
     bad = bad if bad is not None else BadRecords()
+    known: dict[str, Any] = {}
+    try:
+        return _prepare(paths, reviews, products, kcore=kcore, seed=seed, bad=bad, sources=sources, config=config,
+                        meta_file=meta_file, known=known)
+    except ValueError as exc:
+        write_failure_report(paths, str(exc), known, bad, sources)
+        raise
+
+
+def write_failure_report(
+    paths: DatasetPaths, reason: str, known: dict[str, Any], bad: BadRecords, sources: dict[str, Any] | None
+) -> dict[str, Any]:
+    """prepare.json for an ingest that refused: why, and every count gathered before it stopped."""
+    report = {
+        "dataset": paths.name,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "failed": reason,
+        "tables": "unchanged: the tables of the previous successful ingest, if any, are kept",
+        "sources": sources or {},
+        **known,
+        "bad_records": bad.as_dict(),
+    }
+    report["facts"] = data_facts(report, bad)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    write_json(report, paths.prepare_report)
+    return report
+
+
+def exact_duplicates(arr: ReviewArrays) -> int:
+    """Records that repeat an earlier one in user, item, rating and time (the 2018 dumps repeat
+    whole lines: Appliances 5-core has 2,094 of 2,277), as opposed to a user re-reviewing an item."""
+    if len(arr) == 0:
+        return 0
+    rating = np.nan_to_num(arr.rating, nan=-1.0e300).view(np.int64)
+    rows = np.stack([arr.u, arr.i, arr.ts, rating], axis=1)
+    return len(arr) - len(np.unique(rows, axis=0))
+
+
+def data_facts(report: dict[str, Any], bad: BadRecords) -> list[str]:
+    """One line per fact a user should see without opening prepare.json (the stage prints them)."""
+    facts = [truncation_fact(e) for e in (bad.examples.get(TRUNCATED) or [])]
+    dup = report.get("duplicates") or {}
+    if dup.get("exact") or dup.get("merged"):
+        facts.append(f"duplicate lines: {dup['exact']:,} exact duplicates (same user, item, rating and time) and "
+                     f"{dup['merged']:,} merged records (same user and item, the latest kept) of {dup['records']:,} reviews")
+    meta = report.get("metadata") or {}
+    if meta.get("duplicate_products"):
+        facts.append(f"metadata: {meta['duplicate_products']:,} repeated product records of {meta['products_read']:,} "
+                     f"({meta['duplicate_asins']:,} asins) merged, the most complete kept")
+    missing, items = (report.get("missing") or {}).get("metadata", 0), (report.get("output") or {}).get("items")
+    if missing and items:
+        facts.append(f"{missing:,} of {items:,} items have no metadata record (no title, text or image)")
+    kc = report.get("kcore") or {}
+    if kc.get("iterations"):
+        rounds = ", ".join(f"{r['interactions_removed']:,}" for r in kc["iterations"][:8])
+        more = ", …" if len(kc["iterations"]) > 8 else ""
+        facts.append(f"{kc['k']}-core: {kc['before']:,} → {kc['iterations'][-1]['interactions']:,} interactions in "
+                     f"{len(kc['iterations'])} round(s), removed per round: {rounds}{more}")
+    return facts
+
+
+def truncation_fact(example: dict[str, Any]) -> str:
+    """'F: cut off after line N (gzip ends mid-stream); N lines read': where the cut was and what survived."""
+    complete = max(int(example.get("line") or 1) - 1, 0)
+    return (f"{example.get('file')}: cut off after line {complete:,} (gzip ends mid-stream); {complete:,} lines read, "
+            "the rest of the file is lost: download it again")
+
+
+def _prepare(
+    paths: DatasetPaths,
+    reviews: Iterable[Review | ReviewBatch],
+    products: Iterable[Product],
+    *,
+    kcore: int,
+    seed: int,
+    bad: BadRecords,
+    sources: dict[str, Any] | None,
+    config: PrepareConfig | None,
+    meta_file: str | None,
+    known: dict[str, Any],
+) -> dict[str, Any]:
+    """prepare's work; `known` collects the counts as they come, for the report of a refusal."""
+    cfg = config or PrepareConfig(kcore=kcore, seed=seed)
     arr = collect_reviews(reviews)
     steps = [_step("parsed", len(arr), len(arr.users), len(arr.items))]
+    known["steps"] = steps
     if len(arr) == 0:
         raise ValueError(
             f"dataset {paths.name!r}: no usable reviews were read "
@@ -356,6 +443,8 @@ def prepare(
 
     keep = dedup_latest(arr.u, arr.i, arr.ts)
     duplicates = len(arr) - len(keep)
+    exact = exact_duplicates(arr)
+    known["duplicates"] = {"records": len(arr), "exact": exact, "merged": duplicates - exact}
     u, i, ts, rating = arr.u[keep], arr.i[keep], arr.ts[keep], arr.rating[keep]
     steps.append(_step("deduplicated", len(u), np.unique(u).size, np.unique(i).size))
 
@@ -364,11 +453,12 @@ def prepare(
     removed_items = np.setdiff1d(np.unique(i), np.unique(i[in_core]))
     u, i, ts, rating = u[in_core], i[in_core], ts[in_core], rating[in_core]
     steps.append(_step(f"{cfg.kcore}-core", len(u), np.unique(u).size, np.unique(i).size))
+    known["kcore"] = {"k": cfg.kcore, "before": steps[1]["interactions"], "iterations": iterations}
     if len(u) == 0:
         raise ValueError(
             f"dataset {paths.name!r}: {cfg.kcore}-core filtering removed every interaction "
-            f"({steps[1]['interactions']} interactions, {steps[1]['users']} users, "
-            f"{steps[1]['items']} items before); use a smaller kcore"
+            f"({steps[1]['interactions']:,} interactions, {steps[1]['users']:,} users, {steps[1]['items']:,} items "
+            f"before){_duplicates_note(known['duplicates'])}; use a smaller --kcore (see prepare.json)"
         )
 
     # contiguous ids: sorted names, so ids do not depend on file order
@@ -391,7 +481,9 @@ def prepare(
     split_hash = array_hash(user_id.astype(np.int32), item_id.astype(np.int32), split)
 
     catalog = _collect_products(products, set(asins))
+    rebase_images(catalog.products.values(), paths)  # local images: dataset-relative, no machine path
     items, missing, cleaning = _items_table(asins, catalog.products, cfg.max_text_chars)
+    known.update(metadata=catalog.report(), missing=missing)
     meta_check = check_meta_match(cfg, catalog.seen, len(asins) - missing["metadata"], len(asins), bad, meta_file)
 
     users = pa.table(
@@ -413,8 +505,10 @@ def prepare(
         "sources": sources or {},
         "steps": steps,
         "duplicates_removed": int(duplicates),
+        "duplicates": known["duplicates"],
         "kcore": {
             "k": cfg.kcore,
+            "before": steps[1]["interactions"],
             "iterations": iterations,
             "users_removed": int(removed_users.size),
             "items_removed": int(removed_items.size),
@@ -425,9 +519,11 @@ def prepare(
         "missing": missing,
         "text_cleaning": cleaning,
         "bad_records": bad.as_dict(),
+        "rows": row_accounting(bad, duplicates, steps[1]["interactions"] - steps[2]["interactions"], inter.num_rows),
         "split": {"seed": cfg.seed, "hash": split_hash, "sizes": sizes, **split_info},
         "output": {"items": items.num_rows, "users": users.num_rows, "interactions": inter.num_rows},
     }
+    report["facts"] = data_facts(report, bad)
     write_table(items, paths.items, schemas.ITEMS)
     write_table(users, paths.users, schemas.USERS)
     write_table(
@@ -438,19 +534,59 @@ def prepare(
     return report
 
 
+def _duplicates_note(dup: dict[str, int]) -> str:
+    """' (2,094 of 2,277 lines were exact duplicates)': why so few were left, when that is why."""
+    return f" ({dup['exact']:,} of {dup['records']:,} lines were exact duplicates)" if dup.get("exact") else ""
+
+
 def _split(
     arr: ReviewArrays, keep: np.ndarray, in_core: np.ndarray, user_id: np.ndarray, ts: np.ndarray,
     item_id: np.ndarray, seed: int,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The given split when every kept interaction has one, else the METHOD.md split."""
-    if arr.split is not None:
+    if arr.split is not None and (arr.split >= 0).any():
         given = arr.split[keep][in_core]
         unset = int((given < 0).sum())
         if unset == 0:
-            return given.astype(np.int8), {"seed": None, "rule": GIVEN_SPLIT_RULE, "given": True}
+            return given.astype(np.int8), {"seed": None, "rule": GIVEN_SPLIT_RULE, "given": True,
+                                           **_eval_only_users(user_id, given)}
         note = f"given split ignored: {unset} kept interaction(s) have no split value; assigned by the rule"
         return assign_split(user_id, ts, item_id, seed), {"rule": SPLIT_RULE, "given": False, "note": note}
     return assign_split(user_id, ts, item_id, seed), {"rule": SPLIT_RULE}
+
+
+def _eval_only_users(user_id: np.ndarray, split: np.ndarray) -> dict[str, int]:
+    """Users of a given split with no train interaction (research sets put some only in valid/test).
+
+    They stay in their split as the source intends; a model has no history for them, so their
+    scores come from the untrained user vector and the evaluator ranks them like anyone else."""
+    in_train = np.unique(user_id[split == 0])
+    users = np.unique(user_id)
+    only = np.setdiff1d(users, in_train)
+    mask = np.isin(user_id, only)
+    return {"users_without_train": int(only.size), "interactions_of_users_without_train": int(mask.sum())}
+
+
+NOT_A_ROW = ("truncated or corrupt gzip (rest of file lost)",)  # amazon.TRUNCATED: a cut, not a line
+
+
+def row_accounting(bad: BadRecords, merged: int, removed_by_kcore: int, kept: int) -> dict[str, Any]:
+    """Every line of the interaction files, accounted for: header, blank, rejected (by reason),
+    merged into another record (same user and item), removed by k-core, or kept. `balanced` says
+    the parts add up to the lines read; when they do not, a row went missing and the report says so."""
+    files = sorted(bad.lines_read)
+    rejected = bad.rejected(files, NOT_A_ROW)
+    parts = {
+        "header": sum(bad.header_lines[f] for f in files),
+        "blank": sum(bad.blank_lines[f] for f in files),
+        "rejected": sum(rejected.values()),
+        "merged_duplicates": int(merged),
+        "removed_by_kcore": int(removed_by_kcore),
+        "kept": int(kept),
+    }
+    read = sum(bad.lines_read.values())
+    return {"files": files, "lines_read": read, **parts, "rejected_by_reason": rejected,
+            "balanced": read == sum(parts.values())}
 
 
 def check_meta_match(
@@ -473,7 +609,7 @@ def check_meta_match(
         return {**info, "meta_check": f"failed ({ratio:.0%} < {cfg.min_meta_match:.0%}), allowed by allow_missing_meta"}
     cause = ""
     if products_read == 0:
-        cause = f"0 records parsed from {name}, {bad.by_file.get(name, 0)} bad line(s) (see bad_records); "
+        cause = f"0 records parsed from {name}, {bad.by_file.get(name, 0)} bad line(s) (see bad_records in prepare.json); "
     raise ValueError(
         f"{cause}{name} matched metadata for {matched} of {n_items} items ({ratio:.0%}, fewer than "
         f"min_meta_match {cfg.min_meta_match:.0%}); check that --meta is the same category as --reviews, "
@@ -507,12 +643,12 @@ def _items_table(
         for c in p.categories:
             counts.record("categories", c, clean_text(c))
         cats = clean_categories(p.categories)
-        if title is None and p.title and p.title.strip():  # the title was only markup
-            title = brand or first_sentence(desc)
-            if title is not None:
-                counts.add("title", "fallback_name")
-                if len(fallback_examples) < 5:
-                    fallback_examples.append(asin)
+        title, why = _title_fallback(p.title, title, brand, desc)
+        if why:
+            counts.add("title", why)
+            counts.add("title", "fallback_name")
+            if len(fallback_examples) < 5:
+                fallback_examples.append(asin)
         image = p.image_url.strip() if p.image_url and p.image_url.strip() else None
         text = item_text(title, brand, cats, desc, max_chars)
         for name, value in (("title", title), ("description", desc), ("brand", brand),
@@ -534,10 +670,31 @@ def _items_table(
         }
     )
     cleaning: dict[str, Any] = {"items": len(asins), **counts.as_dict()}
-    cleaning.setdefault("title", {}).setdefault("fallback_name", 0)
+    for key in ("fallback_name", *TITLE_FALLBACKS):
+        cleaning.setdefault("title", {}).setdefault(key, 0)
     cleaning["title"]["fallback_examples"] = fallback_examples
-    cleaning["title"]["fallback_rule"] = "title that is only markup -> brand, else first description sentence"
+    cleaning["title"]["fallback_rule"] = ("title that is only markup or only the brand -> first description sentence "
+                                          "(cleaned, cut at a word, at most 120 chars), else the brand")
     return table, missing, cleaning
+
+
+TITLE_FALLBACKS = ("markup_title_to_description", "markup_title_to_brand", "brand_title_to_description")
+
+
+def _title_fallback(raw: str | None, title: str | None, brand: str | None, desc: str | None) -> tuple[str | None, str]:
+    """A name for an item whose title says nothing: only markup (Magazine_Subscriptions: 126 of
+    132 titles are a bare <span>) or only the brand ("Hearst Magazines" for every magazine).
+    The description's first sentence usually names the product; the brand is the last resort."""
+    markup = title is None and bool(raw and raw.strip())
+    is_brand = title is not None and brand is not None and title.casefold() == brand.casefold()
+    if not (markup or is_brand):
+        return title, ""
+    sentence = (first_sentence(desc) or "").rstrip(" .") or None  # a name, not a sentence: no final full stop
+    if sentence:
+        return sentence, "markup_title_to_description" if markup else "brand_title_to_description"
+    if markup and brand:
+        return brand, "markup_title_to_brand"
+    return title, ""
 
 
 def format_summary(report: dict[str, Any]) -> str:

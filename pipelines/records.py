@@ -108,6 +108,12 @@ class BadRecords:
     dropped_counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     by_file: Counter = field(default_factory=Counter)  # problems per file name (all reasons)
+    # Row accounting of interaction files (meta files are not counted here): every line read is
+    # a header, a blank line, a rejected record (dropped_by_file_reason) or a record handed on.
+    lines_read: Counter = field(default_factory=Counter)
+    header_lines: Counter = field(default_factory=Counter)
+    blank_lines: Counter = field(default_factory=Counter)
+    dropped_by_file_reason: Counter = field(default_factory=Counter)  # (file name, reason) -> n
 
     def add(
         self,
@@ -122,11 +128,30 @@ class BadRecords:
         self.by_file[Path(file).name] += 1
         if dropped:
             self.dropped_counts[reason] += 1
+            self.dropped_by_file_reason[(Path(file).name, reason)] += 1
         shown = self.examples.setdefault(reason, [])
         if len(shown) < self.max_examples:
             shown.append(
                 {"file": Path(file).name, "line": line, "detail": detail[:200], "dropped": dropped}
             )
+
+    def count_lines(self, file: str | Path, lines: int, *, header: int = 0, blank: int = 0) -> None:
+        """Lines an interaction reader consumed (header and blank lines included, and counted)."""
+        name = Path(file).name
+        self.lines_read[name] += lines
+        self.header_lines[name] += header
+        self.blank_lines[name] += blank
+
+    def count_blank(self, file: str | Path, n: int = 1) -> None:
+        self.blank_lines[Path(file).name] += n
+
+    def rejected(self, files: Sequence[str], not_rows: tuple[str, ...] = ()) -> dict[str, int]:
+        """Records of these files dropped, by reason (reasons that are no line, e.g. a cut gzip, left out)."""
+        out: Counter = Counter()
+        for (name, reason), n in self.dropped_by_file_reason.items():
+            if name in files and reason not in not_rows:
+                out[reason] += n
+        return dict(sorted(out.items()))
 
     @property
     def total(self) -> int:
@@ -142,6 +167,10 @@ class BadRecords:
         for reason, n in other.dropped_counts.items():
             self.dropped_counts[reason] += n
         self.by_file.update(other.by_file)
+        for mine_c, theirs in ((self.lines_read, other.lines_read), (self.header_lines, other.header_lines),
+                               (self.blank_lines, other.blank_lines),
+                               (self.dropped_by_file_reason, other.dropped_by_file_reason)):
+            mine_c.update(theirs)
         for reason, shown in other.examples.items():
             mine = self.examples.setdefault(reason, [])
             mine.extend(shown[: max(0, self.max_examples - len(mine))])

@@ -18,10 +18,11 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -62,8 +63,9 @@ def is_table_file(path: str | Path) -> bool:
     return name.endswith(TABLE_SUFFIXES)
 
 
-def parse_columns(spec: str | Mapping[str, str] | None, roles: tuple[str, ...] = INTERACTION_ROLES) -> dict[str, str]:
-    """'user=reviewerID,item=asin' (or a dict) → {role: column name}; unknown roles are an error."""
+def parse_columns(spec: str | Mapping[str, str] | None, roles: tuple[str, ...] = INTERACTION_ROLES,
+                  option: str = "--columns") -> dict[str, str]:
+    """'user=reviewerID,item=asin' or 'user=0,item=1' (or a dict) → {role: column}; unknown roles are an error."""
     if spec is None or spec == "":
         return {}
     if isinstance(spec, Mapping):
@@ -75,24 +77,31 @@ def parse_columns(spec: str | Mapping[str, str] | None, roles: tuple[str, ...] =
                 continue
             key, sep, value = part.partition("=")
             if not sep or not key.strip() or not value.strip():
-                raise ValueError(
-                    f"--columns: {part.strip()!r} is not ROLE=COLUMN; write e.g. "
-                    f"--columns \"user=reviewerID,item=asin,rating=stars,timestamp=ts\""
-                )
+                raise ValueError(f"{option}: {part.strip()!r} is not ROLE=COLUMN; write e.g. {option} \"{_example(roles)}\"")
             pairs.append((key.strip(), value.strip()))
+    pairs = [("timestamp" if k == "time" else k, v) for k, v in pairs]
     unknown = [k for k, _ in pairs if k not in roles]
     if unknown:
-        raise ValueError(
-            f"--columns: unknown role(s) {', '.join(unknown)}; the roles are {', '.join(roles)} "
-            f"(e.g. --columns \"user=reviewerID,item=asin\")"
-        )
+        other = "--meta-columns" if option == "--columns" else "--columns"
+        also = f" ({other} names the {'metadata' if other == '--meta-columns' else 'interaction'} columns)" \
+            if set(unknown) & set(META_ROLES if other == "--meta-columns" else INTERACTION_ROLES) else ""
+        raise ValueError(f"{option}: unknown role(s) {', '.join(unknown)}; the roles are {', '.join(roles)}{also} "
+                         f"(e.g. {option} \"{_example(roles)}\")")
     return dict(pairs)
 
 
+def _example(roles: tuple[str, ...]) -> str:
+    if roles == META_ROLES:
+        return "asin=product_id,title=name,brand=maker,image=image_url"
+    return "user=reviewerID,item=asin,rating=stars,timestamp=ts"
+
+
 def resolve_columns(
-    path: Path, found: list[str], mapping: dict[str, str], roles: tuple[str, ...], required: tuple[str, ...]
+    path: Path, found: list[str], mapping: dict[str, str], roles: tuple[str, ...], required: tuple[str, ...],
+    option: str = "--columns",
 ) -> dict[str, str]:
-    """{role: column} for this file: the user's names (which must exist), else the usual ones."""
+    """{role: column} for this file: the user's names or positions (which must exist), else the usual ones."""
+    mapping = {r: _positional(path, found, c, option) for r, c in mapping.items()}
     missing_named = {r: c for r, c in mapping.items() if c not in found}
     out = {r: c for r, c in mapping.items() if c in found}
     for role in roles:
@@ -103,13 +112,25 @@ def resolve_columns(
     absent = [r for r in required if r not in out]
     if missing_named or absent:
         what = [f"{r}={c} (no such column)" for r, c in missing_named.items()]
-        what += [f"{r} (none of {', '.join(DEFAULT_NAMES[r])})" for r in absent if r not in missing_named]
+        what += [f"{r} (no column named {', '.join(DEFAULT_NAMES[r])})" for r in absent if r not in missing_named]
+        wrong = [*missing_named, *(r for r in absent if r not in missing_named)]
         example = ",".join(f"{r}={found[min(k, len(found) - 1)] if found else 'COLUMN'}" for k, r in enumerate(required))
         raise ValueError(
-            f"{path.name}: cannot find column(s) {'; '.join(what)}; columns found: {', '.join(found) or 'none'}; "
-            f"name them with --columns \"{example}\""
+            f"{path.name}: cannot find column(s) for role {', '.join(wrong)}: {'; '.join(what)}; columns found: "
+            f"{', '.join(found) or 'none'}; say which column is the {wrong[0]} with {option} \"{example}\""
         )
     return out
+
+
+def _positional(path: Path, found: list[str], column: str, option: str) -> str:
+    """A column given by position (0 = first) → its name; names pass through."""
+    if column in found or not column.isdigit():
+        return column
+    k = int(column)
+    if k >= len(found):
+        raise ValueError(f"{path.name}: {option} names column {k} but the file has {len(found)} column(s) "
+                         f"(positions count from 0)")
+    return found[k]
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,8 +158,16 @@ def is_parquet(path: Path) -> bool:
         return fh.read(4) == b"PAR1"
 
 
-def read_string_table(path: str | Path, bad: BadRecords) -> tuple[pa.Table, np.ndarray]:
-    """Every column as strings (Parquet timestamps as Unix seconds) and each row's number."""
+def read_string_table(
+    path: str | Path, bad: BadRecords, *, header: bool | None = None, names: frozenset[str] = frozenset(),
+    option: str = "--columns", roles: tuple[str, ...] = INTERACTION_ROLES, count: bool = True,
+) -> tuple[pa.Table, np.ndarray]:
+    """Every column as strings (Parquet timestamps as Unix seconds) and each row's number.
+
+    `header`: True / False, or None to decide from the first two rows (decide_header; `names` are
+    column names the caller expects, e.g. the user's --columns). A file without a header has
+    columns named by position, "0", "1", …. Every line is counted in `bad.count_lines`.
+    """
     path = Path(path)
     if is_parquet(path):
         table = pq.read_table(path)
@@ -149,31 +178,148 @@ def read_string_table(path: str | Path, bad: BadRecords) -> tuple[pa.Table, np.n
             if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
                 col = pa.chunked_array([pa.array([json.dumps(v) if v is not None else None for v in col.to_pylist()])])
             cols.append(pc.cast(col, pa.string()))
+        if count:
+            bad.count_lines(path, table.num_rows)
         return pa.table(cols, names=table.column_names), np.arange(2, table.num_rows + 2)
     delimiter = sniff_delimiter(path)
+    first_rows = _first_rows(path, delimiter)
+    if header is None:
+        header = decide_header(path, first_rows, names | set(_ALL_DEFAULT_NAMES), option, roles)
     skipped: list[int] = []
+    blank_invalid = [0]
 
     def invalid(row: pacsv.InvalidRow) -> str:
         if row.text.strip():
             bad.add(path, row.number, BAD_CSV, f"{row.actual_columns} fields, expected {row.expected_columns}: {row.text[:80]!r}")
+        else:
+            blank_invalid[0] += 1
         if row.number is not None:
             skipped.append(row.number)
         return "skip"
 
     parse = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=invalid, ignore_empty_lines=False)
-    read = pacsv.ReadOptions(use_threads=False, block_size=1 << 24)
-    try:
-        header = pacsv.open_csv(str(path), read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 16),
-                                parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda r: "skip"))
-        names = header.schema.names
-        header.close()
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ValueError(f"{path.name}: cannot read it as a table ({exc}); give a CSV, TSV or Parquet file") from exc
-    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, null_values=[""],
+    if header:
+        names_found = first_rows[0] if first_rows else []
+        read = pacsv.ReadOptions(use_threads=False, block_size=1 << 24)
+    else:
+        names_found = [str(k) for k in range(len(first_rows[0]) if first_rows else 1)]
+        read = pacsv.ReadOptions(use_threads=False, block_size=1 << 24, column_names=names_found)
+    if header:
+        try:
+            probe = pacsv.open_csv(str(path), read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 16),
+                                   parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda r: "skip"))
+            names_found = probe.schema.names
+            probe.close()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ValueError(f"{path.name}: cannot read it as a table ({exc}); give a CSV, TSV or Parquet file") from exc
+    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names_found}, null_values=[""],
                                    strings_can_be_null=True, quoted_strings_can_be_null=False)
-    table = pacsv.read_csv(str(path), read_options=read, parse_options=parse, convert_options=convert)
-    rows = np.setdiff1d(np.arange(2, table.num_rows + len(skipped) + 2), np.asarray(skipped, dtype=np.int64))
+    try:
+        table = pacsv.read_csv(str(path), read_options=read, parse_options=parse, convert_options=convert)
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"{path.name}: cannot read it as a table ({exc}); give a CSV, TSV or Parquet file") from exc
+    start = 2 if header else 1
+    rows = np.setdiff1d(np.arange(start, table.num_rows + len(skipped) + start), np.asarray(skipped, dtype=np.int64))
+    if count:
+        bad.count_lines(path, table.num_rows + len(skipped) + int(bool(header)), header=int(bool(header)),
+                        blank=blank_invalid[0])
     return table, rows[: table.num_rows]
+
+
+_ALL_DEFAULT_NAMES = frozenset(n for names in DEFAULT_NAMES.values() for n in names)
+_ID_SHAPED = re.compile(r"^[A-Z0-9]{8,}$")  # ASINs (B00000JBLH, 0001527665), reviewer ids (A32T2H8150OJLU)
+
+
+def _first_rows(path: Path, delimiter: str, n: int = 2) -> list[list[str]]:
+    """The first n non-blank rows, split by the csv module (a quick look, not the real read)."""
+    with pa.input_stream(str(path), compression="detect") as fh:
+        head = fh.read(256 * 1024).decode("utf-8", "replace").lstrip("\ufeff")
+    lines = [ln for ln in head.splitlines()[: 50] if ln.strip()]
+    rows = list(csv.reader(lines, delimiter=delimiter))
+    return [r for r in rows if r][:n]
+
+
+def looks_like_data(value: str) -> bool:
+    """A value no one would name a column: a number, an ASIN/reviewer-id-shaped id, an ISO date."""
+    v = value.strip()
+    if re.match(_FLOAT, v) or (_ID_SHAPED.match(v) and any(c.isdigit() for c in v)):
+        return True
+    if v[:1].isdigit():
+        try:
+            datetime.fromisoformat(v)
+            return True
+        except ValueError:
+            return False
+    return False
+
+
+def decide_header(path: Path, rows: list[list[str]], names: set[str] | frozenset[str], option: str = "--columns",
+                  roles: tuple[str, ...] = INTERACTION_ROLES) -> bool:
+    """Is the first row a header? Column names we know → yes; values shaped like data → no; words
+    over numbers → yes. Otherwise stop: guessing wrong loses a row or mislabels every column."""
+    if not rows:
+        return True
+    first = [v.strip() for v in rows[0]]
+    named = any(v in names for v in first)
+    data = [v for v in first if looks_like_data(v)]
+    if named and not data:
+        return True
+    if data and not named:
+        return False
+    if not named and len(rows) > 1 and any(looks_like_data(b) and not looks_like_data(a)
+                                           for a, b in zip(first, rows[1])):
+        return True
+    second = rows[1] if len(rows) > 1 else []
+    named = ",".join(f"{r}={first[k]}" for k, r in enumerate(roles[:min(2, len(first))]))
+    placed = ",".join(f"{r}={k}" for k, r in enumerate(roles[:min(2, len(first))]))
+    raise ValueError(
+        f"{path.name}: cannot tell whether row 1 is a header: row 1 {first}, row 2 {second}; if row 1 names "
+        f"the columns say {option} \"{named}\", if it is data say --no-header {option} \"{placed}\""
+    )
+
+
+def positional_hint(row: list[str], roles: tuple[str, ...] = INTERACTION_ROLES) -> str:
+    """A guess at ROLE=POSITION for a headerless file, from the shapes of its first row."""
+    guess: dict[str, int] = {}
+    for k, v in enumerate(v.strip() for v in row):
+        if roles == META_ROLES:
+            role = "asin" if k == 0 else "title" if k == 1 else None
+        elif re.fullmatch(r"[A-Z0-9]{10}", v) and "item" not in guess:
+            role = "item"
+        elif re.match(_FLOAT, v) and "." in v or (v.isdigit() and len(v) == 1):
+            role = "rating"
+        elif v.isdigit() and len(v) >= 9 or looks_like_data(v) and "-" in v:
+            role = "timestamp"
+        else:
+            role = "user" if "user" not in guess else "item"
+        if role and role not in guess:
+            guess[role] = k
+    for role, k in (("user", 0), ("item", 1)):
+        guess.setdefault(role, k)
+    return ",".join(f"{r}={k}" for r, k in sorted(guess.items(), key=lambda x: x[1]))
+
+
+def check_columns(path: str | Path, columns: str | Mapping[str, str] | None, *, no_header: bool = False,
+                  meta: bool = False) -> dict[str, str]:
+    """What read_interactions / read_meta_table would decide about the header and the columns, from
+    the first rows only: the command line refuses a file it cannot read before any work starts."""
+    path = Path(path)
+    roles, option = (META_ROLES, "--meta-columns") if meta else (INTERACTION_ROLES, "--columns")
+    mapping = parse_columns(columns, roles, option)
+    if is_parquet(path):
+        found = pq.read_schema(path).names
+    else:
+        rows = _first_rows(path, sniff_delimiter(path))
+        header = False if no_header else decide_header(path, rows, frozenset(mapping.values()) | _ALL_DEFAULT_NAMES,
+                                                       option, roles)
+        found = rows[0] if header and rows else [str(k) for k in range(len(rows[0]) if rows else 1)]
+        if not header and not mapping:
+            said = "--no-header says" if no_header else "row 1 looks like data"
+            row = rows[0] if rows else []
+            raise ValueError(f"{path.name} has no header ({said}: {row[:4]}); say which column is which by position, "
+                             f"e.g. {option} \"{positional_hint(row, roles)}\"")
+        found = [c.strip() for c in found]
+    return resolve_columns(path, found, mapping, roles, ("asin",) if meta else ("user", "item"), option)
 
 
 def _blank(col: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -201,50 +347,77 @@ def to_float(col: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     return values, pc.and_(present, pc.invert(ok)).to_numpy(zero_copy_only=False)
 
 
-def to_unix_seconds(col: pa.ChunkedArray) -> np.ndarray:
-    """Unix seconds per value; -1 where missing or not a time (integers, or ISO 8601)."""
+MILLIS_ABOVE = 10**11  # an epoch beyond this is in milliseconds (1e11 s is the year 5138; 1e11 ms is 1973)
+
+
+def to_unix_seconds(col: pa.ChunkedArray, units: Counter | None = None) -> np.ndarray:
+    """Unix seconds per value; -1 where missing or not a time.
+
+    Integers are epoch seconds, or milliseconds above MILLIS_ABOVE (divided by 1000); strings are
+    ISO 8601 dates/times (naive ones UTC). `units` counts values read as seconds / milliseconds / iso.
+    """
     values = pc.utf8_trim_whitespace(col).to_pylist()
     out = np.full(len(values), -1, dtype=np.int64)
-    cache: dict[str, int] = {}
+    cache: dict[str, tuple[int, str]] = {}
+    units = units if units is not None else Counter()
     for k, v in enumerate(values):
         if v is None or v == "":
             continue
         if v not in cache:
             cache[v] = _seconds(v)
-        out[k] = cache[v]
+        out[k], unit = cache[v]
+        if out[k] >= 0:
+            units[unit] += 1
     return out
 
 
-def _seconds(value: str) -> int:
-    if _INT.match(value):
-        t = int(value)
-        return t if t < 1 << 62 else -1
+def _seconds(value: str) -> tuple[int, str]:
+    if _INT.match(value) or re.match(_FLOAT, value):
+        t = int(float(value)) if not _INT.match(value) else int(value)
+        if t < 0 or t >= 1 << 62:
+            return -1, ""
+        return (t // 1000, "milliseconds") if t > MILLIS_ABOVE else (t, "seconds")
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
-        return -1
+        return -1, ""
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     t = int(dt.timestamp())
-    return t if t >= 0 else -1
+    return (t, "iso") if t >= 0 else (-1, "")
 
 
 # --------------------------------------------------------------------------------------------
 # interactions
 # --------------------------------------------------------------------------------------------
 def read_interactions(
-    path: str | Path, bad: BadRecords, columns: str | Mapping[str, str] | None = None
+    path: str | Path, bad: BadRecords, columns: str | Mapping[str, str] | None = None, *,
+    no_header: bool = False, split: int | None = None, notes: dict[str, Any] | None = None,
 ) -> tuple[ReviewBatch, dict[str, str]]:
-    """One batch with a split column (null where not given) and the {role: column} it used."""
+    """One batch with a split column (null where not given) and the {role: column} it used.
+
+    `split` (0/1/2) is the split of every row (a --train/--valid/--test file); `notes` receives
+    what was inferred (header or not, timestamp units) for prepare.json.
+    """
     path = Path(path)
     mapping = parse_columns(columns, INTERACTION_ROLES)
-    table, rows = read_string_table(path, bad)
+    table, rows = read_string_table(path, bad, header=False if no_header else None, names=frozenset(mapping.values()))
+    headerless = table.column_names[:1] == ["0"]
+    if headerless and not mapping:
+        row = [str(v) for v in table.slice(0, 1).to_pylist()[0].values()] if table.num_rows else []
+        said = "--no-header says" if no_header else "row 1 looks like data"
+        raise ValueError(f"{path.name} has no header ({said}: {row[:4]}); say which column is which by position, "
+                         f"e.g. --columns \"{positional_hint(row)}\"")
     used = resolve_columns(path, table.column_names, mapping, INTERACTION_ROLES, ("user", "item"))
+    units: Counter = Counter()
+    if notes is not None:
+        notes.update(header=not headerless, timestamp_units=units)
     n = table.num_rows
     blank_row = np.ones(n, dtype=bool)
     for col in table.columns:
         blank_row &= _blank(col).to_numpy(zero_copy_only=False)
     keep = ~blank_row
+    bad.count_blank(path, int(blank_row.sum()))
     user = pc.utf8_trim_whitespace(table.column(used["user"]))
     item = pc.utf8_trim_whitespace(table.column(used["item"]))
     for name, col, reason in (("user", user, MISSING_USER), ("item", item, MISSING_ASIN)):
@@ -252,13 +425,13 @@ def read_interactions(
         _report(bad, path, miss, rows, reason, table)
         keep &= ~miss
     if "timestamp" in used:
-        ts = to_unix_seconds(table.column(used["timestamp"]))
+        ts = to_unix_seconds(table.column(used["timestamp"]), units)
         bad_ts = keep & (ts < 0)
         _report(bad, path, bad_ts, rows, BAD_TIMESTAMP, table)
         keep &= ~bad_ts
     else:
         ts = np.zeros(n, dtype=np.int64)
-    split = pa.nulls(n, pa.int8())
+    split = pa.nulls(n, pa.int8()) if split is None else pa.array(np.full(n, split, np.int8))
     if "split" in used:
         raw = pc.utf8_lower(pc.utf8_trim_whitespace(table.column(used["split"])))
         codes = pc.index_in(raw, value_set=pa.array(list(SPLIT_CODES)))
@@ -316,13 +489,19 @@ def image_location(value: str | None, base_dir: Path | None) -> str | None:
 
 def read_meta_table(
     path: str | Path, bad: BadRecords, *, base_dir: str | Path | None = None,
-    columns: str | Mapping[str, str] | None = None,
+    columns: str | Mapping[str, str] | None = None, no_header: bool = False,
 ) -> Iterator[Product]:
-    """Products of a metadata CSV/TSV/Parquet (asin, title, description, brand, categories, image)."""
+    """Products of a metadata CSV/TSV/Parquet (asin, title, description, brand, categories, image);
+    `columns` is --meta-columns ('asin=sku,title=name,image=photo', or positions)."""
     path = Path(path)
-    mapping = parse_columns(columns, META_ROLES)
-    table, rows = read_string_table(path, bad)
-    used = resolve_columns(path, table.column_names, mapping, META_ROLES, ("asin",))
+    mapping = parse_columns(columns, META_ROLES, "--meta-columns")
+    table, rows = read_string_table(path, bad, header=False if no_header else None, names=frozenset(mapping.values()),
+                                    option="--meta-columns", roles=META_ROLES, count=False)
+    if table.column_names[:1] == ["0"] and not mapping:
+        row = [str(v) for v in table.slice(0, 1).to_pylist()[0].values()] if table.num_rows else []
+        raise ValueError(f"{path.name} has no header (row 1: {row[:4]}); say which column is which by position, "
+                         f"e.g. --meta-columns \"{positional_hint(row, META_ROLES)}\"")
+    used = resolve_columns(path, table.column_names, mapping, META_ROLES, ("asin",), "--meta-columns")
     base = Path(base_dir) if base_dir is not None else path.parent
     data = {role: table.column(col).to_pylist() for role, col in used.items()}
     empty = [None] * table.num_rows

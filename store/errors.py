@@ -31,3 +31,11 @@ class StoreError(Exception):
 
 # What a user can fix (a bad option, file or stored table): reported in one line, never retried.
 USER_ERRORS: tuple[type[Exception], ...] = (StoreError, ValueError, FileNotFoundError, PermissionError)
+
+
+class SourceUnavailable(StoreError):
+    """An input file could not be fetched (no network, a dead host, HTTP errors after the retries).
+
+    A user error, not a hiccup: the per-URL retries already ran, so retrying the whole stage only
+    multiplies the wait (minutes offline) before the same answer; the fix is local files.
+    """

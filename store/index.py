@@ -22,7 +22,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,8 +35,8 @@ from store import fixes
 from store.errors import StoreError
 from store.hashing import file_sha256
 from store.layout import DatasetPaths, check_name
-from store.tables import read_json, write_json
-from store.vectors import read_vectors, verified_vectors_hash
+from store.tables import read_json, read_metadata, read_table, write_json
+from store.vectors import align_features, read_features, read_vectors, verified_vectors_hash, write_vectors
 
 INDEX_FILE = "items.faiss"
 MANIFEST_FILE = "manifest.json"
@@ -197,6 +196,71 @@ def publish(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return manifest
+
+
+# ------------------------------------------------------------------------- content (catalog-only)
+CONTENT_PREFIX = "content-"
+CONTENT_MODALITIES = ("mm", "text", "image")  # what answers best first: fused, then text, then image
+
+
+def content_run_id(feature: str) -> str:
+    """The item-only run that serves a feature table's vectors: `content-<feature>`."""
+    return check_name("run", f"{CONTENT_PREFIX}{feature}")
+
+
+def choose_content_feature(paths: DatasetPaths, wanted: str | None = None) -> str:
+    """The feature table a catalog without interactions answers `similar` from: `wanted`, else the
+    first mm table (pretrained), else text, else image."""
+    names = paths.feature_names()
+    if wanted is not None:
+        if wanted not in names:
+            raise ValueError(f"--vectors {wanted}: dataset {paths.name!r} has no features/{wanted}.parquet; "
+                             f"feature tables: {', '.join(names) or 'none'}")
+        return wanted
+    modality = {name: read_metadata(paths.feature(name)).get("modality") for name in names}
+    for kind in CONTENT_MODALITIES:
+        found = [name for name in names if modality[name] == kind]
+        if found:
+            return found[0]
+    raise ValueError(f"dataset {paths.name!r} has no feature tables to publish for similar(); extract them first: "
+                     f"anchorrec features --dataset {paths.name}")
+
+
+def publish_content(paths: DatasetPaths, feature: str, **index_options: Any) -> dict[str, Any]:
+    """Index a feature table's vectors as the item-only run `content-<feature>`; returns the manifest.
+
+    Why a run: `similar` and SQL `similar()` then answer from it exactly as from a trained run
+    (runs/<run>/item_vectors.parquet + index/<run>/), with no second code path. Vectors are
+    L2-normalised (inner product = cosine: content similarity should not favour long vectors),
+    aligned to the current items by asin; items without a vector (no text, no image) are left
+    out and counted in the manifest (`without_vector`).
+    """
+    source = paths.feature(feature)
+    table = read_features(source)
+    asins = read_table(paths.items, columns=["asin"]).column("asin").to_pylist()
+    vectors, valid = align_features(table, asins, source)
+    ids = np.nonzero(valid)[0]
+    if not len(ids):
+        raise StoreError(source, "has no item with a vector: nothing to index",
+                         f"publish another table with --vectors NAME ({', '.join(paths.feature_names())})")
+    chosen = vectors[ids]
+    norms = np.linalg.norm(chosen, axis=1, keepdims=True)
+    chosen = chosen / np.where(norms > 0, norms, 1.0)
+    run_id = content_run_id(feature)
+    modality = table.metadata.get("modality", "")
+    write_vectors(paths.item_vectors(run_id), "item_id", ids, chosen,
+                  metadata={"model": f"content:{feature}", "content_feature": feature, "modality": modality,
+                            "feature_content_hash": table.metadata.get("content_hash", "")})
+    write_json({"model": "content", "feature": feature, "modality": modality, "items": len(asins),
+                "with_vector": int(len(ids))}, paths.run(run_id) / "config.json")
+    manifest = publish(paths, run_id, **index_options)
+    return {**manifest, "content_feature": feature, "without_vector": len(asins) - int(len(ids))}
+
+
+def content_feature(manifest: dict[str, Any]) -> str | None:
+    """The feature table a published index serves (a content run), or None for a trained run."""
+    model = str(manifest.get("model") or "")
+    return model.removeprefix("content:") if model.startswith("content:") else None
 
 
 # ----------------------------------------------------------------------------------------- load

@@ -2,7 +2,9 @@
 
 Cheap by design (Parquet footers and small JSON files, never a table's data), so listing a home
 with large datasets is instant. Both functions return lists of plain dicts (one per row), which
-the CLI prints as a table and tests compare directly.
+the CLI prints as a table and tests compare directly. A run's status is the one its trainer
+wrote (store.run_status), never read from file ages, except for runs written before status files
+existed and pretraining runs (legacy_status).
 """
 from __future__ import annotations
 
@@ -16,11 +18,14 @@ import pyarrow.parquet as pq
 from store.errors import StoreError
 from store.index import manifests
 from store.layout import DatasetPaths, anchorrec_home
+from store.run_status import ENDED, read_status
 from store.tables import read_json
 
-# A run with neither metrics.json nor a checkpoint/config written this recently is not running.
+# Legacy runs only (no status.json): one with neither metrics.json nor a checkpoint/config written
+# this recently is not running.
 RUNNING_WINDOW_S = 600.0
 SELECT = "recall@20"
+ENDED_FILES = ("metrics.json", "item_vectors.parquet", "user_vectors.parquet")  # what a tested run leaves
 
 
 def _rows(path: Path) -> int | None:
@@ -88,8 +93,31 @@ def _json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def run_status(run_dir: Path, metrics: dict[str, Any] | None, now: float | None = None) -> str:
-    """finished / stopped (ended by stop_run) / running / failed.
+def run_status(run_dir: Path, metrics: dict[str, Any] | None, now: float | None = None) -> tuple[str, str | None]:
+    """(status, note) of a run: what its trainer recorded in status.json (store.run_status), with
+    a 'running' whose trainer is gone shown as 'interrupted', and a note where the files of an
+    ended run are incomplete (the same train command rewrites them from the checkpoint)."""
+    record = read_status(run_dir)
+    if record is None:
+        return legacy_status(run_dir, metrics, now), None
+    status, note = record["status"], record.get("note")
+    if status in ENDED:
+        missing = [f for f in ENDED_FILES if not (run_dir / f).is_file()]
+        note = f"{', '.join(missing)} missing: rerun its train command to rewrite them" if missing else None
+    return status, note
+
+
+def content_status(run_dir: Path, config: dict[str, Any]) -> tuple[str, str]:
+    """A content run (store.index.publish_content) is finished when its vectors are there."""
+    if not (run_dir / "item_vectors.parquet").is_file():
+        return "failed", f"item_vectors.parquet missing: rerun anchorrec publish --dataset {run_dir.parents[1].name}"
+    return "finished", (f"content vectors of {config.get('feature')} ({config.get('with_vector')} of "
+                        f"{config.get('items')} items), no training")
+
+
+def legacy_status(run_dir: Path, metrics: dict[str, Any] | None, now: float | None = None) -> str:
+    """finished / stopped / running / failed, guessed for runs written before status.json, and for
+    pretraining (ica-*) runs, which do not record one.
 
     Training writes metrics.json only at the end and rewrites checkpoint.pt every epoch, so a
     run without metrics whose files were touched within RUNNING_WINDOW_S is taken as running;
@@ -121,23 +149,29 @@ def run_summary(
 ) -> dict[str, Any]:
     """One run as a dict: run_id, model, seed, status, valid_recall@20 (best validation),
     test_recall@20 (of that epoch), best_epoch, published (a readable index manifest exists),
-    latest (it is the run `recommend` uses). Pretraining runs (ica-*) have model 'ica' and no recall."""
+    latest (it is the run `recommend` uses), note (why a run is failed or interrupted, or which of
+    an ended run's files are missing). Pretraining runs (ica-*) have model 'ica' and no recall."""
     published, newest = _published if _published is not None else _newest(paths)
     run_dir = paths.run(run_id)
     config = _json(run_dir / "config.json") or {}
     metrics = _json(run_dir / "metrics.json")
     ica = run_id.startswith("ica-")
     seed = (config.get("config", {}) or {}).get("seed") if ica else config.get("seed", (metrics or {}).get("seed"))
+    if config.get("model") == "content":  # a catalog's content vectors published as is: nothing trained
+        status, note = content_status(run_dir, config)
+    else:
+        status, note = run_status(run_dir, metrics, now)
     return {
         "run_id": run_id,
         "model": "ica" if ica else config.get("model", (metrics or {}).get("model")),
         "seed": seed,
-        "status": run_status(run_dir, metrics, now),
+        "status": status,
         "valid_recall@20": None if ica else _metric(metrics, "valid"),
         "test_recall@20": None if ica else _metric(metrics, "test"),
         "best_epoch": (metrics or {}).get("best_epoch"),
         "published": run_id in published,
         "latest": run_id == newest,
+        "note": note,
     }
 
 
@@ -156,5 +190,5 @@ DATASETS_SCHEMA = pa.schema(
 RUNS_SCHEMA = pa.schema(
     [("run_id", pa.string()), ("model", pa.string()), ("seed", pa.int64()), ("status", pa.string()),
      ("valid_recall@20", pa.float64()), ("test_recall@20", pa.float64()), ("best_epoch", pa.int64()),
-     ("published", pa.bool_()), ("latest", pa.bool_())]
+     ("published", pa.bool_()), ("latest", pa.bool_()), ("note", pa.string())]
 )

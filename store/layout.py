@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,8 +140,48 @@ class DatasetPaths:
             return []
         return sorted(p.name for p in self.runs_dir.iterdir() if p.is_dir())
 
+    def relative(self, path: str | Path) -> str:
+        """`path` as recorded in a data file: relative to the dataset directory (posix), so a copied
+        or moved home stays byte-identical and a cache hit. ValueError for a path outside it."""
+        p = Path(path).absolute()  # a relative path is relative to the cwd, as a relative root is
+        for base, q in ((self.root.absolute(), p), (self.root.resolve(), p.resolve())):
+            if q.is_relative_to(base):
+                return q.relative_to(base).as_posix()
+        raise ValueError(f"{path} is outside the dataset directory {self.root}")
+
+    def located(self, recorded: str | Path) -> Path:
+        """The real file a recorded (dataset-relative) path names; an absolute one as it is."""
+        p = Path(recorded)
+        return p if p.is_absolute() else self.root / p
+
 
 def dataset_paths(dataset: str, home: str | Path | None = None) -> DatasetPaths:
     """Paths of `dataset` under `home` (default $ANCHORREC_HOME or ./data)."""
     base = Path(home).expanduser() if home is not None else anchorrec_home()
     return DatasetPaths(base / check_name("dataset", dataset))
+
+
+def source_name(source: str | Path) -> str:
+    """How a data file or cache key records an input: a URL names no machine and stays as given;
+    a local path or file:// URL is recorded by its file name only (with its sha256 beside it,
+    where the content matters), so the same input gives the same record wherever it lies."""
+    text = str(source)
+    scheme = urllib.parse.urlsplit(text).scheme.lower()
+    if len(scheme) > 1 and scheme != "file":
+        return text
+    path = urllib.parse.unquote(urllib.parse.urlsplit(text).path) if scheme == "file" else text
+    return Path(path).name
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.:/-])/[^\s()\[\],;:'\"]+")
+
+
+def portable(text: str) -> str:
+    """`text` (an encoder's 'weights' note, say) with each absolute path cut to what names no
+    machine: the part after site-packages/ for an installed package, else the file or folder name.
+    Table metadata is compared byte for byte across homes and machines (a copied home must stay a
+    cache hit), and a path such as /home/me/.venv/… would make two identical tables differ."""
+    def cut(m: re.Match) -> str:
+        path = m.group(0)
+        return path.split("/site-packages/", 1)[1] if "/site-packages/" in path else Path(path).name
+    return _ABSOLUTE.sub(cut, text)

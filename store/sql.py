@@ -20,6 +20,12 @@ One connection sees
   A connection loads the index (and the run's vectors) on the first call and keeps them: a
   run re-published meanwhile is seen by the next connection.
 
+Every view is verified before it answers, as `recommend` verifies its files (store.verify.checked:
+readable, footer and row count, the stage record of store.records, page CRCs and recorded content
+hashes), with the verdict cached per file identity. A view whose file fails is a view that raises
+that one line when a query touches it, so one bad or unreadable feature table blocks only the
+queries that name it; `run_query` also verifies (and creates) only the views a SELECT names.
+
 The ARCHITECTURE.md example runs verbatim:
 
     SELECT r.item_id, r.score, i.title
@@ -55,6 +61,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from duckdb import sqltypes as T
 
 from store import fixes
@@ -64,7 +71,7 @@ from store.inventory import require_dataset
 from store.layout import DatasetPaths, check_name
 from store.tables import atomic_path, read_json, read_table, write_table
 from store.vectors import read_vectors
-from store.verify import footer_problem
+from store.verify import checked
 
 FORMATS = ("table", "parquet", "csv")
 # Settings a read-only session may still change: they cannot reach files.
@@ -108,6 +115,14 @@ class _Lookup:
         self.order = np.argsort(ids, kind="stable")
         self.sorted = ids[self.order]
         self.what, self.source = what, source
+
+    def missing(self, ids: np.ndarray) -> np.ndarray:
+        """The ids of `ids` that have no row."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(self.sorted):
+            return ids
+        pos = np.clip(np.searchsorted(self.sorted, ids), 0, len(self.sorted) - 1)
+        return ids[self.sorted[pos] != ids]
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         pos = np.clip(np.searchsorted(self.sorted, ids), 0, max(len(self.sorted) - 1, 0))
@@ -281,17 +296,82 @@ def _resolve_run(paths: DatasetPaths, run_id: str | None) -> str | None:
         return latest_run(paths)
     check_name("run", run_id)
     manifest = paths.index_dir(run_id) / MANIFEST_FILE
-    if not manifest.exists():
-        raise StoreError(manifest, f"run {run_id!r} has no published index", republish(paths, run_id))
-    return run_id
+    if manifest.exists():
+        return run_id
+    published = ", ".join(run for run, _ in published_runs(paths)) or "none"
+    if not paths.run(run_id).is_dir():
+        raise ValueError(f"no run {run_id} in dataset {paths.name}; published runs: {published} "
+                         f"(pass one as --run-id, or leave it out for the newest; anchorrec runs --dataset {paths.name} lists all runs)")
+    raise StoreError(manifest, f"run {run_id!r} has no published index; published runs: {published}", republish(paths, run_id))
 
 
-def _check_sources(sources: dict[str, Path]) -> None:
-    """Refuse a cut or damaged table before DuckDB scans it (its own error names no file)."""
-    for path in sources.values():
-        found = footer_problem(path)
+def referenced_tables(sql: str) -> set[str] | None:
+    """The tables a SELECT statement names, from DuckDB's parser alone (nothing is bound, so the
+    views need not exist yet); None when it cannot tell (not a SELECT, a syntax error, no table)."""
+    try:
+        with duckdb.connect() as parser:
+            text = parser.execute("SELECT json_serialize_sql($1)", [sql]).fetchone()[0]
+        tree = json.loads(text)
+    except (duckdb.Error, ValueError, TypeError):
+        return None
+    if not isinstance(tree, dict) or tree.get("error"):
+        return None
+    found: set[str] = set()
+    stack: list[Any] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("type") == "BASE_TABLE" and isinstance(node.get("table_name"), str):
+                found.add(node["table_name"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found or None  # none named (SHOW TABLES, duckdb_views(), …): it may look at all of them
+
+
+def verified_sources(sources: dict[str, Path]) -> tuple[dict[str, Path], dict[str, str]]:
+    """(the sources that pass every check a reader makes, view name → one-line problem of the others).
+
+    The checks are store.verify.checked's (readable, footer and rows, stage record or page CRCs
+    and content hash), cached per file identity, so a repeated query does not read the files again.
+    """
+    good, bad = {}, {}
+    for name, path in sources.items():
+        found = checked(path)
         if found:
-            raise StoreError(None, found)
+            bad[name] = found
+        else:
+            good[name] = path
+    return good, bad
+
+
+def _columns_sql(path: Path) -> str:
+    """`NULL::type AS "col", …` with the file's own columns (from its footer, when it can be read),
+    so a query over a refusing view binds and reaches the refusal instead of a missing-column error."""
+    try:
+        empty = pq.read_schema(path).remove_metadata().empty_table()
+        with duckdb.connect() as scratch:
+            rel = scratch.from_arrow(empty)
+            columns = list(zip(rel.columns, (str(t) for t in rel.types)))
+    except Exception:  # noqa: BLE001 - unreadable footer: one placeholder column
+        return "NULL AS unavailable"
+    return ", ".join(f'NULL::{kind} AS "{name.replace(chr(34), chr(34) * 2)}"' for name, kind in columns)
+
+
+def _refusing_views(con: duckdb.DuckDBPyConnection, bad: dict[str, str], sources: dict[str, Path]) -> None:
+    """A view over a file that failed its check raises the check's line when a query touches it, and
+    only then: one bad feature table does not block a query over `items`."""
+    for name, found in bad.items():
+        literal = "'" + f"{StoreError.__name__}: {found}".replace("'", "''") + "'"
+        con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT {_columns_sql(sources[name])} '
+                    f"WHERE error({literal}) IS NULL")
+
+
+def refuse_touched(bad: dict[str, str], tables: set[str] | None) -> None:
+    """Raise the first problem of a bad view the statement names (before DuckDB binds anything)."""
+    for name in sorted(bad):
+        if tables is not None and name in tables:
+            raise StoreError(None, bad[name])
 
 
 def published_table(paths: DatasetPaths, current: str | None) -> pa.Table:
@@ -401,13 +481,24 @@ def connect(
 
 
 def _connect(
-    paths: DatasetPaths, run_id: str | None, *, database: str | Path | None = None, read_only: bool = True
+    paths: DatasetPaths,
+    run_id: str | None,
+    *,
+    database: str | Path | None = None,
+    read_only: bool = True,
+    tables: set[str] | None = None,
 ) -> tuple[duckdb.DuckDBPyConnection, VectorFunctions]:
+    """The connection and its vector functions; `tables` limits the views (and the files verified)
+    to those a statement names (None: all)."""
     require_dataset(paths)
     run = _resolve_run(paths, run_id)
     sources = table_sources(paths, run)
-    _check_sources(sources)
-    con = _open_read_only(database, sources) if read_only else _open_read_write(database, sources)
+    if tables is not None and database is None and read_only:  # a file database keeps views of all
+        sources = {name: path for name, path in sources.items() if name in tables}
+    good, bad = verified_sources(sources)
+    refuse_touched(bad, tables)
+    con = _open_read_only(database, good) if read_only else _open_read_write(database, good)
+    _refusing_views(con, bad, sources)
     functions = VectorFunctions(paths, run)
     register_functions(con, functions)
     _register_published(con, paths, run)
@@ -421,12 +512,13 @@ def _connect(
 # ------------------------------------------------------------------------------ one-shot helpers
 
 
-def _what_is_there(con: duckdb.DuckDBPyConnection) -> str:
-    views = sorted({r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()})
+def _what_is_there(con: duckdb.DuckDBPyConnection, names: list[str] | None = None) -> str:
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    views = sorted(views | set(names or []))
     return f"views: {', '.join(views) or '(none)'}; functions: {', '.join(f + '(…, k)' for f in FUNCTIONS)}, published_run()"
 
 
-def _execute(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> pa.Table:
+def _execute(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None, names: list[str] | None = None) -> pa.Table:
     try:
         rel = con.sql(sql, params=params)
         if rel is None:
@@ -437,7 +529,7 @@ def _execute(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> pa
         inner = str(exc).partition(f"{StoreError.__name__}: ")[2]
         if inner:
             raise StoreError(None, inner) from exc
-        raise QueryError(None, f"query failed: {exc}", _what_is_there(con)) from exc
+        raise QueryError(None, f"query failed: {exc}", _what_is_there(con, names)) from exc
 
 
 def run_query(
@@ -455,13 +547,10 @@ def run_query(
     The file is written by Python (atomically), not by DuckDB, so a read-only connection can
     still export results.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
-    if fmt != "table" and output is None:
-        raise ValueError(f"fmt {fmt!r} needs an output path")
-    con = connect(paths, run_id, database=database, read_only=read_only)
+    check_format(output, fmt)
+    con, functions = _connect(paths, run_id, database=database, read_only=read_only, tables=referenced_tables(sql))
     try:
-        table = _execute(con, sql)
+        table = _execute(con, sql, names=list(table_sources(paths, functions.run_id)))
     finally:
         con.close()
     if fmt == "parquet":
@@ -470,6 +559,28 @@ def run_query(
         with atomic_path(output) as tmp:
             pacsv.write_csv(_flat_for_csv(table), tmp)
     return table
+
+
+def check_format(output: str | Path | None, fmt: str) -> None:
+    """Refuse a format the writer does not have, naming `--output` and the suffixes it takes."""
+    writable = [f for f in FORMATS if f != "table"]
+    if output is not None and fmt not in writable:
+        raise ValueError(f"--output {output}: unsupported format {fmt!r} (from its suffix); "
+                         f"--output writes {' or '.join('.' + f for f in writable)} files")
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if fmt != "table" and output is None:
+        raise ValueError(f"fmt {fmt!r} needs an output path (--output FILE.{fmt})")
+
+
+def check_output(output: str | Path, home: str | Path) -> Path:
+    """Refuse an --output inside the home in use (symlinks resolved): a query result written
+    there could replace a store table (items.parquet, a run's vectors) with anything."""
+    target, root = Path(output).expanduser().resolve(), Path(home).expanduser().resolve()
+    if target == root or root in target.parents:
+        raise ValueError(f"--output {output}: is inside the store ({root}); write query results elsewhere, "
+                         "outside $ANCHORREC_HOME")
+    return target
 
 
 def _flat_for_csv(table: pa.Table) -> pa.Table:
@@ -496,19 +607,35 @@ def _ranked(paths: DatasetPaths, fn: str, id_: int, k: int, run_id: str | None) 
         raise StoreError(paths.items, "does not exist: titles cannot be joined", fixes.repair(paths.items))
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be an integer ≥ 1, got {k!r}")
-    con, functions = _connect(paths, run_id)
+    con, functions = _connect(paths, run_id, tables={"items"})
     run = functions.run_id
     try:
         # Load and verify up front: a bad index or vectors file is a StoreError naming it,
         # not an error from inside DuckDB.
         functions.index
-        functions.items if fn == "similar" else functions.users
+        if fn == "similar":
+            functions.items
+        else:
+            _require_user(paths, functions, id_)
         table = _execute(con, _RANKED.format(fn=fn), {"id": int(id_), "k": int(k)})
     finally:
         con.close()
     rank = pa.array(np.arange(1, table.num_rows + 1, dtype=np.int32))
     table = table.add_column(0, "rank", rank)
     return table.replace_schema_metadata({RUN_KEY: (run or "").encode()})
+
+
+def _require_user(paths: DatasetPaths, functions: VectorFunctions, user_id: int) -> None:
+    """One line for an unknown user (the valid range, how to list them), like `similar`'s for items,
+    instead of DuckDB's wrapping of the vector function's error."""
+    lookup, _ = functions.users
+    if len(lookup.missing(np.array([user_id]))):
+        ids = lookup.sorted
+        known = f"user_ids {int(ids[0])}..{int(ids[-1])} ({len(ids)} users)" if len(ids) else "no users"
+        raise ValueError(
+            f"unknown user {int(user_id)}: run {functions.run_id} has {known}; list them: "
+            f"anchorrec sql \"SELECT user_id, reviewer_id FROM users\" --dataset {paths.name}"
+        )
 
 
 def answered_by(table: pa.Table) -> str | None:

@@ -110,6 +110,7 @@ def read_table(
     path = Path(path)
     if not path.exists():
         raise StoreError(path, "does not exist", fixes.repair(path))
+    readable(path)
     try:
         table = pq.read_table(path, columns=columns, page_checksum_verification=True)
     except (pa.ArrowException, OSError) as exc:
@@ -119,6 +120,9 @@ def read_table(
         raise StoreError(
             path, f"has {table.num_rows} rows but its writer recorded {int(recorded)}", fixes.repair(path)
         )
+    from store import records  # records writes through this module: import here, not at load
+
+    records.check(path)  # a well-formed file that is not what its stage wrote is refused too
     if schema is None:
         return table
     if columns is not None:
@@ -128,11 +132,26 @@ def read_table(
     return out.replace_schema_metadata(meta) if meta else out
 
 
+def readable(path: str | Path) -> None:
+    """Refuse a file this user may not read with "permission denied" and what to do, instead of
+    the rerun advice a damaged file gets: rerunning the stage would not help."""
+    path = Path(path)
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError as exc:
+        raise StoreError(path, "permission denied: this user cannot read it",
+                         f"give read access (ls -l {path}; chmod/chown), or run as the store's owner") from exc
+    except IsADirectoryError as exc:
+        raise StoreError(path, "is a directory, not a file", fixes.repair(path)) from exc
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The Parquet key-value metadata (without Arrow's own schema blob)."""
     path = Path(path)
     if not path.exists():
         raise StoreError(path, "does not exist", fixes.repair(path))
+    readable(path)
     try:
         raw = pq.read_schema(path).metadata or {}
     except (pa.ArrowException, OSError) as exc:

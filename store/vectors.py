@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from store import fixes, schemas
+from store import fixes, records, schemas
 from store.errors import StoreError
 from store.tables import conform, read_json, read_metadata, read_table, write_json, write_table
 
@@ -258,24 +258,20 @@ def read_vectors(path: str | Path, key: str) -> tuple[np.ndarray, np.ndarray, di
 
 
 # (path, key) → (file identity, vectors_hash): a file is verified once per process while it is unchanged.
-_VERIFIED: dict[tuple[str, str], tuple[tuple[int, int, int], str]] = {}
-
-
-def _identity(path: Path) -> tuple[int, int, int]:
-    st = path.stat()
-    return st.st_ino, st.st_size, st.st_mtime_ns
+_VERIFIED: dict[tuple[str, str], tuple[records.Identity, str]] = {}
 
 
 def verified_vectors_hash(path: str | Path, key: str) -> str:
-    """The recorded vectors_hash of a vectors file after checking its rows against it (cached by inode, size, mtime)."""
+    """The recorded vectors_hash of a vectors file after checking its rows against it (cached by
+    inode, size, mtime and ctime; not for a file changed in the last seconds, see store.records)."""
     path = Path(path)
     cache_key = (str(path.resolve()), key)
-    ident = _identity(path) if path.exists() else None
+    ident = records.identity(path) if path.exists() else None
     hit = _VERIFIED.get(cache_key)
     if hit is not None and hit[0] == ident:
         return hit[1]
     ids, vectors, meta = read_vectors(path, key)
     recorded = meta.get("vectors_hash") or vectors_hash(ids, vectors)
-    if ident is not None:
+    if ident is not None and records.settled(ident) and records.identity(path) == ident:
         _VERIFIED[cache_key] = (ident, recorded)
     return recorded

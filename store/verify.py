@@ -9,15 +9,16 @@ agreement. A flow reruns a stage whose output has a problem instead of trusting 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from store import fixes
+from store import fixes, records
 from store.errors import StoreError
 from store.index import INDEX_FILE, MANIFEST_FILE, load_index
 from store.layout import DatasetPaths
-from store.tables import NUM_ROWS, read_json
+from store.tables import NUM_ROWS, read_json, readable
 from store.tokens import KIND as TOKENS_KIND
 from store.tokens import load_tokens
 from store.vectors import read_features, verified_vectors_hash
@@ -26,8 +27,12 @@ from store.vectors import read_features, verified_vectors_hash
 def footer_problem(path: str | Path) -> str | None:
     """Why a Parquet file cannot be trusted from its footer alone (missing, cut, lost rows), or None."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         return str(StoreError(path, "does not exist", fixes.repair(path)))
+    try:
+        readable(path)
+    except StoreError as exc:
+        return str(exc)
     try:
         meta = pq.ParquetFile(path).metadata
     except (pa.ArrowException, OSError) as exc:
@@ -38,13 +43,14 @@ def footer_problem(path: str | Path) -> str | None:
     return None
 
 
-def parquet_problem(path: str | Path) -> str | None:
-    """footer_problem, then the recorded content hash of run vectors, feature and token tables."""
+def parquet_problem(path: str | Path, record: bool = True) -> str | None:
+    """footer_problem, the stage record (unless record=False), then the content hash recorded
+    inside run vectors, feature and token tables."""
     path = Path(path)
-    found = footer_problem(path)
+    found = footer_problem(path) or (records.problem(path) if record else None)
     if found:
         return found
-    kv = {k.decode(): v.decode() for k, v in (pq.read_schema(path).metadata or {}).items() if k != b"ARROW:schema"}
+    kv = _kv(path)
     try:
         if kv.get("kind") == TOKENS_KIND:
             load_tokens(path)
@@ -74,11 +80,12 @@ def _index_run(path: Path) -> tuple[DatasetPaths, str] | None:
     return None
 
 
-def problem(path: str | Path) -> str | None:
+def problem(path: str | Path, record: bool = True) -> str | None:
     """One line naming the file, what is wrong and the command that repairs it; None when it is fine.
 
-    Knows Parquet tables (footer, row count, recorded hashes), index manifests and FAISS files
-    (the whole published index is checked), JSON files (parse) and anything else (exists).
+    Knows Parquet tables (footer, row count, stage record, recorded hashes), index manifests and
+    FAISS files (the whole published index is checked), JSON files (parse) and anything else
+    (exists). record=False skips the stage record (a stage checking what it just wrote).
     """
     path = Path(path)
     published = _index_run(path)
@@ -87,7 +94,7 @@ def problem(path: str | Path) -> str | None:
     if not path.exists():
         return str(StoreError(path, "does not exist", fixes.repair(path)))
     if path.suffix == ".parquet":
-        return parquet_problem(path)
+        return parquet_problem(path, record)
     if path.suffix == ".json":
         try:
             read_json(path)
@@ -96,9 +103,90 @@ def problem(path: str | Path) -> str | None:
     return None
 
 
-def problems(paths: list[Path]) -> list[str]:
+def problems(paths: list[Path], record: bool = True) -> list[str]:
     """The problems of several outputs (empty when all are fine): a stage reruns when any is listed."""
-    return [p for p in (problem(x) for x in paths) if p]
+    return [p for p in (problem(x, record) for x in paths) if p]
+
+
+def pages_problem(path: Path) -> str | None:
+    """Why some data page of a Parquet file fails its CRC (flipped bytes the footer cannot show)."""
+    try:
+        reader = pq.ParquetFile(path, page_checksum_verification=True)
+        for _ in reader.iter_batches(batch_size=65536):
+            pass
+    except (pa.ArrowException, OSError) as exc:
+        return str(StoreError(path, f"damaged data page ({exc})", fixes.repair(path)))
+    return None
+
+
+def full_problem(path: str | Path) -> str | None:
+    """Everything a reader must know before it serves `path`: readable, footer and row count, and
+    either the stage record (same bytes as the stage wrote: nothing more to check) or, without a
+    record, every page CRC and the content hash recorded inside the file."""
+    path = Path(path)
+    found = footer_problem(path)
+    if found:
+        return found
+    try:
+        has_record = records.read(path) is not None
+    except StoreError as exc:
+        return str(exc)
+    if has_record:  # same bytes as the stage left: done; other bytes: damaged (say where) or replaced
+        found = records.problem(path)
+        return found and (_content_problem(path) or found)
+    return _content_problem(path)
+
+
+def _content_problem(path: Path) -> str | None:
+    """Recorded hashes inside the file (a full read) or, for tables without one, every page CRC."""
+    found = parquet_problem(path, record=False)
+    if found:
+        return found
+    return None if _read_in_full(_kv(path)) else pages_problem(path)
+
+
+def _kv(path: Path) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (pq.read_schema(path).metadata or {}).items() if k != b"ARROW:schema"}
+
+
+def _read_in_full(kv: dict[str, str]) -> bool:
+    """Whether parquet_problem reads every row of a table with this metadata (and so every page CRC)."""
+    return kv.get("kind") == TOKENS_KIND or "vectors_hash" in kv or ("content_hash" in kv and "dim" in kv)
+
+
+# resolved path → ((file identity, record identity), verdict): see `checked`.
+_VERDICTS: dict[str, tuple[tuple[Any, Any], str | None]] = {}
+
+
+def _identities(path: Path) -> tuple[Any, Any]:
+    record = records.record_path(path)
+    record_ident = records.identity(record) if record is not None and record.exists() else None
+    return records.identity(path), record_ident
+
+
+def checked(path: str | Path) -> str | None:
+    """`full_problem`, cached per process on the file's and its record's identity (inode, size,
+    mtime_ns, ctime_ns): repeated queries verify a file once, a changed file is verified again.
+    Files changed in the last seconds are not cached (mtime has clock-tick resolution)."""
+    path = Path(path)
+    try:
+        ident = _identities(path)
+    except FileNotFoundError:
+        return str(StoreError(path, "does not exist", fixes.repair(path)))
+    except PermissionError:
+        return footer_problem(path)
+    key = str(path.resolve())
+    hit = _VERDICTS.get(key)
+    if hit is not None and hit[0] == ident:
+        return hit[1]
+    verdict = full_problem(path)
+    try:
+        still = _identities(path)
+    except OSError:
+        return verdict
+    if still == ident and records.settled(ident[0]) and (ident[1] is None or records.settled(ident[1])):
+        _VERDICTS[key] = (ident, verdict)
+    return verdict
 
 
 def require(path: str | Path) -> None:
@@ -108,4 +196,4 @@ def require(path: str | Path) -> None:
         raise StoreError(None, found)
 
 
-__all__ = ["footer_problem", "parquet_problem", "problem", "problems", "published_problem", "require"]
+__all__ = ["checked", "footer_problem", "full_problem", "pages_problem", "parquet_problem", "problem", "problems", "published_problem", "require"]

@@ -340,3 +340,16 @@ def test_out_of_range_timestamps_are_rejected_not_crashing(tmp_path: Path) -> No
     assert [r.reviewer_id for b in amazon.read_review_batches(path, "2018", bad) for r in b.reviews()] == ["U3"]
     assert bad.counts == {amazon.BAD_TIMESTAMP: 2}
     assert [e["line"] for e in bad.examples[amazon.BAD_TIMESTAMP]] == [1, 2]
+
+
+def test_millisecond_times_in_2018_lines_are_converted_and_counted(tmp_path: Path) -> None:
+    from pipelines.amazon import MILLIS_TIMESTAMP
+
+    path = tmp_path / "ms_5.json"
+    lines = [{"reviewerID": f"U{k}", "asin": "B1", "overall": 5.0, "unixReviewTime": 1546300800 * (1000 if k % 2 else 1)}
+             for k in range(6)]
+    path.write_text("".join(json.dumps(o) + "\n" for o in lines))
+    bad = BadRecords()
+    batches = list(amazon.read_review_batches(path, "2018", bad))
+    assert [t for b in batches for t in b.table.column("timestamp").to_pylist()] == [1546300800] * 6
+    assert bad.counts[MILLIS_TIMESTAMP] == 3 and bad.dropped == 0 and bad.lines_read["ms_5.json"] == 6

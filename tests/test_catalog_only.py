@@ -28,7 +28,7 @@ from store.tables import read_json, read_table
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = ["asin", "title", "brand", "color", "product_type_name", "formatted_price", "image_file"]
-REFUSAL = "is catalog-only (no interactions): it can run features and pretrain"
+REFUSAL = "is catalog-only (no interactions): it can run features, pretrain and publish (content vectors for similar)"
 
 
 def _photo(path: Path, colour: tuple[int, int, int]) -> None:
@@ -74,7 +74,10 @@ def test_tiny_catalog_ingests_items_and_images_without_interactions(home: Path, 
     assert by["B2"]["text"] == "Wool Blazer" and by["B2"]["brand"] is None
     assert by["C3"]["text"] == "Linen Shirt. Brand: Acme"
     assert not any("Grey" in it["text"] or "SHIRT" in it["text"] for it in items)
-    assert by["A1"]["image_url"] == str((tmp_path / "src" / "images" / "A1.jpg").resolve())
+    # a local photo is copied into raw/images/ and recorded relative to the dataset: no machine path
+    assert by["A1"]["image_url"] == "raw/images/A1.jpg"
+    assert (paths.root / "raw/images/A1.jpg").read_bytes() == (tmp_path / "src" / "images" / "A1.jpg").read_bytes()
+    assert by["D4"]["image_url"] == "raw/images/D4.jpg" and not (paths.root / "raw/images/D4.jpg").exists()
     assert by["E5"]["image_url"] is None
 
     assert paths.catalog_only and not paths.interactions.exists() and not paths.users.exists()
@@ -119,13 +122,13 @@ def test_commands_that_need_interactions_refuse_before_work(home: Path, tmp_path
         require_interactions(paths, "train")
     message = str(err.value)
     assert message.startswith(f"dataset 'apparel' {REFUSAL}, not train; to train, ingest interactions with --reviews FILE")
-    assert f"anchorrec ingest --dataset apparel --release csv --meta {meta} --reviews FILE" in message
+    # prepare.json records the source by name (no machine path), so the hint names the file
+    assert f"anchorrec ingest --dataset apparel --release csv --meta {meta.name} --reviews FILE" in message
     assert isinstance(err.value, ValueError)  # a user error: one red line, exit 2
 
 
 @pytest.mark.parametrize("args", [
     ["train", "--dataset", "apparel"],
-    ["publish", "--dataset", "apparel"],
     ["tune", "--dataset", "apparel"],
     ["recommend", "--dataset", "apparel", "--user", "0"],
 ])
@@ -160,7 +163,7 @@ def test_flows_refuse_before_any_stage(home: Path, tmp_path: Path) -> None:
     meta = tiny_catalog(tmp_path / "src")
     ingest("apparel", "csv", meta=str(meta), home=home, progress=False)
     cfg = PipelineConfig(dataset="apparel", home=str(home))
-    for body in (flows._train_body, flows._tune_body, flows._publish_body):
+    for body in (flows._train_body, flows._tune_body):
         with pytest.raises(CatalogOnlyError, match=re.escape(REFUSAL)):
             body(cfg)
     with pytest.raises(CatalogOnlyError, match="makes dataset 'x' catalog-only"):
@@ -227,3 +230,95 @@ def test_pretrain_runs_on_a_catalog_only_dataset(home: Path, tmp_path: Path, one
     assert not any(k.startswith("content/") for k in summary["final"])  # nothing read from interactions
     mm = read_features(paths.feature("ica-cat"))
     assert mm.asins == asins and mm.valid.all() and mm.metadata["modality"] == "mm"
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(ANCHORREC_HOME=str(home), PREFECT_HOME=str(home.parent / "prefect"), COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.integration
+def test_similar_on_a_catalog_only_dataset_answers_from_content_vectors(shared_data: Path, home: Path,
+                                                                        tmp_path: Path) -> None:
+    """publish indexes the text vectors as run content-text-minilm; similar and SQL similar() answer
+    from it and say so; recommend still refuses in one line."""
+    from features.extract import extract
+    from store.vectors import read_features
+
+    meta = tmp_path / "items.tsv"
+    with open(shared_data / "amazon-apparel-tops" / "items.tsv", encoding="utf-8") as src:
+        meta.write_text("".join(next(src) for _ in range(201)), encoding="utf-8")  # header + 200 items
+    ingest("apparel", "csv", meta=str(meta), home=home, progress=False)
+    paths = dataset_paths("apparel", home)
+    extract(paths, "minilm", progress=False)
+
+    proc = _cli(home, "publish", "--dataset", "apparel", "--image-encoder", "none")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "publish: content-text-minilm: content vectors of text-minilm for 200 items (0 without a vector)" in proc.stderr
+    assert "published content-text-minilm: content vectors text-minilm answer similar()" in proc.stdout
+    assert (home / "apparel" / "index" / "content-text-minilm" / "items.faiss").is_file()
+
+    items = read_table(paths.items, schemas.ITEMS)
+    asin = items.column("asin")[7].as_py()
+    proc = _cli(home, "similar", "--dataset", "apparel", "--asin", asin, "-k", "5")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "answered by content vectors feature_text_minilm (no interactions: content similarity)"
+    assert len(lines) == 1 + 4 + 5 + 1  # the line, the table's 4 header lines, 5 rows, its bottom border
+    shown = [int(line.split("│")[2]) for line in lines[5:10]]
+
+    # the same neighbours by cosine of the stored text vectors, computed here from the feature table
+    feats = read_features(paths.feature("text-minilm"))
+    unit = feats.vectors / np.linalg.norm(feats.vectors, axis=1, keepdims=True)
+    scores = unit @ unit[7]
+    scores[7] = -np.inf
+    expected = [int(feats.item_ids[j]) for j in np.argsort(-scores, kind="stable")[:5]]
+    assert shown == expected and 7 not in shown
+
+    proc = _cli(home, "sql", "SELECT item_id FROM (SELECT unnest(similar(7, 5), recursive := true))", "--dataset", "apparel")
+    assert proc.returncode == 0, proc.stderr
+    assert [int(line.split("│")[1]) for line in proc.stdout.splitlines()[4:9]] == expected
+
+    proc = _cli(home, "recommend", "--dataset", "apparel", "--user", "0")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1
+    assert lines[0].startswith(f"error: dataset 'apparel' {REFUSAL}, not recommend")
+
+    from store.inventory import list_runs
+
+    (run,) = [r for r in list_runs(paths) if r["run_id"] == "content-text-minilm"]
+    assert (run["model"], run["status"], run["published"]) == ("content", "finished", True)  # not a guess from file ages
+    assert run["note"] == "content vectors of text-minilm (200 of 200 items), no training"
+
+
+def test_content_vectors_default_to_mm_then_text_then_image_or_the_named_table(home: Path, tmp_path: Path) -> None:
+    from store.index import choose_content_feature, content_feature, publish_content
+    from store.vectors import write_features
+
+    meta = tiny_catalog(tmp_path / "src")
+    ingest("apparel", "csv", meta=str(meta), home=home, progress=False)
+    paths = dataset_paths("apparel", home)
+    with pytest.raises(ValueError, match="has no feature tables to publish for similar\\(\\); extract them first: "
+                                         "anchorrec features --dataset apparel"):
+        choose_content_feature(paths)
+    asins = ["A1", "B2", "C3", "D4", "E5"]
+    rng = np.random.default_rng(0)
+    for name, modality in (("image-x", "image"), ("text-x", "text")):
+        vectors = rng.normal(size=(5, 4)).astype(np.float32)
+        valid = np.array([True, True, True, True, modality == "text"])  # E5 has no image
+        write_features(paths.feature(name), asins, np.arange(5), vectors, encoder="test", model="synthetic",
+                       weights="", modality=modality, input_hash=name, valid=valid,
+                       reasons=[None] * 4 + [None if modality == "text" else "no_url"])
+    assert choose_content_feature(paths) == "text-x"
+    assert choose_content_feature(paths, "image-x") == "image-x"
+    with pytest.raises(ValueError, match="--vectors nope: dataset 'apparel' has no features/nope.parquet; "
+                                         "feature tables: image-x, text-x"):
+        choose_content_feature(paths, "nope")
+    manifest = publish_content(paths, "image-x")
+    assert manifest["run"] == "content-image-x" and manifest["count"] == 4 and manifest["without_vector"] == 1
+    assert content_feature(manifest) == "image-x"
+    write_features(paths.feature("ica-x"), asins, np.arange(5), rng.normal(size=(5, 4)).astype(np.float32),
+                   encoder="test", model="synthetic", weights="", modality="mm", input_hash="ica")
+    assert choose_content_feature(paths) == "ica-x"

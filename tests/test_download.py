@@ -195,7 +195,7 @@ def test_local_path_and_file_url(tmp_path, payload):
     fetch(src.as_uri(), tmp_path / "raw" / "b.gz", manifest=manifest, progress=False)
     assert (tmp_path / "raw" / "a.gz").read_bytes() == data == (tmp_path / "raw" / "b.gz").read_bytes()
     entries = read_manifest(manifest)
-    assert entries["a.gz"]["url"] == entries["b.gz"]["url"] == src.resolve().as_uri()
+    assert entries["a.gz"]["url"] == entries["b.gz"]["url"] == "meta_Test.json.gz"  # by name: no machine path
     assert entries["a.gz"]["sha256"] == hashlib.sha256(data).hexdigest()
     with pytest.raises(DownloadError, match="no such file"):
         fetch(str(tmp_path / "missing.gz"), tmp_path / "raw" / "c.gz", manifest=manifest, progress=False)
@@ -212,9 +212,37 @@ def test_unreachable_url_names_it_and_says_what_to_do(tmp_path):
     with pytest.raises(DownloadError) as err:
         fetch(url, tmp_path / "r.gz", manifest=tmp_path / "m.json", retries=1, **FAST)
     msg = str(err.value)
-    assert url in msg and "unreachable" in msg and "--meta/--reviews" in msg
+    assert url in msg and "unreachable (connection refused" in msg
+    assert "pass --reviews/--meta with local files (download them elsewhere)" in msg
     assert err.value.url == url and len(err.value.attempts) == 1
     assert not (tmp_path / "r.gz").exists()
+
+
+def test_dead_hosts_are_not_retried_and_the_error_is_a_user_error(tmp_path, caplog):
+    """No DNS, a refused port: retrying cannot help, so each location is tried once, quietly."""
+    from store.errors import USER_ERRORS
+
+    dns, refused = "http://no-such-host.invalid/meta.json.gz", f"http://127.0.0.1:{_closed_port()}/meta.json.gz"
+    t0 = time.monotonic()
+    with caplog.at_level("DEBUG", logger="pipelines.download"), pytest.raises(DownloadError) as err:
+        fetch(dns, tmp_path / "m.gz", manifest=tmp_path / "m.json", mirrors=[refused], progress=False,
+              retries=5, backoff=10.0)  # a single retry would wait 10 s
+    assert time.monotonic() - t0 < 5
+    assert isinstance(err.value, USER_ERRORS)
+    assert [u for u, _ in err.value.attempts] == [dns, refused]
+    assert "name does not resolve" in err.value.attempts[0][1] and "connection refused" in err.value.attempts[1][1]
+    assert not [r for r in caplog.records if r.levelno >= 30]  # nothing on screen but the error itself
+    assert [r.levelname for r in caplog.records].count("DEBUG") == 2  # the debug log keeps each URL's failure
+
+
+def test_retries_are_logged_at_debug_only(tmp_path, http_server, payload, caplog):
+    served, data = payload
+    http_server.serve(served).fault("meta_Test.json.gz", "status", times=2, code=503)
+    with caplog.at_level("DEBUG", logger="pipelines.download"):
+        fetch(http_server.url_for("meta_Test.json.gz"), tmp_path / "f.gz", manifest=tmp_path / "m.json", **FAST)
+    assert (tmp_path / "f.gz").read_bytes() == data
+    retries = [r for r in caplog.records if "retry" in r.getMessage()]
+    assert [r.levelname for r in retries] == ["DEBUG", "DEBUG"]
 
 
 def test_404_is_not_retried_and_mirror_is_used(tmp_path, http_server, payload):

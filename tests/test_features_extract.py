@@ -1,6 +1,7 @@
 """Extraction on a tiny generated dataset: alignment, missing modalities, resume, DuckDB types."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import duckdb
@@ -13,7 +14,9 @@ from PIL import Image
 from features.base import get_encoder
 from features.decode import load_image
 from features.extract import (
+    RUNNING,
     Partial,
+    Stopped,
     extract,
     extract_images,
     extract_texts,
@@ -197,6 +200,39 @@ def test_resume_after_crash_skips_done_items(dataset, minilm):
     np.testing.assert_allclose(resumed.vectors, full.vectors, atol=1e-5)
     assert resumed.valid.tolist() == full.valid.tolist()
     assert resumed.metadata["input_hash"] == full.metadata["input_hash"]
+
+
+def test_a_stop_ends_an_extraction_in_a_worker_thread_after_its_batch_and_keeps_the_rows(dataset, minilm):
+    """A signal interrupts only the main thread: a task runner's thread sees RUNNING.stop instead."""
+
+    class StopOnSecond(Counting):
+        def encode(self, batch):
+            out = super().encode(batch)
+            if self.calls == 2:
+                RUNNING.stop.set()  # as cli._stop does, while this batch is being encoded
+            return out
+
+    encoder, raised, kept_before = StopOnSecond(minilm), [], RUNNING.kept
+
+    def work() -> None:
+        try:
+            extract(dataset, encoder, batch_size=2, progress=False)  # chunk 2048: only the way out saves
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            raised.append(exc)
+
+    try:
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join(120)
+        assert RUNNING.idle.wait(5)
+    finally:
+        RUNNING.stop.clear()
+    assert len(raised) == 1 and isinstance(raised[0], Stopped) and isinstance(raised[0], KeyboardInterrupt)
+    assert encoder.items == 4 and RUNNING.kept - kept_before == 6  # 2 batches of 2 and the 2 empty texts
+    again = Counting(minilm)
+    summary = extract(dataset, again, batch_size=2, progress=False)
+    assert (summary["resumed"], summary["encoded"], again.items) == (6, 1, 1)
+    assert RUNNING.kept - kept_before == 6  # a run that finished keeps nothing in a partial folder
 
 
 def test_rerun_is_a_no_op_until_inputs_change(dataset, minilm):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from features.base import get_encoder
 from features.extract import extract
-from features.tokens import default_token_name, extract_tokens, load_tokens
+from features.tokens import default_token_name, extract_tokens, extract_with_tokens, load_tokens
 from store import StoreError, schemas
 from store.hashing import file_sha256
 from store.layout import DatasetPaths, dataset_paths
@@ -178,6 +178,66 @@ def test_pooled_extraction_is_unchanged_by_token_extraction(tiny, effnet):
     assert file_sha256(path) == before
 
 
+def count_backbone_photos(monkeypatch, module) -> list[int]:
+    """Photos per forward call of `module.<forward>` (EfficientNet's head map, which both outputs use)."""
+    real, calls = module.feature_map, []
+
+    def counted(x):
+        calls.append(len(x))
+        return real(x)
+
+    monkeypatch.setattr(module, "feature_map", counted)
+    return calls
+
+
+def test_one_backbone_pass_gives_the_pooled_and_token_tables_of_two_passes(tiny, effnet, monkeypatch):
+    calls = count_backbone_photos(monkeypatch, effnet.net)
+    extract(tiny, effnet, batch_size=2, workers=0, progress=False)
+    extract_tokens(tiny, effnet, "image", batch_size=2, workers=0, progress=False)
+    assert sum(calls) == 8  # 4 decodable photos, twice
+    pooled, tokens = tiny.feature("image-effnet"), tiny.token_feature("image-effnet-tok")
+    two_passes = file_sha256(pooled), file_sha256(tokens)
+    pooled.unlink(), tokens.unlink()
+
+    calls.clear()
+    one = extract_with_tokens(tiny, effnet, grid=4, batch_size=2, workers=0, progress=False)
+    assert one["encoded"] == 5 and one["token_rows"] == 5  # 4 photos and 1 undecodable file; no file: no row
+    assert not tokens.exists() and file_sha256(pooled) == two_passes[0]
+    rest = extract_tokens(tiny, effnet, "image", batch_size=2, workers=0, progress=False)
+    assert (rest["encoded"], rest["resumed"], rest["n_with_tokens"]) == (0, 5, 4)
+    assert sum(calls) == 4  # each decodable photo through the backbone once, for both tables
+    assert file_sha256(tokens) == two_passes[1]
+    assert not (tiny.tokens_dir / ".image-effnet-tok.partial").exists()
+
+    calls.clear()  # both up to date: nothing runs; an up-to-date token table gets no new partial rows
+    pooled.unlink()
+    again = extract_with_tokens(tiny, effnet, grid=4, batch_size=2, workers=0, progress=False)
+    assert again["token_rows"] == 0 and sum(calls) == 4 and file_sha256(pooled) == two_passes[0]
+    assert not (tiny.tokens_dir / ".image-effnet-tok.partial").exists()
+
+
+def test_one_pass_of_a_stopped_run_resumes_both_tables(tiny, effnet, monkeypatch):
+    crash_on(monkeypatch, effnet, "encode_with_tokens", 3)
+    with pytest.raises(KeyboardInterrupt):
+        extract_with_tokens(tiny, effnet, batch_size=1, chunk_size=100, workers=0, progress=False)
+    monkeypatch.undo()
+    calls = count_backbone_photos(monkeypatch, effnet.net)
+    resumed = extract_with_tokens(tiny, effnet, batch_size=1, workers=0, progress=False)
+    assert (resumed["resumed"], resumed["encoded"]) == (4, 2)  # T0, T1, T2 (undecodable), T3 (no file) kept
+    tok = extract_tokens(tiny, effnet, "image", batch_size=1, workers=0, progress=False)
+    assert (tok["encoded"], tok["resumed"]) == (0, 5) and sum(calls) == 2  # T4, T5 once each
+
+
+def test_the_grid_mean_is_not_the_pooled_vector_unless_the_grid_divides_the_map(tiny, effnet):
+    """Why one pass keeps the head map rather than deriving the pooled vector from the 4×4 tokens."""
+    batch = _preprocessed(tiny, ["T0", "T5"], effnet)
+    pooled, tokens4 = effnet.encode_with_tokens(batch, 4)
+    np.testing.assert_array_equal(pooled, effnet.encode(batch))
+    np.testing.assert_array_equal(tokens4, effnet.encode_image_tokens(batch, 4))
+    np.testing.assert_allclose(effnet.encode_with_tokens(batch, 7)[1].mean(axis=1), pooled, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(tokens4.mean(axis=1), pooled, rtol=1e-3, atol=1e-4)  # 7×7 into 4×4: overlapping regions
+
+
 # --- text tokens ---------------------------------------------------------------------------------
 
 
@@ -252,6 +312,9 @@ def test_clip_patch_tokens_are_projected_patches_in_row_major_grid(tiny, tiny_cl
     np.testing.assert_allclose(clip.encode_image_tokens(batch, 4), patches, rtol=1e-5, atol=1e-5)
     coarse = clip.encode_image_tokens(batch, 2)  # token 1 = top-right 2×2 block of patches 2, 3, 6, 7
     np.testing.assert_allclose(coarse[:, 1], patches[:, [2, 3, 6, 7]].mean(axis=1), rtol=1e-5, atol=1e-5)
+    pooled, tokens = clip.encode_with_tokens(batch, 2)  # one pass of the tower, both outputs
+    np.testing.assert_array_equal(pooled, clip.encode(batch))
+    np.testing.assert_array_equal(tokens, coarse)
     summary = extract_tokens(tiny, tiny_clip_spec, "image", grid=2, workers=0, progress=False)
     assert summary["name"] == "image-clip-tok-test-clip-tok" and (summary["dim"], summary["max_tokens"]) == (16, 4)
     table = load_tokens(tiny.token_feature(summary["name"]))

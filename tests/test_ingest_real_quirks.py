@@ -14,6 +14,7 @@ import pytest
 from pipelines import amazon
 from pipelines.ingest import ingest
 from pipelines.prepare import DUPLICATE_POLICY, _items_table
+from pipelines.html_text import first_sentence
 from pipelines.records import BadRecords
 from store import schemas
 from store.layout import dataset_paths
@@ -90,10 +91,11 @@ def test_quirky_2018_metadata(shared_data: Path, tmp_path: Path, home: Path) -> 
 
     tc = report["text_cleaning"]
     fallback = [a for a in only_markup if a in by_item]
-    assert tc["title"]["emptied"] == len(fallback) and tc["title"]["fallback_name"] == len(fallback)
-    assert tc["title"]["fallback_examples"] == fallback[:5]
-    for a in fallback:
-        assert by_item[a]["title"] == by_item[a]["brand"] and by_item[a]["text"].startswith(by_item[a]["brand"])
+    assert tc["title"]["emptied"] == len(fallback)
+    assert tc["title"]["markup_title_to_description"] + tc["title"]["markup_title_to_brand"] == len(fallback)
+    for a in fallback:  # the description's first sentence names the item; the brand only when there is none
+        want = (first_sentence(by_item[a]["description"]) or "").rstrip(" .") or by_item[a]["brand"]
+        assert want and by_item[a]["title"] == want and by_item[a]["text"].startswith(want)
     for a in cut_tail:
         if a in by_item:
             assert by_item[a]["title"] == html.unescape(by_asin[a]["title"].replace(SPAN, "")).strip()

@@ -279,7 +279,8 @@ def test_list_datasets_and_runs(tmp_path):
 
     runs = {r["run_id"]: r for r in list_runs(p)}
     assert runs["run-a"] == {"run_id": "run-a", "model": "anchorrec", "seed": 1, "status": "finished",
-                             "valid_recall@20": 0.25, "test_recall@20": 0.2, "best_epoch": 4, "published": True, "latest": True}
+                             "valid_recall@20": 0.25, "test_recall@20": 0.2, "best_epoch": 4, "published": True, "latest": True,
+                             "note": None}
     assert (runs["run-b"]["status"], runs["run-b"]["test_recall@20"], runs["run-b"]["published"], runs["run-b"]["latest"]) == (
         "stopped", 0.05, True, False)
     assert (runs["run-c"]["status"], runs["run-c"]["model"], runs["run-c"]["valid_recall@20"], runs["run-c"]["published"]) == (
@@ -332,3 +333,75 @@ def test_inventory_rows_fit_their_table_schemas(tmp_path):
     assert sets.column("items").to_pylist() == [20] and sets.column("latest").to_pylist() == ["run-a"]
     assert runs.column("status").to_pylist() == ["failed"] and runs.column("published").to_pylist() == [True]
     assert run_summary(data.paths, "run-a") == list_runs(data.paths)[0]
+
+
+# ------------------------------------------------------------------------------ stage records
+
+
+def test_a_valid_file_that_is_not_what_its_stage_recorded_is_refused_by_every_reader(data):
+    from store import records
+
+    p = data.paths
+    record = records.write(p.interactions, "ingest")
+    assert record == p.root / "records" / "interactions.parquet.json"
+    saved = json.loads(record.read_text())
+    assert saved["file"] == "interactions.parquet" and saved["rows"] == 20 * 6 and saved["stage"] == "ingest"
+    assert problem(p.interactions) is None and read_table(p.interactions).num_rows == 120
+
+    good = read_table(p.interactions)
+    write_table(good.slice(0, 10), p.interactions, schemas.INTERACTIONS)  # well-formed, consistent row count
+    want = (f"{p.interactions}: has 10 rows ({p.interactions.stat().st_size} bytes) but stage ingest recorded 120 rows "
+            f"({saved['bytes']} bytes, sha256 {saved['sha256'][:12]}): not the file the stage wrote (emptied, replaced "
+            "or from another run) — rerun: anchorrec ingest --dataset toys")
+    assert problem(p.interactions) == want
+    assert problems([p.items, p.interactions]) == [want]
+    for call in (lambda: read_table(p.interactions), lambda: recommend_for(p, 1, 3),
+                 lambda: run_query(p, "SELECT count(*) FROM interactions")):
+        with pytest.raises(StoreError) as info:
+            call()
+        assert one_line(info.value) == want
+    assert run_query(p, "SELECT count(*) AS n FROM items").column("n").to_pylist() == [40]  # untouched tables answer
+
+    # a stage that reruns moves the record aside, and a cached or failed one puts it back unchanged
+    mtime = record.stat().st_mtime_ns
+    aside = records.withdraw([p.interactions, p.items])
+    assert list(aside) == [record] and not record.exists() and problem(p.interactions) is None
+    records.restore(aside)
+    assert record.stat().st_mtime_ns == mtime and problem(p.interactions) == want
+    write_table(good, p.interactions, schemas.INTERACTIONS)  # the stage's own bytes again: accepted
+    assert problem(p.interactions) is None
+
+
+def test_records_are_only_for_parquet_outputs_inside_a_dataset(data, tmp_path):
+    from store import records
+
+    p = data.paths
+    assert records.record_path(p.feature("clip-image")) == p.root / "records" / "features" / "clip-image.parquet.json"
+    assert records.record_path(p.user_vectors("run-a")) == p.root / "records" / "runs" / "run-a" / "user_vectors.parquet.json"
+    assert records.record_path(p.index_dir("run-a") / MANIFEST_FILE) is None  # the index has its own manifest
+    assert records.record_path(p.metrics("run-a")) is None
+    assert records.record_path(tmp_path / "result.parquet") is None
+
+
+def test_an_unreadable_record_is_refused_with_the_stage_to_rerun(data):
+    from store import records
+
+    p = data.paths
+    records.write(p.users, "ingest").write_text("{cut")
+    found = problem(p.users)
+    assert found.startswith(f"{p.root / 'records' / 'users.parquet.json'}: stage record unreadable (")
+    assert found.endswith("rerun: anchorrec ingest --dataset toys")
+
+
+def test_flipped_bytes_in_a_recorded_file_are_named_as_damage_not_as_a_replaced_file(data):
+    from store import records
+    from store.verify import checked
+
+    feature = data.paths.feature("clip-image")
+    records.write(feature, "features text")
+    raw = bytearray(feature.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 16] = bytes(b ^ 0xFF for b in raw[len(raw) // 2: len(raw) // 2 + 16])
+    feature.write_bytes(bytes(raw))
+    found = checked(feature)
+    assert found.startswith(f"{feature}: not a readable Parquet file (") and "not the file the stage wrote" not in found
+    assert found.endswith("rerun: anchorrec features --dataset toys (or anchorrec pipeline --dataset toys)")

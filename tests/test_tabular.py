@@ -61,7 +61,7 @@ def test_parse_columns_and_unknown_roles() -> None:
 
 def test_missing_column_names_the_file_the_columns_and_the_option(tmp_path: Path) -> None:
     path = write_delimited(tmp_path / "mine.csv", grid(), ",")
-    with pytest.raises(ValueError, match=r"mine.csv: cannot find column\(s\) user.*columns found: uid, sku, stars, when.*--columns"):
+    with pytest.raises(ValueError, match=r"mine.csv: cannot find column\(s\) for role user, item: user.*columns found: uid, sku, stars, when.*--columns"):
         tabular.read_interactions(path, BadRecords())
     with pytest.raises(ValueError, match=r"rating=score \(no such column\)"):
         tabular.read_interactions(path, BadRecords(), "user=uid,item=sku,rating=score")
@@ -148,7 +148,7 @@ def test_metadata_table_with_pipes_json_lists_and_local_images(tmp_path: Path, h
     items = read_table(dataset_paths("m", home).items, schemas.ITEMS).to_pylist()
     assert items[1]["title"] == "Item 1" and items[1]["categories"] == ["Toys", "Robots"]
     assert items[0]["categories"] == ["Toys", "Cars"]
-    assert items[2]["image_url"] == str((tmp_path / "img" / "I2.jpg").resolve())
+    assert items[2]["image_url"] == "raw/images/I2.jpg"  # dataset-relative, no machine path (pipelines.image_paths)
 
 
 def test_amazon_metadata_release_is_detected(tmp_path: Path, home: Path) -> None:
@@ -169,7 +169,7 @@ def test_csv_release_needs_reviews_and_columns_only_for_csv(home: Path) -> None:
     assert "csv" in RELEASES
     with pytest.raises(ValueError, match="--release csv needs --reviews"):
         ingest("x", "csv", home=home)
-    with pytest.raises(ValueError, match="columns applies to --release csv only"):
+    with pytest.raises(ValueError, match="--columns, --meta-columns, --no-header and --train/--valid/--test apply to --release csv"):
         ingest("x", "2018", category="Gift_Cards", columns="user=a", home=home)
 
 
@@ -198,3 +198,31 @@ def test_real_gift_cards_as_csv_equals_the_2018_ingest(shared_data: Path, tmp_pa
         tb = read_table(getattr(dataset_paths("j", home), name))
         assert ta.equals(tb), name
     assert np.isfinite(a["metadata"]["match_ratio"]) and a["metadata"]["match_ratio"] == 1.0
+
+
+def test_header_is_decided_from_the_first_two_rows() -> None:
+    path, names = Path("f.tsv"), tabular._ALL_DEFAULT_NAMES
+    assert tabular.decide_header(path, [["user", "item"], ["A1B2C3D4E5", "B00000JBLH"]], names) is True
+    assert tabular.decide_header(path, [["A32T2H8150OJLU", "B00000JBLH", "5.0"], ["A1", "B1", "4"]], names) is False
+    assert tabular.decide_header(path, [["who", "what", "stars"], ["ann", "pen", "5"]], names) is True
+    assert tabular.decide_header(path, [["ann", "pen", "2021-03-01"], ["bob", "cup", "2021-03-02"]], names) is False
+    with pytest.raises(ValueError, match=r"cannot tell whether row 1 is a header: row 1 \['ann', 'pen'\], row 2 "
+                                         r"\['bob', 'cup'\].*--no-header --columns \"user=0,item=1\""):
+        tabular.decide_header(path, [["ann", "pen"], ["bob", "cup"]], names)
+    # a user who names columns after row 1's values (the old hint) while row 1 looks like data: stop, never drop it
+    with pytest.raises(ValueError, match="cannot tell whether row 1 is a header"):
+        tabular.decide_header(path, [["A32T2H8150OJLU", "B00000JBLH"], ["A1", "B1"]], names | {"A32T2H8150OJLU"})
+
+
+def test_positional_columns_and_time_alias_read_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "nohead.tsv"
+    path.write_text("A32T2H8150OJLU\tB00000JBLH\t5.0\t1546300800123\nA2\tB00000JBLI\t4\t2019-01-01T00:00:00Z\n")
+    bad, notes = BadRecords(), {}
+    batch, used = tabular.read_interactions(path, bad, "user=0,item=1,rating=2,time=3", notes=notes)
+    assert used == {"user": "0", "item": "1", "rating": "2", "timestamp": "3"} and notes["header"] is False
+    assert batch.table.column("reviewer_id").to_pylist() == ["A32T2H8150OJLU", "A2"]
+    assert batch.table.column("timestamp").to_pylist() == [1546300800, 1546300800]
+    assert dict(notes["timestamp_units"]) == {"milliseconds": 1, "iso": 1}
+    assert bad.lines_read["nohead.tsv"] == 2 and bad.header_lines["nohead.tsv"] == 0
+    with pytest.raises(ValueError, match=r"nohead.tsv: --columns names column 7 but the file has 4 column"):
+        tabular.read_interactions(path, BadRecords(), "user=0,item=7")

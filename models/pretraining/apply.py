@@ -25,6 +25,7 @@ from models.pretraining.pretrain import (
     item_asins,
     write_mm_feature,
 )
+from store.hashing import file_sha256
 from store.layout import DatasetPaths
 from store.tables import read_json
 
@@ -75,6 +76,17 @@ def encode_inputs(
     return np.where((image.valid | text.valid)[:, None], mm, 0.0).astype(np.float32)
 
 
+def checkpoint_record(paths: DatasetPaths, checkpoint: Path) -> str:
+    """How the table's metadata names the encoder it was applied with: dataset-relative when the run
+    is this dataset's, else `<dataset>/runs/<run>/checkpoint.pt` with its sha256, never the machine's
+    path (a copied home must give the same bytes)."""
+    try:
+        return paths.relative(checkpoint)
+    except ValueError:
+        digest = file_sha256(checkpoint)[:16] if checkpoint.is_file() else "missing"
+        return f"{'/'.join(checkpoint.parts[-4:])} sha256:{digest}"
+
+
 def write_applied_feature(
     paths: DatasetPaths,
     run_dir: Path,
@@ -99,10 +111,12 @@ def write_applied_feature(
     text = load_inputs(paths, asins, "text", given["text_feature"], given["text_tokens"])
     mm = encode_inputs(model, config, str(run_dir), image, text)
     cfg = ICAConfig.from_dict(config["config"])
-    extra = {"run_id": run_dir.name, "applied_from": str(run_dir), "best_epoch": str(config.get("best_epoch")),
+    weights = checkpoint_record(paths, run_dir / "checkpoint.pt")
+    extra = {"run_id": run_dir.name, "applied_from": weights.split(" ")[0].removesuffix("/checkpoint.pt"),  # the run, by name
+             "best_epoch": str(config.get("best_epoch")),
              **{k: str(v) for k, v in given.items() if v}}
     return write_mm_feature(
         paths, name or run_dir.name, Catalog(asins, image, text), mm,
-        cfg.summary() + f" epoch{config.get('best_epoch')} applied", str(run_dir / "checkpoint.pt"),
+        cfg.summary() + f" epoch{config.get('best_epoch')} applied", weights,
         _hash(config["input_hash"], image.spec, text.spec, asins, cfg.to_dict(), config.get("best_epoch")), extra,
     )

@@ -506,7 +506,7 @@ def pretrain_ica(
     finally:
         torch.set_num_threads(before)
     feature_path = write_mm_feature(
-        paths, run_name, cat, mm, cfg.summary() + f" epoch{state['best_epoch']}", str(ckpt_path),
+        paths, run_name, cat, mm, cfg.summary() + f" epoch{state['best_epoch']}", paths.relative(ckpt_path),
         _hash(input_hash, cfg.to_dict()), {"run_id": run_name, "best_epoch": str(state["best_epoch"]), **_str_values(inputs)},
     )
     final = next(r for r in state["history"] if r["epoch"] == state["best_epoch"])
@@ -532,7 +532,8 @@ def pretrain_ica(
         "final": final,
         "history": state["history"],
     }
-    write_json(summary, run_dir / "metrics.json")
+    on_disk = {k: paths.relative(summary[k]) for k in ("run_dir", "checkpoint", "feature_path")}
+    write_json({**summary, **on_disk}, run_dir / "metrics.json")  # dataset-relative: no machine path in the home
     return summary
 
 

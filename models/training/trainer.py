@@ -40,6 +40,7 @@ from models.training.data import (
     load_modalities,
 )
 from store.layout import DatasetPaths, check_name
+from store.run_status import Tracker, final_status, tracked, write_status
 from store.tables import atomic_path, read_json, write_json
 from store.vectors import write_vectors
 
@@ -228,7 +229,24 @@ def fit(
     """Train `cfg.model` on `graph`, select by validation, write the run's outputs to `run_dir`.
 
     `callback(epoch, record)` runs after each epoch's checkpoint (logging, or a test's crash).
+    The run's status.json says running / finished / stopped / diverged / failed as it goes
+    (store.run_status), and a second `fit` of the same run waits for the first.
     """
+    with tracked(Path(run_dir)) as status:
+        metrics = _fit(data, graph, cfg, run_dir, progress, callback, status)
+        status.end(final_status(metrics), metrics.get("epochs_run"))
+        return metrics
+
+
+def _fit(
+    data: InteractionData,
+    graph: GraphData,
+    cfg: TrainConfig,
+    run_dir: Path,
+    progress: bool,
+    callback: Callable[[int, dict[str, Any]], None] | None,
+    status: Tracker,
+) -> dict[str, Any]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
@@ -242,6 +260,7 @@ def fit(
                 "use another run_id or delete the directory"
             )
     write_json(config_json, config_path)
+    status.running()  # the configuration is this run's: from here an error marks it failed
 
     device = graph.device
     _seed_everything(cfg.seed)
@@ -423,6 +442,7 @@ def stop_run(run_dir: Path) -> int:
     if not ckpt.get("finished", False):
         ckpt["finished"], ckpt["stopped_by_hand"] = True, True
         save_checkpoint(ckpt_path, ckpt)
+        write_status(run_dir, "stopped", int(ckpt["epoch"]), "stopped by hand; the next fit tests its best epoch so far")
     return int(ckpt["epoch"])
 
 
@@ -439,6 +459,7 @@ def resume_run(run_dir: Path) -> int | None:
     ckpt["finished"], ckpt["stopped_by_hand"] = False, False
     save_checkpoint(ckpt_path, ckpt)
     (Path(run_dir) / "metrics.json").unlink(missing_ok=True)  # no longer this run's result
+    write_status(run_dir, "interrupted", int(ckpt["epoch"]), "resumed by hand: the next fit trains on")
     return int(ckpt["epoch"])
 
 
