@@ -26,15 +26,10 @@ from pipelines.images import fetch_images  # noqa: E402
 from store import schemas  # noqa: E402
 from store.layout import dataset_paths  # noqa: E402
 from store.tables import write_table  # noqa: E402
+from screen import WarningCount  # noqa: E402
 
 
-class Count(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.n = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.n += 1
+Count = WarningCount  # what reached the screen
 
 
 def catalog(home: Path, name: str, n: int) -> object:

@@ -32,23 +32,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipelines import catalog  # noqa: E402
 from pipelines import download as after_module  # noqa: E402
+from screen import WarningCount  # noqa: E402
 
 BEFORE_COMMIT = "60a56f7d43cf19e24bc5bff6c83c62d81acd407c"
 OLD_STAGE_ATTEMPTS, OLD_STAGE_DELAYS_S = 3, (2, 10)  # flows.ingest_task: retries=2, retry_delay_seconds=[2, 10]
 
 
-class Count(logging.Handler):
-    """WARNING-or-louder records: what reached the screen."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.n = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.n += 1
+Count = WarningCount  # what reached the screen
 
 
 def closed_port() -> int:

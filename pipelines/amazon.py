@@ -472,41 +472,40 @@ def read_products(
         yield rec
 
 
-def detect_meta_release(path: str | Path) -> str:
-    """'2014', '2018' or '2023' from the first record of a metadata file (its keys and syntax)."""
+_NOT_JSON = object()  # a first record that json cannot read (2014's Python-literal lines)
+
+
+def _first_record(path: str | Path) -> Any:
+    """The first non-blank line of a JSON-lines file, parsed; _NOT_JSON when it is not JSON, None when empty."""
     for _, lines in iter_line_batches(path, BadRecords()):
         for line in lines:
             text = line.strip().lstrip(b"\xef\xbb\xbf")
-            if not text:
-                continue
-            try:
-                obj = json.loads(text)
-            except ValueError:
-                return "2014"  # Python-literal lines ({'asin': …}) are the 2014 format
-            keys = set(obj) if isinstance(obj, dict) else set()
-            if keys & {"parent_asin", "main_category", "images", "store"}:
-                return "2023"
-            if keys & {"imUrl", "categories", "salesRank", "related"}:
-                return "2014"
-            return "2018"
-        return "2018"
+            if text:
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    return _NOT_JSON
+    return None
+
+
+def detect_meta_release(path: str | Path) -> str:
+    """'2014', '2018' or '2023' from the first record of a metadata file (its keys and syntax)."""
+    obj = _first_record(path)
+    if obj is _NOT_JSON:
+        return "2014"  # Python-literal lines ({'asin': …}) are the 2014 format
+    keys = set(obj) if isinstance(obj, dict) else set()
+    if keys & {"parent_asin", "main_category", "images", "store"}:
+        return "2023"
+    if keys & {"imUrl", "categories", "salesRank", "related"}:
+        return "2014"
     return "2018"
 
 
 def detect_review_release(path: str | Path) -> str:
     """'2023' (user_id, parent_asin, ms timestamps) or '2018' (reviewerID; 2014 has the same fields)
     from the first record of a review file."""
-    for _, lines in iter_line_batches(path, BadRecords()):
-        for line in lines:
-            text = line.strip().lstrip(b"\xef\xbb\xbf")
-            if not text:
-                continue
-            try:
-                obj = json.loads(text)
-            except ValueError:
-                return "2018"
-            return "2023" if isinstance(obj, dict) and {"user_id", "parent_asin"} & set(obj) else "2018"
-    return "2018"
+    obj = _first_record(path)
+    return "2023" if isinstance(obj, dict) and {"user_id", "parent_asin"} & set(obj) else "2018"
 
 
 def read_reviews(

@@ -25,6 +25,7 @@ from pipelines.tabular import MISSING_ASIN
 from store import schemas
 from store.layout import dataset_paths
 from store.tables import read_json, read_table
+from cli_helpers import run_cli, user_env
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = ["asin", "title", "brand", "color", "product_type_name", "formatted_price", "image_file"]
@@ -233,10 +234,7 @@ def test_pretrain_runs_on_a_catalog_only_dataset(home: Path, tmp_path: Path, one
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(ANCHORREC_HOME=str(home), PREFECT_HOME=str(home.parent / "prefect"), COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return run_cli(user_env(home, home.parent / "prefect"), *args, timeout=300)
 
 
 @pytest.mark.integration

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli, user_env
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -44,14 +45,11 @@ builtins.__import__ = _import
 def env(tmp_path_factory) -> dict:
     """A user's shell with no Prefect server configured: the commands share one in PREFECT_HOME."""
     root = tmp_path_factory.mktemp("errors")
-    out = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    out.update(ANCHORREC_HOME=str(root / "home"), PREFECT_HOME=str(root / "prefect"), ANCHORREC_SERVER_GRACE_S="20")
-    return out
+    return user_env(root / "home", root / "prefect", ANCHORREC_SERVER_GRACE_S="20")
 
 
 def anchorrec(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return run_cli(env, *args)
 
 
 def assert_one_error_line(proc: subprocess.CompletedProcess, expected: str, code: int = 2) -> str:

@@ -22,6 +22,7 @@ import pytest
 from store import schemas
 from store.layout import dataset_paths
 from store.tables import read_table
+from cli_helpers import run_cli, user_env
 
 REPO = Path(__file__).resolve().parents[1]
 GIFT = REPO.parent / "shared" / "data" / "amazon2018-giftcards"
@@ -31,14 +32,11 @@ BABY = REPO.parent / "shared" / "data" / "mmrec-baby"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("shapes")
-    out = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    out.update(ANCHORREC_HOME=str(root / "home"), PREFECT_HOME=str(root / "prefect"), COLUMNS="160")
-    return out
+    return user_env(root / "home", root / "prefect", COLUMNS="160")
 
 
 def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return run_cli(env, *args)
 
 
 def ingest(env: dict, dataset: str, *args: str) -> tuple[subprocess.CompletedProcess, dict]:

@@ -17,15 +17,13 @@ import zlib
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli, user_env
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def anchorrec(home: Path, *args: str, extra_env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(ANCHORREC_HOME=str(home), PREFECT_HOME=str(home.parent / "prefect"), COLUMNS="200", **(extra_env or {}))
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_cli(user_env(home, home.parent / "prefect", **(extra_env or {})), *args, timeout=timeout)
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from cli_helpers import run_cli, user_env
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--demo-items", "60", "--demo-users", "80", "--pretrain-epochs", "2", "--epochs", "2", "--patience", "2",
@@ -44,10 +45,7 @@ SKIP = ("*.lock",)  # lock files: who held the dataset last (pid, time); not dat
 
 
 def anchorrec(home: Path, prefect: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(ANCHORREC_HOME=str(home), PREFECT_HOME=str(prefect), COLUMNS="120")
-    proc = subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = run_cli(user_env(home, prefect, COLUMNS="120"), *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

@@ -20,6 +20,7 @@ from store.index import publish
 from store.sql import run_query
 from store.tables import read_table, write_table
 from store.vectors import write_features, write_vectors
+from cli_helpers import user_env
 
 REPO = Path(__file__).resolve().parents[1]
 ITEMS, USERS = 60, 80
@@ -54,8 +55,7 @@ def built(tmp_path_factory) -> Path:
     """A demo store built once: `anchorrec ingest` (so the stage records exist), a text feature table
     and one published run written through the store."""
     root = tmp_path_factory.mktemp("reads")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(ANCHORREC_HOME=str(root / "home"), PREFECT_HOME=str(root / "prefect"), COLUMNS="200")
+    env = user_env(root / "home", root / "prefect")
     proc = anchorrec(env, *INGEST)
     assert proc.returncode == 0, proc.stderr[-2000:]
     p = dataset_paths("demo", root / "home")
@@ -74,8 +74,7 @@ def store(built, tmp_path) -> tuple[dict, Path]:
     """A private copy of the built home (records are relative, so the copy is as valid) and its env."""
     home = tmp_path / "home"
     shutil.copytree(built / "home", home, symlinks=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(ANCHORREC_HOME=str(home), PREFECT_HOME=str(built / "prefect"), COLUMNS="200")
+    env = user_env(home, built / "prefect")
     return env, home / "demo"
 
 

@@ -106,23 +106,22 @@ class FixedDropout:
 
 
 @contextlib.contextmanager
-def fixed_dropout() -> Iterator[FixedDropout]:
-    real, fake = torch.nn.functional.dropout, FixedDropout()
-    torch.nn.functional.dropout = fake
+def swapped(name: str, fake: Any) -> Iterator[Any]:
+    """torch.nn.functional.<name> replaced by `fake` for the block (both models call it through F)."""
+    real = getattr(torch.nn.functional, name)
+    setattr(torch.nn.functional, name, fake)
     try:
         yield fake
     finally:
-        torch.nn.functional.dropout = real
+        setattr(torch.nn.functional, name, real)
 
 
-@contextlib.contextmanager
-def fixed_gumbel() -> Iterator[FixedGumbel]:
-    real, fake = torch.nn.functional.gumbel_softmax, FixedGumbel()
-    torch.nn.functional.gumbel_softmax = fake
-    try:
-        yield fake
-    finally:
-        torch.nn.functional.gumbel_softmax = real
+def fixed_dropout() -> contextlib.AbstractContextManager[FixedDropout]:
+    return swapped("dropout", FixedDropout())
+
+
+def fixed_gumbel() -> contextlib.AbstractContextManager[FixedGumbel]:
+    return swapped("gumbel_softmax", FixedGumbel())
 
 
 def run_lgmrec(lgmrec_cls: type, root: Path, name: str, case: dict[str, Any]) -> dict[str, Any]:
