@@ -17,7 +17,6 @@ import shutil
 import signal
 import sys
 import time
-import tomllib
 import traceback
 import typing
 import zlib
@@ -28,6 +27,7 @@ from typing import Any, Literal, Optional
 import typer
 
 from pipeline_config import FLOW_DOCS, FLOW_GROUPS, NO_IMAGES, PipelineConfig
+from prefect_server import configured_api_url
 from pipelines.catalog_only import NEEDS_INTERACTIONS, refuse_catalog_pipeline, require_interactions
 from pipelines.sources import is_local, local_path
 from store import dataset_paths
@@ -586,21 +586,6 @@ def leaderboard(
 
 
 # --------------------------------------------------------------------------- scheduling
-def configured_api_url() -> str | None:
-    """PREFECT_API_URL from the environment or the active Prefect profile, read without importing
-    Prefect (2 s): a refusal must come in well under 3 s."""
-    url = os.environ.get("PREFECT_API_URL")
-    if url:
-        return url
-    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
-    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
-    if not profiles.is_file():
-        return None
-    data = tomllib.loads(profiles.read_text())
-    active = os.environ.get("PREFECT_PROFILE") or data.get("active", "ephemeral")
-    return (data.get("profiles", {}).get(active) or {}).get("PREFECT_API_URL")
-
-
 def check_prefect_api() -> str:
     """serve registers a deployment and polls a server for its runs: without one it would poll forever."""
     import httpx

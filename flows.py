@@ -604,14 +604,3 @@ SAMPLE_QUERY = (
     "FROM (SELECT unnest(recommend({user}, {k}), recursive := true)) r JOIN items i USING (item_id)\n"
     "ORDER BY r.score DESC"
 )
-
-
-def main() -> None:
-    """The console entry point lives in cli.py; kept here for `python -c 'import flows; flows.main()'`."""
-    from cli import main as cli_main
-
-    cli_main()
-
-
-if __name__ == "__main__":
-    main()

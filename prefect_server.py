@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,10 +53,23 @@ def grace_seconds() -> float:
     return value
 
 
+def configured_api_url() -> str | None:
+    """PREFECT_API_URL from the environment or the active Prefect profile, read without importing
+    Prefect (2 s): a refusal must come in well under 3 s."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return url
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    if not profiles.is_file():
+        return None
+    data = tomllib.loads(profiles.read_text())
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active", "ephemeral")
+    return (data.get("profiles", {}).get(active) or {}).get("PREFECT_API_URL")
+
+
 def shared_server_wanted() -> bool:
     """No API configured by the user (environment or profile) and the shared mode not turned off."""
-    from cli import configured_api_url
-
     if os.environ.get("ANCHORREC_SERVER", "shared") == "per-command" or configured_api_url():
         return False
     if "prefect.settings" in sys.modules:  # Prefect already loaded (a test harness): its settings decide

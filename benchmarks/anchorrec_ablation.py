@@ -63,7 +63,7 @@ from run_snapshot import every, keeper, restore_inflight, restore_runs  # noqa: 
 
 from models.evaluation.leaderboard import best_config, kept_metrics  # noqa: E402
 from models.evaluation.metrics import paired_over_seeds  # noqa: E402
-from models.evaluation.report import default_features, diagnose_run, keep_run_summary  # noqa: E402
+from models.evaluation.run_summary import default_features, diagnose_run, keep_run_summary  # noqa: E402
 from models.training.data import load_interactions  # noqa: E402
 from models.training.trainer import (  # noqa: E402
     TrainConfig,

@@ -32,7 +32,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from features.base import get_encoder  # noqa: E402
+from features.registry import get_encoder  # noqa: E402
 from features.decode import load_image  # noqa: E402
 from features.extract import extract  # noqa: E402
 from store import DatasetPaths, schemas  # noqa: E402

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from features.base import get_encoder  # noqa: E402
+from features.registry import get_encoder  # noqa: E402
 from features.extract import extract  # noqa: E402
 from features.tokens import extract_tokens, extract_with_tokens  # noqa: E402
 from store import DatasetPaths, schemas  # noqa: E402

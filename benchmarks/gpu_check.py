@@ -139,7 +139,7 @@ def jpeg_files(folder: Path, n: int, side: int = 320) -> list[Path]:
 
 
 def bench_extraction(args: argparse.Namespace, device: str) -> dict:
-    from features.base import get_encoder
+    from features.registry import get_encoder
     from features.extract import extract_images
 
     folder = Path(tempfile.mkdtemp(prefix="gpu-check-img-"))

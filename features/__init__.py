@@ -11,8 +11,8 @@ from features.base import (
     EncoderSpec,
     WeightsUnavailable,
     default_feature_name,
-    get_encoder,
     parse_spec,
 )
+from features.registry import get_encoder
 
 __all__ = ["Encoder", "EncoderSpec", "WeightsUnavailable", "default_feature_name", "get_encoder", "parse_spec"]

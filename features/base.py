@@ -169,24 +169,6 @@ def default_feature_name(spec: str) -> str:
     return parse_spec(spec).default_name
 
 
-def get_encoder(spec: str, device: str | None = None) -> Encoder:
-    """Load the encoder a spec names, on `device` (default: CUDA when present)."""
-    parsed = parse_spec(spec)
-    device = pick_device(device)
-    if parsed.kind == "bert":
-        from features.text import BertEncoder
-
-        return BertEncoder(parsed.model, device=device, name=parsed.default_name, spec=parsed.text)
-    if parsed.kind == "efficientnet-lite0":
-        from features.efficientnet import EfficientNetLite0Encoder
-
-        return EfficientNetLite0Encoder(device=device, name=parsed.default_name, spec=parsed.text)
-    from features.clip import ClipImageEncoder, ClipTextEncoder
-
-    cls = ClipImageEncoder if parsed.kind == "clip-image" else ClipTextEncoder
-    return cls(parsed.model, parsed.pretrained, device=device, name=parsed.default_name, spec=parsed.text)
-
-
 def autocast(device: str):
     """bf16 autocast on CUDA (fp16 where bf16 is unsupported); a no-op on CPU, where fp32 is
     both the fastest and the exact path."""

@@ -31,7 +31,8 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from features.base import Encoder, get_encoder, parse_spec
+from features.base import Encoder, parse_spec
+from features.registry import get_encoder
 from features.decode import UNDECODABLE, image_batches
 from store import schemas
 from store.errors import StoreError

@@ -26,7 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.base import Encoder, get_encoder, parse_spec
+from features.base import Encoder, parse_spec
+from features.registry import get_encoder
 from features.extract import (
     Inputs,
     Partial,

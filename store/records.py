@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from store import fixes
+from store.atomic import write_json
 from store.errors import StoreError
 from store.hashing import file_sha256
 
@@ -93,8 +94,6 @@ def _rows(path: Path) -> int | None:
 
 def write(path: str | Path, stage: str) -> Path | None:
     """Record what `stage` left in `path` (rows, bytes, SHA-256); None when the file gets no record."""
-    from store.tables import write_json  # store.tables reads records: import here, not at module load
-
     target = record_path(path)
     if target is None or not Path(path).is_file():
         return None

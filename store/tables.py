@@ -5,50 +5,18 @@ temporary file in the same directory, fsynced, then renamed over the target.
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import uuid
 from pathlib import Path
-from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from store import fixes
+from store import fixes, records
+from store.atomic import atomic_path, read_json, temp_beside, write_json  # noqa: F401 (their home before store.atomic)
 from store.errors import StoreError
 
 # Key-value metadata every table written here carries, so a reader can tell a whole file from
 # one that lost rows (see store.verify).
 NUM_ROWS = "num_rows"
-
-
-def temp_beside(path: Path) -> Path:
-    """Create an empty, uniquely named hidden file beside `path` and return its path.
-
-    Its mode is what `open()` would give (0666 less the umask), so the renamed file is readable by
-    whoever may read the dataset directory; `tempfile.mkstemp` would make every table, index and
-    report 0600, unreadable to a serving process running as another user.
-    """
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    return tmp
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on clean exit rename it into place, else delete it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_beside(path)
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_table(
@@ -120,7 +88,6 @@ def read_table(
         raise StoreError(
             path, f"has {table.num_rows} rows but its writer recorded {int(recorded)}", fixes.repair(path)
         )
-    from store import records  # records writes through this module: import here, not at load
 
     records.check(path)  # a well-formed file that is not what its stage wrote is refused too
     if schema is None:
@@ -157,21 +124,3 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     except (pa.ArrowException, OSError) as exc:
         raise StoreError(path, f"not a readable Parquet file ({exc})", fixes.repair(path)) from exc
     return {k.decode(): v.decode() for k, v in raw.items() if k != b"ARROW:schema"}
-
-
-def write_json(obj: Any, path: str | Path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    return path
-
-
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(path, "does not exist", fixes.repair(path))
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        where = f"at line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else f"({exc.reason})"
-        raise StoreError(path, f"invalid JSON {where}", fixes.repair(path)) from exc

@@ -14,9 +14,9 @@ from features.base import (
     Encoder,
     WeightsUnavailable,
     default_feature_name,
-    get_encoder,
     parse_spec,
 )
+from features.registry import get_encoder
 
 TEXTS = [
     "Amazon.com Gift Card in a Greeting Card (Various Designs)",

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from features.base import get_encoder
+from features.registry import get_encoder
 from features.decode import load_image
 from features.extract import (
     RUNNING,

@@ -100,7 +100,7 @@ def test_effnet_preprocessing_matches_the_weights_training_statistics(giftcards)
     """The stem BatchNorm's running statistics record what the network saw in training; our
     preprocessing of real photos must land near them (the torchvision ImageNet mean/std would
     give ~5x the variance: the packaged weights come from TF-lite, trained on (x-127)/128)."""
-    from features.base import get_encoder
+    from features.registry import get_encoder
     from features.decode import load_image
 
     paths, rows, _, photos = giftcards

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from features.base import get_encoder
+from features.registry import get_encoder
 from features.extract import extract
 from features.tokens import default_token_name, extract_tokens, extract_with_tokens, load_tokens
 from store import StoreError, schemas

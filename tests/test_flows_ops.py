@@ -26,7 +26,7 @@ TINY = dict(demo_items=100, demo_users=140, pretrain_epochs=2, image_workers=4)
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import flows; flows.main()", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 def _options(params: dict) -> list[str]:

@@ -8,7 +8,6 @@ import scipy.sparse as sp
 from models.evaluation.metrics import (
     RankingEvaluator,
     paired_test,
-    per_user_metrics,
     ranking_metrics,
 )
 
@@ -50,7 +49,7 @@ def test_hand_computed_three_users():
 
 def test_per_user_arrays_and_excluded_user():
     user, item, train, held = three_users()
-    per = per_user_metrics(user, item, train, held, ks=(4,), device="cpu")
+    per = ranking_metrics(user, item, train, held, ks=(4,), device="cpu", per_user=True)
     np.testing.assert_array_equal(per["users"], [0, 2])
     np.testing.assert_allclose(per["map@4"], [(1 + 2 / 3) / 2, 1 / 3], rtol=1e-6)
 

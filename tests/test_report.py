@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
-from models.evaluation import report
+from models.evaluation import long_tail, report, run_summary
 from models.evaluation.metrics import ranking_metrics
 from models.training.data import load_interactions
 from store import schemas
@@ -80,7 +80,7 @@ def _run(paths: DatasetPaths, run_id: str, model: str, seed: int, with_id: bool)
     write_vectors(d / "user_vectors.parquet", "user_id", np.arange(N_USERS), users)
     write_vectors(d / "item_vectors.parquet", "item_id", np.arange(N_ITEMS), items)
     if with_id:
-        write_vectors(d / report.ID_ITEM_VECTORS, "item_id", np.arange(N_ITEMS), id_items)
+        write_vectors(d / run_summary.ID_ITEM_VECTORS, "item_id", np.arange(N_ITEMS), id_items)
     feats = {} if model == "lightgcn" else {"t": "text-test", "v": "image-test", "mm": "text-test"}
     write_json({"model": model, "seed": seed, "features": feats, "run_id": run_id}, d / "config.json")
     test = ranking_metrics(users, items, data.train_csr, data.test_csr, ks=(10, 20, 50))
@@ -98,12 +98,12 @@ def _run(paths: DatasetPaths, run_id: str, model: str, seed: int, with_id: bool)
 def test_popularity_buckets_shares_and_ties() -> None:
     counts = np.array([5, 5, 3, 1, 0, 0, 2, 9, 0, 0])
     r = sp.csr_matrix(np.repeat(np.eye(10), 1, axis=0) * counts)  # column sums = counts
-    b = report.popularity_buckets(r)
+    b = long_tail.popularity_buckets(r)
     # ranked: 7(9), 0(5), 1(5), 2(3), 6(2), 3(1), then zeros by id 4, 5, 8, 9
     assert b.tolist() == [0, 1, 1, 2, 2, 2, 1, 0, 2, 2]
     assert np.bincount(b).tolist() == [2, 3, 5]
     with pytest.raises(ValueError, match="edges"):
-        report.popularity_buckets(r, (0.5, 0.2))
+        long_tail.popularity_buckets(r, (0.5, 0.2))
 
 
 def test_long_tail_by_hand() -> None:
@@ -113,7 +113,7 @@ def test_long_tail_by_hand() -> None:
     train = sp.csr_matrix((1, 5))
     held = sp.csr_matrix(([1.0, 1.0], ([0, 0], [1, 3])), shape=(1, 5))
     buckets = np.array([0, 0, 1, 2, 2])
-    lt = report.long_tail(user, items, train, held, buckets, ks=(2,))
+    lt = long_tail.long_tail(user, items, train, held, buckets, ks=(2,))
     g = 1 / np.log2(3)
     assert lt["all"]["recall@2"] == pytest.approx(0.5)
     assert lt["all"]["ndcg@2"] == pytest.approx(g / (1 + g))
@@ -121,7 +121,7 @@ def test_long_tail_by_hand() -> None:
     assert lt["tail"]["recall@2"] == 0.0 and lt["tail"]["n_users"] == 1
     assert lt["mid"]["n_users"] == 0 and np.isnan(lt["mid"]["recall@2"])
     # training items are excluded from the ranking: with item 0 trained, top-2 = 1, 2
-    lt2 = report.long_tail(user, items, sp.csr_matrix(([1.0], ([0], [0])), shape=(1, 5)), held, buckets, ks=(2,))
+    lt2 = long_tail.long_tail(user, items, sp.csr_matrix(([1.0], ([0], [0])), shape=(1, 5)), held, buckets, ks=(2,))
     assert lt2["all"]["recall@2"] == pytest.approx(0.5) and lt2["all"]["ndcg@2"] == pytest.approx(1 / (1 + g))
 
 
@@ -130,15 +130,15 @@ def test_long_tail_buckets_add_up_and_all_matches_ranking_metrics(home: Path) ->
     data = load_interactions(paths)
     rng = np.random.default_rng(1)
     u, i = rng.standard_normal((N_USERS, DIM)), rng.standard_normal((N_ITEMS, DIM))
-    buckets = report.popularity_buckets(data.train_csr)
-    lt = report.long_tail(u, i, data.train_csr, data.test_csr, buckets, ks=(10, 20))
+    buckets = long_tail.popularity_buckets(data.train_csr)
+    lt = long_tail.long_tail(u, i, data.train_csr, data.test_csr, buckets, ks=(10, 20))
     for k in (10, 20):
-        assert sum(lt[b][f"hits@{k}"] for b in report.BUCKETS) == lt["all"][f"hits@{k}"] > 0
+        assert sum(lt[b][f"hits@{k}"] for b in long_tail.BUCKETS) == lt["all"][f"hits@{k}"] > 0
         ref = ranking_metrics(u, i, data.train_csr, data.test_csr, ks=(10, 20))
         assert lt["all"][f"recall@{k}"] == pytest.approx(ref[f"recall@{k}"], abs=1e-9)
         assert lt["all"][f"ndcg@{k}"] == pytest.approx(ref[f"ndcg@{k}"], abs=1e-6)
-    assert sum(lt[b]["n_heldout"] for b in report.BUCKETS) == lt["all"]["n_heldout"] == data.test_csr.nnz
-    assert sum(lt[b]["n_items"] for b in report.BUCKETS) == N_ITEMS
+    assert sum(lt[b]["n_heldout"] for b in long_tail.BUCKETS) == lt["all"]["n_heldout"] == data.test_csr.nnz
+    assert sum(lt[b]["n_items"] for b in long_tail.BUCKETS) == N_ITEMS
 
 
 # ------------------------------------------------------------------ one run
@@ -147,16 +147,16 @@ def test_long_tail_buckets_add_up_and_all_matches_ranking_metrics(home: Path) ->
 def test_diagnose_run_writes_json_and_pictures_and_reuses_them(home: Path) -> None:
     paths = _dataset(home)
     _run(paths, "anchor-s0", "anchorrec", 0, with_id=True)
-    d = report.diagnose_run(paths, "anchor-s0", projection_sample=40)
+    d = run_summary.diagnose_run(paths, "anchor-s0", projection_sample=40)
     run_dir = paths.run("anchor-s0")
     saved = read_json(run_dir / "diagnostics.json")
     assert saved["coherence.text@1"] == pytest.approx(d["coherence.text@1"])
     assert {"coherence.vision@3", "id_dominance", "silhouette.id", "silhouette.content", "alignment", "id_overlap@3"} <= set(saved)
     for png in saved["pictures"].values():
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    again = report.diagnose_run(paths, "anchor-s0", projection_sample=40)
+    again = run_summary.diagnose_run(paths, "anchor-s0", projection_sample=40)
     assert again["seconds"] == saved["seconds"]  # reused, not recomputed
-    changed = report.diagnose_run(paths, "anchor-s0", projection_sample=40, top=2, pictures=False)
+    changed = run_summary.diagnose_run(paths, "anchor-s0", projection_sample=40, top=2, pictures=False)
     assert "coherence.text@3" not in changed and "coherence.text@2" in changed
 
 
@@ -164,18 +164,18 @@ def test_diagnose_run_writes_json_and_pictures_and_reuses_them(home: Path) -> No
 def test_projection_labels_use_the_first_level_where_items_differ(home: Path) -> None:
     paths = _dataset(home)
     data = load_interactions(paths)
-    labels, legend = report.projection_labels(paths, data)
+    labels, legend = run_summary.projection_labels(paths, data)
     assert legend == "category" and set(labels) == set(CATS)
     # no categories (MMRec imports): content clusters when features are given, else popularity
     items = pq.read_table(paths.items)
     items = items.set_column(items.schema.get_field_index("categories"), "categories", pa.array([[]] * N_ITEMS, pa.list_(pa.string())))
     write_table(items, paths.items, schemas.ITEMS)
     text = np.repeat(np.eye(12)[:4], N_ITEMS // 4, axis=0)  # 4 exact content groups
-    labels, legend = report.projection_labels(paths, data, {"text": text})
+    labels, legend = run_summary.projection_labels(paths, data, {"text": text})
     assert legend.startswith("content cluster") and len(set(labels)) == 4
     for g in range(4):  # items with the same content share a colour
         assert len(set(labels[g * (N_ITEMS // 4) : (g + 1) * (N_ITEMS // 4)])) == 1
-    labels, legend = report.projection_labels(paths, data)
+    labels, legend = run_summary.projection_labels(paths, data)
     assert legend.startswith("popularity") and sorted(set(labels)) == ["head", "mid", "tail"]
 
 
@@ -251,8 +251,8 @@ def test_runs_kept_as_summaries_give_the_same_report_without_vectors(home: Path)
     for rid in runs:
         model, seed = rid.split("-s")
         _run(paths, rid, model, int(seed), with_id=True)
-        report.keep_run_summary(paths, rid, {"text": "text-test"}, projection_sample=40)
-        assert (paths.run(rid) / report.PER_USER).exists() and (paths.run(rid) / "projection.png").exists()
+        run_summary.keep_run_summary(paths, rid, {"text": "text-test"}, projection_sample=40)
+        assert (paths.run(rid) / run_summary.PER_USER).exists() and (paths.run(rid) / "projection.png").exists()
     full = report.compare_runs(paths, runs, baseline="lightgcn", out=home / "full" / "report.md",
                                features={"text": "text-test"}, projection_sample=40)
     for rid in runs:  # what a machine that lost its disk gets back from the snapshot
@@ -265,10 +265,10 @@ def test_runs_kept_as_summaries_give_the_same_report_without_vectors(home: Path)
     assert a["diagnostics"] == b["diagnostics"] and set(a["pictures"]) == set(b["pictures"])
     assert (kept.parent / "projection-anchorrec.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(StoreError, match="diagnostics.json: the run's vectors are not here"):
-        report.diagnose_run(paths, "anchorrec-s0", {"text": "text-test"}, top=2)
-    (paths.run("lightgcn-s1") / report.PER_USER).unlink()
+        run_summary.diagnose_run(paths, "anchorrec-s0", {"text": "text-test"}, top=2)
+    (paths.run("lightgcn-s1") / run_summary.PER_USER).unlink()
     with pytest.raises(StoreError, match="per_user.npz: the run's vectors are not here"):
-        report.run_per_user(paths, "lightgcn-s1", load_interactions(paths))
+        run_summary.run_per_user(paths, "lightgcn-s1", load_interactions(paths))
 
 
 def test_compare_runs_refuses_bad_input(home: Path) -> None:

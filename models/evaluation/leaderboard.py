@@ -25,7 +25,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from models.evaluation.metrics import paired_over_seeds
-from models.evaluation.report import BUCKETS, compare_runs, default_features, keep_run_summary
+from models.evaluation.long_tail import BUCKETS
+from models.evaluation.report import compare_runs
+from models.evaluation.run_summary import default_features, keep_run_summary
 from models.registry import MODELS
 from models.training.trainer import TrainConfig, config_changes, fit_runs, seed_configs, write_seeds_summary
 from models.training.tune import search_space, study_dir, trial_config

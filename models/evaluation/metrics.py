@@ -11,7 +11,7 @@ definitions, averaged over users with at least one held-out item:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -130,23 +130,12 @@ def ranking_metrics(
     users: np.ndarray | None = None,
     block: int = 4096,
     device: str | torch.device | None = None,
-) -> dict[str, float]:
-    """Mean Recall/NDCG/Precision/MAP@k over users with ≥ 1 held-out item (score = user @ item.T)."""
-    return RankingEvaluator(train_csr, heldout_csr, ks, users, block, device).evaluate(user_emb, item_emb)
-
-
-def per_user_metrics(
-    user_emb: torch.Tensor | np.ndarray,
-    item_emb: torch.Tensor | np.ndarray,
-    train_csr: sp.csr_matrix,
-    heldout_csr: sp.csr_matrix,
-    ks: Sequence[int] = (10, 20, 50),
-    users: np.ndarray | None = None,
-    block: int = 4096,
-    device: str | torch.device | None = None,
-) -> dict[str, np.ndarray]:
-    """Like `ranking_metrics` but per user: {'users': ids, 'recall@20': array, ...}."""
-    return RankingEvaluator(train_csr, heldout_csr, ks, users, block, device).per_user(user_emb, item_emb)
+    per_user: bool = False,
+) -> dict[str, Any]:
+    """Mean Recall/NDCG/Precision/MAP@k over users with ≥ 1 held-out item (score = user @ item.T);
+    with per_user, each user's values instead: {'users': ids, 'recall@20': array, ...}."""
+    evaluator = RankingEvaluator(train_csr, heldout_csr, ks, users, block, device)
+    return evaluator.per_user(user_emb, item_emb) if per_user else evaluator.evaluate(user_emb, item_emb)
 
 
 def paired_over_seeds(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
