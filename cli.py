@@ -212,7 +212,7 @@ def check_ingest(cfg: PipelineConfig) -> None:
             raise ValueError(
                 f"--release {cfg.release} needs --category (e.g. {', '.join(catalog.categories(cfg.release)[:3])}, …) "
                 "or --reviews (with --meta, or alone for an ID-only dataset); metadata without reviews is a "
-                f"catalog-only dataset: --release csv --meta {cfg.meta or 'FILE'} (README: Catalog-only datasets)"
+                f"catalog-only dataset: --release csv --meta {cfg.meta or 'FILE'} (docs/your-own-data.md: Catalog-only datasets)"
             )
 
 

@@ -5,7 +5,7 @@ two fresh homes gave the same numbers in different bytes. These tests run the CL
 on a small demo: copy a finished home elsewhere and rerun (every stage `cached`, every file
 byte-identical, the old home's path in no file); build two fresh homes at different paths (the
 same bytes, the same run ids). The only differences allowed are the clock times listed in
-TIME_FIELDS, which README's contract table names too.
+TIME_FIELDS, which the contract table in docs/store.md names too.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--demo-items", "60", "--demo-users", "80", "--pretrain-epochs", "2", "--epochs", "2", "--patience", "2",
          "--image-workers", "2"]
 STAGES = ("ingest", "images", "features text", "features image", "pretrain", "train", "publish")
-# The documented exceptions (README, contract table): fields that hold a clock time, a process id
+# The documented exceptions (docs/store.md, contract table): fields that hold a clock time, a process id
 # or a measured duration, dropped (at any depth) before two fresh builds are compared; every other
 # byte, and every value beside them, must match. A checkpoint is compared by its loaded content.
 TIMINGS = ("seconds", "train_items_per_s", "train_s", "train_cpu_s", "eval_s", "eval_cpu_s", "test_eval_s",
