@@ -109,11 +109,11 @@ def _report(home: Path) -> dict:
     return json.loads((home / "gift" / "prepare.json").read_text())
 
 
-@pytest.mark.parametrize("name,content,said", [
-    ("reviews.json.gz", gzip.compress(b""), "empty gzip (no data once decompressed)"),
+@pytest.mark.parametrize("name,content,said", [  # mtime=0: the same bytes, so the same test id, on every worker
+    ("reviews.json.gz", gzip.compress(b"", mtime=0), "empty gzip (no data once decompressed)"),
     ("reviews.json", b"", "empty file (0 bytes)"),
     ("reviews.json", b"\n\n  \n", "holds only blank lines"),
-])
+], ids=["empty-gzip", "empty-file", "blank-lines"])
 def test_empty_input_is_caught_in_preflight(name: str, content: bytes, said: str, home: Path, tmp_path: Path) -> None:
     path = tmp_path / name
     path.write_bytes(content)
