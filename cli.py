@@ -7,6 +7,7 @@ deep in a stage, ends as one red `error:` line and exit code 2. Ctrl-C / SIGTERM
 second: every file in the store is written atomically and training checkpoints each epoch, so
 the same command afterwards resumes.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -27,9 +28,9 @@ from typing import Any, Literal, Optional
 import typer
 
 from pipeline_config import FLOW_DOCS, FLOW_GROUPS, NO_IMAGES, PipelineConfig
-from prefect_server import configured_api_url
 from pipelines.catalog_only import NEEDS_INTERACTIONS, refuse_catalog_pipeline, require_interactions
 from pipelines.sources import is_local, local_path
+from prefect_server import configured_api_url
 from store import dataset_paths
 
 app = typer.Typer(
@@ -98,7 +99,9 @@ def check_readable(option: str, source: str | None, want: str = "file") -> None:
         return
     path = local_path(source)
     if want == "file" and not path.is_file():
-        raise ValueError(f"--{option} {source}: {_not_a_file(path)}; give the path of a regular file (or an http(s) URL)")
+        raise ValueError(
+            f"--{option} {source}: {_not_a_file(path)}; give the path of a regular file (or an http(s) URL)"
+        )
     if want == "dir" and not path.is_dir():
         raise ValueError(f"--{option} {source}: no such directory")
     if want == "any" and not path.exists():
@@ -117,8 +120,13 @@ def _not_a_file(path: Path) -> str:
         return "does not exist"
     except OSError as exc:
         return f"cannot be read ({exc.strerror})"
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-             (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+    )
     kind = next((name for test, name in kinds if test(mode)), None)
     return f"is {kind}, not a regular file" if kind else "is not a regular file"
 
@@ -133,7 +141,9 @@ def check_device(device: str | None) -> None:
     if kind == "cuda":
         count = _cuda_devices()
         if int(index or 0) >= count:
-            raise ValueError(f"--device {device}: this machine has {count} CUDA device(s); use --device cpu or leave it out")
+            raise ValueError(
+                f"--device {device}: this machine has {count} CUDA device(s); use --device cpu or leave it out"
+            )
 
 
 def _cuda_devices() -> int:
@@ -148,7 +158,10 @@ def _cuda_devices() -> int:
 def check_encoders(cfg: PipelineConfig) -> None:
     from features.base import parse_spec
 
-    for option, spec, modality in (("text-encoder", cfg.text_encoder, "text"), ("image-encoder", cfg.image_encoder, "image")):
+    for option, spec, modality in (
+        ("text-encoder", cfg.text_encoder, "text"),
+        ("image-encoder", cfg.image_encoder, "image"),
+    ):
         if modality == "image" and spec == NO_IMAGES:
             continue
         try:
@@ -156,8 +169,10 @@ def check_encoders(cfg: PipelineConfig) -> None:
         except ValueError as exc:
             raise ValueError(f"--{option}: {exc}") from None
         if parsed.modality != modality:
-            raise ValueError(f"--{option} {spec}: that is a{'n' if parsed.modality == 'image' else ''} "
-                             f"{parsed.modality} encoder; give a{'n' if modality == 'image' else ''} {modality} encoder")
+            raise ValueError(
+                f"--{option} {spec}: that is a{'n' if parsed.modality == 'image' else ''} "
+                f"{parsed.modality} encoder; give a{'n' if modality == 'image' else ''} {modality} encoder"
+            )
 
 
 def check_text_file(option: str, source: str | None) -> None:
@@ -179,22 +194,32 @@ def check_text_file(option: str, source: str | None) -> None:
         try:
             head = inflate.decompress(head, 1 << 16)
         except zlib.error as exc:
-            raise ValueError(f"--{option} {source}: gzip header but the data does not decompress ({exc}); "
-                             "download the file again") from None
+            raise ValueError(
+                f"--{option} {source}: gzip header but the data does not decompress ({exc}); download the file again"
+            ) from None
         if inflate.eof and not head.strip():
-            raise ValueError(f"--{option} {source}: empty gzip (no data once decompressed); "
-                             "download the file again or give the file you meant")
+            raise ValueError(
+                f"--{option} {source}: empty gzip (no data once decompressed); "
+                "download the file again or give the file you meant"
+            )
     elif whole and not head.strip():
         what = "empty file (0 bytes)" if not head else "holds only blank lines"
         raise ValueError(f"--{option} {source}: {what}; give the file you meant")
     if b"\x00" in head[:4096]:
-        raise ValueError(f"--{option} {source}: binary data, not JSON lines, CSV/TSV (plain or gzip) or Parquet; "
-                         "check that this is the file you meant")
+        raise ValueError(
+            f"--{option} {source}: binary data, not JSON lines, CSV/TSV (plain or gzip) or Parquet; "
+            "check that this is the file you meant"
+        )
 
 
 def check_ingest(cfg: PipelineConfig) -> None:
-    for option, source in (("meta", cfg.meta), ("reviews", cfg.reviews), ("train", cfg.train), ("valid", cfg.valid),
-                           ("test", cfg.test)):
+    for option, source in (
+        ("meta", cfg.meta),
+        ("reviews", cfg.reviews),
+        ("train", cfg.train),
+        ("valid", cfg.valid),
+        ("test", cfg.test),
+    ):
         check_readable(option, source)
         check_text_file(option, source)
     check_own_files(cfg)
@@ -218,31 +243,47 @@ def check_ingest(cfg: PipelineConfig) -> None:
 
 def check_own_files(cfg: PipelineConfig) -> None:
     """--release csv's options: a given split as files, column names, and each local table's header."""
-    own = {"columns": cfg.columns, "meta-columns": cfg.meta_columns, "no-header": cfg.no_header, "train": cfg.train,
-           "valid": cfg.valid, "test": cfg.test}
+    own = {
+        "columns": cfg.columns,
+        "meta-columns": cfg.meta_columns,
+        "no-header": cfg.no_header,
+        "train": cfg.train,
+        "valid": cfg.valid,
+        "test": cfg.test,
+    }
     given = [k for k, v in own.items() if v]
     if cfg.release != "csv":
         if given:
             raise ValueError(f"--{given[0]} applies to --release csv (your own files), not --release {cfg.release}")
         return
     if cfg.meta and not (cfg.reviews or cfg.train) and cfg.columns:
-        raise ValueError("--columns names interaction columns; a catalog-only ingest (--meta without --reviews) has none: "
-                         "name the metadata table's columns with --meta-columns \"asin=COL,title=COL,image=COL\"")
+        raise ValueError(
+            "--columns names interaction columns; a catalog-only ingest (--meta without --reviews) has none: "
+            'name the metadata table\'s columns with --meta-columns "asin=COL,title=COL,image=COL"'
+        )
     splits = [k for k in ("train", "valid", "test") if own[k]]
     if splits and (cfg.reviews or "train" not in splits or "test" not in splits):
-        raise ValueError("a given split is --train FILE --test FILE (and --valid FILE) instead of --reviews; got "
-                         + ", ".join(f"--{k}" for k in (["reviews"] if cfg.reviews else []) + splits))
+        raise ValueError(
+            "a given split is --train FILE --test FILE (and --valid FILE) instead of --reviews; got "
+            + ", ".join(f"--{k}" for k in (["reviews"] if cfg.reviews else []) + splits)
+        )
     from pipelines import tabular
 
-    for option, source in (("reviews", cfg.reviews), ("train", cfg.train), ("valid", cfg.valid), ("test", cfg.test),
-                           ("meta", cfg.meta)):
+    for option, source in (
+        ("reviews", cfg.reviews),
+        ("train", cfg.train),
+        ("valid", cfg.valid),
+        ("test", cfg.test),
+        ("meta", cfg.meta),
+    ):
         if not source or not is_local(source):
             continue
         path = local_path(source)
         if not (tabular.is_table_file(path) or tabular.is_parquet(path)):
             continue
-        tabular.check_columns(path, cfg.meta_columns if option == "meta" else cfg.columns, no_header=cfg.no_header,
-                              meta=option == "meta")
+        tabular.check_columns(
+            path, cfg.meta_columns if option == "meta" else cfg.columns, no_header=cfg.no_header, meta=option == "meta"
+        )
 
 
 def check_reachable(cfg: PipelineConfig) -> None:
@@ -258,8 +299,11 @@ def check_reachable(cfg: PipelineConfig) -> None:
         failed = catalog.unreachable(remote.urls)
         if failed:
             detail = "; ".join(f"{url} → {why}" for url, why in failed)
-            raise SourceUnavailable(None, f"{remote.url}: could not fetch {remote.filename} from {len(failed)} "
-                                    f"location(s): {detail}", f"unreachable: check the network or {catalog.LOCAL_FIX}")
+            raise SourceUnavailable(
+                None,
+                f"{remote.url}: could not fetch {remote.filename} from {len(failed)} location(s): {detail}",
+                f"unreachable: check the network or {catalog.LOCAL_FIX}",
+            )
 
 
 def check_dataset_exists(cfg: PipelineConfig) -> None:
@@ -302,7 +346,9 @@ def show(table: Any, rows: int = DEFAULT_MAX_ROWS) -> str:
         return "(no rows)"
     text = _render(duckdb.from_arrow(table.slice(0, rows)), rows)
     if table.num_rows > rows:
-        text += f"\n{table.num_rows} rows in all, first {rows} shown: use --max-rows {table.num_rows} or --output FILE.csv"
+        text += (
+            f"\n{table.num_rows} rows in all, first {rows} shown: use --max-rows {table.num_rows} or --output FILE.csv"
+        )
     return text
 
 
@@ -334,16 +380,20 @@ def small_eval_note(p: Any) -> str | None:
 
     inter = read_table(p.interactions, columns=["user_id", "item_id", "split"])
     test = inter.filter(pc.equal(inter.column("split"), "test"))
-    counts = {"test users": len(pc.unique(test.column("user_id"))),
-              "test items": len(pc.unique(test.column("item_id"))),
-              "catalog items": read_table(p.items, columns=["item_id"]).num_rows}
+    counts = {
+        "test users": len(pc.unique(test.column("user_id"))),
+        "test items": len(pc.unique(test.column("item_id"))),
+        "catalog items": read_table(p.items, columns=["item_id"]).num_rows,
+    }
     small = {k: v for k, v in counts.items() if v < SMALL_EVAL}
     if not small:
         return None
     shown = ", ".join(f"{v} {k}" for k, v in small.items())
-    return (f"note: only {shown} (fewer than {SMALL_EVAL}): these metrics are noisy and near their ceiling "
-            f"(a top-20 list covers {min(1.0, 20 / max(counts['catalog items'], 1)):.0%} of the catalog); "
-            "judge models on a larger dataset")
+    return (
+        f"note: only {shown} (fewer than {SMALL_EVAL}): these metrics are noisy and near their ceiling "
+        f"(a top-20 list covers {min(1.0, 20 / max(counts['catalog items'], 1)):.0%} of the catalog); "
+        "judge models on a larger dataset"
+    )
 
 
 def _pretrain_summary(cfg: PipelineConfig, result: dict) -> str:
@@ -362,9 +412,11 @@ def _pretrain_summary(cfg: PipelineConfig, result: dict) -> str:
     if "retrieval/i2t_recall@10" not in final:
         why = "; ".join(f"{k}: {v}" for k, v in (m.get("skipped") or {}).items()) or "not measured"
         return "\n".join(lines + [f"held-out retrieval: {why}"])
-    lines.append(f"held-out retrieval on {m.get('n_holdout_items')} items (epoch {m.get('best_epoch')} of "
-                 f"{m.get('epochs_run')}): image→text R@10 {final['retrieval/i2t_recall@10']:.3f}, text→image R@10 "
-                 f"{final['retrieval/t2i_recall@10']:.3f} (chance {chance.get('retrieval/mean_recall@10', float('nan')):.3f})")
+    lines.append(
+        f"held-out retrieval on {m.get('n_holdout_items')} items (epoch {m.get('best_epoch')} of "
+        f"{m.get('epochs_run')}): image→text R@10 {final['retrieval/i2t_recall@10']:.3f}, text→image R@10 "
+        f"{final['retrieval/t2i_recall@10']:.3f} (chance {chance.get('retrieval/mean_recall@10', float('nan')):.3f})"
+    )
     return "\n".join(lines + [f"all metrics: {metrics_path}"])
 
 
@@ -373,8 +425,10 @@ def print_result(name: str, cfg: PipelineConfig, result: dict) -> None:
     p = cfg.paths
     if name == "features":
         for modality, s in result.items():
-            typer.echo(f"{modality} feature {s.get('name')}: vectors for {s.get('n_vectors')} of {s.get('n_items')} items "
-                       f"({p.feature(str(s.get('name')))})")
+            typer.echo(
+                f"{modality} feature {s.get('name')}: vectors for {s.get('n_vectors')} of {s.get('n_items')} items "
+                f"({p.feature(str(s.get('name')))})"
+            )
         return
     if name == "pretrain":
         typer.echo(_pretrain_summary(cfg, result))
@@ -384,14 +438,20 @@ def print_result(name: str, cfg: PipelineConfig, result: dict) -> None:
         typer.echo(json.dumps(brief, default=str)[:800])
         return
     if name == "tune":
-        typer.echo(f"\nbest of {result['model']} on {cfg.dataset}: valid recall@20 {result['best_value']:.4f}, "
-                   f"run {result['best_run_id']}, params {json.dumps(result['best_params'])}")
-        typer.echo(f"study: {p.root / 'tuning' / cfg.model}/best.json; the trials' runs: anchorrec runs --dataset {cfg.dataset}")
+        typer.echo(
+            f"\nbest of {result['model']} on {cfg.dataset}: valid recall@20 {result['best_value']:.4f}, "
+            f"run {result['best_run_id']}, params {json.dumps(result['best_params'])}"
+        )
+        typer.echo(
+            f"study: {p.root / 'tuning' / cfg.model}/best.json; the trials' runs: anchorrec runs --dataset {cfg.dataset}"
+        )
         return
     run_id = result["run_id"]
     if result.get("content_feature"):  # a catalog-only dataset: no model, no metrics
-        typer.echo(f"published {run_id}: content vectors {result['content_feature']} answer similar(); "
-                   f"anchorrec similar --dataset {cfg.dataset} --item 0")
+        typer.echo(
+            f"published {run_id}: content vectors {result['content_feature']} answer similar(); "
+            f"anchorrec similar --dataset {cfg.dataset} --item 0"
+        )
         return
     metrics = json.loads(p.metrics(run_id).read_text())
     typer.echo(f"\nrun {run_id} on {cfg.dataset} ({metrics.get('model', cfg.model)})")
@@ -418,8 +478,10 @@ def require_dataset_dir(dataset: str, home: str | None) -> Any:
     if not paths.root.is_dir():
         root = paths.root.parent
         there = sorted(d.name for d in root.iterdir() if (d / "items.parquet").exists()) if root.is_dir() else []
-        raise ValueError(f"dataset {dataset!r} not found under {root.resolve()} (datasets: {', '.join(there) or 'none'}); "
-                         f"create it: anchorrec pipeline --dataset {dataset}")
+        raise ValueError(
+            f"dataset {dataset!r} not found under {root.resolve()} (datasets: {', '.join(there) or 'none'}); "
+            f"create it: anchorrec pipeline --dataset {dataset}"
+        )
     return paths
 
 
@@ -435,7 +497,9 @@ def sql(
     home: Optional[str] = HomeOption,
     run_id: Optional[str] = RunOption,
     output: Optional[Path] = typer.Option(None, "--output", help="write the whole result to a .parquet or .csv file"),
-    max_rows: int = typer.Option(DEFAULT_MAX_ROWS, "--max-rows", min=1, help="rows to print (the total is always said)"),
+    max_rows: int = typer.Option(
+        DEFAULT_MAX_ROWS, "--max-rows", min=1, help="rows to print (the total is always said)"
+    ),
     write: bool = typer.Option(False, "--write", help="allow statements that modify the store"),
 ) -> None:
     """Run a SQL query against a dataset's store (read-only by default)."""
@@ -465,13 +529,15 @@ def _answered_by(paths: Any, table: Any) -> str:
     s = run_summary(paths, run_id)
     recall = s.get("test_recall@20")
     recall = "?" if recall is None else f"{recall:.4f}"
-    return (f"answered by run {run_id} (model {s.get('model')}, seed {s.get('seed')}, "
-            f"test recall@20 {recall}; --run-id picks another, anchorrec runs lists them)")
+    return (
+        f"answered by run {run_id} (model {s.get('model')}, seed {s.get('seed')}, "
+        f"test recall@20 {recall}; --run-id picks another, anchorrec runs lists them)"
+    )
 
 
 @app.command()
 def recommend(
-    user: int = typer.Option(..., "--user", help="user_id (see: anchorrec sql \"SELECT * FROM users\")"),
+    user: int = typer.Option(..., "--user", help='user_id (see: anchorrec sql "SELECT * FROM users")'),
     k: int = typer.Option(10, "-k", min=1, help="how many items"),
     dataset: str = DatasetOption,
     home: Optional[str] = HomeOption,
@@ -541,7 +607,9 @@ def report(
     runs: Optional[list[str]] = typer.Argument(None, help="run ids (default: every trained recommender run)"),
     dataset: str = DatasetOption,
     home: Optional[str] = HomeOption,
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="model to test the others against (default lightgcn)"),
+    baseline: Optional[str] = typer.Option(
+        None, "--baseline", help="model to test the others against (default lightgcn)"
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="report.md path (default <dataset>/reports/report-<time>/)"),
 ) -> None:
     """Compare runs (models × seeds): accuracy ± std, significance, collapse diagnostics, pictures."""
@@ -550,7 +618,9 @@ def report(
     paths = dataset_paths(dataset, home)
     run_ids = runs or [r for r in paths.run_ids() if paths.metrics(r).exists() and not r.startswith("ica-")]
     if not run_ids:
-        raise ValueError(f"{paths.runs_dir}: no trained runs to compare; train one: anchorrec train --dataset {dataset}")
+        raise ValueError(
+            f"{paths.runs_dir}: no trained runs to compare; train one: anchorrec train --dataset {dataset}"
+        )
     out = out or paths.root / "reports" / f"report-{time.strftime('%Y%m%d-%H%M%S')}" / "report.md"
     typer.echo(f"wrote {compare_runs(paths, run_ids, baseline=baseline, out=out)}")
 
@@ -559,12 +629,22 @@ def report(
 def leaderboard(
     dataset: str = DatasetOption,
     home: Optional[str] = HomeOption,
-    models: Optional[list[str]] = typer.Option(None, "--model", help="a tuned model to include (repeat; default: every tuned model)"),
-    seeds: int = typer.Option(5, "--seeds", min=1, max=20, help="seeds each tuned configuration is rerun on (1..N; "
-                              "tuning trains on seed 0, which the reruns exclude)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="leaderboard.md path (default <dataset>/reports/leaderboard/)"),
-    jobs: int = typer.Option(1, "--jobs", min=1, help="reruns at once (worker processes, one torch thread each; "
-                             "up to the number of cores)"),
+    models: Optional[list[str]] = typer.Option(
+        None, "--model", help="a tuned model to include (repeat; default: every tuned model)"
+    ),
+    seeds: int = typer.Option(
+        5,
+        "--seeds",
+        min=1,
+        max=20,
+        help="seeds each tuned configuration is rerun on (1..N; tuning trains on seed 0, which the reruns exclude)",
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="leaderboard.md path (default <dataset>/reports/leaderboard/)"
+    ),
+    jobs: int = typer.Option(
+        1, "--jobs", min=1, help="reruns at once (worker processes, one torch thread each; up to the number of cores)"
+    ),
     no_wait: bool = typer.Option(False, "--no-wait", help=_field_help("no_wait")),
 ) -> None:
     """Rerun every tuned model's best configuration on N seeds; one table of accuracy, collapse and cost."""
@@ -576,12 +656,12 @@ def leaderboard(
     if unknown:
         raise ValueError(f"--model: unknown {unknown}; known models: {', '.join(MODELS)}")
     from models.evaluation.leaderboard import run_leaderboard
-
     from store.lock import dataset_lock
 
     with dataset_lock(paths, "anchorrec leaderboard", wait=not no_wait):  # workers run under the parent's lock
-        path = run_leaderboard(paths, models, seeds=range(1, seeds + 1), out=out, progress=sys.stderr.isatty(), log=typer.echo,
-                               jobs=jobs)
+        path = run_leaderboard(
+            paths, models, seeds=range(1, seeds + 1), out=out, progress=sys.stderr.isatty(), log=typer.echo, jobs=jobs
+        )
     typer.echo(f"wrote {path}")
 
 
@@ -610,7 +690,9 @@ def check_cron(cron: str) -> None:
     try:
         CronSim(cron, datetime.now())
     except CronSimError as exc:
-        raise ValueError(f"--cron {cron!r} is not a cron expression ({exc}), e.g. '0 3 * * *' (03:00 every day)") from None
+        raise ValueError(
+            f"--cron {cron!r} is not a cron expression ({exc}), e.g. '0 3 * * *' (03:00 every day)"
+        ) from None
 
 
 def _serve_command(cron: str, name: str, **params: Any) -> None:
@@ -624,13 +706,19 @@ def _serve_command(cron: str, name: str, **params: Any) -> None:
     url = check_prefect_api()
     import flows  # sets Prefect's defaults (telemetry off, …) before Prefect reads its settings
 
-    hooks = {"on_running": [_run_started], "on_completion": [_run_ended], "on_failure": [_run_ended],
-             "on_crashed": [_run_ended], "on_cancellation": [_run_ended]}
+    hooks = {
+        "on_running": [_run_started],
+        "on_completion": [_run_ended],
+        "on_failure": [_run_ended],
+        "on_crashed": [_run_ended],
+        "on_cancellation": [_run_ended],
+    }
     served = flows.with_runner(flows.pipeline, cfg).with_options(**hooks)
     runner = _serve_runner()(name=name, limit=1)  # a dataset has one writer: a second run would only wait
     runner.add_flow(served, name=name, cron=cron, parameters=asdict(cfg))
-    typer.echo(f"serving pipeline/{name} ({cron}) on {url}; a run now: prefect deployment run 'pipeline/{name}'; "
-               "Ctrl-C stops")
+    typer.echo(
+        f"serving pipeline/{name} ({cron}) on {url}; a run now: prefect deployment run 'pipeline/{name}'; Ctrl-C stops"
+    )
     import asyncio
 
     asyncio.run(runner.start())
@@ -669,16 +757,25 @@ def _run_ended(_flow: Any, flow_run: Any, state: Any) -> None:
     started = _run_clock.pop(str(flow_run.id), None)
     took = f" after {time.monotonic() - started:.0f} s" if started is not None else ""
     why = f": {' '.join(str(state.message).split())}" if not state.is_completed() and state.message else ""
-    logging.getLogger("anchorrec").info("%s %s %s%s%s", _run_kind(flow_run), flow_run.name, state.name.lower(),
-                                        took, why)
+    logging.getLogger("anchorrec").info(
+        "%s %s %s%s%s", _run_kind(flow_run), flow_run.name, state.name.lower(), took, why
+    )
 
 
 _serve_command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
     [
-        inspect.Parameter("cron", inspect.Parameter.KEYWORD_ONLY, annotation=str,
-                          default=typer.Option("0 3 * * *", "--cron", help="when to run, as a cron expression")),
-        inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY, annotation=str,
-                          default=typer.Option("nightly", "--name", help="deployment name (pipeline/<name>)")),
+        inspect.Parameter(
+            "cron",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str,
+            default=typer.Option("0 3 * * *", "--cron", help="when to run, as a cron expression"),
+        ),
+        inspect.Parameter(
+            "name",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str,
+            default=typer.Option("nightly", "--name", help="deployment name (pipeline/<name>)"),
+        ),
         *config_parameters(FLOW_GROUPS["pipeline"]),
     ]
 )
@@ -709,7 +806,9 @@ def _stop(signum: int, _frame: Any) -> None:
     code, name = (130 if signum == signal.SIGINT else 143), signal.Signals(signum).name
     running = getattr(sys.modules.get("features.extract"), "RUNNING", None)
     if _stopping or running is None or running.idle.is_set():
-        _exit_now(code, f"stopped ({name}): finished stages and checkpoints are kept; run the same command again to resume")
+        _exit_now(
+            code, f"stopped ({name}): finished stages and checkpoints are kept; run the same command again to resume"
+        )
     _stopping.append(signum)
     running.stop.set()
     threading.Thread(target=_exit_when_saved, args=(running, code, name), name="anchorrec-stop").start()
@@ -722,8 +821,11 @@ _stop.also_for_sigterm = True  # type: ignore[attr-defined]  # flows puts it bac
 def _exit_when_saved(running: Any, code: int, name: str) -> None:
     saved = running.idle.wait(STOP_GRACE_S)
     late = "" if saved else f" (gave up after {STOP_GRACE_S:g} s on rows not yet saved)"
-    _exit_now(code, f"stopped ({name}): {running.kept} encoded items kept{late}; "
-                    "run the same command again to resume (it encodes only the rest)")
+    _exit_now(
+        code,
+        f"stopped ({name}): {running.kept} encoded items kept{late}; "
+        "run the same command again to resume (it encodes only the rest)",
+    )
 
 
 def _exit_now(code: int, message: str) -> None:
@@ -789,8 +891,10 @@ def main(argv: list[str] | None = None) -> None:
         _error(str(exc))
         sys.exit(EXIT_USER_ERROR)
     except Exception as exc:  # noqa: BLE001 - a bug: one line here, the traceback in a file for the report
-        _error(f"internal error ({type(exc).__name__}: {str(exc)[:300]}); please report it with the traceback in "
-               f"{_crash_log(argv)}")
+        _error(
+            f"internal error ({type(exc).__name__}: {str(exc)[:300]}); please report it with the traceback in "
+            f"{_crash_log(argv)}"
+        )
         sys.exit(1)
 
 

@@ -6,6 +6,7 @@ stage_keys), so a rerun with nothing changed recomputes nothing, and changing on
 exactly the stages downstream of it. A stage whose outputs are missing or fail their check
 (store.verify) is recomputed even when its key is cached. The command line lives in cli.py.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,17 +31,15 @@ if os.environ.get("PREFECT_HOME"):  # Prefect makes only the last level, then fa
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 
+from pipeline_config import FLOW_DOCS, FLOW_GROUPS, NO_IMAGES, RELEASES, PipelineConfig  # noqa: F401 (re-exported)
 from pipelines.catalog_only import is_catalog_request, refuse_catalog_pipeline, require_interactions
 from pipelines.local_images import fingerprint as images_fingerprint
-from store import DatasetPaths, dataset_paths  # noqa: F401
-from store.layout import source_name
-from store.errors import USER_ERRORS
-from store.lock import dataset_lock
-from store import records
-from store.verify import problem, problems
 from stage_keys import stage_key
-
-from pipeline_config import FLOW_DOCS, FLOW_GROUPS, NO_IMAGES, RELEASES, PipelineConfig  # noqa: F401 (re-exported)
+from store import DatasetPaths, dataset_paths, records  # noqa: F401
+from store.errors import USER_ERRORS
+from store.layout import source_name
+from store.lock import dataset_lock
+from store.verify import problem, problems
 
 log = logging.getLogger("anchorrec")
 
@@ -56,7 +55,9 @@ def run_stage(name: str, fn: Any, key: str, outputs: list[Path], *args: Any, **k
         log.debug("%s: recomputing (%s)", name, found[0])
     saved = records.withdraw(outputs)  # the stage's read-back of its own outputs must not meet old records
     try:
-        state = fn.with_options(cache_key_fn=lambda *_: key, refresh_cache=bool(found))(*args, return_state=True, **kwargs)
+        state = fn.with_options(cache_key_fn=lambda *_: key, refresh_cache=bool(found))(
+            *args, return_state=True, **kwargs
+        )
         result = state.result()  # raises the stage's own exception
     except BaseException:
         records.restore(saved)  # outputs still the old files match them; half-replaced ones do not
@@ -85,22 +86,32 @@ def stage_line(name: str, s: dict) -> str:
     if name == "ingest" and isinstance(s.get("output"), dict):
         out, bad = s["output"], s.get("bad_records") or {}
         facts = "".join(f"\n  {fact}" for fact in s.get("facts") or [])  # one line each (prepare.data_facts)
-        return (f"{out.get('items')} items, {out.get('users')} users, {out.get('interactions')} interactions; "
-                f"{bad.get('dropped', 0)} bad records dropped (see prepare.json){took}{facts}")
+        return (
+            f"{out.get('items')} items, {out.get('users')} users, {out.get('interactions')} interactions; "
+            f"{bad.get('dropped', 0)} bad records dropped (see prepare.json){took}{facts}"
+        )
     if name.startswith("features") and "n_vectors" in s:
-        return (f"{s.get('name')}: vectors for {s['n_vectors']} of {s.get('n_items')} items "
-                f"({s.get('encoded', 0)} encoded, {s.get('resumed', 0)} resumed){took}")
+        return (
+            f"{s.get('name')}: vectors for {s['n_vectors']} of {s.get('n_items')} items "
+            f"({s.get('encoded', 0)} encoded, {s.get('resumed', 0)} resumed){took}"
+        )
     if name.startswith("tokens") and "n_with_tokens" in s:
-        return (f"{s.get('name')}: tokens for {s['n_with_tokens']} of {s.get('n_items')} items, {s.get('mean_tokens', 0):.1f} "
-                f"per item, {s.get('bytes_per_item', 0) / 1024:.1f} KB/item ({s.get('encoded', 0)} encoded){took}")
+        return (
+            f"{s.get('name')}: tokens for {s['n_with_tokens']} of {s.get('n_items')} items, {s.get('mean_tokens', 0):.1f} "
+            f"per item, {s.get('bytes_per_item', 0) / 1024:.1f} KB/item ({s.get('encoded', 0)} encoded){took}"
+        )
     if name == "apply ica" and "name" in s:
         return f"{s['name']}: mm encoded by {s.get('run')}{took}"
     if name == "train" and "run_id" in s:
         valid = round((s.get("valid") or {}).get("recall@20", float("nan")), 4)
-        return f"{s['run_id']}: best epoch {s.get('best_epoch')} of {s.get('epochs_run')}, valid recall@20 {valid}{took}"
+        return (
+            f"{s['run_id']}: best epoch {s.get('best_epoch')} of {s.get('epochs_run')}, valid recall@20 {valid}{took}"
+        )
     if name == "publish" and s.get("content_feature"):
-        return (f"{s.get('run')}: content vectors of {s['content_feature']} for {s.get('count')} items "
-                f"({s.get('without_vector', 0)} without a vector) in a {s.get('kind')} index{took}")
+        return (
+            f"{s.get('run')}: content vectors of {s['content_feature']} for {s.get('count')} items "
+            f"({s.get('without_vector', 0)} without a vector) in a {s.get('kind')} index{took}"
+        )
     if name == "publish" and "count" in s:
         return f"{s.get('run')}: {s['count']} items in a {s.get('kind')} index{took}"
     if name == "pretrain" and "feature" in s:
@@ -163,17 +174,32 @@ def ingest_extras(cfg: PipelineConfig) -> dict[str, Any]:
     """Options only the real-data releases take."""
     extras: dict[str, Any] = {"min_meta_match": cfg.min_meta_match, "allow_missing_meta": cfg.allow_missing_meta}
     if cfg.release == "csv":
-        extras.update(columns=cfg.columns, meta_release=cfg.meta_release, no_header=cfg.no_header,
-                      meta_columns=cfg.meta_columns, train=cfg.train, valid=cfg.valid, test=cfg.test)
+        extras.update(
+            columns=cfg.columns,
+            meta_release=cfg.meta_release,
+            no_header=cfg.no_header,
+            meta_columns=cfg.meta_columns,
+            train=cfg.train,
+            valid=cfg.valid,
+            test=cfg.test,
+        )
     return extras
 
 
-@task(name="fetch-images", persist_result=True, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient)
+@task(
+    name="fetch-images",
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=_retry_transient,
+)
 @_timed
 def images_task(cfg: PipelineConfig, shard: Optional[tuple[int, int]] = None) -> dict:
     from pipelines.images import fetch_images
 
-    return fetch_images(cfg.paths, workers=cfg.image_workers, shard=shard, progress=shard is None, images_dir=cfg.images)
+    return fetch_images(
+        cfg.paths, workers=cfg.image_workers, shard=shard, progress=shard is None, images_dir=cfg.images
+    )
 
 
 @task(name="merge-image-audits", persist_result=True)
@@ -201,32 +227,55 @@ def extract_task(cfg: PipelineConfig, spec: str, name: str, shard: Optional[tupl
 def tokens_task(cfg: PipelineConfig, spec: str, modality: str, name: str) -> dict:
     from features.tokens import extract_tokens
 
-    return extract_tokens(cfg.paths, spec, modality, name=name, grid=cfg.token_grid, max_length=cfg.max_text_tokens,
-                          batch_size=cfg.batch_size, device=cfg.device)
+    return extract_tokens(
+        cfg.paths,
+        spec,
+        modality,
+        name=name,
+        grid=cfg.token_grid,
+        max_length=cfg.max_text_tokens,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+    )
 
 
 @task(name="pretrain-ica", persist_result=True)
 @_timed
-def pretrain_task(cfg: PipelineConfig, image_feature: str, text_feature: str, run_id: str,
-                  tokens: dict[str, str] | None = None) -> dict:
+def pretrain_task(
+    cfg: PipelineConfig, image_feature: str, text_feature: str, run_id: str, tokens: dict[str, str] | None = None
+) -> dict:
     from models.pretraining.ica import ICAConfig
     from models.pretraining.pretrain import pretrain_ica
 
     ica = ICAConfig(epochs=cfg.pretrain_epochs, seed=cfg.seed)
     tokens = tokens or {}
-    return pretrain_ica(cfg.paths, image_feature, text_feature, ica, run_id=run_id,
-                        image_tokens=tokens.get("image"), text_tokens=tokens.get("text"))
+    return pretrain_ica(
+        cfg.paths,
+        image_feature,
+        text_feature,
+        ica,
+        run_id=run_id,
+        image_tokens=tokens.get("image"),
+        text_tokens=tokens.get("text"),
+    )
 
 
 @task(name="apply-ica", persist_result=True)
 @_timed
-def apply_ica_task(cfg: PipelineConfig, run_dir: str, image_feature: str, text_feature: str, name: str,
-                   tokens: dict[str, str] | None = None) -> dict:
+def apply_ica_task(
+    cfg: PipelineConfig,
+    run_dir: str,
+    image_feature: str,
+    text_feature: str,
+    name: str,
+    tokens: dict[str, str] | None = None,
+) -> dict:
     from models.pretraining.apply import write_applied_feature
 
     tokens = tokens or {}
-    path = write_applied_feature(cfg.paths, Path(run_dir), image_feature, text_feature, tokens.get("image"),
-                                 tokens.get("text"), name=name)
+    path = write_applied_feature(
+        cfg.paths, Path(run_dir), image_feature, text_feature, tokens.get("image"), tokens.get("text"), name=name
+    )
     return {"name": path.stem, "path": str(path), "run": run_dir}
 
 
@@ -254,8 +303,9 @@ def tune_task(cfg: PipelineConfig, features: dict[str, str]) -> dict:
     from models.training.trainer import TrainConfig
     from models.training.tune import tune
 
-    base = TrainConfig(model=cfg.model, features=features, epochs=cfg.epochs, patience=cfg.patience, seed=cfg.seed,
-                       device=cfg.device)
+    base = TrainConfig(
+        model=cfg.model, features=features, epochs=cfg.epochs, patience=cfg.patience, seed=cfg.seed, device=cfg.device
+    )
     return tune(cfg.paths, base, cfg.trials, pruner=cfg.pruner, seed=cfg.seed, n_jobs=cfg.jobs)
 
 
@@ -292,15 +342,39 @@ def map_shards(fn: Any, key: str, cfg: PipelineConfig, refresh: bool, *args: Any
     return futures.result()  # raises if a shard failed
 
 
-INGEST_KEYS = ("release", "category", "meta", "reviews", "source", "columns", "meta_release", "kcore", "seed", "demo_items",
-               "demo_users", "min_meta_match", "allow_missing_meta", "no_header", "meta_columns", "train", "valid",
-               "test")
+INGEST_KEYS = (
+    "release",
+    "category",
+    "meta",
+    "reviews",
+    "source",
+    "columns",
+    "meta_release",
+    "kcore",
+    "seed",
+    "demo_items",
+    "demo_users",
+    "min_meta_match",
+    "allow_missing_meta",
+    "no_header",
+    "meta_columns",
+    "train",
+    "valid",
+    "test",
+)
 
 
 def stage_ingest(cfg: PipelineConfig) -> dict:
     p = cfg.paths
     conf = {k: getattr(cfg, k) for k in INGEST_KEYS}
-    for k in ("meta", "reviews", "source", "train", "valid", "test"):  # user paths: by name (contents are hashed as inputs)
+    for k in (
+        "meta",
+        "reviews",
+        "source",
+        "train",
+        "valid",
+        "test",
+    ):  # user paths: by name (contents are hashed as inputs)
         conf[k] = source_name(conf[k]) if conf[k] else conf[k]
     inputs = [Path(x) for x in (cfg.meta, cfg.reviews, cfg.train, cfg.valid, cfg.test) if x and Path(x).is_file()]
     if cfg.source:
@@ -381,7 +455,11 @@ def stage_apply_ica(cfg: PipelineConfig, image: str, text: str, tokens: dict[str
     run_dir, name = cfg.ica_run()
     inputs = [p.feature(image), p.feature(text), p.items, run_dir / "checkpoint.pt", run_dir / "config.json"]
     inputs += [p.token_feature(n) for n in tokens.values()]
-    conf = {"run": run_dir.name, "tokens": tokens, "name": name}  # the run by name; its checkpoint and config by content
+    conf = {
+        "run": run_dir.name,
+        "tokens": tokens,
+        "name": name,
+    }  # the run by name; its checkpoint and config by content
     key = stage_key("apply-ica", conf, inputs, ("models.pretraining.apply",))
     run_stage("apply ica", apply_ica_task, key, [p.feature(name)], cfg, str(run_dir), image, text, name, tokens)
     return name
@@ -397,8 +475,15 @@ def stage_train(cfg: PipelineConfig, features: dict[str, str]) -> dict:
     inputs = [p.items, p.interactions] + [p.feature(n) for n in sorted(set(features.values()))]
     key = stage_key("train", conf, inputs, ("models.training.trainer", model_module(cfg.model)))
     run_id = f"{cfg.model}-{key.split('-', 1)[1][:10]}"
-    out = run_stage("train", train_task, key, [p.item_vectors(run_id), p.user_vectors(run_id), p.metrics(run_id)],
-                    cfg, features, run_id)
+    out = run_stage(
+        "train",
+        train_task,
+        key,
+        [p.item_vectors(run_id), p.user_vectors(run_id), p.metrics(run_id)],
+        cfg,
+        features,
+        run_id,
+    )
     out.setdefault("run_id", run_id)
     return out
 
@@ -438,7 +523,9 @@ def stage_publish_content(cfg: PipelineConfig) -> dict:
 def _plan(cfg: PipelineConfig, extracted: dict[str, dict]) -> Any:
     from models.training.modalities import Coverage, plan_modalities
 
-    coverage = {m: Coverage(s["name"], int(s.get("n_vectors", 0)), int(s.get("n_items", 0))) for m, s in extracted.items()}
+    coverage = {
+        m: Coverage(s["name"], int(s.get("n_vectors", 0)), int(s.get("n_items", 0))) for m, s in extracted.items()
+    }
     plan = plan_modalities(coverage, cfg.min_coverage, cfg.model, image_off=not cfg.with_images)
     if plan.note:
         log.warning("modalities: %s", plan.note)
@@ -579,6 +666,8 @@ FLOWS = {
     "pipeline": pipeline,
     "tune": tune_flow,
 }
+
+
 def with_runner(the_flow: Any, cfg: PipelineConfig) -> Any:
     """The flow on the task runner `cfg.task_runner` names: threads here, or a Dask cluster.
 

@@ -12,6 +12,7 @@ server is used. ANCHORREC_SERVER=per-command restores Prefect's own server per c
 
 Run as a script (`python prefect_server.py HOME NONCE`) it is the server.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -48,8 +49,10 @@ def grace_seconds() -> float:
     except ValueError:
         value = -1.0
     if not value > 0:
-        raise ValueError(f"ANCHORREC_SERVER_GRACE_S={raw}: give the seconds the Prefect server outlives the last "
-                         f"command, e.g. {DEFAULT_GRACE_S:g}")
+        raise ValueError(
+            f"ANCHORREC_SERVER_GRACE_S={raw}: give the seconds the Prefect server outlives the last "
+            f"command, e.g. {DEFAULT_GRACE_S:g}"
+        )
     return value
 
 
@@ -155,8 +158,14 @@ def _start(home: Path) -> str:
     nonce = f"{os.getpid()}-{time.time_ns()}"
     (home / STATE).unlink(missing_ok=True)
     with open(home / LOG, "ab") as log:
-        launcher = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(home), nonce], cwd=home,
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        launcher = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), str(home), nonce],
+            cwd=home,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
     launcher.wait()
     deadline = time.monotonic() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120))
     while time.monotonic() < deadline:
@@ -252,8 +261,13 @@ def serve(home: Path, nonce: str) -> None:
     _write_state(home, state)
     import uvicorn
 
-    config = uvicorn.Config("prefect.server.api.server:create_app", factory=True, lifespan="on", log_level="error",
-                            timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        "prefect.server.api.server:create_app",
+        factory=True,
+        lifespan="on",
+        log_level="error",
+        timeout_graceful_shutdown=5,
+    )
     server = uvicorn.Server(config)
     threading.Thread(target=_guarded_watchdog, args=(server, home, state), daemon=True).start()
     server.run(sockets=[sock])

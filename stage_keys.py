@@ -7,6 +7,7 @@ recommender trainer renamed the ICA run (its id comes from the pretrain key), th
 new name, and every tuning study on the dataset refused to continue. Modules loaded by name at run
 time (the model registry) are not visible in the source; a stage names them as entry modules.
 """
+
 from __future__ import annotations
 
 import functools

@@ -16,6 +16,7 @@ home so these runs do not mix with the pretraining runs.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ablation_ica.py          # → benchmarks/results/ablation_ica.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,9 @@ def copy_dataset(src: DatasetPaths, dst: DatasetPaths, ica: str) -> None:
     need = [src.interactions, src.items, src.feature(IMAGE), src.feature(TEXT), src.feature(ica)]
     for path in need:
         if not path.exists():
-            raise FileNotFoundError(f"{path}: missing; run benchmarks/bench_ica.py first (it builds the datasets and ICA runs)")
+            raise FileNotFoundError(
+                f"{path}: missing; run benchmarks/bench_ica.py first (it builds the datasets and ICA runs)"
+            )
     for path in [*need, src.root / "users.parquet", src.root / "prepare.json"]:
         if path.exists():
             target = dst.root / path.relative_to(src.root)
@@ -81,8 +84,11 @@ def run_catalog(name: str, src: DatasetPaths, home: Path, args: argparse.Namespa
         summary = train_seeds(dst, cfg, args.seeds, progress=False)
         summary["wall_s"] = time.perf_counter() - t0
         out[variant] = summary
-        print(f"{name} {variant}: test R@20 {summary['test_mean']['recall@20']:.4f} ± {summary['test_std']['recall@20']:.4f}, "
-              f"valid R@20 {summary['valid_mean']['recall@20']:.4f}, epochs {summary['best_epochs']}, {summary['wall_s']:.0f} s", flush=True)
+        print(
+            f"{name} {variant}: test R@20 {summary['test_mean']['recall@20']:.4f} ± {summary['test_std']['recall@20']:.4f}, "
+            f"valid R@20 {summary['valid_mean']['recall@20']:.4f}, epochs {summary['best_epochs']}, {summary['wall_s']:.0f} s",
+            flush=True,
+        )
     return out
 
 
@@ -112,15 +118,19 @@ def report(results: dict[str, dict[str, dict]], args: argparse.Namespace, wall: 
             "| --- | --- | --- | --- | --- |",
         ]
         for variant, s in res.items():
-            lines.append(f"| {variant} | {pm(s, 'valid', 'recall@20')} | {pm(s, 'test', 'recall@20')} | "
-                         f"{pm(s, 'test', 'ndcg@20')} | {s['best_epochs']} |")
+            lines.append(
+                f"| {variant} | {pm(s, 'valid', 'recall@20')} | {pm(s, 'test', 'recall@20')} | "
+                f"{pm(s, 'test', 'ndcg@20')} | {s['best_epochs']} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", type=Path, default=REPO / "bench-out" / "ica", help="home holding the bench_ica datasets")
+    ap.add_argument(
+        "--source", type=Path, default=REPO / "bench-out" / "ica", help="home holding the bench_ica datasets"
+    )
     ap.add_argument("--home", type=Path, default=REPO / "bench-out" / "ablation", help="fresh home for these runs")
     ap.add_argument("--catalogs", nargs="+", default=["demo", "giftcards"])
     ap.add_argument("--ica", default="ica-bench-s0-e30", help="the ICA feature table used as mm")

@@ -43,6 +43,7 @@ writes the table of the rows whose runs have all ended, training nothing. With -
 finished run's summary is kept in DIR/runs/ (the head / tail columns come from its diagnostics, so a
 kept run needs no vectors) and runs in flight in DIR/inflight/, as in leaderboard_run.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -122,10 +123,19 @@ def run_stats(paths, run_ids: list[str], data, features: dict[str, str]) -> list
         metrics = load_metrics(paths, rid)
         diag = diagnose_run(paths, rid, features, data=data)
         tail = diag["long_tail"]
-        out.append({"run": rid, "valid": metrics["valid"]["recall@20"], "recall@20": metrics["test"]["recall@20"],
-                    "ndcg@20": metrics["test"]["ndcg@20"], "head": tail["head"]["recall@20"], "tail": tail["tail"]["recall@20"],
-                    "id_overlap@3": diag.get("id_overlap@3"), "id_dominance": diag.get("id_dominance"),
-                    "loss_terms": loss_terms(metrics)})
+        out.append(
+            {
+                "run": rid,
+                "valid": metrics["valid"]["recall@20"],
+                "recall@20": metrics["test"]["recall@20"],
+                "ndcg@20": metrics["test"]["ndcg@20"],
+                "head": tail["head"]["recall@20"],
+                "tail": tail["tail"]["recall@20"],
+                "id_overlap@3": diag.get("id_overlap@3"),
+                "id_dominance": diag.get("id_dominance"),
+                "loss_terms": loss_terms(metrics),
+            }
+        )
     return out
 
 
@@ -133,8 +143,11 @@ def loss_terms(metrics: dict) -> dict[str, float]:
     """The weighted loss terms of the epoch the run was read at (its best): which term the optimiser
     actually spends its effort on, so a row that removes a term can be read against its size."""
     best = next((h for h in metrics.get("history", []) if h.get("epoch") == metrics.get("best_epoch")), {})
-    return {k: float(v) for k, v in best.items()
-            if k not in ("epoch", "loss", "lr") and not k.endswith("_s") and isinstance(v, (int, float))}
+    return {
+        k: float(v)
+        for k, v in best.items()
+        if k not in ("epoch", "loss", "lr") and not k.endswith("_s") and isinstance(v, (int, float))
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,22 +155,39 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--home", required=True)
     ap.add_argument("--dataset", default="gift")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--rows", nargs="+", default=[*ROWS, *TRAIN_ROWS], choices=[*ROWS, *TRAIN_ROWS],
-                    help="rows, trained in this order")
+    ap.add_argument(
+        "--rows",
+        nargs="+",
+        default=[*ROWS, *TRAIN_ROWS],
+        choices=[*ROWS, *TRAIN_ROWS],
+        help="rows, trained in this order",
+    )
     ap.add_argument("--mm", action="append", default=[], help="also a row with this mm feature table (repeatable)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (worker processes, one torch thread each)")
-    ap.add_argument("--snapshot", type=Path, metavar="DIR", help="keep finished runs' summaries (and runs in flight) here "
-                    "and start what the home lacks from them")
-    ap.add_argument("--report-only", action="store_true", help="train nothing: the table of the rows whose runs have ended")
-    ap.add_argument("--out", type=Path, help="table path without suffix (.md and .json are written; default "
-                    "benchmarks/results/anchorrec_ablation_<dataset>)")
+    ap.add_argument(
+        "--snapshot",
+        type=Path,
+        metavar="DIR",
+        help="keep finished runs' summaries (and runs in flight) here and start what the home lacks from them",
+    )
+    ap.add_argument(
+        "--report-only", action="store_true", help="train nothing: the table of the rows whose runs have ended"
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="table path without suffix (.md and .json are written; default "
+        "benchmarks/results/anchorrec_ablation_<dataset>)",
+    )
     args = ap.parse_args(argv)
     args.command = " ".join(a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only")
     paths = dataset_paths(args.dataset, args.home)
     board_path = paths.root / "reports" / "leaderboard" / "leaderboard.json"
     if args.report_only and not board_path.exists():
-        ap.error(f"{board_path}: no leaderboard on {args.dataset} yet; the tuned row is its lb-anchorrec runs: "
-                 f"run benchmarks/leaderboard_run.py --dataset {args.dataset} first")
+        ap.error(
+            f"{board_path}: no leaderboard on {args.dataset} yet; the tuned row is its lb-anchorrec runs: "
+            f"run benchmarks/leaderboard_run.py --dataset {args.dataset} first"
+        )
     for mm in args.mm:
         if not paths.feature(mm).exists():
             ap.error(f"--mm {mm}: no feature table {paths.feature(mm)}")
@@ -168,8 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     seeds = list(range(args.seeds))
     variants = [(name, row_config(cfg, name)) for name in args.rows]
     variants += [(f"mm={mm}", dataclasses.replace(cfg, features={**cfg.features, "mm": mm})) for mm in args.mm]
-    runs = {name: seed_configs(row_cfg, f"abl-{name.replace('/', '-').replace('=', '-')}", seeds)
-            for name, row_cfg in variants}
+    runs = {
+        name: seed_configs(row_cfg, f"abl-{name.replace('/', '-').replace('=', '-')}", seeds)
+        for name, row_cfg in variants
+    }
     features = default_features([cfg.to_json()])
     if args.snapshot:
         restore_runs(paths.runs_dir, args.snapshot)
@@ -181,13 +213,17 @@ def main(argv: list[str] | None = None) -> None:
                     start_from_shorter_run(paths.run(f"lb-anchorrec-s{seed}"), paths.run(c.run_id), c)
         train(paths, [c for cs in runs.values() for c in cs], features, args.jobs, args.snapshot)
     if not board_path.exists():  # the rows need only the study's choice; the table needs the leaderboard's reruns
-        print(f"rows trained; no leaderboard yet ({board_path}): rerun with --report-only once it has ended", flush=True)
+        print(
+            f"rows trained; no leaderboard yet ({board_path}): rerun with --report-only once it has ended", flush=True
+        )
         return
     board = json.loads(board_path.read_text())
     best_model = max(board["models"], key=lambda m: board["models"][m]["test_mean"]["recall@20"])
     data = load_interactions(paths)
-    stats = {"tuned": run_stats(paths, [f"lb-anchorrec-s{s}" for s in seeds], data, features),
-             f"best: {best_model}": run_stats(paths, [f"lb-{best_model}-s{s}" for s in seeds], data, features)}
+    stats = {
+        "tuned": run_stats(paths, [f"lb-anchorrec-s{s}" for s in seeds], data, features),
+        f"best: {best_model}": run_stats(paths, [f"lb-{best_model}-s{s}" for s in seeds], data, features),
+    }
     for name, cs in runs.items():
         if all(paths.metrics(c.run_id).exists() for c in cs):
             stats[name] = run_stats(paths, [c.run_id for c in cs], data, features)
@@ -212,17 +248,29 @@ def write_results(paths, args, stats: dict[str, list[dict]], best_model: str, tu
     keys = ("valid", "recall@20", "ndcg@20", "head", "tail", "id_overlap@3", "id_dominance")
     col = {name: {k: [s.get(k) for s in rows] for k in keys} for name, rows in stats.items()}
     tuned, best = col["tuned"]["recall@20"], col[f"best: {best_model}"]["recall@20"]
-    lines = [f"# AnchorRec ablation on {paths.name}: one change to the tuned configuration per row", "",
-             f"Tuned model_args: `{json.dumps(tuned_args, sort_keys=True)}`; seeds 0..{args.seeds - 1}; the tuned row "
-             f"is the leaderboard's lb-anchorrec runs. Δ is the mean per-seed difference (paired t over seeds). "
-             f"Head / tail: items in the top 20% / bottom 50% by training popularity. ID overlap@3 and ID "
-             f"dominance are the collapse diagnostics of the report (lower: the vectors say more than the "
-             f"ID graph). Command that trains the rows (with --report-only it only writes this table): "
-             f"`.venv/bin/python benchmarks/anchorrec_ablation.py {args.command}`", "",
-             *([f"Only {args.seeds} seeds a row (each run costs hours here): a difference within about two of the "
-                f"tuned row's seed std ({2 * np.std(tuned):.4f}) is not resolved, whatever its p.", ""] if args.seeds < 5 else []),
-             f"| row | change | valid R@20 | test R@20 | test N@20 | Δ R@20 vs tuned (p) | Δ R@20 vs {best_model} (p) | head R@20 | tail R@20 | ID overlap@3 | ID dominance |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# AnchorRec ablation on {paths.name}: one change to the tuned configuration per row",
+        "",
+        f"Tuned model_args: `{json.dumps(tuned_args, sort_keys=True)}`; seeds 0..{args.seeds - 1}; the tuned row "
+        f"is the leaderboard's lb-anchorrec runs. Δ is the mean per-seed difference (paired t over seeds). "
+        f"Head / tail: items in the top 20% / bottom 50% by training popularity. ID overlap@3 and ID "
+        f"dominance are the collapse diagnostics of the report (lower: the vectors say more than the "
+        f"ID graph). Command that trains the rows (with --report-only it only writes this table): "
+        f"`.venv/bin/python benchmarks/anchorrec_ablation.py {args.command}`",
+        "",
+        *(
+            [
+                f"Only {args.seeds} seeds a row (each run costs hours here): a difference within about two of the "
+                f"tuned row's seed std ({2 * np.std(tuned):.4f}) is not resolved, whatever its p.",
+                "",
+            ]
+            if args.seeds < 5
+            else []
+        ),
+        f"| row | change | valid R@20 | test R@20 | test N@20 | Δ R@20 vs tuned (p) | Δ R@20 vs {best_model} (p) "
+        "| head R@20 | tail R@20 | ID overlap@3 | ID dominance |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, c in col.items():
         vs_tuned = _delta(c["recall@20"], tuned) if name != "tuned" else "—"
         vs_best = _delta(c["recall@20"], best) if name != f"best: {best_model}" else "—"
@@ -232,14 +280,19 @@ def write_results(paths, args, stats: dict[str, list[dict]], best_model: str, tu
             change = f"`{json.dumps({'features.mm': name[3:]})}`"
         else:
             change = "—"
-        lines.append(f"| {name} | {change} | {np.mean(c['valid']):.4f} | {np.mean(c['recall@20']):.4f} ± {np.std(c['recall@20']):.4f} | "
-                     f"{np.mean(c['ndcg@20']):.4f} | {vs_tuned} | {vs_best} | "
-                     f"{np.mean(c['head']):.4f} | {np.mean(c['tail']):.4f} | {_mean(c['id_overlap@3'], '.2f')} | "
-                     f"{_mean(c['id_dominance'], '.1f')} |")
+        lines.append(
+            f"| {name} | {change} | {np.mean(c['valid']):.4f} | {np.mean(c['recall@20']):.4f} ± {np.std(c['recall@20']):.4f} | "
+            f"{np.mean(c['ndcg@20']):.4f} | {vs_tuned} | {vs_best} | "
+            f"{np.mean(c['head']):.4f} | {np.mean(c['tail']):.4f} | {_mean(c['id_overlap@3'], '.2f')} | "
+            f"{_mean(c['id_dominance'], '.1f')} |"
+        )
     lines += ["", *loss_table(stats)]
     out = args.out or REPO / "benchmarks" / "results" / f"anchorrec_ablation_{paths.name}"
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    write_json({"dataset": paths.name, "best_model": best_model, "tuned_args": tuned_args, "rows": stats}, out.with_suffix(".json"))
+    write_json(
+        {"dataset": paths.name, "best_model": best_model, "tuned_args": tuned_args, "rows": stats},
+        out.with_suffix(".json"),
+    )
     print("\n".join(lines))
 
 
@@ -248,9 +301,13 @@ def loss_table(stats: dict[str, list[dict]]) -> list[str]:
     terms = sorted({k for rows in stats.values() for s in rows for k in s.get("loss_terms", {})})
     if not terms:
         return []
-    lines = ["Weighted loss terms at the best epoch (mean over seeds; share of their sum), to read beside the row "
-             "that removes each term: a term near 0% of the loss is one the optimiser hardly spends effort on.", "",
-             "| row | " + " | ".join(terms) + " |", "| --- |" + " --- |" * len(terms)]
+    lines = [
+        "Weighted loss terms at the best epoch (mean over seeds; share of their sum), to read beside the row "
+        "that removes each term: a term near 0% of the loss is one the optimiser hardly spends effort on.",
+        "",
+        "| row | " + " | ".join(terms) + " |",
+        "| --- |" + " --- |" * len(terms),
+    ]
     for name, rows in stats.items():
         has = {t for t in terms if all(t in s.get("loss_terms", {}) for s in rows)}  # every seed has it
         mean = {t: np.mean([s["loss_terms"][t] for s in rows]) if t in has else None for t in terms}

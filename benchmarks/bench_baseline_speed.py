@@ -24,6 +24,7 @@ by (N/n)³: reported apart, never mixed into the measured ratio.
 
     ANCHORREC_BENCH_WORK=/tmp/anchorrec_work .venv/bin/python benchmarks/bench_baseline_speed.py --threads 1 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,7 +100,10 @@ def bench_model(name: str, data, graph, triples: torch.Tensor, n_batches: int) -
     ours = ours_cls(graph, cfg)
     ref = ref_cls(graph, cfg, laplacian="scale") if name == "lattice" else ref_cls(graph, cfg)
     ref.load_state_dict(ours.state_dict())
-    opts = {"ours": torch.optim.Adam(ours.parameters(), lr=1e-3, fused=True), "ref": torch.optim.Adam(ref.parameters(), lr=1e-3)}
+    opts = {
+        "ours": torch.optim.Adam(ours.parameters(), lr=1e-3, fused=True),
+        "ref": torch.optim.Adam(ref.parameters(), lr=1e-3),
+    }
     models = {"ours": ours, "ref": ref}
     extra: dict[str, list[float]] = {"ours": [], "ref": []}
     if name == "freedom":  # the per-epoch pruning, 3 draws each; the last seeds both to the same edges
@@ -124,7 +128,10 @@ def bench_model(name: str, data, graph, triples: torch.Tensor, n_batches: int) -
         if k:
             print(f"  {name} batch {k}: ours {times['ours'][-1]:.3f}s ref {times['ref'][-1]:.3f}s", flush=True)
         else:
-            print(f"  {name} first batch: loss ours {first['ours']['loss']:.6f} ref {first['ref']['loss']:.6f}", flush=True)
+            print(
+                f"  {name} first batch: loss ours {first['ours']['loss']:.6f} ref {first['ref']['loss']:.6f}",
+                flush=True,
+            )
     per_epoch = math.ceil(len(triples) / BATCH)
     med = {w: statistics.median(times[w]) for w in times}
     regular = per_epoch - 1 if name == "lattice" else per_epoch  # LATTICE: the first batch is the rebuild
@@ -209,7 +216,9 @@ def report(rows: list[dict], diag: dict[int, list[tuple]], data, cmd: str, loads
             continue
         for n, (extra_n, extra_full, _) in diag.get(r["threads"], []):
             with_it = r["epoch"]["ref"] + extra_full
-            lines.append(f"| {r['threads']} | {n} | {extra_n:.2f} | {extra_full:.0f} | {with_it:.0f} | {with_it / r['epoch']['ours']:.1f}× |")
+            lines.append(
+                f"| {r['threads']} | {n} | {extra_n:.2f} | {extra_full:.0f} | {with_it:.0f} | {with_it / r['epoch']['ours']:.1f}× |"
+            )
     lines.append("")
     return lines
 
@@ -272,7 +281,9 @@ def mmrec_pair(name: str, src: Path, work: Path, data, graph):
     torch.manual_seed(0)
     if name == "freedom":
         ref = ReferenceFREEDOM(graph, FREEDOMConfig())
-        cfg = mmrec_config(work, d.name, n_mm_layers=1, n_ui_layers=2, mm_image_weight=0.1, dropout=0.8, degree_ratio=1.0)
+        cfg = mmrec_config(
+            work, d.name, n_mm_layers=1, n_ui_layers=2, mm_image_weight=0.1, dropout=0.8, degree_ratio=1.0
+        )
     else:
         ref = ReferenceLATTICE(graph, LATTICEConfig(), laplacian="scale")
         for m, file in (("v", "image_adj_10.pt"), ("t", "text_adj_10.pt")):  # MMRec loads its fixed graphs from here
@@ -314,7 +325,10 @@ def mmrec_check(src: Path, data, graph, triples: torch.Tensor, n: int) -> list[s
     for name in ("freedom", "lattice"):
         with tempfile.TemporaryDirectory(dir=WORK_DIR) as tmp:
             ref, theirs = mmrec_pair(name, src, Path(tmp), data, graph)
-        opts = {"ref": torch.optim.Adam(ref.parameters(), lr=1e-3), "mmrec": torch.optim.Adam(theirs.parameters(), lr=1e-3)}
+        opts = {
+            "ref": torch.optim.Adam(ref.parameters(), lr=1e-3),
+            "mmrec": torch.optim.Adam(theirs.parameters(), lr=1e-3),
+        }
         times: dict[str, list[float]] = {"ref": [], "mmrec": []}
         first = {}
         for k in range(n + 1):
@@ -334,11 +348,16 @@ def mmrec_check(src: Path, data, graph, triples: torch.Tensor, n: int) -> list[s
                 else:
                     first[who] = value
             if k:
-                print(f"  check {name} batch {k}: re-creation {times['ref'][-1]:.3f}s MMRec {times['mmrec'][-1]:.3f}s", flush=True)
+                print(
+                    f"  check {name} batch {k}: re-creation {times['ref'][-1]:.3f}s MMRec {times['mmrec'][-1]:.3f}s",
+                    flush=True,
+                )
         med = {w: statistics.median(v) for w, v in times.items()}
         q1, q3 = quartiles([m / r for m, r in zip(times["mmrec"], times["ref"])])
         diff = abs(first["ref"] - first["mmrec"]) / abs(first["mmrec"])
-        lines.append(f"| {name} | {med['ref']:.3f} | {med['mmrec']:.3f} | {med['mmrec'] / med['ref']:.2f}× | {q1:.2f}–{q3:.2f} | {diff:.1e} |")
+        lines.append(
+            f"| {name} | {med['ref']:.3f} | {med['mmrec']:.3f} | {med['mmrec'] / med['ref']:.2f}× | {q1:.2f}–{q3:.2f} | {diff:.1e} |"
+        )
         del ref, theirs, opts
         gc.collect()
     lines.append("")
@@ -366,13 +385,25 @@ def kept_sections(path: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, default=20, help="timed batches per implementation, after the first")
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to run, one after another")
+    ap.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to run, one after another"
+    )
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--diagflat-n", type=int, nargs="*", default=[2048, 3072], help="sizes n of the diag-product measurement (none: skip)")
+    ap.add_argument(
+        "--diagflat-n",
+        type=int,
+        nargs="*",
+        default=[2048, 3072],
+        help="sizes n of the diag-product measurement (none: skip)",
+    )
     ap.add_argument("--results", type=Path, default=RESULTS)
-    ap.add_argument("--mmrec", type=Path, default=None,
-                    help="MMRec's src/ folder: instead of the benchmark, time the re-creation against MMRec's own "
-                    "classes (first of --threads) and write that section of --results")
+    ap.add_argument(
+        "--mmrec",
+        type=Path,
+        default=None,
+        help="MMRec's src/ folder: instead of the benchmark, time the re-creation against MMRec's own "
+        "classes (first of --threads) and write that section of --results",
+    )
     args = ap.parse_args()
 
     data, graph = sports_graph(device="cpu")
@@ -383,7 +414,9 @@ def main() -> None:
             sys.exit(f"--mmrec {args.mmrec}: no models/freedom.py there; give MMRec's src/ folder")
         torch.set_num_threads(args.threads[0])
         lines = mmrec_check(args.mmrec.resolve(), data, graph, triples, n)
-        lines.append(f"Command: `ANCHORREC_BENCH_WORK=/tmp/anchorrec_work .venv/bin/python benchmarks/bench_baseline_speed.py {' '.join(sys.argv[1:])}`")
+        lines.append(
+            f"Command: `ANCHORREC_BENCH_WORK=/tmp/anchorrec_work .venv/bin/python benchmarks/bench_baseline_speed.py {' '.join(sys.argv[1:])}`"
+        )
         lines.append("")
         text = with_section(args.results, lines)
         with atomic_path(args.results) as tmp:
@@ -401,7 +434,9 @@ def main() -> None:
         if "lattice" in args.models:
             diag[threads] = [(n, diagflat_extra(n, data.n_items)) for n in args.diagflat_n]
         loads.append(f"after {threads} thread(s) {load()}")
-    cmd = "ANCHORREC_BENCH_WORK=/tmp/anchorrec_work .venv/bin/python " + " ".join(["benchmarks/bench_baseline_speed.py", *sys.argv[1:]])
+    cmd = "ANCHORREC_BENCH_WORK=/tmp/anchorrec_work .venv/bin/python " + " ".join(
+        ["benchmarks/bench_baseline_speed.py", *sys.argv[1:]]
+    )
     lines = report(rows, diag, data, cmd, loads)
     lines.append(f"Peak resident memory of the process: {peak_gb():.1f} GB.")
     lines.append("")

@@ -12,6 +12,7 @@ Each mode has its own ANCHORREC_HOME and PREFECT_HOME.
 
     .venv/bin/python benchmarks/bench_command_overhead.py [--reps 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,16 +33,26 @@ MODES = {"before": "per-command", "after": "shared"}
 
 def env_for(root: Path, mode: str) -> dict:
     out = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    out.update(ANCHORREC_HOME=str(root / mode / "home"), PREFECT_HOME=str(root / mode / "prefect"),
-               ANCHORREC_SERVER=MODES[mode], ANCHORREC_SERVER_GRACE_S="900")  # stopped at the end
+    out.update(
+        ANCHORREC_HOME=str(root / mode / "home"),
+        PREFECT_HOME=str(root / mode / "prefect"),
+        ANCHORREC_SERVER=MODES[mode],
+        ANCHORREC_SERVER_GRACE_S="900",
+    )  # stopped at the end
     return out
 
 
 def run(env: dict, *args: str) -> tuple[float, float]:
     """(wall seconds, the stage's own seconds from the printed summary; 0 when cached)."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cli", "ingest", *DEMO, *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "ingest", *DEMO, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"error: anchorrec ingest {' '.join(args)} failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -72,17 +83,23 @@ def main() -> None:
                 times.setdefault((mode, "cached"), []).append(run(env))
                 times.setdefault((mode, "trivial stage"), []).append(run(env, "--dataset", f"fresh{rep}"))
         stop_shared_server(envs["after"])
-    print(f"anchorrec ingest {' '.join(DEMO)}: median of {args.reps} runs, seconds (os.cpu_count()={os.cpu_count()}, "
-          f"load {os.getloadavg()[0]:.1f})")
-    print(f"{'case':<34}{'before wall':>12}{'after wall':>12}{'work':>8}{'before ovh':>12}{'after ovh':>11}"
-          f"{'ovh ratio':>11}")
+    print(
+        f"anchorrec ingest {' '.join(DEMO)}: median of {args.reps} runs, seconds (os.cpu_count()={os.cpu_count()}, "
+        f"load {os.getloadavg()[0]:.1f})"
+    )
+    print(
+        f"{'case':<34}{'before wall':>12}{'after wall':>12}{'work':>8}{'before ovh':>12}{'after ovh':>11}"
+        f"{'ovh ratio':>11}"
+    )
     rows = [("first command (cold)", [first["before"]], [first["after"]])]
     rows += [(case, times[("before", case)], times[("after", case)]) for case in ("cached", "trivial stage")]
     for case, before, after in rows:
         wall_b, wall_a = (statistics.median(w for w, _ in xs) for xs in (before, after))
         work = statistics.median(k for _, k in before + after)
         ovh_b, ovh_a = (statistics.median(w - k for w, k in xs) for xs in (before, after))
-        print(f"{case:<34}{wall_b:>12.1f}{wall_a:>12.1f}{work:>8.2f}{ovh_b:>12.1f}{ovh_a:>11.1f}{ovh_b / ovh_a:>10.1f}×")
+        print(
+            f"{case:<34}{wall_b:>12.1f}{wall_a:>12.1f}{work:>8.2f}{ovh_b:>12.1f}{ovh_a:>11.1f}{ovh_b / ovh_a:>10.1f}×"
+        )
 
 
 if __name__ == "__main__":

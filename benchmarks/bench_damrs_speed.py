@@ -13,6 +13,7 @@ Peak memory of one step is measured apart (ru_maxrss of a child process per vari
 
     .venv/bin/python benchmarks/bench_damrs_speed.py --threads 1 --batches 6
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,8 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def before_module() -> object:
     """models/damrs.py as it was at BEFORE, imported under another name."""
-    src = subprocess.run(["git", "-C", str(REPO), "show", f"{BEFORE}:models/damrs.py"], capture_output=True, text=True,
-                         check=True).stdout
+    src = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{BEFORE}:models/damrs.py"], capture_output=True, text=True, check=True
+    ).stdout
     path = Path(tempfile.mkdtemp()) / "damrs_before.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("damrs_before", path)
@@ -82,7 +83,7 @@ def timed(which: list[str], n_batches: int) -> dict[str, float]:
     opts = {n: torch.optim.Adam(m.parameters(), lr=1e-3) for n, m in ms.items()}
     times: dict[str, list[float]] = {n: [] for n in ms}
     for b in range(n_batches + 1):
-        order = which[b % len(which):] + which[: b % len(which)]
+        order = which[b % len(which) :] + which[: b % len(which)]
         for n in order:
             t = step(ms[n], opts[n], batches[b])
             if b:  # the first batch warms caches and allocators
@@ -92,9 +93,11 @@ def timed(which: list[str], n_batches: int) -> dict[str, float]:
 
 def peak_rss_mb(name: str) -> float:
     """One step of one variant in a child process: its peak resident memory."""
-    code = (f"import sys, resource; sys.argv=['x']; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-            f"import bench_damrs_speed as b; b.timed([{name!r}], 1); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    code = (
+        f"import sys, resource; sys.argv=['x']; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        f"import bench_damrs_speed as b; b.timed([{name!r}], 1); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -109,8 +112,10 @@ def main() -> None:
     which = ["lightgcn", "damrs", "damrs_before"]
     s = timed(which, args.batches)
     rss = {} if args.no_memory else {n: peak_rss_mb(n) for n in which}
-    print(f"DA-MRS on Sports, {args.threads} thread(s), median of {args.batches} steps × batches per epoch; "
-          f"load {os.getloadavg()[0]:.1f}")
+    print(
+        f"DA-MRS on Sports, {args.threads} thread(s), median of {args.batches} steps × batches per epoch; "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     print("| model | s/epoch | × LightGCN | peak RSS MB (one step) |")
     print("| --- | --- | --- | --- |")
     for n in which:

@@ -9,6 +9,7 @@ metrics. Embeddings are random with a fixed seed: the cost does not depend on th
 Timings are the minimum over repeats, wall and CPU seconds, interleaved so a busy machine slows
 both alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,10 @@ def main() -> None:
         diff = max(float(np.abs(ours[k] - base[k]).max()) for k in base)
         if diff != 0.0:
             raise SystemExit(f"metrics differ from the baseline by {diff}")
-    print(f"MMRec Sports valid: {len(ev.users)} users × {ev.n_items} items, {len(ev.blocks)} blocks, "
-          f"{args.threads} thread(s), dim {args.dim}; metrics identical to the baseline")
+    print(
+        f"MMRec Sports valid: {len(ev.users)} users × {ev.n_items} items, {len(ev.blocks)} blocks, "
+        f"{args.threads} thread(s), dim {args.dim}; metrics identical to the baseline"
+    )
     print(f"| loop | wall s (min of {args.repeats}) | CPU s (min) |")
     print("| --- | --- | --- |")
     for name, r in runs.items():

@@ -14,6 +14,7 @@ at least twice the size the model needs: 256 px shorter side for EfficientNet-Li
     python benchmarks/bench_extract.py              # n=442, batch 64, workers 1 and 2
     python benchmarks/bench_extract.py --n 884 --workers 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from features.registry import get_encoder  # noqa: E402
 from features.decode import load_image  # noqa: E402
 from features.extract import extract  # noqa: E402
+from features.registry import get_encoder  # noqa: E402
 from store import DatasetPaths, schemas  # noqa: E402
 from store.tables import write_table  # noqa: E402
 
@@ -80,7 +81,9 @@ def model_only(encoder, tensors: torch.Tensor, batch_size: int) -> float:
 
 def end_to_end(paths: DatasetPaths, encoder, batch_size: int, workers: int) -> float:
     start = time.perf_counter()
-    summary = extract(paths, encoder, name="bench", batch_size=batch_size, workers=workers, resume=False, progress=False)
+    summary = extract(
+        paths, encoder, name="bench", batch_size=batch_size, workers=workers, resume=False, progress=False
+    )
     elapsed = time.perf_counter() - start
     assert summary["n_vectors"] == summary["n_items"], summary
     return summary["n_items"] / elapsed

@@ -7,6 +7,7 @@ hosts sees. Both runs in this process: `host_down_after=3` (the default) against
 
     .venv/bin/python benchmarks/bench_image_hosts.py [--items 300]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,13 +22,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyarrow as pa  # noqa: E402
+from screen import WarningCount  # noqa: E402
 
 from pipelines.images import fetch_images  # noqa: E402
 from store import schemas  # noqa: E402
 from store.layout import dataset_paths  # noqa: E402
 from store.tables import write_table  # noqa: E402
-from screen import WarningCount  # noqa: E402
-
 
 Count = WarningCount  # what reached the screen
 
@@ -36,14 +36,23 @@ def catalog(home: Path, name: str, n: int) -> object:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    urls = [f"http://images-na.anchorrec-bench.invalid/I/{i}.jpg" if i % 2 else f"http://127.0.0.1:{port}/{i}.jpg"
-            for i in range(n)]
+    urls = [
+        f"http://images-na.anchorrec-bench.invalid/I/{i}.jpg" if i % 2 else f"http://127.0.0.1:{port}/{i}.jpg"
+        for i in range(n)
+    ]
     paths = dataset_paths(name, home)
-    table = pa.table({
-        "item_id": pa.array(range(n), pa.int32()), "asin": [f"B{i:09d}" for i in range(n)], "title": ["t"] * n,
-        "description": [None] * n, "brand": [None] * n, "categories": pa.array([[]] * n, pa.list_(pa.string())),
-        "image_url": urls, "text": ["t"] * n,
-    })
+    table = pa.table(
+        {
+            "item_id": pa.array(range(n), pa.int32()),
+            "asin": [f"B{i:09d}" for i in range(n)],
+            "title": ["t"] * n,
+            "description": [None] * n,
+            "brand": [None] * n,
+            "categories": pa.array([[]] * n, pa.list_(pa.string())),
+            "image_url": urls,
+            "text": ["t"] * n,
+        }
+    )
     write_table(table, paths.items, schemas.ITEMS)
     return paths
 

@@ -11,6 +11,7 @@ so the ratio holds even while other jobs load the machine. Rows:
 - read_reviews: the same, turned into one normalized Review object per line;
 - read_review_batches + prepare: the whole ingest after download (dedup, 5-core, ids, split, Parquet).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -9,6 +9,7 @@ gives pure noise for comparison. Exactness: for `--sample` random queries the gr
 lists are compared with a brute-force top-k over all items (recall@k, and the share of rows
 that match exactly).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -109,7 +110,9 @@ def main() -> None:
         "d": args.d,
         "k": args.k,
         "data": args.data,
-        "index": "IndexFlatIP (exact)" if used_exact else f"IndexIVFScalarQuantizer (SQ8) + exact re-rank of top {graphs.RERANK_FACTOR}k",
+        "index": "IndexFlatIP (exact)"
+        if used_exact
+        else f"IndexIVFScalarQuantizer (SQ8) + exact re-rank of top {graphs.RERANK_FACTOR}k",
         "search_s": round(search_s, 1),
         "normalize_s": round(norm_s, 2),
         "total_graph_s": round(search_s + norm_s, 1),

@@ -6,6 +6,7 @@ Imports ../shared/data/mmrec-<name> with pipelines.mmrec.import_mmrec when the d
 --home yet, trains with the project trainer (selection on validation), and prints test Recall@20
 and NDCG@20 against the leaderboard with wall and CPU seconds per epoch and per evaluation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,7 +75,11 @@ def speed_ratio(paths, batches: int = 20) -> dict:
         out[name] = (time.process_time() - c) / batches
     ref = min(out["reference"], out["reference_again"])
     mine = min(out["ours"], out["ours_again"])
-    return {"cpu_s_per_batch_reference": round(ref, 4), "cpu_s_per_batch_ours": round(mine, 4), "speedup": round(ref / mine, 2)}
+    return {
+        "cpu_s_per_batch_reference": round(ref, 4),
+        "cpu_s_per_batch_ours": round(mine, 4),
+        "speedup": round(ref / mine, 2),
+    }
 
 
 def main() -> None:
@@ -98,7 +103,15 @@ def main() -> None:
 
     if args.speed:
         for name in args.datasets:
-            print(json.dumps({"dataset": name, "threads": torch.get_num_threads(), **speed_ratio(ensure_dataset(name, args.home))}))
+            print(
+                json.dumps(
+                    {
+                        "dataset": name,
+                        "threads": torch.get_num_threads(),
+                        **speed_ratio(ensure_dataset(name, args.home)),
+                    }
+                )
+            )
         return
     for name in args.datasets:
         paths = ensure_dataset(name, args.home)

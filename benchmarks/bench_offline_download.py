@@ -17,6 +17,7 @@ Results: benchmarks/results/offline_download.md.
 
     .venv/bin/python benchmarks/bench_offline_download.py [--backoff 1.0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from screen import WarningCount  # noqa: E402
+
 from pipelines import catalog  # noqa: E402
 from pipelines import download as after_module  # noqa: E402
-from screen import WarningCount  # noqa: E402
 
 BEFORE_COMMIT = "60a56f7d43cf19e24bc5bff6c83c62d81acd407c"
 OLD_STAGE_ATTEMPTS, OLD_STAGE_DELAYS_S = 3, (2, 10)  # flows.ingest_task: retries=2, retry_delay_seconds=[2, 10]
@@ -53,8 +55,9 @@ def closed_port() -> int:
 
 def before_module() -> object:
     """pipelines/download.py as of BEFORE_COMMIT, imported under another name."""
-    source = subprocess.run(["git", "show", f"{BEFORE_COMMIT}:pipelines/download.py"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{BEFORE_COMMIT}:pipelines/download.py"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     path = Path(tempfile.mkdtemp(prefix="bench-offline-")) / "download_before.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("download_before", path)
@@ -72,8 +75,14 @@ def timed_fetch(module: object, hosts: str, backoff: float) -> tuple[float, int,
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         try:
-            module.fetch(meta.url, Path(tmp) / meta.filename, manifest=Path(tmp) / "manifest.json",
-                         mirrors=meta.mirrors, progress=False, backoff=backoff)
+            module.fetch(
+                meta.url,
+                Path(tmp) / meta.filename,
+                manifest=Path(tmp) / "manifest.json",
+                mirrors=meta.mirrors,
+                progress=False,
+                backoff=backoff,
+            )
         except Exception as exc:  # noqa: BLE001 - the failure is what is measured
             return time.perf_counter() - t0, counter.n, f"{type(exc).__name__}: {str(exc)[:60]}…"
     raise SystemExit("the fetch succeeded: these hosts are reachable, nothing to measure")
@@ -85,9 +94,25 @@ def cli_run(hosts: str) -> tuple[float, int, int, int]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(ANCHORREC_HOME=f"{tmp}/home", PREFECT_HOME=f"{tmp}/prefect", **{catalog.HOSTS_ENV: hosts})
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "cli", "ingest", "--dataset", "beauty", "--release", "2018",
-                               "--category", "All_Beauty"], cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=900)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "ingest",
+                "--dataset",
+                "beauty",
+                "--release",
+                "2018",
+                "--category",
+                "All_Beauty",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         took = time.perf_counter() - t0
     lines = proc.stderr.strip().splitlines()
     return took, proc.returncode, len(lines), sum("WARNING" in line for line in lines)
@@ -107,12 +132,18 @@ def main() -> None:
     print(f"offline 2018 All_Beauty, 3 dead locations, per-URL backoff {args.backoff:g}\n")
     print("| variant | fetch gives up (s) | WARNING lines per fetch | stage attempts | to the error (s) |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    print(f"| before ({BEFORE_COMMIT[:8]}) | {old_s:.2f} | {old_warn} | {OLD_STAGE_ATTEMPTS} | "
-          f"{old_total:.1f} (3 × fetch + 12 s delays) |")
+    print(
+        f"| before ({BEFORE_COMMIT[:8]}) | {old_s:.2f} | {old_warn} | {OLD_STAGE_ATTEMPTS} | "
+        f"{old_total:.1f} (3 × fetch + 12 s delays) |"
+    )
     print(f"| after (tree) | {new_s:.2f} | {new_warn} | 1 | {new_s:.2f} (fetch) |")
-    print(f"| after, `anchorrec ingest` subprocess | | {cli_warn} | 1 | {cli_s:.2f} (exit {rc}, {lines} stderr line(s)) |")
-    print(f"\nfetch: {old_s / new_s:.0f}× faster; to the error: before {old_total:.0f} s vs the whole CLI run "
-          f"{cli_s:.1f} s ({old_total / cli_s:.0f}×)")
+    print(
+        f"| after, `anchorrec ingest` subprocess | | {cli_warn} | 1 | {cli_s:.2f} (exit {rc}, {lines} stderr line(s)) |"
+    )
+    print(
+        f"\nfetch: {old_s / new_s:.0f}× faster; to the error: before {old_total:.0f} s vs the whole CLI run "
+        f"{cli_s:.1f} s ({old_total / cli_s:.0f}×)"
+    )
     print(f"before raised: {old_err}\nafter raised:  {new_err}")
 
 

@@ -7,6 +7,7 @@ with a validation pass each) trained (a) one after another, each on J torch thre
 at once through `fit_runs(..., jobs=J)`, one thread each. Throughput is runs per hour; the ratio
 (b)/(a) is the figure. Both phases run in this call, (a) first; stop other jobs while it runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,10 @@ def main() -> None:
     print("| how | wall s | runs/hour |")
     print("| --- | --- | --- |")
     print(f"| one after another, {args.jobs} torch threads each | {serial:.1f} | {3600 * n / serial:.2f} |")
-    print(f"| {args.jobs} worker processes, 1 thread each (leaderboard --jobs {args.jobs}) | {parallel:.1f} | "
-          f"{3600 * n / parallel:.2f} |")
+    print(
+        f"| {args.jobs} worker processes, 1 thread each (leaderboard --jobs {args.jobs}) | {parallel:.1f} | "
+        f"{3600 * n / parallel:.2f} |"
+    )
     print(f"throughput ratio parallel / serial: {serial / parallel:.2f}")
 
 

@@ -9,6 +9,7 @@
 
     .venv/bin/python benchmarks/bench_real_category.py [--out bench-out/real_category.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,12 @@ def anchorrec(env: dict, *args: str) -> tuple[float, subprocess.CompletedProcess
 
 
 def stage_lines(stderr: str) -> list[str]:
-    return [line.split("\r")[-1] for line in stderr.split("\n") if line.split("\r")[-1].split(":")[0] in
-            ("ingest", "images", "features text", "features image", "pretrain", "train", "publish", "modalities")]
+    return [
+        line.split("\r")[-1]
+        for line in stderr.split("\n")
+        if line.split("\r")[-1].split(":")[0]
+        in ("ingest", "images", "features text", "features image", "pretrain", "train", "publish", "modalities")
+    ]
 
 
 def case(env: dict, name: str, args: list[str]) -> dict:
@@ -67,18 +72,26 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-real-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(ANCHORREC_HOME=str(root / "home"), PREFECT_HOME=str(root / "prefect"), COLUMNS="120")
-    gift = ["--release", "2018", "--meta", str(GIFT / "meta_Gift_Cards.json.gz"),
-            "--reviews", str(GIFT / "Gift_Cards_5.json.gz")]
+    gift = [
+        "--release",
+        "2018",
+        "--meta",
+        str(GIFT / "meta_Gift_Cards.json.gz"),
+        "--reviews",
+        str(GIFT / "Gift_Cards_5.json.gz"),
+    ]
     rows = [
         case(env, "Gift Cards 2018, image URLs unreachable", ["--dataset", "gift", *gift]),
         case(env, "Gift Cards 2018, --images DIR", ["--dataset", "gift-img", *gift, "--images", str(GIFT / "images")]),
         case(env, "demo (make demo)", ["--dataset", "demo"]),
     ]
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (2 cores)")
-    print(f"| case | first run s | rerun s (cached) | ratio | lines | ERROR lines | recommend s |")
+    print("| case | first run s | rerun s (cached) | ratio | lines | ERROR lines | recommend s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['case']} | {r['first_s']} | {r['rerun_s']} | {r['ratio']}x | {r['lines']} | {r['error_lines']} | {r['recommend_s']} |")
+        print(
+            f"| {r['case']} | {r['first_s']} | {r['rerun_s']} | {r['ratio']}x | {r['lines']} | {r['error_lines']} | {r['recommend_s']} |"
+        )
     for r in rows:
         print(f"\n{r['case']}:\n  " + "\n  ".join(r["stages"]) + f"\n  {r['answered_by']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ baseline measured in the same process; each timing is the best of `--repeat` run
     python benchmarks/bench_store.py                 # full: 20,000 users, 10^6 items
     python benchmarks/bench_store.py --n 100000      # smaller HNSW part
 """
+
 from __future__ import annotations
 
 import argparse
@@ -144,7 +145,10 @@ def bench_sql(args: argparse.Namespace, root: Path) -> tuple[str, float]:
     same = float((got == direct_ids[np.argsort(user_ids)]).mean())
 
     rows, ratios = [], {}
-    for name, direct, sql in (("topn", direct_topn, sql_topn), ("recommend (train excluded)", direct_recommend, sql_recommend)):
+    for name, direct, sql in (
+        ("topn", direct_topn, sql_topn),
+        ("recommend (train excluded)", direct_recommend, sql_recommend),
+    ):
         t_direct, t_sql = best_of_interleaved(args.sql_repeat, direct, sql)
         ratios[name] = t_direct / t_sql
         rows.append(
@@ -155,7 +159,8 @@ def bench_sql(args: argparse.Namespace, root: Path) -> tuple[str, float]:
         f"{args.users:,} users × {args.items:,} items × d={args.dim}, exact index (IndexFlatIP), k={k}, "
         f"{args.per_user} training items per user; SQL and direct answers identical on {100 * same:.1f}% of slots.\n\n"
         + table(["function", "direct FAISS users/s", "SQL users/s", "SQL / direct"], rows)
-        + "\n\n" + bench_verified_reads(paths, args.sql_repeat)
+        + "\n\n"
+        + bench_verified_reads(paths, args.sql_repeat)
     )
     return text, ratios["topn"]
 
@@ -181,8 +186,10 @@ def bench_verified_reads(paths: DatasetPaths, repeat: int) -> str:
 
     warm()
     t_cold, t_warm = best_of_interleaved(repeat, cold, warm)
-    return (f"Verified reads: `{query}` through `run_query` (a new connection each time): verdicts cleared "
-            f"{1000 * t_cold:.0f} ms, cached {1000 * t_warm:.0f} ms ({t_cold / t_warm:.1f}× faster when repeated).")
+    return (
+        f"Verified reads: `{query}` through `run_query` (a new connection each time): verdicts cleared "
+        f"{1000 * t_cold:.0f} ms, cached {1000 * t_warm:.0f} ms ({t_cold / t_warm:.1f}× faster when repeated)."
+    )
 
 
 # ------------------------------------------------------------------------------- part 2: HNSW
@@ -223,7 +230,16 @@ def bench_hnsw(args: argparse.Namespace) -> tuple[str, bool]:
         reached |= ok
         if ok and best is None:
             best = ef
-        rows.append([f"HNSW M={args.hnsw_m} efC={args.ef_construction}", ef, f"{t_hnsw_build:.1f}", f"{args.queries / t:,.0f}", f"{recall:.3f}", f"{speedup:.1f}×"])
+        rows.append(
+            [
+                f"HNSW M={args.hnsw_m} efC={args.ef_construction}",
+                ef,
+                f"{t_hnsw_build:.1f}",
+                f"{args.queries / t:,.0f}",
+                f"{recall:.3f}",
+                f"{speedup:.1f}×",
+            ]
+        )
         print(rows[-1], f"exact QPS this round {exact_qps[-1]:,.0f}", flush=True)
     rows[0][3] = f"{max(exact_qps):,.0f}"
     text = (
@@ -264,14 +280,14 @@ def main() -> None:
 
 - date: {date(2026, 11, 24).isoformat()}
 - machine: 2-core x86_64 CPU, 24 GB, no GPU (shared with other jobs; figures are ratios within one run)
-- software: faiss {faiss.__version__}, duckdb {__import__('duckdb').__version__}, Python {platform.python_version()}
+- software: faiss {faiss.__version__}, duckdb {__import__("duckdb").__version__}, Python {platform.python_version()}
 - command: `{command.strip()}`
 
 ## SQL top-N vs FAISS called directly
 
 {sql_text}
 
-Goal SQL ≥ 80% of direct FAISS throughput (topn): {'reached' if sql_ratio >= 0.8 else 'NOT reached'} ({100 * sql_ratio:.0f}%).
+Goal SQL ≥ 80% of direct FAISS throughput (topn): {"reached" if sql_ratio >= 0.8 else "NOT reached"} ({100 * sql_ratio:.0f}%).
 
 Both sides run the same exact search on the same published index; the SQL side pays for the
 view scan, the Arrow hand-over and building the result lists (about 1% of its time when
@@ -283,7 +299,7 @@ OpenMP split of one big search on a loaded machine — hence SQL can come out ab
 
 {hnsw_text}
 
-Goal recall@10 ≥ 0.98 at ≥ 20× exact QPS: {'skipped' if args.skip_hnsw else ('reached' if hnsw_ok else 'NOT reached')}.
+Goal recall@10 ≥ 0.98 at ≥ 20× exact QPS: {"skipped" if args.skip_hnsw else ("reached" if hnsw_ok else "NOT reached")}.
 `store.index.publish` uses HNSW (M=32, efConstruction=200, efSearch=128) from 100,000 items up;
 efSearch is recorded in the manifest and can be changed per reader (`ItemIndex.set_ef_search`).
 Vectors: rank-16 factors projected to d plus 0.3 noise, unit-normalised then scaled by log-normal

@@ -12,6 +12,7 @@ empty table (resume=False), so nothing is served from a previous run.
     python benchmarks/bench_tokens.py --n 300 --threads 2 --workers 2 --batch-size 64
     python benchmarks/bench_tokens.py --modality one-pass  # pooled + tokens: two backbone passes vs one
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from features.registry import get_encoder  # noqa: E402
 from features.extract import extract  # noqa: E402
+from features.registry import get_encoder  # noqa: E402
 from features.tokens import extract_tokens, extract_with_tokens  # noqa: E402
 from store import DatasetPaths, schemas  # noqa: E402
 from store.tables import write_table  # noqa: E402
@@ -48,9 +49,16 @@ def apparel_dataset(root: Path, n: int) -> DatasetPaths:
     paths.images_dir.symlink_to(APPAREL / "images", target_is_directory=True)
     titles = [r["title"] for r in rows]
     blank = [None] * len(rows)
-    table = {"item_id": pa.array(range(len(rows)), pa.int32()), "asin": [r["asin"] for r in rows], "title": titles,
-             "description": blank, "brand": [r["brand"] or None for r in rows],
-             "categories": pa.array([[]] * len(rows), pa.list_(pa.string())), "image_url": blank, "text": titles}
+    table = {
+        "item_id": pa.array(range(len(rows)), pa.int32()),
+        "asin": [r["asin"] for r in rows],
+        "title": titles,
+        "description": blank,
+        "brand": [r["brand"] or None for r in rows],
+        "categories": pa.array([[]] * len(rows), pa.list_(pa.string())),
+        "image_url": blank,
+        "text": titles,
+    }
     write_table(pa.table(table), paths.items, schemas.ITEMS)
     return paths
 
@@ -76,12 +84,21 @@ def measure(paths: DatasetPaths, encoder, modality: str, args) -> list[dict]:
         seconds, summary = min(results, key=lambda r: r[0])
         path = Path(summary["path"])
         n = summary["n_items"]
-        rows.append({
-            "table": f"{path.parent.name}/{path.name}", "kind": kind, "modality": modality,
-            "shape": (f"{summary['max_tokens']} x {summary['dim']}" if kind == "tokens" else f"1 x {summary['dim']}"),
-            "items": n, "seconds": seconds, "per_s": n / seconds, "bytes_per_item": path.stat().st_size / n,
-            "mean_tokens": summary.get("mean_tokens", 1.0),
-        })
+        rows.append(
+            {
+                "table": f"{path.parent.name}/{path.name}",
+                "kind": kind,
+                "modality": modality,
+                "shape": (
+                    f"{summary['max_tokens']} x {summary['dim']}" if kind == "tokens" else f"1 x {summary['dim']}"
+                ),
+                "items": n,
+                "seconds": seconds,
+                "per_s": n / seconds,
+                "bytes_per_item": path.stat().st_size / n,
+                "mean_tokens": summary.get("mean_tokens", 1.0),
+            }
+        )
     return rows
 
 
@@ -111,23 +128,40 @@ def measure_one_pass(paths: DatasetPaths, encoder, args) -> list[dict]:
     for kind, results in runs.items():
         seconds, summary = min(results, key=lambda r: r[0])
         n = summary["n_items"]
-        rows.append({"table": "image-effnet + image-effnet-tok", "kind": kind, "modality": "image",
-                     "shape": f"1 + {summary['max_tokens']} x {summary['dim']}", "items": n, "seconds": seconds,
-                     "per_s": n / seconds, "bytes_per_item": (paths.feature("image-effnet").stat().st_size
-                                                              + tokens.stat().st_size) / n,
-                     "mean_tokens": summary.get("mean_tokens", 1.0)})
+        rows.append(
+            {
+                "table": "image-effnet + image-effnet-tok",
+                "kind": kind,
+                "modality": "image",
+                "shape": f"1 + {summary['max_tokens']} x {summary['dim']}",
+                "items": n,
+                "seconds": seconds,
+                "per_s": n / seconds,
+                "bytes_per_item": (paths.feature("image-effnet").stat().st_size + tokens.stat().st_size) / n,
+                "mean_tokens": summary.get("mean_tokens", 1.0),
+            }
+        )
     rows.append({**rows[1], "kind": f"one / two passes: {rows[1]['per_s'] / rows[0]['per_s']:.2f}x"})
     return rows
 
 
 def table(rows: list[dict], args) -> str:
-    head = (f"{args.n} apparel items; batch {args.batch_size}, {torch.get_num_threads()} torch threads, "
-            f"{args.workers} decode threads; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-            f"best of {args.repeat}, end to end (files → table)")
-    lines = [head, "", "| table | kind | tokens × dim | items/s | s | bytes/item | mean tokens |", "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    head = (
+        f"{args.n} apparel items; batch {args.batch_size}, {torch.get_num_threads()} torch threads, "
+        f"{args.workers} decode threads; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"best of {args.repeat}, end to end (files → table)"
+    )
+    lines = [
+        head,
+        "",
+        "| table | kind | tokens × dim | items/s | s | bytes/item | mean tokens |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
-        lines.append(f"| {r['table']} | {r['kind']} {r['modality']} | {r['shape']} | {r['per_s']:.1f} | {r['seconds']:.1f} "
-                     f"| {r['bytes_per_item']:,.0f} | {r['mean_tokens']:.1f} |")
+        lines.append(
+            f"| {r['table']} | {r['kind']} {r['modality']} | {r['shape']} | {r['per_s']:.1f} | {r['seconds']:.1f} "
+            f"| {r['bytes_per_item']:,.0f} | {r['mean_tokens']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -140,8 +174,12 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--modality", choices=["image", "text", "both", "one-pass"], default="both",
-                    help="one-pass: pooled + token image tables from two backbone passes vs one")
+    ap.add_argument(
+        "--modality",
+        choices=["image", "text", "both", "one-pass"],
+        default="both",
+        help="one-pass: pooled + token image tables from two backbone passes vs one",
+    )
     ap.add_argument("--out", type=Path, help="also write the table to this markdown file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -13,6 +13,7 @@ quoting it). Goal: ≥ 5× on CPU.
     .venv/bin/python benchmarks/bench_train_speed.py --batches 0 --threads 2     # one whole epoch, both cores
     .venv/bin/python benchmarks/bench_train_speed.py --batches 30 --threads 1    # quicker, one core
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,7 +95,9 @@ def main() -> None:
                 times[name].append(t)
         if k:
             print(f"batch {k}: " + " ".join(f"{name} {times[name][-1]:.2f}s" for name in models), flush=True)
-    worst = max(abs(first["ours"][key] - first["ref"][key]) / max(abs(first["ref"][key]), 1e-12) for key in first["ref"])
+    worst = max(
+        abs(first["ours"][key] - first["ref"][key]) / max(abs(first["ref"][key]), 1e-12) for key in first["ref"]
+    )
     assert first["ref"] == first["ref_fused"], "the two reference copies must compute the same first batch"
 
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -103,7 +106,9 @@ def main() -> None:
     # the spread of the per-batch ratio: batch k of each implementation ran back to back
     per_batch = sorted(r / o for r, o in zip(times["ref"], times["ours"]))
     q1, q3 = per_batch[len(per_batch) // 4], per_batch[(3 * len(per_batch)) // 4]
-    cmd = "ANCHORREC_BENCH_WORK=/tmp/anchorrec_work .venv/bin/python " + " ".join(["benchmarks/bench_train_speed.py", *sys.argv[1:]])
+    cmd = "ANCHORREC_BENCH_WORK=/tmp/anchorrec_work .venv/bin/python " + " ".join(
+        ["benchmarks/bench_train_speed.py", *sys.argv[1:]]
+    )
     scaled = "" if n == per_epoch else f" (median of {n} interleaved batches × {per_epoch} batches per epoch)"
     lines = [
         "# Training speed: AnchorRec, our trainer vs the reference's per-batch structure",
@@ -117,7 +122,8 @@ def main() -> None:
         "",
         "| implementation | optimizer | median s / batch | s / epoch" + scaled + " |",
         "| --- | --- | --- | --- |",
-        f"| reference structure (full forward + all-item projections per batch) | torch.optim.Adam (the reference trainer's) | {med['ref']:.3f} | {epoch['ref']:.0f} |",
+        "| reference structure (full forward + all-item projections per batch) | torch.optim.Adam (the reference "
+        f"trainer's) | {med['ref']:.3f} | {epoch['ref']:.0f} |",
         f"| reference structure, our optimizer | fused Adam | {med['ref_fused']:.3f} | {epoch['ref_fused']:.0f} |",
         f"| ours (models/anchorrec.py + models/training/trainer.py) | fused Adam | {med['ours']:.3f} | {epoch['ours']:.0f} |",
         f"| speed-up of the trainer (reference / ours) | | {ratio:.2f}× (per-batch quartiles {q1:.2f}–{q3:.2f}) | |",

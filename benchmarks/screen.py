@@ -1,4 +1,5 @@
 """What reached a user's screen during a benchmark: WARNING-or-louder log records, counted."""
+
 from __future__ import annotations
 
 import logging

@@ -10,6 +10,7 @@ Goal: validation Recall@20 ≥ 0.0879. Selection is on validation only; test is 
 The run lives in $ANCHORREC_BENCH_WORK/runs/<run-id> and resumes when started again with the
 same --run-id; the table goes to benchmarks/results/anchorrec_sports.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,12 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--recover-lambda", type=float, default=0.0005, help="0.0005 as released; the spec's default is 0.5")
-    ap.add_argument("--finetune-features", action="store_true", help="train copies of the features (the reference does)")
+    ap.add_argument(
+        "--recover-lambda", type=float, default=0.0005, help="0.0005 as released; the spec's default is 0.5"
+    )
+    ap.add_argument(
+        "--finetune-features", action="store_true", help="train copies of the features (the reference does)"
+    )
     ap.add_argument("--run-id", default=None)
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -57,12 +62,22 @@ def main() -> None:
     )
     run_id = args.run_id or f"sports-anchorrec-s{args.seed}{'-ft' if args.finetune_features else ''}"
     cfg = TrainConfig(
-        model="anchorrec", model_args=model_args, lr=1e-3, epochs=args.epochs, patience=args.patience,
-        batch_size=2048, seed=args.seed, knn_k=10, run_id=run_id,
+        model="anchorrec",
+        model_args=model_args,
+        lr=1e-3,
+        epochs=args.epochs,
+        patience=args.patience,
+        batch_size=2048,
+        seed=args.seed,
+        knn_k=10,
+        run_id=run_id,
     )
     t0 = time.perf_counter()
     data, graph = sports_graph()
-    print(f"data: {data.n_users} users, {data.n_items} items, {len(data.train)} train pairs ({time.perf_counter() - t0:.0f}s)", flush=True)
+    print(
+        f"data: {data.n_users} users, {data.n_items} items, {len(data.train)} train pairs ({time.perf_counter() - t0:.0f}s)",
+        flush=True,
+    )
 
     def log(epoch: int, rec: dict) -> None:
         v = rec.get("valid", {})
@@ -80,7 +95,9 @@ def write_report(args: argparse.Namespace, cfg: TrainConfig, m: dict) -> None:
     best_valid = m["valid"]["recall@20"]
     reached = best_valid >= REFERENCE_VALID_R20
     curve = ", ".join(f"{h['epoch']}:{h['valid']['recall@20']:.4f}" for h in m["history"] if "valid" in h)
-    cmd = "ANCHORREC_BENCH_WORK=/tmp/anchorrec_work .venv/bin/python " + " ".join(["benchmarks/sports_anchorrec.py", *sys.argv[1:]])
+    cmd = "ANCHORREC_BENCH_WORK=/tmp/anchorrec_work .venv/bin/python " + " ".join(
+        ["benchmarks/sports_anchorrec.py", *sys.argv[1:]]
+    )
     lines = [
         "# AnchorRec on MMRec Sports (MiniLM keyword vectors as t, v and mm)",
         "",

@@ -15,6 +15,7 @@ the table in benchmarks/results/baselines_sports.md.
     .venv/bin/python benchmarks/sports_baselines.py --threads 1 \
         --models vbpr freedom bm3 lattice lgmrec smore damrs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,30 +44,57 @@ class SliceEnd(Exception):
     """The time budget of this call is spent: the run stops at its last checkpoint and resumes next call."""
 
 
-def train_one(model: str, seed: int, epochs: int, patience: int, data, graph, device: str | None = None,
-              deadline: float = float("inf")) -> dict:
+def train_one(
+    model: str,
+    seed: int,
+    epochs: int,
+    patience: int,
+    data,
+    graph,
+    device: str | None = None,
+    deadline: float = float("inf"),
+) -> dict:
     """Train (or resume) one model's Sports run; its summary row. Past `deadline` (time.monotonic)
     the run stops after its next epoch's checkpoint (SliceEnd): the same command goes on from there."""
     cfg = TrainConfig(
-        model=model, lr=1e-3, lr_decay=LR_DECAY.get(model, 1.0), epochs=epochs, patience=patience,
-        batch_size=2048, seed=seed, knn_k=10, run_id=f"sports-{model}-s{seed}", device=device,
+        model=model,
+        lr=1e-3,
+        lr_decay=LR_DECAY.get(model, 1.0),
+        epochs=epochs,
+        patience=patience,
+        batch_size=2048,
+        seed=seed,
+        knn_k=10,
+        run_id=f"sports-{model}-s{seed}",
+        device=device,
     )
 
     def log(epoch: int, rec: dict) -> None:
         v = rec.get("valid", {})
-        print(f"{model} epoch {epoch:3d} loss {rec['loss']:.4f} train {rec['train_s']:.1f}s "
-              f"eval {rec.get('eval_s', 0):.1f}s valid R@20 {v.get('recall@20', float('nan')):.4f}", flush=True)
+        print(
+            f"{model} epoch {epoch:3d} loss {rec['loss']:.4f} train {rec['train_s']:.1f}s "
+            f"eval {rec.get('eval_s', 0):.1f}s valid R@20 {v.get('recall@20', float('nan')):.4f}",
+            flush=True,
+        )
         if time.monotonic() > deadline:  # after the epoch's checkpoint: nothing is lost
             raise SliceEnd(f"{model}: time budget spent after epoch {epoch}")
 
     m = fit(data, graph, cfg, WORK / "runs" / cfg.run_id, progress=False, callback=log)
     return {
-        "model": model, "seed": seed, "lr_decay": cfg.lr_decay, "patience": patience,
-        "valid_recall@20": m["valid"]["recall@20"], "valid_ndcg@20": m["valid"]["ndcg@20"],
-        "test_recall@20": m["test"]["recall@20"], "test_ndcg@20": m["test"]["ndcg@20"],
-        "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
-        "train_s_per_epoch": m["timings"]["train_s_per_epoch"], "eval_s": m["timings"]["eval_s_per_eval"],
-        "threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%d %H:%M"),
+        "model": model,
+        "seed": seed,
+        "lr_decay": cfg.lr_decay,
+        "patience": patience,
+        "valid_recall@20": m["valid"]["recall@20"],
+        "valid_ndcg@20": m["valid"]["ndcg@20"],
+        "test_recall@20": m["test"]["recall@20"],
+        "test_ndcg@20": m["test"]["ndcg@20"],
+        "best_epoch": m["best_epoch"],
+        "epochs_run": m["epochs_run"],
+        "train_s_per_epoch": m["timings"]["train_s_per_epoch"],
+        "eval_s": m["timings"]["eval_s_per_eval"],
+        "threads": torch.get_num_threads(),
+        "finished": time.strftime("%Y-%m-%d %H:%M"),
     }
 
 
@@ -101,8 +129,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", type=Path, default=RESULTS / "baselines_sports.json")
     ap.add_argument("--device", default=None, help="cpu, cuda, … (default: CUDA when present)")
-    ap.add_argument("--time-budget", type=float, default=None, metavar="S",
-                    help="stop after the first epoch that ends past S seconds (at its checkpoint); rerun to go on")
+    ap.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="S",
+        help="stop after the first epoch that ends past S seconds (at its checkpoint); rerun to go on",
+    )
     args = ap.parse_args()
     deadline = time.monotonic() + args.time_budget if args.time_budget else float("inf")
     if args.patience < 20:

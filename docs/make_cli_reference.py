@@ -4,6 +4,7 @@ Typer carries its own copy of click, so commands and parameters are read by thei
 (param_type_name, choices), not by click's classes. Run it after changing a command or an option (`.venv/bin/python docs/make_cli_reference.py`);
 tests/test_docs.py fails while the file differs from what this script writes.
 """
+
 from __future__ import annotations
 
 import sys
@@ -55,9 +56,13 @@ def command_section(name: str, command: Any, ctx: Any) -> list[str]:
 def reference() -> str:
     root = typer.main.get_command(app)
     ctx = root.context_class(root, info_name="anchorrec")  # typer's own (vendored) click
-    lines = ["# Command-line reference", "",
-             "Generated from the command line itself by `docs/make_cli_reference.py`; do not edit by hand "
-             "(a test fails when it is stale). Examples and the error table: [command-line.md](command-line.md).", ""]
+    lines = [
+        "# Command-line reference",
+        "",
+        "Generated from the command line itself by `docs/make_cli_reference.py`; do not edit by hand "
+        "(a test fails when it is stale). Examples and the error table: [command-line.md](command-line.md).",
+        "",
+    ]
     names = root.list_commands(ctx)  # type: ignore[attr-defined]
     lines += [", ".join(f"[`{n}`](#anchorrec-{n})" for n in names), ""]
     for name in names:

@@ -6,6 +6,7 @@
 
 Only the light spec/interface names are re-exported here, so parsing a spec does not import torch.
 """
+
 from features.base import (
     Encoder,
     EncoderSpec,

@@ -5,6 +5,7 @@ A spec is a short string a user types on the command line or a flow stores in a 
 into a loaded encoder. Encoders hold a torch model, so modules are imported lazily: parsing a
 spec or naming a feature costs nothing.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,10 @@ class WeightsUnavailable(RuntimeError):
     def __init__(self, model: str, looked: str, cause: BaseException | str | None = None) -> None:
         self.model = model
         self.looked = looked
-        why = f" ({type(cause).__name__}: {cause})" if isinstance(cause, BaseException) else (
-            f" ({cause})" if cause else ""
+        why = (
+            f" ({type(cause).__name__}: {cause})"
+            if isinstance(cause, BaseException)
+            else (f" ({cause})" if cause else "")
         )
         super().__init__(
             f"cannot load weights for {model!r}: looked in {looked}{why}. "

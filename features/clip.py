@@ -6,6 +6,7 @@ name. `require_pretrained=True` is always passed: a CLIP with random weights pro
 that look fine and mean nothing, so failing to load is an error that names the model, where we
 looked and the offline alternatives.
 """
+
 from __future__ import annotations
 
 import os

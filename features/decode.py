@@ -6,6 +6,7 @@ produce a 1/2, 1/4 or 1/8 scale image straight from the DCT coefficients: a 1500
 at 256 px decodes several times faster. Draft never goes below the size the transform needs, so
 the result is the transform's input at full quality.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -35,7 +36,11 @@ class ImageFiles(torch.utils.data.Dataset):
     so one broken JPEG cannot kill a million-image run."""
 
     def __init__(
-        self, paths: Sequence[str | Path], preprocess: Callable[[Image.Image], torch.Tensor], min_side: int | None, draft: bool = True
+        self,
+        paths: Sequence[str | Path],
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        min_side: int | None,
+        draft: bool = True,
     ) -> None:
         self.paths = [str(p) for p in paths]
         self.preprocess = preprocess

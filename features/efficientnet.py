@@ -8,6 +8,7 @@ is written out here. Lite means: ReLU6 instead of swish, no squeeze-excitation, 
 converted weights expect. The feature is the pooled 1280-d output of the head conv, before the
 ImageNet classifier.
 """
+
 from __future__ import annotations
 
 import math

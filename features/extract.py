@@ -13,6 +13,7 @@ Design points:
 - Images are decoded in background threads (JPEG draft mode) while the main process
   runs the model; CUDA autocast (bf16/fp16) is the encoder's business.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,8 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from features.base import Encoder, parse_spec
-from features.registry import get_encoder
 from features.decode import UNDECODABLE, image_batches
+from features.registry import get_encoder
 from store import schemas
 from store.errors import StoreError
 from store.hashing import file_sha256
@@ -76,7 +77,9 @@ def _read_items(paths: DatasetPaths) -> pa.Table:
     asins = items.column("asin").to_pylist()
     if len(set(asins)) != len(asins):
         dup = next(a for a, c in Counter(asins).items() if c > 1)
-        raise StoreError(paths.items, f"asin {dup!r} appears more than once", "features are keyed by asin: rebuild items")
+        raise StoreError(
+            paths.items, f"asin {dup!r} appears more than once", "features are keyed by asin: rebuild items"
+        )
     return items
 
 
@@ -177,7 +180,12 @@ def extract_texts(encoder: Encoder, texts: Sequence[str], batch_size: int = 64) 
 
 
 def encoded_image_batches(
-    encoder: Encoder, image_paths: Sequence[str | Path], *, batch_size: int, workers: int, draft: bool = True,
+    encoder: Encoder,
+    image_paths: Sequence[str | Path],
+    *,
+    batch_size: int,
+    workers: int,
+    draft: bool = True,
     encode: Callable[[Any], Any] | None = None,
 ) -> Iterator[tuple[list[int], Any, list[tuple[int, str]]]]:
     """(positions, vectors, [(position, undecodable reason)]) per batch, decoding in `workers`;
@@ -198,8 +206,15 @@ def encoded_image_batches(
 
 
 def pending_batches(
-    encoder: Encoder, inputs: Inputs, pending: list[int], modality: str, *, batch_size: int, workers: int,
-    draft: bool, encode: Callable[[Any], Any] | None = None,
+    encoder: Encoder,
+    inputs: Inputs,
+    pending: list[int],
+    modality: str,
+    *,
+    batch_size: int,
+    workers: int,
+    draft: bool,
+    encode: Callable[[Any], Any] | None = None,
 ) -> Iterator[tuple[list[int], Any, list[tuple[int, str]]]]:
     """Encoded batches of the items at `pending` (positions into `inputs`), in those positions:
     (positions encoded, outputs, [(position, undecodable reason)])."""
@@ -210,7 +225,12 @@ def pending_batches(
         return
     files = [inputs.payload[p] for p in pending]
     for local, out, failed in encoded_image_batches(
-        encoder, files, batch_size=batch_size, workers=workers, draft=draft, encode=encode  # type: ignore[arg-type]
+        encoder,
+        files,
+        batch_size=batch_size,
+        workers=workers,
+        draft=draft,
+        encode=encode,  # type: ignore[arg-type]
     ):
         yield [pending[i] for i in local], out, [(pending[i], reason) for i, reason in failed]
 
@@ -279,10 +299,23 @@ class SideOutput(Protocol):
 
 
 def run_pending(
-    encoder: Encoder, inputs: Inputs, pending: list[int], modality: str, *,
-    store: Callable[[list[int], Any], None], fail: Callable[[int, str], None], save: Callable[[list[int]], None],
-    buffer: list[int], batch_size: int, workers: int, draft: bool, chunk_size: int, progress: bool, desc: str,
-    encode: Callable[[Any], Any] | None = None, kept: int = 0,
+    encoder: Encoder,
+    inputs: Inputs,
+    pending: list[int],
+    modality: str,
+    *,
+    store: Callable[[list[int], Any], None],
+    fail: Callable[[int, str], None],
+    save: Callable[[list[int]], None],
+    buffer: list[int],
+    batch_size: int,
+    workers: int,
+    draft: bool,
+    chunk_size: int,
+    progress: bool,
+    desc: str,
+    encode: Callable[[Any], Any] | None = None,
+    kept: int = 0,
 ) -> None:
     """Encode the items at `pending` with a progress bar: each batch's outputs go to `store`, each
     undecodable item to `fail`, and finished positions (after those already in `buffer`) to `save`
@@ -349,7 +382,9 @@ def extract_images(
     out = np.zeros((n, encoder.dim), dtype=np.float32)
     valid = np.zeros(n, dtype=bool)
     reasons: list[str | None] = [None] * n
-    for pos, vec, failed in encoded_image_batches(encoder, image_paths, batch_size=batch_size, workers=workers, draft=draft):
+    for pos, vec, failed in encoded_image_batches(
+        encoder, image_paths, batch_size=batch_size, workers=workers, draft=draft
+    ):
         out[pos] = vec
         valid[pos] = True
         for i, reason in failed:
@@ -408,11 +443,17 @@ class Partial:
                 done[pos] = (vectors[j] if valid[j] else None, reasons[j])
         return done
 
-    def write(self, inputs: Inputs, positions: list[int], vectors: np.ndarray, valid: np.ndarray, reasons: list[str | None]) -> None:
-        self.write_columns(inputs, positions, {
-            "vector": fixed_list(vectors[positions], valid[positions]),
-            "reason": pa.array([reasons[p] for p in positions], pa.string()),
-        })
+    def write(
+        self, inputs: Inputs, positions: list[int], vectors: np.ndarray, valid: np.ndarray, reasons: list[str | None]
+    ) -> None:
+        self.write_columns(
+            inputs,
+            positions,
+            {
+                "vector": fixed_list(vectors[positions], valid[positions]),
+                "reason": pa.array([reasons[p] for p in positions], pa.string()),
+            },
+        )
 
     def write_columns(self, inputs: Inputs, positions: list[int], columns: dict[str, pa.Array]) -> None:
         """One part file: asin and item_id of `positions`, the given columns, then the content keys."""
@@ -497,7 +538,9 @@ def extract(
 
     if resume and up_to_date(out_path, ihash, spec_text):
         meta = read_metadata(out_path)
-        return _summary(name, out_path, spec_text, modality, int(meta["dim"]), meta, t0, resumed=0, encoded=0, skipped=True)
+        return _summary(
+            name, out_path, spec_text, modality, int(meta["dim"]), meta, t0, resumed=0, encoded=0, skipped=True
+        )
 
     if encoder is None:
         encoder = get_encoder(spec_text, device)
@@ -542,14 +585,32 @@ def extract(
         side.begin(encoder, inputs, shard, resume)
     t_encode = time.perf_counter()
     run_pending(
-        encoder, inputs, pending, modality, store=store, fail=fail, buffer=buffer, save=save,
-        batch_size=batch_size, workers=workers, draft=draft, chunk_size=chunk_size, progress=progress, desc=f"extract {name}",
-        kept=resumed, encode=side.encode if side is not None else None,
+        encoder,
+        inputs,
+        pending,
+        modality,
+        store=store,
+        fail=fail,
+        buffer=buffer,
+        save=save,
+        batch_size=batch_size,
+        workers=workers,
+        draft=draft,
+        chunk_size=chunk_size,
+        progress=progress,
+        desc=f"extract {name}",
+        kept=resumed,
+        encode=side.encode if side is not None else None,
     )
     encode_seconds = time.perf_counter() - t_encode
     if shard is not None:
-        return {"name": name, "shard": list(shard), "encoded": len(pending), "resumed": resumed,
-                "seconds": round(time.perf_counter() - t0, 3)}
+        return {
+            "name": name,
+            "shard": list(shard),
+            "encoded": len(pending),
+            "resumed": resumed,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
 
     if not filled.all():  # pragma: no cover - a bug guard: every item must have a row
         raise RuntimeError(f"{int((~filled).sum())} items got no row")
@@ -569,14 +630,22 @@ def extract(
     )
     partial.remove()
     meta = read_metadata(out_path)
-    summary = _summary(name, out_path, spec_text, modality, dim, meta, t0, resumed=resumed, encoded=len(pending), skipped=False)
+    summary = _summary(
+        name, out_path, spec_text, modality, dim, meta, t0, resumed=resumed, encoded=len(pending), skipped=False
+    )
     summary["encode_seconds"] = round(encode_seconds, 3)
     summary["items_per_s"] = round(len(pending) / encode_seconds, 1) if encode_seconds > 0 and pending else 0.0
     summary["device"] = encoder.device
     counts = ", ".join(f"{k}: {v}" for k, v in summary["reasons"].items()) or "none"
     log.info(
-        "%s: %d items, %d vectors, %d without (%s); %d encoded, %d resumed", out_path, n,
-        summary["n_vectors"], summary["n_missing"], counts, len(pending), resumed,
+        "%s: %d items, %d vectors, %d without (%s); %d encoded, %d resumed",
+        out_path,
+        n,
+        summary["n_vectors"],
+        summary["n_missing"],
+        counts,
+        len(pending),
+        resumed,
     )
     return summary
 

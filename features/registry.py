@@ -3,6 +3,7 @@
 Kept apart from features.base, which the encoders themselves import (protocols, spec parsing,
 helpers), so no encoder module imports this one back: the import graph has no circle.
 """
+
 from __future__ import annotations
 
 from features.base import Encoder, parse_spec, pick_device

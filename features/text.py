@@ -4,6 +4,7 @@ We call AutoModel directly instead of sentence_transformers so that the whole co
 visible here (token embeddings → mean over the attention mask → L2 normalize) and batches stay
 under our control; tests check the vectors equal sentence-transformers' own output.
 """
+
 from __future__ import annotations
 
 import json

@@ -14,6 +14,7 @@ rows in `tokens/.<name>.partial/` so a killed run resumes, shards for the flow's
 modalities as rows with 0 tokens and a reason, no clock time in the table (the same inputs give
 the same bytes), and an up-to-date table is not rebuilt.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,7 +28,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.base import Encoder, parse_spec
-from features.registry import get_encoder
 from features.extract import (
     Inputs,
     Partial,
@@ -38,6 +38,7 @@ from features.extract import (
     shard_plan,
     up_to_date,
 )
+from features.registry import get_encoder
 from store.layout import DatasetPaths, portable
 from store.tables import read_metadata, read_table
 from store.tokens import (
@@ -76,7 +77,9 @@ class Rows:
     @classmethod
     def empty(cls, n: int, max_tokens: int, dim: int, with_ids: bool) -> Rows:
         ids = np.zeros((n, max_tokens), np.int32) if with_ids else None
-        return cls(np.zeros((n, max_tokens, dim), np.float16), np.zeros(n, np.int64), ids, [None] * n, np.zeros(n, bool))
+        return cls(
+            np.zeros((n, max_tokens, dim), np.float16), np.zeros(n, np.int64), ids, [None] * n, np.zeros(n, bool)
+        )
 
     def put(self, positions: list[int], tokens: np.ndarray, mask: np.ndarray, ids: np.ndarray | None) -> None:
         """Store a batch; real tokens move to the front of each row whatever side the padding was."""
@@ -110,8 +113,12 @@ class Rows:
             table = table.take(pa.array(rows))
             counts = table.column("n_tokens").to_numpy().astype(np.int64)
             flat_ids = leaf_values(table.column("ids")) if self.ids is not None else None
-            self.put(positions, *padded(counts, self.tokens.shape[1], self.tokens.shape[2],
-                                        leaf_values(table.column("tokens")), flat_ids))
+            self.put(
+                positions,
+                *padded(
+                    counts, self.tokens.shape[1], self.tokens.shape[2], leaf_values(table.column("tokens")), flat_ids
+                ),
+            )
             for pos, reason in zip(positions, table.column("reason").to_pylist()):
                 self.reasons[pos] = reason
         return int(self.filled.sum()) - before
@@ -124,7 +131,9 @@ def token_encode(encoder: Encoder, modality: str, grid: int, max_length: int):
     """A batch → (tokens (b, T, dim), mask (b, T), ids or None) function for `encoder`."""
     if modality == "image":
         if not hasattr(encoder, "encode_image_tokens"):
-            raise ValueError(f"encoder {encoder.spec!r} has no image tokens: use 'efficientnet-lite0' or a CLIP ViT ('clip-image:…')")
+            raise ValueError(
+                f"encoder {encoder.spec!r} has no image tokens: use 'efficientnet-lite0' or a CLIP ViT ('clip-image:…')"
+            )
 
         def image(batch: Any) -> tuple[np.ndarray, np.ndarray, None]:
             out = encoder.encode_image_tokens(batch, grid)  # type: ignore[attr-defined]
@@ -140,12 +149,21 @@ def token_meta(encoder: Encoder, modality: str, grid: int, max_length: int) -> d
     """What a reader of the tokens needs beyond the vectors (typed; stored as JSON)."""
     if modality == "image":
         source = "patch tokens, projected" if encoder.spec.startswith("clip") else "head feature map"
-        return {"grid": grid, "max_tokens": grid * grid, "source": f"{source}, average-pooled to {grid}x{grid}, row-major"}
+        return {
+            "grid": grid,
+            "max_tokens": grid * grid,
+            "source": f"{source}, average-pooled to {grid}x{grid}, row-major",
+        }
     tok = encoder.tokenizer  # type: ignore[attr-defined]
     return {
-        "max_length": max_length, "max_tokens": max_length, "tokenizer": encoder.model,
-        "vocab_size": len(tok), "mask_token_id": tok.mask_token_id, "cls_token_id": tok.cls_token_id,
-        "sep_token_id": tok.sep_token_id, "pad_token_id": tok.pad_token_id,
+        "max_length": max_length,
+        "max_tokens": max_length,
+        "tokenizer": encoder.model,
+        "vocab_size": len(tok),
+        "mask_token_id": tok.mask_token_id,
+        "cls_token_id": tok.cls_token_id,
+        "sep_token_id": tok.sep_token_id,
+        "pad_token_id": tok.pad_token_id,
         "source": "last hidden states, [CLS] … [SEP]; ids 0 where there is no token",
     }
 
@@ -220,7 +238,9 @@ def extract_tokens(
     encoder = encoder or get_encoder(spec_text, device)
     encode = token_encode(encoder, modality, grid, max_length)
     max_tokens = grid * grid if modality == "image" else max_length
-    partial = Partial(paths.tokens_dir / f".{name}.partial", tspec, encoder.dim, f"s{shard[0]}of{shard[1]}-" if shard else "")
+    partial = Partial(
+        paths.tokens_dir / f".{name}.partial", tspec, encoder.dim, f"s{shard[0]}of{shard[1]}-" if shard else ""
+    )
     partial.open(resume)
     rows = Rows.empty(len(inputs.asins), max_tokens, encoder.dim, with_ids=modality == "text")
     resumed = rows.load_partial(partial, inputs)
@@ -230,32 +250,71 @@ def extract_tokens(
 
     t_encode = time.perf_counter()
     run_pending(
-        encoder, inputs, pending, modality, store=lambda positions, out: rows.put(positions, *out), fail=rows.fail,
-        save=lambda positions: partial.write_columns(inputs, positions, rows.partial_columns(positions)), buffer=missing,
-        batch_size=batch_size, workers=workers, draft=draft, chunk_size=chunk_size, progress=progress,
-        desc=f"tokens {name}", encode=encode, kept=resumed,
+        encoder,
+        inputs,
+        pending,
+        modality,
+        store=lambda positions, out: rows.put(positions, *out),
+        fail=rows.fail,
+        save=lambda positions: partial.write_columns(inputs, positions, rows.partial_columns(positions)),
+        buffer=missing,
+        batch_size=batch_size,
+        workers=workers,
+        draft=draft,
+        chunk_size=chunk_size,
+        progress=progress,
+        desc=f"tokens {name}",
+        encode=encode,
+        kept=resumed,
     )
     encode_seconds = time.perf_counter() - t_encode
     if shard is not None:
-        return {"name": name, "shard": list(shard), "encoded": len(pending), "resumed": resumed,
-                "seconds": round(time.perf_counter() - t0, 3)}
+        return {
+            "name": name,
+            "shard": list(shard),
+            "encoded": len(pending),
+            "resumed": resumed,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
     if not rows.filled.all():  # pragma: no cover - a bug guard: every item must have a row
         raise RuntimeError(f"{int((~rows.filled).sum())} items got no token row")
     write_tokens(
-        out_path, inputs.asins, inputs.item_ids, rows.columns(slice(None)), rows.reasons,
-        dim=encoder.dim, max_tokens=max_tokens, modality=modality,
-        metadata={"encoder": spec_text, "model": encoder.model, "weights": portable(encoder.weights), "input_hash": ihash,
-                  "name": name, "n_items": str(len(inputs.asins))},
+        out_path,
+        inputs.asins,
+        inputs.item_ids,
+        rows.columns(slice(None)),
+        rows.reasons,
+        dim=encoder.dim,
+        max_tokens=max_tokens,
+        modality=modality,
+        metadata={
+            "encoder": spec_text,
+            "model": encoder.model,
+            "weights": portable(encoder.weights),
+            "input_hash": ihash,
+            "name": name,
+            "n_items": str(len(inputs.asins)),
+        },
         token_meta=token_meta(encoder, modality, grid, max_length),
     )
     partial.remove()
     summary = _summary(name, out_path, t0, encoded=len(pending), resumed=resumed, skipped=False)
-    summary.update(encode_seconds=round(encode_seconds, 3), device=encoder.device,
-                   items_per_s=round(len(pending) / encode_seconds, 1) if encode_seconds > 0 and pending else 0.0)
-    log.info("%s: %d items, %d with tokens, %d without (%s), %.0f bytes/item; %d encoded, %d resumed", out_path,
-             summary["n_items"], summary["n_with_tokens"], summary["n_missing"],
-             ", ".join(f"{k}: {v}" for k, v in summary["reasons"].items()) or "none",
-             summary["bytes_per_item"], len(pending), resumed)
+    summary.update(
+        encode_seconds=round(encode_seconds, 3),
+        device=encoder.device,
+        items_per_s=round(len(pending) / encode_seconds, 1) if encode_seconds > 0 and pending else 0.0,
+    )
+    log.info(
+        "%s: %d items, %d with tokens, %d without (%s), %.0f bytes/item; %d encoded, %d resumed",
+        out_path,
+        summary["n_items"],
+        summary["n_with_tokens"],
+        summary["n_missing"],
+        ", ".join(f"{k}: {v}" for k, v in summary["reasons"].items()) or "none",
+        summary["bytes_per_item"],
+        len(pending),
+        resumed,
+    )
     return summary
 
 
@@ -267,14 +326,24 @@ def _summary(name: str, path, t0: float, *, encoded: int, resumed: int, skipped:
     size = path.stat().st_size
     reasons = [r for r in table.column("reason").to_pylist() if r]
     return {
-        "name": name, "path": str(path), "encoder": meta.get("encoder"), "modality": meta.get("modality"),
-        "dim": int(meta["dim"]), "max_tokens": int(meta["max_tokens"]), "n_items": n,
-        "n_with_tokens": with_tokens, "n_missing": n - with_tokens,
+        "name": name,
+        "path": str(path),
+        "encoder": meta.get("encoder"),
+        "modality": meta.get("modality"),
+        "dim": int(meta["dim"]),
+        "max_tokens": int(meta["max_tokens"]),
+        "n_items": n,
+        "n_with_tokens": with_tokens,
+        "n_missing": n - with_tokens,
         "reasons": dict(Counter(r.split(":")[0] for r in reasons)),
         "mean_tokens": round(float(pc.mean(table.column("n_tokens")).as_py() or 0.0), 2),
-        "bytes": size, "bytes_per_item": round(size / n, 1) if n else 0.0,
+        "bytes": size,
+        "bytes_per_item": round(size / n, 1) if n else 0.0,
         "bytes_per_item_with_tokens": round(size / with_tokens, 1) if with_tokens else 0.0,
-        "input_hash": meta.get("input_hash"), "encoded": encoded, "resumed": resumed, "skipped": skipped,
+        "input_hash": meta.get("input_hash"),
+        "encoded": encoded,
+        "resumed": resumed,
+        "skipped": skipped,
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
@@ -301,7 +370,9 @@ class TokenSide:
 
     def begin(self, encoder: Encoder, inputs: Inputs, shard: tuple[int, int] | None, resume: bool) -> None:
         if not hasattr(encoder, "encode_with_tokens"):
-            raise ValueError(f"encoder {encoder.spec!r} has no image tokens: use 'efficientnet-lite0' or a CLIP ViT ('clip-image:…')")
+            raise ValueError(
+                f"encoder {encoder.spec!r} has no image tokens: use 'efficientnet-lite0' or a CLIP ViT ('clip-image:…')"
+            )
         self.encoder, self.inputs = encoder, inputs
         tspec = _token_spec(encoder.spec, "image", self.grid, 0)
         if resume and up_to_date(self.paths.token_feature(self.name), inputs.input_hash(tspec), encoder.spec):
@@ -335,8 +406,9 @@ class TokenSide:
         self.saved += len(new)
 
 
-def extract_with_tokens(paths: DatasetPaths, spec: str | Encoder, *, grid: int = 4, token_name: str | None = None,
-                        **kwargs: Any) -> dict:
+def extract_with_tokens(
+    paths: DatasetPaths, spec: str | Encoder, *, grid: int = 4, token_name: str | None = None, **kwargs: Any
+) -> dict:
     """features.extract.extract (same arguments) whose backbone pass also gives the image tokens.
 
     Why: EfficientNet-Lite0's pooled vector and its token grid are two averages of one head map,
@@ -346,7 +418,7 @@ def extract_with_tokens(paths: DatasetPaths, spec: str | Encoder, *, grid: int =
     """
     _check_shape_args(grid, 3)
     if token_name is None:
-        token_name = (default_token_name(spec) if isinstance(spec, str) else spec.name + TOKEN_SUFFIX)
+        token_name = default_token_name(spec) if isinstance(spec, str) else spec.name + TOKEN_SUFFIX
     side = TokenSide(paths, token_name, grid)
     summary = extract(paths, spec, side=side, **kwargs)
     return {**summary, "token_rows": side.saved}

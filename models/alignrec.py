@@ -15,6 +15,7 @@ Unlike AnchorRec, the alignment is done directly in the embedding space the scor
 the "positional collapse" AnchorRec's paper attributes to AlignRec. The batch computations reuse
 AnchorRec's (only the rows the batch needs; the similarity term through Gram matrices).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

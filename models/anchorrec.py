@@ -42,6 +42,7 @@ z_t from the score only (every loss term stays): where t is the mm table itself 
 runs one text table as mm, t and v) z_mm + z_t is one branch counted twice with two gates.
 `uia_detach=False` lets UIA's gradient reach the user anchor too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -135,7 +136,15 @@ class AnchorRecConfig:
         for name in ("n_ui_layers", "n_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
-        for name in ("lambda_weight", "uia_weight", "uia_margin", "aal_loss", "amp_loss", "smooth_weight", "recover_lambda"):
+        for name in (
+            "lambda_weight",
+            "uia_weight",
+            "uia_margin",
+            "aal_loss",
+            "amp_loss",
+            "smooth_weight",
+            "recover_lambda",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.tau <= 0:
@@ -146,7 +155,9 @@ class AnchorRecConfig:
         if len(self.amp_modality_weights) != 3 or min(self.amp_modality_weights) < 0:
             raise ValueError(f"amp_modality_weights must be 3 weights ≥ 0 (mm, t, v), got {self.amp_modality_weights}")
         if not (self.mm_branch or self.t_branch):
-            raise ValueError("mm_branch and t_branch are both False: AnchorRec needs at least one content branch in its score")
+            raise ValueError(
+                "mm_branch and t_branch are both False: AnchorRec needs at least one content branch in its score"
+            )
         if self.user_lift not in ("sym", "mean"):
             raise ValueError(f"user_lift must be 'sym' or 'mean', got {self.user_lift!r}")
 
@@ -187,7 +198,9 @@ class AnchorRec(nn.Module):
 
         # raw features (constant): AAL projects them, AMP compares against their cosine matrix
         self.groups = feature_groups(graph.features, self.modalities)
-        self.knn_groups = {m: next(o for o in self.modalities if same_matrix(self.knn[o], self.knn[m])) for m in self.modalities}
+        self.knn_groups = {
+            m: next(o for o in self.modalities if same_matrix(self.knn[o], self.knn[m])) for m in self.modalities
+        }
         for m in self.modalities:
             f = graph.features[m].float()
             self.register_buffer(f"raw_{m}", f, persistent=False)
@@ -306,7 +319,9 @@ class AnchorRec(nn.Module):
         lg_p = lg_i[:n_b]
         z = self.branches(self.scored + self.fused_v())
 
-        z_sum = z[self.scored[0]] if len(self.scored) == 1 else z["mm"] + z["t"]  # the lift is linear: lift both at once
+        z_sum = (
+            z[self.scored[0]] if len(self.scored) == 1 else z["mm"] + z["t"]
+        )  # the lift is linear: lift both at once
         u = lg_u + self.lift.rows(users, z_sum)
         i = lg_i + z_sum.index_select(0, items)  # index_select: its backward is one index_add
         need_h_mm = cfg.mm_branch and (cfg.recover_lambda > 0 or cfg.aal_loss > 0)
@@ -322,9 +337,9 @@ class AnchorRec(nn.Module):
             out["uia"] = cfg.uia_weight * uia_margin_loss(u, p, n, cfg.uia_margin, detach=cfg.uia_detach)
         if cfg.mm_branch and cfg.aal_loss > 0:
             h_mm_p = h_mm[:n_b]
-            mix = cfg.aal_v_share * self.proj["v"](self.feature_rows("raw", "v", pos, pos_rows)) + (1 - cfg.aal_v_share) * self.proj[
-                "t"
-            ](self.feature_rows("raw", "t", pos, pos_rows))
+            mix = cfg.aal_v_share * self.proj["v"](self.feature_rows("raw", "v", pos, pos_rows)) + (
+                1 - cfg.aal_v_share
+            ) * self.proj["t"](self.feature_rows("raw", "t", pos, pos_rows))
             aal = info_nce(h_mm_p, self.proj["id"](lg_p), cfg.tau) + info_nce(h_mm_p.detach(), mix, cfg.tau)
             out["aal"] = cfg.aal_loss * aal
         if cfg.amp_loss > 0 and max(cfg.amp_modality_weights) > 0:

@@ -6,6 +6,7 @@ apart: no users+items concatenation, and the CSR transposes are stored once
 the last layer is computed for those rows alone ((Â E^(L-1))[rows] = Â[rows] E^(L-1)):
 identical numbers, less sparse work.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,7 +21,9 @@ def bipartite_blocks(graph: GraphData) -> tuple[FixedSparse, FixedSparse]:
     return FixedSparse(block(graph.adj, 0, n_u, n_u, n_u + n_i)), FixedSparse(block(graph.adj, n_u, n_u + n_i, 0, n_u))
 
 
-def lightgcn_mean(adj: FixedSparse, ego: torch.Tensor, n_layers: int, nodes: torch.Tensor | None = None) -> torch.Tensor:
+def lightgcn_mean(
+    adj: FixedSparse, ego: torch.Tensor, n_layers: int, nodes: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean of LightGCN layers E⁰..E^L (users then items); only rows `nodes` when given.
 
     With `nodes`, the last layer is computed for those rows only: the batch needs no more.
@@ -55,7 +58,9 @@ def bipartite_lightgcn(
     scale = 1.0 / (n_layers + 1)
     for layer in range(n_layers):
         if users is not None and layer == n_layers - 1:
-            return (sum_u.index_select(0, users) + r.rows(users, i)) * scale, (sum_i.index_select(0, items) + rt.rows(items, u)) * scale
+            return (sum_u.index_select(0, users) + r.rows(users, i)) * scale, (
+                sum_i.index_select(0, items) + rt.rows(items, u)
+            ) * scale
         u, i = r(i), rt(u)
         sum_u, sum_i = sum_u + u, sum_i + i
     if users is None:

@@ -6,6 +6,7 @@ Kept in one place so that every baseline creates its parameters the same way and
 order (the parity tests against MMRec fix the random stream: users' table, items' table, then
 the projections), and so a fix reaches all of them.
 """
+
 from __future__ import annotations
 
 import torch
@@ -68,7 +69,9 @@ def feature_groups(features: dict[str, torch.Tensor], names: tuple[str, ...]) ->
     """Modality → the first modality with identical raw features (so shared work is done once)."""
     groups: dict[str, str] = {}
     for m in names:
-        groups[m] = next((o for o in groups if features[o].shape == features[m].shape and torch.equal(features[o], features[m])), m)
+        groups[m] = next(
+            (o for o in groups if features[o].shape == features[m].shape and torch.equal(features[o], features[m])), m
+        )
     return groups
 
 

@@ -49,6 +49,7 @@ dropout ∈ {0.3, 0.5} and reg_weight ∈ {0.1, 0.01} are grids searched per dat
 published single value; the grids' first values (1, 0.3, 0.1) are used here, so a tuned
 comparison sweeps all three (SEARCH_SPACE).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -114,9 +115,13 @@ class BM3(nn.Module):
             nn.init.xavier_normal_(self.trs[m].weight)
         self.r, self.rt = bipartite_blocks(graph)
 
-    def online(self, users: torch.Tensor | None = None, items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def online(
+        self, users: torch.Tensor | None = None, items: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(u, i + q): LightGCN's mean over layers, items plus their ID embedding once more."""
-        u, i = bipartite_lightgcn(self.r, self.rt, self.user_emb.weight, self.item_emb.weight, self.cfg.n_layers, users, items)
+        u, i = bipartite_lightgcn(
+            self.r, self.rt, self.user_emb.weight, self.item_emb.weight, self.cfg.n_layers, users, items
+        )
         q = self.item_emb.weight if items is None else self.item_emb.weight.index_select(0, items)
         return u, i + q
 

@@ -71,6 +71,7 @@ Defaults: MMRec's DAMRS.yaml (embedding 64, knn_k 10, n_mm_layers 1, n_ui_layers
 neighbor_weight 0.001 — the values its yaml keeps active; the grids in its comments are the
 SEARCH_SPACE below) and the behaviour graph of the file that yaml names (co-users ≥ 2, top 2).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -210,8 +211,9 @@ def label_positives(total: torch.Tensor, p_m: torch.Tensor, k: int) -> tuple[tor
     return mm, cand[keep].view(len(cand), k)
 
 
-def neighbour_loss(mm: torch.Tensor, single: torch.Tensor, q: torch.Tensor, keys: torch.Tensor,
-                   total: torch.Tensor) -> torch.Tensor:
+def neighbour_loss(
+    mm: torch.Tensor, single: torch.Tensor, q: torch.Tensor, keys: torch.Tensor, total: torch.Tensor
+) -> torch.Tensor:
     """−log(Σ_mm / Σ_all) − log(Σ_single / (Σ_all − Σ_mm)) over e^{cos/τ}, averaged over the batch.
 
     q, keys: the batch's and all items' normalized view; total = Σ_all e^{cos/τ} per batch item
@@ -263,15 +265,19 @@ def ranked_views(qs: dict[int, torch.Tensor], keys: dict[int, torch.Tensor], k: 
         for m in views:
             labels[m].append(label_positives(total, probs[m], k))
             sums[m].append(torch.exp(cos[m] / TEMPERATURE).sum(1))
-    return ({m: tuple(torch.cat(part) for part in zip(*labels[m])) for m in views},
-            {m: torch.cat(sums[m]) for m in views})
+    return (
+        {m: tuple(torch.cat(part) for part in zip(*labels[m])) for m in views},
+        {m: torch.cat(sums[m]) for m in views},
+    )
 
 
 def bernoulli_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return p * torch.log(p) - p * torch.log(q) + (1 - p) * torch.log(1 - p) - (1 - p) * torch.log(1 - q)
 
 
-def pair_weights(u: torch.Tensor, views_pos: list[torch.Tensor], views_neg: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_weights(
+    u: torch.Tensor, views_pos: list[torch.Tensor], views_neg: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(w+, w−) of each BPR pair from the three views' agreement; no gradient."""
     with torch.no_grad():
         p = torch.sigmoid(torch.stack([(u * F.normalize(h, dim=-1)).sum(1) for h in views_pos]))
@@ -317,8 +323,13 @@ class DAMRS(nn.Module):
         b = len(users)
         uniq_u, uniq_i = torch.unique(users), torch.unique(torch.cat([pos, neg]))
         u, i = bipartite_lightgcn(
-            self.r, self.rt, self.user_emb.weight, self.item_emb.weight, self.cfg.n_ui_layers,
-            torch.cat([users, uniq_u]), torch.cat([pos, neg, uniq_i]),
+            self.r,
+            self.rt,
+            self.user_emb.weight,
+            self.item_emb.weight,
+            self.cfg.n_ui_layers,
+            torch.cat([users, uniq_u]),
+            torch.cat([pos, neg, uniq_i]),
         )
         u_b, u_uniq, i_pos, i_neg, i_uniq = u[:b], u[b:], i[:b], i[b : 2 * b], i[2 * b :]
         h_t, h_v, h_s = views = self.views()
@@ -328,9 +339,12 @@ class DAMRS(nn.Module):
             distinct = [0, 2] if self.s_t is self.s_v else [0, 1, 2]
             qs = {m: F.normalize(views[m][uniq_i], dim=1) for m in distinct}
             keys = {m: F.normalize(views[m], dim=1) for m in distinct}
-            labels, sums = ranked_views({m: q.detach() for m, q in qs.items()},
-                                        {m: kk.detach() for m, kk in keys.items()}, self.pseudo_k)
-            nd = {m: neighbour_loss(*labels[m], qs[m], keys[m], ExpSum.apply(qs[m], keys[m], sums[m])) for m in distinct}
+            labels, sums = ranked_views(
+                {m: q.detach() for m, q in qs.items()}, {m: kk.detach() for m, kk in keys.items()}, self.pseudo_k
+            )
+            nd = {
+                m: neighbour_loss(*labels[m], qs[m], keys[m], ExpSum.apply(qs[m], keys[m], sums[m])) for m in distinct
+            }
             nd.setdefault(1, nd[0])
             out["neighbour"] = self.cfg.neighbor_weight * (nd[2] + nd[1] + nd[0]) / 3.0  # MMRec's order: s, v, t
         if self.cfg.kl_weight > 0:

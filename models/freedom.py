@@ -49,6 +49,7 @@ are grids searched per dataset with no published single value; 0.8 and 1e-4 are 
 (0.8 is the grid's first value; 1e-4 the middle of its non-zero values — at 0 the features would
 only shape the kNN graph), so a tuned comparison sweeps both.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -124,11 +125,15 @@ def item_graph(graph: GraphData, names: tuple[str, ...], image_weight: float) ->
     return (image_weight * unweighted_knn(graph, "v") + (1 - image_weight) * unweighted_knn(graph, "t")).coalesce()
 
 
-def normalized_bipartite(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -> tuple[FixedSparse, FixedSparse]:
+def normalized_bipartite(
+    users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int
+) -> tuple[FixedSparse, FixedSparse]:
     """(R, Rᵀ) with R[u, i] = 1/sqrt((deg_u + ε)(deg_i + ε)) on the given edges, as MMRec normalizes."""
     du = (torch.bincount(users, minlength=n_users).float() + EPS).pow(-0.5)
     di = (torch.bincount(items, minlength=n_items).float() + EPS).pow(-0.5)
-    r = torch.sparse_coo_tensor(torch.stack([users, items]), du[users] * di[items], (n_users, n_items), check_invariants=False)
+    r = torch.sparse_coo_tensor(
+        torch.stack([users, items]), du[users] * di[items], (n_users, n_items), check_invariants=False
+    )
     r = r.coalesce()
     return FixedSparse(r), FixedSparse(r.t().coalesce())
 
@@ -192,7 +197,10 @@ class FREEDOM(nn.Module):
         i = i + self.item_side(items)
         out = {"bpr": bpr_loss(u, i[:b], i[b:])}
         if self.cfg.reg_weight > 0:
-            feat = sum(bpr_loss(u, f[:b], f[b:]) for f in (self.trs[m](self.feat[m].index_select(0, items)) for m in self.modalities))
+            feat = sum(
+                bpr_loss(u, f[:b], f[b:])
+                for f in (self.trs[m](self.feat[m].index_select(0, items)) for m in self.modalities)
+            )
             out["feat_bpr"] = self.cfg.reg_weight * feat
         out["loss"] = sum(out.values())
         return out

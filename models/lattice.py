@@ -61,6 +61,7 @@ layers, n_layers 1, knn_k 10, lambda_coeff 0.9, lr decay 0.96 per 50 epochs = th
 default). Its reg_weight ∈ {0, 1e-5, 1e-4, 1e-3} is a grid searched per dataset; 1e-4 is used
 here (the middle of its non-zero values), so a tuned comparison sweeps it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -120,8 +121,12 @@ def self_loop_blocks(graph: GraphData) -> tuple[FixedSparse, FixedSparse, torch.
     users, items = coo.indices()
     s_u = 1.0 / (torch.bincount(users, minlength=graph.n_users).float() + 1.0)
     s_i = 1.0 / (torch.bincount(items, minlength=graph.n_items).float() + 1.0)
-    r_u = torch.sparse_coo_tensor(torch.stack([users, items]), s_u[users], (graph.n_users, graph.n_items), check_invariants=False)
-    r_i = torch.sparse_coo_tensor(torch.stack([items, users]), s_i[items], (graph.n_items, graph.n_users), check_invariants=False)
+    r_u = torch.sparse_coo_tensor(
+        torch.stack([users, items]), s_u[users], (graph.n_users, graph.n_items), check_invariants=False
+    )
+    r_i = torch.sparse_coo_tensor(
+        torch.stack([items, users]), s_i[items], (graph.n_items, graph.n_users), check_invariants=False
+    )
     return FixedSparse(r_u.coalesce()), FixedSparse(r_i.coalesce()), s_u, s_i
 
 
@@ -207,7 +212,9 @@ class LATTICE(nn.Module):
                 h = edge_matmul(edges, h)
             if items is not None:  # training: keep this epoch's graph for its other batches
                 rows, cols, vals = edges
-                adj = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals.detach(), (self.n_items,) * 2, check_invariants=False)
+                adj = torch.sparse_coo_tensor(
+                    torch.stack([rows, cols]), vals.detach(), (self.n_items,) * 2, check_invariants=False
+                )
                 self.item_adj, self.rebuild_next = FixedSparse(adj.coalesce()), False
         else:
             for layer in range(self.cfg.n_layers):
@@ -217,7 +224,9 @@ class LATTICE(nn.Module):
         h = h if items is None else h.index_select(0, items)
         return F.normalize(h, dim=1)
 
-    def ui_side(self, users: torch.Tensor | None = None, items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def ui_side(
+        self, users: torch.Tensor | None = None, items: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean of the layers of D^-1 (A + I); the last layer only at `users`/`items` when given."""
         u, i = self.user_emb.weight, self.item_emb.weight
         sum_u, sum_i = u, i

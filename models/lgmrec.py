@@ -63,6 +63,7 @@ hyper_num 4, keep_rate 0.5, alpha 0.3. The yaml also lists, commented out, Sport
 alpha 0.6) and Clothing (n_hyper_layer 2, hyper_num 64, keep_rate 0.2, alpha 0.2); SEARCH_SPACE
 is the union of the three blocks.
 """
+
 from __future__ import annotations
 
 import math
@@ -104,8 +105,17 @@ class LGMRecConfig:
                 "the modality embeddings are added to the ID embeddings"
             )
         # τ ≥ 0.025 keeps the contrastive kernel's terms e^(±1/τ) well inside float32
-        lowest = {"embedding_dim": 1, "n_ui_layers": 0, "n_mm_layers": 0, "n_hyper_layer": 1, "hyper_num": 1,
-                  "alpha": 0, "cl_weight": 0, "reg_weight": 0, "tau": 0.025}
+        lowest = {
+            "embedding_dim": 1,
+            "n_ui_layers": 0,
+            "n_mm_layers": 0,
+            "n_hyper_layer": 1,
+            "hyper_num": 1,
+            "alpha": 0,
+            "cl_weight": 0,
+            "reg_weight": 0,
+            "tau": 0.025,
+        }
         for name, low in lowest.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be ≥ {low}, got {getattr(self, name)}")
@@ -162,7 +172,9 @@ class _BlockedLogSumExp(torch.autograd.Function):
         return w * grad_a_t.T, grad_o
 
 
-def hyper_nce(anchor: torch.Tensor, positive: torch.Tensor, assign: torch.Tensor, lat: torch.Tensor, tau: float) -> torch.Tensor:
+def hyper_nce(
+    anchor: torch.Tensor, positive: torch.Tensor, assign: torch.Tensor, lat: torch.Tensor, tau: float
+) -> torch.Tensor:
     """HCL: Σ_b −log softmax_j(cos(anchor_b, O_j)/τ) at j = b's positive, O = assign @ lat (all rows);
     τ ≥ 0.025 (see _BlockedLogSumExp).
 
@@ -199,14 +211,20 @@ class LGMRec(nn.Module):
                 "table as both (t = v); extract features first: `anchorrec features --dataset <name>`."
             )
         groups = feature_groups(graph.features, MODALITIES)
-        self.tables = {name: tuple(m for m in MODALITIES if groups[m] == name) for name in dict.fromkeys(groups.values())}
+        self.tables = {
+            name: tuple(m for m in MODALITIES if groups[m] == name) for name in dict.fromkeys(groups.values())
+        }
         for name in self.tables:
             self.register_buffer(f"feat_{name}", graph.features[name].float(), persistent=False)
         d, k = cfg.embedding_dim, cfg.hyper_num
         self.user_emb, self.item_emb = id_embeddings(self.n_users, self.n_items, d)
         dims = {m: graph.features[m].shape[1] for m in MODALITIES}
-        self.trs = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(dims[m], d))) for m in MODALITIES})
-        self.hyper = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(dims[m], k))) for m in MODALITIES})
+        self.trs = nn.ParameterDict(
+            {m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(dims[m], d))) for m in MODALITIES}
+        )
+        self.hyper = nn.ParameterDict(
+            {m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(dims[m], k))) for m in MODALITIES}
+        )
         self.r, self.rt = bipartite_blocks(graph)
         self.user_mean = FixedSparse(graph.ui)  # rows sum to 1: u⁰ = mean of the user's items
         self.user_sum = FixedSparse(binary_interactions(graph))
@@ -220,8 +238,15 @@ class LGMRec(nn.Module):
                 out[m] = (part[:, :d], part[:, d:])
         return out
 
-    def propagate(self, u: torch.Tensor, i: torch.Tensor, n_layers: int, mean: bool,
-                  users: torch.Tensor | None = None, items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def propagate(
+        self,
+        u: torch.Tensor,
+        i: torch.Tensor,
+        n_layers: int,
+        mean: bool,
+        users: torch.Tensor | None = None,
+        items: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Â^L [u; i], or the mean of layers 0..L; with `users`, the last layer at those rows only
         (and at rows `items`, or every item when `items` is None)."""
         sum_u, sum_i = u, i
@@ -282,8 +307,12 @@ class LGMRec(nn.Module):
         out = {"bpr": bpr_loss(u, i[:b], i[b:])}
         if cfg.cl_weight > 0:
             (ai_v, au_v, lat_v), (ai_t, au_t, lat_t) = hyper["v"], hyper["t"]
-            hcl = hyper_nce(au_v.index_select(0, users) @ lat_v, au_t.index_select(0, users) @ lat_t, au_t, lat_t, cfg.tau)
-            hcl = hcl + hyper_nce(ai_v.index_select(0, pos) @ lat_v, ai_t.index_select(0, pos) @ lat_t, ai_t, lat_t, cfg.tau)
+            hcl = hyper_nce(
+                au_v.index_select(0, users) @ lat_v, au_t.index_select(0, users) @ lat_t, au_t, lat_t, cfg.tau
+            )
+            hcl = hcl + hyper_nce(
+                ai_v.index_select(0, pos) @ lat_v, ai_t.index_select(0, pos) @ lat_t, ai_t, lat_t, cfg.tau
+            )
             out["hcl"] = cfg.cl_weight * hcl
         if cfg.reg_weight > 0:
             out["reg"] = cfg.reg_weight * emb_norm_loss(u, i[:b], i[b:])

@@ -14,6 +14,7 @@ Loss on a batch of BPR triples (u, i+, i-):
     bpr = -mean log σ(E_u·E_i+ − E_u·E_i-)
     reg = reg_weight · ½ (‖E⁰_u‖² + ‖E⁰_i+‖² + ‖E⁰_i-‖²) / batch     (on the ego embeddings)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

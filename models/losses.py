@@ -5,6 +5,7 @@ similarity-structure gap and graph smoothing.
 One definition each, so a fix or a speed-up reaches every model that uses the term; the
 models' files say which terms they combine and with what weights.
 """
+
 from __future__ import annotations
 
 import torch
@@ -68,7 +69,9 @@ def info_nce(anchor: torch.Tensor, other: torch.Tensor, tau: float) -> torch.Ten
     return (_CosineLogSumExp.apply(a, o, tau) - (a * o).sum(1)).mean()
 
 
-def uia_margin_loss(u: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float, detach: bool = True) -> torch.Tensor:
+def uia_margin_loss(
+    u: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float, detach: bool = True
+) -> torch.Tensor:
     """relu(margin + (1 − cos(u, p)) − (1 − cos(u, n))), mean; u is the anchor, detached unless `detach` is False."""
     if detach:
         u = u.detach()
@@ -81,7 +84,9 @@ def gram_sq(x: torch.Tensor) -> torch.Tensor:
     return (g**2).sum()
 
 
-def similarity_gap(emb: torch.Tensor, feat_unit: torch.Tensor, feat_gram_sq: torch.Tensor | None = None) -> torch.Tensor:
+def similarity_gap(
+    emb: torch.Tensor, feat_unit: torch.Tensor, feat_gram_sq: torch.Tensor | None = None
+) -> torch.Tensor:
     """‖E Eᵀ − S‖_F / B with S = F Fᵀ the raw features' cosine matrix (F rows of unit norm).
 
     This is MMRec's EmbLoss on the B × B gap (the norm, not its square, over the batch size), as

@@ -4,6 +4,7 @@ Every model follows one protocol (a plain nn.Module): `Model(graph: GraphData, c
 `batch_loss(users, pos, neg) -> {'loss': total, <term>: value, ...}`,
 `final_embeddings() -> (user, item)` with score = user @ item.T, optional `on_epoch_end(epoch)`.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -60,6 +60,7 @@ Defaults: MMRec's SMORE.yaml (embedding 64, n_layers 1, cl_loss 0.01 = cl_weight
 dropout_rate ∈ {0, 0.1} are grids searched per dataset with no published single value; the
 grids' first values (3, 1e-5, 0) are used here, so a tuned comparison sweeps them (SEARCH_SPACE).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -192,7 +193,9 @@ class SMORE(nn.Module):
             views[m] = h
         return views
 
-    def fuse(self, content: torch.Tensor, views: dict[str, torch.Tensor], ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def fuse(
+        self, content: torch.Tensor, views: dict[str, torch.Tensor], ids: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(content + side, side) for these rows; `ids` (the rows' user or item ids) turn the dropout on."""
         agg = {
             "v": F.softmax(self.query["v"](views["f"]), dim=-1) * views["v"],
@@ -211,7 +214,9 @@ class SMORE(nn.Module):
     def batch_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg, b = self.cfg, len(users)
         items = torch.cat([pos, neg])
-        e_u, e_i = bipartite_lightgcn(self.r, self.rt, self.user_emb.weight, self.item_emb.weight, cfg.n_ui_layers, users, items)
+        e_u, e_i = bipartite_lightgcn(
+            self.r, self.rt, self.user_emb.weight, self.item_emb.weight, cfg.n_ui_layers, users, items
+        )
         views = self.item_views()
         u, side_u = self.fuse(e_u, {m: self.r.rows(users, h) for m, h in views.items()}, users)
         i, side_i = self.fuse(e_i, {m: h.index_select(0, items) for m, h in views.items()}, items)

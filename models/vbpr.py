@@ -32,6 +32,7 @@ Default: MMRec's VBPR.yaml publishes no single value, only the grid
 reg_weight ∈ {2.0, 1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5} searched per dataset; 1e-4 is used here (the
 regularization weight of this project's LightGCN), so a tuned comparison sweeps `reg_weight`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -13,6 +13,7 @@ that repairs bad encodings with errors='replace' and counts them, and reports ma
 with file and line number), so both paths give the same records and the same report.
 2014 metadata lines are Python literals and are read with `ast.literal_eval`, never `eval`.
 """
+
 from __future__ import annotations
 
 import ast
@@ -144,9 +145,7 @@ def _threaded(blocks: Iterator[bytes | Exception], depth: int = 8) -> Iterator[b
                 worker.join(0.01)
 
 
-def iter_blocks(
-    path: str | Path, bad: BadRecords, *, progress: bool = False
-) -> Iterator[tuple[int, int, bytes]]:
+def iter_blocks(path: str | Path, bad: BadRecords, *, progress: bool = False) -> Iterator[tuple[int, int, bytes]]:
     """Yield (number of its first line, number of lines, block of lines each ending in '\n').
 
     A truncated gzip keeps every line read before the cut; the cut is reported once in `bad`
@@ -247,9 +246,7 @@ def iter_objects(
         yield from _objects(path, first, lines, bad, literal)
 
 
-def _objects(
-    path: Path, first: int, lines: list[bytes], bad: BadRecords, literal: bool
-) -> Iterator[tuple[int, dict]]:
+def _objects(path: Path, first: int, lines: list[bytes], bad: BadRecords, literal: bool) -> Iterator[tuple[int, dict]]:
     loads = _loads
     for lineno, line in enumerate(lines, first):
         try:
@@ -458,9 +455,7 @@ def _check_release(release: str) -> str:
 # --------------------------------------------------------------------------------------------
 # public readers
 # --------------------------------------------------------------------------------------------
-def read_products(
-    path: str | Path, release: str, bad: BadRecords, *, progress: bool = False
-) -> Iterator[Product]:
+def read_products(path: str | Path, release: str, bad: BadRecords, *, progress: bool = False) -> Iterator[Product]:
     """Products of a metadata file; lines without an asin are counted in `bad` and skipped."""
     convert = _PRODUCT[_check_release(release)]
     path = Path(path)
@@ -508,9 +503,7 @@ def detect_review_release(path: str | Path) -> str:
     return "2023" if isinstance(obj, dict) and {"user_id", "parent_asin"} & set(obj) else "2018"
 
 
-def read_reviews(
-    path: str | Path, release: str, bad: BadRecords, *, progress: bool = False
-) -> Iterator[Review]:
+def read_reviews(path: str | Path, release: str, bad: BadRecords, *, progress: bool = False) -> Iterator[Review]:
     """Reviews of a JSON-lines review file or a ratings CSV, one `Review` at a time."""
     for batch in read_review_batches(path, release, bad, progress=progress):
         yield from batch.reviews()
@@ -578,8 +571,12 @@ class _ReviewSpec:
 
     @functools.cached_property
     def parse_options(self) -> pajson.ParseOptions:
-        fields = [(self.user, pa.string()), *[(k, pa.string()) for k in self.items],
-                  (self.rating, pa.float64()), (self.time, pa.int64())]
+        fields = [
+            (self.user, pa.string()),
+            *[(k, pa.string()) for k in self.items],
+            (self.rating, pa.float64()),
+            (self.time, pa.int64()),
+        ]
         return pajson.ParseOptions(explicit_schema=pa.schema(fields), unexpected_field_behavior="ignore")
 
 
@@ -614,8 +611,11 @@ def _arrow_block(body: bytes, n_lines: int, spec: _ReviewSpec) -> ReviewBatch | 
     ts = table.column(spec.time).combine_chunks()
     if user.null_count or item.null_count or ts.null_count:
         return None
-    if len(ts) and (pc.min(ts).as_py() < 0 or pc.min(pc.binary_length(user)).as_py() == 0
-                    or pc.min(pc.binary_length(item)).as_py() == 0):
+    if len(ts) and (
+        pc.min(ts).as_py() < 0
+        or pc.min(pc.binary_length(user)).as_py() == 0
+        or pc.min(pc.binary_length(item)).as_py() == 0
+    ):
         return None
     if spec.millis:
         ts = pc.divide(ts, 1000)

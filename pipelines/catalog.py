@@ -11,6 +11,7 @@ Mirror caveat: the Hugging Face copy of the 2023 release serves *uncompressed* J
 same logical name. It is listed last; readers should open files by sniffing the gzip magic
 bytes (1f 8b) rather than trusting the `.gz` suffix.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -207,10 +208,7 @@ def canonical_category(release: str | int, category: str) -> str:
         return by_key[_key(category)]
     close = difflib.get_close_matches(_key(category), list(by_key), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(by_key[c]) for c in close)}?" if close else ""
-    raise ValueError(
-        f"unknown category {category!r} for Amazon {release}{hint} "
-        f"Known categories: {', '.join(known)}"
-    )
+    raise ValueError(f"unknown category {category!r} for Amazon {release}{hint} Known categories: {', '.join(known)}")
 
 
 def hosts(known: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ What marks the dataset as catalog-only is that it has items.parquet and no inter
 interactions tables of an earlier ingest of the same name are removed after the new items table
 is in place, so a dataset is never half catalog, half old interactions.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,12 @@ if TYPE_CHECKING:  # the refusal is checked by the CLI before any heavy import
     from pipelines.prepare import PrepareConfig
     from pipelines.records import BadRecords, Product
 
-NEEDS_INTERACTIONS = ("train", "tune", "pipeline", "recommend")  # publish: content vectors (store.index.publish_content)
+NEEDS_INTERACTIONS = (
+    "train",
+    "tune",
+    "pipeline",
+    "recommend",
+)  # publish: content vectors (store.index.publish_content)
 
 
 class CatalogOnlyError(ValueError):
@@ -49,8 +55,8 @@ def prepare_catalog(
 
     Nothing is written when no product has an asin, so a wrong file leaves the old tables.
     """
-    from pipelines.prepare import PrepareConfig, _collect_products, _items_table
     from pipelines.image_paths import rebase_images
+    from pipelines.prepare import PrepareConfig, _collect_products, _items_table
     from pipelines.records import BadRecords
     from store import schemas
     from store.tables import write_json, write_table
@@ -77,8 +83,10 @@ def prepare_catalog(
         "text_cleaning": cleaning,
         "bad_records": bad.as_dict(),
         "output": {"items": items.num_rows, "users": 0, "interactions": 0},
-        "line": (f"catalog-only: {items.num_rows} items, no interactions; {missing['image']} without an image, "
-                 f"{missing['text']} without text; {bad.dropped} bad records dropped (see prepare.json)"),
+        "line": (
+            f"catalog-only: {items.num_rows} items, no interactions; {missing['image']} without an image, "
+            f"{missing['text']} without text; {bad.dropped} bad records dropped (see prepare.json)"
+        ),
     }
     write_table(items, paths.items, schemas.ITEMS)
     for stale in (paths.users, paths.interactions):
@@ -91,7 +99,8 @@ def refusal(paths: DatasetPaths, command: str) -> str:
     """The one line that says why `command` cannot run here and how to get interactions in."""
     meta = _meta_source(paths) or "ITEMS.tsv"
     return (
-        f"dataset {paths.name!r} is catalog-only (no interactions): it can run features, pretrain and publish (content vectors for similar), not {command}; "
+        f"dataset {paths.name!r} is catalog-only (no interactions): it can run features, pretrain and publish "
+        f"(content vectors for similar), not {command}; "
         f"to train, ingest interactions with --reviews FILE: anchorrec ingest --dataset {paths.name} --release csv "
         f"--meta {meta} --reviews FILE"
     )

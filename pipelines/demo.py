@@ -9,6 +9,7 @@ something to find. The files are exactly what Amazon 2018 serves (`meta_<Cat>.js
 `<Cat>_5.json.gz`), so the demo goes through the same parser, k-core, split and image fetcher as
 real data. Everything is deterministic for a seed: same seed, same bytes.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -44,10 +45,37 @@ CATEGORIES = (
 )
 BRANDS = ("Lumio", "Brightway", "Kestrel", "Nordhaus", "Pipkin", "Solace", "Trailmark", "Vanta", "Wrenly", "Zephyra")
 ADJECTIVES = (
-    "cozy", "sturdy", "playful", "elegant", "rugged", "minimal", "vintage", "bold",
-    "soft", "sleek", "classic", "quirky", "compact", "deluxe", "bright", "calm",
+    "cozy",
+    "sturdy",
+    "playful",
+    "elegant",
+    "rugged",
+    "minimal",
+    "vintage",
+    "bold",
+    "soft",
+    "sleek",
+    "classic",
+    "quirky",
+    "compact",
+    "deluxe",
+    "bright",
+    "calm",
 )
-FIRST_NAMES = ("Alex", "Sam", "Jordan", "Taylor", "Morgan", "Casey", "Riley", "Jamie", "Robin", "Avery", "Quinn", "Dana")
+FIRST_NAMES = (
+    "Alex",
+    "Sam",
+    "Jordan",
+    "Taylor",
+    "Morgan",
+    "Casey",
+    "Riley",
+    "Jamie",
+    "Robin",
+    "Avery",
+    "Quinn",
+    "Dana",
+)
 SUMMARIES = {
     5: ("Five Stars", "Love it", "Exactly what I wanted"),
     4: ("Four Stars", "Very nice", "Good value"),
@@ -183,9 +211,16 @@ def build_catalog(config: DemoConfig) -> DemoCatalog:
     world, items_rng, users_rng, inter_rng = (rngs[k] for k in ("world", "items", "users", "interactions"))
     d, t = config.latent_dim, config.n_topics
     centers = world.normal(size=(t, d))
-    protos = {name: world.normal(size=(n, d)) for name, n in
-              (("shape", len(SHAPES)), ("colour", len(COLOURS)), ("category", len(CATEGORIES)),
-               ("brand", len(BRANDS)), ("adjective", len(ADJECTIVES)))}
+    protos = {
+        name: world.normal(size=(n, d))
+        for name, n in (
+            ("shape", len(SHAPES)),
+            ("colour", len(COLOURS)),
+            ("category", len(CATEGORIES)),
+            ("brand", len(BRANDS)),
+            ("adjective", len(ADJECTIVES)),
+        )
+    }
 
     n = config.n_items
     topic = items_rng.integers(0, t, size=n)
@@ -317,7 +352,11 @@ def meta_record(cat: DemoCatalog, i: int, image_url: str | None, rng: np.random.
         category = [DEMO_CATEGORY, DEMO_CATEGORY, group, leaf]  # duplicated entries, as in real files
     same_topic = np.flatnonzero(cat.topic == cat.topic[i])
     same_topic = same_topic[same_topic != i]
-    also = rng.choice(same_topic, size=min(len(same_topic), int(rng.integers(0, 5))), replace=False) if len(same_topic) else []
+    also = (
+        rng.choice(same_topic, size=min(len(same_topic), int(rng.integers(0, 5))), replace=False)
+        if len(same_topic)
+        else []
+    )
     price = "" if rng.random() < 0.1 else f"${5 + 45 * rng.random():.2f}"
     urls = [image_url] if image_url else []
     return {
@@ -329,7 +368,10 @@ def meta_record(cat: DemoCatalog, i: int, image_url: str | None, rng: np.random.
         "also_buy": [cat.asins[j] for j in sorted(int(x) for x in also)],
         "tech2": "",
         "brand": BRANDS[cat.brand[i]] if cat.brand[i] >= 0 else "",
-        "feature": [f"{list(COLOURS)[cat.colour[i]].capitalize()} colour", f"{SHAPES[cat.shape[i]].capitalize()} design"],
+        "feature": [
+            f"{list(COLOURS)[cat.colour[i]].capitalize()} colour",
+            f"{SHAPES[cat.shape[i]].capitalize()} design",
+        ],
         "rank": [],
         "also_view": [],
         "details": {"ASIN: ": cat.asins[i]},

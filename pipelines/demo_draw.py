@@ -5,6 +5,7 @@ real JPEGs whose visible content — a coloured shape on a tinted card with a pr
 item's latent attributes made visible. An image encoder can then recover what the text says and
 what users like, which is the point of a multimodal demo.
 """
+
 from __future__ import annotations
 
 import io
@@ -69,7 +70,10 @@ def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 def _regular(n: int, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
     return [
-        (cx + r * math.cos(math.radians(rot + 360 * k / n - 90)), cy + r * math.sin(math.radians(rot + 360 * k / n - 90)))
+        (
+            cx + r * math.cos(math.radians(rot + 360 * k / n - 90)),
+            cy + r * math.sin(math.radians(rot + 360 * k / n - 90)),
+        )
         for k in range(n)
     ]
 
@@ -103,7 +107,9 @@ def _draw_shape(draw: ImageDraw.ImageDraw, d: Drawing, cx: float, cy: float, r: 
     elif d.shape == "square":
         draw.polygon(_regular(4, cx, cy, r * 1.15, 45 + d.rotation), fill=fill)
     elif d.shape == "diamond":
-        draw.polygon(_rotated([(0, -1.2 * r), (0.75 * r, 0), (0, 1.2 * r), (-0.75 * r, 0)], cx, cy, d.rotation), fill=fill)
+        draw.polygon(
+            _rotated([(0, -1.2 * r), (0.75 * r, 0), (0, 1.2 * r), (-0.75 * r, 0)], cx, cy, d.rotation), fill=fill
+        )
     elif d.shape == "triangle":
         draw.polygon(_regular(3, cx, cy + r * 0.15, r * 1.15, d.rotation), fill=fill)
     elif d.shape == "hexagon":

@@ -8,6 +8,7 @@ partial file must never pass for a complete one, so bytes go to `<dest>.part` an
 Every completed file is recorded in raw/manifest.json (url, bytes, sha256, fetched_at), which is
 also what lets a second call skip a file that is already there.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -115,8 +116,14 @@ def fetch(
                 got = _copy_local(url, dest, sha256=sha256, size=size, progress=progress)
             else:
                 got = _download_http(
-                    url, dest, sha256=sha256, size=size, retries=retries, timeout=timeout,
-                    progress=progress, backoff=backoff,
+                    url,
+                    dest,
+                    sha256=sha256,
+                    size=size,
+                    retries=retries,
+                    timeout=timeout,
+                    progress=progress,
+                    backoff=backoff,
                 )
         except _Failed as exc:
             log.debug("%s: %s", url, exc)  # the final error lists every URL's reason
@@ -175,7 +182,9 @@ def _locked(manifest: Path) -> Iterator[None]:
             yield
 
 
-def _record(manifest: Path, name: str, *, requested: str, url: str, bytes: int, sha256: str, verified: list[str]) -> None:
+def _record(
+    manifest: Path, name: str, *, requested: str, url: str, bytes: int, sha256: str, verified: list[str]
+) -> None:
     entry = {  # a local source by file name only: the manifest never names the machine (store.layout.source_name)
         "url": source_name(url),
         "requested": source_name(requested),
@@ -197,7 +206,10 @@ def _is_current(dest: Path, entry: Any, candidates: list[str], sha256: str | Non
     if entry.get("bytes") != n or (size is not None and size != n):
         return False
     wanted = {_normalize(c) for c in candidates} | {source_name(c) for c in candidates}
-    if _normalize(str(entry.get("requested", ""))) not in wanted and _normalize(str(entry.get("url", ""))) not in wanted:
+    if (
+        _normalize(str(entry.get("requested", ""))) not in wanted
+        and _normalize(str(entry.get("url", ""))) not in wanted
+    ):
         return False
     if is_local(candidates[0]):  # a local source that changed since must be copied again
         src = local_path(candidates[0])  # recorded by name: same size, and not modified after the copy
@@ -256,8 +268,14 @@ def _part_info(dest: Path) -> Path:
 
 def _bar(name: str, total: int | None, initial: int, progress: bool) -> tqdm:
     return tqdm(
-        total=total, initial=initial, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
-        disable=not progress, leave=False,
+        total=total,
+        initial=initial,
+        desc=name,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not progress,
+        leave=False,
     )
 
 
@@ -272,8 +290,15 @@ def _session() -> requests.Session:
 
 
 def _download_http(
-    url: str, dest: Path, *, sha256: str | None, size: int | None, retries: int, timeout: float,
-    progress: bool, backoff: float,
+    url: str,
+    dest: Path,
+    *,
+    sha256: str | None,
+    size: int | None,
+    retries: int,
+    timeout: float,
+    progress: bool,
+    backoff: float,
 ) -> dict[str, Any]:
     part, info = _part(dest), _part_info(dest)
     _claim_part(part, info, url)
@@ -318,8 +343,15 @@ def _claim_part(part: Path, info: Path, url: str) -> None:
 
 
 def _attempt(
-    session: requests.Session, url: str, part: Path, info: Path, *, size: int | None, timeout: float,
-    progress: bool, state: dict[str, Any],
+    session: requests.Session,
+    url: str,
+    part: Path,
+    info: Path,
+    *,
+    size: int | None,
+    timeout: float,
+    progress: bool,
+    state: dict[str, Any],
 ) -> None:
     have = part.stat().st_size if part.exists() else 0
     headers = {"Accept-Encoding": "identity"}
@@ -366,7 +398,9 @@ def _attempt(
             m = _CONTENT_RANGE.search(resp.headers.get("Content-Range", ""))
             if not m or int(m.group(1)) != have:
                 part.unlink(missing_ok=True)
-                raise _Transient(f"server resumed at the wrong offset ({resp.headers.get('Content-Range')!r}); restarting")
+                raise _Transient(
+                    f"server resumed at the wrong offset ({resp.headers.get('Content-Range')!r}); restarting"
+                )
             total = None if m.group(3) == "*" else int(m.group(3))
             mode = "ab"
         else:

@@ -7,6 +7,7 @@ resolve now will not resolve in a second. So failures are classified (`classify`
 whose name fails to resolve or that refuses connections `down_after` times in a row is marked
 down; its remaining URLs fail at once, without touching the network (`HostBoard.attempt`).
 """
+
 from __future__ import annotations
 
 import errno
@@ -36,8 +37,11 @@ def classify(exc: BaseException) -> str:
         return "dns"
     if any(isinstance(e, ConnectionRefusedError) or getattr(e, "errno", None) == errno.ECONNREFUSED for e in chain):
         return "refused"
-    if any(isinstance(e, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError, socket.timeout))
-           and not isinstance(e, urllib3.exceptions.NewConnectionError) for e in chain):
+    if any(
+        isinstance(e, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError, socket.timeout))
+        and not isinstance(e, urllib3.exceptions.NewConnectionError)
+        for e in chain
+    ):
         return "timeout"
     return "error"
 

@@ -16,6 +16,7 @@ Unterminated tags at the start or end of a value are markup, not text (they are 
 a tag the scraper cut). CSS rules (`.a-box-inner{background-color:#fff}…`) are removed with the
 selectors they were attached to; a value with JavaScript statements in it is dropped whole.
 """
+
 from __future__ import annotations
 
 import html

@@ -8,6 +8,7 @@ paths in a metadata file in raw/) as it is, one elsewhere (a CSV catalog's image
 raw/images/ first, the way a download lands in raw/. The image fetcher resolves these paths
 against the dataset directory (pipelines.images).
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,12 @@ def rebase_images(products: Iterable[Product], paths: DatasetPaths) -> None:
             if not found:
                 missing.append(given)
     if missing:  # said here, where the user's own path may be shown; the audit lists each item
-        log.warning("%s: %d local image path(s) name no file (e.g. %s); images/audit.parquet will list them",
-                    paths.name, len(missing), missing[0])
+        log.warning(
+            "%s: %d local image path(s) name no file (e.g. %s); images/audit.parquet will list them",
+            paths.name,
+            len(missing),
+            missing[0],
+        )
 
 
 def recorded_image(asin: str, value: str, paths: DatasetPaths) -> tuple[str, bool]:

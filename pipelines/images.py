@@ -24,6 +24,7 @@ relative path (items.parquet records local images so: raw/images/<asin>.jpg, pip
 is relative to the dataset directory. No row names the machine: a user's file is its name and
 content hash (`origin`), so a copied home's audit is byte-identical.
 """
+
 from __future__ import annotations
 
 import io
@@ -47,8 +48,8 @@ from pipelines.hosts import DEAD_HOST_KINDS, HostBoard, HostDown, classify, host
 from pipelines.local_images import LocalImage, LocalImages, find_local_images
 from pipelines.sources import is_local, local_path
 from store import schemas
-from store.layout import DatasetPaths
 from store.hashing import file_sha256
+from store.layout import DatasetPaths
 from store.tables import conform, read_table, temp_beside, write_table
 
 log = logging.getLogger(__name__)
@@ -134,9 +135,15 @@ def fetch_images(
     to a shard file; `merge_audits(paths, n)` then writes images/audit.parquet. That is how the
     Prefect flow fans image fetching out over workers of a distributed task runner.
     """
-    for name, value, low in (("workers", workers, 1), ("timeout", timeout, 1e-9), ("max_bytes", max_bytes, 1),
-                             ("max_pixels", max_pixels, 1), ("retries", retries, 0), ("backoff", backoff, 0),
-                             ("host_down_after", host_down_after, 0)):
+    for name, value, low in (
+        ("workers", workers, 1),
+        ("timeout", timeout, 1e-9),
+        ("max_bytes", max_bytes, 1),
+        ("max_pixels", max_pixels, 1),
+        ("retries", retries, 0),
+        ("backoff", backoff, 0),
+        ("host_down_after", host_down_after, 0),
+    ):
         if value < low:
             raise ValueError(f"fetch_images: {name} must be >= {low}, got {value}")
     local = find_local_images(images_dir)
@@ -211,10 +218,14 @@ def summary_line(table: pa.Table) -> str:
     reasons = table.column("reason").to_pylist()
     sources = table.column("source").to_pylist()
     usable = [i for i, s in enumerate(statuses) if s in USABLE]
-    extra = [f"{n} {label}" for n, label in (
-        (statuses.count("cached"), "cached"),
-        (sum(1 for i in usable if sources[i] in LOCAL_SOURCES), "local"),
-    ) if n]
+    extra = [
+        f"{n} {label}"
+        for n, label in (
+            (statuses.count("cached"), "cached"),
+            (sum(1 for i in usable if sources[i] in LOCAL_SOURCES), "local"),
+        )
+        if n
+    ]
     line = f"images: {len(usable)} ok" + (f" ({', '.join(extra)})" if extra else "")
     failed = Counter(r or s for s, r in zip(statuses, reasons) if s not in USABLE and s != "no_url")
     if failed:
@@ -327,8 +338,11 @@ def _keep_cached(run: _Run, target: Path, local: LocalImage | None, origin: str,
     if not target.exists():
         return False
     if local is not None:
-        if not local.path.is_file() or previous_origin != origin \
-                or local.path.stat().st_mtime_ns > target.stat().st_mtime_ns:
+        if (
+            not local.path.is_file()
+            or previous_origin != origin
+            or local.path.stat().st_mtime_ns > target.stat().st_mtime_ns
+        ):
             return False
     elif previous_origin is not None and previous_origin != origin:
         target.unlink()  # the item's picture changed: the old file is not its image now
@@ -404,15 +418,27 @@ def _get(run: _Run, url: str) -> tuple[bytes, int]:
             raise (_Transient if resp.status_code in RETRY_STATUSES else _Stop)(out)
         length = resp.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > run.max_bytes:
-            raise _Stop(Outcome("too_large", http_status=200, bytes=int(length),
-                                detail=f"Content-Length {length} > max_bytes {run.max_bytes}"))
+            raise _Stop(
+                Outcome(
+                    "too_large",
+                    http_status=200,
+                    bytes=int(length),
+                    detail=f"Content-Length {length} > max_bytes {run.max_bytes}",
+                )
+            )
         buf = bytearray()
         try:
             for chunk in resp.iter_content(CHUNK):
                 buf += chunk
                 if len(buf) > run.max_bytes:
-                    raise _Stop(Outcome("too_large", http_status=200, bytes=len(buf),
-                                        detail=f"body exceeds max_bytes {run.max_bytes}; download aborted"))
+                    raise _Stop(
+                        Outcome(
+                            "too_large",
+                            http_status=200,
+                            bytes=len(buf),
+                            detail=f"body exceeds max_bytes {run.max_bytes}; download aborted",
+                        )
+                    )
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             kind = "timeout" if classify(exc) == "timeout" else "error"
             lost = f"connection lost after {len(buf)} bytes ({type(exc).__name__})"
@@ -441,7 +467,13 @@ def _verify_as_jpeg(data: bytes, max_pixels: int) -> bytes:
         head = data[:16]
         raise _Stop(Outcome("undecodable", bytes=len(data), detail=f"not an image (starts with {head!r})"))
     except (OSError, SyntaxError, ValueError) as exc:
-        raise _Stop(Outcome("undecodable", bytes=len(data), detail=f"{getattr(img, 'format', None) or 'image'} does not decode: {exc}"[:500])) from exc
+        raise _Stop(
+            Outcome(
+                "undecodable",
+                bytes=len(data),
+                detail=f"{getattr(img, 'format', None) or 'image'} does not decode: {exc}"[:500],
+            )
+        ) from exc
     if img.format == "JPEG":
         return data
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):

@@ -12,6 +12,7 @@ without interactions makes a catalog-only dataset (pipelines.catalog_only). For 
 release but the demo, prepare refuses (ValueError, old tables kept) a result where fewer than
 `min_meta_match` of the kept items found a metadata record, unless `allow_missing_meta`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -81,8 +82,9 @@ def ingest(
         raise ValueError(f"meta_release must be one of {META_RELEASES}, got {meta_release!r}")
     splits = {k: v for k, v in (("train", train), ("valid", valid), ("test", test)) if v}
     if release != "csv" and (columns or splits or no_header or meta_columns):
-        raise ValueError("--columns, --meta-columns, --no-header and --train/--valid/--test apply to --release csv "
-                         "(your own files)")
+        raise ValueError(
+            "--columns, --meta-columns, --no-header and --train/--valid/--test apply to --release csv (your own files)"
+        )
     if splits and (reviews or "train" not in splits or "test" not in splits):
         raise ValueError("a given split is --train FILE with --test FILE (and --valid FILE), instead of --reviews")
     id_only = meta is None and (release == "csv" or (release in amazon.RELEASES and category is None and reviews))
@@ -94,8 +96,10 @@ def ingest(
     table_opts = {"columns": columns, "no_header": no_header, "meta_columns": meta_columns}
     if release == "csv" and reviews is None and not splits and meta is not None:
         if columns:
-            raise ValueError("--columns names interaction columns; a catalog-only ingest (--meta without --reviews) "
-                             "has none: name the metadata table's columns with --meta-columns, or give --reviews FILE")
+            raise ValueError(
+                "--columns names interaction columns; a catalog-only ingest (--meta without --reviews) "
+                "has none: name the metadata table's columns with --meta-columns, or give --reviews FILE"
+            )
         return _ingest_catalog(paths, meta, meta_release, config, fetch_opts, progress, table_opts)
     if release == "csv":
         tabular.parse_columns(columns)
@@ -103,8 +107,9 @@ def ingest(
         inputs = splits or ({"reviews": reviews} if reviews else {})
         return _ingest_csv(paths, inputs, meta, meta_release, config, fetch_opts, progress, table_opts)
     if id_only:
-        return _ingest_csv(paths, {"reviews": reviews}, None, meta_release, config, fetch_opts, progress,
-                           table_opts, release=release)
+        return _ingest_csv(
+            paths, {"reviews": reviews}, None, meta_release, config, fetch_opts, progress, table_opts, release=release
+        )
     if release == "demo":
         meta_path, reviews_path, sources = _demo_files(paths, progress, demo_items, demo_users, seed)
         parse_as = "2018"
@@ -142,7 +147,7 @@ def _ingest_csv(
     if not inputs:
         raise ValueError(
             "--release csv needs --reviews PATH_OR_URL: a CSV, TSV or Parquet file with user and item "
-            "columns (name them with --columns \"user=COL,item=COL\"), or --meta alone for a catalog-only dataset"
+            'columns (name them with --columns "user=COL,item=COL"), or --meta alone for a catalog-only dataset'
         )
     wanted = {k: str(v) for k, v in inputs.items()}
     if meta is not None:
@@ -161,14 +166,19 @@ def _ingest_csv(
         sources["meta"]["format"] = kind
         if kind == "table":
             base = _source_dir(str(meta)) or got["meta"].parent
-            products = tabular.read_meta_table(got["meta"], bad, base_dir=base, columns=table_opts["meta_columns"],
-                                               no_header=table_opts["no_header"])
+            products = tabular.read_meta_table(
+                got["meta"], bad, base_dir=base, columns=table_opts["meta_columns"], no_header=table_opts["no_header"]
+            )
         else:
             products = amazon.read_products(got["meta"], kind, bad, progress=progress)
     else:
         sources["meta"] = {"source": None, "note": "no metadata: an ID-only dataset (items have no text or image)"}
-    log.info("%s: %d interactions read from %s", paths.name, sum(len(b) for b in batches),
-             ", ".join(got[k].name for k in inputs))
+    log.info(
+        "%s: %d interactions read from %s",
+        paths.name,
+        sum(len(b) for b in batches),
+        ", ".join(got[k].name for k in inputs),
+    )
     return prepare(
         paths,
         batches,
@@ -194,8 +204,9 @@ def _read_interactions(
         batches = [_with_split(b, split) for b in amazon.read_review_batches(path, kind, bad, progress=progress)]
         return batches, {"format": f"amazon {kind} reviews"}
     notes: dict[str, Any] = {}
-    batch, used = tabular.read_interactions(path, bad, opts["columns"], no_header=opts["no_header"], split=split,
-                                            notes=notes)
+    batch, used = tabular.read_interactions(
+        path, bad, opts["columns"], no_header=opts["no_header"], split=split, notes=notes
+    )
     units = {k: v for k, v in sorted(notes.get("timestamp_units", {}).items())}
     info: dict[str, Any] = {"format": "table", "columns": used, "header": notes.get("header", True)}
     if "timestamp" in used:
@@ -228,13 +239,19 @@ def _ingest_catalog(
     kind = _meta_kind(got["meta"], meta_release)
     sources["meta"]["format"] = kind
     if kind == "table":
-        products: Any = tabular.read_meta_table(got["meta"], bad, base_dir=_source_dir(str(meta)) or got["meta"].parent,
-                                                columns=table_opts["meta_columns"], no_header=table_opts["no_header"])
+        products: Any = tabular.read_meta_table(
+            got["meta"],
+            bad,
+            base_dir=_source_dir(str(meta)) or got["meta"].parent,
+            columns=table_opts["meta_columns"],
+            no_header=table_opts["no_header"],
+        )
     else:
         products = amazon.read_products(got["meta"], kind, bad, progress=progress)
     log.info("%s: catalog-only dataset from %s (no interactions)", paths.name, got["meta"].name)
-    return prepare_catalog(paths, products, bad=bad, sources={"release": "csv", "category": None, **sources},
-                           config=config)
+    return prepare_catalog(
+        paths, products, bad=bad, sources={"release": "csv", "category": None, **sources}, config=config
+    )
 
 
 def _meta_kind(path: Path, hint: str) -> str:
@@ -274,7 +291,10 @@ def _demo_files(
             f"generate_demo did not write {meta_path} and {reviews_path}; delete {paths.raw_dir} and retry"
         )
     demo = {"source": "generated demo", "n_items": n_items, "n_users": n_users, "seed": seed}
-    sources = {"meta": {**demo, "file": paths.relative(meta_path)}, "reviews": {**demo, "file": paths.relative(reviews_path)}}
+    sources = {
+        "meta": {**demo, "file": paths.relative(meta_path)},
+        "reviews": {**demo, "file": paths.relative(reviews_path)},
+    }
     return meta_path, reviews_path, sources
 
 

@@ -6,6 +6,7 @@ image fetcher can take it before trying any URL. Bad CSV rows and ambiguous fold
 counted and reported (file, line, reason), never fatal; a missing folder or a CSV without the
 two columns is a user error, raised at once.
 """
+
 from __future__ import annotations
 
 import csv
@@ -48,8 +49,14 @@ def find_local_images(images_dir: str | Path | None) -> LocalImages:
     if found.problems:
         shown = "; ".join(f"{f}{f':{n}' if n else ''}: {r}" for f, n, r in found.problems[:5])
         more = f" (and {len(found.problems) - 5} more)" if len(found.problems) > 5 else ""
-        log.warning("images_dir %s: %d entr%s skipped: %s%s", where, len(found.problems),
-                    "y" if len(found.problems) == 1 else "ies", shown, more)
+        log.warning(
+            "images_dir %s: %d entr%s skipped: %s%s",
+            where,
+            len(found.problems),
+            "y" if len(found.problems) == 1 else "ies",
+            shown,
+            more,
+        )
     return found
 
 

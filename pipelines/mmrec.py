@@ -16,6 +16,7 @@ Malformed lines are counted with file and line and skipped; structural problems 
 not 0..n-1, a feature file with the wrong number of rows) stop the import with a message that
 says what to fix, because guessing there would misalign every vector.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -102,18 +103,24 @@ def _read_tsv(path: Path, required: tuple[str, ...], bad: BadRecords) -> _Tsv:
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
         skipped.append(int(row.number) if row.number is not None else -1)
-        bad.add(path, row.number, "wrong number of fields",
-                f"expected {row.expected_columns}, got {row.actual_columns}: {row.text[:80]!r}")
+        bad.add(
+            path,
+            row.number,
+            "wrong number of fields",
+            f"expected {row.expected_columns}, got {row.actual_columns}: {row.text[:80]!r}",
+        )
         return "skip"
 
     try:
         table = pacsv.read_csv(
             path,
             read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24),
-            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, ignore_empty_lines=False,
-                                             invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in names},
-                                                 strings_can_be_null=False),
+            parse_options=pacsv.ParseOptions(
+                delimiter="\t", quote_char=False, ignore_empty_lines=False, invalid_row_handler=on_invalid
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in names}, strings_can_be_null=False
+            ),
         )
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         raise StoreError(path, f"cannot be parsed as tab-separated text ({exc})") from exc
@@ -152,8 +159,13 @@ def _ints(tsv: _Tsv, names: tuple[str, ...], bad: BadRecords) -> tuple[dict[str,
         rows = np.flatnonzero(rows_mask & ~empty)
         if rows.size:
             shown = col.take(pa.array(rows[: bad.max_examples])).to_pylist()
-            _bulk_add(bad, tsv.path, tsv.lines[rows], f"{name} is not a non-negative integer",
-                      [f"{name}={v!r}" for v in shown])
+            _bulk_add(
+                bad,
+                tsv.path,
+                tsv.lines[rows],
+                f"{name} is not a non-negative integer",
+                [f"{name}={v!r}" for v in shown],
+            )
     return values, ok
 
 
@@ -175,18 +187,25 @@ def _mapping(path: Path, key: str, id_col: str, bad: BadRecords) -> list[str]:
     ids, names, lines = ids[order], names[order], lines[order]
     dup = np.flatnonzero(ids[1:] == ids[:-1]) + 1
     if dup.size:
-        raise StoreError(path, f"{id_col} {ids[dup[0]]} appears twice (line {lines[dup[0]]})",
-                         "each id must map to exactly one name")
+        raise StoreError(
+            path, f"{id_col} {ids[dup[0]]} appears twice (line {lines[dup[0]]})", "each id must map to exactly one name"
+        )
     if ids[0] != 0 or ids[-1] != n - 1:
         gap = int(np.flatnonzero(ids != np.arange(n))[0]) if (ids != np.arange(n)).any() else n
-        raise StoreError(path, f"{id_col} values are not contiguous 0..{n - 1}: id {gap} is missing",
-                         "MMRec ids index positional feature rows; fix the mapping or its bad lines")
+        raise StoreError(
+            path,
+            f"{id_col} values are not contiguous 0..{n - 1}: id {gap} is missing",
+            "MMRec ids index positional feature rows; fix the mapping or its bad lines",
+        )
     uniq, counts = np.unique(names.astype(str), return_counts=True)
     if (counts > 1).any():
         twice = str(uniq[counts > 1][0])
         at = sorted(int(x) for x in lines[names == twice])
-        raise StoreError(path, f"{key} {twice!r} maps to {int((names == twice).sum())} different {id_col}s "
-                         f"(lines {at[:5]})", "the mapping must be one-to-one")
+        raise StoreError(
+            path,
+            f"{key} {twice!r} maps to {int((names == twice).sum())} different {id_col}s (lines {at[:5]})",
+            "the mapping must be one-to-one",
+        )
     return [str(x) for x in names]
 
 
@@ -216,11 +235,23 @@ def _interactions(path: Path, n_users: int | None, n_items: int, bad: BadRecords
     key = user * np.int64(n_items) + item
     _, first = np.unique(key, return_index=True)
     dup = np.setdiff1d(np.arange(len(key)), first)
-    _bulk_add(bad, path, lines[dup], "duplicate (userID, itemID) pair",
-              [f"userID={user[r]} itemID={item[r]}" for r in dup[: bad.max_examples]])
+    _bulk_add(
+        bad,
+        path,
+        lines[dup],
+        "duplicate (userID, itemID) pair",
+        [f"userID={user[r]} itemID={item[r]}" for r in dup[: bad.max_examples]],
+    )
     first.sort()
-    return {"user": user[first], "item": item[first], "label": label[first], "timestamp": ts[first],
-            "rating": rating[first], "lines_read": np.int64(tsv.table.num_rows), "duplicates": np.int64(len(dup))}
+    return {
+        "user": user[first],
+        "item": item[first],
+        "label": label[first],
+        "timestamp": ts[first],
+        "rating": rating[first],
+        "lines_read": np.int64(tsv.table.num_rows),
+        "duplicates": np.int64(len(dup)),
+    }
 
 
 def _floats(tsv: _Tsv, name: str, bad: BadRecords) -> np.ndarray:
@@ -245,16 +276,29 @@ def _item_text(path: Path, asins: list[str], bad: BadRecords) -> list[str | None
     ids = cols["itemID"]
     n = len(asins)
     out_of_range = ok & (ids >= n)
-    _bulk_add(bad, path, tsv.lines[out_of_range], f"itemID not in {ITEM_MAPPING}",
-              [f"itemID={i}" for i in ids[out_of_range][: bad.max_examples]])
+    _bulk_add(
+        bad,
+        path,
+        tsv.lines[out_of_range],
+        f"itemID not in {ITEM_MAPPING}",
+        [f"itemID={i}" for i in ids[out_of_range][: bad.max_examples]],
+    )
     ok &= ~out_of_range
     file_asins = np.asarray(pc.utf8_trim_whitespace(tsv.column("asin")).to_numpy(zero_copy_only=False), dtype=object)
     expected = np.asarray(asins, dtype=object)
     mismatch = np.zeros(len(ids), dtype=bool)
     mismatch[ok] = file_asins[ok] != expected[ids[ok]]
     rows = np.flatnonzero(mismatch)
-    _bulk_add(bad, path, tsv.lines[rows], f"asin differs from {ITEM_MAPPING}",
-              [f"itemID={ids[r]} asin={file_asins[r]!r}, mapping says {expected[ids[r]]!r}" for r in rows[: bad.max_examples]])
+    _bulk_add(
+        bad,
+        path,
+        tsv.lines[rows],
+        f"asin differs from {ITEM_MAPPING}",
+        [
+            f"itemID={ids[r]} asin={file_asins[r]!r}, mapping says {expected[ids[r]]!r}"
+            for r in rows[: bad.max_examples]
+        ],
+    )
     ok &= ~mismatch
     keywords = pc.utf8_trim_whitespace(tsv.column("keywords")).to_pylist()
     text: list[str | None] = [None] * n
@@ -294,8 +338,9 @@ def _open_features(src: Path, n_items: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _write_features(src: Path, paths: DatasetPaths, asins: list[str], mats: dict[str, np.ndarray],
-                    progress: bool) -> dict[str, Any]:
+def _write_features(
+    src: Path, paths: DatasetPaths, asins: list[str], mats: dict[str, np.ndarray], progress: bool
+) -> dict[str, Any]:
     written: dict[str, Any] = {}
     for fname, mat in tqdm(mats.items(), desc="mmrec features", disable=not progress or not mats):
         name, modality = FEATURE_FILES[fname]
@@ -305,14 +350,26 @@ def _write_features(src: Path, paths: DatasetPaths, asins: list[str], mats: dict
         vectors = np.where(finite[:, None], vectors, 0.0).astype(np.float32)
         digest = file_sha256(path)
         write_features(
-            paths.feature(name), asins, np.arange(len(asins)), vectors,
-            encoder="mmrec-npy", model=f"mmrec:{fname}", weights="precomputed by MMRec",
-            modality=modality, input_hash=digest[:16], valid=finite,
+            paths.feature(name),
+            asins,
+            np.arange(len(asins)),
+            vectors,
+            encoder="mmrec-npy",
+            model=f"mmrec:{fname}",
+            weights="precomputed by MMRec",
+            modality=modality,
+            input_hash=digest[:16],
+            valid=finite,
             reasons=[None if v else "non-finite values in npy row" for v in finite],
             extra={"source": "MMRec npy", "source_file": path.name, "source_sha256": digest},
         )
-        written[name] = {"file": fname, "dim": int(mat.shape[1]), "rows": int(mat.shape[0]),
-                         "invalid_rows": int((~finite).sum()), "modality": modality}
+        written[name] = {
+            "file": fname,
+            "dim": int(mat.shape[1]),
+            "rows": int(mat.shape[0]),
+            "invalid_rows": int((~finite).sum()),
+            "modality": modality,
+        }
     return written
 
 
@@ -321,8 +378,11 @@ def _find_inter(src: Path, name: str | None) -> Path:
         return src / f"{name}{INTER_SUFFIX}"
     found = sorted(src.glob(f"*{INTER_SUFFIX}"))
     if len(found) != 1:
-        raise StoreError(src, f"has {len(found)} *{INTER_SUFFIX} files {[p.name for p in found]}",
-                         "keep one <name>.inter in the --source folder (or call import_mmrec(..., name=...))")
+        raise StoreError(
+            src,
+            f"has {len(found)} *{INTER_SUFFIX} files {[p.name for p in found]}",
+            "keep one <name>.inter in the --source folder (or call import_mmrec(..., name=...))",
+        )
     return found[0]
 
 
@@ -361,40 +421,54 @@ def import_mmrec(
     user, item, ts, rating = (inter[k][order] for k in ("user", "item", "timestamp", "rating"))
     split_code = inter["label"][order].astype(np.int8)
     split_hash = array_hash(user.astype(np.int32), item.astype(np.int32), split_code)
-    items = pa.table({
-        "item_id": pa.array(np.arange(n_items, dtype=np.int32)),
-        "asin": pa.array(asins, pa.string()),
-        "title": pa.nulls(n_items, pa.string()),
-        "description": pa.nulls(n_items, pa.string()),
-        "brand": pa.nulls(n_items, pa.string()),
-        "categories": pa.array([[] for _ in range(n_items)], pa.list_(pa.string())),
-        "image_url": pa.nulls(n_items, pa.string()),
-        "text": pa.array(text, pa.string()),
-    })
-    users = pa.table({"user_id": pa.array(np.arange(n_users, dtype=np.int32)),
-                      "reviewer_id": pa.array(reviewer_ids, pa.string())})
-    interactions = pa.table({
-        "user_id": pa.array(user.astype(np.int32)),
-        "item_id": pa.array(item.astype(np.int32)),
-        "rating": pa.array(rating, pa.float32(), mask=np.isnan(rating)),
-        "timestamp": pa.array(ts.astype(np.int64)),
-        "split": pa.array(np.array(schemas.SPLITS, dtype=object)[split_code], pa.string()),
-    })
+    items = pa.table(
+        {
+            "item_id": pa.array(np.arange(n_items, dtype=np.int32)),
+            "asin": pa.array(asins, pa.string()),
+            "title": pa.nulls(n_items, pa.string()),
+            "description": pa.nulls(n_items, pa.string()),
+            "brand": pa.nulls(n_items, pa.string()),
+            "categories": pa.array([[] for _ in range(n_items)], pa.list_(pa.string())),
+            "image_url": pa.nulls(n_items, pa.string()),
+            "text": pa.array(text, pa.string()),
+        }
+    )
+    users = pa.table(
+        {"user_id": pa.array(np.arange(n_users, dtype=np.int32)), "reviewer_id": pa.array(reviewer_ids, pa.string())}
+    )
+    interactions = pa.table(
+        {
+            "user_id": pa.array(user.astype(np.int32)),
+            "item_id": pa.array(item.astype(np.int32)),
+            "rating": pa.array(rating, pa.float32(), mask=np.isnan(rating)),
+            "timestamp": pa.array(ts.astype(np.int64)),
+            "split": pa.array(np.array(schemas.SPLITS, dtype=object)[split_code], pa.string()),
+        }
+    )
     feature_mats = _open_features(src, n_items)
     steps.update()
 
     sizes = {X_LABELS[c]: int((split_code == c).sum()) for c in sorted(X_LABELS)}
-    sources = {p.name: {"path": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}  # by name: no machine path
-               for p in [inter_path, src / ITEM_MAPPING, user_map, text_path,
-                         *(src / f for f in FEATURE_FILES)] if p.is_file()}
+    sources = {
+        p.name: {"path": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}  # by name: no machine path
+        for p in [inter_path, src / ITEM_MAPPING, user_map, text_path, *(src / f for f in FEATURE_FILES)]
+        if p.is_file()
+    }
     report = {
         "dataset": paths.name,
         "source": "mmrec",
         "src": src.resolve().name,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sources": sources,
-        "steps": [{"step": "read", "lines": int(inter["lines_read"]), "interactions": int(len(user)),
-                   "users": int(np.unique(user).size), "items": int(np.unique(item).size)}],
+        "steps": [
+            {
+                "step": "read",
+                "lines": int(inter["lines_read"]),
+                "interactions": int(len(user)),
+                "users": int(np.unique(user).size),
+                "items": int(np.unique(item).size),
+            }
+        ],
         "duplicates_removed": int(inter["duplicates"]),
         "missing": {
             "text": int(sum(t is None for t in text)),
@@ -410,8 +484,12 @@ def import_mmrec(
     }
     write_table(items, paths.items, schemas.ITEMS)
     write_table(users, paths.users, schemas.USERS)
-    write_table(interactions, paths.interactions, schemas.INTERACTIONS,
-                metadata={"split_hash": split_hash, "split_rule": SPLIT_RULE, "source": "mmrec"})
+    write_table(
+        interactions,
+        paths.interactions,
+        schemas.INTERACTIONS,
+        metadata={"split_hash": split_hash, "split_rule": SPLIT_RULE, "source": "mmrec"},
+    )
     report["features"] = _write_features(src, paths, asins, feature_mats, progress)
     steps.close()
     write_json(report, paths.prepare_report)

@@ -13,11 +13,12 @@ reproduces count-for-count): a user with n interactions
   before it valid, the rest train;
 - n < 3 (only possible with kcore < 3): all train — there is nothing left to learn from.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -257,7 +258,9 @@ DUPLICATE_POLICY = (
     "merged by asin: the most complete record is kept (most non-empty of title, description, "
     "brand, categories, image_url, after cleaning); ties keep the first seen"
 )
-GIVEN_SPLIT_RULE = "given: the split column of the interactions file, or its --train/--valid/--test files, kept as given"
+GIVEN_SPLIT_RULE = (
+    "given: the split column of the interactions file, or its --train/--valid/--test files, kept as given"
+)
 
 
 @dataclass
@@ -351,8 +354,18 @@ def prepare(
     bad = bad if bad is not None else BadRecords()
     known: dict[str, Any] = {}
     try:
-        return _prepare(paths, reviews, products, kcore=kcore, seed=seed, bad=bad, sources=sources, config=config,
-                        meta_file=meta_file, known=known)
+        return _prepare(
+            paths,
+            reviews,
+            products,
+            kcore=kcore,
+            seed=seed,
+            bad=bad,
+            sources=sources,
+            config=config,
+            meta_file=meta_file,
+            known=known,
+        )
     except ValueError as exc:
         write_failure_report(paths, str(exc), known, bad, sources)
         raise
@@ -392,12 +405,16 @@ def data_facts(report: dict[str, Any], bad: BadRecords) -> list[str]:
     facts = [truncation_fact(e) for e in (bad.examples.get(TRUNCATED) or [])]
     dup = report.get("duplicates") or {}
     if dup.get("exact") or dup.get("merged"):
-        facts.append(f"duplicate lines: {dup['exact']:,} exact duplicates (same user, item, rating and time) and "
-                     f"{dup['merged']:,} merged records (same user and item, the latest kept) of {dup['records']:,} reviews")
+        facts.append(
+            f"duplicate lines: {dup['exact']:,} exact duplicates (same user, item, rating and time) and "
+            f"{dup['merged']:,} merged records (same user and item, the latest kept) of {dup['records']:,} reviews"
+        )
     meta = report.get("metadata") or {}
     if meta.get("duplicate_products"):
-        facts.append(f"metadata: {meta['duplicate_products']:,} repeated product records of {meta['products_read']:,} "
-                     f"({meta['duplicate_asins']:,} asins) merged, the most complete kept")
+        facts.append(
+            f"metadata: {meta['duplicate_products']:,} repeated product records of {meta['products_read']:,} "
+            f"({meta['duplicate_asins']:,} asins) merged, the most complete kept"
+        )
     missing, items = (report.get("missing") or {}).get("metadata", 0), (report.get("output") or {}).get("items")
     if missing and items:
         facts.append(f"{missing:,} of {items:,} items have no metadata record (no title, text or image)")
@@ -405,16 +422,20 @@ def data_facts(report: dict[str, Any], bad: BadRecords) -> list[str]:
     if kc.get("iterations"):
         rounds = ", ".join(f"{r['interactions_removed']:,}" for r in kc["iterations"][:8])
         more = ", …" if len(kc["iterations"]) > 8 else ""
-        facts.append(f"{kc['k']}-core: {kc['before']:,} → {kc['iterations'][-1]['interactions']:,} interactions in "
-                     f"{len(kc['iterations'])} round(s), removed per round: {rounds}{more}")
+        facts.append(
+            f"{kc['k']}-core: {kc['before']:,} → {kc['iterations'][-1]['interactions']:,} interactions in "
+            f"{len(kc['iterations'])} round(s), removed per round: {rounds}{more}"
+        )
     return facts
 
 
 def truncation_fact(example: dict[str, Any]) -> str:
     """'F: cut off after line N (gzip ends mid-stream); N lines read': where the cut was and what survived."""
     complete = max(int(example.get("line") or 1) - 1, 0)
-    return (f"{example.get('file')}: cut off after line {complete:,} (gzip ends mid-stream); {complete:,} lines read, "
-            "the rest of the file is lost: download it again")
+    return (
+        f"{example.get('file')}: cut off after line {complete:,} (gzip ends mid-stream); {complete:,} lines read, "
+        "the rest of the file is lost: download it again"
+    )
 
 
 def _prepare(
@@ -486,9 +507,7 @@ def _prepare(
     known.update(metadata=catalog.report(), missing=missing)
     meta_check = check_meta_match(cfg, catalog.seen, len(asins) - missing["metadata"], len(asins), bad, meta_file)
 
-    users = pa.table(
-        {"user_id": pa.array(np.arange(len(reviewer_ids), dtype=np.int32)), "reviewer_id": reviewer_ids}
-    )
+    users = pa.table({"user_id": pa.array(np.arange(len(reviewer_ids), dtype=np.int32)), "reviewer_id": reviewer_ids})
     inter = pa.table(
         {
             "user_id": pa.array(user_id.astype(np.int32)),
@@ -527,7 +546,9 @@ def _prepare(
     write_table(items, paths.items, schemas.ITEMS)
     write_table(users, paths.users, schemas.USERS)
     write_table(
-        inter, paths.interactions, schemas.INTERACTIONS,
+        inter,
+        paths.interactions,
+        schemas.INTERACTIONS,
         metadata={"split_seed": str(cfg.seed), "split_hash": split_hash, "kcore": str(cfg.kcore)},
     )
     write_json(report, paths.prepare_report)
@@ -540,16 +561,25 @@ def _duplicates_note(dup: dict[str, int]) -> str:
 
 
 def _split(
-    arr: ReviewArrays, keep: np.ndarray, in_core: np.ndarray, user_id: np.ndarray, ts: np.ndarray,
-    item_id: np.ndarray, seed: int,
+    arr: ReviewArrays,
+    keep: np.ndarray,
+    in_core: np.ndarray,
+    user_id: np.ndarray,
+    ts: np.ndarray,
+    item_id: np.ndarray,
+    seed: int,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The given split when every kept interaction has one, else the METHOD.md split."""
     if arr.split is not None and (arr.split >= 0).any():
         given = arr.split[keep][in_core]
         unset = int((given < 0).sum())
         if unset == 0:
-            return given.astype(np.int8), {"seed": None, "rule": GIVEN_SPLIT_RULE, "given": True,
-                                           **_eval_only_users(user_id, given)}
+            return given.astype(np.int8), {
+                "seed": None,
+                "rule": GIVEN_SPLIT_RULE,
+                "given": True,
+                **_eval_only_users(user_id, given),
+            }
         note = f"given split ignored: {unset} kept interaction(s) have no split value; assigned by the rule"
         return assign_split(user_id, ts, item_id, seed), {"rule": SPLIT_RULE, "given": False, "note": note}
     return assign_split(user_id, ts, item_id, seed), {"rule": SPLIT_RULE}
@@ -585,8 +615,13 @@ def row_accounting(bad: BadRecords, merged: int, removed_by_kcore: int, kept: in
         "kept": int(kept),
     }
     read = sum(bad.lines_read.values())
-    return {"files": files, "lines_read": read, **parts, "rejected_by_reason": rejected,
-            "balanced": read == sum(parts.values())}
+    return {
+        "files": files,
+        "lines_read": read,
+        **parts,
+        "rejected_by_reason": rejected,
+        "balanced": read == sum(parts.values()),
+    }
 
 
 def check_meta_match(
@@ -609,7 +644,9 @@ def check_meta_match(
         return {**info, "meta_check": f"failed ({ratio:.0%} < {cfg.min_meta_match:.0%}), allowed by allow_missing_meta"}
     cause = ""
     if products_read == 0:
-        cause = f"0 records parsed from {name}, {bad.by_file.get(name, 0)} bad line(s) (see bad_records in prepare.json); "
+        cause = (
+            f"0 records parsed from {name}, {bad.by_file.get(name, 0)} bad line(s) (see bad_records in prepare.json); "
+        )
     raise ValueError(
         f"{cause}{name} matched metadata for {matched} of {n_items} items ({ratio:.0%}, fewer than "
         f"min_meta_match {cfg.min_meta_match:.0%}); check that --meta is the same category as --reviews, "
@@ -637,8 +674,11 @@ def _items_table(
             missing["metadata"] += 1
             p = Product(asin)
         title, desc, brand = clean_text(p.title), clean_text(p.description), clean_text(p.brand)
-        for name, raw, clean in (("title", p.title, title), ("description", p.description, desc),
-                                 ("brand", p.brand, brand)):
+        for name, raw, clean in (
+            ("title", p.title, title),
+            ("description", p.description, desc),
+            ("brand", p.brand, brand),
+        ):
             counts.record(name, raw, clean)
         for c in p.categories:
             counts.record("categories", c, clean_text(c))
@@ -651,11 +691,23 @@ def _items_table(
                 fallback_examples.append(asin)
         image = p.image_url.strip() if p.image_url and p.image_url.strip() else None
         text = item_text(title, brand, cats, desc, max_chars)
-        for name, value in (("title", title), ("description", desc), ("brand", brand),
-                            ("categories", cats), ("image", image), ("text", text)):
+        for name, value in (
+            ("title", title),
+            ("description", desc),
+            ("brand", brand),
+            ("categories", cats),
+            ("image", image),
+            ("text", text),
+        ):
             missing[name] += not value
-        for name, value in (("title", title), ("description", desc), ("brand", brand),
-                            ("categories", cats), ("image_url", image), ("text", text)):
+        for name, value in (
+            ("title", title),
+            ("description", desc),
+            ("brand", brand),
+            ("categories", cats),
+            ("image_url", image),
+            ("text", text),
+        ):
             cols[name].append(value)
     table = pa.table(
         {
@@ -673,8 +725,10 @@ def _items_table(
     for key in ("fallback_name", *TITLE_FALLBACKS):
         cleaning.setdefault("title", {}).setdefault(key, 0)
     cleaning["title"]["fallback_examples"] = fallback_examples
-    cleaning["title"]["fallback_rule"] = ("title that is only markup or only the brand -> first description sentence "
-                                          "(cleaned, cut at a word, at most 120 chars), else the brand")
+    cleaning["title"]["fallback_rule"] = (
+        "title that is only markup or only the brand -> first description sentence "
+        "(cleaned, cut at a word, at most 120 chars), else the brand"
+    )
     return table, missing, cleaning
 
 
@@ -702,8 +756,7 @@ def format_summary(report: dict[str, Any]) -> str:
     lines = [f"dataset {report['dataset']}"]
     for s in report["steps"]:
         lines.append(
-            f"  {s['step']:<14} {s['interactions']:>10,} interactions {s['users']:>9,} users "
-            f"{s['items']:>9,} items"
+            f"  {s['step']:<14} {s['interactions']:>10,} interactions {s['users']:>9,} users {s['items']:>9,} items"
         )
     kc = report["kcore"]
     lines.append(
@@ -714,8 +767,7 @@ def format_summary(report: dict[str, Any]) -> str:
     n_items = report["output"]["items"]
     miss = report["missing"]
     lines.append(
-        "  items missing: "
-        + ", ".join(f"{k} {v:,}/{n_items:,}" for k, v in miss.items() if k != "categories")
+        "  items missing: " + ", ".join(f"{k} {v:,}/{n_items:,}" for k, v in miss.items() if k != "categories")
     )
     br = report["bad_records"]
     if br["total"]:

@@ -5,6 +5,7 @@ handle, whatever release the data came from. `BadRecords` is how a parser says "
 wrong" without stopping: real dumps always contain a few broken lines, and losing a whole ingest
 to one of them is worse than counting it and telling the user where it was.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -131,9 +132,7 @@ class BadRecords:
             self.dropped_by_file_reason[(Path(file).name, reason)] += 1
         shown = self.examples.setdefault(reason, [])
         if len(shown) < self.max_examples:
-            shown.append(
-                {"file": Path(file).name, "line": line, "detail": detail[:200], "dropped": dropped}
-            )
+            shown.append({"file": Path(file).name, "line": line, "detail": detail[:200], "dropped": dropped})
 
     def count_lines(self, file: str | Path, lines: int, *, header: int = 0, blank: int = 0) -> None:
         """Lines an interaction reader consumed (header and blank lines included, and counted)."""
@@ -167,9 +166,12 @@ class BadRecords:
         for reason, n in other.dropped_counts.items():
             self.dropped_counts[reason] += n
         self.by_file.update(other.by_file)
-        for mine_c, theirs in ((self.lines_read, other.lines_read), (self.header_lines, other.header_lines),
-                               (self.blank_lines, other.blank_lines),
-                               (self.dropped_by_file_reason, other.dropped_by_file_reason)):
+        for mine_c, theirs in (
+            (self.lines_read, other.lines_read),
+            (self.header_lines, other.header_lines),
+            (self.blank_lines, other.blank_lines),
+            (self.dropped_by_file_reason, other.dropped_by_file_reason),
+        ):
             mine_c.update(theirs)
         for reason, shown in other.examples.items():
             mine = self.examples.setdefault(reason, [])

@@ -4,6 +4,7 @@ One rule for the downloader, the image fetcher and the command line's checks, so
 the CLI accepted is the path the pipeline reads. Standard library only: the CLI imports it
 before any heavy module, to refuse a bad path in well under a second.
 """
+
 from __future__ import annotations
 
 import os

@@ -13,6 +13,7 @@ by the first of a few usual names (DEFAULT_NAMES). Timestamps are integer Unix s
 interaction. A split column (train/valid/test, or 0/1/2 as in MMRec's x_label) is carried to
 prepare, which keeps it when every kept interaction has one.
 """
+
 from __future__ import annotations
 
 import csv
@@ -63,8 +64,9 @@ def is_table_file(path: str | Path) -> bool:
     return name.endswith(TABLE_SUFFIXES)
 
 
-def parse_columns(spec: str | Mapping[str, str] | None, roles: tuple[str, ...] = INTERACTION_ROLES,
-                  option: str = "--columns") -> dict[str, str]:
+def parse_columns(
+    spec: str | Mapping[str, str] | None, roles: tuple[str, ...] = INTERACTION_ROLES, option: str = "--columns"
+) -> dict[str, str]:
     """'user=reviewerID,item=asin' or 'user=0,item=1' (or a dict) → {role: column}; unknown roles are an error."""
     if spec is None or spec == "":
         return {}
@@ -77,16 +79,23 @@ def parse_columns(spec: str | Mapping[str, str] | None, roles: tuple[str, ...] =
                 continue
             key, sep, value = part.partition("=")
             if not sep or not key.strip() or not value.strip():
-                raise ValueError(f"{option}: {part.strip()!r} is not ROLE=COLUMN; write e.g. {option} \"{_example(roles)}\"")
+                raise ValueError(
+                    f'{option}: {part.strip()!r} is not ROLE=COLUMN; write e.g. {option} "{_example(roles)}"'
+                )
             pairs.append((key.strip(), value.strip()))
     pairs = [("timestamp" if k == "time" else k, v) for k, v in pairs]
     unknown = [k for k, _ in pairs if k not in roles]
     if unknown:
         other = "--meta-columns" if option == "--columns" else "--columns"
-        also = f" ({other} names the {'metadata' if other == '--meta-columns' else 'interaction'} columns)" \
-            if set(unknown) & set(META_ROLES if other == "--meta-columns" else INTERACTION_ROLES) else ""
-        raise ValueError(f"{option}: unknown role(s) {', '.join(unknown)}; the roles are {', '.join(roles)}{also} "
-                         f"(e.g. {option} \"{_example(roles)}\")")
+        also = (
+            f" ({other} names the {'metadata' if other == '--meta-columns' else 'interaction'} columns)"
+            if set(unknown) & set(META_ROLES if other == "--meta-columns" else INTERACTION_ROLES)
+            else ""
+        )
+        raise ValueError(
+            f"{option}: unknown role(s) {', '.join(unknown)}; the roles are {', '.join(roles)}{also} "
+            f'(e.g. {option} "{_example(roles)}")'
+        )
     return dict(pairs)
 
 
@@ -97,7 +106,11 @@ def _example(roles: tuple[str, ...]) -> str:
 
 
 def resolve_columns(
-    path: Path, found: list[str], mapping: dict[str, str], roles: tuple[str, ...], required: tuple[str, ...],
+    path: Path,
+    found: list[str],
+    mapping: dict[str, str],
+    roles: tuple[str, ...],
+    required: tuple[str, ...],
     option: str = "--columns",
 ) -> dict[str, str]:
     """{role: column} for this file: the user's names or positions (which must exist), else the usual ones."""
@@ -114,10 +127,12 @@ def resolve_columns(
         what = [f"{r}={c} (no such column)" for r, c in missing_named.items()]
         what += [f"{r} (no column named {', '.join(DEFAULT_NAMES[r])})" for r in absent if r not in missing_named]
         wrong = [*missing_named, *(r for r in absent if r not in missing_named)]
-        example = ",".join(f"{r}={found[min(k, len(found) - 1)] if found else 'COLUMN'}" for k, r in enumerate(required))
+        example = ",".join(
+            f"{r}={found[min(k, len(found) - 1)] if found else 'COLUMN'}" for k, r in enumerate(required)
+        )
         raise ValueError(
             f"{path.name}: cannot find column(s) for role {', '.join(wrong)}: {'; '.join(what)}; columns found: "
-            f"{', '.join(found) or 'none'}; say which column is the {wrong[0]} with {option} \"{example}\""
+            f'{", ".join(found) or "none"}; say which column is the {wrong[0]} with {option} "{example}"'
         )
     return out
 
@@ -128,8 +143,9 @@ def _positional(path: Path, found: list[str], column: str, option: str) -> str:
         return column
     k = int(column)
     if k >= len(found):
-        raise ValueError(f"{path.name}: {option} names column {k} but the file has {len(found)} column(s) "
-                         f"(positions count from 0)")
+        raise ValueError(
+            f"{path.name}: {option} names column {k} but the file has {len(found)} column(s) (positions count from 0)"
+        )
     return found[k]
 
 
@@ -159,8 +175,14 @@ def is_parquet(path: Path) -> bool:
 
 
 def read_string_table(
-    path: str | Path, bad: BadRecords, *, header: bool | None = None, names: frozenset[str] = frozenset(),
-    option: str = "--columns", roles: tuple[str, ...] = INTERACTION_ROLES, count: bool = True,
+    path: str | Path,
+    bad: BadRecords,
+    *,
+    header: bool | None = None,
+    names: frozenset[str] = frozenset(),
+    option: str = "--columns",
+    roles: tuple[str, ...] = INTERACTION_ROLES,
+    count: bool = True,
 ) -> tuple[pa.Table, np.ndarray]:
     """Every column as strings (Parquet timestamps as Unix seconds) and each row's number.
 
@@ -190,7 +212,12 @@ def read_string_table(
 
     def invalid(row: pacsv.InvalidRow) -> str:
         if row.text.strip():
-            bad.add(path, row.number, BAD_CSV, f"{row.actual_columns} fields, expected {row.expected_columns}: {row.text[:80]!r}")
+            bad.add(
+                path,
+                row.number,
+                BAD_CSV,
+                f"{row.actual_columns} fields, expected {row.expected_columns}: {row.text[:80]!r}",
+            )
         else:
             blank_invalid[0] += 1
         if row.number is not None:
@@ -206,14 +233,23 @@ def read_string_table(
         read = pacsv.ReadOptions(use_threads=False, block_size=1 << 24, column_names=names_found)
     if header:
         try:
-            probe = pacsv.open_csv(str(path), read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 16),
-                                   parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda r: "skip"))
+            probe = pacsv.open_csv(
+                str(path),
+                read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 16),
+                parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda r: "skip"),
+            )
             names_found = probe.schema.names
             probe.close()
         except (pa.ArrowInvalid, OSError) as exc:
-            raise ValueError(f"{path.name}: cannot read it as a table ({exc}); give a CSV, TSV or Parquet file") from exc
-    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names_found}, null_values=[""],
-                                   strings_can_be_null=True, quoted_strings_can_be_null=False)
+            raise ValueError(
+                f"{path.name}: cannot read it as a table ({exc}); give a CSV, TSV or Parquet file"
+            ) from exc
+    convert = pacsv.ConvertOptions(
+        column_types={n: pa.string() for n in names_found},
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    )
     try:
         table = pacsv.read_csv(str(path), read_options=read, parse_options=parse, convert_options=convert)
     except pa.ArrowInvalid as exc:
@@ -221,8 +257,9 @@ def read_string_table(
     start = 2 if header else 1
     rows = np.setdiff1d(np.arange(start, table.num_rows + len(skipped) + start), np.asarray(skipped, dtype=np.int64))
     if count:
-        bad.count_lines(path, table.num_rows + len(skipped) + int(bool(header)), header=int(bool(header)),
-                        blank=blank_invalid[0])
+        bad.count_lines(
+            path, table.num_rows + len(skipped) + int(bool(header)), header=int(bool(header)), blank=blank_invalid[0]
+        )
     return table, rows[: table.num_rows]
 
 
@@ -234,7 +271,7 @@ def _first_rows(path: Path, delimiter: str, n: int = 2) -> list[list[str]]:
     """The first n non-blank rows, split by the csv module (a quick look, not the real read)."""
     with pa.input_stream(str(path), compression="detect") as fh:
         head = fh.read(256 * 1024).decode("utf-8", "replace").lstrip("\ufeff")
-    lines = [ln for ln in head.splitlines()[: 50] if ln.strip()]
+    lines = [ln for ln in head.splitlines()[:50] if ln.strip()]
     rows = list(csv.reader(lines, delimiter=delimiter))
     return [r for r in rows if r][:n]
 
@@ -253,8 +290,13 @@ def looks_like_data(value: str) -> bool:
     return False
 
 
-def decide_header(path: Path, rows: list[list[str]], names: set[str] | frozenset[str], option: str = "--columns",
-                  roles: tuple[str, ...] = INTERACTION_ROLES) -> bool:
+def decide_header(
+    path: Path,
+    rows: list[list[str]],
+    names: set[str] | frozenset[str],
+    option: str = "--columns",
+    roles: tuple[str, ...] = INTERACTION_ROLES,
+) -> bool:
     """Is the first row a header? Column names we know → yes; values shaped like data → no; words
     over numbers → yes. Otherwise stop: guessing wrong loses a row or mislabels every column."""
     if not rows:
@@ -266,15 +308,18 @@ def decide_header(path: Path, rows: list[list[str]], names: set[str] | frozenset
         return True
     if data and not named:
         return False
-    if not named and len(rows) > 1 and any(looks_like_data(b) and not looks_like_data(a)
-                                           for a, b in zip(first, rows[1])):
+    if (
+        not named
+        and len(rows) > 1
+        and any(looks_like_data(b) and not looks_like_data(a) for a, b in zip(first, rows[1]))
+    ):
         return True
     second = rows[1] if len(rows) > 1 else []
-    named = ",".join(f"{r}={first[k]}" for k, r in enumerate(roles[:min(2, len(first))]))
-    placed = ",".join(f"{r}={k}" for k, r in enumerate(roles[:min(2, len(first))]))
+    named = ",".join(f"{r}={first[k]}" for k, r in enumerate(roles[: min(2, len(first))]))
+    placed = ",".join(f"{r}={k}" for k, r in enumerate(roles[: min(2, len(first))]))
     raise ValueError(
         f"{path.name}: cannot tell whether row 1 is a header: row 1 {first}, row 2 {second}; if row 1 names "
-        f"the columns say {option} \"{named}\", if it is data say --no-header {option} \"{placed}\""
+        f'the columns say {option} "{named}", if it is data say --no-header {option} "{placed}"'
     )
 
 
@@ -299,8 +344,9 @@ def positional_hint(row: list[str], roles: tuple[str, ...] = INTERACTION_ROLES) 
     return ",".join(f"{r}={k}" for r, k in sorted(guess.items(), key=lambda x: x[1]))
 
 
-def check_columns(path: str | Path, columns: str | Mapping[str, str] | None, *, no_header: bool = False,
-                  meta: bool = False) -> dict[str, str]:
+def check_columns(
+    path: str | Path, columns: str | Mapping[str, str] | None, *, no_header: bool = False, meta: bool = False
+) -> dict[str, str]:
     """What read_interactions / read_meta_table would decide about the header and the columns, from
     the first rows only: the command line refuses a file it cannot read before any work starts."""
     path = Path(path)
@@ -310,14 +356,19 @@ def check_columns(path: str | Path, columns: str | Mapping[str, str] | None, *, 
         found = pq.read_schema(path).names
     else:
         rows = _first_rows(path, sniff_delimiter(path))
-        header = False if no_header else decide_header(path, rows, frozenset(mapping.values()) | _ALL_DEFAULT_NAMES,
-                                                       option, roles)
+        header = (
+            False
+            if no_header
+            else decide_header(path, rows, frozenset(mapping.values()) | _ALL_DEFAULT_NAMES, option, roles)
+        )
         found = rows[0] if header and rows else [str(k) for k in range(len(rows[0]) if rows else 1)]
         if not header and not mapping:
             said = "--no-header says" if no_header else "row 1 looks like data"
             row = rows[0] if rows else []
-            raise ValueError(f"{path.name} has no header ({said}: {row[:4]}); say which column is which by position, "
-                             f"e.g. {option} \"{positional_hint(row, roles)}\"")
+            raise ValueError(
+                f"{path.name} has no header ({said}: {row[:4]}); say which column is which by position, "
+                f'e.g. {option} "{positional_hint(row, roles)}"'
+            )
         found = [c.strip() for c in found]
     return resolve_columns(path, found, mapping, roles, ("asin",) if meta else ("user", "item"), option)
 
@@ -327,8 +378,9 @@ def _blank(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), True)
 
 
-def _report(bad: BadRecords, path: Path, mask: np.ndarray, rows: np.ndarray, reason: str,
-            table: pa.Table, dropped: bool = True) -> None:
+def _report(
+    bad: BadRecords, path: Path, mask: np.ndarray, rows: np.ndarray, reason: str, table: pa.Table, dropped: bool = True
+) -> None:
     for k in np.flatnonzero(mask):
         bad.add(path, int(rows[k]), reason, _brief(table, int(k)), dropped=dropped)
 
@@ -391,8 +443,13 @@ def _seconds(value: str) -> tuple[int, str]:
 # interactions
 # --------------------------------------------------------------------------------------------
 def read_interactions(
-    path: str | Path, bad: BadRecords, columns: str | Mapping[str, str] | None = None, *,
-    no_header: bool = False, split: int | None = None, notes: dict[str, Any] | None = None,
+    path: str | Path,
+    bad: BadRecords,
+    columns: str | Mapping[str, str] | None = None,
+    *,
+    no_header: bool = False,
+    split: int | None = None,
+    notes: dict[str, Any] | None = None,
 ) -> tuple[ReviewBatch, dict[str, str]]:
     """One batch with a split column (null where not given) and the {role: column} it used.
 
@@ -406,8 +463,10 @@ def read_interactions(
     if headerless and not mapping:
         row = [str(v) for v in table.slice(0, 1).to_pylist()[0].values()] if table.num_rows else []
         said = "--no-header says" if no_header else "row 1 looks like data"
-        raise ValueError(f"{path.name} has no header ({said}: {row[:4]}); say which column is which by position, "
-                         f"e.g. --columns \"{positional_hint(row)}\"")
+        raise ValueError(
+            f"{path.name} has no header ({said}: {row[:4]}); say which column is which by position, "
+            f'e.g. --columns "{positional_hint(row)}"'
+        )
     used = resolve_columns(path, table.column_names, mapping, INTERACTION_ROLES, ("user", "item"))
     units: Counter = Counter()
     if notes is not None:
@@ -446,8 +505,13 @@ def read_interactions(
         _report(bad, path, keep & bad_rating, rows, BAD_RATING, table, dropped=False)
     take = pa.array(np.flatnonzero(keep))
     batch = pa.table(
-        [pc.take(user, take), pc.take(item, take), pc.take(rating, take),
-         pa.array(ts[keep], pa.int64()), pc.take(split, take)],
+        [
+            pc.take(user, take),
+            pc.take(item, take),
+            pc.take(rating, take),
+            pa.array(ts[keep], pa.int64()),
+            pc.take(split, take),
+        ],
         schema=REVIEW_SPLIT_SCHEMA,
     )
     return ReviewBatch(batch.combine_chunks()), used
@@ -488,19 +552,32 @@ def image_location(value: str | None, base_dir: Path | None) -> str | None:
 
 
 def read_meta_table(
-    path: str | Path, bad: BadRecords, *, base_dir: str | Path | None = None,
-    columns: str | Mapping[str, str] | None = None, no_header: bool = False,
+    path: str | Path,
+    bad: BadRecords,
+    *,
+    base_dir: str | Path | None = None,
+    columns: str | Mapping[str, str] | None = None,
+    no_header: bool = False,
 ) -> Iterator[Product]:
     """Products of a metadata CSV/TSV/Parquet (asin, title, description, brand, categories, image);
     `columns` is --meta-columns ('asin=sku,title=name,image=photo', or positions)."""
     path = Path(path)
     mapping = parse_columns(columns, META_ROLES, "--meta-columns")
-    table, rows = read_string_table(path, bad, header=False if no_header else None, names=frozenset(mapping.values()),
-                                    option="--meta-columns", roles=META_ROLES, count=False)
+    table, rows = read_string_table(
+        path,
+        bad,
+        header=False if no_header else None,
+        names=frozenset(mapping.values()),
+        option="--meta-columns",
+        roles=META_ROLES,
+        count=False,
+    )
     if table.column_names[:1] == ["0"] and not mapping:
         row = [str(v) for v in table.slice(0, 1).to_pylist()[0].values()] if table.num_rows else []
-        raise ValueError(f"{path.name} has no header (row 1: {row[:4]}); say which column is which by position, "
-                         f"e.g. --meta-columns \"{positional_hint(row, META_ROLES)}\"")
+        raise ValueError(
+            f"{path.name} has no header (row 1: {row[:4]}); say which column is which by position, "
+            f'e.g. --meta-columns "{positional_hint(row, META_ROLES)}"'
+        )
     used = resolve_columns(path, table.column_names, mapping, META_ROLES, ("asin",), "--meta-columns")
     base = Path(base_dir) if base_dir is not None else path.parent
     data = {role: table.column(col).to_pylist() for role, col in used.items()}

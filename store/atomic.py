@@ -4,6 +4,7 @@ The lowest layer of the store: every other store module writes through it (table
 indexes), and it imports none of them, so a module that tables reads (store.records) can write
 its JSON without importing tables back.
 """
+
 from __future__ import annotations
 
 import contextlib

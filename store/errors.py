@@ -1,4 +1,5 @@
 """One exception type for everything the store refuses, so callers can catch it at the edge."""
+
 from __future__ import annotations
 
 from pathlib import Path

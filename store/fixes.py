@@ -4,6 +4,7 @@ A message that says "run the stage that writes it" leaves the reader to guess; o
 `anchorrec features --dataset demo` can be pasted. The mapping follows the layout of
 store.layout (one writer per file).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

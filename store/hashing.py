@@ -1,4 +1,5 @@
 """Content hashes of files: the cache keys of stages and the checks of downloads."""
+
 from __future__ import annotations
 
 import hashlib

@@ -13,6 +13,7 @@ clear error instead of a crash deep inside FAISS.
 Why the manifest carries the item vectors' hash: a run can be retrained in place; an index built
 from the old vectors would then silently answer for a model that no longer exists.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -214,16 +215,20 @@ def choose_content_feature(paths: DatasetPaths, wanted: str | None = None) -> st
     names = paths.feature_names()
     if wanted is not None:
         if wanted not in names:
-            raise ValueError(f"--vectors {wanted}: dataset {paths.name!r} has no features/{wanted}.parquet; "
-                             f"feature tables: {', '.join(names) or 'none'}")
+            raise ValueError(
+                f"--vectors {wanted}: dataset {paths.name!r} has no features/{wanted}.parquet; "
+                f"feature tables: {', '.join(names) or 'none'}"
+            )
         return wanted
     modality = {name: read_metadata(paths.feature(name)).get("modality") for name in names}
     for kind in CONTENT_MODALITIES:
         found = [name for name in names if modality[name] == kind]
         if found:
             return found[0]
-    raise ValueError(f"dataset {paths.name!r} has no feature tables to publish for similar(); extract them first: "
-                     f"anchorrec features --dataset {paths.name}")
+    raise ValueError(
+        f"dataset {paths.name!r} has no feature tables to publish for similar(); extract them first: "
+        f"anchorrec features --dataset {paths.name}"
+    )
 
 
 def publish_content(paths: DatasetPaths, feature: str, **index_options: Any) -> dict[str, Any]:
@@ -241,18 +246,38 @@ def publish_content(paths: DatasetPaths, feature: str, **index_options: Any) -> 
     vectors, valid = align_features(table, asins, source)
     ids = np.nonzero(valid)[0]
     if not len(ids):
-        raise StoreError(source, "has no item with a vector: nothing to index",
-                         f"publish another table with --vectors NAME ({', '.join(paths.feature_names())})")
+        raise StoreError(
+            source,
+            "has no item with a vector: nothing to index",
+            f"publish another table with --vectors NAME ({', '.join(paths.feature_names())})",
+        )
     chosen = vectors[ids]
     norms = np.linalg.norm(chosen, axis=1, keepdims=True)
     chosen = chosen / np.where(norms > 0, norms, 1.0)
     run_id = content_run_id(feature)
     modality = table.metadata.get("modality", "")
-    write_vectors(paths.item_vectors(run_id), "item_id", ids, chosen,
-                  metadata={"model": f"content:{feature}", "content_feature": feature, "modality": modality,
-                            "feature_content_hash": table.metadata.get("content_hash", "")})
-    write_json({"model": "content", "feature": feature, "modality": modality, "items": len(asins),
-                "with_vector": int(len(ids))}, paths.run(run_id) / "config.json")
+    write_vectors(
+        paths.item_vectors(run_id),
+        "item_id",
+        ids,
+        chosen,
+        metadata={
+            "model": f"content:{feature}",
+            "content_feature": feature,
+            "modality": modality,
+            "feature_content_hash": table.metadata.get("content_hash", ""),
+        },
+    )
+    write_json(
+        {
+            "model": "content",
+            "feature": feature,
+            "modality": modality,
+            "items": len(asins),
+            "with_vector": int(len(ids)),
+        },
+        paths.run(run_id) / "config.json",
+    )
     manifest = publish(paths, run_id, **index_options)
     return {**manifest, "content_feature": feature, "without_vector": len(asins) - int(len(ids))}
 
@@ -365,7 +390,9 @@ def load_index(paths: DatasetPaths, run_id: str, *, check_vectors: bool = True) 
         source = paths.item_vectors(run_id)
         if not source.exists():
             raise StoreError(
-                source, f"item vectors of run {run_id!r} are gone but an index is published", fixes.repair(source, "train")
+                source,
+                f"item vectors of run {run_id!r} are gone but an index is published",
+                fixes.repair(source, "train"),
             )
         current = verified_vectors_hash(source, "item_id")  # refuses rows that disagree with their hash
         if current != manifest["vectors_hash"]:

@@ -6,6 +6,7 @@ the CLI prints as a table and tests compare directly. A run's status is the one 
 wrote (store.run_status), never read from file ages, except for runs written before status files
 existed and pretraining runs (legacy_status).
 """
+
 from __future__ import annotations
 
 import time
@@ -67,7 +68,9 @@ def list_datasets(home: str | Path | None = None) -> list[dict[str, Any]]:
         paths = DatasetPaths(base / name)
         runs = paths.run_ids()
         found = manifests(paths)
-        readable = sorted(((r, m) for r, m in found if isinstance(m, dict)), key=lambda rm: (str(rm[1].get("created_at", "")), rm[0]))
+        readable = sorted(
+            ((r, m) for r, m in found if isinstance(m, dict)), key=lambda rm: (str(rm[1].get("created_at", "")), rm[0])
+        )
         out.append(
             {
                 "name": name,
@@ -111,8 +114,10 @@ def content_status(run_dir: Path, config: dict[str, Any]) -> tuple[str, str]:
     """A content run (store.index.publish_content) is finished when its vectors are there."""
     if not (run_dir / "item_vectors.parquet").is_file():
         return "failed", f"item_vectors.parquet missing: rerun anchorrec publish --dataset {run_dir.parents[1].name}"
-    return "finished", (f"content vectors of {config.get('feature')} ({config.get('with_vector')} of "
-                        f"{config.get('items')} items), no training")
+    return "finished", (
+        f"content vectors of {config.get('feature')} ({config.get('with_vector')} of "
+        f"{config.get('items')} items), no training"
+    )
 
 
 def legacy_status(run_dir: Path, metrics: dict[str, Any] | None, now: float | None = None) -> str:
@@ -140,12 +145,17 @@ def _newest(paths: DatasetPaths) -> tuple[dict[str, dict[str, Any]], str | None]
     found = manifests(paths)
     published = {r: m for r, m in found if isinstance(m, dict)}
     broken = any(isinstance(m, StoreError) for _, m in found)
-    newest = None if broken or not published else max(published, key=lambda r: (str(published[r].get("created_at", "")), r))
+    newest = (
+        None if broken or not published else max(published, key=lambda r: (str(published[r].get("created_at", "")), r))
+    )
     return published, newest
 
 
 def run_summary(
-    paths: DatasetPaths, run_id: str, now: float | None = None, _published: tuple[dict[str, Any], str | None] | None = None
+    paths: DatasetPaths,
+    run_id: str,
+    now: float | None = None,
+    _published: tuple[dict[str, Any], str | None] | None = None,
 ) -> dict[str, Any]:
     """One run as a dict: run_id, model, seed, status, valid_recall@20 (best validation),
     test_recall@20 (of that epoch), best_epoch, published (a readable index manifest exists),
@@ -183,12 +193,30 @@ def list_runs(paths: DatasetPaths, now: float | None = None) -> list[dict[str, A
 
 # Column types for printing the lists as tables (a column that is None in every row has no type of its own).
 DATASETS_SCHEMA = pa.schema(
-    [("name", pa.string()), ("items", pa.int64()), ("users", pa.int64()), ("interactions", pa.int64()),
-     ("features", pa.list_(pa.string())), ("runs", pa.int64()), ("pretrain_runs", pa.int64()),
-     ("published", pa.list_(pa.string())), ("latest", pa.string()), ("broken_manifests", pa.list_(pa.string()))]
+    [
+        ("name", pa.string()),
+        ("items", pa.int64()),
+        ("users", pa.int64()),
+        ("interactions", pa.int64()),
+        ("features", pa.list_(pa.string())),
+        ("runs", pa.int64()),
+        ("pretrain_runs", pa.int64()),
+        ("published", pa.list_(pa.string())),
+        ("latest", pa.string()),
+        ("broken_manifests", pa.list_(pa.string())),
+    ]
 )
 RUNS_SCHEMA = pa.schema(
-    [("run_id", pa.string()), ("model", pa.string()), ("seed", pa.int64()), ("status", pa.string()),
-     ("valid_recall@20", pa.float64()), ("test_recall@20", pa.float64()), ("best_epoch", pa.int64()),
-     ("published", pa.bool_()), ("latest", pa.bool_()), ("note", pa.string())]
+    [
+        ("run_id", pa.string()),
+        ("model", pa.string()),
+        ("seed", pa.int64()),
+        ("status", pa.string()),
+        ("valid_recall@20", pa.float64()),
+        ("test_recall@20", pa.float64()),
+        ("best_epoch", pa.int64()),
+        ("published", pa.bool_()),
+        ("latest", pa.bool_()),
+        ("note", pa.string()),
+    ]
 )

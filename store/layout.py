@@ -3,6 +3,7 @@
 All rooms ask this module for paths instead of joining strings, so the layout can change in one
 place and two stages can never disagree about where a table is.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,7 @@ def check_name(kind: str, name: str) -> str:
     """Dataset, feature and run names become path parts; refuse anything that could escape."""
     if not _NAME.match(name or ""):
         raise ValueError(
-            f"invalid {kind} name {name!r}: use letters, digits, '_', '-', '.' "
-            "(no slashes, not starting with '.')"
+            f"invalid {kind} name {name!r}: use letters, digits, '_', '-', '.' (no slashes, not starting with '.')"
         )
     return name
 
@@ -181,7 +181,9 @@ def portable(text: str) -> str:
     machine: the part after site-packages/ for an installed package, else the file or folder name.
     Table metadata is compared byte for byte across homes and machines (a copied home must stay a
     cache hit), and a path such as /home/me/.venv/… would make two identical tables differ."""
+
     def cut(m: re.Match) -> str:
         path = m.group(0)
         return path.split("/site-packages/", 1)[1] if "/site-packages/" in path else Path(path).name
+
     return _ABSOLUTE.sub(cut, text)

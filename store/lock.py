@@ -10,6 +10,7 @@ flock is the lock. It is taken once per command, in the process that runs the co
 takes in that process (a flow inside a command, threads of a tuning study) pass through, and
 worker processes of a command never take it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,8 +76,9 @@ def _try_flock(fd: int) -> bool:
 
 
 @contextlib.contextmanager
-def dataset_lock(paths: DatasetPaths, command: str, wait: bool = True,
-                 say: Callable[[str], None] | None = None) -> Iterator[None]:
+def dataset_lock(
+    paths: DatasetPaths, command: str, wait: bool = True, say: Callable[[str], None] | None = None
+) -> Iterator[None]:
     """Hold the dataset's writer lock for the block; wait for another writer, or refuse at once.
 
     The dataset directory is created first (an ingest starts from nothing), so taking the lock never
@@ -115,10 +117,15 @@ def _acquire(path: Path, dataset: str, command: str, wait: bool, say: Callable[[
         if not _try_flock(fd):
             who = describe(holder(path))
             if not wait:
-                raise StoreError(path, f"dataset {dataset!r} is being written by {who}",
-                                 "wait for it to end, or run the command without --no-wait to wait for it")
-            say(f"waiting: dataset {dataset!r} is being written by {who}; this command goes on when it ends "
-                "(finished stages are then cached)")
+                raise StoreError(
+                    path,
+                    f"dataset {dataset!r} is being written by {who}",
+                    "wait for it to end, or run the command without --no-wait to wait for it",
+                )
+            say(
+                f"waiting: dataset {dataset!r} is being written by {who}; this command goes on when it ends "
+                "(finished stages are then cached)"
+            )
             fcntl.flock(fd, fcntl.LOCK_EX)
         info = {"pid": os.getpid(), "command": command, "argv": " ".join(sys.argv[:12])[:400], "since": time.time()}
         os.ftruncate(fd, 0)

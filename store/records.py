@@ -13,6 +13,7 @@ without a record (written before records existed, or by a test) is checked as be
 The SHA-256 of a file is computed once per process while its identity (inode, size, mtime_ns,
 ctime_ns) is unchanged.
 """
+
 from __future__ import annotations
 
 import json
@@ -99,8 +100,13 @@ def write(path: str | Path, stage: str) -> Path | None:
         return None
     path = Path(path)
     rel = _located(path)[1]  # type: ignore[index]
-    record = {"file": rel.as_posix(), "stage": stage, "rows": _rows(path), "bytes": path.stat().st_size,
-              "sha256": content_sha256(path)}
+    record = {
+        "file": rel.as_posix(),
+        "stage": stage,
+        "rows": _rows(path),
+        "bytes": path.stat().st_size,
+        "sha256": content_sha256(path),
+    }
     return write_json(record, target)
 
 
@@ -175,4 +181,17 @@ def problem(path: str | Path) -> str | None:
     return None
 
 
-__all__ = ["RECORDS_DIR", "check", "content_sha256", "discard", "identity", "problem", "read", "record_path", "restore", "settled", "withdraw", "write"]
+__all__ = [
+    "RECORDS_DIR",
+    "check",
+    "content_sha256",
+    "discard",
+    "identity",
+    "problem",
+    "read",
+    "record_path",
+    "restore",
+    "settled",
+    "withdraw",
+    "write",
+]

@@ -13,6 +13,7 @@
   whose record says running while no process holds its lock (kill -9, a crash, a power cut).
   The same command continues an interrupted run from its last checkpoint.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,13 @@ ENDED = ("finished", "stopped", "diverged")  # tested: metrics.json and the vect
 def write_status(run_dir: Path, status: str, epoch: int | None = None, note: str | None = None) -> None:
     if status not in STATUSES:
         raise ValueError(f"run status must be one of {STATUSES}, got {status!r}")
-    record = {"status": status, "pid": os.getpid(), "updated_at": time.time(), "epoch": epoch,
-              "note": one_line(note)[:300] if note else None}
+    record = {
+        "status": status,
+        "pid": os.getpid(),
+        "updated_at": time.time(),
+        "epoch": epoch,
+        "note": one_line(note)[:300] if note else None,
+    }
     write_json(record, Path(run_dir) / STATUS_FILE)
 
 

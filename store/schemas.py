@@ -3,6 +3,7 @@
 Readers validate against these (see store.tables.read_table), so a table written by an old
 version or by hand fails with a message naming the column, not deep inside a model.
 """
+
 from __future__ import annotations
 
 import pyarrow as pa

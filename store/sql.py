@@ -45,6 +45,7 @@ too.) Temporary tables and views (CREATE TEMP ...) still work: they live in the 
 A read-write connection (read_only=False) uses plain `read_parquet` views, which a file
 database keeps, so the DuckDB command line can open it later.
 """
+
 from __future__ import annotations
 
 import json
@@ -95,7 +96,11 @@ def feature_view_name(feature: str) -> str:
 
 def table_sources(paths: DatasetPaths, run_id: str | None) -> dict[str, Path]:
     """View name → Parquet file, for the files that exist now."""
-    sources = {name: p for name, p in (("items", paths.items), ("users", paths.users), ("interactions", paths.interactions)) if p.exists()}
+    sources = {
+        name: p
+        for name, p in (("items", paths.items), ("users", paths.users), ("interactions", paths.interactions))
+        if p.exists()
+    }
     for feature in paths.feature_names():
         sources[feature_view_name(feature)] = paths.feature(feature)
     if run_id is not None:
@@ -129,7 +134,11 @@ class _Lookup:
         found = (self.sorted[pos] == ids) if len(self.sorted) else np.zeros(len(ids), bool)
         if not found.all():
             bad = np.asarray(ids)[~found]
-            raise ValueError(f"unknown {self.what} {int(bad[0])}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") + f": not in {self.source}")
+            raise ValueError(
+                f"unknown {self.what} {int(bad[0])}"
+                + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+                + f": not in {self.source}"
+            )
         return self.order[pos]
 
 
@@ -150,7 +159,11 @@ class VectorFunctions:
 
     def _require_run(self) -> str:
         if self.run_id is None:
-            raise StoreError(self.paths.index_root, "no run has a published index", f"create one: anchorrec publish --dataset {self.paths.name}")
+            raise StoreError(
+                self.paths.index_root,
+                "no run has a published index",
+                f"create one: anchorrec publish --dataset {self.paths.name}",
+            )
         return self.run_id
 
     @property
@@ -300,9 +313,13 @@ def _resolve_run(paths: DatasetPaths, run_id: str | None) -> str | None:
         return run_id
     published = ", ".join(run for run, _ in published_runs(paths)) or "none"
     if not paths.run(run_id).is_dir():
-        raise ValueError(f"no run {run_id} in dataset {paths.name}; published runs: {published} "
-                         f"(pass one as --run-id, or leave it out for the newest; anchorrec runs --dataset {paths.name} lists all runs)")
-    raise StoreError(manifest, f"run {run_id!r} has no published index; published runs: {published}", republish(paths, run_id))
+        raise ValueError(
+            f"no run {run_id} in dataset {paths.name}; published runs: {published} "
+            f"(pass one as --run-id, or leave it out for the newest; anchorrec runs --dataset {paths.name} lists all runs)"
+        )
+    raise StoreError(
+        manifest, f"run {run_id!r} has no published index; published runs: {published}", republish(paths, run_id)
+    )
 
 
 def referenced_tables(sql: str) -> set[str] | None:
@@ -363,8 +380,10 @@ def _refusing_views(con: duckdb.DuckDBPyConnection, bad: dict[str, str], sources
     only then: one bad feature table does not block a query over `items`."""
     for name, found in bad.items():
         literal = "'" + f"{StoreError.__name__}: {found}".replace("'", "''") + "'"
-        con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT {_columns_sql(sources[name])} '
-                    f"WHERE error({literal}) IS NULL")
+        con.execute(
+            f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT {_columns_sql(sources[name])} '
+            f"WHERE error({literal}) IS NULL"
+        )
 
 
 def refuse_touched(bad: dict[str, str], tables: set[str] | None) -> None:
@@ -398,9 +417,17 @@ def published_table(paths: DatasetPaths, current: str | None) -> pa.Table:
             }
         )
     schema = pa.schema(
-        [("run_id", pa.string()), ("model", pa.string()), ("seed", pa.int64()), ("created", pa.string()),
-         ("count", pa.int64()), ("dim", pa.int32()), ("kind", pa.string()), ("vectors_hash", pa.string()),
-         ("current", pa.bool_())]
+        [
+            ("run_id", pa.string()),
+            ("model", pa.string()),
+            ("seed", pa.int64()),
+            ("created", pa.string()),
+            ("count", pa.int64()),
+            ("dim", pa.int32()),
+            ("kind", pa.string()),
+            ("vectors_hash", pa.string()),
+            ("current", pa.bool_()),
+        ]
     )
     return pa.Table.from_pylist(rows, schema=schema)
 
@@ -457,7 +484,11 @@ def _open_read_only(database: str | Path | None, sources: dict[str, Path]) -> du
         try:
             con = duckdb.connect(str(database), read_only=True)
         except duckdb.Error as exc:
-            raise StoreError(database, f"cannot open the database read-only ({exc})", "close the program that has it open for writing") from exc
+            raise StoreError(
+                database,
+                f"cannot open the database read-only ({exc})",
+                "close the program that has it open for writing",
+            ) from exc
     for name, path in sources.items():
         # Temporary views shadow the database's own read_parquet views of the same name.
         con.register(name, ds.dataset(str(path), format="parquet"))
@@ -565,8 +596,10 @@ def check_format(output: str | Path | None, fmt: str) -> None:
     """Refuse a format the writer does not have, naming `--output` and the suffixes it takes."""
     writable = [f for f in FORMATS if f != "table"]
     if output is not None and fmt not in writable:
-        raise ValueError(f"--output {output}: unsupported format {fmt!r} (from its suffix); "
-                         f"--output writes {' or '.join('.' + f for f in writable)} files")
+        raise ValueError(
+            f"--output {output}: unsupported format {fmt!r} (from its suffix); "
+            f"--output writes {' or '.join('.' + f for f in writable)} files"
+        )
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     if fmt != "table" and output is None:
@@ -578,8 +611,9 @@ def check_output(output: str | Path, home: str | Path) -> Path:
     there could replace a store table (items.parquet, a run's vectors) with anything."""
     target, root = Path(output).expanduser().resolve(), Path(home).expanduser().resolve()
     if target == root or root in target.parents:
-        raise ValueError(f"--output {output}: is inside the store ({root}); write query results elsewhere, "
-                         "outside $ANCHORREC_HOME")
+        raise ValueError(
+            f"--output {output}: is inside the store ({root}); write query results elsewhere, outside $ANCHORREC_HOME"
+        )
     return target
 
 
@@ -634,7 +668,7 @@ def _require_user(paths: DatasetPaths, functions: VectorFunctions, user_id: int)
         known = f"user_ids {int(ids[0])}..{int(ids[-1])} ({len(ids)} users)" if len(ids) else "no users"
         raise ValueError(
             f"unknown user {int(user_id)}: run {functions.run_id} has {known}; list them: "
-            f"anchorrec sql \"SELECT user_id, reviewer_id FROM users\" --dataset {paths.name}"
+            f'anchorrec sql "SELECT user_id, reviewer_id FROM users" --dataset {paths.name}'
         )
 
 

@@ -3,6 +3,7 @@
 A crash must leave the old file or the new one, never half of one: everything is written to a
 temporary file in the same directory, fsynced, then renamed over the target.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,21 +60,21 @@ def conform(table: pa.Table, schema: pa.Schema, source: str | Path | None = None
             col = col.cast(field.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise StoreError(
-                source, f"column {field.name!r} is {col.type}, expected {field.type}: {exc}",
+                source,
+                f"column {field.name!r} is {col.type}, expected {field.type}: {exc}",
                 fixes.repair(source) if source is not None else "",
             ) from exc
         if not field.nullable and col.null_count:
             raise StoreError(
-                source, f"column {field.name!r} has {col.null_count} null value(s)",
+                source,
+                f"column {field.name!r} has {col.null_count} null value(s)",
                 fixes.repair(source) if source is not None else "",
             )
         columns.append(col)
     return pa.Table.from_arrays(columns, schema=schema.remove_metadata())
 
 
-def read_table(
-    path: str | Path, schema: pa.Schema | None = None, columns: list[str] | None = None
-) -> pa.Table:
+def read_table(path: str | Path, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:
     """Read a Parquet table and validate it against `schema`, naming the file on any problem."""
     path = Path(path)
     if not path.exists():
@@ -85,9 +86,7 @@ def read_table(
         raise StoreError(path, f"not a readable Parquet file ({exc})", fixes.repair(path)) from exc
     recorded = (table.schema.metadata or {}).get(NUM_ROWS.encode())
     if recorded is not None and int(recorded) != table.num_rows:
-        raise StoreError(
-            path, f"has {table.num_rows} rows but its writer recorded {int(recorded)}", fixes.repair(path)
-        )
+        raise StoreError(path, f"has {table.num_rows} rows but its writer recorded {int(recorded)}", fixes.repair(path))
 
     records.check(path)  # a well-formed file that is not what its stage wrote is refused too
     if schema is None:
@@ -107,8 +106,11 @@ def readable(path: str | Path) -> None:
         with open(path, "rb"):
             pass
     except PermissionError as exc:
-        raise StoreError(path, "permission denied: this user cannot read it",
-                         f"give read access (ls -l {path}; chmod/chown), or run as the store's owner") from exc
+        raise StoreError(
+            path,
+            "permission denied: this user cannot read it",
+            f"give read access (ls -l {path}; chmod/chown), or run as the store's owner",
+        ) from exc
     except IsADirectoryError as exc:
         raise StoreError(path, "is a directory, not a file", fixes.repair(path)) from exc
 

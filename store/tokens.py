@@ -22,6 +22,7 @@ vocab_size and the special token ids for text). No clock time: `created_at` is i
 `tokens/<name>.json`. This module is in the store so that verify and every room can read the
 format; features.tokens writes it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -106,7 +107,9 @@ def token_columns(tokens: np.ndarray, n_tokens: np.ndarray, ids: np.ndarray | No
         "tokens": pa.ListArray.from_arrays(pa.array(offsets), inner, mask=empty),
     }
     if ids is not None:
-        out["ids"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(ids)[keep].astype(np.int32)), mask=empty)
+        out["ids"] = pa.ListArray.from_arrays(
+            pa.array(offsets), pa.array(np.asarray(ids)[keep].astype(np.int32)), mask=empty
+        )
     return out
 
 
@@ -119,8 +122,9 @@ def leaf_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
-def padded(counts: np.ndarray, max_tokens: int, dim: int, flat_tokens: np.ndarray,
-           flat_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def padded(
+    counts: np.ndarray, max_tokens: int, dim: int, flat_tokens: np.ndarray, flat_ids: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The stored layout (real tokens only, row after row) → zero-padded (tokens, mask, ids)."""
     mask = np.arange(max_tokens)[None, :] < np.asarray(counts)[:, None]
     tokens = np.zeros((len(counts), max_tokens, dim), np.float16)
@@ -133,8 +137,12 @@ def padded(counts: np.ndarray, max_tokens: int, dim: int, flat_tokens: np.ndarra
 
 
 def tokens_hash(
-    asins: Sequence[str], item_ids: np.ndarray, n_tokens: np.ndarray, flat_tokens: np.ndarray,
-    flat_ids: np.ndarray | None, reasons: Sequence[str | None],
+    asins: Sequence[str],
+    item_ids: np.ndarray,
+    n_tokens: np.ndarray,
+    flat_tokens: np.ndarray,
+    flat_ids: np.ndarray | None,
+    reasons: Sequence[str | None],
 ) -> str:
     """Content hash of a token table's rows in order: what a verify recomputes from the file."""
     h = hashlib.sha256()
@@ -152,23 +160,47 @@ def tokens_hash(
 
 
 def write_tokens(
-    path: str | Path, asins: Sequence[str], item_ids: np.ndarray, columns: dict[str, pa.Array],
-    reasons: Sequence[str | None], *, dim: int, max_tokens: int, modality: str, metadata: dict[str, str],
+    path: str | Path,
+    asins: Sequence[str],
+    item_ids: np.ndarray,
+    columns: dict[str, pa.Array],
+    reasons: Sequence[str | None],
+    *,
+    dim: int,
+    max_tokens: int,
+    modality: str,
+    metadata: dict[str, str],
     token_meta: dict,
 ) -> Path:
     """Write a token table atomically, with its content hash, and the created_at sidecar."""
-    table = pa.table({"asin": pa.array(list(asins), pa.string()), "item_id": pa.array(np.asarray(item_ids, np.int32)),
-                      **columns, "reason": pa.array(list(reasons), pa.string())})
+    table = pa.table(
+        {
+            "asin": pa.array(list(asins), pa.string()),
+            "item_id": pa.array(np.asarray(item_ids, np.int32)),
+            **columns,
+            "reason": pa.array(list(reasons), pa.string()),
+        }
+    )
     with_ids = "ids" in columns
     content = tokens_hash(
-        list(asins), np.asarray(item_ids), columns["n_tokens"].to_numpy(),
-        leaf_values(columns["tokens"]), leaf_values(columns["ids"]) if with_ids else None, list(reasons),
+        list(asins),
+        np.asarray(item_ids),
+        columns["n_tokens"].to_numpy(),
+        leaf_values(columns["tokens"]),
+        leaf_values(columns["ids"]) if with_ids else None,
+        list(reasons),
     )
     meta = dict(metadata)
-    meta.update({
-        "kind": KIND, "modality": modality, "dim": str(dim), "max_tokens": str(max_tokens),
-        "content_hash": content, "token_meta": json.dumps(token_meta, sort_keys=True),
-    })
+    meta.update(
+        {
+            "kind": KIND,
+            "modality": modality,
+            "dim": str(dim),
+            "max_tokens": str(max_tokens),
+            "content_hash": content,
+            "token_meta": json.dumps(token_meta, sort_keys=True),
+        }
+    )
     meta.pop("created_at", None)
     out = write_table(table, path, token_schema(dim, with_ids), metadata=meta)
     write_json({"created_at": datetime.now(UTC).isoformat(timespec="seconds"), "content_hash": content}, sidecar(path))
@@ -200,7 +232,9 @@ def load_tokens(path: str | Path) -> TokenTable:
     item_ids = table.column("item_id").to_numpy().astype(np.int32)
     actual = tokens_hash(asins, item_ids, counts, flat, flat_ids, reasons)
     if actual != kv.get("content_hash"):
-        raise _refuse(path, f"rows do not match the content_hash its writer recorded ({actual} ≠ {kv.get('content_hash')})")
+        raise _refuse(
+            path, f"rows do not match the content_hash its writer recorded ({actual} ≠ {kv.get('content_hash')})"
+        )
     tokens, mask, ids = padded(counts, max_tokens, dim, flat, flat_ids)
     meta = {k: v for k, v in kv.items() if k not in ("token_meta", NUM_ROWS)}
     meta.update(json.loads(kv.get("token_meta", "{}")))
@@ -217,4 +251,13 @@ def created_at(path: str | Path) -> str | None:
         return None
 
 
-__all__ = ["KIND", "TokenTable", "created_at", "load_tokens", "token_columns", "token_schema", "tokens_hash", "write_tokens"]
+__all__ = [
+    "KIND",
+    "TokenTable",
+    "created_at",
+    "load_tokens",
+    "token_columns",
+    "token_schema",
+    "tokens_hash",
+    "write_tokens",
+]

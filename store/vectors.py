@@ -3,6 +3,7 @@
 Feature rows are keyed by `asin` as well as `item_id` so that a re-indexed catalog is caught
 instead of silently misaligning vectors; `align_features` does that check.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,7 +73,13 @@ def features_hash(
     for text in (asins, ["\x00" if r is None else r for r in reasons]):
         h.update("\x1f".join(text).encode())
         h.update(b"\x1e")
-    h.update(array_hash(np.asarray(item_ids, dtype=np.int64), np.where(np.asarray(valid, bool)[:, None], vectors, 0).astype(np.float32), np.asarray(valid, bool)).encode())
+    h.update(
+        array_hash(
+            np.asarray(item_ids, dtype=np.int64),
+            np.where(np.asarray(valid, bool)[:, None], vectors, 0).astype(np.float32),
+            np.asarray(valid, bool),
+        ).encode()
+    )
     return h.hexdigest()[:16]
 
 
@@ -148,7 +155,9 @@ def write_features(
     meta.update(extra or {})
     meta.pop("created_at", None)  # a clock time would make identical tables differ in bytes
     out = write_table(table, path, schemas.feature_schema(dim), metadata=meta)
-    write_json({"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "content_hash": content}, sidecar(path))
+    write_json(
+        {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "content_hash": content}, sidecar(path)
+    )
     return out
 
 
@@ -177,7 +186,9 @@ def read_features(path: str | Path) -> FeatureTable:
     if recorded is not None:
         actual = features_hash(out.asins, out.item_ids, vectors, valid, out.reasons)
         if actual != recorded:
-            raise _refuse(path, f"rows do not match the content_hash its writer recorded ({actual} ≠ {recorded})", "features")
+            raise _refuse(
+                path, f"rows do not match the content_hash its writer recorded ({actual} ≠ {recorded})", "features"
+            )
     side = sidecar(path)
     if "created_at" not in meta and side.exists():
         try:
@@ -194,7 +205,9 @@ def conform_checked(path: Path, table: pa.Table, schema: pa.Schema) -> pa.Table:
     return out.replace_schema_metadata(meta) if meta else out
 
 
-def align_features(features: FeatureTable, items_asins: Sequence[str], source: str | Path = "") -> tuple[np.ndarray, np.ndarray]:
+def align_features(
+    features: FeatureTable, items_asins: Sequence[str], source: str | Path = ""
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows of `features` in item_id order of the items table, matched by asin.
 
     Returns (n_items, d) vectors and a validity mask; items absent from the table are invalid.
@@ -216,7 +229,9 @@ def align_features(features: FeatureTable, items_asins: Sequence[str], source: s
     return out, valid
 
 
-def write_vectors(path: str | Path, key: str, ids: np.ndarray, vectors: np.ndarray, metadata: dict[str, str] | None = None) -> Path:
+def write_vectors(
+    path: str | Path, key: str, ids: np.ndarray, vectors: np.ndarray, metadata: dict[str, str] | None = None
+) -> Path:
     """Run output: `user_id` or `item_id` plus the final embedding."""
     if key not in ("user_id", "item_id"):
         raise ValueError("key must be 'user_id' or 'item_id'")

@@ -6,6 +6,7 @@ footers and recorded row counts always, the recorded content hash when the write
 (run vectors, feature tables), and for a published index the manifest ↔ index ↔ vectors
 agreement. A flow reruns a stage whose output has a problem instead of trusting its cache.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,7 +40,9 @@ def footer_problem(path: str | Path) -> str | None:
         return str(StoreError(path, f"not a readable Parquet file ({exc})", fixes.repair(path)))
     recorded = (meta.metadata or {}).get(NUM_ROWS.encode())
     if recorded is not None and int(recorded) != meta.num_rows:
-        return str(StoreError(path, f"has {meta.num_rows} rows but its writer recorded {int(recorded)}", fixes.repair(path)))
+        return str(
+            StoreError(path, f"has {meta.num_rows} rows but its writer recorded {int(recorded)}", fixes.repair(path))
+        )
     return None
 
 
@@ -196,4 +199,14 @@ def require(path: str | Path) -> None:
         raise StoreError(None, found)
 
 
-__all__ = ["checked", "footer_problem", "full_problem", "pages_problem", "parquet_problem", "problem", "problems", "published_problem", "require"]
+__all__ = [
+    "checked",
+    "footer_problem",
+    "full_problem",
+    "pages_problem",
+    "parquet_problem",
+    "problem",
+    "problems",
+    "published_problem",
+    "require",
+]

@@ -1,5 +1,6 @@
 """The shell a CLI test runs `anchorrec` in, as a user's would be: no Prefect server configured (the
 command starts or reuses its own), a home and a PREFECT_HOME of the test's own."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Shared fixtures. Keep this file small: room-specific fixtures live beside their tests."""
+
 from __future__ import annotations
 
 import os

@@ -15,6 +15,7 @@ requests, one of these faults:
 Everything is bounded: sleeps wait on an event that teardown sets, sockets have timeouts, and
 the server thread is stopped and joined when the fixture ends.
 """
+
 from __future__ import annotations
 
 import mimetypes
@@ -151,9 +152,7 @@ class FaultyHTTPServer:
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     # --- test-facing API ---
@@ -210,9 +209,7 @@ class FaultyHTTPServer:
 
     def _log(self, rel: str, method: str, rng: str | None, fault: Fault | None) -> None:
         with self._lock:
-            self.requests.append(
-                {"path": rel, "method": method, "range": rng, "fault": fault.kind if fault else None}
-            )
+            self.requests.append({"path": rel, "method": method, "range": rng, "fault": fault.kind if fault else None})
 
     def _resolve(self, rel: str) -> Path | None:
         if self.root is None:

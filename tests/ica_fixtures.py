@@ -1,4 +1,5 @@
 """Helpers the ICA tests share (pooled and token runs resume the same way)."""
+
 from __future__ import annotations
 
 import pytest

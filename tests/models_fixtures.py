@@ -1,4 +1,5 @@
 """Tiny generated recommendation data with a planted preference (shared by the models tests)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,9 @@ import numpy as np
 from models.training.data import InteractionData, interactions_from_arrays
 
 
-def planted(n_users: int = 300, n_items: int = 200, n_groups: int = 5, per_user: int = 12, seed: int = 0) -> InteractionData:
+def planted(
+    n_users: int = 300, n_items: int = 200, n_groups: int = 5, per_user: int = 12, seed: int = 0
+) -> InteractionData:
     """Users and items fall into groups; a user interacts only with items of their group.
 
     Any model that learns the preference ranks in-group items first: Recall@20 near
@@ -23,5 +26,6 @@ def planted(n_users: int = 300, n_items: int = 200, n_groups: int = 5, per_user:
         train.append(pairs[:-2])
         valid.append(pairs[-2:-1])
         test.append(pairs[-1:])
-    return interactions_from_arrays(n_users, n_items, np.concatenate(train), np.concatenate(valid), np.concatenate(test))
-
+    return interactions_from_arrays(
+        n_users, n_items, np.concatenate(train), np.concatenate(valid), np.concatenate(test)
+    )

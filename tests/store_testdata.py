@@ -1,4 +1,5 @@
 """A tiny synthetic dataset with one published-ready run, for the store's tests."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ class Synthetic:
     items: np.ndarray  # (n_items, d), row j = item_ids[j]
     train: dict[int, set[int]]
 
-    def exact(self, queries: np.ndarray, k: int, exclude: list[set[int]] | None = None) -> tuple[np.ndarray | list, np.ndarray | list]:
+    def exact(
+        self, queries: np.ndarray, k: int, exclude: list[set[int]] | None = None
+    ) -> tuple[np.ndarray | list, np.ndarray | list]:
         """Exact top-k by numpy: the ground truth every search is compared with."""
         scores = queries.astype(np.float64) @ self.items.T.astype(np.float64)
         out_ids, out_scores = [], []
@@ -56,7 +59,13 @@ def items_table(item_ids: np.ndarray) -> pa.Table:
 
 
 def make_dataset(
-    root: Path, n_users: int = 40, n_items: int = 120, d: int = 8, seed: int = 0, run_id: str = "run-a", per_user: int = 6
+    root: Path,
+    n_users: int = 40,
+    n_items: int = 120,
+    d: int = 8,
+    seed: int = 0,
+    run_id: str = "run-a",
+    per_user: int = 6,
 ) -> Synthetic:
     rng = np.random.default_rng(seed)
     paths = DatasetPaths(Path(root) / "toys")

@@ -1,4 +1,5 @@
 """AlignRec stage 2: each loss term against a direct formula, switches, and learning."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -86,7 +87,9 @@ def test_every_term_matches_the_direct_formula(toy, n_layers):
         torch.testing.assert_close(got[key], want[key], rtol=2e-5, atol=1e-7, msg=key)
 
 
-@pytest.mark.parametrize("field,key", [("reg_weight", "reg"), ("cca_weight", "cca"), ("uia_weight", "uia"), ("sim_weight", "sim")])
+@pytest.mark.parametrize(
+    "field,key", [("reg_weight", "reg"), ("cca_weight", "cca"), ("uia_weight", "uia"), ("sim_weight", "sim")]
+)
 def test_zero_weight_removes_exactly_that_term(toy, field, key):
     _, graph, batch = toy
     on = make(graph, cca_weight=0.3)
@@ -121,10 +124,18 @@ def test_learns_a_planted_preference(tmp_path):
     rng = np.random.default_rng(0)
     n_users, n_items, groups = 160, 96, 4
     item_group = np.arange(n_items) % groups
-    pairs = np.array([(u, i) for u in range(n_users) for i in rng.choice(np.flatnonzero(item_group == u % groups), 10, replace=False)])
+    pairs = np.array(
+        [
+            (u, i)
+            for u in range(n_users)
+            for i in rng.choice(np.flatnonzero(item_group == u % groups), 10, replace=False)
+        ]
+    )
     split = np.tile(np.array([0] * 7 + [1, 2, 2]), n_users)
     data = interactions_from_arrays(n_users, n_items, pairs[split == 0], pairs[split == 1], pairs[split == 2])
-    feats = (rng.standard_normal((groups, 16))[item_group] + 0.3 * rng.standard_normal((n_items, 16))).astype(np.float32)
+    feats = (rng.standard_normal((groups, 16))[item_group] + 0.3 * rng.standard_normal((n_items, 16))).astype(
+        np.float32
+    )
     graph = build_graph_data(data, {"mm": feats}, knn_k=5, device="cpu")
     cfg = TrainConfig(model="alignrec", lr=0.01, epochs=25, batch_size=256, patience=25, seed=0)
     metrics = fit(data, graph, cfg, tmp_path / "run", progress=False)

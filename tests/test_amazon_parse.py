@@ -1,4 +1,5 @@
 """Readers of the Amazon 2014/2018/2023 dumps, on tiny generated files with every kind of damage."""
+
 from __future__ import annotations
 
 import gzip
@@ -39,8 +40,15 @@ def test_2023_meta_and_reviews(tmp_path: Path) -> None:
                     {"thumb": "t0", "large": "L-main", "hi_res": "H-main", "variant": "MAIN"},
                 ],
             },
-            {"parent_asin": "P2", "title": "", "description": [], "store": None,
-             "categories": [], "main_category": "Toys", "images": []},
+            {
+                "parent_asin": "P2",
+                "title": "",
+                "description": [],
+                "store": None,
+                "categories": [],
+                "main_category": "Toys",
+                "images": [],
+            },
         ),
     )
     bad = BadRecords()
@@ -67,9 +75,15 @@ def test_2018_meta_reviews_and_ratings_csv(tmp_path: Path) -> None:
     meta = write_gz(
         tmp_path / "meta_Cat.json.gz",
         jl(
-            {"asin": "A1", "title": "Card", "description": ["Line one", "line two"], "brand": "B",
-             "category": ["Gift Cards", "Gift Cards"], "imageURL": ["small.jpg"],
-             "imageURLHighRes": ["big.jpg"]},
+            {
+                "asin": "A1",
+                "title": "Card",
+                "description": ["Line one", "line two"],
+                "brand": "B",
+                "category": ["Gift Cards", "Gift Cards"],
+                "imageURL": ["small.jpg"],
+                "imageURLHighRes": ["big.jpg"],
+            },
             {"asin": "A2", "title": "X", "imageURL": ["only-small.jpg"], "imageURLHighRes": []},
         ),
     )
@@ -87,8 +101,11 @@ def test_2018_meta_reviews_and_ratings_csv(tmp_path: Path) -> None:
     csv = tmp_path / "Cat.csv"
     csv.write_bytes(b"A1,R1,5.0,1529193600\r\nA2,R2,3.0,1529193601\nA3,R3,only-three\n\nA4,R4,x,17\n")
     got = list(amazon.read_reviews(csv, "2018", bad))
-    assert got == [Review("R1", "A1", 5.0, 1529193600), Review("R2", "A2", 3.0, 1529193601),
-                   Review("R4", "A4", None, 17)]
+    assert got == [
+        Review("R1", "A1", 5.0, 1529193600),
+        Review("R2", "A2", 3.0, 1529193601),
+        Review("R4", "A4", None, 17),
+    ]
     assert bad.counts[amazon.BAD_CSV] == 1
     assert bad.examples[amazon.BAD_CSV][0]["line"] == 3
     assert bad.counts[amazon.BAD_RATING] == 1 and bad.dropped_counts[amazon.BAD_RATING] == 0
@@ -117,15 +134,21 @@ def test_2014_python_literal_meta_is_parsed_without_eval(tmp_path: Path) -> None
     products = list(amazon.read_products(meta, "2014", bad))
     assert not sentinel.exists()  # the malicious line was never executed
     assert products[0] == Product(
-        "0000031852", "Girls Ballet Tutu", "A tutu.", None,
-        ["Sports & Outdoors", "Dance", "Clothing", "Dance"], "http://x/1.jpg",
+        "0000031852",
+        "Girls Ballet Tutu",
+        "A tutu.",
+        None,
+        ["Sports & Outdoors", "Dance", "Clothing", "Dance"],
+        "http://x/1.jpg",
     )
     assert [p.asin for p in products] == ["0000031852", "B2"]
     assert bad.counts == {amazon.INVALID_LITERAL: 1}
     assert bad.examples[amazon.INVALID_LITERAL][0]["line"] == 2
 
-    rev = write_gz(tmp_path / "reviews_Baby_5.json.gz",
-                   jl({"reviewerID": "R", "asin": "0000031852", "overall": 2.0, "unixReviewTime": 5}))
+    rev = write_gz(
+        tmp_path / "reviews_Baby_5.json.gz",
+        jl({"reviewerID": "R", "asin": "0000031852", "overall": 2.0, "unixReviewTime": 5}),
+    )
     assert list(amazon.read_reviews(rev, "2014", bad)) == [Review("R", "0000031852", 2.0, 5)]
 
 
@@ -135,8 +158,15 @@ def good_review(n: int) -> str:
 
 
 def test_malformed_json_lines_are_counted_with_their_line(tmp_path: Path) -> None:
-    lines = [good_review(0), '{"reviewerID": "U1", "asin": ', good_review(2), "not json at all",
-             "", "[1, 2]", good_review(6)]
+    lines = [
+        good_review(0),
+        '{"reviewerID": "U1", "asin": ',
+        good_review(2),
+        "not json at all",
+        "",
+        "[1, 2]",
+        good_review(6),
+    ]
     path = write_gz(tmp_path / "r.json.gz", lines)
     bad = BadRecords()
     got = list(amazon.read_reviews(path, "2018", bad))
@@ -152,9 +182,18 @@ def test_truncated_gzip_keeps_every_complete_line_and_reports_the_cut(tmp_path: 
     import random
 
     rng = random.Random(0)  # incompressible-ish text so the cut lands mid-stream
-    lines = [json.dumps({"reviewerID": f"U{n}", "asin": "I", "overall": 1.0, "unixReviewTime": n,
-                         "reviewText": "".join(rng.choice("abcdefghij ") for _ in range(200))})
-             for n in range(2000)]
+    lines = [
+        json.dumps(
+            {
+                "reviewerID": f"U{n}",
+                "asin": "I",
+                "overall": 1.0,
+                "unixReviewTime": n,
+                "reviewText": "".join(rng.choice("abcdefghij ") for _ in range(200)),
+            }
+        )
+        for n in range(2000)
+    ]
     full = gzip.compress(("\n".join(lines) + "\n").encode())
     path = tmp_path / "cut.json.gz"
     path.write_bytes(full[: len(full) * 6 // 10])
@@ -201,26 +240,37 @@ def test_lone_surrogate_escape_cannot_break_the_parquet_write(tmp_path: Path) ->
 
 
 def test_empty_fields(tmp_path: Path) -> None:
-    meta = write_gz(tmp_path / "meta.json.gz", jl(
-        {"asin": "", "title": "no asin"},
-        {"asin": "A1", "title": "  ", "description": ["", ""], "brand": "", "category": ["", None],
-         "imageURL": [""], "imageURLHighRes": []},
-    ))
-    rev = write_gz(tmp_path / "r.json.gz", jl(
-        {"reviewerID": "", "asin": "A1", "overall": 5.0, "unixReviewTime": 1},
-        {"reviewerID": "U1", "asin": "", "overall": 5.0, "unixReviewTime": 1},
-        {"reviewerID": "U1", "asin": "A1", "overall": None, "unixReviewTime": 1},
-        {"reviewerID": "U2", "asin": "A1", "overall": "five", "unixReviewTime": 2},
-        {"reviewerID": "U3", "asin": "A1", "overall": 5.0},
-        {"reviewerID": "U4", "asin": "A1", "overall": 5.0, "unixReviewTime": "77"},
-    ))
+    meta = write_gz(
+        tmp_path / "meta.json.gz",
+        jl(
+            {"asin": "", "title": "no asin"},
+            {
+                "asin": "A1",
+                "title": "  ",
+                "description": ["", ""],
+                "brand": "",
+                "category": ["", None],
+                "imageURL": [""],
+                "imageURLHighRes": [],
+            },
+        ),
+    )
+    rev = write_gz(
+        tmp_path / "r.json.gz",
+        jl(
+            {"reviewerID": "", "asin": "A1", "overall": 5.0, "unixReviewTime": 1},
+            {"reviewerID": "U1", "asin": "", "overall": 5.0, "unixReviewTime": 1},
+            {"reviewerID": "U1", "asin": "A1", "overall": None, "unixReviewTime": 1},
+            {"reviewerID": "U2", "asin": "A1", "overall": "five", "unixReviewTime": 2},
+            {"reviewerID": "U3", "asin": "A1", "overall": 5.0},
+            {"reviewerID": "U4", "asin": "A1", "overall": 5.0, "unixReviewTime": "77"},
+        ),
+    )
     bad = BadRecords()
     assert list(amazon.read_products(meta, "2018", bad)) == [Product("A1")]
     got = list(amazon.read_reviews(rev, "2018", bad))
     assert got == [Review("U1", "A1", None, 1), Review("U2", "A1", None, 2), Review("U4", "A1", 5.0, 77)]
-    assert bad.counts == {
-        amazon.MISSING_ASIN: 2, amazon.MISSING_USER: 1, amazon.BAD_RATING: 1, amazon.BAD_TIMESTAMP: 1
-    }
+    assert bad.counts == {amazon.MISSING_ASIN: 2, amazon.MISSING_USER: 1, amazon.BAD_RATING: 1, amazon.BAD_TIMESTAMP: 1}
     assert bad.dropped_counts[amazon.BAD_RATING] == 0  # repaired, kept
 
 
@@ -229,8 +279,9 @@ def test_plain_and_mislabelled_and_multimember_files(tmp_path: Path) -> None:
     plain = tmp_path / "Cat.jsonl.gz"  # uncompressed under a .gz name (the HF mirror does this)
     plain.write_text("\n".join(lines))  # and no newline at the end
     multi = tmp_path / "multi.json.gz"
-    multi.write_bytes(gzip.compress("\n".join(lines[:4]).encode() + b"\n")
-                      + gzip.compress(("\n".join(lines[4:]) + "\n").encode()))
+    multi.write_bytes(
+        gzip.compress("\n".join(lines[:4]).encode() + b"\n") + gzip.compress(("\n".join(lines[4:]) + "\n").encode())
+    )
     bom = tmp_path / "bom.json"
     bom.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode())
     for path in (plain, multi, bom):
@@ -271,8 +322,14 @@ def test_fast_arrow_path_and_careful_python_path_agree(tmp_path: Path, monkeypat
     rng = __import__("random").Random(1)
     lines: list[bytes] = []
     for n in range(3000):
-        rec = {"user_id": f"U{rng.randrange(300)}", "parent_asin": f"P{rng.randrange(90)}", "asin": "C",
-               "rating": float(rng.randint(1, 5)), "timestamp": 1_500_000_000_000 + n, "text": "x" * rng.randrange(80)}
+        rec = {
+            "user_id": f"U{rng.randrange(300)}",
+            "parent_asin": f"P{rng.randrange(90)}",
+            "asin": "C",
+            "rating": float(rng.randint(1, 5)),
+            "timestamp": 1_500_000_000_000 + n,
+            "text": "x" * rng.randrange(80),
+        }
         lines.append(json.dumps(rec).encode())
     damage = {
         100: b'{"user_id": "U1", "parent_asin": ',
@@ -331,11 +388,14 @@ def test_review_batch_round_trip_and_schema_check() -> None:
 
 
 def test_out_of_range_timestamps_are_rejected_not_crashing(tmp_path: Path) -> None:
-    path = write_gz(tmp_path / "r.json.gz", [
-        '{"reviewerID": "U1", "asin": "A", "overall": 1.0, "unixReviewTime": 1180591620717411303424}',
-        '{"reviewerID": "U2", "asin": "A", "overall": 1.0, "unixReviewTime": -5}',
-        '{"reviewerID": "U3", "asin": "A", "overall": 1.0, "unixReviewTime": 12}',
-    ])
+    path = write_gz(
+        tmp_path / "r.json.gz",
+        [
+            '{"reviewerID": "U1", "asin": "A", "overall": 1.0, "unixReviewTime": 1180591620717411303424}',
+            '{"reviewerID": "U2", "asin": "A", "overall": 1.0, "unixReviewTime": -5}',
+            '{"reviewerID": "U3", "asin": "A", "overall": 1.0, "unixReviewTime": 12}',
+        ],
+    )
     bad = BadRecords()
     assert [r.reviewer_id for b in amazon.read_review_batches(path, "2018", bad) for r in b.reviews()] == ["U3"]
     assert bad.counts == {amazon.BAD_TIMESTAMP: 2}
@@ -346,8 +406,10 @@ def test_millisecond_times_in_2018_lines_are_converted_and_counted(tmp_path: Pat
     from pipelines.amazon import MILLIS_TIMESTAMP
 
     path = tmp_path / "ms_5.json"
-    lines = [{"reviewerID": f"U{k}", "asin": "B1", "overall": 5.0, "unixReviewTime": 1546300800 * (1000 if k % 2 else 1)}
-             for k in range(6)]
+    lines = [
+        {"reviewerID": f"U{k}", "asin": "B1", "overall": 5.0, "unixReviewTime": 1546300800 * (1000 if k % 2 else 1)}
+        for k in range(6)
+    ]
     path.write_text("".join(json.dumps(o) + "\n" for o in lines))
     bad = BadRecords()
     batches = list(amazon.read_review_batches(path, "2018", bad))

@@ -1,4 +1,5 @@
 """AnchorRec: every loss term against a direct formula, switches, gradient routes, learning."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,11 @@ def toy():
     pairs = np.unique(np.stack([rng.integers(0, N_USERS, 400), rng.integers(0, N_ITEMS, 400)], 1), axis=0)
     pairs = pairs[rng.permutation(len(pairs))]
     data = interactions_from_arrays(N_USERS, N_ITEMS, pairs[:200], pairs[200:240], pairs[240:280])
-    feats = {"mm": rng.standard_normal((N_ITEMS, 12)), "t": rng.standard_normal((N_ITEMS, 8)), "v": rng.standard_normal((N_ITEMS, 10))}
+    feats = {
+        "mm": rng.standard_normal((N_ITEMS, 12)),
+        "t": rng.standard_normal((N_ITEMS, 8)),
+        "v": rng.standard_normal((N_ITEMS, 10)),
+    }
     graph = build_graph_data(data, {k: v.astype(np.float32) for k, v in feats.items()}, knn_k=4, device="cpu")
     users = torch.as_tensor(data.train[:16, 0])
     pos = torch.as_tensor(data.train[:16, 1])
@@ -175,7 +180,13 @@ def test_csr_mm_writes_every_row_of_its_uninitialized_buffer(monkeypatch):
 
 @pytest.mark.parametrize(
     "field,key",
-    [("lambda_weight", "reg"), ("uia_weight", "uia"), ("aal_loss", "aal"), ("amp_loss", "amp"), ("smooth_weight", "smooth")],
+    [
+        ("lambda_weight", "reg"),
+        ("uia_weight", "uia"),
+        ("aal_loss", "aal"),
+        ("amp_loss", "amp"),
+        ("smooth_weight", "smooth"),
+    ],
 )
 def test_zero_weight_removes_exactly_that_term(toy, field, key):
     _, graph, batch = toy
@@ -272,7 +283,9 @@ def planted(seed: int = 0):
     data = interactions_from_arrays(n_users, n_items, pairs[split == 0], pairs[split == 1], pairs[split == 2])
     centers = rng.standard_normal((groups, 16))
     feats = (centers[item_group] + 0.3 * rng.standard_normal((n_items, 16))).astype(np.float32)
-    graph = build_graph_data(data, {"mm": feats, "t": feats[:, :12].copy(), "v": feats[:, 4:].copy()}, knn_k=5, device="cpu")
+    graph = build_graph_data(
+        data, {"mm": feats, "t": feats[:, :12].copy(), "v": feats[:, 4:].copy()}, knn_k=5, device="cpu"
+    )
     return data, graph
 
 
@@ -280,7 +293,15 @@ def test_learns_a_planted_preference(tmp_path):
     from models.training.trainer import TrainConfig, fit
 
     data, graph = planted()
-    cfg = TrainConfig(model="anchorrec", model_args={"n_layers": 1, "tau": 0.2}, lr=0.01, epochs=25, batch_size=256, patience=25, seed=0)
+    cfg = TrainConfig(
+        model="anchorrec",
+        model_args={"n_layers": 1, "tau": 0.2},
+        lr=0.01,
+        epochs=25,
+        batch_size=256,
+        patience=25,
+        seed=0,
+    )
     metrics = fit(data, graph, cfg, tmp_path / "run", progress=False)
     random_recall = 20 / (96 - 7)  # ≈ what ranking 20 of the unseen items at random gets
     assert metrics["test"]["recall@20"] > 2.5 * random_recall, metrics["test"]
@@ -354,7 +375,9 @@ def test_without_mm_branch_the_graph_needs_no_mm(toy):
         torch.testing.assert_close(value, full.batch_loss(*batch)[key], msg=key)
 
 
-@pytest.mark.parametrize("change", [{"t_branch": False}, {"uia_detach": False}, {"t_branch": False, "uia_detach": False}])
+@pytest.mark.parametrize(
+    "change", [{"t_branch": False}, {"uia_detach": False}, {"t_branch": False, "uia_detach": False}]
+)
 def test_ablation_switches_match_the_direct_formula(toy, change):
     _, graph, batch = toy
     model = make(graph, aal_loss=0.5, amp_loss=0.3, **change)

@@ -1,4 +1,5 @@
 """benchmarks/anchorrec_ablation.py: rows on the tuned AnchorRec, kept as summaries, reported without vectors."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -50,12 +51,33 @@ def test_every_row_is_a_valid_anchorrec_config():
 def test_rows_are_kept_as_summaries_and_reported_again_without_vectors(tmp_path):
     paths, _, _ = write_tiny_dataset(tmp_path / "home", planted(n_users=40, n_items=30, n_groups=2, per_user=8))
     feats = {"t": "text-tiny", "v": "text-tiny", "mm": "text-tiny"}  # one table as mm, t and v, as on Sports
-    base = TrainConfig(model="anchorrec", model_args={"embedding_dim": 8}, features=feats, epochs=3, patience=3,
-                       batch_size=64, knn_k=4, seed=7)  # tuned on seed 7: the leaderboard's seeds 0 and 1 exclude it
+    base = TrainConfig(
+        model="anchorrec",
+        model_args={"embedding_dim": 8},
+        features=feats,
+        epochs=3,
+        patience=3,
+        batch_size=64,
+        knn_k=4,
+        seed=7,
+    )  # tuned on seed 7: the leaderboard's seeds 0 and 1 exclude it
     tune_mod.tune(paths, base, 2, space={"lr": (1e-2, 5e-3)}, pruner="none")
     snapshot, out = tmp_path / "snapshot", tmp_path / "table"
-    argv = ["--home", str(tmp_path / "home"), "--dataset", paths.name, "--seeds", "2", "--rows", "no-t", "uia-grad",
-            "--snapshot", str(snapshot), "--out", str(out)]
+    argv = [
+        "--home",
+        str(tmp_path / "home"),
+        "--dataset",
+        paths.name,
+        "--seeds",
+        "2",
+        "--rows",
+        "no-t",
+        "uia-grad",
+        "--snapshot",
+        str(snapshot),
+        "--out",
+        str(out),
+    ]
     with pytest.raises(SystemExit):  # no table before the leaderboard's reruns
         ablation.main(argv + ["--report-only"])
     with pytest.raises(SystemExit) as no_study:  # a dataset without an AnchorRec study: one line, exit 2
@@ -71,7 +93,8 @@ def test_rows_are_kept_as_summaries_and_reported_again_without_vectors(tmp_path)
         got = [r["recall@20"] for r in first["rows"][row]]
         assert got == [load_metrics(paths, f"{run}-s{s}")["test"]["recall@20"] for s in (0, 1)]
         assert read_json(paths.run(f"{run}-s0") / "config.json")["model_args"] == ablation.row_args(
-            first["tuned_args"], ablation.ROWS[row])
+            first["tuned_args"], ablation.ROWS[row]
+        )
         assert sorted(p.name for p in (snapshot / "runs" / f"{run}-s0").iterdir()) == sorted(run_snapshot.KEPT)
     assert first["rows"]["no-t"] != first["rows"]["tuned"]
     for rows in first["rows"].values():  # the collapse diagnostics are each run's own, as in its diagnostics.json
@@ -81,7 +104,7 @@ def test_rows_are_kept_as_summaries_and_reported_again_without_vectors(tmp_path)
     assert '| no-t | `{"t_branch": false}` |' in out.with_suffix(".md").read_text()
 
     # a longer epoch cap goes on from the leaderboard's runs: their epochs are not trained again
-    ablation.main([*argv[:argv.index("--rows")], "--rows", "epochs-200", *argv[argv.index("--snapshot"):]])
+    ablation.main([*argv[: argv.index("--rows")], "--rows", "epochs-200", *argv[argv.index("--snapshot") :]])
     for s in (0, 1):
         tuned, longer = load_metrics(paths, f"lb-anchorrec-s{s}"), load_metrics(paths, f"abl-epochs-200-s{s}")
         assert longer["resumed_from_epoch"] == 3 and longer["epochs_run"] > 3
@@ -119,13 +142,21 @@ def test_a_table_on_fewer_seeds_than_the_leaderboard_says_so(tmp_path):
 
 def test_the_table_carries_the_collapse_diagnostics_and_marks_a_missing_one(tmp_path):
     run = {"run": "a", "valid": 0.2, "recall@20": 0.1, "ndcg@20": 0.05, "head": 0.3, "tail": 0.01}
-    stats = {"tuned": [{**run, "id_overlap@3": 0.3, "id_dominance": 100.0}, {**run, "id_overlap@3": 0.4, "id_dominance": 110.0}],
-             "best: lightgcn": [{**run, "id_overlap@3": 1.0, "id_dominance": 200.0}] * 2,
-             "no-t": [run, run]}  # summaries without the figures
+    stats = {
+        "tuned": [
+            {**run, "id_overlap@3": 0.3, "id_dominance": 100.0},
+            {**run, "id_overlap@3": 0.4, "id_dominance": 110.0},
+        ],
+        "best: lightgcn": [{**run, "id_overlap@3": 1.0, "id_dominance": 200.0}] * 2,
+        "no-t": [run, run],
+    }  # summaries without the figures
     args = type("A", (), {"seeds": 2, "command": "x", "out": tmp_path / "t"})()
     ablation.write_results(type("P", (), {"name": "toy"})(), args, stats, "lightgcn", {})
-    cells = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ") for line in (tmp_path / "t.md").read_text().splitlines()
-             if line.startswith("| ") and "---" not in line}
+    cells = {
+        line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")
+        for line in (tmp_path / "t.md").read_text().splitlines()
+        if line.startswith("| ") and "---" not in line
+    }
     assert cells["tuned"][-2:] == ["0.35", "105.0"] and cells["best: lightgcn"][-2:] == ["1.00", "200.0"]
     assert cells["no-t"][-2:] == ["–", "–"]
     assert cells["tuned"][5] == "—" and cells["best: lightgcn"][6] == "—"  # no row is compared with itself
@@ -133,14 +164,26 @@ def test_the_table_carries_the_collapse_diagnostics_and_marks_a_missing_one(tmp_
 
 
 def test_the_loss_terms_are_those_of_the_best_epoch_with_their_shares():
-    history = [{"epoch": 1, "bpr": 0.5, "reg": 0.5, "loss": 1.0, "lr": 1e-3, "train_s": 3.0, "valid": {"recall@20": 0.1}},
-               {"epoch": 2, "bpr": 0.6, "reg": 0.3, "uia": 0.001, "loss": 0.901, "lr": 1e-3, "train_s": 3.0,
-                "valid": {"recall@20": 0.2}}]
+    history = [
+        {"epoch": 1, "bpr": 0.5, "reg": 0.5, "loss": 1.0, "lr": 1e-3, "train_s": 3.0, "valid": {"recall@20": 0.1}},
+        {
+            "epoch": 2,
+            "bpr": 0.6,
+            "reg": 0.3,
+            "uia": 0.001,
+            "loss": 0.901,
+            "lr": 1e-3,
+            "train_s": 3.0,
+            "valid": {"recall@20": 0.2},
+        },
+    ]
     terms = ablation.loss_terms({"best_epoch": 2, "history": history})
     assert terms == {"bpr": 0.6, "reg": 0.3, "uia": 0.001}  # the best epoch's terms: no total, lr, timing or metrics
     assert ablation.loss_terms({"best_epoch": 2, "history": []}) == {}
-    stats = {"tuned": [{"loss_terms": terms}, {"loss_terms": {"bpr": 0.4, "reg": 0.5, "uia": 0.001}}],
-             "best: alignrec": [{"loss_terms": {"bpr": 1.0, "cca": 3.0}}] * 2}
+    stats = {
+        "tuned": [{"loss_terms": terms}, {"loss_terms": {"bpr": 0.4, "reg": 0.5, "uia": 0.001}}],
+        "best: alignrec": [{"loss_terms": {"bpr": 1.0, "cca": 3.0}}] * 2,
+    }
     table = ablation.loss_table(stats)
     assert table[2] == "| row | bpr | cca | reg | uia |"
     assert table[4] == "| tuned | 0.5 (55%) |  | 0.4 (44%) | 0.001 (<1%) |"

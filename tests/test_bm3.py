@@ -1,4 +1,5 @@
 """BM3: parity with MMRec's class on a tiny fixed input, its target dropout, and learning."""
+
 from __future__ import annotations
 
 import sys
@@ -84,8 +85,13 @@ def text_only_graph():
 def test_loss_gradients_and_scores_equal_mmrec(case, monkeypatch):
     name, modalities, same, n_layers, reg_weight = case
     graph = tiny.graph(same) if "v" in modalities else text_only_graph()
-    cfg = BM3Config(embedding_dim=tiny.DIM, n_layers=n_layers, reg_weight=reg_weight, cl_weight=bm3_parity.CL_WEIGHT,
-                    dropout=bm3_parity.DROPOUT)
+    cfg = BM3Config(
+        embedding_dim=tiny.DIM,
+        n_layers=n_layers,
+        reg_weight=reg_weight,
+        cl_weight=bm3_parity.CL_WEIGHT,
+        dropout=bm3_parity.DROPOUT,
+    )
     model = BM3(graph, cfg)
     assert model.modalities == modalities
     monkeypatch.setattr(torch.nn.functional, "dropout", bm3_parity.column_dropout)  # MMRec's run had the same mask

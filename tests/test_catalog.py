@@ -1,4 +1,5 @@
 """pipelines.catalog: the public download locations of the Amazon releases."""
+
 from __future__ import annotations
 
 import pytest

@@ -4,6 +4,7 @@
 features stage) and no users/interactions; commands that need interactions refuse in one line
 before any work, and say how to get interactions in.
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_cli, user_env
 from PIL import Image
 
 from pipeline_config import PipelineConfig
@@ -25,7 +27,6 @@ from pipelines.tabular import MISSING_ASIN
 from store import schemas
 from store.layout import dataset_paths
 from store.tables import read_json, read_table
-from cli_helpers import run_cli, user_env
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = ["asin", "title", "brand", "color", "product_type_name", "formatted_price", "image_file"]
@@ -122,23 +123,29 @@ def test_commands_that_need_interactions_refuse_before_work(home: Path, tmp_path
     with pytest.raises(CatalogOnlyError) as err:
         require_interactions(paths, "train")
     message = str(err.value)
-    assert message.startswith(f"dataset 'apparel' {REFUSAL}, not train; to train, ingest interactions with --reviews FILE")
+    assert message.startswith(
+        f"dataset 'apparel' {REFUSAL}, not train; to train, ingest interactions with --reviews FILE"
+    )
     # prepare.json records the source by name (no machine path), so the hint names the file
     assert f"anchorrec ingest --dataset apparel --release csv --meta {meta.name} --reviews FILE" in message
     assert isinstance(err.value, ValueError)  # a user error: one red line, exit 2
 
 
-@pytest.mark.parametrize("args", [
-    ["train", "--dataset", "apparel"],
-    ["tune", "--dataset", "apparel"],
-    ["recommend", "--dataset", "apparel", "--user", "0"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--dataset", "apparel"],
+        ["tune", "--dataset", "apparel"],
+        ["recommend", "--dataset", "apparel", "--user", "0"],
+    ],
+)
 def test_cli_refuses_in_one_line(args: list[str], home: Path, tmp_path: Path) -> None:
     meta = tiny_catalog(tmp_path / "src")
     ingest("apparel", "csv", meta=str(meta), home=home, progress=False)
     env = {**os.environ, "ANCHORREC_HOME": str(home)}
-    proc = subprocess.run([sys.executable, "-m", "cli", *args], check=False, cwd=REPO, capture_output=True, text=True,
-                          timeout=60, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", *args], check=False, cwd=REPO, capture_output=True, text=True, timeout=60, env=env
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith(f"error: dataset 'apparel' {REFUSAL}, not {args[0]}"), proc.stderr
@@ -148,12 +155,22 @@ def test_cli_refuses_in_one_line(args: list[str], home: Path, tmp_path: Path) ->
 def test_cli_pipeline_with_meta_only_refuses_and_names_the_two_commands(home: Path, tmp_path: Path) -> None:
     meta = tiny_catalog(tmp_path / "src")
     env = {**os.environ, "ANCHORREC_HOME": str(home)}
-    proc = subprocess.run([sys.executable, "-m", "cli", "pipeline", "--dataset", "apparel", "--release", "csv",
-                           "--meta", str(meta)], check=False, cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "pipeline", "--dataset", "apparel", "--release", "csv", "--meta", str(meta)],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip()
     assert line.startswith("error: --release csv with --meta and no --reviews makes dataset 'apparel' catalog-only")
-    assert f"anchorrec ingest --dataset apparel --release csv --meta {meta}, then anchorrec pretrain --dataset apparel" in line
+    assert (
+        f"anchorrec ingest --dataset apparel --release csv --meta {meta}, then anchorrec pretrain --dataset apparel"
+        in line
+    )
     assert not (home / "apparel").exists()
 
 
@@ -220,10 +237,21 @@ def test_pretrain_runs_on_a_catalog_only_dataset(home: Path, tmp_path: Path, one
     asins = [f"P{k:03d}" for k in range(40)]
     rng = np.random.default_rng(0)
     shared = rng.normal(size=(40, 8)).astype(np.float32)  # image and text say the same thing
-    for name, modality, x in (("image-x", "image", shared @ rng.normal(size=(8, 12))),
-                              ("text-x", "text", shared @ rng.normal(size=(8, 6)))):
-        write_features(paths.feature(name), asins, np.arange(40), x.astype(np.float32), encoder="test",
-                       model="synthetic", weights="", modality=modality, input_hash=name)
+    for name, modality, x in (
+        ("image-x", "image", shared @ rng.normal(size=(8, 12))),
+        ("text-x", "text", shared @ rng.normal(size=(8, 6))),
+    ):
+        write_features(
+            paths.feature(name),
+            asins,
+            np.arange(40),
+            x.astype(np.float32),
+            encoder="test",
+            model="synthetic",
+            weights="",
+            modality=modality,
+            input_hash=name,
+        )
     cfg = ICAConfig(d_model=16, n_layers=1, n_heads=2, epochs=2, batch_size=16, seed=0, holdout=0.2)
     summary = pretrain_ica(paths, "image-x", "text-x", cfg, run_id="cat", progress=False)
     assert paths.catalog_only and summary["n_items"] == 40 and summary["n_holdout_items"] == 8
@@ -238,8 +266,9 @@ def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.integration
-def test_similar_on_a_catalog_only_dataset_answers_from_content_vectors(shared_data: Path, home: Path,
-                                                                        tmp_path: Path) -> None:
+def test_similar_on_a_catalog_only_dataset_answers_from_content_vectors(
+    shared_data: Path, home: Path, tmp_path: Path
+) -> None:
     """publish indexes the text vectors as run content-text-minilm; similar and SQL similar() answer
     from it and say so; recommend still refuses in one line."""
     from features.extract import extract
@@ -254,7 +283,9 @@ def test_similar_on_a_catalog_only_dataset_answers_from_content_vectors(shared_d
 
     proc = _cli(home, "publish", "--dataset", "apparel", "--image-encoder", "none")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "publish: content-text-minilm: content vectors of text-minilm for 200 items (0 without a vector)" in proc.stderr
+    assert (
+        "publish: content-text-minilm: content vectors of text-minilm for 200 items (0 without a vector)" in proc.stderr
+    )
     assert "published content-text-minilm: content vectors text-minilm answer similar()" in proc.stdout
     assert (home / "apparel" / "index" / "content-text-minilm" / "items.faiss").is_file()
 
@@ -275,7 +306,9 @@ def test_similar_on_a_catalog_only_dataset_answers_from_content_vectors(shared_d
     expected = [int(feats.item_ids[j]) for j in np.argsort(-scores, kind="stable")[:5]]
     assert shown == expected and 7 not in shown
 
-    proc = _cli(home, "sql", "SELECT item_id FROM (SELECT unnest(similar(7, 5), recursive := true))", "--dataset", "apparel")
+    proc = _cli(
+        home, "sql", "SELECT item_id FROM (SELECT unnest(similar(7, 5), recursive := true))", "--dataset", "apparel"
+    )
     assert proc.returncode == 0, proc.stderr
     assert [int(line.split("│")[1]) for line in proc.stdout.splitlines()[4:9]] == expected
 
@@ -287,7 +320,11 @@ def test_similar_on_a_catalog_only_dataset_answers_from_content_vectors(shared_d
     from store.inventory import list_runs
 
     (run,) = [r for r in list_runs(paths) if r["run_id"] == "content-text-minilm"]
-    assert (run["model"], run["status"], run["published"]) == ("content", "finished", True)  # not a guess from file ages
+    assert (run["model"], run["status"], run["published"]) == (
+        "content",
+        "finished",
+        True,
+    )  # not a guess from file ages
     assert run["note"] == "content vectors of text-minilm (200 of 200 items), no training"
 
 
@@ -298,25 +335,49 @@ def test_content_vectors_default_to_mm_then_text_then_image_or_the_named_table(h
     meta = tiny_catalog(tmp_path / "src")
     ingest("apparel", "csv", meta=str(meta), home=home, progress=False)
     paths = dataset_paths("apparel", home)
-    with pytest.raises(ValueError, match="has no feature tables to publish for similar\\(\\); extract them first: "
-                                         "anchorrec features --dataset apparel"):
+    with pytest.raises(
+        ValueError,
+        match="has no feature tables to publish for similar\\(\\); extract them first: "
+        "anchorrec features --dataset apparel",
+    ):
         choose_content_feature(paths)
     asins = ["A1", "B2", "C3", "D4", "E5"]
     rng = np.random.default_rng(0)
     for name, modality in (("image-x", "image"), ("text-x", "text")):
         vectors = rng.normal(size=(5, 4)).astype(np.float32)
         valid = np.array([True, True, True, True, modality == "text"])  # E5 has no image
-        write_features(paths.feature(name), asins, np.arange(5), vectors, encoder="test", model="synthetic",
-                       weights="", modality=modality, input_hash=name, valid=valid,
-                       reasons=[None] * 4 + [None if modality == "text" else "no_url"])
+        write_features(
+            paths.feature(name),
+            asins,
+            np.arange(5),
+            vectors,
+            encoder="test",
+            model="synthetic",
+            weights="",
+            modality=modality,
+            input_hash=name,
+            valid=valid,
+            reasons=[None] * 4 + [None if modality == "text" else "no_url"],
+        )
     assert choose_content_feature(paths) == "text-x"
     assert choose_content_feature(paths, "image-x") == "image-x"
-    with pytest.raises(ValueError, match="--vectors nope: dataset 'apparel' has no features/nope.parquet; "
-                                         "feature tables: image-x, text-x"):
+    with pytest.raises(
+        ValueError,
+        match="--vectors nope: dataset 'apparel' has no features/nope.parquet; feature tables: image-x, text-x",
+    ):
         choose_content_feature(paths, "nope")
     manifest = publish_content(paths, "image-x")
     assert manifest["run"] == "content-image-x" and manifest["count"] == 4 and manifest["without_vector"] == 1
     assert content_feature(manifest) == "image-x"
-    write_features(paths.feature("ica-x"), asins, np.arange(5), rng.normal(size=(5, 4)).astype(np.float32),
-                   encoder="test", model="synthetic", weights="", modality="mm", input_hash="ica")
+    write_features(
+        paths.feature("ica-x"),
+        asins,
+        np.arange(5),
+        rng.normal(size=(5, 4)).astype(np.float32),
+        encoder="test",
+        model="synthetic",
+        weights="",
+        modality="mm",
+        input_hash="ica",
+    )
     assert choose_content_feature(paths) == "ica-x"

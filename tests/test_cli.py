@@ -1,4 +1,5 @@
 """The command line explains itself: help on every option, bad input refused at once in one line."""
+
 from __future__ import annotations
 
 import subprocess
@@ -18,8 +19,9 @@ GIFT = REPO.parent / "shared" / "data" / "amazon2018-giftcards"
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )
     return proc, time.perf_counter() - t0
 
 
@@ -27,8 +29,21 @@ def test_every_option_of_every_command_has_help() -> None:
     import typer
 
     group = typer.main.get_command(cli.app)
-    assert set(group.commands) >= {"ingest", "features", "pretrain", "train", "publish", "pipeline", "serve",
-                                   "sql", "recommend", "similar", "report", "ls", "runs"}
+    assert set(group.commands) >= {
+        "ingest",
+        "features",
+        "pretrain",
+        "train",
+        "publish",
+        "pipeline",
+        "serve",
+        "sql",
+        "recommend",
+        "similar",
+        "report",
+        "ls",
+        "runs",
+    }
     missing = [
         f"{name} {param.name}"
         for name, command in group.commands.items()
@@ -64,10 +79,14 @@ BAD = [
     (["pipeline", "--device", "cuda:7"], "--device cuda:7: this machine has"),
     (["pipeline", "--release", "2018"], "--release 2018 needs --category"),
     (["pipeline", "--release", "2018", "--category", "Nope"], "Nope"),
-    (["pipeline", "--release", "2018", "--meta", "/no/such/meta.json.gz", "--reviews", "/no/such.json.gz"],
-     "--meta /no/such/meta.json.gz: does not exist"),
-    (["ingest", "--release", "2018", "--meta", "/dev/zero", "--reviews", "/dev/null"],
-     "--meta /dev/zero: is a character device, not a regular file"),
+    (
+        ["pipeline", "--release", "2018", "--meta", "/no/such/meta.json.gz", "--reviews", "/no/such.json.gz"],
+        "--meta /no/such/meta.json.gz: does not exist",
+    ),
+    (
+        ["ingest", "--release", "2018", "--meta", "/dev/zero", "--reviews", "/dev/null"],
+        "--meta /dev/zero: is a character device, not a regular file",
+    ),
     (["ingest", "--release", "2018", "--meta", "/tmp", "--reviews", "/dev/null"], "--meta /tmp: is a directory"),
     (["nosuchcmd"], "no such command 'nosuchcmd'; commands: features, ingest, "),
     (["ingest", "--bogus"], "(see: anchorrec ingest --help)"),
@@ -100,8 +119,14 @@ def test_bad_input_is_one_line_exit_2_before_heavy_imports(args, expected, tmp_p
     env = {**__import__("os").environ, "ANCHORREC_HOME": str(tmp_path)}
     env.pop("PREFECT_API_URL", None)
     imported = tmp_path / "imported.txt"
-    proc = subprocess.run([sys.executable, "-c", WATCH, str(imported), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=60, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", WATCH, str(imported), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
@@ -119,8 +144,9 @@ def test_wrong_files_are_refused_before_any_work(tmp_path) -> None:
     if not meta.exists():
         pytest.skip("../shared/data is absent")
     for bad, expected in ((random_bytes, "binary data"), (broken_gzip, "does not decompress")):
-        proc, seconds = run_cli("ingest", "--release", "2018", "--meta", str(meta), "--reviews", str(bad),
-                                "--home", str(tmp_path / "home"))
+        proc, seconds = run_cli(
+            "ingest", "--release", "2018", "--meta", str(meta), "--reviews", str(bad), "--home", str(tmp_path / "home")
+        )
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert expected in proc.stderr and seconds < 3
     assert not (tmp_path / "home").exists()  # nothing was started

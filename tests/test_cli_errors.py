@@ -3,15 +3,14 @@
 Each case runs the real command as a subprocess on a real failure (a file, a dataset, a bug
 injected through a sitecustomize on PYTHONPATH) and counts the lines on stderr.
 """
+
 from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ DEMO = ["--demo-items", "60", "--demo-users", "80"]
 
 # Replaces MODULE.NAME (from $ANCHORREC_TEST_BREAK="module:name") with a function that raises, once
 # the module has finished importing: a bug deep in a stage, without editing the code.
-BREAK = '''
+BREAK = """
 import builtins, os, sys
 _module, _name = os.environ["ANCHORREC_TEST_BREAK"].split(":")
 _real = builtins.__import__
@@ -38,7 +37,7 @@ def _import(name, *args, **kwargs):
         m._broken = True
     return mod
 builtins.__import__ = _import
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +92,9 @@ def write_jsonl_gz(path: Path, rows: list[dict]) -> Path:
 def test_metadata_that_matches_no_item_is_one_line(env, tmp_path, shared_data) -> None:
     reviews = shared_data / "amazon2018-giftcards" / "Gift_Cards_5.json.gz"
     meta = write_jsonl_gz(tmp_path / "meta_Other.json.gz", [{"asin": f"Z{i:09d}", "title": "x"} for i in range(50)])
-    proc = anchorrec(env, "ingest", "--release", "2018", "--meta", str(meta), "--reviews", str(reviews),
-                     "--dataset", "nometa")
+    proc = anchorrec(
+        env, "ingest", "--release", "2018", "--meta", str(meta), "--reviews", str(reviews), "--dataset", "nometa"
+    )
     line = assert_one_error_line(proc, "meta_Other.json.gz matched metadata for 0 of")
     assert "--allow-missing-meta" in line
 
@@ -103,19 +103,31 @@ def test_malformed_review_file_is_one_line(env, tmp_path) -> None:
     meta = write_jsonl_gz(tmp_path / "meta.json.gz", [{"asin": "A1", "title": "x"}])
     reviews = tmp_path / "reviews.json"
     reviews.write_text('this is not json\n{"broken": \n')
-    proc = anchorrec(env, "ingest", "--release", "2018", "--meta", str(meta), "--reviews", str(reviews),
-                     "--dataset", "malformed")
+    proc = anchorrec(
+        env, "ingest", "--release", "2018", "--meta", str(meta), "--reviews", str(reviews), "--dataset", "malformed"
+    )
     line = assert_one_error_line(proc, "no usable reviews were read")
     assert re.search(r"2 line\(s\) rejected: \{'malformed line \(not JSON\)': 2\}", line), line
 
 
 def test_training_stage_refusing_a_changed_input_is_one_line(env, demo, tmp_path) -> None:
-    home = copy_home(demo, tmp_path, ("items.parquet", "users.parquet", "interactions.parquet", "prepare.json",
-                                      "records"))
+    home = copy_home(
+        demo, tmp_path, ("items.parquet", "users.parquet", "interactions.parquet", "prepare.json", "records")
+    )
     cut = home / "demo" / "interactions.parquet"
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
-    proc = anchorrec({**env, "ANCHORREC_HOME": str(home)}, "train", "--model", "lightgcn", "--image-encoder", "none",
-                     "--pretrain-epochs", "0", "--epochs", "2")
+    proc = anchorrec(
+        {**env, "ANCHORREC_HOME": str(home)},
+        "train",
+        "--model",
+        "lightgcn",
+        "--image-encoder",
+        "none",
+        "--pretrain-epochs",
+        "0",
+        "--epochs",
+        "2",
+    )
     line = assert_one_error_line(proc, f"{cut}:")
     assert line.endswith("rerun: anchorrec ingest --dataset demo"), line
     assert "features text:" in proc.stderr  # the error came from the train stage, after the stages before it
@@ -126,8 +138,12 @@ def test_a_bug_inside_a_stage_is_one_line_and_a_log_with_the_traceback(env, demo
     site.mkdir()
     (site / "sitecustomize.py").write_text(BREAK)
     home = copy_home(demo, tmp_path, ("items.parquet", "users.parquet", "interactions.parquet", "records"))
-    bug_env = {**env, "ANCHORREC_HOME": str(home), "PYTHONPATH": str(site),
-               "ANCHORREC_TEST_BREAK": "features.extract:extract"}
+    bug_env = {
+        **env,
+        "ANCHORREC_HOME": str(home),
+        "PYTHONPATH": str(site),
+        "ANCHORREC_TEST_BREAK": "features.extract:extract",
+    }
     proc = anchorrec(bug_env, "features", "--image-encoder", "none")
     line = assert_one_error_line(proc, "internal error (ZeroDivisionError: injected bug)", code=1)
     log = Path(line.rsplit(" ", 1)[-1])
@@ -156,8 +172,10 @@ def test_pretrain_prints_the_held_out_retrieval_it_measured(env, demo) -> None:
     run = next(iter((demo / "runs").glob("ica-*")))
     metrics = json.loads((run / "metrics.json").read_text())
     final, chance = metrics["final"], metrics["baselines"]["chance"]["retrieval/mean_recall@10"]
-    expected = (f"held-out retrieval on {metrics['n_holdout_items']} items (epoch {metrics['best_epoch']} of "
-                f"{metrics['epochs_run']}): image→text R@10 {final['retrieval/i2t_recall@10']:.3f}, "
-                f"text→image R@10 {final['retrieval/t2i_recall@10']:.3f} (chance {chance:.3f})")
+    expected = (
+        f"held-out retrieval on {metrics['n_holdout_items']} items (epoch {metrics['best_epoch']} of "
+        f"{metrics['epochs_run']}): image→text R@10 {final['retrieval/i2t_recall@10']:.3f}, "
+        f"text→image R@10 {final['retrieval/t2i_recall@10']:.3f} (chance {chance:.3f})"
+    )
     assert expected in proc.stdout.splitlines(), proc.stdout
     assert f"mm={run.name}" in proc.stdout and f"all metrics: {run / 'metrics.json'}" in proc.stdout

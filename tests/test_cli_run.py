@@ -1,4 +1,5 @@
 """The command line as a user runs it: short quiet output, Ctrl-C within seconds, rerun resumes."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,20 @@ from store import dataset_paths
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-SMALL = ["--demo-items", "100", "--demo-users", "140", "--pretrain-epochs", "2", "--image-workers", "4",
-         "--epochs", "5", "--patience", "5"]
+SMALL = [
+    "--demo-items",
+    "100",
+    "--demo-users",
+    "140",
+    "--pretrain-epochs",
+    "2",
+    "--image-workers",
+    "4",
+    "--epochs",
+    "5",
+    "--patience",
+    "5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +76,15 @@ def test_ctrl_c_stops_within_seconds_and_the_rerun_resumes(first, env):
     p = dataset_paths("demo", env["ANCHORREC_HOME"])
     before = set(p.runs_dir.glob("anchorrec-*"))
     args = ["train", "--pretrain-epochs", "2", "--lr", "2e-3", "--epochs", "60", "--patience", "60"]
-    proc = subprocess.Popen(anchorrec(*args), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        anchorrec(*args),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 240
     while not [d for d in p.runs_dir.glob("anchorrec-*") if d not in before and (d / "checkpoint.pt").exists()]:
         assert proc.poll() is None, proc.communicate()[1][-2000:]
@@ -91,8 +111,9 @@ def test_store_commands_answer_with_the_run_they_used(first, env):
     assert first.returncode == 0
     listed = subprocess.run(anchorrec("runs"), cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and "finished" in listed.stdout and "anchorrec-" in listed.stdout
-    rec = subprocess.run(anchorrec("recommend", "--user", "0", "-k", "3"), cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=60)
+    rec = subprocess.run(
+        anchorrec("recommend", "--user", "0", "-k", "3"), cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
     assert rec.returncode == 0, rec.stderr
     assert rec.stdout.startswith("answered by run anchorrec-") and "model anchorrec" in rec.stdout
     ls = subprocess.run(anchorrec("ls"), cwd=REPO, env=env, capture_output=True, text=True, timeout=60)

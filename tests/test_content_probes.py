@@ -1,4 +1,5 @@
 """Content probes (issue 15, item 4) on tiny synthetic data whose answers are known."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,12 +20,31 @@ from models.pretraining.pretrain import split_holdout
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("Heather Grey", "grey"), ("Navy Blue", "blue"), ("Multi-color", "multi"), ("Multicoloured", "multi"),
-    ("Black/White", "multi"), ("Off-White", "white"), ("Noir", "black"), ("Red 2", "red"), ("Hot Coral", "orange"),
-    ("Charcoal", "grey"), ("Gray", "grey"), ("Grays", "grey"), ("Floral Print", "multi"), ("Royal", "blue"),
-    ("As shown", None), ("", None), (None, None), ("Ivory", "white"), ("Turquoise", "teal"), ("BLACK", "black"),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("Heather Grey", "grey"),
+        ("Navy Blue", "blue"),
+        ("Multi-color", "multi"),
+        ("Multicoloured", "multi"),
+        ("Black/White", "multi"),
+        ("Off-White", "white"),
+        ("Noir", "black"),
+        ("Red 2", "red"),
+        ("Hot Coral", "orange"),
+        ("Charcoal", "grey"),
+        ("Gray", "grey"),
+        ("Grays", "grey"),
+        ("Floral Print", "multi"),
+        ("Royal", "blue"),
+        ("As shown", None),
+        ("", None),
+        (None, None),
+        ("Ivory", "white"),
+        ("Turquoise", "teal"),
+        ("BLACK", "black"),
+    ],
+)
 def test_normalize_colour(name, expected) -> None:
     assert normalize_colour(name) == expected
 

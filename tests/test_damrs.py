@@ -1,4 +1,5 @@
 """DA-MRS: parity with MMRec's class on a tiny fixed input, its sparse graphs, and learning."""
+
 from __future__ import annotations
 
 import sys
@@ -33,26 +34,46 @@ MMREC = {
     "damrs": {
         "loss": 0.3753410279750824,
         "scores": (1.4168759243388445, 1.9848777256516876),
-        "grads": {"user_emb.weight": (0.03680609759118244, 0.024157349321047687),
-                  "item_emb.weight": (0.06781092455748787, -0.06427045115793242)},
+        "grads": {
+            "user_emb.weight": (0.03680609759118244, 0.024157349321047687),
+            "item_emb.weight": (0.06781092455748787, -0.06427045115793242),
+        },
     },
     "damrs_same": {
         "loss": 0.37731269001960754,
         "scores": (1.4327205446385876, 2.406306489348883),
-        "grads": {"user_emb.weight": (0.03460914368113143, 0.0232610127253114),
-                  "item_emb.weight": (0.06781878091668794, -0.05840846074596369)},
+        "grads": {
+            "user_emb.weight": (0.03460914368113143, 0.0232610127253114),
+            "item_emb.weight": (0.06781878091668794, -0.05840846074596369),
+        },
     },
     "damrs_deep": {
         "loss": 0.36941593885421753,
         "scores": (1.7164349076130538, 2.109793931390009),
-        "grads": {"user_emb.weight": (0.03424537652799292, 0.021850494168333734),
-                  "item_emb.weight": (0.05602919004044937, 0.008848958522098539)},
+        "grads": {
+            "user_emb.weight": (0.03424537652799292, 0.021850494168333734),
+            "item_emb.weight": (0.05602919004044937, 0.008848958522098539),
+        },
     },
 }
 # the behaviour graph the authors' build_iib_graph.py (XMUDM/DA-MRS) writes for the tiny pairs with
 # --topk 2 (item → its neighbours; items not listed have none): printed by the same script.
 # Items 4 and 7 have ties at the cut, broken by torch.topk, not by index.
-AUTHORS_GRAPH = {4: [17, 15], 5: [4, 17], 6: [7], 7: [15, 4], 11: [18, 4], 13: [4], 15: [4, 7], 17: [4, 5], 18: [11], 19: [20], 20: [19], 21: [4], 23: [5]}
+AUTHORS_GRAPH = {
+    4: [17, 15],
+    5: [4, 17],
+    6: [7],
+    7: [15, 4],
+    11: [18, 4],
+    13: [4],
+    15: [4, 7],
+    17: [4, 5],
+    18: [11],
+    19: [20],
+    20: [19],
+    21: [4],
+    23: [5],
+}
 # float32 noise: the neighbour term sums e^{cos/0.2} (up to e^5) and subtracts two such sums; our
 # own float64 run moves the item gradient's probe sum by 1.3e-5, as far as MMRec's float32 run is
 GRAD_ATOL = 5e-5
@@ -81,7 +102,9 @@ def test_loss_gradients_and_scores_equal_mmrec(case):
     loss.backward()
     np.testing.assert_allclose(float(loss.detach()), expected["loss"], rtol=1e-5)
     for name, ref in expected["grads"].items():
-        np.testing.assert_allclose(tiny.fingerprint(params[name].grad.numpy()), ref, rtol=1e-4, atol=GRAD_ATOL, err_msg=name)
+        np.testing.assert_allclose(
+            tiny.fingerprint(params[name].grad.numpy()), ref, rtol=1e-4, atol=GRAD_ATOL, err_msg=name
+        )
     u, i = model.final_embeddings()
     np.testing.assert_allclose(tiny.fingerprint((u @ i.T).numpy()), expected["scores"], rtol=1e-5, atol=1e-6)
 
@@ -171,8 +194,12 @@ def test_config_validation():
 def test_trains_through_the_trainer_and_learns_the_planted_preference(tmp_path):
     data = planted(n_users=120, n_items=60, n_groups=3, per_user=10)
     rng = np.random.default_rng(1)
-    graph = build_graph_data(data, {"t": rng.standard_normal((60, 8)).astype(np.float32),
-                                    "v": rng.standard_normal((60, 6)).astype(np.float32)}, knn_k=4, device="cpu")
+    graph = build_graph_data(
+        data,
+        {"t": rng.standard_normal((60, 8)).astype(np.float32), "v": rng.standard_normal((60, 6)).astype(np.float32)},
+        knn_k=4,
+        device="cpu",
+    )
     cfg = TrainConfig(model="damrs", model_args={"embedding_dim": 16}, epochs=30, batch_size=256, lr=0.01, patience=30)
     m = fit(data, graph, cfg, tmp_path / "run", progress=False)
     losses = [h["loss"] for h in m["history"]]
@@ -207,10 +234,13 @@ def test_chunked_neighbour_term_equals_the_whole_matrices(monkeypatch, views):
         qs = {m: torch.nn.functional.normalize(h[m][batch], dim=1) for m in views}
         keys = {m: torch.nn.functional.normalize(h[m], dim=1) for m in views}
         if chunked:
-            labels, sums = damrs.ranked_views({m: q.detach() for m, q in qs.items()},
-                                              {m: x.detach() for m, x in keys.items()}, 10)
-            loss = sum(damrs.neighbour_loss(*labels[m], qs[m], keys[m], damrs.ExpSum.apply(qs[m], keys[m], sums[m]))
-                       for m in views)
+            labels, sums = damrs.ranked_views(
+                {m: q.detach() for m, q in qs.items()}, {m: x.detach() for m, x in keys.items()}, 10
+            )
+            loss = sum(
+                damrs.neighbour_loss(*labels[m], qs[m], keys[m], damrs.ExpSum.apply(qs[m], keys[m], sums[m]))
+                for m in views
+            )
         else:
             loss = dense_neighbour_term(qs, keys, 10)
         loss.backward()

@@ -1,5 +1,6 @@
 """One writer per dataset: a second writer waits (or with --no-wait refuses in one line), a killed
 writer's lock is gone at once, and readers never wait."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ with dataset_lock(DatasetPaths(__import__("pathlib").Path(sys.argv[1])), "anchor
 
 
 def start_holder(root: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(root)], cwd=REPO, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(root)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -116,7 +118,11 @@ def test_writers_refuse_with_no_wait_and_readers_answer_while_the_lock_is_held(t
             assert proc.returncode == 2 and len(lines) == 1, (command, proc.stderr)
             assert lines[0].startswith("error: ") and f"pid {first.pid} (anchorrec pipeline, since" in lines[0]
             assert time.monotonic() - t0 < 60
-        readers = (["runs", "--dataset", "toys"], ["ls"], ["sql", "--dataset", "toys", "SELECT count(*) AS n FROM items"])
+        readers = (
+            ["runs", "--dataset", "toys"],
+            ["ls"],
+            ["sql", "--dataset", "toys", "SELECT count(*) AS n FROM items"],
+        )
         for reader in readers:
             proc = run(anchorrec(*reader, "--home", str(tmp_path)), env, timeout=120)
             assert proc.returncode == 0 and "error" not in proc.stderr, (reader, proc.stderr)
@@ -166,8 +172,9 @@ def test_two_pipelines_do_the_work_once_readers_never_wait_and_a_kill_releases(t
     paths = dataset_paths("demo", env["ANCHORREC_HOME"])
     assert run(anchorrec("ingest", *SMALL_INGEST), env).returncode == 0
 
-    first = subprocess.Popen(anchorrec("pipeline", *SMALL), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        anchorrec("pipeline", *SMALL), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     second_err = tmp_path / "second.err"
     second = None
     try:
@@ -176,7 +183,9 @@ def test_two_pipelines_do_the_work_once_readers_never_wait_and_a_kill_releases(t
         refused = run(anchorrec("ingest", *SMALL_INGEST, "--no-wait"), env)
         assert refused.returncode == 2
         err = [line for line in refused.stderr.splitlines() if line.strip()]
-        assert len(err) == 1 and err[0].startswith("error: ") and f"pid {first.pid} (anchorrec pipeline, since" in err[0]
+        assert (
+            len(err) == 1 and err[0].startswith("error: ") and f"pid {first.pid} (anchorrec pipeline, since" in err[0]
+        )
 
         t0 = time.monotonic()
         reader = run(anchorrec("sql", "SELECT count(*) AS n FROM items"), env, timeout=120)
@@ -184,8 +193,9 @@ def test_two_pipelines_do_the_work_once_readers_never_wait_and_a_kill_releases(t
         assert time.monotonic() - t0 < 60
 
         with second_err.open("w") as fh:
-            second = subprocess.Popen(anchorrec("pipeline", *SMALL), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                      stderr=fh, text=True)
+            second = subprocess.Popen(
+                anchorrec("pipeline", *SMALL), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=fh, text=True
+            )
         wait_for(lambda: "waiting: dataset 'demo'" in second_err.read_text(), second, "waiting line")
         waiting = [line for line in second_err.read_text().splitlines() if line.startswith("waiting:")]
         assert len(waiting) == 1 and f"pid {first.pid} (anchorrec pipeline, since" in waiting[0]
@@ -202,13 +212,21 @@ def test_two_pipelines_do_the_work_once_readers_never_wait_and_a_kill_releases(t
                 proc.wait()
     did, found = stage_lines(err1), stage_lines(second_err.read_text())
     assert set(did) == set(found) >= {"ingest", "features text", "pretrain", "train", "publish"}
-    assert did["ingest"] == "cached" and all(did[s] != "cached" for s in ("features text", "pretrain", "train", "publish"))
+    assert did["ingest"] == "cached" and all(
+        did[s] != "cached" for s in ("features text", "pretrain", "train", "publish")
+    )
     assert set(found.values()) == {"cached"}  # the second found every stage done: the work was done once
     assert len([d for d in paths.runs_dir.iterdir() if d.name.startswith("anchorrec-")]) == 1
 
     before = set(paths.runs_dir.iterdir())
-    killed = subprocess.Popen(anchorrec("train", *SMALL[4:], "--seed", "1"), cwd=REPO, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    killed = subprocess.Popen(
+        anchorrec("train", *SMALL[4:], "--seed", "1"),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: holder_pid(paths) == killed.pid, killed, "lock taken by the train command")
         wait_for(lambda: set(paths.runs_dir.iterdir()) - before, killed, "a new run (seed 1) under way")

@@ -1,4 +1,5 @@
 """The generated demo catalog: deterministic, Amazon-2018 shaped, real JPEGs, content that predicts."""
+
 from __future__ import annotations
 
 import gzip
@@ -27,11 +28,37 @@ from pipelines.demo_draw import BACKGROUNDS, COLOURS, SHAPES, Drawing, draw
 SMALL = dict(n_items=80, n_users=120)
 
 META_KEYS = {
-    "category", "tech1", "description", "fit", "title", "also_buy", "tech2", "brand", "feature", "rank",
-    "also_view", "details", "main_cat", "similar_item", "date", "price", "asin", "imageURL", "imageURLHighRes",
+    "category",
+    "tech1",
+    "description",
+    "fit",
+    "title",
+    "also_buy",
+    "tech2",
+    "brand",
+    "feature",
+    "rank",
+    "also_view",
+    "details",
+    "main_cat",
+    "similar_item",
+    "date",
+    "price",
+    "asin",
+    "imageURL",
+    "imageURLHighRes",
 }
-REVIEW_KEYS = {"overall", "verified", "reviewTime", "reviewerID", "asin", "reviewerName", "reviewText",
-               "summary", "unixReviewTime"}
+REVIEW_KEYS = {
+    "overall",
+    "verified",
+    "reviewTime",
+    "reviewerID",
+    "asin",
+    "reviewerName",
+    "reviewText",
+    "summary",
+    "unixReviewTime",
+}
 
 
 def _lines(path: Path) -> list[dict]:
@@ -115,7 +142,12 @@ def test_same_fields_as_real_2018_files(demo: tuple[Path, dict], shared_data: Pa
     raw, _ = demo
     assert set(_lines(raw / META_FILE)[0]) == set(real_meta)
     review = _lines(raw / REVIEWS_FILE)[0]
-    assert set(review) <= set(real_review) | {"style"} and set(review) >= {"reviewerID", "asin", "overall", "unixReviewTime"}
+    assert set(review) <= set(real_review) | {"style"} and set(review) >= {
+        "reviewerID",
+        "asin",
+        "overall",
+        "unixReviewTime",
+    }
     for key in review:
         assert type(review[key]) is type(real_review[key]), key
 
@@ -162,8 +194,11 @@ def test_images_are_real_jpegs_showing_the_attributes(demo: tuple[Path, dict]) -
 
 def test_drawings_differ_by_shape_and_colour() -> None:
     base = np.asarray(draw(Drawing("circle", "red", "Lumio")), dtype=np.int16)
-    for other in (Drawing("square", "red", "Lumio"), Drawing("circle", "blue", "Lumio"),
-                  Drawing("circle", "red", "Vanta")):
+    for other in (
+        Drawing("square", "red", "Lumio"),
+        Drawing("circle", "blue", "Lumio"),
+        Drawing("circle", "red", "Vanta"),
+    ):
         diff = np.abs(np.asarray(draw(other), dtype=np.int16) - base).sum(axis=2) > 30
         assert diff.mean() > 0.005, other
     # Shape area ranks as geometry says: a ring covers less than a disc of the same radius.

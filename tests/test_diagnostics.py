@@ -1,4 +1,5 @@
 """Positional-collapse diagnostics against hand-built cases (models/evaluation/diagnostics.py)."""
+
 from __future__ import annotations
 
 import numpy as np

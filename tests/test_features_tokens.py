@@ -1,4 +1,5 @@
 """Token-level extraction (issue #15 part 1): tiny generated items, plus 50 real apparel photos."""
+
 from __future__ import annotations
 
 import csv
@@ -12,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from features.registry import get_encoder
 from features.extract import extract
+from features.registry import get_encoder
 from features.tokens import default_token_name, extract_tokens, extract_with_tokens, load_tokens
 from store import StoreError, schemas
 from store.hashing import file_sha256
@@ -39,9 +40,20 @@ def write_items(paths: DatasetPaths, asins: list[str], texts: list[str | None]) 
     n = len(asins)
     none = [None] * n
     write_table(
-        pa.table({"item_id": pa.array(range(n), pa.int32()), "asin": asins, "title": texts, "description": none,
-                  "brand": none, "categories": pa.array([[]] * n, pa.list_(pa.string())), "image_url": none, "text": texts}),
-        paths.items, schemas.ITEMS,
+        pa.table(
+            {
+                "item_id": pa.array(range(n), pa.int32()),
+                "asin": asins,
+                "title": texts,
+                "description": none,
+                "brand": none,
+                "categories": pa.array([[]] * n, pa.list_(pa.string())),
+                "image_url": none,
+                "text": texts,
+            }
+        ),
+        paths.items,
+        schemas.ITEMS,
     )
 
 
@@ -144,8 +156,10 @@ def test_resume_after_crash_and_rerun_give_identical_bytes(tiny, effnet, monkeyp
 
 def test_sharded_token_extraction_equals_one_pass(tiny, effnet):
     extract_tokens(tiny, effnet, "image", name="one", batch_size=2, workers=0, progress=False)
-    parts = [extract_tokens(tiny, effnet, "image", name="many", batch_size=2, workers=0, progress=False, shard=(i, 2))
-             for i in range(2)]
+    parts = [
+        extract_tokens(tiny, effnet, "image", name="many", batch_size=2, workers=0, progress=False, shard=(i, 2))
+        for i in range(2)
+    ]
     assert sum(p["encoded"] for p in parts) == 5 and not tiny.token_feature("many").exists()
     final = extract_tokens(tiny, effnet, "image", name="many", progress=False)
     assert final["encoded"] == 0 and final["resumed"] == 6
@@ -260,7 +274,9 @@ def test_text_tokens_mask_and_ids_match_the_tokenizer(tiny, minilm):
         assert table.ids[i, :n].tolist() == ids and not table.ids[i, n:].any()
         assert ids[0] == 101 and ids[-1] == 102
         with torch.inference_mode():
-            hidden = minilm.net(**minilm.tokenizer([text], truncation=True, max_length=12, return_tensors="pt")).last_hidden_state[0]
+            hidden = minilm.net(
+                **minilm.tokenizer([text], truncation=True, max_length=12, return_tensors="pt")
+            ).last_hidden_state[0]
         np.testing.assert_allclose(table.tokens[i, :n].astype(np.float32), hidden.numpy(), rtol=3e-3, atol=3e-3)
     assert table.mask[2].all()  # the long text is cut at max_length
 
@@ -337,7 +353,11 @@ def test_bad_arguments_are_refused_before_any_work(tiny, minilm):
 
 
 def _without_tokens_method(encoder):
-    return type("NoTokens", (), {k: getattr(encoder, k) for k in ("spec", "name", "modality", "dim", "model", "weights", "device", "encode")})()
+    return type(
+        "NoTokens",
+        (),
+        {k: getattr(encoder, k) for k in ("spec", "name", "modality", "dim", "model", "weights", "device", "encode")},
+    )()
 
 
 def test_an_encoder_without_tokens_is_refused(tiny, minilm):

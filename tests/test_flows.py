@@ -1,4 +1,5 @@
 """The Prefect flows end to end on a small demo catalog: results, caching, partial reruns."""
+
 from __future__ import annotations
 
 import json

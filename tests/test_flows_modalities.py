@@ -4,6 +4,7 @@ The metadata is the real 2018 file with its image URLs pointed at hosts that can
 name under `.invalid` never resolves; a closed port on 127.0.0.1 refuses): what a user sees on a
 machine that cannot reach Amazon's image hosts.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -71,7 +72,9 @@ def test_unreachable_images_run_text_only_and_publish(tmp_path, shared_data, unr
 
 
 def test_images_from_a_local_folder_are_used_before_dead_urls(tmp_path, shared_data, unreachable_meta):
-    result, _ = _run(tmp_path, shared_data, unreachable_meta, images=str(shared_data / "amazon2018-giftcards" / "images"))
+    result, _ = _run(
+        tmp_path, shared_data, unreachable_meta, images=str(shared_data / "amazon2018-giftcards" / "images")
+    )
     p = dataset_paths("gift", tmp_path)
     audit = read_table(p.image_audit).to_pylist()
     local = [r for r in audit if r["source"] == "local_dir"]
@@ -97,17 +100,26 @@ def test_your_own_csv_interactions_end_to_end(tmp_path, shared_data, unreachable
     with gzip.open(shared_data / "amazon2018-giftcards" / "Gift_Cards_5.json.gz", "rt", encoding="utf-8") as fh:
         for line in fh:
             o = json.loads(line)
-            rows.append({"customer": o["reviewerID"], "product": o["asin"], "stars": o["overall"],
-                         "when": o["unixReviewTime"]})
+            rows.append(
+                {"customer": o["reviewerID"], "product": o["asin"], "stars": o["overall"], "when": o["unixReviewTime"]}
+            )
     rows.insert(10, {"customer": "", "product": "B00BROKEN", "stars": 5, "when": 0})  # line 12: no user
     path = tmp_path / "my_orders.csv"
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    result = flows.pipeline(dataset="mine", home=str(tmp_path), release="csv", reviews=str(path),
-                            meta=str(unreachable_meta), columns="user=customer,item=product,rating=stars,timestamp=when",
-                            image_encoder="none", epochs=3, patience=3)
+    result = flows.pipeline(
+        dataset="mine",
+        home=str(tmp_path),
+        release="csv",
+        reviews=str(path),
+        meta=str(unreachable_meta),
+        columns="user=customer,item=product,rating=stars,timestamp=when",
+        image_encoder="none",
+        epochs=3,
+        patience=3,
+    )
     p = dataset_paths("mine", tmp_path)
     report = json.loads(p.prepare_report.read_text())
     assert report["bad_records"]["dropped"] == 1

@@ -1,4 +1,5 @@
 """Operating the pipeline: a killed run resumes, the shard map runs on Dask, a schedule serves."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,13 @@ def test_killed_run_resumes_without_redoing_finished_stages(tmp_path):
     """SIGKILL mid-training, rerun: ingest/features/ICA are cache hits, training resumes."""
     home = tmp_path / "home"
     params = {"dataset": "demo", "home": str(home), **TINY, "epochs": 40, "patience": 40}
-    proc = subprocess.Popen(_cli("pipeline", *_options(params)), cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli("pipeline", *_options(params)),
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     p = dataset_paths("demo", home)
     try:
         _wait_for(lambda: any(p.runs_dir.glob("anchorrec-*/checkpoint.pt")), 240, "a training checkpoint", proc)
@@ -98,24 +104,59 @@ def _free_port() -> int:
 def test_schedule_served_against_local_server_runs_once(tmp_path):
     """`prefect server start` on 127.0.0.1, `anchorrec serve --cron`, trigger one run, see it finish."""
     port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
     log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=log, stderr=log, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     served = None
     try:
         _wait_for(lambda: _healthy(port), 120, "the Prefect server", server)
         params = {"dataset": "demo", "home": str(tmp_path / "home"), **TINY, "epochs": 2, "patience": 2}
-        served = subprocess.Popen(_cli("serve", "--cron", "0 3 * * *", "--name", "nightly", *_options(params)),
-                                  cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
+        served = subprocess.Popen(
+            _cli("serve", "--cron", "0 3 * * *", "--name", "nightly", *_options(params)),
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         inspect = [sys.executable, "-m", "prefect", "deployment", "inspect", "pipeline/nightly"]
-        _wait_for(lambda: subprocess.run(inspect, env=env, capture_output=True).returncode == 0, 120,
-                  "the deployment to register", served)
+        _wait_for(
+            lambda: subprocess.run(inspect, env=env, capture_output=True).returncode == 0,
+            120,
+            "the deployment to register",
+            served,
+        )
         shown = subprocess.run(inspect, env=env, capture_output=True, text=True).stdout
         assert "0 3 * * *" in shown
-        run = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "pipeline/nightly", "--watch",
-                              "--watch-timeout", "400"], env=env, capture_output=True, text=True, timeout=450)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "deployment",
+                "run",
+                "pipeline/nightly",
+                "--watch",
+                "--watch-timeout",
+                "400",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=450,
+        )
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
         assert "Completed" in run.stdout + run.stderr
         assert dataset_paths("demo", tmp_path / "home").index_root.is_dir()
@@ -141,10 +182,19 @@ def _healthy(port: int) -> bool:
 
 
 def test_stage_lines_are_one_short_human_line_per_stage():
-    tokens = {"name": "text-minilm-tok", "n_with_tokens": 7000, "n_items": 7580, "mean_tokens": 23.51,
-              "bytes_per_item": 17033, "encoded": 12, "seconds": 3.2, "token_meta": {"vocab_size": 30522}}
+    tokens = {
+        "name": "text-minilm-tok",
+        "n_with_tokens": 7000,
+        "n_items": 7580,
+        "mean_tokens": 23.51,
+        "bytes_per_item": 17033,
+        "encoded": 12,
+        "seconds": 3.2,
+        "token_meta": {"vocab_size": 30522},
+    }
     assert flows.stage_line("tokens text", tokens) == (
-        "text-minilm-tok: tokens for 7000 of 7580 items, 23.5 per item, 16.6 KB/item (12 encoded) (3.2 s)")
+        "text-minilm-tok: tokens for 7000 of 7580 items, 23.5 per item, 16.6 KB/item (12 encoded) (3.2 s)"
+    )
     applied = {"name": "ica-1-from-apparel", "run": "/h/apparel/runs/ica-1", "path": "/x", "seconds": 1.5}
     assert flows.stage_line("apply ica", applied) == "ica-1-from-apparel: mm encoded by /h/apparel/runs/ica-1 (1.5 s)"
     assert flows.stage_line("images", {"line": "images: 5 ok"}) == "5 ok"

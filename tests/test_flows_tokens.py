@@ -1,5 +1,6 @@
 """The token path through the flows: --tokens extracts token tables and pretrains the token
 encoder; --ica-from applies a finished run to another dataset instead of pretraining there."""
+
 from __future__ import annotations
 
 import json
@@ -46,15 +47,28 @@ def test_ica_from_encodes_another_dataset_with_the_pretrained_run(pretrained):
     home, result = pretrained
     run = result["features"]["mm"]
     flows.ingest_flow(dataset="small", home=str(home), demo_items=40, demo_users=80, seed=1)
-    applied = flows.pretrain_flow(dataset="small", home=str(home), demo_items=40, seed=1, ica_from=f"big/{run}",
-                                  **{k: v for k, v in SMALL.items() if k != "demo_users"})
+    applied = flows.pretrain_flow(
+        dataset="small",
+        home=str(home),
+        demo_items=40,
+        seed=1,
+        ica_from=f"big/{run}",
+        **{k: v for k, v in SMALL.items() if k != "demo_users"},
+    )
     small = dataset_paths("small", home)
     name = f"{run}-from-big"
     assert applied["features"]["mm"] == name
     assert not any(r.startswith("ica-") for r in small.run_ids())  # nothing pretrained on the small set
     got = read_features(small.feature(name))
-    direct = write_applied_feature(small, dataset_paths("big", home).run(run), "image-effnet", "text-minilm",
-                                   "image-effnet-tok", "text-minilm-tok", name="direct")
+    direct = write_applied_feature(
+        small,
+        dataset_paths("big", home).run(run),
+        "image-effnet",
+        "text-minilm",
+        "image-effnet-tok",
+        "text-minilm-tok",
+        name="direct",
+    )
     want = read_features(direct)
     assert got.asins == want.asins and got.valid.sum() > 0
     np.testing.assert_allclose(got.vectors[got.valid], want.vectors[want.valid], rtol=1e-5, atol=1e-6)
@@ -83,8 +97,15 @@ def test_real_apparel_catalog_pretrains_on_tokens_through_the_flows(shared_data,
         writer.writerows(chosen)
     home = tmp_path / "home"
     flows.ingest_flow(dataset="apparel", home=str(home), release="csv", meta=str(meta))
-    args = dict(dataset="apparel", home=str(home), images=str(src / "images"), tokens=True, token_grid=2,
-                max_text_tokens=24, pretrain_epochs=4)
+    args = dict(
+        dataset="apparel",
+        home=str(home),
+        images=str(src / "images"),
+        tokens=True,
+        token_grid=2,
+        max_text_tokens=24,
+        pretrain_epochs=4,
+    )
     result = flows.pretrain_flow(**args)
     p = dataset_paths("apparel", home)
     assert p.catalog_only and load_tokens(p.token_feature("image-effnet-tok")).valid.all()

@@ -1,4 +1,5 @@
 """FREEDOM: parity with MMRec's class on a tiny fixed input, its two graphs, and learning."""
+
 from __future__ import annotations
 
 import sys
@@ -68,7 +69,9 @@ MMREC = {
 
 
 def tiny_model(same: bool = False, dropout: float = 0.0) -> FREEDOM:
-    cfg = FREEDOMConfig(embedding_dim=tiny.DIM, feat_embed_dim=tiny.DIM, reg_weight=0.1, mm_image_weight=0.3, dropout=dropout)
+    cfg = FREEDOMConfig(
+        embedding_dim=tiny.DIM, feat_embed_dim=tiny.DIM, reg_weight=0.1, mm_image_weight=0.3, dropout=dropout
+    )
     return FREEDOM(tiny.graph(same), cfg)
 
 
@@ -107,7 +110,9 @@ def test_the_sampler_draws_mmrecs_edges_from_the_same_random_stream(monkeypatch)
     model = tiny_model(dropout=tiny.DROPOUT)
     drawn = []
     real = model.use_edges
-    monkeypatch.setattr(model, "use_edges", lambda u, i: (drawn.append(sorted(zip(u.tolist(), i.tolist()))), real(u, i)))
+    monkeypatch.setattr(
+        model, "use_edges", lambda u, i: (drawn.append(sorted(zip(u.tolist(), i.tolist()))), real(u, i))
+    )
     for seed, edges in MMREC_DRAWS.items():
         torch.manual_seed(seed)
         model.resample_edges()
@@ -154,7 +159,10 @@ def test_pruning_keeps_a_renormalized_share_of_training_edges_and_prefers_low_de
         model.resample_edges()
         counts += np.bincount(model.train_r.col.numpy(), minlength=100)
     keep_rate = counts / (30 * item_pop)
-    assert keep_rate[item_pop <= np.quantile(item_pop, 0.25)].mean() > keep_rate[item_pop >= np.quantile(item_pop, 0.75)].mean()
+    assert (
+        keep_rate[item_pop <= np.quantile(item_pop, 0.25)].mean()
+        > keep_rate[item_pop >= np.quantile(item_pop, 0.75)].mean()
+    )
 
 
 def test_scores_use_the_full_graph_whatever_was_sampled():
@@ -178,8 +186,14 @@ def test_trains_through_the_trainer_and_learns_the_planted_preference(tmp_path):
     data = planted(n_users=120, n_items=60, n_groups=3, per_user=10)
     f = np.random.default_rng(1).standard_normal((60, 8)).astype(np.float32)
     graph = build_graph_data(data, {"t": f, "v": f}, knn_k=4, device="cpu")
-    cfg = TrainConfig(model="freedom", model_args={"embedding_dim": 16, "feat_embed_dim": 16}, epochs=30,
-                      batch_size=256, lr=0.01, patience=30)
+    cfg = TrainConfig(
+        model="freedom",
+        model_args={"embedding_dim": 16, "feat_embed_dim": 16},
+        epochs=30,
+        batch_size=256,
+        lr=0.01,
+        patience=30,
+    )
     m = fit(data, graph, cfg, tmp_path / "run", progress=False)
     losses = [h["loss"] for h in m["history"]]
     assert all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0]

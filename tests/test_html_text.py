@@ -1,4 +1,5 @@
 """Markup removal with a real HTML parser: cut tags, escaped tags, CSS, JS, and text kept."""
+
 from __future__ import annotations
 
 import re

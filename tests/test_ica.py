@@ -1,4 +1,5 @@
 """The inter-content encoder, its pretraining run and the content metrics, on tiny generated data."""
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,16 @@ def make_dataset(home, name="toy", n=120, d_img=12, d_txt=8, seed=0, no_image=()
         valid = np.ones(n, dtype=bool)
         valid[list(missing)] = False
         write_features(
-            paths.feature(feat), asins[::-1], np.arange(n)[::-1], x[::-1], valid=valid[::-1],  # reversed: align by asin
-            encoder="toy", model="toy", weights="", modality=modality, input_hash=f"h-{feat}-{seed}",
+            paths.feature(feat),
+            asins[::-1],
+            np.arange(n)[::-1],
+            x[::-1],
+            valid=valid[::-1],  # reversed: align by asin
+            encoder="toy",
+            model="toy",
+            weights="",
+            modality=modality,
+            input_hash=f"h-{feat}-{seed}",
         )
     if interactions:
         write_interactions(paths, n, rng)
@@ -63,10 +72,24 @@ def write_interactions(paths, n_items, rng, n_users=30):
         for j, i in enumerate(rng.choice(n_items, 6, replace=False)):
             rows.append((u, int(i), 1.0, j, "train" if j < 4 else ("valid" if j == 4 else "test")))
     u, i, r, t, s = zip(*rows)
-    write_table(pa.table({"user_id": pa.array(u, pa.int32()), "item_id": pa.array(i, pa.int32()), "rating": r,
-                          "timestamp": pa.array(t, pa.int64()), "split": s}), paths.interactions, schemas.INTERACTIONS)
-    write_table(pa.table({"user_id": pa.array(range(n_users), pa.int32()), "reviewer_id": [f"U{k}" for k in range(n_users)]}),
-                paths.users, schemas.USERS)
+    write_table(
+        pa.table(
+            {
+                "user_id": pa.array(u, pa.int32()),
+                "item_id": pa.array(i, pa.int32()),
+                "rating": r,
+                "timestamp": pa.array(t, pa.int64()),
+                "split": s,
+            }
+        ),
+        paths.interactions,
+        schemas.INTERACTIONS,
+    )
+    write_table(
+        pa.table({"user_id": pa.array(range(n_users), pa.int32()), "reviewer_id": [f"U{k}" for k in range(n_users)]}),
+        paths.users,
+        schemas.USERS,
+    )
 
 
 def tiny_model(d_img=6, d_txt=5, **kw) -> InterContentEncoder:
@@ -171,7 +194,9 @@ def test_missing_modality_items_train_on_what_they_have():
     vi[2] = vt[2] = False  # nothing
     out = model(img, vi, txt, vt)
     out["loss"].backward()
-    assert torch.isfinite(out["loss"]) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert torch.isfinite(out["loss"]) and all(
+        torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None
+    )
     assert float(img.grad[0].abs().sum()) == 0.0 and float(txt.grad[1].abs().sum()) == 0.0  # absent: no influence
     assert float(img.grad[2].abs().sum()) == 0.0 and float(txt.grad[2].abs().sum()) == 0.0
     assert float(txt.grad[0].abs().sum()) > 0 and float(img.grad[1].abs().sum()) > 0  # present: contributes
@@ -259,7 +284,9 @@ def test_resume_after_interruption_equals_uninterrupted(home, monkeypatch):
     a = torch.load(full["checkpoint"], weights_only=False)["model"]
     b = torch.load(resumed["checkpoint"], weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert np.array_equal(read_features(paths.feature("ica-full")).vectors, read_features(paths.feature("ica-cut")).vectors)
+    assert np.array_equal(
+        read_features(paths.feature("ica-full")).vectors, read_features(paths.feature("ica-cut")).vectors
+    )
     with pytest.raises(ValueError, match="ICAConfig.seed"):
         pretrain_ica(paths, "img", "txt", ICAConfig(**{**cfg.to_dict(), "seed": 9}), run_id="cut", progress=False)
 
@@ -283,8 +310,10 @@ def test_mmm_term_reconstructs_original_features_of_hidden_tokens(kind):
     B = 4
     img, txt = torch.randn(B, 2, 6, generator=g), torch.randn(B, 1, 5, generator=g)
     vi, vt = torch.ones(B, 2, dtype=torch.bool), torch.ones(B, 1, dtype=torch.bool)
-    hidden = {"image": torch.tensor([[True, False], [False, False], [False, True], [False, False]]),
-              "text": torch.tensor([[False], [True], [False], [False]])}
+    hidden = {
+        "image": torch.tensor([[True, False], [False, False], [False, True], [False, False]]),
+        "text": torch.tensor([[False], [True], [False], [False]]),
+    }
     out = model(img, vi, txt, vt, hidden=hidden)
     _, tok = model.encode({"image": (img, vi), "text": (txt, vt)}, hidden)
     errs = []

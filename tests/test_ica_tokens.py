@@ -1,5 +1,6 @@
 """The inter-content encoder over token tables: masking, masked words, missing modality,
 checkpoints, applying a pretrained encoder to another dataset, and a pretraining that learns."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2, "ff_mult": 2, "dropout": 0.0, "batch_size": 64, "max_tokens": 8}
 PAD, CLS, SEP = 0, 1, 2
 COLOURS, TYPES, FILLER = range(10, 16), range(20, 25), range(30, 60)  # word ids of the toy tokenizer
-TEXT_META = {"tokenizer": "toy-wordpiece", "vocab_size": 64, "mask_token_id": 3, "cls_id": CLS, "sep_id": SEP,
-             "pad_id": PAD, "max_length": 8}
+TEXT_META = {
+    "tokenizer": "toy-wordpiece",
+    "vocab_size": 64,
+    "mask_token_id": 3,
+    "cls_id": CLS,
+    "sep_id": SEP,
+    "pad_id": PAD,
+    "max_length": 8,
+}
 
 
 # ----- a synthetic catalog where image and text tokens share a latent ----------------------------
@@ -38,11 +46,25 @@ def synthetic(n: int, seed: int = 0, d_img: int = 12, d_txt: int = 10, T_img: in
     S, pos = world.normal(size=(3, d_img)), world.normal(size=(T_img, d_img)) * 0.3
     E = world.normal(size=(64, d_txt))  # static word vectors the 'language model' starts from
     colour, kind, style = rng.integers(0, len(COLOURS), n), rng.integers(0, len(TYPES), n), rng.normal(size=(n, 3))
-    img = (P[colour][:, None] + Q[kind][:, None] + (style @ S)[:, None] + pos[None]
-           + 0.3 * rng.normal(size=(n, T_img, d_img)))
+    img = (
+        P[colour][:, None]
+        + Q[kind][:, None]
+        + (style @ S)[:, None]
+        + pos[None]
+        + 0.3 * rng.normal(size=(n, T_img, d_img))
+    )
     filler = rng.integers(FILLER.start, FILLER.stop, size=(n, 2))
-    ids = np.stack([np.full(n, CLS), np.array(COLOURS)[colour], np.array(TYPES)[kind], filler[:, 0], filler[:, 1],
-                    np.full(n, SEP)], 1).astype(np.int32)
+    ids = np.stack(
+        [
+            np.full(n, CLS),
+            np.array(COLOURS)[colour],
+            np.array(TYPES)[kind],
+            filler[:, 0],
+            filler[:, 1],
+            np.full(n, SEP),
+        ],
+        1,
+    ).astype(np.int32)
     static = E[ids]
     states = static + 0.5 * (np.roll(static, 1, 1) + np.roll(static, -1, 1)) + 0.05 * rng.normal(size=static.shape)
     return img.astype(np.float32), states.astype(np.float32), ids, colour
@@ -52,33 +74,59 @@ def write_token_dataset(home, name, n, seed=0, d_img=12, no_image=(), no_text=()
     img, states, ids, colour = synthetic(n, seed, d_img=d_img)
     paths = dataset_paths(name, home)
     asins = [f"{name[:2].upper()}{i:05d}" for i in range(n)]
-    items = pa.table({"item_id": pa.array(np.arange(n, dtype=np.int32)), "asin": asins,
-                      "title": [f"item {i}" for i in range(n)], "description": [None] * n, "brand": [None] * n,
-                      "categories": [[] for _ in range(n)], "image_url": [None] * n, "text": [f"item {i}" for i in range(n)]})
+    items = pa.table(
+        {
+            "item_id": pa.array(np.arange(n, dtype=np.int32)),
+            "asin": asins,
+            "title": [f"item {i}" for i in range(n)],
+            "description": [None] * n,
+            "brand": [None] * n,
+            "categories": [[] for _ in range(n)],
+            "image_url": [None] * n,
+            "text": [f"item {i}" for i in range(n)],
+        }
+    )
     write_table(items, paths.items, schemas.ITEMS)
-    tables = (("img-tok", "image", img, None, no_image, {"grid": "2x2"}, img_model),
-              ("txt-tok", "text", states, ids, no_text, TEXT_META, "toy-lm"))
+    tables = (
+        ("img-tok", "image", img, None, no_image, {"grid": "2x2"}, img_model),
+        ("txt-tok", "text", states, ids, no_text, TEXT_META, "toy-lm"),
+    )
     for table, modality, x, tids, missing, meta, model in tables:
         counts = np.full(n, x.shape[1])
         counts[list(missing)] = 0
         reasons = [None if c else ("undecodable" if modality == "image" else "empty text") for c in counts]
-        write_tokens(paths.token_feature(table), asins, np.arange(n), token_columns(x, counts, tids), reasons,
-                     dim=x.shape[2], max_tokens=x.shape[1], modality=modality,
-                     metadata={"encoder": "toy", "model": model, "weights": "", "input_hash": f"{name}-{table}"},
-                     token_meta=meta)
+        write_tokens(
+            paths.token_feature(table),
+            asins,
+            np.arange(n),
+            token_columns(x, counts, tids),
+            reasons,
+            dim=x.shape[2],
+            max_tokens=x.shape[1],
+            modality=modality,
+            metadata={"encoder": "toy", "model": model, "weights": "", "input_hash": f"{name}-{table}"},
+            token_meta=meta,
+        )
     return paths, colour
 
 
 def batch(n=6, seed=1):
     img, states, ids, _ = synthetic(n, seed)
-    return (torch.as_tensor(img), torch.ones(n, 4, dtype=torch.bool), torch.as_tensor(states),
-            torch.ones(n, 6, dtype=torch.bool), torch.as_tensor(ids))
+    return (
+        torch.as_tensor(img),
+        torch.ones(n, 4, dtype=torch.bool),
+        torch.as_tensor(states),
+        torch.ones(n, 6, dtype=torch.bool),
+        torch.as_tensor(ids),
+    )
 
 
 def model_for(ids: torch.Tensor, **kw) -> InterContentEncoder:
     torch.manual_seed(0)
     cfg = ICAConfig(**{**TINY, **kw})
-    return InterContentEncoder(12, 10, cfg, vocab_ids=np.unique(ids.numpy()).tolist(), special_ids=(PAD, CLS, SEP)).eval()
+    return InterContentEncoder(
+        12, 10, cfg, vocab_ids=np.unique(ids.numpy()).tolist(), special_ids=(PAD, CLS, SEP)
+    ).eval()
 
 
 # ----- masking ----------------------------------------------------------------------------------
@@ -97,9 +145,14 @@ def test_hidden_tokens_never_reach_the_output(text_input):
     ids2 = torch.where(hidden["text"], torch.full_like(ids, FILLER.start), ids)
     fuse1, tok1 = model.encode({"image": Tokens(img2, vi), "text": Tokens(txt2, vt, ids2)}, hidden)
     assert torch.allclose(fuse0, fuse1, atol=1e-5)
-    assert torch.allclose(model.mlm_head(tok0["text"][hidden["text"]]), model.mlm_head(tok1["text"][hidden["text"]]), atol=1e-5)
-    assert torch.allclose(model.recon["image"](tok0["image"][hidden["image"]]),
-                          model.recon["image"](tok1["image"][hidden["image"]]), atol=1e-5)
+    assert torch.allclose(
+        model.mlm_head(tok0["text"][hidden["text"]]), model.mlm_head(tok1["text"][hidden["text"]]), atol=1e-5
+    )
+    assert torch.allclose(
+        model.recon["image"](tok0["image"][hidden["image"]]),
+        model.recon["image"](tok1["image"][hidden["image"]]),
+        atol=1e-5,
+    )
     # …while changing a VISIBLE token does change the output (the check above can fail)
     visible_img = torch.where(hidden["image"][..., None], img, img + 1.0)
     fuse2, _ = model.encode({"image": Tokens(visible_img, vi), "text": Tokens(txt, vt, ids)}, hidden)
@@ -118,15 +171,21 @@ def test_mlm_loss_is_cross_entropy_over_hidden_positions_only():
     assert rows.min() > 0  # every word is in the vocabulary ([UNK] is row 0)
     by_hand = float(np.mean([-float(F.log_softmax(lg, -1)[r]) for lg, r in zip(logits, rows)]))
     assert int(out["n_words"]) == 3 and int(out["n_masked"]) == 0
-    assert float(out["mlm"]) == pytest.approx(by_hand, rel=1e-5) and out["loss"].item() == pytest.approx(by_hand, rel=1e-5)
+    assert float(out["mlm"]) == pytest.approx(by_hand, rel=1e-5) and out["loss"].item() == pytest.approx(
+        by_hand, rel=1e-5
+    )
     # the ids of visible positions are neither inputs (states) nor targets: the loss does not move
     other = ids.clone()
     other[~hidden["text"]] = FILLER.start + 1
-    assert float(model(img, vi, txt, vt, hidden=hidden, text_ids=other)["mlm"]) == pytest.approx(float(out["mlm"]), rel=1e-6)
+    assert float(model(img, vi, txt, vt, hidden=hidden, text_ids=other)["mlm"]) == pytest.approx(
+        float(out["mlm"]), rel=1e-6
+    )
     # a hidden position's id is the target: changing it does
     other = ids.clone()
     other[0, 1] = FILLER.start + 1
-    assert float(model(img, vi, txt, vt, hidden=hidden, text_ids=other)["mlm"]) != pytest.approx(float(out["mlm"]), rel=1e-3)
+    assert float(model(img, vi, txt, vt, hidden=hidden, text_ids=other)["mlm"]) != pytest.approx(
+        float(out["mlm"]), rel=1e-3
+    )
 
 
 def test_missing_modality_gives_the_same_mm_whatever_its_tokens_hold():
@@ -171,7 +230,9 @@ def test_pretrain_refuses_rows_longer_than_the_position_table(home):
     paths, _ = write_token_dataset(home, "alpha", n=30)
     cfg = ICAConfig(**{**RUN, "max_tokens": 5}, epochs=1)  # titles have 6 tokens
     with pytest.raises(ValueError, match=r"txt-tok\.parquet: an item has 6 tokens but ICAConfig\.max_tokens is 5"):
-        pretrain_ica(paths, None, None, cfg, run_id="long", progress=False, image_tokens="img-tok", text_tokens="txt-tok")
+        pretrain_ica(
+            paths, None, None, cfg, run_id="long", progress=False, image_tokens="img-tok", text_tokens="txt-tok"
+        )
     assert not paths.run("ica-long").exists()
 
 
@@ -194,18 +255,37 @@ RUN = {**TINY, "d_model": 48, "batch_size": 50, "lr": 3e-3, "holdout": 0.2, "pat
 def test_token_pretraining_learns_and_applies_to_another_dataset(home):
     paths, _ = write_token_dataset(home, "alpha", n=250, no_image=(3,), no_text=(4,))
     cfg = ICAConfig(**RUN, epochs=8)
-    out = pretrain_ica(paths, None, None, cfg, run_id="tok", progress=False, image_tokens="img-tok", text_tokens="txt-tok")
+    out = pretrain_ica(
+        paths, None, None, cfg, run_id="tok", progress=False, image_tokens="img-tok", text_tokens="txt-tok"
+    )
 
     # the loss falls and held-out retrieval beats the untrained encoder (and chance) by a margin
     hist = out["history"]
     assert hist[-1]["loss/loss"] < 0.7 * hist[1]["loss/loss"], [h.get("loss/loss") for h in hist]
-    print([(h.get("loss/mlm_acc"), h.get("loss/mlm"), h.get("retrieval/mean_recall@10"), h.get("retrieval/mean_recall@1")) for h in hist])
+    print(
+        [
+            (
+                h.get("loss/mlm_acc"),
+                h.get("loss/mlm"),
+                h.get("retrieval/mean_recall@10"),
+                h.get("retrieval/mean_recall@1"),
+            )
+            for h in hist
+        ]
+    )
     assert hist[-1]["loss/mlm"] < hist[1]["loss/mlm"] and hist[-1]["loss/mlm_acc"] > 2 * hist[1]["loss/mlm_acc"]
     before, after = out["untrained"]["retrieval/mean_recall@10"], out["final"]["retrieval/mean_recall@10"]
     chance = out["baselines"]["chance"]["retrieval/mean_recall@10"]
     assert after > before + 0.25 and after > 2 * chance, (before, after, chance)
-    for key in ("loss/contrastive", "loss/mmm", "loss/mlm", "loss/fusion", "retrieval/i2t_recall@1",
-                "retrieval/t2i_recall@10", "train_items_per_s"):
+    for key in (
+        "loss/contrastive",
+        "loss/mmm",
+        "loss/mlm",
+        "loss/fusion",
+        "retrieval/i2t_recall@1",
+        "retrieval/t2i_recall@10",
+        "train_items_per_s",
+    ):
         assert key in hist[-1], key
     # no interactions: content metrics skipped, and the run says why
     metrics = read_json(paths.metrics("ica-tok"))
@@ -220,7 +300,10 @@ def test_token_pretraining_learns_and_applies_to_another_dataset(home):
 
     # checkpoint round trip: the loaded encoder gives the same mm as the table
     asins = item_asins(paths)
-    image, text = (load_token_inputs(paths, "img-tok", asins, "image"), load_token_inputs(paths, "txt-tok", asins, "text"))
+    image, text = (
+        load_token_inputs(paths, "img-tok", asins, "image"),
+        load_token_inputs(paths, "txt-tok", asins, "text"),
+    )
     again = apply_encoder(paths.run("ica-tok"), image, text)
     assert np.allclose(again, vec, atol=1e-5)
     model, config = load_encoder(paths.run("ica-tok"))
@@ -232,14 +315,19 @@ def test_token_pretraining_learns_and_applies_to_another_dataset(home):
     applied = read_features(path)
     assert applied.metadata["applied_from"].endswith("ica-tok") and len(applied.item_ids) == 40
     b_asins = item_asins(other)
-    direct = apply_encoder(paths.run("ica-tok"), load_token_inputs(other, "img-tok", b_asins, "image"),
-                           load_token_inputs(other, "txt-tok", b_asins, "text"))
+    direct = apply_encoder(
+        paths.run("ica-tok"),
+        load_token_inputs(other, "img-tok", b_asins, "image"),
+        load_token_inputs(other, "txt-tok", b_asins, "text"),
+    )
     assert np.allclose(applied.vectors[np.argsort(applied.item_ids)], direct, atol=1e-6)
     assert not np.allclose(direct[:5], vec[:5], atol=1e-2)  # other items, other vectors
 
     # …and refused, naming both specs, when the image extractor differs in dim
     wide, _ = write_token_dataset(home, "gamma", n=20, seed=6, d_img=16)
-    with pytest.raises(EncoderMismatch, match=r"image inputs \[.*dim=12.*\] but .*img-tok\.parquet has \[.*dim=16.*dim"):
+    with pytest.raises(
+        EncoderMismatch, match=r"image inputs \[.*dim=12.*\] but .*img-tok\.parquet has \[.*dim=16.*dim"
+    ):
         write_applied_feature(wide, paths.run("ica-tok"))
     assert not wide.feature("ica-tok").exists()
 
@@ -263,8 +351,14 @@ def test_contextual_states_leak_the_hidden_word():
         for step in range(150):
             b = torch.randint(0, 240, (60,))
             no_img = vi[b] & (torch.rand(60, 1) < 0.5)  # half the batch sees the image
-            loss = model(img[b], no_img, states[b], vt[b], hidden={"image": torch.zeros_like(vi[b]), "text": hide[b]},
-                         text_ids=ids[b])["loss"]
+            loss = model(
+                img[b],
+                no_img,
+                states[b],
+                vt[b],
+                hidden={"image": torch.zeros_like(vi[b]), "text": hide[b]},
+                text_ids=ids[b],
+            )["loss"]
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -285,6 +379,10 @@ def test_token_run_resumes_after_a_kill_to_the_same_result(home, monkeypatch):
     cfg = ICAConfig(**{**RUN, "dropout": 0.1}, epochs=3)
     kw = {"progress": False, "image_tokens": "img-tok", "text_tokens": "txt-tok"}
     full = pretrain_ica(paths, None, None, cfg, run_id="full", **kw)
-    resumed = killed_then_resumed(monkeypatch, lambda: pretrain_ica(paths, None, None, cfg, run_id="cut", **kw), kill_at=2)
+    resumed = killed_then_resumed(
+        monkeypatch, lambda: pretrain_ica(paths, None, None, cfg, run_id="cut", **kw), kill_at=2
+    )
     assert without_timing(resumed["history"]) == without_timing(full["history"])
-    assert np.array_equal(read_features(paths.feature("ica-full")).vectors, read_features(paths.feature("ica-cut")).vectors)
+    assert np.array_equal(
+        read_features(paths.feature("ica-full")).vectors, read_features(paths.feature("ica-cut")).vectors
+    )

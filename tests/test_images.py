@@ -1,4 +1,5 @@
 """pipelines.images: tiny generated images served over a real local HTTP server, plus real photos."""
+
 from __future__ import annotations
 
 import io
@@ -109,9 +110,20 @@ def test_every_outcome_is_audited(home, http_server, served):
 
     summary = fetch_images(paths, max_bytes=50_000, max_pixels=1_000_000, **{**FAST, "timeout": 0.5})
 
-    assert _counts(summary) == {"ok": 7, "cached": 0, "no_url": 2, "http_error": 1, "undecodable": 2,
-                                "too_large": 3, "error": 1, "total": 16}
-    assert summary["line"] == "images: 7 ok, 7 failed (too_large: 3, undecodable: 2, error: 1, http_error: 1), 2 without url"
+    assert _counts(summary) == {
+        "ok": 7,
+        "cached": 0,
+        "no_url": 2,
+        "http_error": 1,
+        "undecodable": 2,
+        "too_large": 3,
+        "error": 1,
+        "total": 16,
+    }
+    assert (
+        summary["line"]
+        == "images: 7 ok, 7 failed (too_large: 3, undecodable: 2, error: 1, http_error: 1), 2 without url"
+    )
     assert summary["sources"] == {"url": 14}
     a = _by_asin(paths)
     assert [r["asin"] for r in read_audit(paths).to_pylist()] == [r[0] for r in rows]  # item order
@@ -169,8 +181,16 @@ def test_rerun_keeps_valid_images_as_cached(home, http_server, served):
     a = _by_asin(paths)
     assert a["B1"]["status"] == "ok"
     assert paths.image("B1").read_bytes() == (served / "retry.jpg").read_bytes()
-    assert _counts(third) == {"ok": 1, "cached": 2, "no_url": 1, "http_error": 0, "undecodable": 0,
-                              "too_large": 0, "error": 0, "total": 4}
+    assert _counts(third) == {
+        "ok": 1,
+        "cached": 2,
+        "no_url": 1,
+        "http_error": 0,
+        "undecodable": 0,
+        "too_large": 0,
+        "error": 0,
+        "total": 4,
+    }
     assert third["line"] == "images: 3 ok (2 cached), 1 without url"
     assert [a[k]["source"] for k in ("B1", "B2", "B3", "B4")] == ["url", "cache", None, "cache"]
 

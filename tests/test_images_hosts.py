@@ -3,6 +3,7 @@
 Real sockets only: a name under `.invalid` never resolves (RFC 6761) and a port of 127.0.0.1
 that nobody listens on refuses at once, so these tests need no network and no mocks.
 """
+
 from __future__ import annotations
 
 import logging
@@ -100,8 +101,16 @@ def test_half_dead_half_served_counts_exact(home, http_server, tmp_path, caplog)
 
     summary = fetch_images(paths, **SLOW_IF_RETRIED)
 
-    assert summary["line"] == "images: 10 ok, 25 failed (host_down: 14, http_error: 5, dns: 3, refused: 3), 3 without url"
-    assert (summary["ok"], summary["http_error"], summary["error"], summary["no_url"], summary["total"]) == (10, 5, 20, 3, 38)
+    assert (
+        summary["line"] == "images: 10 ok, 25 failed (host_down: 14, http_error: 5, dns: 3, refused: 3), 3 without url"
+    )
+    assert (summary["ok"], summary["http_error"], summary["error"], summary["no_url"], summary["total"]) == (
+        10,
+        5,
+        20,
+        3,
+        38,
+    )
     assert summary["sources"] == {"url": 35}
     audit = _by_asin(paths)
     for i in range(10):
@@ -180,7 +189,9 @@ def test_board_counts_failures_in_a_row_only():
     for _ in range(3):
         with pytest.raises(ConnectionRefusedError):
             board.attempt("h:1", _refuse)
-    with pytest.raises(HostDown, match=r"host h:1 marked down after 3 failures in a row \(first: refused: Connection refused\)"):
+    with pytest.raises(
+        HostDown, match=r"host h:1 marked down after 3 failures in a row \(first: refused: Connection refused\)"
+    ):
         board.attempt("h:1", lambda: "never called")
     assert board.down_hosts() == ["h:1"]
     assert board.attempt("other:2", lambda: 7) == 7  # hosts are independent

@@ -1,4 +1,5 @@
 """fetch_images(images_dir=…): images the user already has, from a folder or a CSV/TSV."""
+
 from __future__ import annotations
 
 import io
@@ -63,7 +64,10 @@ def test_folder_of_real_photos_is_used_before_urls(home, http_server, tmp_path, 
     assert [audit[x]["source"] for x in a] == ["local_dir"] * 5 + ["url"]
     assert audit["NOIMAGE01"]["source"] is None and audit["NOIMAGE01"]["status"] == "no_url"
     only = folder / "ONLYLOCAL.jpg"  # by name and content hash: the audit never names the machine
-    assert audit["ONLYLOCAL"]["status"] == "ok" and audit["ONLYLOCAL"]["origin"] == f"ONLYLOCAL.jpg sha256:{file_sha256(only)[:16]}"
+    assert (
+        audit["ONLYLOCAL"]["status"] == "ok"
+        and audit["ONLYLOCAL"]["origin"] == f"ONLYLOCAL.jpg sha256:{file_sha256(only)[:16]}"
+    )
     assert paths.image(a[0]).read_bytes() == photos[0].read_bytes()  # a JPEG is kept byte for byte
     assert paths.image(a[1]).read_bytes() == photos[1].read_bytes()
     for x, original in ((a[2], photos[2]), (a[3], photos[3])):

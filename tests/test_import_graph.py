@@ -3,6 +3,7 @@
 A circle is how a room ends up importing upward (ARCHITECTURE.md); two crept in beside a real need
 (store.records ↔ store.tables, cli ↔ prefect_server) and one stood as a shim (cli ↔ flows).
 """
+
 from __future__ import annotations
 
 import ast
@@ -42,7 +43,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
         stack.append(u)
         for v in sorted(edges[u]):
             if state.get(v) == 1:
-                found.append(stack[stack.index(v):] + [v])
+                found.append(stack[stack.index(v) :] + [v])
             elif v not in state:
                 visit(v)
         stack.pop()

@@ -1,5 +1,6 @@
 """ingest end to end: real Gift Cards files over a real (and faulty) HTTP server, the demo,
 and the clear errors (unknown category, unreachable URL, nothing half-written)."""
+
 from __future__ import annotations
 
 import gzip
@@ -62,9 +63,14 @@ def test_gift_cards_over_a_faulty_http_server(shared_data: Path, http_server, ho
     http_server.fault(REVIEWS, "status", times=1, code=500)  # a 500, then success
     http_server.fault(META, "cut", times=1, after=100_000)  # connection dropped mid-file
     report = ingest(
-        "giftcards", "2018",
-        meta=http_server.url_for(META), reviews=http_server.url_for(REVIEWS),
-        home=home, progress=False, backoff=0.01, timeout=10,
+        "giftcards",
+        "2018",
+        meta=http_server.url_for(META),
+        reviews=http_server.url_for(REVIEWS),
+        home=home,
+        progress=False,
+        backoff=0.01,
+        timeout=10,
     )
 
     # the faults really happened, and the cut download resumed from where it stopped
@@ -165,12 +171,22 @@ def test_unreachable_url_names_the_url_and_writes_no_table(tmp_path: Path, home:
 
 def test_broken_reviews_keep_the_old_tables(tmp_path: Path, home: Path) -> None:
     good_meta = tmp_path / "meta_T.json.gz"
-    good_meta.write_bytes(gzip.compress(b"".join(
-        json.dumps({"asin": f"I{j}", "title": f"T{j}"}).encode() + b"\n" for j in range(6))))
+    good_meta.write_bytes(
+        gzip.compress(b"".join(json.dumps({"asin": f"I{j}", "title": f"T{j}"}).encode() + b"\n" for j in range(6)))
+    )
     good = tmp_path / "T_5.json.gz"
-    good.write_bytes(gzip.compress(b"".join(
-        json.dumps({"reviewerID": f"U{u}", "asin": f"I{j}", "overall": 5.0, "unixReviewTime": u * 10 + j}).encode() + b"\n"
-        for u in range(6) for j in range(6))))
+    good.write_bytes(
+        gzip.compress(
+            b"".join(
+                json.dumps(
+                    {"reviewerID": f"U{u}", "asin": f"I{j}", "overall": 5.0, "unixReviewTime": u * 10 + j}
+                ).encode()
+                + b"\n"
+                for u in range(6)
+                for j in range(6)
+            )
+        )
+    )
     report = ingest("t", "2018", meta=str(good_meta), reviews=str(good), home=home, progress=False)
     assert step(report, "5-core") == {"interactions": 36, "users": 6, "items": 6}
     paths = dataset_paths("t", home)

@@ -1,6 +1,7 @@
 """Real Gift Cards files made to carry the quirks of other 2018 dumps: titles that are cut HTML
 fragments, CSS in price and description, a third of the metadata lines repeated (some repeats
 less complete), and metadata that matches no reviewed item."""
+
 from __future__ import annotations
 
 import gzip
@@ -12,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from pipelines import amazon
+from pipelines.html_text import first_sentence
 from pipelines.ingest import ingest
 from pipelines.prepare import DUPLICATE_POLICY, _items_table
-from pipelines.html_text import first_sentence
 from pipelines.records import BadRecords
 from store import schemas
 from store.layout import dataset_paths
@@ -74,8 +75,14 @@ def test_quirky_2018_metadata(shared_data: Path, tmp_path: Path, home: Path) -> 
         else:
             out.append(r)
     meta = _write(tmp_path / "meta_Gift_Cards.json.gz", out)
-    report = ingest("quirks", "2018", meta=str(meta), home=home, progress=False,
-                    reviews=str(shared_data / "amazon2018-giftcards" / "Gift_Cards_5.json.gz"))
+    report = ingest(
+        "quirks",
+        "2018",
+        meta=str(meta),
+        home=home,
+        progress=False,
+        reviews=str(shared_data / "amazon2018-giftcards" / "Gift_Cards_5.json.gz"),
+    )
 
     md = report["metadata"]
     assert md["products_read"] == len(out) == len(rows) + repeats
@@ -120,8 +127,14 @@ def test_no_markup_in_text_for_the_whole_real_catalog(shared_data: Path) -> None
 
 def test_metadata_matching_no_item_is_refused_unless_allowed(shared_data: Path, tmp_path: Path, home: Path) -> None:
     reviews = str(shared_data / "amazon2018-giftcards" / "Gift_Cards_5.json.gz")
-    good = ingest("gc", "2018", meta=str(shared_data / "amazon2018-giftcards" / "meta_Gift_Cards.json.gz"),
-                  reviews=reviews, home=home, progress=False)
+    good = ingest(
+        "gc",
+        "2018",
+        meta=str(shared_data / "amazon2018-giftcards" / "meta_Gift_Cards.json.gz"),
+        reviews=reviews,
+        home=home,
+        progress=False,
+    )
     paths = dataset_paths("gc", home)
     before = paths.items.read_bytes()
     reviewed = set(_reviewed(shared_data))
@@ -139,8 +152,7 @@ def test_metadata_matching_no_item_is_refused_unless_allowed(shared_data: Path, 
     with pytest.raises(ValueError, match=r"0 records parsed from meta_Broken.json.gz, 2 bad line"):
         ingest("gc", "2018", meta=str(broken), reviews=reviews, home=home, progress=False)
 
-    report = ingest("gc", "2018", meta=str(wrong), reviews=reviews, home=home, progress=False,
-                    allow_missing_meta=True)
+    report = ingest("gc", "2018", meta=str(wrong), reviews=reviews, home=home, progress=False, allow_missing_meta=True)
     md = report["metadata"]
     assert md["matched_items"] == 0 and md["allow_missing_meta"] is True and "allowed" in md["meta_check"]
     assert report["missing"]["metadata"] == n and paths.items.read_bytes() != before

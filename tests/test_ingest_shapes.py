@@ -5,24 +5,23 @@ module) and checks the exit code, how many lines it said, and the counts in prep
 successful ingest must account for each line it read (header, blank, rejected, merged, removed by
 k-core, kept) and the parts must add up to the lines read.
 """
+
 from __future__ import annotations
 
 import gzip
 import json
-import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cli_helpers import run_cli, user_env
 
 from store import schemas
 from store.layout import dataset_paths
 from store.tables import read_table
-from cli_helpers import run_cli, user_env
 
 REPO = Path(__file__).resolve().parents[1]
 GIFT = REPO.parent / "shared" / "data" / "amazon2018-giftcards"
@@ -89,8 +88,14 @@ def grid(n_users: int = 12, n_items: int = 8, per_user: int = 6) -> list[tuple[s
     rows = []
     for u in range(n_users):
         for k in range(per_user):
-            rows.append((f"A{u:03d}X7Q2ZPLM", f"B00{(u + k) % n_items:07d}", float(1 + (u + k) % 5),
-                         1_500_000_000 + 86_400 * (u * per_user + k)))
+            rows.append(
+                (
+                    f"A{u:03d}X7Q2ZPLM",
+                    f"B00{(u + k) % n_items:07d}",
+                    float(1 + (u + k) % 5),
+                    1_500_000_000 + 86_400 * (u * per_user + k),
+                )
+            )
     return rows
 
 
@@ -104,7 +109,9 @@ def test_headerless_tsv_stops_with_the_positions_then_keeps_every_row(env: dict,
     assert "train.tsv has no header" in stop and "'A000X7Q2ZPLM', 'B000000000', '1.0'" in stop
     assert '--columns "user=0,item=1,rating=2"' in stop
 
-    proc, report = ingest(env, "headless", "--release", "csv", "--reviews", str(path), "--columns", "user=0,item=1,rating=2")
+    proc, report = ingest(
+        env, "headless", "--release", "csv", "--reviews", str(path), "--columns", "user=0,item=1,rating=2"
+    )
     succeeded(proc)
     balanced(report, len(rows))
     assert report["output"]["interactions"] == len(rows)  # the first row too
@@ -122,8 +129,9 @@ def test_ambiguous_first_row_stops_showing_both_ways_and_no_header_reads_it(env:
     assert "cannot tell whether row 1 is a header: row 1 ['alice', 'kettle'], row 2 ['alice', 'lamp']" in stop
     assert '--columns "user=alice,item=kettle"' in stop and '--no-header --columns "user=0,item=1"' in stop
 
-    proc, report = ingest(env, "words", "--release", "csv", "--reviews", str(path), "--no-header",
-                          "--columns", "user=0,item=1")
+    proc, report = ingest(
+        env, "words", "--release", "csv", "--reviews", str(path), "--no-header", "--columns", "user=0,item=1"
+    )
     succeeded(proc)
     balanced(report, len(rows))
     assert report["output"] == {"items": 6, "users": 6, "interactions": len(rows)}
@@ -140,10 +148,24 @@ def test_row_counts_add_up_on_every_format(env: dict, tmp_path: Path, shared_dat
         return [json.dumps(o) for o in objs]
 
     bad_json = {"malformed line (not JSON)": 1, "missing reviewer id": 1}
-    for release, make in (("2014", lines_2018), ("2018", lines_2018),
-                          ("2023", lambda objs: [json.dumps({"user_id": o["reviewerID"], "parent_asin": o["asin"],
-                                                             "rating": o["overall"],
-                                                             "timestamp": o["unixReviewTime"] * 1000}) for o in objs])):
+    for release, make in (
+        ("2014", lines_2018),
+        ("2018", lines_2018),
+        (
+            "2023",
+            lambda objs: [
+                json.dumps(
+                    {
+                        "user_id": o["reviewerID"],
+                        "parent_asin": o["asin"],
+                        "rating": o["overall"],
+                        "timestamp": o["unixReviewTime"] * 1000,
+                    }
+                )
+                for o in objs
+            ],
+        ),
+    ):
         body = make(reviews)
         body[10:10] = ["{not json", "", json.dumps({"asin": "B0X", "overall": 5.0, "unixReviewTime": 1})]
         if release == "2023":
@@ -171,8 +193,12 @@ def test_row_counts_add_up_on_every_format(env: dict, tmp_path: Path, shared_dat
         assert rows["merged_duplicates"] == merged, fmt
     cols = list(zip(*table))
     path = tmp_path / "mine.parquet"
-    pq.write_table(pa.table({"user": [*cols[0], None], "item": [*cols[1], "B0X"], "rating": [*cols[2], 5.0],
-                             "timestamp": [*cols[3], 1]}), path)
+    pq.write_table(
+        pa.table(
+            {"user": [*cols[0], None], "item": [*cols[1], "B0X"], "rating": [*cols[2], 5.0], "timestamp": [*cols[3], 1]}
+        ),
+        path,
+    )
     proc, report = ingest(env, "fmtparquet", "--release", "csv", "--reviews", str(path))
     succeeded(proc)
     assert balanced(report, len(table) + 1, rejected={"missing reviewer id": 1})["merged_duplicates"] == merged
@@ -186,8 +212,12 @@ def test_row_counts_add_up_on_every_format(env: dict, tmp_path: Path, shared_dat
     (src / "baby.inter").write_text("\n".join(inter) + "\n")
     proc, report = ingest(env, "fmtmmrec", "--release", "mmrec", "--source", str(src))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    balanced(report, len(inter), header=1, rejected={"empty line": 1, "itemID is not a non-negative integer": 1,
-                                                     "duplicate (userID, itemID) pair": 1})
+    balanced(
+        report,
+        len(inter),
+        header=1,
+        rejected={"empty line": 1, "itemID is not a non-negative integer": 1, "duplicate (userID, itemID) pair": 1},
+    )
 
 
 # --------------------------------------------------------------------------- 2. every shape through the front door
@@ -202,8 +232,9 @@ def test_three_split_files_keep_users_only_in_valid_or_test_and_train_evaluates_
     for part, lines in files.items():
         (tmp_path / f"{part}.tsv").write_text("\n".join(lines) + "\n")
         args += [f"--{part}", str(tmp_path / f"{part}.tsv")]
-    proc, report = ingest(env, "given", "--release", "csv", *args, "--columns", "user=0,item=1,rating=2,time=3",
-                          "--kcore", "1")
+    proc, report = ingest(
+        env, "given", "--release", "csv", *args, "--columns", "user=0,item=1,rating=2,time=3", "--kcore", "1"
+    )
     succeeded(proc)
     balanced(report, len(rows))
     split = report["split"]
@@ -214,8 +245,9 @@ def test_three_split_files_keep_users_only_in_valid_or_test_and_train_evaluates_
 
     trained = cli(env, "train", "--dataset", "given", "--model", "lightgcn", "--epochs", "2", "--patience", "2")
     assert trained.returncode == 0, trained.stdout + trained.stderr
-    metrics = json.loads(next(dataset_paths("given", env["ANCHORREC_HOME"]).root.glob("runs/lightgcn-*/metrics.json"))
-                         .read_text())
+    metrics = json.loads(
+        next(dataset_paths("given", env["ANCHORREC_HOME"]).root.glob("runs/lightgcn-*/metrics.json")).read_text()
+    )
     assert 0.0 <= metrics["test"]["recall@20"] <= 1.0 and metrics["test"]["recall@20"] > 0
 
 
@@ -257,17 +289,31 @@ def test_metadata_table_with_its_own_column_names(env: dict, tmp_path: Path) -> 
     reviews.write_text("user,item,rating,timestamp\n" + "".join(f"{u},{i},{r},{t}\n" for u, i, r, t in rows))
     meta = tmp_path / "products.tsv"
     asins = sorted({i for _, i, _, _ in rows})
-    meta.write_text("sku\tname\tmaker\tphoto\n" + "".join(f"{a}\tThing {k}\tAcme\thttp://img/{a}.jpg\n"
-                                                          for k, a in enumerate(asins)))
-    refused = one_error(cli(env, "ingest", "--dataset", "cat", "--release", "csv", "--meta", str(meta),
-                            "--columns", "asin=sku"))
+    meta.write_text(
+        "sku\tname\tmaker\tphoto\n"
+        + "".join(f"{a}\tThing {k}\tAcme\thttp://img/{a}.jpg\n" for k, a in enumerate(asins))
+    )
+    refused = one_error(
+        cli(env, "ingest", "--dataset", "cat", "--release", "csv", "--meta", str(meta), "--columns", "asin=sku")
+    )
     assert "--meta-columns" in refused
-    missing = one_error(cli(env, "ingest", "--dataset", "tab", "--release", "csv", "--reviews", str(reviews),
-                            "--meta", str(meta)))
+    missing = one_error(
+        cli(env, "ingest", "--dataset", "tab", "--release", "csv", "--reviews", str(reviews), "--meta", str(meta))
+    )
     assert "products.tsv: cannot find column(s) for role asin" in missing and "--meta-columns" in missing
 
-    proc, report = ingest(env, "tab", "--release", "csv", "--reviews", str(reviews), "--meta", str(meta),
-                          "--meta-columns", "asin=sku,title=name,brand=maker,image=photo")
+    proc, report = ingest(
+        env,
+        "tab",
+        "--release",
+        "csv",
+        "--reviews",
+        str(reviews),
+        "--meta",
+        str(meta),
+        "--meta-columns",
+        "asin=sku,title=name,brand=maker,image=photo",
+    )
     succeeded(proc)
     got = {it["asin"]: it for it in items(env, "tab")}
     assert report["metadata"]["meta_check"] == "passed" and report["missing"]["title"] == 0
@@ -278,14 +324,24 @@ def test_metadata_table_with_its_own_column_names(env: dict, tmp_path: Path) -> 
 def test_older_image_field_and_markup_only_titles(env: dict, tmp_path: Path) -> None:
     rows = grid()
     reviews = tmp_path / "Magazines_5.json.gz"
-    reviews.write_bytes(gzip.compress("".join(json.dumps({"reviewerID": u, "asin": i, "overall": r,
-                                                          "unixReviewTime": t}) + "\n" for u, i, r, t in rows).encode()))
+    reviews.write_bytes(
+        gzip.compress(
+            "".join(
+                json.dumps({"reviewerID": u, "asin": i, "overall": r, "unixReviewTime": t}) + "\n"
+                for u, i, r, t in rows
+            ).encode()
+        )
+    )
     asins = sorted({i for _, i, _, _ in rows})
     span = '<span class="a-size-medium a-color-secondary a-text-normal"></span>'
     meta = []
     for k, a in enumerate(asins):
-        obj = {"asin": a, "brand": "Hearst Magazines", "image": [f"http://img/{a}.jpg"],
-               "description": [f"<b>Magazine {k}</b> is the best read of the month. Subscribe now."]}
+        obj = {
+            "asin": a,
+            "brand": "Hearst Magazines",
+            "image": [f"http://img/{a}.jpg"],
+            "description": [f"<b>Magazine {k}</b> is the best read of the month. Subscribe now."],
+        }
         obj["title"] = span if k < 5 else "Hearst Magazines" if k < 7 else f"Magazine {k}"
         if k == 4:
             obj["description"] = []  # nothing to say: the brand is the last resort
@@ -301,7 +357,11 @@ def test_older_image_field_and_markup_only_titles(env: dict, tmp_path: Path) -> 
     assert titles[5:7] == ["Magazine 5 is the best read of the month", "Magazine 6 is the best read of the month"]
     assert titles[7:] == [f"Magazine {k}" for k in range(7, len(asins))]
     tc = report["text_cleaning"]["title"]
-    assert (tc["markup_title_to_description"], tc["markup_title_to_brand"], tc["brand_title_to_description"]) == (4, 1, 2)
+    assert (tc["markup_title_to_description"], tc["markup_title_to_brand"], tc["brand_title_to_description"]) == (
+        4,
+        1,
+        2,
+    )
     assert report["missing"]["image"] == 0 and all(got[a]["image_url"] == f"http://img/{a}.jpg" for a in asins)
 
 
@@ -309,8 +369,13 @@ def test_millisecond_and_iso_timestamps_are_read_as_seconds(env: dict, tmp_path:
     rows = grid()
     lines = []
     for n, (u, i, r, t) in enumerate(rows):
-        when = str(t * 1000) if n % 3 == 0 else str(t) if n % 3 == 1 else \
-            __import__("datetime").datetime.fromtimestamp(t, __import__("datetime").timezone.utc).isoformat()
+        when = (
+            str(t * 1000)
+            if n % 3 == 0
+            else str(t)
+            if n % 3 == 1
+            else __import__("datetime").datetime.fromtimestamp(t, __import__("datetime").timezone.utc).isoformat()
+        )
         lines.append(f"{u},{i},{r},{when}")
     path = tmp_path / "times.csv"
     path.write_text("user,item,rating,timestamp\n" + "\n".join(lines) + "\n")
@@ -328,8 +393,22 @@ def test_metadata_alone_for_an_amazon_release_points_to_the_catalog_only_route(e
     stop = one_error(cli(env, "ingest", "--dataset", "beauty", "--release", "2023", "--meta", str(meta)))
     assert "--release 2023 needs --category" in stop
     assert f"catalog-only dataset: --release csv --meta {meta}" in stop and "Catalog-only datasets" in stop
-    wrong = one_error(cli(env, "ingest", "--dataset", "beauty", "--release", "2023", "--meta", str(meta),
-                          "--reviews", str(meta), "--columns", "user=0,item=1"))
+    wrong = one_error(
+        cli(
+            env,
+            "ingest",
+            "--dataset",
+            "beauty",
+            "--release",
+            "2023",
+            "--meta",
+            str(meta),
+            "--reviews",
+            str(meta),
+            "--columns",
+            "user=0,item=1",
+        )
+    )
     assert "--columns applies to --release csv" in wrong
     half = one_error(cli(env, "ingest", "--dataset", "beauty", "--release", "csv", "--train", str(meta)))
     assert "a given split is --train FILE --test FILE" in half

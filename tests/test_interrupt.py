@@ -1,5 +1,6 @@
 """Ctrl-C / SIGTERM during feature extraction: out in seconds, the encoded rows kept, the rerun
 encodes only the rest and writes the same bytes as a run that was never interrupted."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,14 @@ def ingested(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("interrupt")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(ANCHORREC_HOME=str(root / "home"), PREFECT_HOME=str(root / "prefect"), TQDM_MININTERVAL="0")
-    proc = subprocess.run(anchorrec("ingest", "--demo-items", str(N_ITEMS), "--demo-users", "60"), cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        anchorrec("ingest", "--demo-items", str(N_ITEMS), "--demo-users", "60"),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "home", env
 
@@ -57,10 +64,18 @@ def uninterrupted(ingested) -> bytes:
 def interrupt_at_three_quarters(env: dict, sig: int) -> tuple[int, int, float, str]:
     """Start `features`, signal its whole process group (as a terminal's Ctrl-C does, the Prefect
     server included) once the bar shows 75 %; → (exit code, items shown done, seconds to exit, stderr)."""
-    proc = subprocess.Popen(anchorrec(*FEATURES), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        anchorrec(*FEATURES),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     err = bytearray()
-    reader = threading.Thread(target=lambda: [err.extend(chunk) for chunk in iter(lambda: os.read(proc.stderr.fileno(), 4096), b"")])
+    reader = threading.Thread(
+        target=lambda: [err.extend(chunk) for chunk in iter(lambda: os.read(proc.stderr.fileno(), 4096), b"")]
+    )
     reader.start()
     deadline = time.monotonic() + 600
     seen = 0
@@ -86,8 +101,13 @@ def test_a_stopped_extraction_keeps_its_rows_and_the_rerun_encodes_only_the_rest
     assert took < 10, f"took {took:.1f} s to stop"
     lines = [line for line in err.split("\n") if "stopped" in line]
     assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
-    kept = int(re.fullmatch(rf"stopped \({sig.name}\): (\d+) encoded items kept; run the same command again to resume "
-                            r"\(it encodes only the rest\)", lines[0]).group(1))
+    kept = int(
+        re.fullmatch(
+            rf"stopped \({sig.name}\): (\d+) encoded items kept; run the same command again to resume "
+            r"\(it encodes only the rest\)",
+            lines[0],
+        ).group(1)
+    )
     assert seen <= kept < N_ITEMS  # everything the bar showed done, and not a row more than there is
     print(f"{sig.name}: bar at {seen}/{N_ITEMS}, {kept} kept, exit {got} after {took:.2f} s")  # shown with -s
     home = Path(env["ANCHORREC_HOME"])
@@ -103,11 +123,21 @@ def test_a_stopped_extraction_keeps_its_rows_and_the_rerun_encodes_only_the_rest
 def test_features_with_tokens_pass_each_photo_through_the_backbone_once(ingested):
     """The `features image` stage fills the image tokens as it goes: `tokens image` encodes nothing."""
     env = copy_home(ingested, "tokens")
-    proc = subprocess.run(anchorrec("features", "--tokens", "--batch-size", "32"), cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        anchorrec("features", "--tokens", "--batch-size", "32"),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = {line.split(":")[0]: line for line in proc.stderr.replace("\r", "\n").split("\n") if ": " in line}
-    photos = int(re.search(r"vectors for (\d+) of 160 items \((\d+) encoded, 0 resumed\)", lines["features image"]).group(2))
+    photos = int(
+        re.search(r"vectors for (\d+) of 160 items \((\d+) encoded, 0 resumed\)", lines["features image"]).group(2)
+    )
     assert photos > 100, lines["features image"]
     assert re.search(rf"tokens for {photos} of 160 items, .* \(0 encoded\)", lines["tokens image"]), lines
-    assert re.search(r"tokens for 160 of 160 items, .* \(160 encoded\)", lines["tokens text"]), lines  # text: its own pass
+    assert re.search(r"tokens for 160 of 160 items, .* \(160 encoded\)", lines["tokens text"]), (
+        lines
+    )  # text: its own pass

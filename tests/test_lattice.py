@@ -1,4 +1,5 @@
 """LATTICE: parity with MMRec's class on a tiny fixed input, its graphs, and learning."""
+
 from __future__ import annotations
 
 import sys
@@ -141,7 +142,9 @@ def test_learned_graph_is_sparse_knn_of_the_projections_with_cosine_weights():
 def test_only_one_modality_needs_no_mix_weight():
     data = planted(n_users=40, n_items=30, n_groups=3, per_user=6)
     f = np.random.default_rng(2).standard_normal((30, 5)).astype(np.float32)
-    model = LATTICE(build_graph_data(data, {"t": f}, knn_k=4, device="cpu"), LATTICEConfig(embedding_dim=8, feat_embed_dim=8))
+    model = LATTICE(
+        build_graph_data(data, {"t": f}, knn_k=4, device="cpu"), LATTICEConfig(embedding_dim=8, feat_embed_dim=8)
+    )
     assert not hasattr(model, "modal_weight") and model.knn_k == 4
     out = model.batch_loss(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([2, 3]))
     out["loss"].backward()
@@ -163,8 +166,14 @@ def test_trains_through_the_trainer_and_learns_the_planted_preference(tmp_path):
     data = planted(n_users=120, n_items=60, n_groups=3, per_user=10)
     f = np.random.default_rng(1).standard_normal((60, 8)).astype(np.float32)
     graph = build_graph_data(data, {"t": f, "v": f}, knn_k=4, device="cpu")
-    cfg = TrainConfig(model="lattice", model_args={"embedding_dim": 16, "feat_embed_dim": 16}, epochs=30,
-                      batch_size=256, lr=0.01, patience=30)
+    cfg = TrainConfig(
+        model="lattice",
+        model_args={"embedding_dim": 16, "feat_embed_dim": 16},
+        epochs=30,
+        batch_size=256,
+        lr=0.01,
+        patience=30,
+    )
     m = fit(data, graph, cfg, tmp_path / "run", progress=False)
     losses = [h["loss"] for h in m["history"]]
     assert all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0]
@@ -177,8 +186,10 @@ def test_batch_rows_equal_the_full_computation(n_layers, n_ui_layers):
     rng = np.random.default_rng(3)
     feats = {"t": rng.standard_normal((40, 6)).astype(np.float32), "v": rng.standard_normal((40, 5)).astype(np.float32)}
     torch.manual_seed(0)
-    model = LATTICE(build_graph_data(data, feats, knn_k=5, device="cpu"),
-                    LATTICEConfig(embedding_dim=8, feat_embed_dim=8, n_layers=n_layers, n_ui_layers=n_ui_layers))
+    model = LATTICE(
+        build_graph_data(data, feats, knn_k=5, device="cpu"),
+        LATTICEConfig(embedding_dim=8, feat_embed_dim=8, n_layers=n_layers, n_ui_layers=n_ui_layers),
+    )
     users, items = torch.tensor([3, 7, 7, 20]), torch.tensor([0, 5, 39, 5, 11, 2, 2, 30])
     first = model.item_side(items)  # builds the epoch's graph
     u_full, i_full = model.final_embeddings()

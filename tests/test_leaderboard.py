@@ -1,4 +1,5 @@
 """Leaderboard: the studies' choices rerun on seeds, one report; selection never reads test."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FEATS = {"t": "text-tiny", "v": "text-tiny", "mm": "text-tiny"}
 BASES = {
     "lightgcn": TrainConfig(model="lightgcn", model_args={"dim": 8}, epochs=2, patience=2, batch_size=64, knn_k=4),
-    "anchorrec": TrainConfig(model="anchorrec", model_args={"embedding_dim": 8}, features=FEATS, epochs=2, patience=2,
-                             batch_size=64, knn_k=4),
+    "anchorrec": TrainConfig(
+        model="anchorrec", model_args={"embedding_dim": 8}, features=FEATS, epochs=2, patience=2, batch_size=64, knn_k=4
+    ),
 }
 SPACES = {"lightgcn": {"lr": (1e-2, 5e-3), "n_layers": (1, 2)}, "anchorrec": {"lr": (1e-2, 5e-3), "n_layers": (1, 2)}}
 
@@ -53,7 +55,8 @@ def test_leaderboard_reruns_the_chosen_configuration_on_every_seed(tuned):
             cfg = json.loads((tuned.run(f"lb-{model}-s{seed}") / "config.json").read_text())
             assert cfg["seed"] == seed
             assert {k: v for k, v in cfg.items() if k not in ("seed", "run_id")} == {
-                k: v for k, v in chosen.items() if k not in ("seed", "run_id")}
+                k: v for k, v in chosen.items() if k not in ("seed", "run_id")
+            }
             tests.append(json.loads(tuned.metrics(f"lb-{model}-s{seed}").read_text())["test"]["recall@20"])
         row = result["models"][model]
         assert row["params"] == best["best_params"]
@@ -67,7 +70,9 @@ def test_leaderboard_reruns_the_chosen_configuration_on_every_seed(tuned):
     assert any("anchorrec vs lightgcn" in v for v in result["verdict"])
     text = out.read_text()
     assert "## Verdict" in text and "## Chosen hyperparameters" in text and "## Search and cost" in text
-    assert "## What binds" in text and any("cap, not early stopping, ended 2 of 2 reruns" in v for v in result["verdict"])
+    assert "## What binds" in text and any(
+        "cap, not early stopping, ended 2 of 2 reruns" in v for v in result["verdict"]
+    )
     assert (out.parent / "report.md").exists()
     # ranked by test Recall@20 in the table, best first
     ranked = sorted(result["models"].values(), key=lambda r: r["rank"])
@@ -86,8 +91,12 @@ def test_reruns_in_worker_processes_give_the_same_leaderboard(tuned, tmp_path):
         homes[jobs] = dataset_paths(tuned.name, home)
         for run in homes[jobs].runs_dir.glob("lb-*"):
             shutil.rmtree(run) if run.is_dir() else run.unlink()
-    outs = {jobs: lb.run_leaderboard(paths, jobs=jobs, seeds=(1, 2), progress=False, log=lambda _: None,
-                                     projection_sample=40) for jobs, paths in homes.items()}
+    outs = {
+        jobs: lb.run_leaderboard(
+            paths, jobs=jobs, seeds=(1, 2), progress=False, log=lambda _: None, projection_sample=40
+        )
+        for jobs, paths in homes.items()
+    }
     a, b = (json.loads(outs[j].with_suffix(".json").read_text()) for j in (2, 1))
     assert a["models"] == b["models"] and a["verdict"] == b["verdict"] and (a["jobs"], b["jobs"]) == (2, 1)
     for model in BASES:
@@ -131,12 +140,15 @@ def test_a_diverged_seed_is_named_in_the_verdict(tmp_path):
         write_json({"test": {"recall@20": 0.5}, "diverged_at_epoch": epoch}, paths.metrics(rid))
     diverged = lb.diverged_runs(paths, ["lb-lattice-s0", "lb-lattice-s1"])
     assert diverged == {"lb-lattice-s1": 25}
-    rows = {"lattice": {"test_mean": {"recall@20": 0.5}, "best_epochs": [30, 19], "diverged": diverged},
-            "lightgcn": {"test_mean": {"recall@20": 0.4}, "best_epochs": [40, 41], "diverged": {}}}
+    rows = {
+        "lattice": {"test_mean": {"recall@20": 0.5}, "best_epochs": [30, 19], "diverged": diverged},
+        "lightgcn": {"test_mean": {"recall@20": 0.4}, "best_epochs": [40, 41], "diverged": {}},
+    }
     lines = lb.verdict_lines(rows, {"significance": []}, "lightgcn")
     assert [x for x in lines if "diverged" in x] == [
         "lattice: 1 of 2 seeds diverged (loss not finite: lb-lattice-s1 at epoch 25); each is tested at its best "
-        "validation epoch before that, which its mean ± std includes."]
+        "validation epoch before that, which its mean ± std includes."
+    ]
 
 
 def _report(values: dict[str, list[tuple[float, float, float]]]) -> dict:
@@ -146,23 +158,33 @@ def _report(values: dict[str, list[tuple[float, float, float]]]) -> dict:
         for seed, (overlap, dominance, tail) in enumerate(per_seed):
             rid = f"lb-{model}-s{seed}"
             runs[rid] = {"model": model, "seed": seed}
-            diags[rid] = {"id_overlap@3": overlap, "id_dominance": dominance, "long_tail": {"tail": {"recall@20": tail}}}
+            diags[rid] = {
+                "id_overlap@3": overlap,
+                "id_dominance": dominance,
+                "long_tail": {"tail": {"recall@20": tail}},
+            }
     return {"runs": runs, "diagnostics": diags}
 
 
 def test_advantages_are_paired_by_seed_and_say_when_seed_noise_hides_them():
-    report = _report({
-        "anchorrec": [(0.3, 100.0, 0.0082), (0.4, 104.0, 0.0070), (0.35, 101.0, 0.0095)],
-        "alignrec": [(0.6, 150.0, 0.0078), (0.58, 140.0, 0.0080), (0.59, 149.0, 0.0076)],
-    })
+    report = _report(
+        {
+            "anchorrec": [(0.3, 100.0, 0.0082), (0.4, 104.0, 0.0070), (0.35, 101.0, 0.0095)],
+            "alignrec": [(0.6, 150.0, 0.0078), (0.58, 140.0, 0.0080), (0.59, 149.0, 0.0076)],
+        }
+    )
     lines = lb._advantages(report, "alignrec")
-    assert lines[0].startswith("anchorrec ID overlap@3 0.3500 vs alignrec 0.5900 (lower is better): keeps its advantage")
+    assert lines[0].startswith(
+        "anchorrec ID overlap@3 0.3500 vs alignrec 0.5900 (lower is better): keeps its advantage"
+    )
     assert "better on 3/3 seeds" in lines[0]
     assert "ID dominance 101.6667 vs alignrec 146.3333" in lines[1] and "keeps its advantage" in lines[1]
     # tail: ahead in the mean (0.00823 vs 0.00780) but behind on one seed of three: not a kept advantage
     assert "tail Recall@20 0.0082 vs alignrec 0.0078" in lines[2]
     assert "ahead in the mean, not resolved over seeds" in lines[2] and "better on 2/3 seeds" in lines[2]
-    behind = lb._advantages(_report({"anchorrec": [(0.9, 1.0, 0.1)] * 2, "alignrec": [(0.5, 2.0, 0.2)] * 2}), "alignrec")
+    behind = lb._advantages(
+        _report({"anchorrec": [(0.9, 1.0, 0.1)] * 2, "alignrec": [(0.5, 2.0, 0.2)] * 2}), "alignrec"
+    )
     assert "no advantage" in behind[0] and "keeps its advantage" in behind[1] and "no advantage" in behind[2]
     # a constant per-seed edge has no t (p nan) but holds on every seed
     assert "better on 2/2 seeds, paired t over seeds p = nan" in behind[1]
@@ -175,7 +197,9 @@ def test_advantages_pair_only_common_seeds():
 
 
 def test_the_verdict_places_the_gap_by_item_popularity():
-    report = _report({"anchorrec": [(0.3, 1.0, 0.0090), (0.3, 1.0, 0.0080)], "alignrec": [(0.6, 2.0, 0.0070), (0.6, 2.0, 0.0076)]})
+    report = _report(
+        {"anchorrec": [(0.3, 1.0, 0.0090), (0.3, 1.0, 0.0080)], "alignrec": [(0.6, 2.0, 0.0070), (0.6, 2.0, 0.0076)]}
+    )
     heads = {"anchorrec": (0.15, 0.16), "alignrec": (0.18, 0.185)}
     for rid, run in report["runs"].items():
         report["diagnostics"][rid]["long_tail"]["head"] = {"recall@20": heads[run["model"]][run["seed"]]}
@@ -193,5 +217,7 @@ def test_chosen_values_on_a_grid_edge_and_runs_at_the_cap_are_flagged():
     assert edges == {"lr": "0.01 = top of [0.001, 0.005, 0.01]"}  # n_layers inside; booleans have no edge
     assert lb.grid_edges({"lr": 1e-3}, space) == {"lr": "0.001 = bottom of [0.001, 0.005, 0.01]"}
     # cap 100, patience 20: a best epoch of 80 or later could not have been stopped by patience
-    assert lb.near_cap([79, 80, 99], ["a", "b", "c"], 100, 20) == ["b (best epoch 80 of cap 100)",
-                                                                 "c (best epoch 99 of cap 100)"]
+    assert lb.near_cap([79, 80, 99], ["a", "b", "c"], 100, 20) == [
+        "b (best epoch 80 of cap 100)",
+        "c (best epoch 99 of cap 100)",
+    ]

@@ -1,4 +1,5 @@
 """LGMRec: parity with MMRec's class on a tiny fixed input, its exact shortcuts, and learning."""
+
 from __future__ import annotations
 
 import sys
@@ -97,8 +98,13 @@ def case_model(name: str) -> LGMRec:
     case = dict(lgmrec_parity.CASES[name])
     same = case.pop("same")
     case.setdefault("keep_rate", 1.0)
-    cfg = LGMRecConfig(embedding_dim=tiny.DIM, feat_embed_dim=tiny.DIM,
-                       cl_weight=lgmrec_parity.CL_WEIGHT, reg_weight=lgmrec_parity.REG_WEIGHT, **case)
+    cfg = LGMRecConfig(
+        embedding_dim=tiny.DIM,
+        feat_embed_dim=tiny.DIM,
+        cl_weight=lgmrec_parity.CL_WEIGHT,
+        reg_weight=lgmrec_parity.REG_WEIGHT,
+        **case,
+    )
     return LGMRec(tiny.graph(same), cfg)
 
 
@@ -124,8 +130,12 @@ def test_text_only_setup_stores_the_one_table_once():
 def test_contrastive_loss_and_gradients_equal_the_direct_formula(k, block_elements, monkeypatch):
     monkeypatch.setitem(lgmrec.BLOCK_ELEMENTS, True, block_elements)
     g = torch.Generator().manual_seed(0)
-    leaves = [torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g), torch.rand(40, k, generator=g),
-              torch.randn(k, 5, generator=g)]
+    leaves = [
+        torch.randn(6, 5, generator=g),
+        torch.randn(6, 5, generator=g),
+        torch.rand(40, k, generator=g),
+        torch.randn(k, 5, generator=g),
+    ]
     leaves[2][3] = 0  # a row dropped out entirely: F.normalize leaves it zero
     tau = 0.2
 
@@ -170,7 +180,9 @@ def test_needs_both_modalities_and_no_dense_item_matrix():
     with pytest.raises(ValueError, match="needs features 't' and 'v'.*anchorrec features"):
         LGMRec(build_graph_data(data, {"t": f["t"]}, knn_k=3, device="cpu"), LGMRecConfig())
     model = case_model("lgmrec")
-    square = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.shape[:2] == (tiny.N_ITEMS, tiny.N_ITEMS)]
+    square = [
+        n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.shape[:2] == (tiny.N_ITEMS, tiny.N_ITEMS)
+    ]
     assert square == []  # no item–item matrix, dense or sparse: LGMRec has no item graph
 
 
@@ -189,8 +201,14 @@ def test_trains_through_the_trainer_and_learns_the_planted_preference(tmp_path):
     data = planted(n_users=120, n_items=60, n_groups=3, per_user=10)
     f = np.random.default_rng(1).standard_normal((60, 8)).astype(np.float32)
     graph = build_graph_data(data, {"t": f, "v": f}, knn_k=4, device="cpu")
-    cfg = TrainConfig(model="lgmrec", model_args={"embedding_dim": 16, "feat_embed_dim": 16}, epochs=30,
-                      batch_size=256, lr=0.01, patience=30)
+    cfg = TrainConfig(
+        model="lgmrec",
+        model_args={"embedding_dim": 16, "feat_embed_dim": 16},
+        epochs=30,
+        batch_size=256,
+        lr=0.01,
+        patience=30,
+    )
     m = fit(data, graph, cfg, tmp_path / "run", progress=False)
     bpr = [h["bpr"] for h in m["history"]]
     assert all(np.isfinite([h["loss"] for h in m["history"]])) and bpr[-1] < 0.6 * bpr[0]

@@ -1,4 +1,5 @@
 """MMRec-format import: ids and split kept, bad lines counted with their line, npy features checked."""
+
 from __future__ import annotations
 
 import time
@@ -18,10 +19,21 @@ ASINS = ["B000000A01", "B000000A02", "B000000A03", "B000000A04", "B000000A05", "
 USERS = ["AUSER0", "AUSER1", "AUSER2", "AUSER3"]
 # (userID, itemID, timestamp, x_label)
 ROWS = [
-    (0, 0, 100, 0), (0, 1, 101, 0), (0, 2, 102, 1), (0, 3, 103, 2),
-    (1, 1, 200, 0), (1, 4, 201, 0), (1, 5, 202, 1), (1, 0, 203, 2),
-    (2, 2, 300, 0), (2, 3, 301, 1), (2, 4, 302, 2),
-    (3, 5, 400, 0), (3, 0, 401, 0), (3, 1, 402, 1), (3, 2, 403, 2),
+    (0, 0, 100, 0),
+    (0, 1, 101, 0),
+    (0, 2, 102, 1),
+    (0, 3, 103, 2),
+    (1, 1, 200, 0),
+    (1, 4, 201, 0),
+    (1, 5, 202, 1),
+    (1, 0, 203, 2),
+    (2, 2, 300, 0),
+    (2, 3, 301, 1),
+    (2, 4, 302, 2),
+    (3, 5, 400, 0),
+    (3, 0, 401, 0),
+    (3, 1, 402, 1),
+    (3, 2, 403, 2),
 ]
 
 
@@ -29,8 +41,16 @@ def _write(path: Path, lines: list[str]) -> None:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
-def make_mmrec(root: Path, *, name: str = "toy", inter_lines: list[str] | None = None, timestamp: bool = True,
-               text: bool = True, user_mapping: bool = True, features: dict[str, np.ndarray] | None = None) -> Path:
+def make_mmrec(
+    root: Path,
+    *,
+    name: str = "toy",
+    inter_lines: list[str] | None = None,
+    timestamp: bool = True,
+    text: bool = True,
+    user_mapping: bool = True,
+    features: dict[str, np.ndarray] | None = None,
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     if inter_lines is None:
         if timestamp:
@@ -42,8 +62,10 @@ def make_mmrec(root: Path, *, name: str = "toy", inter_lines: list[str] | None =
     if user_mapping:
         _write(root / "u_id_mapping.tsv", ["user_id\tuserID"] + [f"{u}\t{i}" for i, u in enumerate(USERS)])
     if text:
-        _write(root / "item_text.tsv",
-               ["itemID\tasin\tkeywords"] + [f"{i}\t{a}\tred ball number {i}" for i, a in enumerate(ASINS)])
+        _write(
+            root / "item_text.tsv",
+            ["itemID\tasin\tkeywords"] + [f"{i}\t{a}\tred ball number {i}" for i, a in enumerate(ASINS)],
+        )
     for fname, mat in (features or {}).items():
         np.save(root / fname, mat)
     return root
@@ -88,14 +110,14 @@ def test_import_keeps_ids_split_text_and_features(tmp_path: Path, home: Path) ->
 
 def test_bad_lines_are_counted_with_their_line_and_skipped(tmp_path: Path, home: Path) -> None:
     lines = ["userID\titemID\ttimestamp\tx_label"] + ["\t".join(map(str, r)) for r in ROWS]
-    lines[3] = "0\t2"                    # line 4: too few fields
-    lines.insert(6, "")                  # line 7: empty line
-    lines.insert(8, "1\tabc\t5\t0")      # line 9: itemID not an integer
-    lines.append("2\t0\t9\t3")           # line 19: x_label 3
-    lines.append("3\t99\t9\t0")          # line 20: itemID not in the mapping
-    lines.append("0\t0\t500\t2")         # line 21: duplicate of line 2 (user 0, item 0)
-    lines.append("9\t0\t9\t0")           # line 22: userID not in the mapping
-    lines.append("1\t3\t7\t0\textra")    # line 23: too many fields
+    lines[3] = "0\t2"  # line 4: too few fields
+    lines.insert(6, "")  # line 7: empty line
+    lines.insert(8, "1\tabc\t5\t0")  # line 9: itemID not an integer
+    lines.append("2\t0\t9\t3")  # line 19: x_label 3
+    lines.append("3\t99\t9\t0")  # line 20: itemID not in the mapping
+    lines.append("0\t0\t500\t2")  # line 21: duplicate of line 2 (user 0, item 0)
+    lines.append("9\t0\t9\t0")  # line 22: userID not in the mapping
+    lines.append("1\t3\t7\t0\textra")  # line 23: too many fields
     src = make_mmrec(tmp_path / "src", inter_lines=lines)
     report = import_mmrec(src, "toy", progress=False)
 

@@ -1,4 +1,5 @@
 """What the recommender is given when a modality is partly or wholly missing."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,7 +22,10 @@ def test_too_few_images_is_text_only(n_vectors):
     plan = plan_modalities({"image": Coverage("image-effnet", n_vectors, 100), "text": TXT}, 0.2, "anchorrec")
     assert not plan.pretrain and plan.usable == ["text"]
     assert plan.features(None) == {"v": "text-minilm", "t": "text-minilm", "mm": "text-minilm"}
-    assert plan.note == f"text only (image vectors for {n_vectors} of 100 items ({n_vectors}% < 20%)); ICA pretraining skipped"
+    assert (
+        plan.note
+        == f"text only (image vectors for {n_vectors} of 100 items ({n_vectors}% < 20%)); ICA pretraining skipped"
+    )
 
 
 def test_exactly_the_threshold_is_enough():

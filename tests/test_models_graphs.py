@@ -1,4 +1,5 @@
 """Graphs: adjacency normalization values, kNN graph vs the exact dense computation, caching."""
+
 from __future__ import annotations
 
 import faiss
@@ -23,7 +24,7 @@ def dense_reference_knn(x: np.ndarray, k: int, include_self: bool) -> np.ndarray
     rows = np.arange(len(x))[:, None]
     w[rows, top] = s[rows, top]
     deg = w.sum(axis=1)
-    dis = deg ** -0.5
+    dis = deg**-0.5
     return dis[:, None] * w * dis[None, :]
 
 
@@ -32,7 +33,7 @@ def test_normalized_adjacency_values():
     a = graphs.normalized_adjacency(r).toarray()
     # degrees: u0=2, u1=2, i0=1, i1=2, i2=1 → Â_ui = 1/sqrt(d_u d_i)
     expected = np.zeros((5, 5))
-    for (u, i) in [(0, 0), (0, 1), (1, 1), (1, 2)]:
+    for u, i in [(0, 0), (0, 1), (1, 1), (1, 2)]:
         d_u, d_i = 2, [1, 2, 1][i]
         expected[u, 2 + i] = expected[2 + i, u] = 1 / np.sqrt(d_u * d_i)
     np.testing.assert_allclose(a, expected, rtol=1e-6)
@@ -78,7 +79,7 @@ def test_knn_ivf_path_matches_exact_when_probing_every_list():
 def clustered(n: int, d: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((n // 100, d)).astype(np.float32)
-    return (rng.standard_normal((n, d)).astype(np.float32) + 1.5 * centers[rng.integers(0, len(centers), n)])
+    return rng.standard_normal((n, d)).astype(np.float32) + 1.5 * centers[rng.integers(0, len(centers), n)]
 
 
 @pytest.mark.parametrize("include_self", [True, False])
@@ -107,7 +108,9 @@ def test_rerank_missing_candidates_rank_last():
     inv = graphs._inverse_norms(x, block=2)
     i, s = graphs._rerank(x, inv, q, np.array([[-1, 2, 0, -1]]), k=3)
     assert i.tolist() == [[0, 2, -1]]
-    np.testing.assert_allclose(s[0, :2], [1.0, 0.24 / 1.24], rtol=1e-5)  # rows 0 and 2: 2·0.11 + 2·0.01 over ‖·‖² = 1.24
+    np.testing.assert_allclose(
+        s[0, :2], [1.0, 0.24 / 1.24], rtol=1e-5
+    )  # rows 0 and 2: 2·0.11 + 2·0.01 over ‖·‖² = 1.24
     assert s[0, 2] == np.finfo(np.float32).min
 
 

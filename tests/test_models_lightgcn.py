@@ -1,4 +1,5 @@
 """LightGCN: the loss equals its formula on a dense computation; it learns a planted preference."""
+
 from __future__ import annotations
 
 import numpy as np

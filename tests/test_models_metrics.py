@@ -1,4 +1,5 @@
 """Evaluator against hand-computed cases, blocked = unblocked, and the paired test."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,13 +35,24 @@ def test_hand_computed_three_users():
     l2 = np.log2
     # user 0 @2: hits [1,0]   @4: hits [1,0,1,0]; user 2 @2: none  @4: hit at rank 3
     u0 = {
-        "recall@2": 1 / 2, "precision@2": 1 / 2, "ndcg@2": 1 / (1 + 1 / l2(3)), "map@2": 1 / 2,
-        "recall@4": 1.0, "precision@4": 2 / 4, "ndcg@4": (1 + 1 / l2(4)) / (1 + 1 / l2(3)),
+        "recall@2": 1 / 2,
+        "precision@2": 1 / 2,
+        "ndcg@2": 1 / (1 + 1 / l2(3)),
+        "map@2": 1 / 2,
+        "recall@4": 1.0,
+        "precision@4": 2 / 4,
+        "ndcg@4": (1 + 1 / l2(4)) / (1 + 1 / l2(3)),
         "map@4": (1 / 1 + 2 / 3) / 2,
     }
     u2 = {
-        "recall@2": 0, "precision@2": 0, "ndcg@2": 0, "map@2": 0,
-        "recall@4": 1.0, "precision@4": 1 / 4, "ndcg@4": (1 / l2(4)) / 1.0, "map@4": (1 / 3) / 1,
+        "recall@2": 0,
+        "precision@2": 0,
+        "ndcg@2": 0,
+        "map@2": 0,
+        "recall@4": 1.0,
+        "precision@4": 1 / 4,
+        "ndcg@4": (1 / l2(4)) / 1.0,
+        "map@4": (1 / 3) / 1,
     }
     assert set(m) == set(u0)
     for key in u0:

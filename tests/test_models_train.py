@@ -1,4 +1,5 @@
 """Trainer: sampling, selection on validation only, resume = uninterrupted, outputs on disk."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +13,8 @@ import torch
 from models_fixtures import planted
 
 from models import registry
-from models.training.data import build_graph_data, load_interactions, load_modalities
 from models.training import trainer as trainer_mod
+from models.training.data import build_graph_data, load_interactions, load_modalities
 from models.training.trainer import (
     BPRSampler,
     TrainConfig,
@@ -104,7 +105,10 @@ def test_diverged_run_stops_and_tests_its_best_epoch_so_far(scripted, tmp_path):
     assert m["best_epoch"] == 2 and m["valid"]["recall@20"] == 1.0
     again = fit(data, graph, cfg, tmp_path / "nan", progress=False)  # finished: nothing is trained again
     assert again["diverged_at_epoch"] == 5 and again["test"] == m["test"]
-    assert fit(data, graph, dataclasses.replace(cfg, model_args={}), tmp_path / "ok", progress=False)["diverged_at_epoch"] is None
+    assert (
+        fit(data, graph, dataclasses.replace(cfg, model_args={}), tmp_path / "ok", progress=False)["diverged_at_epoch"]
+        is None
+    )
     with pytest.raises(FloatingPointError, match="loss is nan at epoch 0; lower lr"):
         fit(data, graph, dataclasses.replace(cfg, model_args={"nan_from_batch": 1}), tmp_path / "nan0", progress=False)
 
@@ -236,32 +240,54 @@ def write_tiny_dataset(home, data, with_feature: bool = True):
     asins = [f"A{i:04d}" for i in range(data.n_items)]
     n = data.n_items
     write_table(
-        pa.table({
-            "item_id": pa.array(np.arange(n, dtype=np.int32)), "asin": asins,
-            "title": pa.nulls(n, pa.string()), "description": pa.nulls(n, pa.string()),
-            "brand": pa.nulls(n, pa.string()), "categories": pa.array([[]] * n, pa.list_(pa.string())),
-            "image_url": pa.nulls(n, pa.string()), "text": pa.nulls(n, pa.string()),
-        }),
-        paths.items, schemas.ITEMS,
+        pa.table(
+            {
+                "item_id": pa.array(np.arange(n, dtype=np.int32)),
+                "asin": asins,
+                "title": pa.nulls(n, pa.string()),
+                "description": pa.nulls(n, pa.string()),
+                "brand": pa.nulls(n, pa.string()),
+                "categories": pa.array([[]] * n, pa.list_(pa.string())),
+                "image_url": pa.nulls(n, pa.string()),
+                "text": pa.nulls(n, pa.string()),
+            }
+        ),
+        paths.items,
+        schemas.ITEMS,
     )
     rows = []
     for split in schemas.SPLITS:
         coo = data.split(split).tocoo()
         rows += [(u, i, split) for u, i in zip(coo.row.tolist(), coo.col.tolist())]
     write_table(
-        pa.table({
-            "user_id": pa.array([r[0] for r in rows], pa.int32()), "item_id": pa.array([r[1] for r in rows], pa.int32()),
-            "rating": pa.nulls(len(rows), pa.float32()), "timestamp": pa.array(np.zeros(len(rows), np.int64)),
-            "split": [r[2] for r in rows],
-        }),
-        paths.interactions, schemas.INTERACTIONS,
+        pa.table(
+            {
+                "user_id": pa.array([r[0] for r in rows], pa.int32()),
+                "item_id": pa.array([r[1] for r in rows], pa.int32()),
+                "rating": pa.nulls(len(rows), pa.float32()),
+                "timestamp": pa.array(np.zeros(len(rows), np.int64)),
+                "split": [r[2] for r in rows],
+            }
+        ),
+        paths.interactions,
+        schemas.INTERACTIONS,
     )
     if with_feature:
         vec = np.random.default_rng(0).standard_normal((n, 6)).astype(np.float32)
         valid = np.ones(n, bool)
         valid[[1, 5]] = False  # two items without this modality
-        write_features(paths.feature("text-tiny"), asins[::-1], np.arange(n)[::-1], vec[::-1], encoder="test",
-                       model="random", weights="none", modality="text", input_hash="x", valid=valid[::-1])
+        write_features(
+            paths.feature("text-tiny"),
+            asins[::-1],
+            np.arange(n)[::-1],
+            vec[::-1],
+            encoder="test",
+            model="random",
+            weights="none",
+            modality="text",
+            input_hash="x",
+            valid=valid[::-1],
+        )
     return paths, vec if with_feature else None, valid if with_feature else None
 
 
@@ -275,8 +301,15 @@ def test_train_from_store_writes_outputs(home):
     np.testing.assert_allclose(feats["t"][valid], vec[valid])  # aligned by asin despite the reversed table
     np.testing.assert_allclose(feats["t"][1], vec[valid].mean(0), rtol=1e-5)  # missing → mean
 
-    cfg = TrainConfig(model="lightgcn", model_args={"dim": 8}, features={"t": "text-tiny"}, epochs=3,
-                      batch_size=64, run_id="lgcn-test", knn_k=4)
+    cfg = TrainConfig(
+        model="lightgcn",
+        model_args={"dim": 8},
+        features={"t": "text-tiny"},
+        epochs=3,
+        batch_size=64,
+        run_id="lgcn-test",
+        knn_k=4,
+    )
     m = train(paths, cfg, progress=False)
     run = paths.run("lgcn-test")
     for name in ("config.json", "metrics.json", "checkpoint.pt", "user_vectors.parquet", "item_vectors.parquet"):
@@ -303,8 +336,14 @@ def test_seeds_in_worker_processes_give_the_runs_of_one_process(tmp_path):
     """BM3 draws dropout masks from torch's global generator every batch: threads would share it,
     worker processes keep each seed's stream its own, so --jobs cannot change a run."""
     paths, _, _ = write_tiny_dataset(tmp_path, planted(n_users=40, n_items=30, n_groups=2, per_user=8))
-    cfg = TrainConfig(model="bm3", model_args={"embedding_dim": 8}, features={"t": "text-tiny", "v": "text-tiny"},
-                      epochs=2, batch_size=64, knn_k=4)
+    cfg = TrainConfig(
+        model="bm3",
+        model_args={"embedding_dim": 8},
+        features={"t": "text-tiny", "v": "text-tiny"},
+        epochs=2,
+        batch_size=64,
+        knn_k=4,
+    )
     one = train_seeds(paths, dataclasses.replace(cfg, run_id="one"), seeds=[0, 1, 2], progress=False)
     two = train_seeds(paths, dataclasses.replace(cfg, run_id="two"), seeds=[0, 1, 2], progress=False, jobs=2)
     assert two["runs"] == ["two-s0", "two-s1", "two-s2"]
@@ -324,15 +363,26 @@ def test_seeds_in_worker_processes_give_the_runs_of_one_process(tmp_path):
     with pytest.raises(StoreError, match="no-such-table.parquet: does not exist"):
         fit_runs(paths, [dataclasses.replace(cfg, run_id="ok", epochs=1), bad], progress=False, jobs=2)
 
+
 def test_one_process_prepares_again_only_when_a_config_reads_other_data(tmp_path, monkeypatch):
     """Ablation rows of one model read other tables or graphs: each must get its own."""
     paths, _, _ = write_tiny_dataset(tmp_path, planted(n_users=40, n_items=30, n_groups=2, per_user=8))
-    cfg = TrainConfig(model="bm3", model_args={"embedding_dim": 8}, features={"t": "text-tiny", "v": "text-tiny"},
-                      epochs=1, batch_size=64, knn_k=4)
+    cfg = TrainConfig(
+        model="bm3",
+        model_args={"embedding_dim": 8},
+        features={"t": "text-tiny", "v": "text-tiny"},
+        epochs=1,
+        batch_size=64,
+        knn_k=4,
+    )
     prepared, real = [], trainer_mod.prepare
     monkeypatch.setattr(trainer_mod, "prepare", lambda p, c: prepared.append(c.knn_k) or real(p, c))
-    runs = [dataclasses.replace(cfg, run_id="a-s0"), dataclasses.replace(cfg, run_id="a-s1", seed=1),
-            dataclasses.replace(cfg, run_id="b-s0", knn_k=3), dataclasses.replace(cfg, run_id="c-s0")]
+    runs = [
+        dataclasses.replace(cfg, run_id="a-s0"),
+        dataclasses.replace(cfg, run_id="a-s1", seed=1),
+        dataclasses.replace(cfg, run_id="b-s0", knn_k=3),
+        dataclasses.replace(cfg, run_id="c-s0"),
+    ]
     fit_runs(paths, runs, progress=False)
     assert prepared == [4, 3, 4]  # the two seeds of a share one preparation; b and then c get their own
 

@@ -4,6 +4,7 @@ Offline downloads fail fast in one line; empty, truncated and duplicate-heavy in
 that leaves too little are each stated as one fact with its counts, on the screen and in
 prepare.json. Every test runs `anchorrec` as a subprocess, as a user would.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -22,7 +23,9 @@ from cli_helpers import run_cli, user_env
 REPO = Path(__file__).resolve().parents[1]
 
 
-def anchorrec(home: Path, *args: str, extra_env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def anchorrec(
+    home: Path, *args: str, extra_env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     return run_cli(user_env(home, home.parent / "prefect", **(extra_env or {})), *args, timeout=timeout)
 
 
@@ -52,9 +55,28 @@ def test_offline_category_fails_in_one_line_before_any_work(home: Path, tmp_path
     env.update(ANCHORREC_HOME=str(home), ANCHORREC_AMAZON_HOSTS=hosts)
     imported = tmp_path / "prefect_imported.txt"
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", WATCH, str(imported), "pipeline", "--dataset", "beauty", "--release",
-                           "2018", "--category", "All_Beauty", "--model", "lightgcn"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            WATCH,
+            str(imported),
+            "pipeline",
+            "--dataset",
+            "beauty",
+            "--release",
+            "2018",
+            "--category",
+            "All_Beauty",
+            "--model",
+            "lightgcn",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     took = time.monotonic() - t0
     lines = error_lines(proc)
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
@@ -63,7 +85,8 @@ def test_offline_category_fails_in_one_line_before_any_work(home: Path, tmp_path
         "meta_All_Beauty.json.gz from 2 location(s): http://amazon-mirror.invalid/v2/metaFiles2/meta_All_Beauty.json.gz "
         "→ unreachable (name does not resolve: cannot resolve 'amazon-mirror.invalid'); "
         f"http://127.0.0.1:{closed}/v2/metaFiles2/meta_All_Beauty.json.gz → unreachable (connection refused) — "
-        "unreachable: check the network or pass --reviews/--meta with local files (download them elsewhere)")
+        "unreachable: check the network or pass --reviews/--meta with local files (download them elsewhere)"
+    )
     assert proc.stdout == "" and "WARNING" not in proc.stderr
     assert imported.read_text() == "False"  # refused before the workflow engine was even imported
     assert not (home / "beauty").exists()
@@ -76,8 +99,17 @@ def test_download_error_in_the_stage_is_one_line_and_not_retried(home: Path, htt
     empty.mkdir()
     http_server.serve(empty)
     hosts = f"{http_server.base_url}/v2,{http_server.base_url}/mirror"
-    proc = anchorrec(home, "ingest", "--dataset", "beauty", "--release", "2018", "--category", "All_Beauty",
-                     extra_env={"ANCHORREC_AMAZON_HOSTS": hosts})
+    proc = anchorrec(
+        home,
+        "ingest",
+        "--dataset",
+        "beauty",
+        "--release",
+        "2018",
+        "--category",
+        "All_Beauty",
+        extra_env={"ANCHORREC_AMAZON_HOSTS": hosts},
+    )
     lines = error_lines(proc)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(lines) == 1, proc.stderr
@@ -85,7 +117,8 @@ def test_download_error_in_the_stage_is_one_line_and_not_retried(home: Path, htt
         f"error: {http_server.base_url}/v2/metaFiles2/meta_All_Beauty.json.gz: could not fetch meta_All_Beauty.json.gz "
         f"from 2 location(s): {http_server.base_url}/v2/metaFiles2/meta_All_Beauty.json.gz → HTTP 404 Not Found: not on "
         f"this server; {http_server.base_url}/mirror/metaFiles2/meta_All_Beauty.json.gz → HTTP 404 Not Found: not on "
-        "this server — check the path or URL, or pass --reviews/--meta with local files (download them elsewhere)")
+        "this server — check the path or URL, or pass --reviews/--meta with local files (download them elsewhere)"
+    )
     assert "WARNING" not in proc.stdout + proc.stderr and "Traceback" not in proc.stdout + proc.stderr
     # neither the URL nor the stage was retried: each location saw exactly one request
     assert len(http_server.requests_for("v2/metaFiles2/meta_All_Beauty.json.gz")) == 1
@@ -101,29 +134,46 @@ def _lines(shared_data: Path) -> list[bytes]:
 
 
 def _ingest(home: Path, shared_data: Path, reviews: Path, *extra: str) -> subprocess.CompletedProcess:
-    return anchorrec(home, "ingest", "--dataset", "gift", "--release", "2018", "--reviews", str(reviews),
-                     "--meta", str(shared_data / GIFT / "meta_Gift_Cards.json.gz"), *extra)
+    return anchorrec(
+        home,
+        "ingest",
+        "--dataset",
+        "gift",
+        "--release",
+        "2018",
+        "--reviews",
+        str(reviews),
+        "--meta",
+        str(shared_data / GIFT / "meta_Gift_Cards.json.gz"),
+        *extra,
+    )
 
 
 def _report(home: Path) -> dict:
     return json.loads((home / "gift" / "prepare.json").read_text())
 
 
-@pytest.mark.parametrize("name,content,said", [  # mtime=0: the same bytes, so the same test id, on every worker
-    ("reviews.json.gz", gzip.compress(b"", mtime=0), "empty gzip (no data once decompressed)"),
-    ("reviews.json", b"", "empty file (0 bytes)"),
-    ("reviews.json", b"\n\n  \n", "holds only blank lines"),
-], ids=["empty-gzip", "empty-file", "blank-lines"])
+@pytest.mark.parametrize(
+    "name,content,said",
+    [  # mtime=0: the same bytes, so the same test id, on every worker
+        ("reviews.json.gz", gzip.compress(b"", mtime=0), "empty gzip (no data once decompressed)"),
+        ("reviews.json", b"", "empty file (0 bytes)"),
+        ("reviews.json", b"\n\n  \n", "holds only blank lines"),
+    ],
+    ids=["empty-gzip", "empty-file", "blank-lines"],
+)
 def test_empty_input_is_caught_in_preflight(name: str, content: bytes, said: str, home: Path, tmp_path: Path) -> None:
     path = tmp_path / name
     path.write_bytes(content)
     t0 = time.monotonic()
-    proc = anchorrec(home, "ingest", "--dataset", "gift", "--release", "2018", "--reviews", str(path),
-                     "--meta", str(path))
+    proc = anchorrec(
+        home, "ingest", "--dataset", "gift", "--release", "2018", "--reviews", str(path), "--meta", str(path)
+    )
     lines = error_lines(proc)
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0] == f"error: --meta {path}: {said}; " + (
-        "download the file again or give the file you meant" if name.endswith(".gz") else "give the file you meant")
+        "download the file again or give the file you meant" if name.endswith(".gz") else "give the file you meant"
+    )
     assert not (home / "gift").exists()  # refused before any work
     assert time.monotonic() - t0 < 20
 
@@ -136,8 +186,10 @@ def test_truncated_gzip_is_one_line_with_the_line_count(home: Path, shared_data:
     complete = zlib.decompressobj(wbits=31).decompress(cut.read_bytes()).count(b"\n")  # lines before the cut
     proc = _ingest(home, shared_data, cut)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    fact = (f"  Gift_Cards_5.json.gz: cut off after line {complete:,} (gzip ends mid-stream); {complete:,} lines read, "
-            "the rest of the file is lost: download it again")
+    fact = (
+        f"  Gift_Cards_5.json.gz: cut off after line {complete:,} (gzip ends mid-stream); {complete:,} lines read, "
+        "the rest of the file is lost: download it again"
+    )
     lines = error_lines(proc)
     assert len(lines) == 4 and lines[0].startswith("ingest: ") and "2 bad records dropped" in lines[0], lines
     assert lines[1] == fact  # then the duplicates and the k-core rounds, one line each
@@ -148,7 +200,9 @@ def test_truncated_gzip_is_one_line_with_the_line_count(home: Path, shared_data:
 
 
 @pytest.mark.integration
-def test_duplicate_lines_are_counted_on_screen_and_in_prepare_json(home: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_duplicate_lines_are_counted_on_screen_and_in_prepare_json(
+    home: Path, shared_data: Path, tmp_path: Path
+) -> None:
     lines = _lines(shared_data)
     rereviews = []  # the same user and item again, later: merged into one interaction (the latest kept)
     for line in lines[:100]:
@@ -170,8 +224,10 @@ def test_duplicate_lines_are_counted_on_screen_and_in_prepare_json(home: Path, s
 
     proc = _ingest(home, shared_data, reviews)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    fact = (f"  duplicate lines: {exact:,} exact duplicates (same user, item, rating and time) and {merged:,} merged "
-            f"records (same user and item, the latest kept) of {len(body):,} reviews")
+    fact = (
+        f"  duplicate lines: {exact:,} exact duplicates (same user, item, rating and time) and {merged:,} merged "
+        f"records (same user and item, the latest kept) of {len(body):,} reviews"
+    )
     lines = error_lines(proc)
     assert len(lines) == 3 and lines[0].startswith("ingest: ") and lines[1] == fact, lines
     assert lines[2].startswith("  5-core: ")
@@ -183,7 +239,9 @@ def test_duplicate_lines_are_counted_on_screen_and_in_prepare_json(home: Path, s
 
 
 @pytest.mark.integration
-def test_kcore_failure_names_the_duplicates_and_writes_prepare_json(home: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_kcore_failure_names_the_duplicates_and_writes_prepare_json(
+    home: Path, shared_data: Path, tmp_path: Path
+) -> None:
     first = _lines(shared_data)[:40]
     reviews = tmp_path / "Gift_Cards_5.json.gz"
     reviews.write_bytes(gzip.compress(b"\n".join(first * 10) + b"\n"))  # every line 10 times
@@ -194,9 +252,11 @@ def test_kcore_failure_names_the_duplicates_and_writes_prepare_json(home: Path, 
     proc = _ingest(home, shared_data, reviews)
     lines = error_lines(proc)
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    reason = (f"dataset 'gift': 5-core filtering removed every interaction ({len(pairs)} interactions, {len(users)} users, "
-              f"{len(items)} items before) ({400 - len(pairs)} of 400 lines were exact duplicates); use a smaller --kcore "
-              "(see prepare.json)")
+    reason = (
+        f"dataset 'gift': 5-core filtering removed every interaction ({len(pairs)} interactions, {len(users)} users, "
+        f"{len(items)} items before) ({400 - len(pairs)} of 400 lines were exact duplicates); use a smaller --kcore "
+        "(see prepare.json)"
+    )
     assert lines[0] == f"error: {reason}"
     report = _report(home)
     assert report["failed"] == reason
@@ -217,7 +277,9 @@ def test_small_test_split_gets_a_note_under_the_metrics(home: Path, shared_data:
     from store import dataset_paths
 
     meta = str(shared_data / GIFT / "meta_Gift_Cards.json.gz")
-    ingest("full", "2018", meta=meta, reviews=str(shared_data / GIFT / "Gift_Cards_5.json.gz"), home=home, progress=False)
+    ingest(
+        "full", "2018", meta=meta, reviews=str(shared_data / GIFT / "Gift_Cards_5.json.gz"), home=home, progress=False
+    )
     assert small_eval_note(dataset_paths("full", home)) is None
 
     head = tmp_path / "Gift_Cards_5.json.gz"
@@ -228,24 +290,42 @@ def test_small_test_split_gets_a_note_under_the_metrics(home: Path, shared_data:
     test = inter.filter(pc.equal(inter.column("split"), "test"))
     users, items = len(pc.unique(test.column("user_id"))), len(pc.unique(test.column("item_id")))
     n_items = pq.read_table(paths.items).num_rows
-    small = [f"{n} {what}" for n, what in ((users, "test users"), (items, "test items"), (n_items, "catalog items"))
-             if n < 100]
+    small = [
+        f"{n} {what}"
+        for n, what in ((users, "test users"), (items, "test items"), (n_items, "catalog items"))
+        if n < 100
+    ]
     assert n_items < 100 and small
     assert small_eval_note(paths) == (
         f"note: only {', '.join(small)} (fewer than 100): these metrics are noisy and near their ceiling "
-        f"(a top-20 list covers {20 / n_items:.0%} of the catalog); judge models on a larger dataset")
+        f"(a top-20 list covers {20 / n_items:.0%} of the catalog); judge models on a larger dataset"
+    )
 
 
 @pytest.mark.integration
-def test_unreadable_metadata_error_points_to_a_report_that_exists(home: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_unreadable_metadata_error_points_to_a_report_that_exists(
+    home: Path, shared_data: Path, tmp_path: Path
+) -> None:
     meta = tmp_path / "meta_Gift_Cards.json.gz"
     meta.write_bytes(gzip.compress(b'not json\n{"broken": \nnope\n'))
-    proc = anchorrec(home, "ingest", "--dataset", "gift", "--release", "2018", "--meta", str(meta),
-                     "--reviews", str(shared_data / GIFT / "Gift_Cards_5.json.gz"))
+    proc = anchorrec(
+        home,
+        "ingest",
+        "--dataset",
+        "gift",
+        "--release",
+        "2018",
+        "--meta",
+        str(meta),
+        "--reviews",
+        str(shared_data / GIFT / "Gift_Cards_5.json.gz"),
+    )
     lines = error_lines(proc)
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: 0 records parsed from meta_Gift_Cards.json.gz, 3 bad line(s) "
-                               "(see bad_records in prepare.json); meta_Gift_Cards.json.gz matched metadata for 0 of 147 items")
+    assert lines[0].startswith(
+        "error: 0 records parsed from meta_Gift_Cards.json.gz, 3 bad line(s) "
+        "(see bad_records in prepare.json); meta_Gift_Cards.json.gz matched metadata for 0 of 147 items"
+    )
     report = _report(home)
     assert report["failed"] == lines[0].removeprefix("error: ")
     assert report["bad_records"]["by_file"] == {"meta_Gift_Cards.json.gz": 3}

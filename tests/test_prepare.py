@@ -1,4 +1,5 @@
 """prepare: dedup, k-core to a fixed point, contiguous ids, the METHOD.md split, item text."""
+
 from __future__ import annotations
 
 import random
@@ -37,7 +38,8 @@ def test_clean_html(raw: str | None, clean: str | None) -> None:
 
 def test_categories_are_cleaned_and_deduplicated_in_order() -> None:
     assert P.clean_categories(["Gift Cards", "Toys &amp; Games", "Gift Cards", "", "</span>", "Toys & Games"]) == [
-        "Gift Cards", "Toys & Games"
+        "Gift Cards",
+        "Toys & Games",
     ]
 
 
@@ -147,8 +149,14 @@ def tiny_reviews() -> list[Review]:
 
 def tiny_products() -> list[Product]:
     out = [
-        Product(f"item{j:02d}", f"Item <b>{j}</b>", "Nice &amp; useful", "Brand", ["A", "A", "B"],
-                f"http://img/{j}.jpg" if j % 3 else None)
+        Product(
+            f"item{j:02d}",
+            f"Item <b>{j}</b>",
+            "Nice &amp; useful",
+            "Brand",
+            ["A", "A", "B"],
+            f"http://img/{j}.jpg" if j % 3 else None,
+        )
         for j in range(11)  # item11 has no metadata
     ]
     out.append(Product("item00", "duplicate row"))

@@ -1,4 +1,5 @@
 """A leaderboard table recomputes from its snapshot alone: same numbers, nothing trained."""
+
 from __future__ import annotations
 
 import json

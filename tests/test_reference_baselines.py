@@ -4,6 +4,7 @@ benchmarks/bench_baseline_speed.py times ours against benchmarks/reference_basel
 ratio means something only if both give the same loss and gradients on the same weights and
 batch, which these tests check on tiny inputs (values, not fingerprints: both run here).
 """
+
 from __future__ import annotations
 
 import sys
@@ -67,7 +68,9 @@ def pair(cls, ref_cls, graph, cfg, **ref_kwargs):
 
 
 def freedom_cfg(dropout: float) -> FREEDOMConfig:
-    return FREEDOMConfig(embedding_dim=tiny.DIM, feat_embed_dim=tiny.DIM, reg_weight=0.1, mm_image_weight=0.3, dropout=dropout)
+    return FREEDOMConfig(
+        embedding_dim=tiny.DIM, feat_embed_dim=tiny.DIM, reg_weight=0.1, mm_image_weight=0.3, dropout=dropout
+    )
 
 
 @pytest.mark.parametrize("same", [False, True], ids=["t_v", "t_equals_v"])
@@ -100,7 +103,9 @@ def test_freedom_pruned_graph_same_for_the_same_draw():
 
 
 def lattice_cfg() -> LATTICEConfig:
-    return LATTICEConfig(embedding_dim=tiny.DIM, feat_embed_dim=tiny.DIM, n_layers=1, n_ui_layers=2, lambda_coeff=0.5, reg_weight=0.1)
+    return LATTICEConfig(
+        embedding_dim=tiny.DIM, feat_embed_dim=tiny.DIM, n_layers=1, n_ui_layers=2, lambda_coeff=0.5, reg_weight=0.1
+    )
 
 
 @pytest.mark.parametrize("laplacian", ["diagflat", "scale"])

@@ -1,4 +1,5 @@
 """The comparison report, long-tail buckets and per-run diagnostics on a tiny synthetic dataset."""
+
 from __future__ import annotations
 
 import re
@@ -86,8 +87,17 @@ def _run(paths: DatasetPaths, run_id: str, model: str, seed: int, with_id: bool)
     test = ranking_metrics(users, items, data.train_csr, data.test_csr, ks=(10, 20, 50))
     valid = ranking_metrics(users, items, data.train_csr, data.valid_csr, ks=(10, 20, 50))
     history = [{"epoch": e, "loss": 0.7 / (e + 1), "valid": {"recall@20": 0.1 + 0.01 * e}} for e in range(4)]
-    metrics = {"run_id": run_id, "model": model, "seed": seed, "best_epoch": 3, "epochs_run": 4, "valid": valid,
-               "test": test, "history": history, "timings": {"train_s_per_epoch": 0.5}}
+    metrics = {
+        "run_id": run_id,
+        "model": model,
+        "seed": seed,
+        "best_epoch": 3,
+        "epochs_run": 4,
+        "valid": valid,
+        "test": test,
+        "history": history,
+        "timings": {"train_s_per_epoch": 0.5},
+    }
     write_json(metrics, d / "metrics.json")
     return metrics
 
@@ -151,7 +161,14 @@ def test_diagnose_run_writes_json_and_pictures_and_reuses_them(home: Path) -> No
     run_dir = paths.run("anchor-s0")
     saved = read_json(run_dir / "diagnostics.json")
     assert saved["coherence.text@1"] == pytest.approx(d["coherence.text@1"])
-    assert {"coherence.vision@3", "id_dominance", "silhouette.id", "silhouette.content", "alignment", "id_overlap@3"} <= set(saved)
+    assert {
+        "coherence.vision@3",
+        "id_dominance",
+        "silhouette.id",
+        "silhouette.content",
+        "alignment",
+        "id_overlap@3",
+    } <= set(saved)
     for png in saved["pictures"].values():
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = run_summary.diagnose_run(paths, "anchor-s0", projection_sample=40)
@@ -168,7 +185,9 @@ def test_projection_labels_use_the_first_level_where_items_differ(home: Path) ->
     assert legend == "category" and set(labels) == set(CATS)
     # no categories (MMRec imports): content clusters when features are given, else popularity
     items = pq.read_table(paths.items)
-    items = items.set_column(items.schema.get_field_index("categories"), "categories", pa.array([[]] * N_ITEMS, pa.list_(pa.string())))
+    items = items.set_column(
+        items.schema.get_field_index("categories"), "categories", pa.array([[]] * N_ITEMS, pa.list_(pa.string()))
+    )
     write_table(items, paths.items, schemas.ITEMS)
     text = np.repeat(np.eye(12)[:4], N_ITEMS // 4, axis=0)  # 4 exact content groups
     labels, legend = run_summary.projection_labels(paths, data, {"text": text})
@@ -220,7 +239,12 @@ def test_compare_runs_renders_tables_and_pictures(home: Path) -> None:
     assert all(r[3] == str(n_test_users) for r in sig)
     data = read_json(out.parent / "report.json")
     rec = [s for s in data["significance"] if s["metric"] == "recall@20"][0]
-    expected = np.mean([metrics[f"anchorrec-s{s}"]["test"]["recall@20"] - metrics[f"lightgcn-s{s}"]["test"]["recall@20"] for s in (0, 1)])
+    expected = np.mean(
+        [
+            metrics[f"anchorrec-s{s}"]["test"]["recall@20"] - metrics[f"lightgcn-s{s}"]["test"]["recall@20"]
+            for s in (0, 1)
+        ]
+    )
     assert rec["mean_diff"] == pytest.approx(expected, abs=1e-9)
 
     diag = {row[0]: row for row in _cells(md, "Positional-collapse diagnostics")}
@@ -236,7 +260,9 @@ def test_compare_runs_renders_tables_and_pictures(home: Path) -> None:
         assert (paths.run(rid) / "diagnostics.json").exists()
 
     tail = _cells(md, "Long tail")
-    assert {(r[0], r[1]) for r in tail} == {(m, b) for m in ("lightgcn", "anchorrec") for b in ("all", "head", "mid", "tail")}
+    assert {(r[0], r[1]) for r in tail} == {
+        (m, b) for m in ("lightgcn", "anchorrec") for b in ("all", "head", "mid", "tail")
+    }
     all_rows = {r[0]: r for r in tail if r[1] == "all"}
     for model in ("lightgcn", "anchorrec"):
         vals = np.array([metrics[f"{model}-s{s}"]["test"]["recall@20"] for s in (0, 1)])
@@ -253,13 +279,25 @@ def test_runs_kept_as_summaries_give_the_same_report_without_vectors(home: Path)
         _run(paths, rid, model, int(seed), with_id=True)
         run_summary.keep_run_summary(paths, rid, {"text": "text-test"}, projection_sample=40)
         assert (paths.run(rid) / run_summary.PER_USER).exists() and (paths.run(rid) / "projection.png").exists()
-    full = report.compare_runs(paths, runs, baseline="lightgcn", out=home / "full" / "report.md",
-                               features={"text": "text-test"}, projection_sample=40)
+    full = report.compare_runs(
+        paths,
+        runs,
+        baseline="lightgcn",
+        out=home / "full" / "report.md",
+        features={"text": "text-test"},
+        projection_sample=40,
+    )
     for rid in runs:  # what a machine that lost its disk gets back from the snapshot
         for f in paths.run(rid).glob("*.parquet"):
             f.unlink()
-    kept = report.compare_runs(paths, runs, baseline="lightgcn", out=home / "kept" / "report.md",
-                               features={"text": "text-test"}, projection_sample=40)
+    kept = report.compare_runs(
+        paths,
+        runs,
+        baseline="lightgcn",
+        out=home / "kept" / "report.md",
+        features={"text": "text-test"},
+        projection_sample=40,
+    )
     a, b = read_json(full.parent / "report.json"), read_json(kept.parent / "report.json")
     assert a["significance"] == b["significance"] and a["accuracy"] == b["accuracy"]
     assert a["diagnostics"] == b["diagnostics"] and set(a["pictures"]) == set(b["pictures"])
@@ -292,9 +330,11 @@ def test_training_curves_of_ten_models_by_five_seeds_keep_their_layout(tmp_path:
     from models.evaluation import plots
 
     histories = {
-        f"model{m} s{s}": [{"epoch": e, "loss": (10.0 if m == 0 else 0.5) / (e + 1), "valid": {"recall@20": 0.1 * e}}
-                           for e in range(5)]
-        for m in range(10) for s in range(5)
+        f"model{m} s{s}": [
+            {"epoch": e, "loss": (10.0 if m == 0 else 0.5) / (e + 1), "valid": {"recall@20": 0.1 * e}} for e in range(5)
+        ]
+        for m in range(10)
+        for s in range(5)
     }
     captured = {}
     real_save = plots._save

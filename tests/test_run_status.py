@@ -1,5 +1,6 @@
 """A run's status is written by its trainer (runs/<id>/status.json), and `anchorrec runs` shows it:
 finished / stopped / diverged / failed / interrupted, never guessed from a checkpoint's age."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,6 +39,7 @@ def interrupt_after(epoch: int):
     def crash(e, _record):
         if e == epoch:
             raise KeyboardInterrupt("simulated Ctrl-C")
+
     return crash
 
 
@@ -45,7 +47,10 @@ def test_finished_stopped_and_resumed_runs_record_it(tiny, tmp_path):
     data, graph = tiny
     done = fit(data, graph, CFG, tmp_path / "done", progress=False)
     assert status(tmp_path / "done")["status"] == "finished"
-    assert status(tmp_path / "done")["epoch"] == done["epochs_run"] == 6 and status(tmp_path / "done")["pid"] == os.getpid()
+    assert (
+        status(tmp_path / "done")["epoch"] == done["epochs_run"] == 6
+        and status(tmp_path / "done")["pid"] == os.getpid()
+    )
 
     with pytest.raises(KeyboardInterrupt):
         fit(data, graph, CFG, tmp_path / "stop", progress=False, callback=interrupt_after(1))
@@ -82,14 +87,24 @@ def test_a_too_large_lr_diverges_or_fails_and_says_so(tiny, tmp_path):
     with pytest.raises(FloatingPointError):
         fit(data, graph, dataclasses.replace(big, batch_size=64), tmp_path / "nan", progress=False)
     s = status(tmp_path / "nan")
-    assert s["status"] == "failed" and s["note"].startswith("FloatingPointError: ") and "loss is nan at epoch 0" in s["note"]
+    assert (
+        s["status"] == "failed"
+        and s["note"].startswith("FloatingPointError: ")
+        and "loss is nan at epoch 0" in s["note"]
+    )
 
 
 # ---------------------------------------------------------------- `anchorrec runs`, as a user runs it
 def runs_table(home: Path) -> dict[str, list[str]]:
     env = {**os.environ, "COLUMNS": "250"}
-    proc = subprocess.run([sys.executable, "-m", "cli", "runs", "--dataset", "toys", "--home", str(home)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "runs", "--dataset", "toys", "--home", str(home)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [[c.strip() for c in line.split("│")[1:-1]] for line in proc.stdout.splitlines() if "│" in line]
     header = lines[0]
@@ -117,7 +132,9 @@ def test_runs_shows_what_the_trainer_wrote_not_file_ages(tmp_path):
     train(paths, dataclasses.replace(CFG, run_id="done", epochs=3, patience=3), progress=False)
     publish(paths, "done")
     paths.metrics("done").unlink()  # a finished, published run whose metrics.json is gone
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(paths.root)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(paths.root)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "epoch 1 done"
         assert read_status(paths.run("killed"))["status"] == "running"

@@ -2,6 +2,7 @@
 run triggered by hand. The server's scheduler must create the run (auto_scheduled), the served
 process must execute and publish it, print its stage lines, and the server log must stay clean
 (prefect 3.8.8 beside SQLAlchemy 2.1 crashed the scheduler service: runs were never created)."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,20 @@ from store import dataset_paths
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = ["--demo-items", "60", "--demo-users", "80", "--pretrain-epochs", "1", "--image-workers", "4",
-        "--epochs", "2", "--patience", "2"]
+TINY = [
+    "--demo-items",
+    "60",
+    "--demo-users",
+    "80",
+    "--pretrain-epochs",
+    "1",
+    "--image-workers",
+    "4",
+    "--epochs",
+    "2",
+    "--patience",
+    "2",
+]
 STAGES = ("ingest", "images", "features text", "features image", "pretrain", "train", "publish")
 WAIT_S = 300  # serve starting, the next minute boundary (≤ 60 s), the tiny pipeline (~110 s on 2 busy cores)
 
@@ -59,8 +72,9 @@ def _scheduler_errors(log: Path) -> list[str]:
     return [line for line in text.splitlines() if "Traceback" in line or "| ERROR" in line]
 
 
-def _wait(predicate: Callable[[], Any], seconds: float, what: str, procs: dict[str, subprocess.Popen],
-          server_log: Path) -> Any:
+def _wait(
+    predicate: Callable[[], Any], seconds: float, what: str, procs: dict[str, subprocess.Popen], server_log: Path
+) -> Any:
     """Poll until `predicate` is truthy; fail at once when a process ends or the scheduler errs."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -97,13 +111,23 @@ def server(tmp_path: Path):
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL=url, PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_RUNNER_POLL_FREQUENCY="2", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        PREFECT_API_URL=url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_RUNNER_POLL_FREQUENCY="2",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         _wait(lambda: _healthy(url), 120, "the Prefect server to answer", {"prefect server": proc}, log_path)
         yield env, url, log_path, proc
@@ -117,8 +141,11 @@ def _completed_scheduled_run(url: str) -> dict | None:
 
 
 def _lock() -> dict[str, str]:
-    pins = [line.split("==") for line in (REPO / "requirements.lock").read_text().splitlines()
-            if line and not line.startswith("#")]
+    pins = [
+        line.split("==")
+        for line in (REPO / "requirements.lock").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     return {canonicalize_name(name): version for name, version in pins}
 
 
@@ -172,9 +199,28 @@ def test_cron_schedule_fires_publishes_and_prints_stage_lines(server, tmp_path):
     home = tmp_path / "home"
     serve_log = tmp_path / "serve.log"
     with open(serve_log, "w") as out:
-        served = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--cron", "* * * * *", "--name", "every-minute",
-                                   "--dataset", "demo", "--home", str(home), *TINY], cwd=REPO, env=env, stdout=out,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        served = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "serve",
+                "--cron",
+                "* * * * *",
+                "--name",
+                "every-minute",
+                "--dataset",
+                "demo",
+                "--home",
+                str(home),
+                *TINY,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         procs = {"prefect server": server_proc, "anchorrec serve": served}
         run = _wait(lambda: _completed_scheduled_run(url), WAIT_S, "a scheduled run to complete", procs, server_log)
@@ -192,8 +238,14 @@ def test_cron_schedule_fires_publishes_and_prints_stage_lines(server, tmp_path):
     assert published, f"no index manifest under {paths.index_root}"
     n_items = pq.read_metadata(paths.items).num_rows
     assert {m["count"] for m in published.values()} == {n_items}
-    answer = subprocess.run([sys.executable, "-m", "cli", "recommend", "--dataset", "demo", "--home", str(home),
-                             "--user", "0", "-k", "3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    answer = subprocess.run(
+        [sys.executable, "-m", "cli", "recommend", "--dataset", "demo", "--home", str(home), "--user", "0", "-k", "3"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert answer.returncode == 0, answer.stderr[-2000:]
     answered = [line for line in answer.stdout.splitlines() if line.startswith("answered by run ")]
     assert answered and answered[0].split()[3] in published, answer.stdout  # a run the schedule published
@@ -205,5 +257,7 @@ def test_cron_schedule_fires_publishes_and_prints_stage_lines(server, tmp_path):
     assert f"scheduled run {run['name']} started ({run['id']})" in lines
     assert any(line.startswith(f"scheduled run {run['name']} completed after ") for line in lines), "\n".join(lines)
     assert not [line for line in lines if "Traceback" in line or "ERROR" in line], "\n".join(lines)
-    assert lines.count("stopped (SIGTERM): finished stages and checkpoints are kept; run the same command again "
-                       "to resume") == 1
+    assert (
+        lines.count("stopped (SIGTERM): finished stages and checkpoints are kept; run the same command again to resume")
+        == 1
+    )

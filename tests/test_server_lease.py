@@ -4,6 +4,7 @@ The server records itself in PREFECT_HOME/anchorrec-server.json; each command ho
 flock lease for its life, and the server exits a grace period after the last lease is gone,
 SIGKILL of the command included.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,9 @@ DEMO = ["--demo-items", "60", "--demo-users", "80"]
 def user_env(root: Path, grace: float = GRACE_S) -> dict:
     """A user's shell with no Prefect server configured and its own homes."""
     out = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    out.update(ANCHORREC_HOME=str(root / "home"), PREFECT_HOME=str(root / "prefect"), ANCHORREC_SERVER_GRACE_S=str(grace))
+    out.update(
+        ANCHORREC_HOME=str(root / "home"), PREFECT_HOME=str(root / "prefect"), ANCHORREC_SERVER_GRACE_S=str(grace)
+    )
     return out
 
 
@@ -77,8 +80,13 @@ def test_kill_9_leaves_nothing_listening_or_running(tmp_path) -> None:
     env = user_env(tmp_path)
     err = tmp_path / "stderr.txt"
     with err.open("w") as fh:
-        proc = subprocess.Popen(anchorrec("pipeline", *DEMO, "--pretrain-epochs", "1", "--epochs", "2"), cwd=REPO,
-                                env=env, stdout=subprocess.DEVNULL, stderr=fh)
+        proc = subprocess.Popen(
+            anchorrec("pipeline", *DEMO, "--pretrain-epochs", "1", "--epochs", "2"),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=fh,
+        )
     try:
         assert wait_until(lambda: "ingest:" in err.read_text() or proc.poll() is not None, 300), err.read_text()
         assert proc.poll() is None, err.read_text()[-2000:]  # still working: a stage after ingest runs
@@ -90,7 +98,10 @@ def test_kill_9_leaves_nothing_listening_or_running(tmp_path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    alive = lambda: [pid for pid in started if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+
+    def alive():
+        return [pid for pid in started if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+
     assert wait_until(lambda: not alive() and not listening(server["port"]), GRACE_S + 30), (alive(), server)
     assert state(env) == {} and servers_of(env) == []  # the record went with the server
 
@@ -111,8 +122,17 @@ def test_the_next_command_reuses_the_server_and_pays_seconds_not_a_start(tmp_pat
 
 def test_concurrent_commands_share_one_server_without_tracebacks(tmp_path) -> None:
     env = user_env(tmp_path, grace=GRACE_S)
-    procs = [subprocess.Popen(anchorrec("ingest", *DEMO, "--dataset", name), cwd=REPO, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in ("one", "two")]
+    procs = [
+        subprocess.Popen(
+            anchorrec("ingest", *DEMO, "--dataset", name),
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name in ("one", "two")
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
@@ -150,6 +170,7 @@ def test_a_bad_grace_period_is_one_line_before_any_server(tmp_path) -> None:
     env = {**user_env(tmp_path), "ANCHORREC_SERVER_GRACE_S": "soon"}
     proc, _ = timed(anchorrec("ingest", *DEMO), env)
     assert proc.returncode == 2
-    assert proc.stderr.splitlines() == ["error: ANCHORREC_SERVER_GRACE_S=soon: give the seconds the Prefect server "
-                                        "outlives the last command, e.g. 45"]
+    assert proc.stderr.splitlines() == [
+        "error: ANCHORREC_SERVER_GRACE_S=soon: give the seconds the Prefect server outlives the last command, e.g. 45"
+    ]
     assert state(env) == {} and servers_of(env) == []

@@ -1,4 +1,5 @@
 """SMORE: parity with MMRec's class on a tiny fixed input, its sparse fusion graph, and learning."""
+
 from __future__ import annotations
 
 import sys
@@ -171,8 +172,14 @@ MMREC = {
 
 
 def config(n_ui_layers: int, n_layers: int, reg_weight: float, dropout: float) -> SMOREConfig:
-    return SMOREConfig(embedding_dim=smore_parity.DIM, n_ui_layers=n_ui_layers, n_layers=n_layers, reg_weight=reg_weight,
-                       cl_weight=smore_parity.CL_WEIGHT, dropout=dropout)
+    return SMOREConfig(
+        embedding_dim=smore_parity.DIM,
+        n_ui_layers=n_ui_layers,
+        n_layers=n_layers,
+        reg_weight=reg_weight,
+        cl_weight=smore_parity.CL_WEIGHT,
+        dropout=dropout,
+    )
 
 
 @pytest.mark.parametrize("case", smore_parity.CASES, ids=[c[0] for c in smore_parity.CASES])

@@ -1,4 +1,5 @@
 """Stage cache keys hash the code a stage runs, not whole rooms; models keep only the tables they read."""
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture()
 def fake_project(tmp_path, monkeypatch):
     """A tiny project: models.a imports b and d (inside a function), .c (relatively) and e (in
-parentheses); f is imported by nobody."""
+    parentheses); f is imported by nobody."""
     pkg = tmp_path / "models"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text("from .c import X\nfrom models import (\n    e,  # a module, in parentheses\n)\n\n"
-                              "def f():\n    from models import b\n    import numpy as np, models.d as _  # noqa\n    return b\n")
+    (pkg / "a.py").write_text(
+        "from .c import X\nfrom models import (\n    e,  # a module, in parentheses\n)\n\n"
+        "def f():\n    from models import b\n    import numpy as np, models.d as _  # noqa\n    return b\n"
+    )
     (pkg / "b.py").write_text("Y = 1\n")
     (pkg / "c.py").write_text("X = 2\n")
     (pkg / "d.py").write_text("Z = 3\n")
@@ -86,7 +89,9 @@ def test_every_model_declares_what_it_reads_and_the_config_keeps_only_that():
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_a_run_written_with_tables_its_model_never_read_still_resumes(tmp_path):
-    paths, _, _ = write_tiny_dataset(tmp_path, planted(n_users=40, n_items=30, n_groups=2, per_user=8), with_feature=False)
+    paths, _, _ = write_tiny_dataset(
+        tmp_path, planted(n_users=40, n_items=30, n_groups=2, per_user=8), with_feature=False
+    )
     cfg = TrainConfig(model="lightgcn", model_args={"dim": 8}, epochs=2, patience=2, batch_size=64, run_id="old")
     first = train(paths, cfg, progress=False)
     config = paths.run("old") / "config.json"
@@ -98,11 +103,15 @@ def test_a_run_written_with_tables_its_model_never_read_still_resumes(tmp_path):
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_a_study_stored_with_unread_tables_continues_and_a_read_table_change_is_refused(tmp_path):
-    paths, _, _ = write_tiny_dataset(tmp_path, planted(n_users=40, n_items=30, n_groups=2, per_user=8), with_feature=False)
+    paths, _, _ = write_tiny_dataset(
+        tmp_path, planted(n_users=40, n_items=30, n_groups=2, per_user=8), with_feature=False
+    )
     base = TrainConfig(model="lightgcn", model_args={"dim": 8}, epochs=2, patience=2, batch_size=64)
     space = {"lr": (1e-2, 5e-3)}
     tune_mod.tune(paths, base, 1, space=space, pruner="none")
-    study = tune_mod.open_study(tune_mod.study_dir(paths, "lightgcn"), "lightgcn", base, 0, tune_mod.make_pruner("none", 2))
+    study = tune_mod.open_study(
+        tune_mod.study_dir(paths, "lightgcn"), "lightgcn", base, 0, tune_mod.make_pruner("none", 2)
+    )
     budget = study.user_attrs["budget"]
     study.set_user_attr("budget", {**budget, "features": {"mm": "ica-old", "v": "image-effnet"}})
     out = tune_mod.tune(paths, base, 2, space=space, pruner="none")
@@ -118,8 +127,10 @@ def test_a_train_key_ignores_tables_its_model_never_reads(tmp_path, monkeypatch)
 
     keys = []
     monkeypatch.setattr(flows, "run_stage", lambda name, fn, key, *a, **k: keys.append((key, a[-2])) or {})
-    cfg = {"lightgcn": PipelineConfig(dataset="tiny", home=str(tmp_path), model="lightgcn"),
-           "alignrec": PipelineConfig(dataset="tiny", home=str(tmp_path), model="alignrec")}
+    cfg = {
+        "lightgcn": PipelineConfig(dataset="tiny", home=str(tmp_path), model="lightgcn"),
+        "alignrec": PipelineConfig(dataset="tiny", home=str(tmp_path), model="alignrec"),
+    }
     for mm in ("ica-aaaaaaaaaa", "ica-bbbbbbbbbb"):
         for model in cfg:
             flows.stage_train(cfg[model], {"v": "image-effnet", "t": "text-minilm", "mm": mm})

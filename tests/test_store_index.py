@@ -1,4 +1,5 @@
 """store.index: publishing FAISS indexes atomically, verifying them on load, exact search."""
+
 from __future__ import annotations
 
 import hashlib

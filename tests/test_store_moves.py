@@ -7,15 +7,14 @@ byte-identical, the old home's path in no file); build two fresh homes at differ
 same bytes, the same run ids). The only differences allowed are the clock times listed in
 TIME_FIELDS, which the contract table in docs/store.md names too.
 """
+
 from __future__ import annotations
 
 import gzip
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -23,14 +22,37 @@ import pytest
 from cli_helpers import run_cli, user_env
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--demo-items", "60", "--demo-users", "80", "--pretrain-epochs", "2", "--epochs", "2", "--patience", "2",
-         "--image-workers", "2"]
+SMALL = [
+    "--demo-items",
+    "60",
+    "--demo-users",
+    "80",
+    "--pretrain-epochs",
+    "2",
+    "--epochs",
+    "2",
+    "--patience",
+    "2",
+    "--image-workers",
+    "2",
+]
 STAGES = ("ingest", "images", "features text", "features image", "pretrain", "train", "publish")
 # The documented exceptions (docs/store.md, contract table): fields that hold a clock time, a process id
 # or a measured duration, dropped (at any depth) before two fresh builds are compared; every other
 # byte, and every value beside them, must match. A checkpoint is compared by its loaded content.
-TIMINGS = ("seconds", "train_items_per_s", "train_s", "train_cpu_s", "eval_s", "eval_cpu_s", "test_eval_s",
-           "train_s_per_epoch", "train_cpu_s_per_epoch", "eval_s_per_eval", "eval_cpu_s_per_eval")
+TIMINGS = (
+    "seconds",
+    "train_items_per_s",
+    "train_s",
+    "train_cpu_s",
+    "eval_s",
+    "eval_cpu_s",
+    "test_eval_s",
+    "train_s_per_epoch",
+    "train_cpu_s_per_epoch",
+    "eval_s_per_eval",
+    "eval_cpu_s_per_eval",
+)
 TIME_FIELDS = {
     "prepare.json": ("created_at",),
     "features/*.json": ("created_at",),
@@ -64,8 +86,14 @@ def files(root: Path) -> dict[str, Path]:
 
 def comparable(rel: str, path: Path) -> str:
     """sha256 of the file, or of its content without the documented TIME_FIELDS."""
-    drop = next((keys for pattern, keys in TIME_FIELDS.items() if Path(rel).match(pattern)
-                 and rel.count("/") == pattern.count("/")), None)
+    drop = next(
+        (
+            keys
+            for pattern, keys in TIME_FIELDS.items()
+            if Path(rel).match(pattern) and rel.count("/") == pattern.count("/")
+        ),
+        None,
+    )
     if drop is None:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     if path.suffix == ".pt":
@@ -195,7 +223,10 @@ def test_an_applied_encoder_is_named_by_dataset_run_and_hash_not_path(tmp_path):
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"weights")
     digest = hashlib.sha256(b"weights").hexdigest()[:16]
-    assert checkpoint_record(dataset_paths("small", tmp_path / "b"), ckpt) == f"big/runs/ica-1/checkpoint.pt sha256:{digest}"
+    assert (
+        checkpoint_record(dataset_paths("small", tmp_path / "b"), ckpt)
+        == f"big/runs/ica-1/checkpoint.pt sha256:{digest}"
+    )
     assert checkpoint_record(source, ckpt) == "runs/ica-1/checkpoint.pt"
 
 
@@ -216,7 +247,9 @@ def test_a_csv_catalog_with_relative_image_paths_gives_the_same_items_in_two_hom
         assert urls == {"asin": ["A1", "B2", "C3"], "image_url": ["raw/images/A1.jpg", "raw/images/B2.jpg", None]}
         assert (paths.root / "raw/images/A1.jpg").read_bytes() == (src / "img" / "A1.jpg").read_bytes()
         report = json.loads(paths.prepare_report.read_text())
-        assert report["sources"]["meta"]["file"] == "raw/items.csv" and report["sources"]["meta"]["source"] == "items.csv"
+        assert (
+            report["sources"]["meta"]["file"] == "raw/items.csv" and report["sources"]["meta"]["source"] == "items.csv"
+        )
         assert not [k for k, p in files(paths.root).items() if any(str(tmp_path).encode() in t for t in texts(p))]
         tables.append(paths.items.read_bytes())
     assert tables[0] == tables[1]

@@ -1,5 +1,6 @@
 """Every read verified (issue 30): SQL views check what `recommend` checks, stage records catch a
 valid but wrong file, `sql --output` stays out of the store, one clean line per refusal."""
+
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from cli_helpers import user_env
 
 from store import dataset_paths, schemas
 from store.hashing import file_sha256
@@ -20,7 +22,6 @@ from store.index import publish
 from store.sql import run_query
 from store.tables import read_table, write_table
 from store.vectors import write_features, write_vectors
-from cli_helpers import user_env
 
 REPO = Path(__file__).resolve().parents[1]
 ITEMS, USERS = 60, 80
@@ -31,8 +32,9 @@ pytestmark = pytest.mark.slow  # a CLI subprocess per step and one `anchorrec in
 
 
 def anchorrec(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
@@ -61,8 +63,17 @@ def built(tmp_path_factory) -> Path:
     p = dataset_paths("demo", root / "home")
     rng = np.random.default_rng(0)
     asins = read_table(p.items, columns=["asin"]).column("asin").to_pylist()
-    write_features(p.feature("text-minilm"), asins, np.arange(ITEMS), rng.standard_normal((ITEMS, 8)).astype(np.float32),
-                   encoder="test", model="none", weights="none", modality="text", input_hash="x")
+    write_features(
+        p.feature("text-minilm"),
+        asins,
+        np.arange(ITEMS),
+        rng.standard_normal((ITEMS, 8)).astype(np.float32),
+        encoder="test",
+        model="none",
+        weights="none",
+        modality="text",
+        input_hash="x",
+    )
     write_vectors(p.user_vectors(RUN), "user_id", np.arange(USERS), rng.standard_normal((USERS, 4)).astype(np.float32))
     write_vectors(p.item_vectors(RUN), "item_id", np.arange(ITEMS), rng.standard_normal((ITEMS, 4)).astype(np.float32))
     publish(p, RUN)
@@ -82,7 +93,7 @@ def flip_bytes(path: Path, count: int = 16) -> None:
     """Flip bytes in the middle of the file (a data page), as a bad disk or a stray write would."""
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
-    data[middle:middle + count] = bytes(b ^ 0xFF for b in data[middle:middle + count])
+    data[middle : middle + count] = bytes(b ^ 0xFF for b in data[middle : middle + count])
     path.write_bytes(bytes(data))
 
 
@@ -112,7 +123,9 @@ def test_sql_refuses_flipped_bytes_in_a_feature_table(store):
     flip_bytes(root / "features" / "text-minilm.parquet")
     line = error_line(anchorrec(env, "sql", query))
     assert line.startswith(f"error: {root / 'features' / 'text-minilm.parquet'}: ")
-    assert "checksum" in line.lower() and line.endswith("rerun: anchorrec features --dataset demo (or anchorrec pipeline --dataset demo)")
+    assert "checksum" in line.lower() and line.endswith(
+        "rerun: anchorrec features --dataset demo (or anchorrec pipeline --dataset demo)"
+    )
     counted = anchorrec(env, "sql", "SELECT count(*) AS n FROM items")  # other tables still answer
     assert counted.returncode == 0 and rows(counted.stdout) == [[str(ITEMS)]]
 
@@ -133,8 +146,10 @@ def test_unreadable_feature_file_blocks_only_the_queries_that_touch_it(store):
     assert counted.returncode == 0, counted.stderr
     assert rows(counted.stdout) == [[str(ITEMS), "true"]]
     line = error_line(anchorrec(env, "sql", "SELECT count(*) FROM feature_text_minilm"))
-    assert line == (f"error: {path}: permission denied: this user cannot read it — give read access "
-                    f"(ls -l {path}; chmod/chown), or run as the store's owner")
+    assert line == (
+        f"error: {path}: permission denied: this user cannot read it — give read access "
+        f"(ls -l {path}; chmod/chown), or run as the store's owner"
+    )
 
 
 def test_feature_path_that_is_a_directory_is_refused_alone(store):
@@ -142,8 +157,10 @@ def test_feature_path_that_is_a_directory_is_refused_alone(store):
     (root / "features" / "broken.parquet").mkdir()
     assert anchorrec(env, "sql", "SELECT count(*) FROM users").returncode == 0
     line = error_line(anchorrec(env, "sql", "SELECT * FROM feature_broken"))
-    assert line == (f"error: {root / 'features' / 'broken.parquet'}: is a directory, not a file — "
-                    "rerun: anchorrec features --dataset demo (or anchorrec pipeline --dataset demo)")
+    assert line == (
+        f"error: {root / 'features' / 'broken.parquet'}: is a directory, not a file — "
+        "rerun: anchorrec features --dataset demo (or anchorrec pipeline --dataset demo)"
+    )
 
 
 def test_verdict_is_cached_per_file_identity_and_a_changed_file_is_checked_again(store, monkeypatch):
@@ -180,13 +197,17 @@ def test_output_inside_the_home_is_refused_even_through_a_symlink(store, tmp_pat
     items = root / "items.parquet"
     before = file_sha256(items)
     line = error_line(anchorrec(env, "sql", "SELECT 1 AS x", "--output", str(items)))
-    assert line == (f"error: --output {items}: is inside the store ({root.parent.resolve()}); "
-                    "write query results elsewhere, outside $ANCHORREC_HOME")
+    assert line == (
+        f"error: --output {items}: is inside the store ({root.parent.resolve()}); "
+        "write query results elsewhere, outside $ANCHORREC_HOME"
+    )
     link = tmp_path / "elsewhere"
     link.symlink_to(root / "runs" / RUN)
     line = error_line(anchorrec(env, "sql", "SELECT 1 AS x", "--output", str(link / "item_vectors.parquet")))
     assert "is inside the store" in line
-    assert file_sha256(items) == before and pq.read_table(root / "runs" / RUN / "item_vectors.parquet").num_rows == ITEMS
+    assert (
+        file_sha256(items) == before and pq.read_table(root / "runs" / RUN / "item_vectors.parquet").num_rows == ITEMS
+    )
     out = tmp_path / "out" / "n.parquet"
     ok = anchorrec(env, "sql", "SELECT count(*) AS n FROM users", "--output", str(out))
     assert ok.returncode == 0 and pq.read_table(out).column("n").to_pylist() == [USERS]
@@ -195,8 +216,10 @@ def test_output_inside_the_home_is_refused_even_through_a_symlink(store, tmp_pat
 def test_output_with_an_unsupported_suffix_names_the_option(store, tmp_path):
     env, _ = store
     line = error_line(anchorrec(env, "sql", "SELECT 1", "--output", str(tmp_path / "x.txt")))
-    assert line == (f"error: --output {tmp_path / 'x.txt'}: unsupported format 'txt' (from its suffix); "
-                    "--output writes .parquet or .csv files")
+    assert line == (
+        f"error: --output {tmp_path / 'x.txt'}: unsupported format 'txt' (from its suffix); "
+        "--output writes .parquet or .csv files"
+    )
     assert not (tmp_path / "x.txt").exists()
 
 
@@ -218,12 +241,19 @@ def test_zero_row_interactions_is_refused_and_ingest_repairs_it(store):
     env, root = store
     p = dataset_paths("demo", root.parent)
     good = read_table(p.interactions)
-    training = set(good.filter(np.array(good.column("user_id").to_numpy() == 1)
-                               & np.array([s == "train" for s in good.column("split").to_pylist()]))
-                   .column("item_id").to_pylist())
+    training = set(
+        good.filter(
+            np.array(good.column("user_id").to_numpy() == 1)
+            & np.array([s == "train" for s in good.column("split").to_pylist()])
+        )
+        .column("item_id")
+        .to_pylist()
+    )
     write_table(good.slice(0, 0), p.interactions, schemas.INTERACTIONS)  # valid Parquet, right schema, no rows
     want = f"{p.interactions}: has 0 rows ("
-    assert problem(p.interactions).startswith(want) and f"but stage ingest recorded {good.num_rows} rows" in problem(p.interactions)
+    assert problem(p.interactions).startswith(want) and f"but stage ingest recorded {good.num_rows} rows" in problem(
+        p.interactions
+    )
 
     line = error_line(anchorrec(env, "recommend", "--user", "1", "-k", "5"))
     assert line.startswith(f"error: {want}") and "not the file the stage wrote" in line
@@ -247,8 +277,10 @@ def test_zero_row_interactions_is_refused_and_ingest_repairs_it(store):
 def test_unknown_user_is_one_clean_line(store):
     env, _ = store
     line = error_line(anchorrec(env, "recommend", "--user", "999999"))
-    assert line == (f"error: unknown user 999999: run {RUN} has user_ids 0..{USERS - 1} ({USERS} users); "
-                    'list them: anchorrec sql "SELECT user_id, reviewer_id FROM users" --dataset demo')
+    assert line == (
+        f"error: unknown user 999999: run {RUN} has user_ids 0..{USERS - 1} ({USERS} users); "
+        'list them: anchorrec sql "SELECT user_id, reviewer_id FROM users" --dataset demo'
+    )
 
 
 def test_unknown_run_lists_the_published_runs(store):

@@ -1,4 +1,5 @@
 """store.sql: DuckDB views + FAISS-backed vector functions, read-only guarantees, helpers."""
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,11 @@ def assert_matches(got_lists, want_ids, want_scores) -> None:
 
 
 def store_fingerprint(data) -> dict[str, str]:
-    return {str(p): file_sha256(p) for p in sorted(data.paths.root.rglob("*")) if p.is_file() and ".publish.lock" not in p.name}
+    return {
+        str(p): file_sha256(p)
+        for p in sorted(data.paths.root.rglob("*"))
+        if p.is_file() and ".publish.lock" not in p.name
+    }
 
 
 def test_views_cover_tables_features_and_run_vectors(data, con):
@@ -262,7 +267,10 @@ def test_run_query_formats_and_errors(data, tmp_path):
     assert json.loads(csv.column("r")[0].as_py()) == table.column("r")[0].as_py()
     with pytest.raises(ValueError, match="needs an output path"):
         run_query(data.paths, sql, fmt="csv")
-    with pytest.raises(ValueError, match=r"--output .*/x: unsupported format 'xlsx' \(from its suffix\); --output writes .parquet or .csv files"):
+    with pytest.raises(
+        ValueError,
+        match=r"--output .*/x: unsupported format 'xlsx' \(from its suffix\); --output writes .parquet or .csv files",
+    ):
         run_query(data.paths, sql, output=tmp_path / "x", fmt="xlsx")
     with pytest.raises(ValueError, match="fmt must be one of"):
         run_query(data.paths, sql, fmt="xlsx")
@@ -307,5 +315,7 @@ def test_recommend_for_and_similar_to(data):
         recommend_for(data.paths, 7, 0)
     with pytest.raises(ValueError) as info:  # one clean line, not DuckDB's wrapping of the UDF error
         recommend_for(data.paths, 999, 3)
-    assert str(info.value) == ('unknown user 999: run run-a has user_ids 0..59 (60 users); list them: '
-                               'anchorrec sql "SELECT user_id, reviewer_id FROM users" --dataset toys')
+    assert str(info.value) == (
+        "unknown user 999: run run-a has user_ids 0..59 (60 users); list them: "
+        'anchorrec sql "SELECT user_id, reviewer_id FROM users" --dataset toys'
+    )

@@ -1,4 +1,5 @@
 """The store's existing contract modules: layout, atomic tables/JSON, feature tables and vectors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -87,8 +88,11 @@ def test_written_files_get_the_umask_mode_not_0600(tmp_path, umask):
 
     old = os.umask(umask)
     try:
-        table = write_table(pa.table({"user_id": pa.array([1], pa.int32()), "reviewer_id": ["a"]}),
-                            tmp_path / "users.parquet", schemas.USERS)
+        table = write_table(
+            pa.table({"user_id": pa.array([1], pa.int32()), "reviewer_id": ["a"]}),
+            tmp_path / "users.parquet",
+            schemas.USERS,
+        )
         doc = write_json({"a": 1}, tmp_path / "m.json")
         _write_atomic(tmp_path / "B0001.jpg", b"jpeg bytes")
     finally:
@@ -205,13 +209,37 @@ def test_feature_table_roundtrip_with_missing_rows(tmp_path):
     assert (ft.vectors[~valid] == 0).all()
     assert ft.reasons == [None, None, "no image", None, "undecodable"]
     assert {k: ft.metadata[k] for k in ("encoder", "model", "dim", "modality", "input_hash")} == {
-        "encoder": "clip", "model": "ViT-B-32", "dim": "4", "modality": "image", "input_hash": "h1"
+        "encoder": "clip",
+        "model": "ViT-B-32",
+        "dim": "4",
+        "modality": "image",
+        "input_hash": "h1",
     }
     assert set(schemas.FEATURE_METADATA_KEYS) <= set(ft.metadata)
     with pytest.raises(ValueError, match="modality must be one of"):
-        write_features(tmp_path / "x.parquet", ["a"], [0], vectors[:1], encoder="e", model="m", weights="w", modality="audio", input_hash="h")
+        write_features(
+            tmp_path / "x.parquet",
+            ["a"],
+            [0],
+            vectors[:1],
+            encoder="e",
+            model="m",
+            weights="w",
+            modality="audio",
+            input_hash="h",
+        )
     with pytest.raises(ValueError, match="1 vectors but 2 asins"):
-        write_features(tmp_path / "x.parquet", ["a", "b"], [0], vectors[:1], encoder="e", model="m", weights="w", modality="text", input_hash="h")
+        write_features(
+            tmp_path / "x.parquet",
+            ["a", "b"],
+            [0],
+            vectors[:1],
+            encoder="e",
+            model="m",
+            weights="w",
+            modality="text",
+            input_hash="h",
+        )
 
 
 def test_read_features_refuses_foreign_tables(tmp_path):
@@ -226,8 +254,15 @@ def test_read_features_refuses_foreign_tables(tmp_path):
 def test_align_features_by_asin_and_misalignment_error(tmp_path):
     vectors = np.arange(8, dtype=np.float32).reshape(4, 2)
     path = write_features(
-        tmp_path / "t.parquet", ["d", "c", "b", "a"], [3, 2, 1, 0], vectors,
-        encoder="e", model="m", weights="w", modality="text", input_hash="h",
+        tmp_path / "t.parquet",
+        ["d", "c", "b", "a"],
+        [3, 2, 1, 0],
+        vectors,
+        encoder="e",
+        model="m",
+        weights="w",
+        modality="text",
+        input_hash="h",
         valid=np.array([True, True, False, True]),
     )
     ft = read_features(path)
@@ -278,7 +313,10 @@ def test_errors_cross_process_boundaries_intact():
     from store.errors import StoreError
     from store.sql import QueryError
 
-    for err in (StoreError("/d/items.parquet", "missing", "run anchorrec ingest"), QueryError(None, "bad SQL"),
-                DownloadError("http://x/a.jpg", "HTTP 404", "check the URL", [("http://x/a.jpg", "HTTP 404")])):
+    for err in (
+        StoreError("/d/items.parquet", "missing", "run anchorrec ingest"),
+        QueryError(None, "bad SQL"),
+        DownloadError("http://x/a.jpg", "HTTP 404", "check the URL", [("http://x/a.jpg", "HTTP 404")]),
+    ):
         back = pickle.loads(pickle.dumps(err))
         assert type(back) is type(err) and str(back) == str(err) and vars(back) == vars(err)

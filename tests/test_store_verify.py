@@ -1,4 +1,5 @@
 """Verify on read, repair on rerun, deterministic bytes, which run answered, inventory (issue #14)."""
+
 from __future__ import annotations
 
 import json
@@ -83,7 +84,11 @@ def test_garbage_newest_manifest_is_an_error_not_an_older_run(data):
     assert answered_by(recommend_for(data.paths, 1, 3)) == "run-b"
     manifest = data.paths.index_dir("run-b") / MANIFEST_FILE
     manifest.write_bytes(b"\x00\xffgarbage")
-    for call in (lambda: recommend_for(data.paths, 1, 3), lambda: similar_to(data.paths, 1, 3), lambda: connect(data.paths)):
+    for call in (
+        lambda: recommend_for(data.paths, 1, 3),
+        lambda: similar_to(data.paths, 1, 3),
+        lambda: connect(data.paths),
+    ):
         with pytest.raises(StoreError) as info:
             call()
         text = one_line(info.value)
@@ -125,8 +130,11 @@ def test_publish_is_byte_deterministic(data):
     first = file_sha256(index_file)
     manifest = publish(data.paths, data.run_id)
     assert file_sha256(index_file) == first == manifest["index_sha256"]
-    assert manifest["count"] == 40 and manifest["vectors_hash"] == pq.read_schema(
-        data.paths.item_vectors(data.run_id)).metadata[b"vectors_hash"].decode()
+    assert (
+        manifest["count"] == 40
+        and manifest["vectors_hash"]
+        == pq.read_schema(data.paths.item_vectors(data.run_id)).metadata[b"vectors_hash"].decode()
+    )
 
 
 # ----------------------------------------------------------------------------- truncated tables
@@ -145,13 +153,18 @@ def test_truncated_items_parquet_is_one_store_error(data):
         with pytest.raises(StoreError) as info:
             call()
         text = one_line(info.value)
-        assert text.startswith(f"{items}: not a readable Parquet file") and "rerun: anchorrec ingest --dataset toys" in text
+        assert (
+            text.startswith(f"{items}: not a readable Parquet file")
+            and "rerun: anchorrec ingest --dataset toys" in text
+        )
     assert problem(items).startswith(f"{items}: not a readable Parquet file")
 
 
 def test_lost_rows_are_detected_by_recorded_count(tmp_path):
     path = tmp_path / "toys" / "users.parquet"
-    write_table(pa.table({"user_id": pa.array([1, 2, 3], pa.int32()), "reviewer_id": ["a", "b", "c"]}), path, schemas.USERS)
+    write_table(
+        pa.table({"user_id": pa.array([1, 2, 3], pa.int32()), "reviewer_id": ["a", "b", "c"]}), path, schemas.USERS
+    )
     assert problem(path) is None
     table = pq.read_table(path)  # keeps the writer's metadata (num_rows = 3) but drops a row
     pq.write_table(table.slice(0, 2), path)
@@ -172,7 +185,10 @@ def test_problem_for_each_kind_of_file(data, tmp_path):
         assert problem(ok) is None, ok
     # missing
     gone = p.feature("nope")
-    assert problem(gone) == f"{gone}: does not exist — rerun: anchorrec features --dataset toys (or anchorrec pipeline --dataset toys)"
+    assert (
+        problem(gone)
+        == f"{gone}: does not exist — rerun: anchorrec features --dataset toys (or anchorrec pipeline --dataset toys)"
+    )
     assert "does not exist — rerun: anchorrec train --dataset toys" in problem(p.metrics(data.run_id))
     assert "has no published index" in problem(p.index_dir("run-zz") / MANIFEST_FILE)
     # truncated
@@ -223,7 +239,9 @@ def test_sql_names_the_published_run(data):
     publish(data.paths, "run-b")
     out = run_query(data.paths, "SELECT published_run() AS r").column("r").to_pylist()
     assert out == ["run-b"]
-    rows = run_query(data.paths, "SELECT run_id, model, seed, count, current FROM published ORDER BY created").to_pylist()
+    rows = run_query(
+        data.paths, "SELECT run_id, model, seed, count, current FROM published ORDER BY created"
+    ).to_pylist()
     assert rows == [
         {"run_id": "run-a", "model": None, "seed": None, "count": 40, "current": False},
         {"run_id": "run-b", "model": "lightgcn", "seed": 7, "count": 40, "current": True},
@@ -235,7 +253,11 @@ def test_sql_unknown_dataset_lists_datasets_before_duckdb(tmp_path):
     make_dataset(tmp_path)
     (tmp_path / "other").mkdir()
     paths = DatasetPaths(tmp_path / "nosuch")
-    for call in (lambda: run_query(paths, "SELECT 1"), lambda: recommend_for(paths, 1), lambda: similar_to(paths, asin="X")):
+    for call in (
+        lambda: run_query(paths, "SELECT 1"),
+        lambda: recommend_for(paths, 1),
+        lambda: similar_to(paths, asin="X"),
+    ):
         with pytest.raises(StoreError) as info:
             call()
         assert str(info.value) == (
@@ -254,11 +276,30 @@ def test_list_datasets_and_runs(tmp_path):
     write_run(p, "run-c", data.user_ids, data.users, data.item_ids, data.items)
     (p.run("ica-x")).mkdir()
     write_json({"model": "anchorrec", "seed": 1}, p.run(data.run_id) / "config.json")
-    write_json({"run_id": "run-a", "model": "anchorrec", "seed": 1, "best_epoch": 4, "stopped_by_hand": False,
-                "valid": {"recall@20": 0.25}, "test": {"recall@20": 0.2}}, p.metrics(data.run_id))
+    write_json(
+        {
+            "run_id": "run-a",
+            "model": "anchorrec",
+            "seed": 1,
+            "best_epoch": 4,
+            "stopped_by_hand": False,
+            "valid": {"recall@20": 0.25},
+            "test": {"recall@20": 0.2},
+        },
+        p.metrics(data.run_id),
+    )
     write_json({"model": "lightgcn", "seed": 2}, p.run("run-b") / "config.json")
-    write_json({"model": "lightgcn", "seed": 2, "stopped_by_hand": True, "valid": {"recall@20": 0.1},
-                "test": {"recall@20": 0.05}, "best_epoch": 1}, p.metrics("run-b"))
+    write_json(
+        {
+            "model": "lightgcn",
+            "seed": 2,
+            "stopped_by_hand": True,
+            "valid": {"recall@20": 0.1},
+            "test": {"recall@20": 0.05},
+            "best_epoch": 1,
+        },
+        p.metrics("run-b"),
+    )
     write_json({"model": "alignrec", "seed": 3}, p.run("run-c") / "config.json")
     (p.run("run-c") / "checkpoint.pt").write_bytes(b"ckpt")
     write_json({"config": {"seed": 5}}, p.run("ica-x") / "config.json")
@@ -274,17 +315,44 @@ def test_list_datasets_and_runs(tmp_path):
     assert (toys["items"], toys["users"], toys["interactions"]) == (40, 20, 20 * 6)
     assert toys["features"] == ["clip-image"] and toys["runs"] == 3 and toys["pretrain_runs"] == 1
     assert toys["published"] == ["run-b", "run-a"] and toys["latest"] == "run-a" and toys["broken_manifests"] == []
-    assert sets[0] == {"name": "empty", "items": None, "users": None, "interactions": None, "features": [], "runs": 0,
-                       "pretrain_runs": 0, "published": [], "latest": None, "broken_manifests": []}
+    assert sets[0] == {
+        "name": "empty",
+        "items": None,
+        "users": None,
+        "interactions": None,
+        "features": [],
+        "runs": 0,
+        "pretrain_runs": 0,
+        "published": [],
+        "latest": None,
+        "broken_manifests": [],
+    }
 
     runs = {r["run_id"]: r for r in list_runs(p)}
-    assert runs["run-a"] == {"run_id": "run-a", "model": "anchorrec", "seed": 1, "status": "finished",
-                             "valid_recall@20": 0.25, "test_recall@20": 0.2, "best_epoch": 4, "published": True, "latest": True,
-                             "note": None}
-    assert (runs["run-b"]["status"], runs["run-b"]["test_recall@20"], runs["run-b"]["published"], runs["run-b"]["latest"]) == (
-        "stopped", 0.05, True, False)
-    assert (runs["run-c"]["status"], runs["run-c"]["model"], runs["run-c"]["valid_recall@20"], runs["run-c"]["published"]) == (
-        "running", "alignrec", None, False)
+    assert runs["run-a"] == {
+        "run_id": "run-a",
+        "model": "anchorrec",
+        "seed": 1,
+        "status": "finished",
+        "valid_recall@20": 0.25,
+        "test_recall@20": 0.2,
+        "best_epoch": 4,
+        "published": True,
+        "latest": True,
+        "note": None,
+    }
+    assert (
+        runs["run-b"]["status"],
+        runs["run-b"]["test_recall@20"],
+        runs["run-b"]["published"],
+        runs["run-b"]["latest"],
+    ) == ("stopped", 0.05, True, False)
+    assert (
+        runs["run-c"]["status"],
+        runs["run-c"]["model"],
+        runs["run-c"]["valid_recall@20"],
+        runs["run-c"]["published"],
+    ) == ("running", "alignrec", None, False)
     assert (runs["ica-x"]["status"], runs["ica-x"]["model"], runs["ica-x"]["seed"]) == ("failed", "ica", 5)
     later = {r["run_id"]: r["status"] for r in list_runs(p, now=time.time() + 3600)}
     assert later == {"ica-x": "failed", "run-a": "finished", "run-b": "stopped", "run-c": "failed"}  # an hour later
@@ -300,8 +368,15 @@ def test_list_datasets_and_runs(tmp_path):
 def test_feature_table_bytes_do_not_depend_on_the_clock(tmp_path, monkeypatch):
     path = tmp_path / "toys" / "features" / "t.parquet"
     vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
-    args = dict(encoder="e", model="m", weights="w", modality="text", input_hash="h",
-                valid=np.array([True, False, True]), reasons=[None, "empty text", None])
+    args = dict(
+        encoder="e",
+        model="m",
+        weights="w",
+        modality="text",
+        input_hash="h",
+        valid=np.array([True, False, True]),
+        reasons=[None, "empty text", None],
+    )
     write_features(path, ["a", "b", "c"], [0, 1, 2], vectors, **args)
     first = file_sha256(path)
     side = json.loads(path.with_suffix(".json").read_text())
@@ -350,13 +425,18 @@ def test_a_valid_file_that_is_not_what_its_stage_recorded_is_refused_by_every_re
 
     good = read_table(p.interactions)
     write_table(good.slice(0, 10), p.interactions, schemas.INTERACTIONS)  # well-formed, consistent row count
-    want = (f"{p.interactions}: has 10 rows ({p.interactions.stat().st_size} bytes) but stage ingest recorded 120 rows "
-            f"({saved['bytes']} bytes, sha256 {saved['sha256'][:12]}): not the file the stage wrote (emptied, replaced "
-            "or from another run) — rerun: anchorrec ingest --dataset toys")
+    want = (
+        f"{p.interactions}: has 10 rows ({p.interactions.stat().st_size} bytes) but stage ingest recorded 120 rows "
+        f"({saved['bytes']} bytes, sha256 {saved['sha256'][:12]}): not the file the stage wrote (emptied, replaced "
+        "or from another run) — rerun: anchorrec ingest --dataset toys"
+    )
     assert problem(p.interactions) == want
     assert problems([p.items, p.interactions]) == [want]
-    for call in (lambda: read_table(p.interactions), lambda: recommend_for(p, 1, 3),
-                 lambda: run_query(p, "SELECT count(*) FROM interactions")):
+    for call in (
+        lambda: read_table(p.interactions),
+        lambda: recommend_for(p, 1, 3),
+        lambda: run_query(p, "SELECT count(*) FROM interactions"),
+    ):
         with pytest.raises(StoreError) as info:
             call()
         assert one_line(info.value) == want
@@ -377,7 +457,10 @@ def test_records_are_only_for_parquet_outputs_inside_a_dataset(data, tmp_path):
 
     p = data.paths
     assert records.record_path(p.feature("clip-image")) == p.root / "records" / "features" / "clip-image.parquet.json"
-    assert records.record_path(p.user_vectors("run-a")) == p.root / "records" / "runs" / "run-a" / "user_vectors.parquet.json"
+    assert (
+        records.record_path(p.user_vectors("run-a"))
+        == p.root / "records" / "runs" / "run-a" / "user_vectors.parquet.json"
+    )
     assert records.record_path(p.index_dir("run-a") / MANIFEST_FILE) is None  # the index has its own manifest
     assert records.record_path(p.metrics("run-a")) is None
     assert records.record_path(tmp_path / "result.parquet") is None
@@ -400,7 +483,7 @@ def test_flipped_bytes_in_a_recorded_file_are_named_as_damage_not_as_a_replaced_
     feature = data.paths.feature("clip-image")
     records.write(feature, "features text")
     raw = bytearray(feature.read_bytes())
-    raw[len(raw) // 2: len(raw) // 2 + 16] = bytes(b ^ 0xFF for b in raw[len(raw) // 2: len(raw) // 2 + 16])
+    raw[len(raw) // 2 : len(raw) // 2 + 16] = bytes(b ^ 0xFF for b in raw[len(raw) // 2 : len(raw) // 2 + 16])
     feature.write_bytes(bytes(raw))
     found = checked(feature)
     assert found.startswith(f"{feature}: not a readable Parquet file (") and "not the file the stage wrote" not in found

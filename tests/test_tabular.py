@@ -1,5 +1,6 @@
 """Bring-your-own interactions (release='csv'): CSV / TSV / Parquet, renamed columns, bad rows
 with their line, a given split kept, metadata as a table or any Amazon release file."""
+
 from __future__ import annotations
 
 import gzip
@@ -33,7 +34,12 @@ def grid(split: bool = False) -> list[dict]:
     rows = []
     for u in range(N_USERS):
         for i in range(N_ITEMS):
-            row = {"uid": f"U{u:02d}", "sku": f"I{i}", "stars": str(1 + (u + i) % 5), "when": str(1_500_000_000 + 3600 * i)}
+            row = {
+                "uid": f"U{u:02d}",
+                "sku": f"I{i}",
+                "stars": str(1 + (u + i) % 5),
+                "when": str(1_500_000_000 + 3600 * i),
+            }
             if split:
                 row["part"] = ("train", "train", "train", "train", "valid", "test")[i]
             rows.append(row)
@@ -61,7 +67,10 @@ def test_parse_columns_and_unknown_roles() -> None:
 
 def test_missing_column_names_the_file_the_columns_and_the_option(tmp_path: Path) -> None:
     path = write_delimited(tmp_path / "mine.csv", grid(), ",")
-    with pytest.raises(ValueError, match=r"mine.csv: cannot find column\(s\) for role user, item: user.*columns found: uid, sku, stars, when.*--columns"):
+    with pytest.raises(
+        ValueError,
+        match=r"mine.csv: cannot find column\(s\) for role user, item: user.*columns found: uid, sku, stars, when.*--columns",
+    ):
         tabular.read_interactions(path, BadRecords())
     with pytest.raises(ValueError, match=r"rating=score \(no such column\)"):
         tabular.read_interactions(path, BadRecords(), "user=uid,item=sku,rating=score")
@@ -69,10 +78,10 @@ def test_missing_column_names_the_file_the_columns_and_the_option(tmp_path: Path
 
 def test_csv_bad_rows_are_counted_with_their_line(tmp_path: Path) -> None:
     rows = grid()
-    rows[3]["uid"] = ""          # line 5: no user
-    rows[5]["sku"] = " "         # line 7: no item
+    rows[3]["uid"] = ""  # line 5: no user
+    rows[5]["sku"] = " "  # line 7: no item
     rows[7]["when"] = "yesterday"  # line 9: bad timestamp
-    rows[8]["stars"] = "five"    # line 10: bad rating, kept
+    rows[8]["stars"] = "five"  # line 10: bad rating, kept
     rows[9]["when"] = "2017-07-14T02:40:00Z"  # ISO: fine
     path = write_delimited(tmp_path / "mine.csv", rows, ",", extra=["", "U99,I1,3"])
     bad = BadRecords()
@@ -156,8 +165,17 @@ def test_amazon_metadata_release_is_detected(tmp_path: Path, home: Path) -> None
     meta = tmp_path / "meta.json.gz"
     with gzip.open(meta, "wt") as fh:
         for i in range(N_ITEMS):
-            fh.write(json.dumps({"parent_asin": f"I{i}", "title": f"T{i}", "main_category": "Toys",
-                                 "images": [{"large": f"http://x/{i}.jpg", "variant": "MAIN"}]}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "parent_asin": f"I{i}",
+                        "title": f"T{i}",
+                        "main_category": "Toys",
+                        "images": [{"large": f"http://x/{i}.jpg", "variant": "MAIN"}],
+                    }
+                )
+                + "\n"
+            )
     report = ingest("a", "csv", reviews=str(inter), meta=str(meta), columns=COLUMNS, home=home, progress=False)
     assert report["sources"]["meta"]["format"] == "2023"
     items = read_table(dataset_paths("a", home).items, schemas.ITEMS).to_pylist()
@@ -169,7 +187,9 @@ def test_csv_release_needs_reviews_and_columns_only_for_csv(home: Path) -> None:
     assert "csv" in RELEASES
     with pytest.raises(ValueError, match="--release csv needs --reviews"):
         ingest("x", "csv", home=home)
-    with pytest.raises(ValueError, match="--columns, --meta-columns, --no-header and --train/--valid/--test apply to --release csv"):
+    with pytest.raises(
+        ValueError, match="--columns, --meta-columns, --no-header and --train/--valid/--test apply to --release csv"
+    ):
         ingest("x", "2018", category="Gift_Cards", columns="user=a", home=home)
 
 
@@ -178,19 +198,29 @@ def test_real_gift_cards_as_csv_equals_the_2018_ingest(shared_data: Path, tmp_pa
     src = shared_data / "amazon2018-giftcards"
     with gzip.open(src / "Gift_Cards_5.json.gz", "rt") as fh:
         reviews = [json.loads(line) for line in fh]
-    table = pa.table({
-        "reviewerID": [r["reviewerID"] for r in reviews],
-        "asin": [r["asin"] for r in reviews],
-        "overall": [r["overall"] for r in reviews],
-        "unixReviewTime": [r["unixReviewTime"] for r in reviews],
-    })
+    table = pa.table(
+        {
+            "reviewerID": [r["reviewerID"] for r in reviews],
+            "asin": [r["asin"] for r in reviews],
+            "overall": [r["overall"] for r in reviews],
+            "unixReviewTime": [r["unixReviewTime"] for r in reviews],
+        }
+    )
     csv_path = tmp_path / "gift.csv"
     import pyarrow.csv as pacsv
 
     pacsv.write_csv(table, csv_path)
-    a = ingest("csv", "csv", reviews=str(csv_path), meta=str(src / "meta_Gift_Cards.json.gz"), home=home, progress=False)
-    b = ingest("j", "2018", reviews=str(src / "Gift_Cards_5.json.gz"), meta=str(src / "meta_Gift_Cards.json.gz"),
-               home=home, progress=False)
+    a = ingest(
+        "csv", "csv", reviews=str(csv_path), meta=str(src / "meta_Gift_Cards.json.gz"), home=home, progress=False
+    )
+    b = ingest(
+        "j",
+        "2018",
+        reviews=str(src / "Gift_Cards_5.json.gz"),
+        meta=str(src / "meta_Gift_Cards.json.gz"),
+        home=home,
+        progress=False,
+    )
     assert a["sources"]["meta"]["format"] == "2018" and a["steps"] == b["steps"]
     assert a["split"]["hash"] == b["split"]["hash"]
     for name in ("items", "interactions"):
@@ -206,8 +236,11 @@ def test_header_is_decided_from_the_first_two_rows() -> None:
     assert tabular.decide_header(path, [["A32T2H8150OJLU", "B00000JBLH", "5.0"], ["A1", "B1", "4"]], names) is False
     assert tabular.decide_header(path, [["who", "what", "stars"], ["ann", "pen", "5"]], names) is True
     assert tabular.decide_header(path, [["ann", "pen", "2021-03-01"], ["bob", "cup", "2021-03-02"]], names) is False
-    with pytest.raises(ValueError, match=r"cannot tell whether row 1 is a header: row 1 \['ann', 'pen'\], row 2 "
-                                         r"\['bob', 'cup'\].*--no-header --columns \"user=0,item=1\""):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot tell whether row 1 is a header: row 1 \['ann', 'pen'\], row 2 "
+        r"\['bob', 'cup'\].*--no-header --columns \"user=0,item=1\"",
+    ):
         tabular.decide_header(path, [["ann", "pen"], ["bob", "cup"]], names)
     # a user who names columns after row 1's values (the old hint) while row 1 looks like data: stop, never drop it
     with pytest.raises(ValueError, match="cannot tell whether row 1 is a header"):

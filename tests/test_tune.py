@@ -1,4 +1,5 @@
 """Tuning: a tiny study runs, prunes, resumes after SIGKILL and chooses on validation only."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,9 @@ from models_fixtures import planted
 from optuna.trial import TrialState
 from test_models_train import write_tiny_dataset
 
+from models.registry import MODELS, make_config
 from models.training import progress as progress_mod
 from models.training import tune as tune_mod
-from models.registry import MODELS, make_config
 from models.training.data import interactions_from_arrays
 from models.training.trainer import TrainConfig, load_checkpoint
 from store.inventory import list_runs
@@ -68,8 +69,11 @@ def test_tiny_study_runs_records_trials_and_tops_up(tmp_path):
         assert metrics["epochs_run"] <= 3 and metrics["model"] == "lightgcn"
         assert t.user_attrs["test"]["recall@20"] == metrics["test"]["recall@20"]
         cfg = json.loads((paths.run(t.user_attrs["run_id"]) / "config.json").read_text())
-        assert cfg["lr"] == t.params["lr"] and cfg["model_args"] == {"dim": 8, "n_layers": t.params["n_layers"],
-                                                                   "reg_weight": t.params["reg_weight"]}
+        assert cfg["lr"] == t.params["lr"] and cfg["model_args"] == {
+            "dim": 8,
+            "n_layers": t.params["n_layers"],
+            "reg_weight": t.params["reg_weight"],
+        }
     listed = {r["run_id"]: r for r in list_runs(paths)}
     assert all(listed[t.user_attrs["run_id"]]["status"] == "finished" for t in trials)
     on_disk = json.loads((tune_mod.study_dir(paths, "lightgcn") / "best.json").read_text())
@@ -130,8 +134,9 @@ def test_a_study_says_what_each_trial_does(tmp_path, tune_lines):
     value = study_of(paths).trials[0].value
     assert lines[0].startswith("tune lightgcn trial 0 (tune-lightgcn-t000): 1/3 epochs, valid recall@20 ")
     done = [line for line in lines if "trial 0" in line and "done" in line]
-    assert len(done) == 1 and done[0].endswith(f"valid recall@20 {value:.4f} (best_epoch "
-                                               f"{study_of(paths).trials[0].user_attrs['best_epoch']})")
+    assert len(done) == 1 and done[0].endswith(
+        f"valid recall@20 {value:.4f} (best_epoch {study_of(paths).trials[0].user_attrs['best_epoch']})"
+    )
     assert any(line.startswith("tune lightgcn trial 1 (tune-lightgcn-t001): pruned (epoch 0:") for line in lines)
 
 
@@ -173,8 +178,14 @@ tune_mod.tune(dataset_paths("tiny", sys.argv[1]), test_tune.BASE, 3, space=test_
 def test_study_killed_mid_trial_resumes_and_reaches_the_total(tmp_path):
     paths = tiny_paths(tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLER), str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(KILLER), str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     before = study_of(paths).get_trials()
     assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING]
@@ -191,7 +202,9 @@ def test_study_killed_mid_trial_resumes_and_reaches_the_total(tmp_path):
     metrics = json.loads(paths.metrics("tune-lightgcn-t001").read_text())
     assert metrics["resumed_from_epoch"] == 2 and revived[0].value == metrics["valid"]["recall@20"]  # … and continued
     assert out["done"] == 3 and out["complete"] == 3 and out["failed"] == 0 and out["rerun_after_crash"] == 1
-    assert out["revived"] == [1] and len(after) == 4 + out["duplicates"]  # repeats proposed after the restart cost no trial
+    assert (
+        out["revived"] == [1] and len(after) == 4 + out["duplicates"]
+    )  # repeats proposed after the restart cost no trial
 
 
 def test_interrupted_trial_is_continued_too(tmp_path, monkeypatch):
@@ -229,8 +242,9 @@ def with_other_test_items(data, seed: int = 1):
         free = np.setdiff1d(np.arange(data.n_items), seen.rows[u])
         new.append((u, rng.choice(free)))
     valid = data.valid_csr.tocoo()
-    return interactions_from_arrays(data.n_users, data.n_items, data.train, np.stack([valid.row, valid.col], 1),
-                                    np.array(new, dtype=np.int64))
+    return interactions_from_arrays(
+        data.n_users, data.n_items, data.train, np.stack([valid.row, valid.col], 1), np.array(new, dtype=np.int64)
+    )
 
 
 def test_changing_test_labels_cannot_change_the_choice(tmp_path):
@@ -326,8 +340,9 @@ def test_a_repeated_setting_is_not_trained_again_nor_counted(tmp_path):
     own = [t for t in trials if "duplicate_of" not in t.user_attrs]
     assert len(own) == 2 and {t.params["lr"] for t in own} == {1e-2, 5e-3}  # both settings trained
     assert out["done"] == 2 and out["complete"] == 2 and out["duplicates"] == len(trials) - 2 >= 1
-    assert out["epochs_trained"] == sum(json.loads(paths.metrics(t.user_attrs["run_id"]).read_text())["epochs_run"]
-                                        for t in own)
+    assert out["epochs_trained"] == sum(
+        json.loads(paths.metrics(t.user_attrs["run_id"]).read_text())["epochs_run"] for t in own
+    )
     assert "2 of 2 distinct settings" in out["line"]
 
 

@@ -1,4 +1,5 @@
 """VBPR: parity with MMRec's class on a tiny fixed input, content handling, and learning."""
+
 from __future__ import annotations
 
 import sys

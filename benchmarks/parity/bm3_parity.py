@@ -14,6 +14,7 @@ drop" — ours — agree). BM3 samples no negatives: the batch's third row is ig
     MMREC_SRC=/path/to/MMRec/src .venv/bin/python benchmarks/parity/bm3_parity.py
     .venv/bin/python benchmarks/parity/bm3_parity.py --mmrec /path/to/MMRec/src
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -76,7 +77,9 @@ def fixed_dropout() -> Iterator[None]:
         torch.nn.functional.dropout = real
 
 
-def run_bm3(bm3_cls: type, root: Path, name: str, modalities: tuple[str, ...], same: bool, n_layers: int, reg_weight: float) -> dict[str, Any]:
+def run_bm3(
+    bm3_cls: type, root: Path, name: str, modalities: tuple[str, ...], same: bool, n_layers: int, reg_weight: float
+) -> dict[str, Any]:
     from mmrec_parity import TinyDataset, base_config, load_weights, record  # noqa: E402
 
     data_dir = root / f"bm3-{name}"
@@ -85,7 +88,14 @@ def run_bm3(bm3_cls: type, root: Path, name: str, modalities: tuple[str, ...], s
     np.save(data_dir / "text_feat.npy", f["t"])
     if "v" in modalities:
         np.save(data_dir / "image_feat.npy", f["t"] if same else f["v"])
-    cfg = base_config(data_dir, feat_embed_dim=tiny.DIM, n_layers=n_layers, reg_weight=reg_weight, cl_weight=CL_WEIGHT, dropout=DROPOUT)
+    cfg = base_config(
+        data_dir,
+        feat_embed_dim=tiny.DIM,
+        n_layers=n_layers,
+        reg_weight=reg_weight,
+        cl_weight=CL_WEIGHT,
+        dropout=DROPOUT,
+    )
     model = bm3_cls(cfg, TinyDataset())
     weights = bm3_weights(modalities, same)
     load_weights(model, weights, BM3_NAMES)

@@ -22,6 +22,7 @@ python-dateutil pytz tzdata six`). Its PageRank line (alpha 1, unused by the gra
     MMREC_SRC=/path/to/MMRec/src DAMRS_SRC=/path/to/DA-MRS DAMRS_PYTHONPATH=/tmp/x \
         .venv/bin/python benchmarks/parity/damrs_parity.py
 """
+
 from __future__ import annotations
 
 import json
@@ -103,13 +104,20 @@ def authors_behaviour_dict(damrs_src: Path, work: Path) -> dict[int, list[list]]
     data = work / "data" / "tiny"
     data.mkdir(parents=True)
     (conf / "overall.yaml").write_text(f"data_path: '{work / 'data'}/'\n")
-    (conf / "dataset" / "tiny.yaml").write_text("USER_ID_FIELD: userID\nITEM_ID_FIELD: itemID\ninter_file_name: tiny.inter\n")
+    (conf / "dataset" / "tiny.yaml").write_text(
+        "USER_ID_FIELD: userID\nITEM_ID_FIELD: itemID\ninter_file_name: tiny.inter\n"
+    )
     rows = [f"{u}\t{i}\t0" for u, i in train.tolist()]
     rows += [f"0\t{i}\t2" for i in sorted(set(range(N_ITEMS)) - set(train[:, 1].tolist()))]
     (data / "tiny.inter").write_text("userID\titemID\tx_label\n" + "\n".join(rows) + "\n")
     env = {**os.environ, "PYTHONPATH": os.environ.get("DAMRS_PYTHONPATH", "")}
-    subprocess.run([sys.executable, str(damrs_src / "build_iib_graph.py"), "-d", "tiny", "--topk", str(BEHAVIOUR_K)],
-                   cwd=work, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(damrs_src / "build_iib_graph.py"), "-d", "tiny", "--topk", str(BEHAVIOUR_K)],
+        cwd=work,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return np.load(data / f"item_graph_dict_{BEHAVIOUR_K}.npy", allow_pickle=True).item()
 
 
@@ -140,8 +148,15 @@ def run_case(damrs_cls: type, root: Path, name: str, case: dict[str, Any], behav
     np.save(data_dir / "image_feat.npy", f["v"])
     np.save(data_dir / "item_graph_dict.npy", behaviour, allow_pickle=True)
     args = {k: v for k, v in case.items() if k != "same"}
-    cfg = base_config(data_dir, knn_k=KNN_K, lambda_coeff=0.9, cf_model="lightgcn", reg_weight=0.0,
-                      item_graph_dict_file="item_graph_dict.npy", **args)
+    cfg = base_config(
+        data_dir,
+        knn_k=KNN_K,
+        lambda_coeff=0.9,
+        cf_model="lightgcn",
+        reg_weight=0.0,
+        item_graph_dict_file="item_graph_dict.npy",
+        **args,
+    )
     cfg["embedding_size"], cfg["train_batch_size"] = DIM, len(batch_arrays()[0])
     model = damrs_cls(cfg, Dataset())  # on the CPU: use_mmrec_checkout made .cuda() the identity
     load_weights(model, weights(), NAMES)
@@ -162,7 +177,9 @@ def main() -> None:
 
     damrs_src = os.environ.get("DAMRS_SRC")
     if not damrs_src or not (Path(damrs_src) / "build_iib_graph.py").is_file():
-        sys.exit("give the DA-MRS checkout (github.com/XMUDM/DA-MRS) with build_iib_graph.py: DAMRS_SRC=/path/to/DA-MRS")
+        sys.exit(
+            "give the DA-MRS checkout (github.com/XMUDM/DA-MRS) with build_iib_graph.py: DAMRS_SRC=/path/to/DA-MRS"
+        )
     torch.set_default_dtype(torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
         behaviour = authors_behaviour_dict(Path(damrs_src), Path(tmp) / "authors")

@@ -5,6 +5,7 @@ backward, fused Adam, then `on_epoch_end`), at each model's defaults, timed wall
 
     .venv/bin/python benchmarks/parity/epoch_speed.py --threads 1 --models lightgcn vbpr freedom
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data, graph = sports_graph(device=args.device)
-    print(f"Sports: {data.n_users} users, {data.n_items} items, {len(data.train)} training pairs; "
-          f"{args.threads} thread(s), {args.device}")
+    print(
+        f"Sports: {data.n_users} users, {data.n_items} items, {len(data.train)} training pairs; "
+        f"{args.threads} thread(s), {args.device}"
+    )
     print("| model | s/epoch (wall) | s/epoch (CPU) | mean loss |\n| --- | --- | --- | --- |")
     for name in args.models:
         wall, cpu, loss = one_epoch(name, data, graph, args.batch_size)

@@ -16,6 +16,7 @@ that call to the identity.
 
     MMREC_SRC=/path/to/MMRec/src .venv/bin/python benchmarks/parity/lattice_parity.py
 """
+
 from __future__ import annotations
 
 import json

@@ -15,6 +15,7 @@ Scores are taken in eval mode, as MMRec's trainer evaluates (its dropout off, it
 
     MMREC_SRC=/path/to/MMRec/src .venv/bin/python benchmarks/parity/lgmrec_parity.py
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,9 +55,23 @@ LGMREC_NAMES = {
 CASES: dict[str, dict[str, Any]] = {
     "lgmrec": {"same": False, "n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 3, "alpha": 0.3},
     "lgmrec_same": {"same": True, "n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 3, "alpha": 0.3},
-    "lgmrec_deep": {"same": False, "n_ui_layers": 1, "n_mm_layers": 1, "n_hyper_layer": 2, "hyper_num": 5, "alpha": 0.6},
-    "lgmrec_dropout": {"same": False, "n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 3, "alpha": 0.3,
-                       "keep_rate": 0.5},
+    "lgmrec_deep": {
+        "same": False,
+        "n_ui_layers": 1,
+        "n_mm_layers": 1,
+        "n_hyper_layer": 2,
+        "hyper_num": 5,
+        "alpha": 0.6,
+    },
+    "lgmrec_dropout": {
+        "same": False,
+        "n_ui_layers": 2,
+        "n_mm_layers": 2,
+        "n_hyper_layer": 1,
+        "hyper_num": 3,
+        "alpha": 0.3,
+        "keep_rate": 0.5,
+    },
 }
 CL_WEIGHT, REG_WEIGHT = 0.05, 0.1  # BPR, contrastive and norm terms of similar size
 
@@ -82,8 +97,9 @@ class FixedGumbel:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, logits: torch.Tensor, tau: float = 1.0, hard: bool = False, eps: float = 1e-10,
-                 dim: int = -1) -> torch.Tensor:
+    def __call__(
+        self, logits: torch.Tensor, tau: float = 1.0, hard: bool = False, eps: float = 1e-10, dim: int = -1
+    ) -> torch.Tensor:
         assert not hard, "LGMRec draws soft assignments"
         noise = -np.log(np.random.default_rng(61 + self.calls % 4).exponential(size=tuple(logits.shape)))
         self.calls += 1
@@ -128,8 +144,9 @@ def run_lgmrec(lgmrec_cls: type, root: Path, name: str, case: dict[str, Any]) ->
     data_dir = root / name
     write_features(data_dir, case["same"])
     args = {"keep_rate": 1.0, **{k: v for k, v in case.items() if k != "same"}}
-    cfg = base_config(data_dir, feat_embed_dim=tiny.DIM, cf_model="lightgcn",
-                      cl_weight=CL_WEIGHT, reg_weight=REG_WEIGHT, **args)
+    cfg = base_config(
+        data_dir, feat_embed_dim=tiny.DIM, cf_model="lightgcn", cl_weight=CL_WEIGHT, reg_weight=REG_WEIGHT, **args
+    )
     model = lgmrec_cls(cfg, TinyDataset())
     load_weights(model, lgmrec_weights(case["same"], case["hyper_num"]), LGMREC_NAMES)
     with fixed_gumbel(), fixed_dropout():

@@ -16,6 +16,7 @@ stream and the same edge probabilities, must keep the same ones.
     MMREC_SRC=/path/to/MMRec/src .venv/bin/python benchmarks/parity/mmrec_parity.py
     .venv/bin/python benchmarks/parity/mmrec_parity.py --mmrec /path/to/MMRec/src
 """
+
 from __future__ import annotations
 
 import argparse
@@ -127,7 +128,9 @@ def freedom_config(data_dir: Path, dropout: float, image_weight: float) -> dict[
     )
 
 
-def run_freedom(freedom_cls: type, root: Path, name: str, same: bool, dropout: float, image_weight: float) -> dict[str, Any]:
+def run_freedom(
+    freedom_cls: type, root: Path, name: str, same: bool, dropout: float, image_weight: float
+) -> dict[str, Any]:
     data_dir = root / f"freedom-{name}"
     write_features(data_dir, same)
     model = freedom_cls(freedom_config(data_dir, dropout, image_weight), TinyDataset())

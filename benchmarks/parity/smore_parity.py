@@ -22,6 +22,7 @@ sum by `Tensor.index_add`.
 
     MMREC_SRC=/path/to/MMRec/src .venv/bin/python benchmarks/parity/smore_parity.py
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -105,7 +106,9 @@ def scatter_shim() -> None:
     except ImportError:
         mod = types.ModuleType("torch_scatter")
 
-        def scatter_add(src: torch.Tensor, index: torch.Tensor, dim: int = 0, dim_size: int | None = None) -> torch.Tensor:
+        def scatter_add(
+            src: torch.Tensor, index: torch.Tensor, dim: int = 0, dim_size: int | None = None
+        ) -> torch.Tensor:
             assert dim == 0
             return src.new_zeros(dim_size).index_add(0, index, src)
 
@@ -141,8 +144,17 @@ class RowMasks:
         return x * self.mask(k)[ids + (tiny.N_USERS if items else 0)]
 
 
-def run_smore(smore_cls: type, root: Path, name: str, same: bool, n_ui_layers: int, n_layers: int,
-              reg_weight: float, dropout: float, row_masks: bool = False) -> dict[str, Any]:
+def run_smore(
+    smore_cls: type,
+    root: Path,
+    name: str,
+    same: bool,
+    n_ui_layers: int,
+    n_layers: int,
+    reg_weight: float,
+    dropout: float,
+    row_masks: bool = False,
+) -> dict[str, Any]:
     from bm3_parity import fixed_dropout  # noqa: E402
     from mmrec_parity import (  # noqa: E402
         TinyDataset,
@@ -156,8 +168,15 @@ def run_smore(smore_cls: type, root: Path, name: str, same: bool, n_ui_layers: i
     data_dir = root / f"smore-{name}"
     write_features(data_dir, same)
     cfg = base_config(
-        data_dir, embedding_size=DIM, cl_loss=CL_WEIGHT, n_ui_layers=n_ui_layers, n_layers=n_layers,
-        reg_weight=reg_weight, image_knn_k=tiny.KNN_K, text_knn_k=tiny.KNN_K, dropout_rate=dropout,
+        data_dir,
+        embedding_size=DIM,
+        cl_loss=CL_WEIGHT,
+        n_ui_layers=n_ui_layers,
+        n_layers=n_layers,
+        reg_weight=reg_weight,
+        image_knn_k=tiny.KNN_K,
+        text_knn_k=tiny.KNN_K,
+        dropout_rate=dropout,
     )
     model = smore_cls(cfg, TinyDataset())
     load_weights(model, smore_weights(same), SMORE_NAMES)

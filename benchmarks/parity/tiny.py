@@ -4,6 +4,7 @@ Everything is drawn from fixed NumPy seeds (no torch RNG), so the script that ru
 classes and the tests that run ours build bit-identical inputs and initial weights without
 either importing the other's code.
 """
+
 from __future__ import annotations
 
 import numpy as np

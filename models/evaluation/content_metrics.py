@@ -7,6 +7,7 @@ encoder is caught in minutes, not after a full training run.
 - `content_topn`: rank items for a user by their summed cosine similarity to the user's training
   items (user = Σ normalized item vectors), then the project's full-ranking metrics.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -38,7 +39,10 @@ def _expected_recall(sim: torch.Tensor, ks: Sequence[int]) -> dict[int, torch.Te
 
 @torch.no_grad()
 def cross_modal_retrieval(
-    img_emb: np.ndarray | torch.Tensor, txt_emb: np.ndarray | torch.Tensor, ks: Sequence[int] = (1, 10), block: int = 4096
+    img_emb: np.ndarray | torch.Tensor,
+    txt_emb: np.ndarray | torch.Tensor,
+    ks: Sequence[int] = (1, 10),
+    block: int = 4096,
 ) -> dict[str, float]:
     """Image→text and text→image Recall@k where row i of both is the same item (cosine similarity).
 

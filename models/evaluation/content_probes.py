@@ -15,6 +15,7 @@ Colour names in a catalogue are free text ('Heather Grey', 'Navy Blue', 'Multi-c
 - one base colour among its words → that colour; two or more ('Black/White') → 'multi';
 - none ('As shown', 'Picture color') → None: unknown, left out of the probe.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,30 +31,116 @@ _BASES: dict[str, tuple[str, ...]] = {
     "black": ("black", "blk", "noir", "jet", "onyx", "ebony", "blacks"),
     "white": ("white", "wht", "ivory", "cream", "offwhite", "blanc", "snow", "pearl", "whites"),
     "grey": ("grey", "gray", "charcoal", "ash", "slate", "graphite", "silvergrey", "gris", "heathergrey", "greys"),
-    "blue": ("blue", "navy", "royal", "royalblue", "skyblue", "ultramarine", "cobalt", "indigo", "denim", "chambray", "sapphire", "sky", "azure",
-             "midnight", "blues", "bleu", "periwinkle", "cornflower", "navyblue"),
+    "blue": (
+        "blue",
+        "navy",
+        "royal",
+        "royalblue",
+        "skyblue",
+        "ultramarine",
+        "cobalt",
+        "indigo",
+        "denim",
+        "chambray",
+        "sapphire",
+        "sky",
+        "azure",
+        "midnight",
+        "blues",
+        "bleu",
+        "periwinkle",
+        "cornflower",
+        "navyblue",
+    ),
     "teal": ("teal", "turquoise", "aqua", "jade", "cyan"),
-    "red": ("red", "burgundy", "wine", "maroon", "cherry", "crimson", "scarlet", "rouge", "ruby", "poppy", "brick",
-            "oxblood", "reds"),
+    "red": (
+        "red",
+        "burgundy",
+        "wine",
+        "maroon",
+        "cherry",
+        "crimson",
+        "scarlet",
+        "rouge",
+        "ruby",
+        "poppy",
+        "brick",
+        "oxblood",
+        "reds",
+    ),
     "pink": ("pink", "rose", "blush", "fuchsia", "fuschia", "magenta", "berry", "raspberry", "salmon", "pinks"),
     "purple": ("purple", "violet", "lavender", "plum", "lilac", "mauve", "orchid", "grape", "eggplant", "amethyst"),
-    "green": ("green", "olive", "mint", "lime", "army", "sage", "emerald", "kelly", "forest", "khakigreen", "hunter",
-              "greens"),
+    "green": (
+        "green",
+        "olive",
+        "mint",
+        "lime",
+        "army",
+        "sage",
+        "emerald",
+        "kelly",
+        "forest",
+        "khakigreen",
+        "hunter",
+        "greens",
+    ),
     "yellow": ("yellow", "mustard", "lemon", "canary"),
     "orange": ("orange", "coral", "peach", "rust", "tangerine", "apricot", "melon"),
-    "beige": ("beige", "khaki", "tan", "nude", "sand", "taupe", "oatmeal", "camel", "natural", "stone", "champagne",
-              "ecru", "linen"),
+    "beige": (
+        "beige",
+        "khaki",
+        "tan",
+        "nude",
+        "sand",
+        "taupe",
+        "oatmeal",
+        "camel",
+        "natural",
+        "stone",
+        "champagne",
+        "ecru",
+        "linen",
+    ),
     "brown": ("brown", "chocolate", "coffee", "mocha", "espresso", "cognac", "bronze", "chestnut"),
     "gold": ("gold", "golden"),
     "silver": ("silver", "metallic"),
 }
 COLOUR_WORDS: dict[str, str] = {w: base for base, words in _BASES.items() for w in words}
-MULTI_WORDS = frozenset({
-    "multi", "multicolor", "multicolour", "multicolored", "multicoloured", "multicolors", "multicolours", "rainbow",
-    "print", "printed", "stripe", "striped", "stripes", "floral", "plaid", "leopard", "paisley", "camo", "camouflage",
-    "tie", "dye", "combo", "assorted", "mixed", "patterned", "check", "checked", "polka", "tiedye", "colorful",
-    "colourful",
-})
+MULTI_WORDS = frozenset(
+    {
+        "multi",
+        "multicolor",
+        "multicolour",
+        "multicolored",
+        "multicoloured",
+        "multicolors",
+        "multicolours",
+        "rainbow",
+        "print",
+        "printed",
+        "stripe",
+        "striped",
+        "stripes",
+        "floral",
+        "plaid",
+        "leopard",
+        "paisley",
+        "camo",
+        "camouflage",
+        "tie",
+        "dye",
+        "combo",
+        "assorted",
+        "mixed",
+        "patterned",
+        "check",
+        "checked",
+        "polka",
+        "tiedye",
+        "colorful",
+        "colourful",
+    }
+)
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -161,13 +248,24 @@ def majority_accuracy(y_train: Sequence[str | None], y_test: Sequence[str | None
 def retrieval(image: np.ndarray, text: np.ndarray) -> dict[str, float]:
     """Held-out image→text / text→image Recall@1 and @10 and their means (rows = the same items)."""
     r = cross_modal_retrieval(image, text, ks=(1, 10))
-    keys = ("mean_recall@1", "mean_recall@10", "i2t_recall@1", "t2i_recall@1", "i2t_recall@10", "t2i_recall@10",
-            "chance@1", "chance@10")
+    keys = (
+        "mean_recall@1",
+        "mean_recall@10",
+        "i2t_recall@1",
+        "t2i_recall@1",
+        "i2t_recall@10",
+        "t2i_recall@10",
+        "chance@1",
+        "chance@10",
+    )
     return {k: float(r[k]) for k in keys}
 
 
 def ridge_map(
-    src_train: np.ndarray, tgt_train: np.ndarray, src_test: np.ndarray, seed: int = 0,
+    src_train: np.ndarray,
+    tgt_train: np.ndarray,
+    src_test: np.ndarray,
+    seed: int = 0,
     alphas: Sequence[float] = (1.0, 10.0, 100.0, 1000.0),
 ) -> np.ndarray:
     """Raw image vectors mapped into the raw text space by ridge regression fitted on training items.
@@ -189,8 +287,12 @@ def ridge_map(
         rng = np.random.default_rng([seed, 13])
         val = np.zeros(len(src_train), dtype=bool)
         val[rng.choice(len(src_train), len(src_train) // 5, replace=False)] = True
-        scores = [retrieval(fit(a, src_train[~val], tgt_train[~val]).predict(src_train[val]), tgt_train[val])
-                  ["mean_recall@10"] for a in alphas]
+        scores = [
+            retrieval(fit(a, src_train[~val], tgt_train[~val]).predict(src_train[val]), tgt_train[val])[
+                "mean_recall@10"
+            ]
+            for a in alphas
+        ]
         best = alphas[int(np.argmax(scores))]
     return fit(best, src_train, tgt_train).predict(np.asarray(src_test, np.float64)).astype(np.float32)
 

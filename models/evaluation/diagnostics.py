@@ -24,6 +24,7 @@ where an item sits, i.e. its direction. Pass metric="ip" to get the score's view
 Nothing here builds an n × n matrix: neighbours are found block by block (one matrix product
 and a top-k per block, on the GPU when there is one).
 """
+
 from __future__ import annotations
 
 import contextlib

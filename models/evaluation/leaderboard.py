@@ -14,6 +14,7 @@ own seed (the chosen trial would otherwise enter its own confirmation bit for bi
 binds silently: a chosen value on the edge of its grid and a rerun whose best epoch is within
 patience of the epoch cap are flagged in the table.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from models.evaluation.metrics import paired_over_seeds
 from models.evaluation.long_tail import BUCKETS
+from models.evaluation.metrics import paired_over_seeds
 from models.evaluation.report import compare_runs
 from models.evaluation.run_summary import default_features, keep_run_summary
 from models.registry import MODELS
@@ -81,18 +82,24 @@ def run_leaderboard(
     leaderboard's own."""
     models = list(models) if models else tuned_models(paths)
     if not models:
-        raise ValueError(f"no tuned model on {paths.name!r}: run `anchorrec tune --dataset {paths.name} --model M` first")
+        raise ValueError(
+            f"no tuned model on {paths.name!r}: run `anchorrec tune --dataset {paths.name} --model M` first"
+        )
     if not seeds:
         raise ValueError("seeds must not be empty: e.g. --seeds 5")
     chosen = {m: best_config(paths, m) for m in models}  # every study checked before any training
     for m, (cfg, best) in chosen.items():
         tuned_on = (best.get("budget") or {}).get("seed", cfg.seed)
         if tuned_on in seeds:
-            raise ValueError(f"seed {tuned_on} is the seed {m}'s study tuned on: its rerun would be the chosen trial "
-                             f"itself; rerun on seeds that exclude it (the default: {', '.join(map(str, DEFAULT_SEEDS))})")
+            raise ValueError(
+                f"seed {tuned_on} is the seed {m}'s study tuned on: its rerun would be the chosen trial "
+                f"itself; rerun on seeds that exclude it (the default: {', '.join(map(str, DEFAULT_SEEDS))})"
+            )
     configs = {m: seed_configs(cfg, f"lb-{m}", seeds) for m, (cfg, _) in chosen.items()}
-    log(f"leaderboard: {', '.join(models)} on {len(seeds)} seed(s) each with the study's configuration"
-        + (f", {jobs} runs at once" if jobs > 1 else ""))
+    log(
+        f"leaderboard: {', '.join(models)} on {len(seeds)} seed(s) each with the study's configuration"
+        + (f", {jobs} runs at once" if jobs > 1 else "")
+    )
     flat = [c for cs in configs.values() for c in cs]  # one pool for all models: no core idles at a model's last seed
     results = {c.run_id: m for c in flat if (m := kept_metrics(paths, c)) is not None}
     if results:
@@ -111,13 +118,30 @@ def run_leaderboard(
     out = Path(out) if out is not None else paths.root / "reports" / "leaderboard" / "leaderboard.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     run_ids = [rid for s in reruns.values() for rid in s["runs"]]
-    report_path = compare_runs(paths, run_ids, baseline=baseline, out=out.parent / "report.md", features=features,
-                               title=f"Runs behind the leaderboard on {paths.name}", **report_args)
+    report_path = compare_runs(
+        paths,
+        run_ids,
+        baseline=baseline,
+        out=out.parent / "report.md",
+        features=features,
+        title=f"Runs behind the leaderboard on {paths.name}",
+        **report_args,
+    )
     report = json.loads((out.parent / "report.json").read_text())
     verdict = verdict_lines(rows, report, baseline)
     out.write_text("\n".join(render(paths, rows, verdict, baseline, seeds, report_path.name, jobs)) + "\n")
-    write_json({"dataset": paths.name, "seeds": list(seeds), "jobs": jobs, "baseline": baseline, "models": rows,
-                "verdict": verdict, "report": report_path.name}, out.with_suffix(".json"))
+    write_json(
+        {
+            "dataset": paths.name,
+            "seeds": list(seeds),
+            "jobs": jobs,
+            "baseline": baseline,
+            "models": rows,
+            "verdict": verdict,
+            "report": report_path.name,
+        },
+        out.with_suffix(".json"),
+    )
     return out
 
 
@@ -131,8 +155,10 @@ def kept_metrics(paths: DatasetPaths, cfg: TrainConfig) -> dict[str, Any] | None
     stored = read_json(run_dir / "config.json")
     changed = [k for k in config_changes(stored, cfg.to_json()) if k not in ("n_users", "n_items")]
     if changed:
-        raise ValueError(f"{run_dir}: a kept run of another configuration (fields {changed}); the study's choice "
-                         "changed since it ran: delete the run directory to train it again")
+        raise ValueError(
+            f"{run_dir}: a kept run of another configuration (fields {changed}); the study's choice "
+            "changed since it ran: delete the run directory to train it again"
+        )
     return read_json(paths.metrics(cfg.run_id))
 
 
@@ -150,13 +176,22 @@ def leaderboard_rows(chosen: dict[str, tuple[TrainConfig, dict]], reruns: dict[s
         rows[model] = {
             "params": best["best_params"],
             "valid_recall@20": s["valid_mean"]["recall@20"],
-            "test_mean": s["test_mean"], "test_std": s["test_std"],
+            "test_mean": s["test_mean"],
+            "test_std": s["test_std"],
             "best_epochs": s["best_epochs"],
             "epochs_to_best": float(np.mean(s["best_epochs"])),
-            "tuning": {"trials": best["trials"], "complete": best.get("complete"), "pruned": best.get("pruned"),
-                       "distinct": best.get("done"), "duplicates": best.get("duplicates"),
-                       "epochs_trained": best.get("epochs_trained"), "grid_size": best.get("grid_size"),
-                       "wall_s": best.get("wall_s_total"), "epochs": cfg.epochs, "patience": cfg.patience},
+            "tuning": {
+                "trials": best["trials"],
+                "complete": best.get("complete"),
+                "pruned": best.get("pruned"),
+                "distinct": best.get("done"),
+                "duplicates": best.get("duplicates"),
+                "epochs_trained": best.get("epochs_trained"),
+                "grid_size": best.get("grid_size"),
+                "wall_s": best.get("wall_s_total"),
+                "epochs": cfg.epochs,
+                "patience": cfg.patience,
+            },
             "on_grid_edge": grid_edges(best["best_params"], best.get("space") or search_space(model)),
             "near_cap": near_cap(s["best_epochs"], s["runs"], cfg.epochs, cfg.patience),
         }
@@ -200,29 +235,39 @@ def verdict_lines(rows: dict[str, dict], report: dict[str, Any], baseline: str) 
     r20 = {m: rows[m]["test_mean"]["recall@20"] for m in ranked}
     if len(ranked) > 1:
         second = ranked[1]
-        lines.append(f"Best on test Recall@20: **{best}** {r20[best]:.4f}, {r20[best] - r20[second]:+.4f} "
-                     f"({(r20[best] / r20[second] - 1) * 100:+.1f}%) over {second} {r20[second]:.4f}.")
+        lines.append(
+            f"Best on test Recall@20: **{best}** {r20[best]:.4f}, {r20[best] - r20[second]:+.4f} "
+            f"({(r20[best] / r20[second] - 1) * 100:+.1f}%) over {second} {r20[second]:.4f}."
+        )
     else:
         lines.append(f"Only {best} was tuned: {r20[best]:.4f} test Recall@20.")
     sig = [s for s in report["significance"] if s["metric"] == "recall@20" and "t_pvalue" in s]
     for s in sig:
-        lines.append(f"{s['model']} vs {baseline} (best baseline by validation): Δ Recall@20 {s['mean_diff']:+.4f}, "
-                     f"paired t p = {s['t_pvalue']:.3g}, better on {s['seeds_better']}/{len(s['seeds'])} seeds.")
+        lines.append(
+            f"{s['model']} vs {baseline} (best baseline by validation): Δ Recall@20 {s['mean_diff']:+.4f}, "
+            f"paired t p = {s['t_pvalue']:.3g}, better on {s['seeds_better']}/{len(s['seeds'])} seeds."
+        )
     if PROPOSED in rows and baseline != PROPOSED:
         lines += _advantages(report, baseline)
         lines += _by_popularity(report, baseline)
     for m, row in rows.items():
         if row.get("near_cap"):
-            lines.append(f"{m}: the {row['tuning']['epochs']}-epoch cap, not early stopping, ended {len(row['near_cap'])} "
-                         f"of {len(row['best_epochs'])} reruns (best epoch within patience of the cap): its figure "
-                         "partly measures convergence speed.")
+            lines.append(
+                f"{m}: the {row['tuning']['epochs']}-epoch cap, not early stopping, ended {len(row['near_cap'])} "
+                f"of {len(row['best_epochs'])} reruns (best epoch within patience of the cap): its figure "
+                "partly measures convergence speed."
+            )
         if row.get("on_grid_edge"):
-            lines.append(f"{m} chose values on the edge of their grid ({'; '.join(row['on_grid_edge'].values())}): "
-                         "the search could not look beyond them.")
+            lines.append(
+                f"{m} chose values on the edge of their grid ({'; '.join(row['on_grid_edge'].values())}): "
+                "the search could not look beyond them."
+            )
         if row.get("diverged"):
             runs = ", ".join(f"{rid} at epoch {ep}" for rid, ep in row["diverged"].items())
-            lines.append(f"{m}: {len(row['diverged'])} of {len(row['best_epochs'])} seeds diverged (loss not finite: {runs}); "
-                         "each is tested at its best validation epoch before that, which its mean ± std includes.")
+            lines.append(
+                f"{m}: {len(row['diverged'])} of {len(row['best_epochs'])} seeds diverged (loss not finite: {runs}); "
+                "each is tested at its best validation epoch before that, which its mean ± std includes."
+            )
     return lines
 
 
@@ -235,8 +280,9 @@ def _per_seed(report: dict[str, Any], model: str, get: Callable[[dict], float | 
     return out
 
 
-def _paired_with_baseline(report: dict[str, Any], baseline: str, get: Callable[[dict], float | None]
-                          ) -> tuple[list[float], list[float], float, float] | None:
+def _paired_with_baseline(
+    report: dict[str, Any], baseline: str, get: Callable[[dict], float | None]
+) -> tuple[list[float], list[float], float, float] | None:
     """AnchorRec's and the baseline's values on their common seeds, the mean difference and the
     paired t over seeds; None when they share no seed."""
     ours, theirs = _per_seed(report, PROPOSED, get), _per_seed(report, baseline, get)
@@ -272,8 +318,10 @@ def _advantages(report: dict[str, Any], baseline: str) -> list[str]:
             word = "keeps its advantage"
         else:
             word = "ahead in the mean, not resolved over seeds"
-        lines.append(f"{PROPOSED} {name} {np.mean(a):.4f} vs {baseline} {np.mean(b):.4f} ({better} is better): {word} "
-                     f"after tuning (better on {wins}/{len(a)} seeds, paired t over seeds p = {p:.3g}).")
+        lines.append(
+            f"{PROPOSED} {name} {np.mean(a):.4f} vs {baseline} {np.mean(b):.4f} ({better} is better): {word} "
+            f"after tuning (better on {wins}/{len(a)} seeds, paired t over seeds p = {p:.3g})."
+        )
     return lines
 
 
@@ -290,47 +338,83 @@ def _by_popularity(report: dict[str, Any], baseline: str) -> list[str]:
             continue
         a, b, diff, p = paired
         wins = sum(x > y for x, y in zip(a, b))
-        parts.append(f"{bucket} {np.mean(a):.4f} vs {np.mean(b):.4f} ({diff:+.4f}, better on {wins}/{len(a)} seeds, p = {p:.3g})")
+        parts.append(
+            f"{bucket} {np.mean(a):.4f} vs {np.mean(b):.4f} ({diff:+.4f}, better on {wins}/{len(a)} seeds, p = {p:.3g})"
+        )
     if not parts:
         return []
-    return [f"{PROPOSED} vs {baseline}, test Recall@20 by item popularity (head / mid / tail: top 20% / next 30% / "
-            f"bottom 50% by training interactions): " + "; ".join(parts) + "."]
+    return [
+        f"{PROPOSED} vs {baseline}, test Recall@20 by item popularity (head / mid / tail: top 20% / next 30% / "
+        f"bottom 50% by training interactions): " + "; ".join(parts) + "."
+    ]
 
 
 def _cell(value: Any) -> str:
     return "–" if value is None else str(value)
 
 
-def render(paths: DatasetPaths, rows: dict[str, dict], verdict: list[str], baseline: str,
-           seeds: Sequence[int], report_name: str, jobs: int = 1) -> list[str]:
-    lines = [f"# Leaderboard on {paths.name}", "",
-             f"Each model's configuration chosen by `anchorrec tune` on validation Recall@20 (equal trial budget, epoch cap "
-             f"and patience), then trained on seeds {', '.join(map(str, seeds))}; test metrics mean ± std over seeds. "
-             f"Significance, collapse diagnostics, long tail and pictures: [{report_name}]({report_name}).", ""]
+def render(
+    paths: DatasetPaths,
+    rows: dict[str, dict],
+    verdict: list[str],
+    baseline: str,
+    seeds: Sequence[int],
+    report_name: str,
+    jobs: int = 1,
+) -> list[str]:
+    lines = [
+        f"# Leaderboard on {paths.name}",
+        "",
+        f"Each model's configuration chosen by `anchorrec tune` on validation Recall@20 (equal trial budget, epoch cap "
+        f"and patience), then trained on seeds {', '.join(map(str, seeds))}; test metrics mean ± std over seeds. "
+        f"Significance, collapse diagnostics, long tail and pictures: [{report_name}]({report_name}).",
+        "",
+    ]
     lines += ["## Verdict", ""] + [f"- {v}" for v in verdict] + [""]
     keys = ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]
-    lines += ["## Accuracy (test)", "", "| model | " + " | ".join(keys) + " | valid R@20 |",
-              "| --- | " + " | ".join("---" for _ in keys) + " | --- |"]
+    lines += [
+        "## Accuracy (test)",
+        "",
+        "| model | " + " | ".join(keys) + " | valid R@20 |",
+        "| --- | " + " | ".join("---" for _ in keys) + " | --- |",
+    ]
     for m, r in rows.items():
         cells = [f"{r['test_mean'][k]:.4f} ± {r['test_std'][k]:.4f}" for k in keys]
-        lines.append(f"| {m}{' (baseline)' if m == baseline else ''} | " + " | ".join(cells) + f" | {r['valid_recall@20']:.4f} |")
-    lines += ["", "## Search and cost", "",
-              "| model | distinct settings tried / budget (grid) | pruned | repeats not retrained | epochs trained in tuning "
-              "| tuning wall s | epochs to best (mean) | epoch cap / patience |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {m}{' (baseline)' if m == baseline else ''} | " + " | ".join(cells) + f" | {r['valid_recall@20']:.4f} |"
+        )
+    lines += [
+        "",
+        "## Search and cost",
+        "",
+        "| model | distinct settings tried / budget (grid) | pruned | repeats not retrained | epochs trained in tuning "
+        "| tuning wall s | epochs to best (mean) | epoch cap / patience |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for m, r in rows.items():
         t = r["tuning"]
-        lines.append(f"| {m} | {_cell(t.get('distinct'))} / {t['trials']} ({_cell(t.get('grid_size'))}) | {_cell(t['pruned'])} | "
-                     f"{_cell(t.get('duplicates'))} | {_cell(t.get('epochs_trained'))} | {_cell(t['wall_s'])} | "
-                     f"{r['epochs_to_best']:.1f} | {t['epochs']} / {t['patience']} |")
+        lines.append(
+            f"| {m} | {_cell(t.get('distinct'))} / {t['trials']} ({_cell(t.get('grid_size'))}) | {_cell(t['pruned'])} | "
+            f"{_cell(t.get('duplicates'))} | {_cell(t.get('epochs_trained'))} | {_cell(t['wall_s'])} | "
+            f"{r['epochs_to_best']:.1f} | {t['epochs']} / {t['patience']} |"
+        )
     lines += ["", "## What binds", ""]
     for m, r in rows.items():
         edges = "; ".join(f"{k} {v}" for k, v in r.get("on_grid_edge", {}).items()) or "none"
         cap = ", ".join(r.get("near_cap", [])) or "none"
-        lines.append(f"- {m}: on a grid edge: {edges}. Best epoch within patience of the cap: "
-                     f"{len(r.get('near_cap', []))} of {len(r['best_epochs'])} reruns ({cap}).")
+        lines.append(
+            f"- {m}: on a grid edge: {edges}. Best epoch within patience of the cap: "
+            f"{len(r.get('near_cap', []))} of {len(r['best_epochs'])} reruns ({cap})."
+        )
     timing = f" (reruns {jobs} at once, one torch thread each)" if jobs > 1 else ""
-    lines += ["", f"s/epoch per run: the report's Runs table{timing}.", "", "## Chosen hyperparameters", "",
-              "| model | parameters |", "| --- | --- |"]
+    lines += [
+        "",
+        f"s/epoch per run: the report's Runs table{timing}.",
+        "",
+        "## Chosen hyperparameters",
+        "",
+        "| model | parameters |",
+        "| --- | --- |",
+    ]
     lines += [f"| {m} | `{json.dumps(r['params'], sort_keys=True)}` |" for m, r in rows.items()]
     return lines

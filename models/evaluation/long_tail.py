@@ -4,6 +4,7 @@ A popularity-driven item space wins the head and loses the tail; AlignRec report
 tail, and the leaderboard places AnchorRec's gap by bucket. Used by the per-run summaries
 (run_summary) and the comparison report.
 """
+
 from __future__ import annotations
 
 from typing import Sequence

@@ -9,6 +9,7 @@ definitions, averaged over users with at least one held-out item:
 - ndcg@k      = DCG@k / IDCG@k, IDCG over min(|held-out|, k) ideal positions
 - map@k       = sum over hit positions i ≤ k of precision@i, / min(|held-out|, k)
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -77,7 +78,9 @@ class RankingEvaluator:
         self._ranks = pos
 
     @torch.no_grad()
-    def per_user(self, user_emb: torch.Tensor | np.ndarray, item_emb: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+    def per_user(
+        self, user_emb: torch.Tensor | np.ndarray, item_emb: torch.Tensor | np.ndarray
+    ) -> dict[str, np.ndarray]:
         """Per-user metric arrays (aligned with `self.users`), for paired tests and buckets."""
         u_all = torch.as_tensor(user_emb, device=self.device, dtype=torch.float32)
         i_all = torch.as_tensor(item_emb, device=self.device, dtype=torch.float32)

@@ -8,6 +8,7 @@
   seeds;
 - long-tail bars: Recall@K per popularity bucket per model.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -68,7 +69,9 @@ def training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], out: P
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
     # one entry per model (its seeds share the colour; line styles tell them apart), outside the axes
-    handles = [plt.Line2D([], [], color=colours[g], label=f"{g} ({seen[g]} run{'s' if seen[g] > 1 else ''})") for g in groups]
+    handles = [
+        plt.Line2D([], [], color=colours[g], label=f"{g} ({seen[g]} run{'s' if seen[g] > 1 else ''})") for g in groups
+    ]
     fig.legend(handles=handles, loc="outside right upper", fontsize=8)
     return _save(fig, out)
 
@@ -109,7 +112,9 @@ def tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
     perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
     method = "exact" if len(x) <= 300 else "barnes_hut"  # exact is faster (and exact) for tiny sets
     with few_threads():
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", method=method, random_state=seed).fit_transform(x)
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", method=method, random_state=seed).fit_transform(
+            x
+        )
 
 
 def projection(
@@ -143,10 +148,16 @@ def projection(
     colours = np.array([colour_of[c] for c in labels[rows]])
 
     panels: list[tuple[str, np.ndarray]] = []
-    same = id_emb is not None and np.asarray(id_emb).shape == np.asarray(final_emb).shape and np.array_equal(id_emb, final_emb)
+    same = (
+        id_emb is not None
+        and np.asarray(id_emb).shape == np.asarray(final_emb).shape
+        and np.array_equal(id_emb, final_emb)
+    )
     if id_emb is not None and not same:
         panels.append(("ID item embeddings", tsne_2d(np.asarray(id_emb)[rows], seed)))
-    panels.append(("ID = final item embeddings" if same else "final item embeddings", tsne_2d(np.asarray(final_emb)[rows], seed)))
+    panels.append(
+        ("ID = final item embeddings" if same else "final item embeddings", tsne_2d(np.asarray(final_emb)[rows], seed))
+    )
     joint = id_emb is not None and not same and np.asarray(id_emb).shape[1] == np.asarray(final_emb).shape[1]
     fig, axes = plt.subplots(1, len(panels) + int(joint), figsize=(5 * (len(panels) + int(joint)), 4.8))
     axes = np.atleast_1d(axes)
@@ -174,11 +185,21 @@ def projection(
 # ------------------------------------------------------------------------------ bars
 
 
-def _grouped_bars(ax: "plt.Axes", groups: Sequence[str], series: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> None:
+def _grouped_bars(
+    ax: "plt.Axes", groups: Sequence[str], series: Mapping[str, tuple[Sequence[float], Sequence[float]]]
+) -> None:
     width = 0.8 / max(len(series), 1)
     x = np.arange(len(groups))
     for i, (name, (means, stds)) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=name, color=plt.cm.tab10(i % 10))
+        ax.bar(
+            x + (i - (len(series) - 1) / 2) * width,
+            means,
+            width,
+            yerr=stds,
+            capsize=3,
+            label=name,
+            color=plt.cm.tab10(i % 10),
+        )
     ax.set_xticks(x, groups)
     ax.grid(axis="y", alpha=0.3)
 
@@ -207,7 +228,9 @@ def coherence_bars(per_model: Mapping[str, Mapping[str, tuple[float, float]]], o
     return _save(fig, out)
 
 
-def bucket_bars(per_model: Mapping[str, Mapping[str, tuple[float, float]]], buckets: Sequence[str], out: Path, metric: str) -> Path:
+def bucket_bars(
+    per_model: Mapping[str, Mapping[str, tuple[float, float]]], buckets: Sequence[str], out: Path, metric: str
+) -> Path:
     """Bars of `metric` per popularity bucket per model (± std over seeds)."""
     fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
     series = {m: ([v[b][0] for b in buckets], [v[b][1] for b in buckets]) for m, v in per_model.items()}

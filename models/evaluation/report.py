@@ -16,6 +16,7 @@ per_user.npz; the report reuses them while the run's vectors and the settings ar
 kept as its summary only (those files, config.json and metrics.json, without vectors: what a
 leaderboard snapshot carries to a machine that lost its disk) is reported from them.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -42,7 +43,6 @@ from models.evaluation.run_summary import (
 from models.training.data import InteractionData, load_interactions, load_modalities
 from store.layout import DatasetPaths
 from store.tables import write_json
-
 
 # ------------------------------------------------------------------------------ report
 
@@ -78,7 +78,9 @@ def _group(runs: Sequence[RunInfo]) -> dict[str, list[RunInfo]]:
     for model, rs in groups.items():
         seeds = [r.seed for r in rs]
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"model {model!r} has two runs with the same seed ({sorted(seeds)}): pass one run per seed")
+            raise ValueError(
+                f"model {model!r} has two runs with the same seed ({sorted(seeds)}): pass one run per seed"
+            )
         rs.sort(key=lambda r: r.seed)
     return dict(sorted(groups.items()))
 
@@ -102,7 +104,12 @@ def significance(
             continue
         pairs = [(r, base[r.seed]) for r in runs if r.seed in base]
         for metric in metrics:
-            row: dict[str, Any] = {"model": model, "baseline": baseline, "metric": metric, "seeds": [r.seed for r, _ in pairs]}
+            row: dict[str, Any] = {
+                "model": model,
+                "baseline": baseline,
+                "metric": metric,
+                "seeds": [r.seed for r, _ in pairs],
+            }
             if not pairs:
                 row["note"] = "no seed in common with the baseline"
                 rows.append(row)
@@ -115,7 +122,9 @@ def significance(
             a = np.mean([per_user[r.run_id][metric] for r, _ in pairs], axis=0)
             bb = np.mean([per_user[b.run_id][metric] for _, b in pairs], axis=0)
             row.update(paired_test(a, bb))
-            row["seeds_better"] = int(sum(per_user[r.run_id][metric].mean() > per_user[b.run_id][metric].mean() for r, b in pairs))
+            row["seeds_better"] = int(
+                sum(per_user[r.run_id][metric].mean() > per_user[b.run_id][metric].mean() for r, b in pairs)
+            )
             rows.append(row)
     return rows
 
@@ -192,14 +201,19 @@ def compare_runs(
             "features": features,
             "runs": {
                 r.run_id: {
-                    "model": r.model, "seed": r.seed, "best_epoch": r.metrics.get("best_epoch"),
-                    "epochs_run": r.metrics.get("epochs_run"), "stopped_by_hand": r.metrics.get("stopped_by_hand", False),
-                    "valid": r.metrics.get("valid", {}), "test": r.metrics["test"],
+                    "model": r.model,
+                    "seed": r.seed,
+                    "best_epoch": r.metrics.get("best_epoch"),
+                    "epochs_run": r.metrics.get("epochs_run"),
+                    "stopped_by_hand": r.metrics.get("stopped_by_hand", False),
+                    "valid": r.metrics.get("valid", {}),
+                    "test": r.metrics["test"],
                 }
                 for r in runs
             },
             "accuracy": {
-                m: {k: _mean_std([r.metrics["test"].get(k) for r in rs]) for k in metric_keys} for m, rs in groups.items()
+                m: {k: _mean_std([r.metrics["test"].get(k) for r in rs]) for k in metric_keys}
+                for m, rs in groups.items()
             },
             "significance": sig,
             "diagnostics": diags,
@@ -274,22 +288,34 @@ def _render(
     title: str | None,
 ) -> list[str]:
     lines = [f"# {title or f'Comparison on {paths.name}'}", ""]
-    lines.append(f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}; test split; full ranking with training items excluded; "
-                 "model selection on the validation split only.")
+    lines.append(
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}; test split; full ranking with training items excluded; "
+        "model selection on the validation split only."
+    )
     lines.append("")
     lines.append("## Runs")
     lines.append("")
     rows = [
-        [r.run_id, r.model, r.seed, r.metrics.get("best_epoch", "–"), r.metrics.get("epochs_run", "–"),
-         f"{r.metrics.get('timings', {}).get('train_s_per_epoch', float('nan')):.1f}",
-         f"{r.metrics.get('timings', {}).get('train_cpu_s_per_epoch', float('nan')):.1f}"]
-        for rs in groups.values() for r in rs
+        [
+            r.run_id,
+            r.model,
+            r.seed,
+            r.metrics.get("best_epoch", "–"),
+            r.metrics.get("epochs_run", "–"),
+            f"{r.metrics.get('timings', {}).get('train_s_per_epoch', float('nan')):.1f}",
+            f"{r.metrics.get('timings', {}).get('train_cpu_s_per_epoch', float('nan')):.1f}",
+        ]
+        for rs in groups.values()
+        for r in rs
     ]
     # CPU seconds beside wall seconds: on a shared (or paused) machine wall time measures the neighbours
     lines += _table(["run", "model", "seed", "best epoch", "epochs run", "s / epoch", "CPU s / epoch"], rows)
 
     lines += ["## Accuracy (test, mean ± std over seeds)", ""]
-    rows = [[m, len(rs)] + [_fmt(_mean_std([r.metrics["test"].get(k) for r in rs])) for k in metric_keys] for m, rs in groups.items()]
+    rows = [
+        [m, len(rs)] + [_fmt(_mean_std([r.metrics["test"].get(k) for r in rs])) for k in metric_keys]
+        for m, rs in groups.items()
+    ]
     lines += _table(["model", "seeds"] + list(metric_keys), rows)
     lines.append("std is the sample standard deviation over seeds (0 with one seed).")
     lines.append("")
@@ -301,11 +327,35 @@ def _render(
             if "note" in s:
                 rows.append([s["model"], s["metric"], "–", "–", "–", "–", "–", s["note"]])
                 continue
-            rows.append([s["model"], s["metric"], ",".join(map(str, s["seeds"])), s["n"], f"{s['mean_diff']:+.4f}",
-                         _p(s["t_pvalue"]), _p(s["wilcoxon_pvalue"]), f"{s['seeds_better']}/{len(s['seeds'])}"])
-        lines += _table(["model", "metric", "seeds paired", "users", f"mean Δ vs {baseline}", "paired t p", "Wilcoxon p", "seeds better"], rows)
-        lines.append("Per-user test metrics recomputed from each run's vectors, averaged over the paired seeds, "
-                     "compared across the same users; p-values are not corrected for multiple comparisons.")
+            rows.append(
+                [
+                    s["model"],
+                    s["metric"],
+                    ",".join(map(str, s["seeds"])),
+                    s["n"],
+                    f"{s['mean_diff']:+.4f}",
+                    _p(s["t_pvalue"]),
+                    _p(s["wilcoxon_pvalue"]),
+                    f"{s['seeds_better']}/{len(s['seeds'])}",
+                ]
+            )
+        lines += _table(
+            [
+                "model",
+                "metric",
+                "seeds paired",
+                "users",
+                f"mean Δ vs {baseline}",
+                "paired t p",
+                "Wilcoxon p",
+                "seeds better",
+            ],
+            rows,
+        )
+        lines.append(
+            "Per-user test metrics recomputed from each run's vectors, averaged over the paired seeds, "
+            "compared across the same users; p-values are not corrected for multiple comparisons."
+        )
     else:
         lines.append(f"Only {baseline} was run: nothing to compare.")
     lines.append("")
@@ -313,7 +363,9 @@ def _render(
     lines += ["## Positional-collapse diagnostics (mean ± std over seeds)", ""]
     all_diags = [diags[r.run_id] for rs in groups.values() for r in rs]
     cols = _diag_columns(all_diags, top)
-    rows = [[m] + [_fmt(_mean_std([diags[r.run_id].get(k) for r in rs]), 3) for k, _ in cols] for m, rs in groups.items()]
+    rows = [
+        [m] + [_fmt(_mean_std([diags[r.run_id].get(k) for r in rs]), 3) for k, _ in cols] for m, rs in groups.items()
+    ]
     lines += _table(["model"] + [label for _, label in cols], rows)
     feat_desc = ", ".join(f"{k} = `{v}`" for k, v in features.items()) or "none"
     two_hop = np.mean([d["two_hop_mean"] for d in all_diags])
@@ -342,11 +394,21 @@ def _render(
         for b in ("all",) + BUCKETS:
             lt = [diags[r.run_id]["long_tail"][b] for r in rs]
             share = first[b]["n_heldout"] / max(first["all"]["n_heldout"], 1)
-            rows.append([m, b, first[b].get("n_items", "all"), f"{share:.1%}", _fmt(_mean_std([x["recall@20"] for x in lt])),
-                         _fmt(_mean_std([x["ndcg@20"] for x in lt]))])
+            rows.append(
+                [
+                    m,
+                    b,
+                    first[b].get("n_items", "all"),
+                    f"{share:.1%}",
+                    _fmt(_mean_std([x["recall@20"] for x in lt])),
+                    _fmt(_mean_std([x["ndcg@20"] for x in lt])),
+                ]
+            )
     lines += _table(["model", "bucket", "items", "share of held-out", "recall@20", "ndcg@20"], rows)
-    lines.append("Buckets by training interactions: head = top 20% of items, mid = next 30%, tail = last 50%. The ranking is "
-                 "the full one; a bucket's recall counts only its held-out items (users with none in it are left out).")
+    lines.append(
+        "Buckets by training interactions: head = top 20% of items, mid = next 30%, tail = last 50%. The ranking is "
+        "the full one; a bucket's recall counts only its held-out items (users with none in it are left out)."
+    )
     lines.append("")
 
     lines += ["## Pictures", ""]

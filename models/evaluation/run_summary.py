@@ -5,6 +5,7 @@ A leaderboard snapshot carries these small files (config.json, metrics.json, dia
 per_user.npz, pictures) to a machine that lost its disk; the comparison report (report.py) and the
 leaderboard read them from there.
 """
+
 from __future__ import annotations
 
 import time
@@ -59,12 +60,17 @@ def vectors_kept(paths: DatasetPaths, run_id: str) -> bool:
 
 
 def _summary_only(path: Path, what: str) -> StoreError:
-    return StoreError(path, f"the run's vectors are not here (a kept summary) and this file, which would give its {what}, "
-                      "is missing or was made with other settings", "retrain the run, or report it with the settings "
-                      "its summary was made with")
+    return StoreError(
+        path,
+        f"the run's vectors are not here (a kept summary) and this file, which would give its {what}, "
+        "is missing or was made with other settings",
+        "retrain the run, or report it with the settings its summary was made with",
+    )
 
 
-def run_vectors(paths: DatasetPaths, run_id: str, data: InteractionData) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def run_vectors(
+    paths: DatasetPaths, run_id: str, data: InteractionData
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(user, item, ID-space item or None) matrices of a run, rows in id order, checked against the data."""
     out = []
     for path, key, n in (
@@ -77,7 +83,11 @@ def run_vectors(paths: DatasetPaths, run_id: str, data: InteractionData) -> tupl
             continue
         ids, vectors, _ = read_vectors(path, key)
         if len(ids) != n or not np.array_equal(np.sort(ids), np.arange(n)):
-            raise StoreError(path, f"holds {len(ids)} rows, expected {key} 0..{n - 1}", "the run was trained on another version of the dataset: rerun it")
+            raise StoreError(
+                path,
+                f"holds {len(ids)} rows, expected {key} 0..{n - 1}",
+                "the run was trained on another version of the dataset: rerun it",
+            )
         mat = np.empty_like(vectors)
         mat[ids] = vectors
         out.append(mat)
@@ -93,7 +103,6 @@ def default_features(configs: Sequence[Mapping[str, Any]]) -> dict[str, str]:
             if table and name not in out:
                 out[name] = table
     return out
-
 
 
 # ------------------------------------------------------------------------------ one run
@@ -150,8 +159,14 @@ def diagnose_run(
     """
     info = load_run(paths, run_id)
     features = dict(features) if features is not None else default_features([info.config])
-    settings = {"features": features, "top": top, "n_clusters": n_clusters, "seed": seed, "sample": sample,
-                "buckets": list(BUCKETS)}
+    settings = {
+        "features": features,
+        "top": top,
+        "n_clusters": n_clusters,
+        "seed": seed,
+        "sample": sample,
+        "buckets": list(BUCKETS),
+    }
     want_pictures = {"projection_sample": projection_sample} if pictures else None
     out_path = info.dir / DIAGNOSTICS
     cached = read_json(out_path) if out_path.exists() else {}
@@ -186,9 +201,20 @@ def diagnose_run(
     diag.update(run_id=run_id, model=info.model, seed=info.seed, inputs=inputs)
     if pictures:
         pics = {"training_curves": "training_curves.png"}
-        plots.training_curves({f"{info.model} s{info.seed}": info.metrics.get("history", [])}, info.dir / pics["training_curves"])
+        plots.training_curves(
+            {f"{info.model} s{info.seed}": info.metrics.get("history", [])}, info.dir / pics["training_curves"]
+        )
         labels, legend = projection_labels(paths, data, raw, seed)
-        plots.projection(id_item, item, labels, info.dir / "projection.png", projection_sample, seed, f"{info.model} s{info.seed}", legend)
+        plots.projection(
+            id_item,
+            item,
+            labels,
+            info.dir / "projection.png",
+            projection_sample,
+            seed,
+            f"{info.model} s{info.seed}",
+            legend,
+        )
         pics["projection"] = "projection.png"
         diag["pictures"], diag["pictures_inputs"] = pics, want_pictures
     diag["seconds"] = round(time.perf_counter() - t0, 2)
@@ -222,12 +248,29 @@ def run_per_user(paths: DatasetPaths, run_id: str, data: InteractionData) -> dic
     return out
 
 
-def keep_run_summary(paths: DatasetPaths, run_id: str, features: dict[str, str] | None = None, *, top: int = 3,
-                     n_clusters: int = 10, sample: int | None = 4000, projection_sample: int = 2000) -> None:
+def keep_run_summary(
+    paths: DatasetPaths,
+    run_id: str,
+    features: dict[str, str] | None = None,
+    *,
+    top: int = 3,
+    n_clusters: int = 10,
+    sample: int | None = 4000,
+    projection_sample: int = 2000,
+) -> None:
     """What a report needs of a run, made while its vectors are here: diagnostics.json with its
     pictures, and per_user.npz. A leaderboard calls it as each run ends, so that these small files
     (kept by a snapshot) report the run on a machine that has lost the vectors."""
     data = load_interactions(paths)
-    diagnose_run(paths, run_id, features, data=data, top=top, n_clusters=n_clusters, sample=sample,
-                 projection_sample=projection_sample, pictures=True)
+    diagnose_run(
+        paths,
+        run_id,
+        features,
+        data=data,
+        top=top,
+        n_clusters=n_clusters,
+        sample=sample,
+        projection_sample=projection_sample,
+        pictures=True,
+    )
     run_per_user(paths, run_id, data)

@@ -7,6 +7,7 @@ selected epoch, standardization statistics as buffers). The target's inputs must
 same extractor, dim and tokenizer as the run's, or the weights read noise: `check_compatible`
 refuses them in one line that names both specs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,16 +36,22 @@ def load_encoder(run_dir: Path, device: torch.device | None = None) -> tuple[Int
     run_dir = Path(run_dir)
     config_path, ckpt_path = run_dir / "config.json", run_dir / "checkpoint.pt"
     if not config_path.exists() or not ckpt_path.exists():
-        raise FileNotFoundError(f"{run_dir}: not a pretraining run (no config.json / checkpoint.pt); "
-                                "give --ica-from a run that anchorrec pretrain wrote (runs/ica-…)")
+        raise FileNotFoundError(
+            f"{run_dir}: not a pretraining run (no config.json / checkpoint.pt); "
+            "give --ica-from a run that anchorrec pretrain wrote (runs/ica-…)"
+        )
     config = read_json(config_path)
     if "encoder" not in config or "specs" not in config:
-        raise ValueError(f"{config_path}: written before runs recorded their input specs; pretrain it again "
-                         "(anchorrec pretrain --dataset D)")
+        raise ValueError(
+            f"{config_path}: written before runs recorded their input specs; pretrain it again "
+            "(anchorrec pretrain --dataset D)"
+        )
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     if not state.get("done"):
-        raise ValueError(f"{ckpt_path}: pretraining stopped after epoch {state.get('epoch')} of "
-                         f"{config['config'].get('epochs')}; finish it first (the same anchorrec pretrain command resumes)")
+        raise ValueError(
+            f"{ckpt_path}: pretraining stopped after epoch {state.get('epoch')} of "
+            f"{config['config'].get('epochs')}; finish it first (the same anchorrec pretrain command resumes)"
+        )
     cfg = ICAConfig.from_dict(config["config"])
     model = build_encoder(config["encoder"], cfg)
     model.load_state_dict(state["best_model"])
@@ -53,7 +60,11 @@ def load_encoder(run_dir: Path, device: torch.device | None = None) -> tuple[Int
 
 
 def apply_encoder(
-    run_dir: Path, image: TokenInputs, text: TokenInputs, device: torch.device | None = None, batch: int = 512,
+    run_dir: Path,
+    image: TokenInputs,
+    text: TokenInputs,
+    device: torch.device | None = None,
+    batch: int = 512,
 ) -> np.ndarray:
     """`mm` (n, d_model), L2-normalized, of items given as inputs in the run's specs; items with
     neither modality get zeros (the caller marks them invalid)."""
@@ -63,7 +74,12 @@ def apply_encoder(
 
 
 def encode_inputs(
-    model: InterContentEncoder, config: dict, run: str, image: TokenInputs, text: TokenInputs, batch: int = 512,
+    model: InterContentEncoder,
+    config: dict,
+    run: str,
+    image: TokenInputs,
+    text: TokenInputs,
+    batch: int = 512,
 ) -> np.ndarray:
     """`apply_encoder` with the run already loaded: checks the inputs' specs, then encodes."""
     check_compatible(run, "image", config["specs"]["image"], image)
@@ -102,8 +118,15 @@ def write_applied_feature(
     the run's name (ica-<id>), so `--ica-from RUN` gives the target an `mm` feature called RUN.
     """
     run_dir = Path(run_dir)
-    model, config = load_encoder(run_dir, torch.device("cuda" if torch.cuda.is_available() else "cpu"))  # before the target
-    given = {"image_feature": image_feature, "text_feature": text_feature, "image_tokens": image_tokens, "text_tokens": text_tokens}
+    model, config = load_encoder(
+        run_dir, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )  # before the target
+    given = {
+        "image_feature": image_feature,
+        "text_feature": text_feature,
+        "image_tokens": image_tokens,
+        "text_tokens": text_tokens,
+    }
     if not any(given.values()):
         given = {k: config.get(k) for k in given}
     asins = item_asins(paths)
@@ -112,11 +135,19 @@ def write_applied_feature(
     mm = encode_inputs(model, config, str(run_dir), image, text)
     cfg = ICAConfig.from_dict(config["config"])
     weights = checkpoint_record(paths, run_dir / "checkpoint.pt")
-    extra = {"run_id": run_dir.name, "applied_from": weights.split(" ")[0].removesuffix("/checkpoint.pt"),  # the run, by name
-             "best_epoch": str(config.get("best_epoch")),
-             **{k: str(v) for k, v in given.items() if v}}
+    extra = {
+        "run_id": run_dir.name,
+        "applied_from": weights.split(" ")[0].removesuffix("/checkpoint.pt"),  # the run, by name
+        "best_epoch": str(config.get("best_epoch")),
+        **{k: str(v) for k, v in given.items() if v},
+    }
     return write_mm_feature(
-        paths, name or run_dir.name, Catalog(asins, image, text), mm,
-        cfg.summary() + f" epoch{config.get('best_epoch')} applied", weights,
-        _hash(config["input_hash"], image.spec, text.spec, asins, cfg.to_dict(), config.get("best_epoch")), extra,
+        paths,
+        name or run_dir.name,
+        Catalog(asins, image, text),
+        mm,
+        cfg.summary() + f" epoch{config.get('best_epoch')} applied",
+        weights,
+        _hash(config["input_hash"], image.spec, text.spec, asins, cfg.to_dict(), config.get("best_epoch")),
+        extra,
     )

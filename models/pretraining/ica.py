@@ -39,13 +39,15 @@ little about the image. `text_input='ids'` feeds a learned nn.Embedding of the t
 visible words and the image. Measured on a synthetic held-out check where the hidden word is a
 colour also drawn in the image (tests/test_ica_tokens.py::test_contextual_states_leak_the_hidden_word):
 with the image removed, masked-word accuracy is 1.00 from states (the leak) and 0.12 from ids
-(chance 0.17); with the image, ids reach 1.00 (the word is learnt from the picture). Default: 'ids' — the masked-word objective then means what it says, and product titles
+(chance 0.17); with the image, ids reach 1.00 (the word is learnt from the picture). Default:
+'ids' — the masked-word objective then means what it says, and product titles
 are short keyword lists that a static word embedding represents well; 'states' keeps the language
 model's knowledge and is the ablation's other arm.
 
 A masked token's value never enters the network: its input row is the [MASK] embedding (plus its
 modality and position embeddings), so the output cannot depend on what was hidden.
 """
+
 from __future__ import annotations
 
 import math
@@ -179,7 +181,11 @@ class InterContentEncoder(nn.Module):
     """
 
     def __init__(
-        self, image_dim: int, text_dim: int, cfg: ICAConfig, vocab_ids: Sequence[int] | None = None,
+        self,
+        image_dim: int,
+        text_dim: int,
+        cfg: ICAConfig,
+        vocab_ids: Sequence[int] | None = None,
         special_ids: Sequence[int] = (),
     ) -> None:
         super().__init__()
@@ -212,7 +218,8 @@ class InterContentEncoder(nn.Module):
         self.word_emb = nn.Embedding(n_rows, d) if vocab and cfg.text_input == "ids" else None
         self.mlm_head = (
             nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, n_rows))
-            if vocab and cfg.mlm_weight > 0 else None
+            if vocab and cfg.mlm_weight > 0
+            else None
         )
 
     # ----- inputs ---------------------------------------------------------------------------
@@ -281,7 +288,9 @@ class InterContentEncoder(nn.Module):
         h = self.final_norm(h)
         return h[:, 0], {m: h[:, a:b] for m, (a, b) in spans.items()}
 
-    def embed_modality(self, m: str, x: torch.Tensor, valid: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+    def embed_modality(
+        self, m: str, x: torch.Tensor, valid: torch.Tensor, ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Contrastive embedding of one modality encoded alone, L2-normalized."""
         fuse, _ = self.encode({m: Tokens(x, valid, ids)})
         return F.normalize(self.heads[m](fuse), dim=-1)
@@ -316,7 +325,9 @@ class InterContentEncoder(nn.Module):
         return out
 
     def sample_hidden(
-        self, valid: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+        self,
+        valid: dict[str, torch.Tensor],
+        generator: torch.Generator | None = None,
         active: dict[str, bool] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per item, pick one modality and hide round(ratio · its tokens) (≥ 1) of them.
@@ -388,7 +399,11 @@ class InterContentEncoder(nn.Module):
         zero = self.logit_scale * 0.0
 
         # contrastive: each modality encoded alone, only items having both
-        z = {m: self.embed_modality(m, *x[m]) for m in MODALITIES} if cfg.contrastive_weight or cfg.fusion_weight else {}
+        z = (
+            {m: self.embed_modality(m, *x[m]) for m in MODALITIES}
+            if cfg.contrastive_weight or cfg.fusion_weight
+            else {}
+        )
         contrastive = info_nce(z["image"][both], z["text"][both], scale) if cfg.contrastive_weight else zero
 
         # masked image-token / word modelling on the joint sequence
@@ -409,7 +424,12 @@ class InterContentEncoder(nn.Module):
         mmm = zero if mmm is None else mmm
         mlm = zero if mlm is None else mlm
 
-        total = cfg.contrastive_weight * contrastive + cfg.mmm_weight * mmm + cfg.mlm_weight * mlm + cfg.fusion_weight * fusion
+        total = (
+            cfg.contrastive_weight * contrastive
+            + cfg.mmm_weight * mmm
+            + cfg.mlm_weight * mlm
+            + cfg.fusion_weight * fusion
+        )
         return {
             "loss": total,
             "contrastive": contrastive.detach(),

@@ -6,6 +6,7 @@ The `spec` records what made the inputs (extractor, model, dim, tokenizer), beca
 encoder only means something on inputs from the extractor it was trained on: `check_compatible`
 is what refuses to apply it to anything else.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -53,8 +54,13 @@ class TokenInputs:
         """A pooled feature table as one token per item."""
         meta = meta or {}
         vectors = np.asarray(vectors, dtype=np.float32)
-        spec = {"kind": "pooled", "encoder": meta.get("encoder"), "model": meta.get("model"),
-                "dim": int(vectors.shape[1]), "input_hash": meta.get("input_hash")}
+        spec = {
+            "kind": "pooled",
+            "encoder": meta.get("encoder"),
+            "model": meta.get("model"),
+            "dim": int(vectors.shape[1]),
+            "input_hash": meta.get("input_hash"),
+        }
         return cls(vectors[:, None, :], np.asarray(valid, bool)[:, None], None, spec, source)
 
     def mean_pool(self) -> np.ndarray:
@@ -70,8 +76,13 @@ class TokenInputs:
 
 def _token_spec(meta: dict) -> dict:
     """The spec of a token table from its metadata (store.tokens.TokenTable.meta)."""
-    spec = {"kind": "tokens", "encoder": meta.get("encoder"), "model": meta.get("model"), "dim": int(meta["dim"]),
-            "input_hash": meta.get("content_hash")}
+    spec = {
+        "kind": "tokens",
+        "encoder": meta.get("encoder"),
+        "model": meta.get("model"),
+        "dim": int(meta["dim"]),
+        "input_hash": meta.get("content_hash"),
+    }
     for key in ("tokenizer", "vocab_size", "mask_token_id", "grid", "max_length"):
         if meta.get(key) is not None:
             spec[key] = meta[key]
@@ -88,13 +99,19 @@ def load_token_inputs(paths: DatasetPaths, name: str, asins: Sequence[str], moda
         raise StoreError(path, f"no token table {name!r} for the {modality} tokens", fixes.repair(path, "features"))
     table = load_tokens(path)
     if table.modality != modality:
-        raise StoreError(path, f"holds {table.modality} tokens, used here as {modality}",
-                         f"pass a {modality} token table (have: {', '.join(paths.token_names())})")
+        raise StoreError(
+            path,
+            f"holds {table.modality} tokens, used here as {modality}",
+            f"pass a {modality} token table (have: {', '.join(paths.token_names())})",
+        )
     pos = {a: i for i, a in enumerate(table.asin)}
     rows = np.array([pos.get(a, -1) for a in asins], dtype=np.int64)
     if len(asins) and (rows < 0).mean() > 0.5:
-        raise StoreError(path, f"only {int((rows >= 0).sum())} of {len(asins)} items have a row in this token table",
-                         f"it was extracted for another catalog: {fixes.repair(path, 'features')}")
+        raise StoreError(
+            path,
+            f"only {int((rows >= 0).sum())} of {len(asins)} items have a row in this token table",
+            f"it was extracted for another catalog: {fixes.repair(path, 'features')}",
+        )
     found = rows >= 0
     take = np.where(found, rows, 0)
     mask = table.mask[take] & found[:, None]
@@ -114,7 +131,9 @@ def load_pooled_inputs(paths: DatasetPaths, name: str, asins: Sequence[str]) -> 
     return TokenInputs.pooled(vectors, valid, table.metadata, str(path))
 
 
-def load_inputs(paths: DatasetPaths, asins: Sequence[str], modality: str, feature: str | None, tokens: str | None) -> TokenInputs:
+def load_inputs(
+    paths: DatasetPaths, asins: Sequence[str], modality: str, feature: str | None, tokens: str | None
+) -> TokenInputs:
     """The token table when one is named, else the pooled feature table."""
     if tokens:
         return load_token_inputs(paths, tokens, asins, modality)
@@ -132,7 +151,10 @@ def check_compatible(run: str, modality: str, trained: dict, target: TokenInputs
     diff = [k for k in SPEC_KEYS if str(trained.get(k)) != str(target.spec.get(k))]
     if not diff:
         return
-    show = lambda spec: ", ".join(f"{k}={spec.get(k)}" for k in SPEC_KEYS if spec.get(k) is not None)
+
+    def show(spec):
+        return ", ".join(f"{k}={spec.get(k)}" for k in SPEC_KEYS if spec.get(k) is not None)
+
     raise EncoderMismatch(
         f"{run}: the encoder was pretrained on {modality} inputs [{show(trained)}] but {target.source or 'the target'} "
         f"has [{show(target.spec)}] (differs in {', '.join(diff)}); extract the target's {modality} features with the "

@@ -10,6 +10,7 @@ its shuffling, masking and dropout). The same files make the run applicable to a
 (models.pretraining.apply): config.json holds the config, the input specs and the vocabulary;
 the checkpoint holds the weights and the standardization statistics.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -84,8 +85,11 @@ def item_asins(paths: DatasetPaths) -> list[str]:
 
 
 def load_catalog(
-    paths: DatasetPaths, image_feature: str | None, text_feature: str | None,
-    image_tokens: str | None = None, text_tokens: str | None = None,
+    paths: DatasetPaths,
+    image_feature: str | None,
+    text_feature: str | None,
+    image_tokens: str | None = None,
+    text_tokens: str | None = None,
 ) -> Catalog:
     """Read items.parquet and each modality's table (token table if named, else the pooled one)."""
     asins = item_asins(paths)
@@ -98,6 +102,7 @@ def load_catalog(
 
 def concat_vectors(image: np.ndarray, image_valid: np.ndarray, text: np.ndarray, text_valid: np.ndarray) -> np.ndarray:
     """[v/‖v‖, t/‖t‖], row-normalized; a missing modality is a zero block."""
+
     def unit(x: np.ndarray, ok: np.ndarray) -> np.ndarray:
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         return np.where(ok[:, None], x, 0.0).astype(np.float32)
@@ -177,7 +182,9 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
-def encode_catalog(model: InterContentEncoder, data: _Tensors, idx: np.ndarray, what: str, batch: int = 512) -> np.ndarray:
+def encode_catalog(
+    model: InterContentEncoder, data: _Tensors, idx: np.ndarray, what: str, batch: int = 512
+) -> np.ndarray:
     """`mm` (fused) or one modality's contrastive embedding ('image'/'text') for items `idx`."""
     model.eval()
     out = []
@@ -208,7 +215,12 @@ def _optimizer(model: InterContentEncoder, cfg: ICAConfig) -> torch.optim.Optimi
 
 
 def _train_epoch(
-    model: InterContentEncoder, opt: torch.optim.Optimizer, data: _Tensors, train_idx: np.ndarray, cfg: ICAConfig, epoch: int
+    model: InterContentEncoder,
+    opt: torch.optim.Optimizer,
+    data: _Tensors,
+    train_idx: np.ndarray,
+    cfg: ICAConfig,
+    epoch: int,
 ) -> dict[str, float]:
     """One pass over the training items; reseeded per epoch so a resumed run repeats it exactly."""
     torch.manual_seed(cfg.seed * 100_003 + epoch)
@@ -255,7 +267,9 @@ class _Evaluator:
         if self.inter is not None:
             mm = encode_catalog(model, self.data, np.arange(len(self.has_any)), "mm")
             mm[~self.has_any] = 0.0
-            out.update({f"content/{k}": v for k, v in content_topn(mm, self.inter.train_csr, self.inter.valid_csr).items()})
+            out.update(
+                {f"content/{k}": v for k, v in content_topn(mm, self.inter.train_csr, self.inter.valid_csr).items()}
+            )
         return out
 
 
@@ -295,7 +309,10 @@ MIN_PAIRED_ITEMS = 4
 
 
 def check_inputs(
-    paths: DatasetPaths, cat: Catalog, image_feature: str | None = None, text_feature: str | None = None,
+    paths: DatasetPaths,
+    cat: Catalog,
+    image_feature: str | None = None,
+    text_feature: str | None = None,
     max_tokens: int | None = None,
 ) -> None:
     """ICA learns from items that have both modalities: with one modality all null its losses are
@@ -345,7 +362,12 @@ def encoder_spec(cat: Catalog) -> dict:
     """What a checkpoint needs beside its weights to be rebuilt: dims, vocabulary, special ids."""
     text = cat.text_inputs
     vocab = sorted(np.unique(text.ids[text.mask]).tolist()) if text.ids is not None else []
-    return {"image_dim": cat.image_inputs.dim, "text_dim": text.dim, "vocab_ids": vocab, "special_ids": text.special_ids()}
+    return {
+        "image_dim": cat.image_inputs.dim,
+        "text_dim": text.dim,
+        "vocab_ids": vocab,
+        "special_ids": text.special_ids(),
+    }
 
 
 def build_encoder(spec: dict, cfg: ICAConfig) -> InterContentEncoder:
@@ -378,7 +400,9 @@ def _skipped(inter, holdout: np.ndarray) -> dict[str, str]:
     """Metrics a run could not compute, and why (so a reader of metrics.json is not left guessing)."""
     out = {}
     if inter is None:
-        out["content/recall@20, content/ndcg@20"] = "no interactions.parquet: a catalog-only dataset has no users to rank for"
+        out["content/recall@20, content/ndcg@20"] = (
+            "no interactions.parquet: a catalog-only dataset has no users to rank for"
+        )
     if not holdout.any():
         out["retrieval/*"] = "too few items with both modalities for a holdout (ICAConfig.holdout)"
     return out
@@ -401,7 +425,11 @@ def _run_epochs(model, opt, data, train_idx, cfg, state, evaluate, save, run_nam
     """Train until done, saving the state after every epoch (what makes a kill resumable)."""
     selectable = state["history"][0].get(cfg.select_metric) is not None
     if not selectable:
-        log.warning("%s: %s is not available (no holdout or no interactions): keeping the last epoch", run_name, cfg.select_metric)
+        log.warning(
+            "%s: %s is not available (no holdout or no interactions): keeping the last epoch",
+            run_name,
+            cfg.select_metric,
+        )
     bar = tqdm(total=cfg.epochs, initial=min(state["epoch"], cfg.epochs), desc=run_name, disable=not progress)
     while not state["done"] and state["epoch"] < cfg.epochs:
         epoch = state["epoch"] + 1
@@ -464,12 +492,22 @@ def pretrain_ica(
     train_idx = np.flatnonzero((cat.image_valid | cat.text_valid) & ~holdout)
     if len(train_idx) < 2:
         raise ValueError(f"{paths.root}: only {len(train_idx)} training item(s) with content after the holdout")
-    inputs = {"image_feature": image_feature, "text_feature": text_feature, "image_tokens": image_tokens, "text_tokens": text_tokens}
+    inputs = {
+        "image_feature": image_feature,
+        "text_feature": text_feature,
+        "image_tokens": image_tokens,
+        "text_tokens": text_tokens,
+    }
     spec = encoder_spec(cat)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(
-        {"config": cfg.to_dict(), "input_hash": input_hash, **inputs, "specs": {"image": cat.image_inputs.spec,
-         "text": cat.text_inputs.spec}, "encoder": spec},
+        {
+            "config": cfg.to_dict(),
+            "input_hash": input_hash,
+            **inputs,
+            "specs": {"image": cat.image_inputs.spec, "text": cat.text_inputs.spec},
+            "encoder": spec,
+        },
         run_dir / "config.json",
     )
 
@@ -493,10 +531,25 @@ def pretrain_ica(
             state = _fresh_state(model, evaluate, cfg)
 
         def save() -> None:
-            _save_checkpoint(ckpt_path, {**state, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "config": cfg.to_dict(), "encoder": spec})
-            write_json({"history": state["history"], "baselines": baselines, "skipped": skipped,
-                        "best_epoch": state["best_epoch"]}, run_dir / "metrics.json")
+            _save_checkpoint(
+                ckpt_path,
+                {
+                    **state,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "config": cfg.to_dict(),
+                    "encoder": spec,
+                },
+            )
+            write_json(
+                {
+                    "history": state["history"],
+                    "baselines": baselines,
+                    "skipped": skipped,
+                    "best_epoch": state["best_epoch"],
+                },
+                run_dir / "metrics.json",
+            )
 
         _run_epochs(model, opt, data, train_idx, cfg, state, evaluate, save, run_name, progress)
 
@@ -506,8 +559,14 @@ def pretrain_ica(
     finally:
         torch.set_num_threads(before)
     feature_path = write_mm_feature(
-        paths, run_name, cat, mm, cfg.summary() + f" epoch{state['best_epoch']}", paths.relative(ckpt_path),
-        _hash(input_hash, cfg.to_dict()), {"run_id": run_name, "best_epoch": str(state["best_epoch"]), **_str_values(inputs)},
+        paths,
+        run_name,
+        cat,
+        mm,
+        cfg.summary() + f" epoch{state['best_epoch']}",
+        paths.relative(ckpt_path),
+        _hash(input_hash, cfg.to_dict()),
+        {"run_id": run_name, "best_epoch": str(state["best_epoch"]), **_str_values(inputs)},
     )
     final = next(r for r in state["history"] if r["epoch"] == state["best_epoch"])
     summary = {
@@ -542,7 +601,13 @@ def _str_values(d: dict) -> dict[str, str]:
 
 
 def write_mm_feature(
-    paths: DatasetPaths, name: str, cat: Catalog, mm: np.ndarray, model: str, weights: str, input_hash: str,
+    paths: DatasetPaths,
+    name: str,
+    cat: Catalog,
+    mm: np.ndarray,
+    model: str,
+    weights: str,
+    input_hash: str,
     extra: dict[str, str],
 ) -> Path:
     """features/<name>.parquet, modality 'mm': the encoder's vectors, items without content invalid."""

@@ -3,6 +3,7 @@
 Everything a model needs is gathered once into `GraphData`, on the training device, so that the
 training loop never goes back to disk or to NumPy (the reference re-derives these per batch).
 """
+
 from __future__ import annotations
 
 import logging
@@ -151,13 +152,20 @@ def fill_missing_rows(name: str, vectors: np.ndarray, valid: np.ndarray) -> np.n
         vectors = vectors.copy()
         vectors[~valid] = vectors[valid].mean(axis=0)
         key = (name, n_missing, len(valid))
-        log.log(logging.DEBUG if key in _FILL_WARNED else logging.WARNING,
-                "feature %s: %d of %d items missing, filled with the mean vector", name, n_missing, len(valid))
+        log.log(
+            logging.DEBUG if key in _FILL_WARNED else logging.WARNING,
+            "feature %s: %d of %d items missing, filled with the mean vector",
+            name,
+            n_missing,
+            len(valid),
+        )
         _FILL_WARNED.add(key)
     return vectors
 
 
-def load_modalities(paths: DatasetPaths, names: dict[str, str], asins: list[str] | None = None) -> dict[str, np.ndarray]:
+def load_modalities(
+    paths: DatasetPaths, names: dict[str, str], asins: list[str] | None = None
+) -> dict[str, np.ndarray]:
     """{'v': 'image-effnet', 't': 'text-minilm', ...} → {modality: (n_items, d) float32} in item_id order."""
     if asins is None:
         items = read_table(paths.items, columns=["item_id", "asin"])

@@ -14,6 +14,7 @@ behaviour: its top-k runs over a similarity matrix whose diagonal is 1, so the i
 one of its k) keeps the item's own embedding in the propagation; `include_self=False` gives k
 true neighbours.
 """
+
 from __future__ import annotations
 
 import logging

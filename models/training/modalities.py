@@ -7,6 +7,7 @@ here, from the extraction counts: a modality below `min_coverage` is left out, t
 three inputs (v, t, mm) fall back to the modality that is there, ICA is pretrained only when both
 are usable, and a dataset with neither trains ID-only models or stops with a message.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

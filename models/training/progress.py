@@ -4,6 +4,7 @@ Bars from parallel runs overwrite each other, and a Sports run lasts an hour; a 
 most every minute (and at its first epoch) says how far it is, how good it is so far, and how
 fast it goes. Lines go to the `anchorrec` logger, which the CLI prints at INFO.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,8 +52,14 @@ class EpochProgress:
         log.info("%s: pruned (%s)", self.head, reason)
 
     def done(self, metrics: dict[str, Any]) -> None:
-        log.info("%s: done after %d epochs, valid %s %.4f (best_epoch %d)", self.head, metrics["epochs_run"],
-                 self.metric, metrics["valid"][self.metric], metrics["best_epoch"])
+        log.info(
+            "%s: done after %d epochs, valid %s %.4f (best_epoch %d)",
+            self.head,
+            metrics["epochs_run"],
+            self.metric,
+            metrics["valid"][self.metric],
+            metrics["best_epoch"],
+        )
 
 
 def log_to_stderr() -> None:

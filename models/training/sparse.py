@@ -6,6 +6,7 @@ change, so `FixedSparse` stores the matrix and its transpose once, as CSR, and t
 is one more CSR product. `rows(idx, x)` computes only some rows of A @ x (a gather and a
 segment sum), which is what a batch needs from the last propagation layer.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -58,7 +59,14 @@ class FixedSparse(nn.Module):
         self.shape = tuple(m.shape)
         crow, col, val = _csr_parts(m)
         crow_t, col_t, val_t = _csr_parts(m.t().coalesce())
-        for name, t in (("crow", crow), ("col", col), ("val", val), ("crow_t", crow_t), ("col_t", col_t), ("val_t", val_t)):
+        for name, t in (
+            ("crow", crow),
+            ("col", col),
+            ("val", val),
+            ("crow_t", crow_t),
+            ("col_t", col_t),
+            ("val_t", val_t),
+        ):
             self.register_buffer(name, t, persistent=False)
 
     @property
@@ -67,7 +75,9 @@ class FixedSparse(nn.Module):
 
     def _csr(self, transpose: bool = False) -> torch.Tensor:
         if transpose:
-            return torch.sparse_csr_tensor(self.crow_t, self.col_t, self.val_t, self.shape[::-1], check_invariants=False)
+            return torch.sparse_csr_tensor(
+                self.crow_t, self.col_t, self.val_t, self.shape[::-1], check_invariants=False
+            )
         return torch.sparse_csr_tensor(self.crow, self.col, self.val, self.shape, check_invariants=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +115,9 @@ class FixedSparse(nn.Module):
 
     def row_sums(self) -> torch.Tensor:
         return torch.zeros(self.shape[0], device=self.val.device).index_add_(
-            0, torch.repeat_interleave(torch.arange(self.shape[0], device=self.val.device), torch.diff(self.crow)), self.val
+            0,
+            torch.repeat_interleave(torch.arange(self.shape[0], device=self.val.device), torch.diff(self.crow)),
+            self.val,
         )
 
     def col_sums(self) -> torch.Tensor:

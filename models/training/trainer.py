@@ -9,6 +9,7 @@ user_vectors.parquet, item_vectors.parquet). The checkpoint is rewritten atomica
 epoch; rerunning with the same run_id resumes from it and ends where an uninterrupted run would
 (each epoch's randomness is derived from (seed, epoch), not from a stream a crash would cut).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,6 @@ import torch
 
 from models.evaluation.metrics import RankingEvaluator
 from models.registry import MODELS, make_config, make_model, read_features
-from models.training.progress import EpochProgress, log_to_stderr
 from models.training.data import (
     GraphData,
     InteractionData,
@@ -39,6 +39,7 @@ from models.training.data import (
     load_interactions,
     load_modalities,
 )
+from models.training.progress import EpochProgress, log_to_stderr
 from store.layout import DatasetPaths, check_name
 from store.run_status import Tracker, final_status, tracked, write_status
 from store.tables import atomic_path, read_json, write_json
@@ -79,7 +80,9 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.eval_every > self.patience:
-            raise ValueError(f"eval_every ({self.eval_every}) must be ≤ patience ({self.patience}) or no evaluation can stop a run")
+            raise ValueError(
+                f"eval_every ({self.eval_every}) must be ≤ patience ({self.patience}) or no evaluation can stop a run"
+            )
         self.ks = tuple(int(k) for k in self.ks)
         if 20 not in self.ks:
             raise ValueError(f"ks must contain 20 (model selection uses {SELECT_METRIC}), got {self.ks}")
@@ -214,8 +217,11 @@ def config_changes(stored: dict[str, Any], config_json: dict[str, Any]) -> list[
     run id may differ: a run moves between machines)."""
     features = read_features(config_json["model"], stored.get("features") or {})  # runs written before READS kept all
     stored = {**stored, "features": features}
-    return sorted(k for k in set(stored) | set(config_json)
-                  if k not in ("device", "run_id") and stored.get(k) != config_json.get(k))
+    return sorted(
+        k
+        for k in set(stored) | set(config_json)
+        if k not in ("device", "run_id") and stored.get(k) != config_json.get(k)
+    )
 
 
 def fit(
@@ -323,11 +329,18 @@ def _fit(
         record.update({k: float(v) / max(n_batches, 1) for k, v in sums.items()})
         if not math.isfinite(record.get("loss", 0.0)):
             if best["state"] is None:
-                raise FloatingPointError(f"{run_dir.name}: loss is {record['loss']} at epoch {epoch}; lower lr or check features")
+                raise FloatingPointError(
+                    f"{run_dir.name}: loss is {record['loss']} at epoch {epoch}; lower lr or check features"
+                )
             # as MMRec's trainer: a diverged run stops and keeps its best validation epoch so far (a seed
             # of a leaderboard is a result, not a crash); metrics.json says where it diverged
-            log.warning("%s: loss is %s at epoch %d; stopped there, testing the best epoch so far (%d)",
-                        run_dir.name, record["loss"], epoch, best["epoch"])
+            log.warning(
+                "%s: loss is %s at epoch %d; stopped there, testing the best epoch so far (%d)",
+                run_dir.name,
+                record["loss"],
+                epoch,
+                best["epoch"],
+            )
             diverged_at = epoch
             save_checkpoint(ckpt_path, {**load_checkpoint(ckpt_path), "finished": True, "diverged_at": epoch})
             break
@@ -367,8 +380,19 @@ def _fit(
             break
     if bar is not None:
         bar.close()
-    return finalize(data, graph, cfg, model, best, history, timings, run_dir, resumed_from=start_epoch,
-                    stopped_by_hand=stopped_by_hand, diverged_at=diverged_at)
+    return finalize(
+        data,
+        graph,
+        cfg,
+        model,
+        best,
+        history,
+        timings,
+        run_dir,
+        resumed_from=start_epoch,
+        stopped_by_hand=stopped_by_hand,
+        diverged_at=diverged_at,
+    )
 
 
 def finalize(
@@ -442,7 +466,9 @@ def stop_run(run_dir: Path) -> int:
     if not ckpt.get("finished", False):
         ckpt["finished"], ckpt["stopped_by_hand"] = True, True
         save_checkpoint(ckpt_path, ckpt)
-        write_status(run_dir, "stopped", int(ckpt["epoch"]), "stopped by hand; the next fit tests its best epoch so far")
+        write_status(
+            run_dir, "stopped", int(ckpt["epoch"]), "stopped by hand; the next fit tests its best epoch so far"
+        )
     return int(ckpt["epoch"])
 
 
@@ -481,11 +507,15 @@ def start_from_shorter_run(src_dir: Path, dst_dir: Path, cfg: TrainConfig) -> in
     wanted = {**cfg.to_json(), "n_users": stored.get("n_users"), "n_items": stored.get("n_items")}
     changed = [k for k in config_changes(stored, wanted) if k != "epochs"]
     if changed or stored["epochs"] > cfg.epochs:
-        raise ValueError(f"{src_dir}: not a shorter run of {dst_dir.name} (fields {changed or ['epochs']} differ); "
-                         "only the epoch cap may be lower")
+        raise ValueError(
+            f"{src_dir}: not a shorter run of {dst_dir.name} (fields {changed or ['epochs']} differ); "
+            "only the epoch cap may be lower"
+        )
     if stored["epochs"] % cfg.eval_every:  # the old cap was validated off the eval_every grid
-        raise ValueError(f"{src_dir}: its cap {stored['epochs']} is not a multiple of eval_every {cfg.eval_every}, "
-                         "so its last validation is not the longer run's; train it from the start")
+        raise ValueError(
+            f"{src_dir}: its cap {stored['epochs']} is not a multiple of eval_every {cfg.eval_every}, "
+            "so its last validation is not the longer run's; train it from the start"
+        )
     ckpt = load_checkpoint(src_ckpt)
     early_stopped = ckpt["epoch"] - 1 - ckpt["best"]["epoch"] >= cfg.patience
     ckpt["finished"] = early_stopped or ckpt.get("diverged_at") is not None
@@ -511,7 +541,12 @@ def prepare(paths: DatasetPaths, cfg: TrainConfig) -> tuple[InteractionData, Gra
     data = load_interactions(paths)
     features = load_modalities(paths, cfg.features, asins=data.asins) if cfg.features else {}
     graph = build_graph_data(
-        data, features, knn_k=cfg.knn_k, device=default_device(cfg.device), cache_dir=paths.cache_dir, knn_self=cfg.knn_self
+        data,
+        features,
+        knn_k=cfg.knn_k,
+        device=default_device(cfg.device),
+        cache_dir=paths.cache_dir,
+        knn_self=cfg.knn_self,
     )
     return data, graph
 
@@ -550,8 +585,13 @@ def seed_configs(cfg: TrainConfig, base: str, seeds: Sequence[int]) -> list[Trai
     return [dataclasses.replace(cfg, seed=int(seed), run_id=f"{base}-s{seed}") for seed in seeds]
 
 
-def fit_runs(paths: DatasetPaths, configs: Sequence[TrainConfig], progress: bool = True, jobs: int = 1,
-             after: Callable[[DatasetPaths, str], Any] | None = None) -> list[dict[str, Any]]:
+def fit_runs(
+    paths: DatasetPaths,
+    configs: Sequence[TrainConfig],
+    progress: bool = True,
+    jobs: int = 1,
+    after: Callable[[DatasetPaths, str], Any] | None = None,
+) -> list[dict[str, Any]]:
     """Train every config (resuming finished or started runs); metrics in the configs' order.
 
     jobs = 1: one after another in this process, the data prepared again only when `prepare_key`
@@ -611,8 +651,9 @@ def write_seeds_summary(paths: DatasetPaths, base: str, results: Sequence[dict[s
     return summary
 
 
-def train_seeds(paths: DatasetPaths, cfg: TrainConfig, seeds: Sequence[int], progress: bool = True,
-                jobs: int = 1) -> dict[str, Any]:
+def train_seeds(
+    paths: DatasetPaths, cfg: TrainConfig, seeds: Sequence[int], progress: bool = True, jobs: int = 1
+) -> dict[str, Any]:
     """One run per seed (run ids <base>-s<seed>), `jobs` at once; mean ± std written to
     runs/<base>-seeds.json."""
     base = cfg.run_id or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -620,8 +661,9 @@ def train_seeds(paths: DatasetPaths, cfg: TrainConfig, seeds: Sequence[int], pro
     return write_seeds_summary(paths, base, fit_runs(paths, configs, progress, jobs))
 
 
-def _train_in_worker(paths: DatasetPaths, cfg: TrainConfig,
-                     after: Callable[[DatasetPaths, str], Any] | None = None) -> dict[str, Any]:
+def _train_in_worker(
+    paths: DatasetPaths, cfg: TrainConfig, after: Callable[[DatasetPaths, str], Any] | None = None
+) -> dict[str, Any]:
     """One run in a worker process (`_worker_init`): its own data, a progress line a minute."""
     progress = EpochProgress(f"{cfg.model} {cfg.run_id}", cfg.epochs, SELECT_METRIC)
     progress.replay(done_epochs(paths.run(cfg.run_id)))

@@ -28,6 +28,7 @@ storage) can come later. With n_jobs > 1 the order of trials, hence the study, i
 reproducible; with n_jobs = 1 the same seed gives the same study (when it is not interrupted:
 a resumed study keeps its trials, but the sampler's random stream starts again).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,8 +64,20 @@ log = logging.getLogger(__name__)
 
 PRUNERS = ("median", "halving", "none")
 TRAIN_KEYS = ("lr",)  # search-space names that are TrainConfig fields; the rest are model config fields
-BUDGET_KEYS = ("model", "features", "epochs", "patience", "eval_every", "batch_size", "lr_decay", "lr_decay_epochs",
-               "seed", "knn_k", "knn_self", "ks")  # what every trial of a study shares: changing it is a new study
+BUDGET_KEYS = (
+    "model",
+    "features",
+    "epochs",
+    "patience",
+    "eval_every",
+    "batch_size",
+    "lr_decay",
+    "lr_decay_epochs",
+    "seed",
+    "knn_k",
+    "knn_self",
+    "ks",
+)  # what every trial of a study shares: changing it is a new study
 RECOVERED = "recovered_trials"  # study user attr: trial numbers that died and were re-enqueued
 TEST_KEYS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 TPE_STARTUP = 5  # random trials before TPE models the results (Optuna's 10 would make a 10-trial budget random search)
@@ -86,8 +99,10 @@ def search_space(model: str) -> dict[str, tuple]:
     module = MODELS[model][0]
     space = getattr(importlib.import_module(module), "SEARCH_SPACE", None)
     if not space:
-        raise ValueError(f"model {model!r} has no SEARCH_SPACE in {module}; add the grid beside its config "
-                         "(name → tuple of values, 'lr' for the learning rate) to tune it")
+        raise ValueError(
+            f"model {model!r} has no SEARCH_SPACE in {module}; add the grid beside its config "
+            "(name → tuple of values, 'lr' for the learning rate) to tune it"
+        )
     return check_space(model, {"lr": LR_GRID, **space})
 
 
@@ -96,11 +111,15 @@ def check_space(model: str, space: dict[str, tuple]) -> dict[str, tuple]:
     fields = {f.name for f in dataclasses.fields(make_config(model).__class__)}
     for name, values in space.items():
         if name not in TRAIN_KEYS and name not in fields:
-            raise ValueError(f"SEARCH_SPACE of {model!r}: {name!r} is neither 'lr' nor a field of its config "
-                             f"({sorted(fields)}); fix the grid in {MODELS[model][0]}")
+            raise ValueError(
+                f"SEARCH_SPACE of {model!r}: {name!r} is neither 'lr' nor a field of its config "
+                f"({sorted(fields)}); fix the grid in {MODELS[model][0]}"
+            )
         if not isinstance(values, (tuple, list)) or not values:
-            raise ValueError(f"SEARCH_SPACE of {model!r}: {name!r} needs a non-empty tuple of values; fix the grid "
-                             f"in {MODELS[model][0]}")
+            raise ValueError(
+                f"SEARCH_SPACE of {model!r}: {name!r} needs a non-empty tuple of values; fix the grid "
+                f"in {MODELS[model][0]}"
+            )
     return dict(space)
 
 
@@ -141,8 +160,10 @@ def study_lock(directory: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(f"{directory}: another process is running this study; wait for it to end "
-                             "(or stop it: the same anchorrec tune command resumes the study)") from None
+            raise ValueError(
+                f"{directory}: another process is running this study; wait for it to end "
+                "(or stop it: the same anchorrec tune command resumes the study)"
+            ) from None
         try:
             yield
         finally:
@@ -165,11 +186,19 @@ class SerialStateStorage(optuna.storages.RDBStorage):
             return super().set_trial_state_values(trial_id, state, values)
 
 
-def open_study(directory: Path, name: str, base: TrainConfig, seed: int, pruner: optuna.pruners.BasePruner) -> optuna.Study:
+def open_study(
+    directory: Path, name: str, base: TrainConfig, seed: int, pruner: optuna.pruners.BasePruner
+) -> optuna.Study:
     """Create or load the study; a stored study with another budget (epochs, features, …) is refused."""
     storage = SerialStateStorage(f"sqlite:///{directory / 'study.db'}", engine_kwargs={"connect_args": {"timeout": 60}})
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP), pruner=pruner)
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP),
+        pruner=pruner,
+    )
     budget = {k: v for k, v in base.to_json().items() if k in BUDGET_KEYS}
     budget["model_args"] = base.model_args
     stored = study.user_attrs.get("budget")
@@ -213,8 +242,11 @@ def recover_dead_trials(study: optuna.Study, space: dict[str, tuple]) -> list[in
             run_id = t.user_attrs.get("run_id")
             study.enqueue_trial(t.params, user_attrs={"resumes_run": run_id} if run_id else None)
         revived.append(t.number)
-        log.warning("study %s: trial %d did not finish (process killed or interrupted); continuing it",
-                    study.study_name, t.number)
+        log.warning(
+            "study %s: trial %d did not finish (process killed or interrupted); continuing it",
+            study.study_name,
+            t.number,
+        )
     return revived
 
 
@@ -245,7 +277,9 @@ def grid_size(space: dict[str, tuple]) -> int:
 class Objective:
     """One trial = one ordinary training run; returns its best validation Recall@20 (never test)."""
 
-    def __init__(self, paths: DatasetPaths, base: TrainConfig, space: dict[str, tuple], prefix: str, data: Any, graph: Any):
+    def __init__(
+        self, paths: DatasetPaths, base: TrainConfig, space: dict[str, tuple], prefix: str, data: Any, graph: Any
+    ):
         self.paths, self.base, self.space, self.prefix = paths, base, space, prefix
         self.data, self.graph = data, graph
 
@@ -410,17 +444,29 @@ def _changed(summary: dict[str, Any], path: Path) -> bool:
     return {k: v for k, v in old.items() if k not in volatile} != {k: v for k, v in new.items() if k not in volatile}
 
 
-def summarize(study: optuna.Study, paths: DatasetPaths, base: TrainConfig, trials: int, pruner: Any, seed: int,
-              space: dict[str, tuple]) -> dict[str, Any]:
+def summarize(
+    study: optuna.Study,
+    paths: DatasetPaths,
+    base: TrainConfig,
+    trials: int,
+    pruner: Any,
+    seed: int,
+    space: dict[str, tuple],
+) -> dict[str, Any]:
     """best.json: the choice (validation only), the budget, the counts and the cost."""
     n = counts(study)
     recovered = set(study.user_attrs.get(RECOVERED, []))
-    failures = [{"trial": t.number, "params": t.params, "error": t.user_attrs.get("error", "see the log of that session")}
-                for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in recovered]
+    failures = [
+        {"trial": t.number, "params": t.params, "error": t.user_attrs.get("error", "see the log of that session")}
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if t.number not in recovered
+    ]
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         first = f"; first failure: trial {failures[0]['trial']}: {failures[0]['error']}" if failures else ""
-        raise ValueError(f"study {study.study_name!r}: no trial completed ({n['pruned']} pruned, {n['failed']} failed{first}); "
-                         "rerun anchorrec tune with more --trials (or --pruner none)")
+        raise ValueError(
+            f"study {study.study_name!r}: no trial completed ({n['pruned']} pruned, {n['failed']} failed{first}); "
+            "rerun anchorrec tune with more --trials (or --pruner none)"
+        )
     best = study.best_trial
     out = {
         "study": study.study_name,
@@ -444,10 +490,21 @@ def summarize(study: optuna.Study, paths: DatasetPaths, base: TrainConfig, trial
         "wall_s_total": round(float(study.user_attrs.get("wall_s", 0.0)), 2),
     }
     params = ", ".join(f"{k}={v}" for k, v in out["best_params"].items())
-    out["line"] = (f"{study.study_name}: best valid {SELECT_METRIC} {out['best_value']:.4f} (trial {best.number}: {params}); "
-                   f"{n['done']} of {trials} distinct settings: {n['complete']} complete, {n['pruned']} pruned, "
-                   f"{n['failed']} failed ({n['duplicates']} repeated proposals not retrained, {n['epochs_trained']} epochs)")
+    out["line"] = (
+        f"{study.study_name}: best valid {SELECT_METRIC} {out['best_value']:.4f} (trial {best.number}: {params}); "
+        f"{n['done']} of {trials} distinct settings: {n['complete']} complete, {n['pruned']} pruned, "
+        f"{n['failed']} failed ({n['duplicates']} repeated proposals not retrained, {n['epochs_trained']} epochs)"
+    )
     return out
 
 
-__all__ = ["tune", "search_space", "check_space", "trial_config", "study_dir", "counts", "recover_dead_trials", "PRUNERS"]
+__all__ = [
+    "tune",
+    "search_space",
+    "check_space",
+    "trial_config",
+    "study_dir",
+    "counts",
+    "recover_dead_trials",
+    "PRUNERS",
+]
