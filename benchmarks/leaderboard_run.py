@@ -38,11 +38,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_snapshot import (  # noqa: E402  (re-exported: the tests reach them through this script)
+from run_snapshot import (  # noqa: E402, F401  (re-exported: the tests reach them through this script)
+    KEPT,
     keeper,
     restore_inflight,
     restore_runs,
     restore_studies,
+    save_inflight,
+    save_runs,
     save_studies,
 )
 
