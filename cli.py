@@ -47,7 +47,7 @@ DEFAULT_MAX_ROWS = 40
 def _config_parameter(f: Any) -> inspect.Parameter:
     hints = typing.get_type_hints(PipelineConfig)
     choices = f.metadata.get("choices")
-    annotation = Literal[choices] if choices else hints[f.name]  # type: ignore[valid-type]
+    annotation = Literal[choices] if choices else hints[f.name]
     option = typer.Option(f.default, f"--{f.name.replace('_', '-')}", help=f.metadata["help"])
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 
@@ -323,7 +323,7 @@ def preflight(cfg: PipelineConfig, command: str) -> None:
     groups = FLOW_GROUPS.get(command, FLOW_GROUPS["pipeline"])
     if "ingest" in groups:
         check_ingest(cfg)
-    else:
+    if "ingest" not in groups or command == "update":  # update merges into an existing dataset
         check_dataset_exists(cfg)
     if command in NEEDS_INTERACTIONS and "ingest" in groups:  # catalog-only datasets: features and pretrain only
         refuse_catalog_pipeline(cfg.dataset, cfg.release, cfg.reviews or cfg.train, cfg.meta)
@@ -437,6 +437,9 @@ def print_result(name: str, cfg: PipelineConfig, result: dict) -> None:
         brief = {k: v for k, v in result.items() if isinstance(v, (str, int, float))}
         typer.echo(json.dumps(brief, default=str)[:800])
         return
+    if name == "update":
+        typer.echo(update_summary(cfg, result))
+        return
     if name == "tune":
         typer.echo(
             f"\nbest of {result['model']} on {cfg.dataset}: valid recall@20 {result['best_value']:.4f}, "
@@ -469,6 +472,17 @@ def print_result(name: str, cfg: PipelineConfig, result: dict) -> None:
         typer.echo(show(run_query(p, query, run_id=run_id)))
     if name in ("publish", "pipeline"):
         typer.echo(f"published {run_id}: anchorrec recommend --dataset {cfg.dataset} --user 0")
+
+
+def update_summary(cfg: PipelineConfig, result: dict) -> str:
+    """What an update did: the merge, then the new version or the retrain, and how to look."""
+    lines = [f"\nupdate of {cfg.dataset}: {result['merged']['line']}"]
+    if result.get("retrained"):
+        lines.append(f"retrained ({result['why']}): published {result['run_id']}")
+    else:
+        lines.append(f"published {result['line']}")
+    lines.append(f"versions: anchorrec versions --dataset {cfg.dataset} --run {result['run_id']}")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- store commands
@@ -518,9 +532,10 @@ def _answered_by(paths: Any, table: Any) -> str:
     """The line that says which published run answered (a LightGCN run serves as quietly as any)."""
     from store.index import content_feature, published_runs
     from store.inventory import run_summary
-    from store.sql import answered_by, feature_view_name
+    from store.sql import answered_by, answered_version, feature_view_name
 
     run_id = answered_by(table)
+    version = answered_version(table)
     if not run_id:
         return "answered by: unknown run"
     feature = content_feature(dict(published_runs(paths)).get(run_id, {}))
@@ -530,7 +545,7 @@ def _answered_by(paths: Any, table: Any) -> str:
     recall = s.get("test_recall@20")
     recall = "?" if recall is None else f"{recall:.4f}"
     return (
-        f"answered by run {run_id} (model {s.get('model')}, seed {s.get('seed')}, "
+        f"answered by run {run_id}{f' version {version}' if version else ''} (model {s.get('model')}, seed {s.get('seed')}, "
         f"test recall@20 {recall}; --run-id picks another, anchorrec runs lists them)"
     )
 
@@ -602,6 +617,67 @@ def runs(dataset: str = DatasetOption, home: Optional[str] = HomeOption) -> None
     _print_rows(list_runs(dataset_paths(dataset, home)), RUNS_SCHEMA, empty)
 
 
+PublishedRunOption = typer.Option(None, "--run", "--run-id", help="a published run (default: the newest published run)")
+
+
+def published_run(paths: Any, run: str | None) -> str:
+    """The run `versions`/`rollback` act on: the one given, which must have an index, or the newest."""
+    from store.index import latest_run, published_runs
+    from store.layout import check_name
+    from store.versions import current_file
+
+    if run is None:
+        found = latest_run(paths)
+        if found is None:
+            raise ValueError(
+                f"dataset {paths.name} has no published run; publish one: anchorrec publish --dataset {paths.name}"
+            )
+        return found
+    check_name("run", run)
+    if current_file(paths, run).exists() or (paths.index_dir(run) / "manifest.json").exists():
+        return run
+    published = ", ".join(r for r, _ in published_runs(paths)) or "none"
+    raise ValueError(
+        f"--run {run}: dataset {paths.name} has no published run {run}; published runs: {published} "
+        f"(anchorrec runs --dataset {paths.name} lists all runs)"
+    )
+
+
+@app.command()
+def versions(
+    dataset: str = DatasetOption, home: Optional[str] = HomeOption, run: Optional[str] = PublishedRunOption
+) -> None:
+    """A published run's index versions: items and users each serves, what changed, which one is served."""
+    from store.versions import VERSIONS_SCHEMA, list_versions
+
+    paths = require_dataset_dir(dataset, home)
+    run_id = published_run(paths, run)
+    typer.echo(f"run {run_id} of {dataset}:")
+    empty = f"run {run_id}: an index from before versions (no versions yet); the next publish makes it version 0001"
+    _print_rows(list_versions(paths, run_id), VERSIONS_SCHEMA, empty)
+
+
+@app.command()
+def rollback(
+    dataset: str = DatasetOption, home: Optional[str] = HomeOption, run: Optional[str] = PublishedRunOption
+) -> None:
+    """Serve the index version the current one replaced (one atomic switch; again: one more step back)."""
+    from store.index import rollback as roll_back
+    from store.lock import dataset_lock
+    from store.versions import current_version, list_versions
+
+    paths = require_dataset_dir(dataset, home)
+    run_id = published_run(paths, run)
+    with dataset_lock(paths, "anchorrec rollback"):
+        was = current_version(paths, run_id)
+        now = roll_back(paths, run_id)
+    row = next(r for r in list_versions(paths, run_id) if r["version"] == now)
+    typer.echo(
+        f"run {run_id} of {dataset}: now serving version {now} (was {was}): {row['items']} items, "
+        f"{row['users']} users; anchorrec versions --dataset {dataset} --run {run_id} lists them"
+    )
+
+
 @app.command()
 def report(
     runs: Optional[list[str]] = typer.Argument(None, help="run ids (default: every trained recommender run)"),
@@ -645,6 +721,20 @@ def leaderboard(
     jobs: int = typer.Option(
         1, "--jobs", min=1, help="reruns at once (worker processes, one torch thread each; up to the number of cores)"
     ),
+    epochs: Optional[int] = typer.Option(
+        None,
+        "--epochs",
+        min=1,
+        help="the converged table: continue every rerun to this epoch cap (e.g. 1000, MMRec's; patience as tuned) "
+        "from the capped reruns' checkpoints, written beside the capped table",
+    ),
+    configs_from: Optional[str] = typer.Option(
+        None,
+        "--configs-from",
+        metavar="DATASET",
+        help="take each model's configuration from this dataset's studies (e.g. the item-cold leaderboard: "
+        "`--dataset gift-cold --configs-from gift`); pop and content_knn need none",
+    ),
     no_wait: bool = typer.Option(False, "--no-wait", help=_field_help("no_wait")),
 ) -> None:
     """Rerun every tuned model's best configuration on N seeds; one table of accuracy, collapse and cost."""
@@ -660,7 +750,15 @@ def leaderboard(
 
     with dataset_lock(paths, "anchorrec leaderboard", wait=not no_wait):  # workers run under the parent's lock
         path = run_leaderboard(
-            paths, models, seeds=range(1, seeds + 1), out=out, progress=sys.stderr.isatty(), log=typer.echo, jobs=jobs
+            paths,
+            models,
+            seeds=range(1, seeds + 1),
+            out=out,
+            progress=sys.stderr.isatty(),
+            log=typer.echo,
+            jobs=jobs,
+            cap=epochs,
+            configs_from=require_dataset_dir(configs_from, home) if configs_from else None,
         )
     typer.echo(f"wrote {path}")
 
@@ -681,7 +779,7 @@ def check_prefect_api() -> str:
     return url
 
 
-def check_cron(cron: str) -> None:
+def check_cron(cron: str, option: str = "cron") -> None:
     """Standard five-field cron, checked with cronsim (Prefect's own check needs Prefect imported)."""
     from datetime import datetime
 
@@ -691,18 +789,42 @@ def check_cron(cron: str) -> None:
         CronSim(cron, datetime.now())
     except CronSimError as exc:
         raise ValueError(
-            f"--cron {cron!r} is not a cron expression ({exc}), e.g. '0 3 * * *' (03:00 every day)"
+            f"--{option} {cron!r} is not a cron expression ({exc}), e.g. '0 3 * * *' (03:00 every day)"
         ) from None
 
 
-def _serve_command(cron: str, name: str, **params: Any) -> None:
-    """Serve `pipeline` as a cron-scheduled deployment on the Prefect server at PREFECT_API_URL.
+def serve_plan(
+    cfg: PipelineConfig, cron: str, name: str, update_cron: str | None, retrain_cron: str
+) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(flow, deployment name, cron, parameters) of each schedule `serve` registers.
+
+    Without --update-cron: the whole pipeline at --cron, as always. With it, a catalog that
+    changes: a frequent `update` (new items through the cold path, a retrain only past
+    --retrain-after) and a rarer forced retrain (`update --retrain`): the pipeline's fresh ingest
+    would renumber items, the retrain keeps their ids.
+    """
+    params = asdict(cfg)
+    if not update_cron:
+        return [("pipeline", name, cron, params)]
+    return [
+        ("update", f"{name}-update", update_cron, {**params, "retrain": False}),
+        ("update", f"{name}-retrain", retrain_cron, {**params, "retrain": True}),
+    ]
+
+
+def _serve_command(cron: str, name: str, update_cron: str | None, retrain_cron: str, **params: Any) -> None:
+    """Serve `pipeline` (or, with --update-cron, a frequent `update` and a rarer retrain) as
+    cron-scheduled deployments on the Prefect server at PREFECT_API_URL.
 
     Every other option becomes a default parameter of the scheduled runs.
     """
     check_cron(cron)
+    if update_cron:
+        check_cron(update_cron, "update-cron")
+        check_cron(retrain_cron, "retrain-cron")
     cfg = PipelineConfig(**params)
-    preflight(cfg, "pipeline")
+    plan = serve_plan(cfg, cron, name, update_cron, retrain_cron)
+    preflight(cfg, plan[0][0])
     url = check_prefect_api()
     import flows  # sets Prefect's defaults (telemetry off, …) before Prefect reads its settings
 
@@ -713,12 +835,15 @@ def _serve_command(cron: str, name: str, **params: Any) -> None:
         "on_crashed": [_run_ended],
         "on_cancellation": [_run_ended],
     }
-    served = flows.with_runner(flows.pipeline, cfg).with_options(**hooks)
     runner = _serve_runner()(name=name, limit=1)  # a dataset has one writer: a second run would only wait
-    runner.add_flow(served, name=name, cron=cron, parameters=asdict(cfg))
-    typer.echo(
-        f"serving pipeline/{name} ({cron}) on {url}; a run now: prefect deployment run 'pipeline/{name}'; Ctrl-C stops"
-    )
+    for flow_name, deployment, when, parameters in plan:
+        served = flows.with_runner(flows.FLOWS[flow_name], cfg).with_options(**hooks)
+        runner.add_flow(served, name=deployment, cron=when, parameters=parameters)
+        typer.echo(
+            f"serving {flow_name}/{deployment} ({when}) on {url}; a run now: "
+            f"prefect deployment run '{flow_name}/{deployment}'"
+        )
+    typer.echo("Ctrl-C stops")
     import asyncio
 
     asyncio.run(runner.start())
@@ -776,7 +901,27 @@ _serve_command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             annotation=str,
             default=typer.Option("nightly", "--name", help="deployment name (pipeline/<name>)"),
         ),
-        *config_parameters(FLOW_GROUPS["pipeline"]),
+        inspect.Parameter(
+            "update_cron",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Optional[str],
+            default=typer.Option(
+                None,
+                "--update-cron",
+                help="a changing catalog: run `update` at this cron (update/<name>-update) instead of the pipeline",
+            ),
+        ),
+        inspect.Parameter(
+            "retrain_cron",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str,
+            default=typer.Option(
+                "0 4 * * 0",
+                "--retrain-cron",
+                help="with --update-cron: the full retrain (update --retrain, update/<name>-retrain) at this cron",
+            ),
+        ),
+        *config_parameters(FLOW_GROUPS["update"]),
     ]
 )
 app.command("serve")(_serve_command)
@@ -828,7 +973,7 @@ def _exit_when_saved(running: Any, code: int, name: str) -> None:
     )
 
 
-def _exit_now(code: int, message: str) -> None:
+def _exit_now(code: int, message: str) -> typing.NoReturn:
     sys.stderr.write(f"\n{message}\n")
     sys.stderr.flush()
     try:

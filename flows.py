@@ -30,6 +30,7 @@ if os.environ.get("PREFECT_HOME"):  # Prefect makes only the last level, then fa
 
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 from pipeline_config import FLOW_DOCS, FLOW_GROUPS, NO_IMAGES, RELEASES, PipelineConfig  # noqa: F401 (re-exported)
 from pipelines.catalog_only import is_catalog_request, refuse_catalog_pipeline, require_interactions
@@ -93,7 +94,8 @@ def stage_line(name: str, s: dict) -> str:
     if name.startswith("features") and "n_vectors" in s:
         return (
             f"{s.get('name')}: vectors for {s['n_vectors']} of {s.get('n_items')} items "
-            f"({s.get('encoded', 0)} encoded, {s.get('resumed', 0)} resumed){took}"
+            f"({s.get('encoded', 0)} encoded, {s.get('resumed', 0)} resumed"
+            f"{', ' + str(s['reused']) + ' reused' if s.get('reused') else ''}){took}"
         )
     if name.startswith("tokens") and "n_with_tokens" in s:
         return (
@@ -104,16 +106,22 @@ def stage_line(name: str, s: dict) -> str:
         return f"{s['name']}: mm encoded by {s.get('run')}{took}"
     if name == "train" and "run_id" in s:
         valid = round((s.get("valid") or {}).get("recall@20", float("nan")), 4)
-        return (
+        line = (
             f"{s['run_id']}: best epoch {s.get('best_epoch')} of {s.get('epochs_run')}, valid recall@20 {valid}{took}"
         )
+        if s.get("test_divisions"):  # the item-cold protocol (models.evaluation.cold)
+            from models.evaluation.cold import division_line
+
+            line += "\n  " + division_line(s)
+        return line
     if name == "publish" and s.get("content_feature"):
         return (
             f"{s.get('run')}: content vectors of {s['content_feature']} for {s.get('count')} items "
             f"({s.get('without_vector', 0)} without a vector) in a {s.get('kind')} index{took}"
         )
     if name == "publish" and "count" in s:
-        return f"{s.get('run')}: {s['count']} items in a {s.get('kind')} index{took}"
+        version = f", version {s['version']}" if s.get("version") else ""
+        return f"{s.get('run')}: {s['count']} items in a {s.get('kind')} index{version}{took}"
     if name == "pretrain" and "feature" in s:
         return f"{s['feature']}: {s.get('n_both')} of {s.get('n_items')} items with image and text{took}"
     keep = {k: v for k, v in s.items() if isinstance(v, (int, float, str)) and len(str(v)) < 40}
@@ -152,7 +160,8 @@ def ingest_task(cfg: PipelineConfig) -> dict:
     if cfg.release == "mmrec":
         from pipelines.mmrec import import_mmrec
 
-        return import_mmrec(Path(cfg.source), cfg.dataset, home=cfg.home)
+        assert cfg.source is not None  # PipelineConfig refuses --release mmrec without --source
+        return import_mmrec(Path(cfg.source), cfg.dataset, home=cfg.home, cold_items=cfg.cold_items, seed=cfg.seed)
     from pipelines.ingest import ingest
 
     return ingest(
@@ -172,7 +181,11 @@ def ingest_task(cfg: PipelineConfig) -> dict:
 
 def ingest_extras(cfg: PipelineConfig) -> dict[str, Any]:
     """Options only the real-data releases take."""
-    extras: dict[str, Any] = {"min_meta_match": cfg.min_meta_match, "allow_missing_meta": cfg.allow_missing_meta}
+    extras: dict[str, Any] = {
+        "min_meta_match": cfg.min_meta_match,
+        "allow_missing_meta": cfg.allow_missing_meta,
+        "cold_items": cfg.cold_items,
+    }
     if cfg.release == "csv":
         extras.update(
             columns=cfg.columns,
@@ -216,7 +229,9 @@ def extract_task(cfg: PipelineConfig, spec: str, name: str, shard: Optional[tupl
     from features.extract import extract
     from features.tokens import extract_with_tokens, shares_pass
 
-    kwargs = dict(name=name, batch_size=cfg.batch_size, device=cfg.device, shard=shard, progress=shard is None)
+    kwargs: dict[str, Any] = dict(
+        name=name, batch_size=cfg.batch_size, device=cfg.device, shard=shard, progress=shard is None
+    )
     if cfg.tokens and shares_pass(spec):  # one backbone pass per photo for pooled and token features
         return extract_with_tokens(cfg.paths, spec, grid=cfg.token_grid, **kwargs)
     return extract(cfg.paths, spec, **kwargs)
@@ -314,7 +329,7 @@ def tune_task(cfg: PipelineConfig, features: dict[str, str]) -> dict:
 def publish_task(cfg: PipelineConfig, run_id: str) -> dict:
     from store.index import publish
 
-    return publish(cfg.paths, run_id)
+    return publish(cfg.paths, run_id, keep=cfg.keep)
 
 
 @task(name="publish-content", persist_result=True)
@@ -322,7 +337,7 @@ def publish_task(cfg: PipelineConfig, run_id: str) -> dict:
 def publish_content_task(cfg: PipelineConfig, feature: str) -> dict:
     from store.index import publish_content
 
-    return publish_content(cfg.paths, feature)
+    return publish_content(cfg.paths, feature, keep=cfg.keep)
 
 
 # --------------------------------------------------------------------------- stages
@@ -351,6 +366,7 @@ INGEST_KEYS = (
     "columns",
     "meta_release",
     "kcore",
+    "cold_items",
     "seed",
     "demo_items",
     "demo_users",
@@ -381,7 +397,10 @@ def stage_ingest(cfg: PipelineConfig) -> dict:
         inputs += sorted(f for f in Path(cfg.source).glob("*") if f.is_file())
     key = stage_key("ingest", conf, inputs, ("pipelines.ingest", "pipelines.mmrec"))
     catalog = is_catalog_request(cfg.release, cfg.reviews or cfg.train, cfg.meta)  # items only (pipelines.catalog_only)
-    return run_stage("ingest", ingest_task, key, [p.items] if catalog else [p.items, p.users, p.interactions], cfg)
+    outputs = [p.items] if catalog else [p.items, p.users, p.interactions]
+    if cfg.cold_items and not catalog:
+        outputs.append(p.cold_items)  # recorded like the other tables (store.records)
+    return run_stage("ingest", ingest_task, key, outputs, cfg)
 
 
 def stage_images(cfg: PipelineConfig) -> dict:
@@ -473,6 +492,7 @@ def stage_train(cfg: PipelineConfig, features: dict[str, str]) -> dict:
     conf = {k: getattr(cfg, k) for k in ("model", "lr", "epochs", "patience", "seed")}
     conf["features"] = features
     inputs = [p.items, p.interactions] + [p.feature(n) for n in sorted(set(features.values()))]
+    inputs += [p.cold_items] if p.cold_items.exists() else []  # the item-cold protocol's held-out items
     key = stage_key("train", conf, inputs, ("models.training.trainer", model_module(cfg.model)))
     run_id = f"{cfg.model}-{key.split('-', 1)[1][:10]}"
     out = run_stage(
@@ -517,6 +537,130 @@ def stage_publish_content(cfg: PipelineConfig) -> dict:
     key = stage_key("publish-content", {"feature": feature}, [p.items, p.feature(feature)], ("store.index",))
     out = run_stage("publish", publish_content_task, key, [p.index_dir(run_id) / "manifest.json"], cfg, feature)
     return {**out, "run_id": run_id, "content_feature": feature}
+
+
+# --------------------------------------------------------------------------- update (incremental runs)
+@task(name="update-merge", persist_result=True)
+@_timed
+def update_merge_task(cfg: PipelineConfig) -> dict:
+    """Ingest the newer files into a staging dataset, then merge them in with stable ids (pipelines.update)."""
+    from dataclasses import replace
+
+    from pipelines.update import merge_staged, remove_staging, staging_paths
+
+    staged = staging_paths(cfg.paths)
+    remove_staging(cfg.paths)
+    try:
+        ingest_task.fn(replace(cfg, home=str(staged.root.parent), cold_items=0.0))
+        return merge_staged(cfg.paths, staged)
+    finally:
+        remove_staging(cfg.paths)
+
+
+@task(name="update-publish", cache_policy=NO_CACHE)
+@_timed
+def update_publish_task(cfg: PipelineConfig, run_id: str, merged: dict) -> dict:
+    from models.refresh import refresh
+    from store.index import publish_version
+
+    new = refresh(cfg.paths, run_id, merged["new_items"], merged["changed_items"])
+    change = {
+        "kind": "update",
+        "items_added": new.items_added,
+        "items_changed": new.items_changed,
+        "users_updated": new.users_updated,
+        "note": "; ".join(new.notes),
+    }
+    version = publish_version(
+        cfg.paths,
+        run_id,
+        new.item_ids,
+        new.item_vectors,
+        new.user_ids,
+        new.user_vectors,
+        change,
+        metadata=new.metadata,
+        keep=getattr(cfg, "keep", 5),
+    )
+    line = (
+        f"{run_id} version {version}: {new.items_added} new items from the cold path, {new.items_changed} changed, "
+        f"{new.users_updated} users updated, {len(new.item_ids)} items served"
+    )
+    return {**change, "run": run_id, "version": version, "line": "; ".join([line, *new.notes])}
+
+
+def stage_update_merge(cfg: PipelineConfig) -> dict:
+    p = cfg.paths
+    conf = {k: getattr(cfg, k) for k in INGEST_KEYS}
+    for k in ("meta", "reviews", "source", "train", "valid", "test"):
+        conf[k] = source_name(conf[k]) if conf[k] else conf[k]
+    inputs = [Path(x) for x in (cfg.meta, cfg.reviews, cfg.train, cfg.valid, cfg.test) if x and Path(x).is_file()]
+    if cfg.source:
+        inputs += sorted(f for f in Path(cfg.source).glob("*") if f.is_file())
+    inputs += [p.items, p.users, p.interactions]
+    key = stage_key("update", conf, inputs, ("pipelines.update", "pipelines.ingest", "pipelines.mmrec"))
+    # never a cache hit: a URL serves a newer dump under the same name (the merge is idempotent)
+    key = f"{key}-{time.time_ns()}"
+    return run_stage("update", update_merge_task, key, [p.items, p.users, p.interactions], cfg)
+
+
+def updated_run(cfg: PipelineConfig) -> str:
+    """The run an update extends: --run-id, else the newest published run."""
+    from store.index import latest_run
+
+    run_id = cfg.run_id or latest_run(cfg.paths)
+    if run_id is None or not (cfg.paths.run(run_id) / "config.json").is_file():
+        raise ValueError(
+            f"dataset {cfg.dataset!r} has no published trained run {run_id or ''} to update; "
+            f"run the pipeline first: anchorrec pipeline --dataset {cfg.dataset}"
+        )
+    return run_id
+
+
+def _table_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def _update_body(cfg: PipelineConfig) -> dict:
+    """Merge the newer files; then either a full retrain (threshold passed, or --retrain) or the
+    features of changed and new items and a new index version from the run's cold path."""
+    from dataclasses import replace
+
+    from models.refresh import run_model
+    from pipelines.update import read_ledger, record_training, record_update, retrain_fraction
+
+    require_interactions(cfg.paths, "update")
+    p = cfg.paths
+    run_id = updated_run(cfg)
+    model, tables = run_model(p, run_id)
+    ledger = read_ledger(p, run_id, _table_rows(p.items), _table_rows(p.interactions))
+    merged = stage_update_merge(cfg)
+    fraction = retrain_fraction(ledger, len(merged["new_items"]), merged["new_interactions"])
+    if cfg.retrain or fraction > cfg.retrain_after:
+        why = (
+            "--retrain" if cfg.retrain else f"{fraction:.1%} new since training > --retrain-after {cfg.retrain_after:g}"
+        )
+        log.info("update: full retrain of %s (%s)", model, why)
+        published = _publish_body(replace(cfg, model=model))
+        record_training(p, published["run_id"], merged["items"], merged["interactions"])
+        return {"merged": merged, "retrained": True, "why": why, **published}
+    log.info(
+        "update: %.1f%% new since %s was trained (retrain above %g%%)", 100 * fraction, run_id, 100 * cfg.retrain_after
+    )
+    extracted = _features_body(cfg)
+    pretrained = {t for m, t in tables.items() if m == "mm" and (p.run(t) / "checkpoint.pt").is_file()}
+    missing = sorted(set(tables.values()) - {s["name"] for s in extracted.values()} - pretrained)
+    if missing:
+        raise ValueError(
+            f"run {run_id} reads feature table(s) {', '.join(missing)}, which this update did not refresh: "
+            "pass the encoder options the pipeline used (--text-encoder, --image-encoder), or --retrain"
+        )
+    published = update_publish_task(cfg, run_id, merged)
+    log.info("update: %s", published["line"])
+    record_update(p, ledger, len(merged["new_items"]), merged["new_interactions"])
+    return {"merged": merged, "retrained": False, "fraction": fraction, "run_id": run_id, **published}
 
 
 # --------------------------------------------------------------------------- modalities
@@ -656,6 +800,7 @@ train_flow = _make_flow("train", _train_body, FLOW_DOCS["train"])
 publish_flow = _make_flow("publish", _publish_body, FLOW_DOCS["publish"])
 pipeline = _make_flow("pipeline", _pipeline_body, FLOW_DOCS["pipeline"])
 tune_flow = _make_flow("tune", _tune_body, FLOW_DOCS["tune"])
+update_flow = _make_flow("update", _update_body, FLOW_DOCS["update"])
 
 FLOWS = {
     "ingest": ingest_flow,
@@ -665,6 +810,7 @@ FLOWS = {
     "publish": publish_flow,
     "pipeline": pipeline,
     "tune": tune_flow,
+    "update": update_flow,
 }
 
 

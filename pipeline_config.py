@@ -24,6 +24,8 @@ MODELS = (
     "lgmrec",
     "damrs",
     "smore",
+    "pop",
+    "content_knn",
 )  # models.registry.MODELS (checked in tests)
 TASK_RUNNERS = ("thread", "dask")
 PRUNERS = ("median", "halving", "none")  # models.training.tune.PRUNERS (checked in tests)
@@ -78,6 +80,12 @@ class PipelineConfig:
     valid: Optional[str] = _opt(None, "a given split: the validation interactions file", "ingest")
     test: Optional[str] = _opt(None, "a given split: the test interactions file", "ingest")
     kcore: int = _opt(5, "keep users and items with at least this many interactions", "ingest")
+    cold_items: float = _opt(
+        0.0,
+        "item-cold protocol: hold out this seeded fraction of items with all their interactions "
+        "(half validation, half test); training never sees them",
+        "ingest",
+    )
     min_meta_match: float = _opt(0.5, "fail the ingest when fewer items than this share have metadata", "ingest")
     allow_missing_meta: bool = _opt(
         False, "ingest even when metadata matched fewer items than --min-meta-match", "ingest"
@@ -131,6 +139,17 @@ class PipelineConfig:
         "(default: the mm table, else text, else image)",
         "publish",
     )
+    keep: int = _opt(5, "index versions kept per run (the newest N; the one served is never removed)", "publish")
+    run_id: Optional[str] = _opt(
+        None, "the published run an update extends (default: the newest published run)", "update"
+    )
+    retrain_after: float = _opt(
+        0.1,
+        "retrain in full instead when new items or new interactions since the last training pass this "
+        "fraction of those at training",
+        "update",
+    )
+    retrain: bool = _opt(False, "retrain in full now (merge → features → train → publish) whatever the count", "update")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -157,6 +176,7 @@ class PipelineConfig:
             "demo_users",
             "trials",
             "jobs",
+            "keep",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be ≥ 1, got {getattr(self, name)}")
@@ -170,6 +190,10 @@ class PipelineConfig:
             raise ValueError("--pretrain-epochs must be ≥ 0 (0 skips pretraining)")
         if not 0 < self.lr < 1:
             raise ValueError(f"--lr must be in (0, 1), got {self.lr}")
+        if not self.retrain_after >= 0:
+            raise ValueError(f"--retrain-after must be ≥ 0 (a fraction, e.g. 0.1), got {self.retrain_after}")
+        if not 0 <= self.cold_items < 1:
+            raise ValueError(f"--cold-items must be in [0, 1), got {self.cold_items}")
         for name in ("min_meta_match", "min_coverage"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"--{_flag(name)} must be in [0, 1], got {getattr(self, name)}")
@@ -216,6 +240,7 @@ FLOW_GROUPS = {
     "publish": ("common", "features", "pretrain", "train", "publish"),
     "pipeline": ("common", "ingest", "features", "pretrain", "train"),
     "tune": ("common", "features", "pretrain", "train", "tune"),
+    "update": ("common", "ingest", "features", "pretrain", "train", "publish", "update"),
 }
 FLOW_DOCS = {
     "ingest": "Download, parse, filter and split a dataset.",
@@ -225,4 +250,6 @@ FLOW_DOCS = {
     "publish": "Train (cached when done) and publish the run's item vectors to a FAISS index.",
     "pipeline": "The whole pipeline: ingest → features → pretrain → train → publish.",
     "tune": "Search a model's hyperparameters on validation Recall@20 (Optuna); the study resumes where it stopped.",
+    "update": "Merge a newer dump or delta files with stable ids, encode only new and changed items and publish a "
+    "new index version through the run's cold path; a full retrain past --retrain-after (docs/operations.md).",
 }

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from features.base import WeightsUnavailable, autocast, to_numpy
+from features.base import Modality, WeightsUnavailable, autocast, to_numpy
 
 
 def _hub_cache() -> str:
@@ -95,7 +95,7 @@ class _ClipBase:
 class ClipImageEncoder(_ClipBase):
     """Unit-norm CLIP image embeddings; `preprocess` is open_clip's own eval transform."""
 
-    modality = "image"
+    modality: Modality = "image"
 
     def encode(self, batch: torch.Tensor) -> np.ndarray:
         if len(batch) == 0:
@@ -136,7 +136,7 @@ class ClipImageEncoder(_ClipBase):
 class ClipTextEncoder(_ClipBase):
     """Unit-norm CLIP text embeddings (the tokenizer truncates to the model's context length)."""
 
-    modality = "text"
+    modality: Modality = "text"
 
     def encode(self, batch: list[str]) -> np.ndarray:
         if len(batch) == 0:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from features.base import WeightsUnavailable, autocast, to_numpy
+from features.base import Modality, WeightsUnavailable, autocast, to_numpy
 
 IMAGE_SIZE = 224
 # The TF lite checkpoints were trained on inputs scaled as (x - 127) / 128 (efficientnet_lite_builder
@@ -179,7 +179,7 @@ class CenterCropTransform:
         w, h = image.size
         side = min(w, h) * self.crop_fraction
         left, top = (w - side) / 2, (h - side) / 2
-        image = image.resize((self.size, self.size), Image.BICUBIC, box=(left, top, left + side, top + side))
+        image = image.resize((self.size, self.size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
         x = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
@@ -189,7 +189,7 @@ class CenterCropTransform:
 class EfficientNetLite0Encoder:
     """1280-d image features from the packaged EfficientNet-Lite0 (ImageNet-trained)."""
 
-    modality = "image"
+    modality: Modality = "image"
     model = "efficientnet-lite0"
     dim = 1280
     image_size = IMAGE_SIZE

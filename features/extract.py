@@ -85,7 +85,9 @@ def _read_items(paths: DatasetPaths) -> pa.Table:
 
 def text_inputs(items: pa.Table) -> Inputs:
     texts = items.column("text").to_pylist()
-    payload, missing, keys = [], [], []
+    payload: list[str | None] = []
+    missing: list[str | None] = []
+    keys: list[str] = []
     for text in texts:
         if text is None or not text.strip():
             payload.append(None)
@@ -136,7 +138,9 @@ def image_inputs(paths: DatasetPaths, items: pa.Table, threads: int = 8) -> Inpu
     with ThreadPoolExecutor(max_workers=threads) as pool:
         hashes = list(pool.map(lambda f: file_sha256(f)[:16], [f for f, e in zip(files, exists) if e]))
     hashes_iter = iter(hashes)
-    payload, missing, keys = [], [], []
+    payload: list[str | None] = []
+    missing: list[str | None] = []
+    keys: list[str] = []
     for asin, f, e in zip(asins, files, exists):
         if e:
             payload.append(str(f))
@@ -223,14 +227,18 @@ def pending_batches(
         for local, out in text_batches(encoder, texts, batch_size, encode):  # type: ignore[arg-type]
             yield [pending[i] for i in local], out, []
         return
-    files = [inputs.payload[p] for p in pending]
+    files: list[str | Path] = []
+    for p in pending:
+        path = inputs.payload[p]
+        assert path is not None  # pending items are the ones with a photo
+        files.append(path)
     for local, out, failed in encoded_image_batches(
         encoder,
         files,
         batch_size=batch_size,
         workers=workers,
         draft=draft,
-        encode=encode,  # type: ignore[arg-type]
+        encode=encode,
     ):
         yield [pending[i] for i in local], out, [(pending[i], reason) for i, reason in failed]
 
@@ -474,6 +482,74 @@ class Partial:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+# --- rows of the published table, reused byte for byte --------------------------------------------
+KEYS_DIR = ".keys"  # features/.keys/<name>.parquet: not a `features/*.parquet`, so never listed as a feature
+
+
+def keys_path(table_path: Path) -> Path:
+    """The per-item content keys of a published feature table (asin, key), beside it."""
+    return table_path.parent / KEYS_DIR / table_path.name
+
+
+def write_keys(table_path: Path, inputs: Inputs, meta: dict[str, str]) -> None:
+    """Keep the key each row was encoded from, tied to the table by its content hash, so that a
+    later extraction (a changed catalog, `anchorrec update`) can tell which rows still hold."""
+    table = pa.table({"asin": pa.array(inputs.asins, pa.string()), "key": pa.array(inputs.keys, pa.string())})
+    tie = {"encoder": meta.get("encoder", ""), "content_hash": meta.get("content_hash", "")}
+    write_table(table, keys_path(table_path), metadata=tie)
+
+
+@dataclass
+class PublishedRows:
+    """Rows of the published table whose item still feeds the encoder exactly what it read then."""
+
+    dim: int
+    meta: dict[str, str]
+    rows: dict[int, tuple[np.ndarray | None, str | None]]  # position in the current inputs → (vector, reason)
+
+    def covers(self, inputs: Inputs) -> bool:
+        """Every item with an input has a reusable row: nothing to encode, no encoder to load."""
+        return all(p in self.rows for p, why in enumerate(inputs.missing) if why is None)
+
+    def fill(self, filled: np.ndarray, vectors: np.ndarray, valid: np.ndarray, reasons: list[str | None]) -> int:
+        """Copy the rows not already filled (partial rows of this extraction win); how many were copied."""
+        count = 0
+        for pos, (vec, reason) in self.rows.items():
+            if filled[pos]:
+                continue
+            if vec is not None:
+                vectors[pos], valid[pos] = vec, True
+            reasons[pos], filled[pos] = reason, True
+            count += 1
+        return count
+
+
+def published_rows(table_path: Path, spec_text: str, inputs: Inputs) -> PublishedRows | None:
+    """The reusable rows of the table this extraction replaces; None when there is no such table,
+    it is damaged, made by another encoder, or its keys belong to another version of it."""
+    kpath = keys_path(table_path)
+    if not table_path.exists() or not kpath.exists() or problem(table_path) is not None:
+        return None
+    meta = read_metadata(table_path)
+    kmeta = read_metadata(kpath)
+    if meta.get("encoder") != spec_text or kmeta.get("content_hash") != meta.get("content_hash"):
+        return None
+    keys = read_table(kpath)
+    table = read_table(table_path, columns=["asin", "vector", "reason"])
+    if keys.column("asin").to_pylist() != table.column("asin").to_pylist():
+        return None
+    dim = int(meta["dim"])
+    vectors, valid = to_matrix(table.column("vector"), dim)
+    reasons = table.column("reason").to_pylist()
+    where = {a: (i, k) for i, (a, k) in enumerate(zip(inputs.asins, inputs.keys))}
+    rows: dict[int, tuple[np.ndarray | None, str | None]] = {}
+    for j, (asin, key) in enumerate(zip(keys.column("asin").to_pylist(), keys.column("key").to_pylist())):
+        hit = where.get(asin)
+        if hit is not None and hit[1] == key:
+            rows[hit[0]] = (vectors[j] if valid[j] else None, reasons[j])
+    return PublishedRows(dim, meta, rows)
+
+
 # --- the stage ---------------------------------------------------------------------------------
 
 
@@ -538,13 +614,17 @@ def extract(
 
     if resume and up_to_date(out_path, ihash, spec_text):
         meta = read_metadata(out_path)
+        if not keys_path(out_path).exists():  # a table written before keys were kept: keep them now
+            write_keys(out_path, inputs, meta)
+        dim = int(meta["dim"])  # every row kept as it is: all reused
         return _summary(
-            name, out_path, spec_text, modality, int(meta["dim"]), meta, t0, resumed=0, encoded=0, skipped=True
+            name, out_path, spec_text, modality, dim, meta, t0, resumed=0, encoded=0, skipped=True, reused=n
         )
 
-    if encoder is None:
+    prior = published_rows(out_path, spec_text, inputs) if resume and side is None else None
+    if encoder is None and not (prior is not None and prior.covers(inputs)):
         encoder = get_encoder(spec_text, device)
-    dim = encoder.dim
+    dim = encoder.dim if encoder is not None else prior.dim  # type: ignore[union-attr]
     tag = f"s{shard[0]}of{shard[1]}-" if shard else ""
     partial = Partial(paths.features_dir / f".{name}.partial", spec_text, dim, tag)
     partial.open(resume)
@@ -559,6 +639,7 @@ def extract(
         reasons[pos] = reason
         filled[pos] = True
     resumed = int(filled.sum())
+    reused = prior.fill(filled, vectors, valid, reasons) if prior is not None else 0
 
     buffer, pending = shard_plan(inputs, filled, shard)
     for pos in buffer:
@@ -582,26 +663,30 @@ def extract(
             side.save(positions)
 
     if side is not None:
+        assert encoder is not None  # a side output turns the published-rows shortcut off: the encoder is loaded
         side.begin(encoder, inputs, shard, resume)
     t_encode = time.perf_counter()
-    run_pending(
-        encoder,
-        inputs,
-        pending,
-        modality,
-        store=store,
-        fail=fail,
-        buffer=buffer,
-        save=save,
-        batch_size=batch_size,
-        workers=workers,
-        draft=draft,
-        chunk_size=chunk_size,
-        progress=progress,
-        desc=f"extract {name}",
-        kept=resumed,
-        encode=side.encode if side is not None else None,
-    )
+    if encoder is None:  # every row reused (PublishedRows.covers): only the items without input are left
+        save(list(buffer))
+    else:
+        run_pending(
+            encoder,
+            inputs,
+            pending,
+            modality,
+            store=store,
+            fail=fail,
+            buffer=buffer,
+            save=save,
+            batch_size=batch_size,
+            workers=workers,
+            draft=draft,
+            chunk_size=chunk_size,
+            progress=progress,
+            desc=f"extract {name}",
+            kept=resumed,
+            encode=side.encode if side is not None else None,
+        )
     encode_seconds = time.perf_counter() - t_encode
     if shard is not None:
         return {
@@ -620,25 +705,37 @@ def extract(
         inputs.item_ids,
         vectors,
         encoder=spec_text,
-        model=encoder.model,
-        weights=portable(encoder.weights),  # no machine path in table metadata (a copied home stays identical)
+        model=encoder.model if encoder is not None else prior.meta["model"],  # type: ignore[union-attr]
+        # no machine path in table metadata (a copied home stays identical)
+        weights=portable(encoder.weights) if encoder is not None else prior.meta["weights"],  # type: ignore[union-attr]
         modality=modality,
         input_hash=ihash,
         valid=valid,
         reasons=reasons,
         extra={"name": name, "n_items": str(n), "n_missing": str(int((~valid).sum()))},
     )
-    partial.remove()
     meta = read_metadata(out_path)
+    write_keys(out_path, inputs, meta)
+    partial.remove()
     summary = _summary(
-        name, out_path, spec_text, modality, dim, meta, t0, resumed=resumed, encoded=len(pending), skipped=False
+        name,
+        out_path,
+        spec_text,
+        modality,
+        dim,
+        meta,
+        t0,
+        resumed=resumed,
+        encoded=len(pending),
+        skipped=False,
+        reused=reused,
     )
     summary["encode_seconds"] = round(encode_seconds, 3)
     summary["items_per_s"] = round(len(pending) / encode_seconds, 1) if encode_seconds > 0 and pending else 0.0
-    summary["device"] = encoder.device
+    summary["device"] = encoder.device if encoder is not None else None
     counts = ", ".join(f"{k}: {v}" for k, v in summary["reasons"].items()) or "none"
     log.info(
-        "%s: %d items, %d vectors, %d without (%s); %d encoded, %d resumed",
+        "%s: %d items, %d vectors, %d without (%s); %d encoded, %d resumed, %d reused",
         out_path,
         n,
         summary["n_vectors"],
@@ -646,11 +743,12 @@ def extract(
         counts,
         len(pending),
         resumed,
+        reused,
     )
     return summary
 
 
-def _summary(name, path, spec, modality, dim, meta, t0, *, resumed, encoded, skipped) -> dict:
+def _summary(name, path, spec, modality, dim, meta, t0, *, resumed, encoded, skipped, reused=0) -> dict:
     table = read_table(path, columns=["vector", "reason"])
     reasons = [r for r in table.column("reason").to_pylist() if r]
     n_missing = table.column("vector").null_count
@@ -667,6 +765,7 @@ def _summary(name, path, spec, modality, dim, meta, t0, *, resumed, encoded, ski
         "input_hash": meta.get("input_hash"),
         "encoded": encoded,
         "resumed": resumed,
+        "reused": reused,
         "skipped": skipped,
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from features.base import MINILM_HUB_NAME, WeightsUnavailable, autocast, to_numpy
+from features.base import MINILM_HUB_NAME, Modality, WeightsUnavailable, autocast, to_numpy
 
 
 def bundled_minilm_dir() -> Path | None:
@@ -47,7 +47,7 @@ def _hub_cache() -> str:
 class BertEncoder:
     """Mean-pooled, L2-normalized sentence vectors from a BERT-family model."""
 
-    modality = "text"
+    modality: Modality = "text"
 
     def __init__(
         self,

@@ -94,7 +94,7 @@ class Rows:
             self.ids[positions, :width] = np.where(keep, np.take_along_axis(ids, order, axis=1), 0)
         self.filled[positions] = True
 
-    def fail(self, pos: int, reason: str) -> None:
+    def fail(self, pos: int, reason: str | None) -> None:
         self.reasons[pos], self.filled[pos] = reason, True
 
     def columns(self, positions: list[int] | slice) -> dict[str, pa.Array]:
@@ -136,13 +136,13 @@ def token_encode(encoder: Encoder, modality: str, grid: int, max_length: int):
             )
 
         def image(batch: Any) -> tuple[np.ndarray, np.ndarray, None]:
-            out = encoder.encode_image_tokens(batch, grid)  # type: ignore[attr-defined]
+            out = encoder.encode_image_tokens(batch, grid)
             return out, np.ones(out.shape[:2], bool), None
 
         return image
     if not hasattr(encoder, "encode_tokens"):
         raise ValueError(f"encoder {encoder.spec!r} has no text tokens: use 'minilm' or 'bert:<model or dir>'")
-    return lambda batch: encoder.encode_tokens(batch, max_length)  # type: ignore[attr-defined]
+    return lambda batch: encoder.encode_tokens(batch, max_length)
 
 
 def token_meta(encoder: Encoder, modality: str, grid: int, max_length: int) -> dict:
@@ -387,7 +387,7 @@ class TokenSide:
     def encode(self, batch: Any) -> tuple[np.ndarray, np.ndarray | None]:
         if not self.active:
             return self.encoder.encode(batch), None
-        return self.encoder.encode_with_tokens(batch, self.grid)  # type: ignore[attr-defined]
+        return self.encoder.encode_with_tokens(batch, self.grid)
 
     def store(self, positions: list[int], tokens: np.ndarray | None) -> None:
         if self.active and tokens is not None:

@@ -14,19 +14,34 @@ authors' code sjtulyf123/AlignRec_CIKM24, `ALIGNREC.calculate_loss`):
 Unlike AnchorRec, the alignment is done directly in the embedding space the score uses: this is
 the "positional collapse" AnchorRec's paper attributes to AlignRec. The batch computations reuse
 AnchorRec's (only the rows the batch needs; the similarity term through Gram matrices).
+
+Cold items: the model's own forward, run for an item with its features and nothing else. Its ID
+embedding does not exist (zero), so its LightGCN part is zero (no ego vector, no user–item edge)
+and so is its own gated input e = item_id ⊙ σ(G(W f)) — the encoder's gate scales an ID, it
+does not produce a vector from the features alone. What its features do decide is its row of
+the mm kNN graph K: its k cosine neighbours among warm items on the raw mm features, weighted
+s_nj / sqrt(d_n d_j) as K is (d_j the warm item's degree in the trained K). So its vector is
+z = Σ_j K_nj z_j^(L−1), the warm items' branch one layer before the last, exactly what
+`final_embeddings` computes for that row (models/cold.py; the new item has no self-loop, its own
+e being zero; with n_layers 0 there is no content path and the model reports none). Mapping the
+features through the encoder alone was rejected: the gate's output has no meaning without the
+ID it multiplies.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import cold
 from models.backbone import lightgcn_mean
 from models.blocks import require_modalities, user_lift
-from models.losses import bpr_loss, info_nce, l2_loss, similarity_gap
+from models.losses import bpr_loss, info_nce, l2_loss, similarity_gap, total_loss
 from models.training.data import GraphData
 from models.training.sparse import FixedSparse
 
@@ -70,6 +85,12 @@ SEARCH_SPACE: dict[str, tuple] = {
 
 
 class AlignRec(nn.Module):
+    unit_mm: torch.Tensor  # a buffer (registered in __init__): unit-norm mm features
+    COLD_PATH = (
+        "its row of the mm kNN graph (k content neighbours among warm items, cosine, sym-normalised) "
+        "applied to the warm gated mm branch; ID and LightGCN parts zero"
+    )
+
     def __init__(self, graph: GraphData, cfg: AlignRecConfig) -> None:
         super().__init__()
         require_modalities(graph, ("mm",), "AlignRec")
@@ -81,6 +102,7 @@ class AlignRec(nn.Module):
         self.adj = FixedSparse(graph.adj)
         self.lift = FixedSparse(user_lift(graph, cfg.user_lift))
         self.knn = FixedSparse(graph.knn["mm"])
+        self.cold_source = (graph.features["mm"], graph.knn_edges["mm"])  # K's input and edges: the cold kit's
         f = graph.features["mm"].float()
         self.register_buffer("unit_mm", F.normalize(f, dim=1), persistent=False)
         if cfg.finetune_features:
@@ -116,7 +138,7 @@ class AlignRec(nn.Module):
             out["uia"] = cfg.uia_weight * (1 - F.cosine_similarity(u, p, dim=-1).mean())
         if cfg.sim_weight > 0:
             out["sim"] = cfg.sim_weight * similarity_gap(z_p, self.unit_mm[pos])
-        out["loss"] = sum(out.values())
+        out["loss"] = total_loss(out)
         return out
 
     @torch.no_grad()
@@ -124,3 +146,19 @@ class AlignRec(nn.Module):
         lg = self.lightgcn()
         z = self.branch()
         return lg[: self.n_users] + self.lift(z), lg[self.n_users :] + z
+
+    @torch.no_grad()
+    def cold_kit(self) -> dict[str, Any] | None:
+        """The warm items' raw mm features, K's degrees and the branch one layer before the last."""
+        if self.cfg.n_layers == 0:
+            return None  # z = e = item_id ⊙ gate: nothing of a new item's features reaches its vector
+        e = self.item_emb * torch.sigmoid(self.gate(self.trs(self.feat)))
+        for _ in range(self.cfg.n_layers - 1):
+            e = self.knn(e)
+        f, edges = self.cold_source
+        return cold.graph_kit("alignrec", [cold.graph_entry("mm", 1.0, f, e, edges, "cosine")], edges, "cosine")
+
+
+def cold_item_vectors(kit: dict[str, Any], features: dict[str, np.ndarray]) -> np.ndarray:
+    """z = K-row · z^(L−1) of the warm items; the LightGCN part of a new item is zero."""
+    return cold.mixed_propagation(kit, features)

@@ -41,16 +41,33 @@ layout) but get no gradient and the score does not read the mm features. `t_bran
 z_t from the score only (every loss term stays): where t is the mm table itself (MMRec Sports
 runs one text table as mm, t and v) z_mm + z_t is one branch counted twice with two gates.
 `uia_detach=False` lets UIA's gradient reach the user anchor too.
+
+Cold items: the model's own forward, run for an item with its features and nothing else. Its ID
+embedding does not exist (zero), so its LightGCN part is zero (no ego vector, no user–item edge)
+and so is its own gated input e_m = item_id ⊙ σ(G_m(W_m f_m)) in every branch. What its
+features decide is its row in each scored branch's kNN graph K_m (mm, and t unless
+`t_branch=False`): its k cosine neighbours among warm items on that modality's raw features,
+weighted s_nj / sqrt(d_n d_j) as K_m is (d_j the warm item's degree in the trained K_m). So
+z_m = Σ_j K_m,nj z_m,j^(L−1) (the warm branch one layer before the last), and the item vector is
+z_mm + z_t + recover_lambda · D(P_mm(z_mm)) — the anchored mm branch and its recovery head are
+applied to the new item exactly as `final_embeddings` applies them to a warm one (models/cold.py;
+no self-loop, the item's own e being zero; with n_layers 0 no feature reaches the vector and the
+model reports no cold path). The v branch is not in the score, so not in the cold vector either.
+This is where the modality-preserving design is tested on new items: the mm neighbours come
+from the inter-content (ICA) features, the t neighbours from the text's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import cold
 from models.backbone import bipartite_blocks, bipartite_lightgcn
 from models.blocks import (
     feature_groups,
@@ -87,14 +104,14 @@ class _GatedIds(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, f: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, f: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         n, d = ids.shape
         s = torch.addmm(b, f, w.T).sigmoid_().view(n, -1, d)
         ctx.save_for_backward(f, s, ids)
         return (s * ids[:, None, :]).view(n, -1)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor, torch.Tensor]:
         f, s, ids = ctx.saved_tensors
         t = g.reshape(s.shape) * s
         grad_ids = t.sum(1)
@@ -151,9 +168,10 @@ class AnchorRecConfig:
             raise ValueError(f"tau must be > 0, got {self.tau}")
         if not 0.0 <= self.aal_v_share <= 1.0:
             raise ValueError(f"aal_v_share must be in [0, 1], got {self.aal_v_share}")
-        self.amp_modality_weights = tuple(float(w) for w in self.amp_modality_weights)
-        if len(self.amp_modality_weights) != 3 or min(self.amp_modality_weights) < 0:
-            raise ValueError(f"amp_modality_weights must be 3 weights ≥ 0 (mm, t, v), got {self.amp_modality_weights}")
+        weights = tuple(float(w) for w in self.amp_modality_weights)
+        if len(weights) != 3 or min(weights) < 0:
+            raise ValueError(f"amp_modality_weights must be 3 weights ≥ 0 (mm, t, v), got {weights}")
+        self.amp_modality_weights = (weights[0], weights[1], weights[2])
         if not (self.mm_branch or self.t_branch):
             raise ValueError(
                 "mm_branch and t_branch are both False: AnchorRec needs at least one content branch in its score"
@@ -178,6 +196,12 @@ SEARCH_SPACE: dict[str, tuple] = {
 
 
 class AnchorRec(nn.Module):
+    COLD_PATH = (
+        "its rows of the mm and t kNN graphs (k content neighbours among warm items, cosine, sym-normalised) "
+        "applied to the warm gated branches, plus the recovery head D(P_mm(z_mm)); ID and LightGCN parts zero"
+    )
+    mm_deg_sum: torch.Tensor  # buffer, registered when the graph has an mm kNN graph
+
     def __init__(self, graph: GraphData, cfg: AnchorRecConfig) -> None:
         super().__init__()
         require_modalities(graph, MODALITIES if cfg.mm_branch else ("t", "v"), "AnchorRec")
@@ -193,13 +217,15 @@ class AnchorRec(nn.Module):
         self.r, self.rt = bipartite_blocks(graph)  # the graph is [[0, R], [Rᵀ, 0]]
         self.lift = self.r if cfg.user_lift == "sym" else FixedSparse(user_lift(graph, cfg.user_lift))
         self.knn = nn.ModuleDict({m: FixedSparse(graph.knn[m]) for m in self.modalities})
+        self.cold_edges = {m: graph.knn_edges[m] for m in self.modalities}  # K_m's edges: the cold kit's
         if "mm" in self.knn:
-            self.register_buffer("mm_deg_sum", self.knn["mm"].row_sums() + self.knn["mm"].col_sums(), persistent=False)
+            knn_mm = self._knn("mm")
+            self.register_buffer("mm_deg_sum", knn_mm.row_sums() + knn_mm.col_sums(), persistent=False)
 
         # raw features (constant): AAL projects them, AMP compares against their cosine matrix
         self.groups = feature_groups(graph.features, self.modalities)
         self.knn_groups = {
-            m: next(o for o in self.modalities if same_matrix(self.knn[o], self.knn[m])) for m in self.modalities
+            m: next(o for o in self.modalities if same_matrix(self._knn(o), self._knn(m))) for m in self.modalities
         }
         for m in self.modalities:
             f = graph.features[m].float()
@@ -222,6 +248,17 @@ class AnchorRec(nn.Module):
             }
         )
         self.recover = mlp(p, d, d)
+
+    # --- typed access to the ModuleDicts (their items are typed as plain Modules)
+
+    def _knn(self, m: str) -> FixedSparse:
+        return cast(FixedSparse, self.knn[m])
+
+    def _trs(self, m: str) -> nn.Linear:
+        return cast(nn.Linear, self.trs[m])
+
+    def _gate(self, m: str) -> nn.Linear:
+        return cast(nn.Linear, self.gate[m])
 
     # --- forward pieces
 
@@ -254,8 +291,8 @@ class AnchorRec(nn.Module):
                 out[members[0]] = self.branch(members[0])
                 continue
             d, f = self.cfg.embedding_dim, getattr(self, f"raw_{members[0]}")
-            w = torch.cat([self.gate[m].weight @ self.trs[m].weight for m in members])
-            b = torch.cat([self.gate[m].weight @ self.trs[m].bias + self.gate[m].bias for m in members])
+            w = torch.cat([self._gate(m).weight @ self._trs(m).weight for m in members])
+            b = torch.cat([self._gate(m).weight @ self._trs(m).bias + self._gate(m).bias for m in members])
             e = _GatedIds.apply(f, w, b, self.item_emb)  # N × kd: [ids ⊙ σ(gate_m) for m in members]
             for _ in range(self.cfg.n_layers):
                 e = self.knn[members[0]](e)
@@ -283,11 +320,11 @@ class AnchorRec(nn.Module):
         G_m(W_m f) = f (G_m W_m)ᵀ + (G_m b_W + b_G): the two linear maps are multiplied first
         (d × d × D) so the N × D features meet one d × D matrix instead of two maps in a row.
         """
-        f = self.feat[m] if self.cfg.finetune_features else getattr(self, f"raw_{m}")
-        ids = self.item_emb
+        f: torch.Tensor = self.feat[m] if self.cfg.finetune_features else getattr(self, f"raw_{m}")
+        ids: torch.Tensor = self.item_emb
         if items is not None:
             f, ids = f[items], ids[items]
-        trs, gate = self.trs[m], self.gate[m]
+        trs, gate = self._trs(m), self._gate(m)
         return ids * torch.sigmoid(F.linear(f, gate.weight @ trs.weight, gate.weight @ trs.bias + gate.bias))
 
     def branch_rows(self, m: str, rows: torch.Tensor) -> torch.Tensor:
@@ -295,7 +332,7 @@ class AnchorRec(nn.Module):
 
         Falls back to the full branch when that neighbourhood is most (> 80%) of the catalogue.
         """
-        knn, reach = self.knn[m], [rows]
+        knn, reach = self._knn(m), [rows]
         for _ in range(self.cfg.n_layers):
             reach.append(torch.unique(knn.row_cols(reach[-1])))
             if len(reach[-1]) * 5 > 4 * self.n_items:
@@ -311,9 +348,11 @@ class AnchorRec(nn.Module):
 
     # --- the protocol
 
-    def batch_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
+    def batch_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor | float]:
+        """The loss terms and their sum 'loss'; 'amp' is the float 0.0 when `amp` has no term on."""
         cfg, n_b = self.cfg, len(users)
-        pos_rows: dict = {}  # the positives' feature rows, gathered once per shared table
+        # the positives' feature rows, gathered once per shared table
+        pos_rows: dict[tuple[str, str], torch.Tensor] = {}
         items = torch.cat([pos, neg])
         lg_u, lg_i = bipartite_lightgcn(self.r, self.rt, self.user_emb, self.item_emb, cfg.n_ui_layers, users, items)
         lg_p = lg_i[:n_b]
@@ -327,15 +366,17 @@ class AnchorRec(nn.Module):
         need_h_mm = cfg.mm_branch and (cfg.recover_lambda > 0 or cfg.aal_loss > 0)
         h_mm = self.proj["mm"](z["mm"].index_select(0, items)) if need_h_mm else None
         if cfg.mm_branch and cfg.recover_lambda > 0:
+            assert h_mm is not None, "need_h_mm holds when the mm branch and recovery are on"
             i = i + self.recovery(h_mm)
         p, n = i[:n_b], i[n_b:]
 
-        out = {"bpr": bpr_loss(u, p, n)}
+        out: dict[str, torch.Tensor | float] = {"bpr": bpr_loss(u, p, n)}
         if cfg.lambda_weight > 0:
             out["reg"] = cfg.lambda_weight * l2_loss(u, p, n)
         if cfg.uia_weight > 0:
             out["uia"] = cfg.uia_weight * uia_margin_loss(u, p, n, cfg.uia_margin, detach=cfg.uia_detach)
         if cfg.mm_branch and cfg.aal_loss > 0:
+            assert h_mm is not None, "need_h_mm holds when the mm branch and AAL are on"
             h_mm_p = h_mm[:n_b]
             mix = cfg.aal_v_share * self.proj["v"](self.feature_rows("raw", "v", pos, pos_rows)) + (
                 1 - cfg.aal_v_share
@@ -345,20 +386,30 @@ class AnchorRec(nn.Module):
         if cfg.amp_loss > 0 and max(cfg.amp_modality_weights) > 0:
             out["amp"] = cfg.amp_loss * self.amp(pos, z, pos_rows)
         if cfg.mm_branch and cfg.smooth_weight > 0:
-            out["smooth"] = cfg.smooth_weight * smoothing_loss(z["mm"].contiguous(), self.knn["mm"], self.mm_deg_sum)
+            out["smooth"] = cfg.smooth_weight * smoothing_loss(z["mm"].contiguous(), self._knn("mm"), self.mm_deg_sum)
         out["loss"] = sum(out.values())
         return out
 
-    def feature_rows(self, kind: str, m: str, idx: torch.Tensor, cache: dict) -> torch.Tensor:
+    def feature_rows(
+        self, kind: str, m: str, idx: torch.Tensor, cache: dict[tuple[str, str], torch.Tensor]
+    ) -> torch.Tensor:
         """raw_m[idx] or unit_m[idx]; `cache` (one per batch and idx) gathers a shared table once."""
         key = (kind, self.groups[m])
         if key not in cache:
             cache[key] = getattr(self, f"{kind}_{self.groups[m]}")[idx]
         return cache[key]
 
-    def amp(self, pos: torch.Tensor, z: dict[str, torch.Tensor], pos_rows: dict | None = None) -> torch.Tensor:
-        """Σ_m w_m ‖E_m E_mᵀ − S_m‖_F / B over the batch's positive items."""
-        total, shared, pos_rows = 0.0, {}, {} if pos_rows is None else pos_rows
+    def amp(
+        self,
+        pos: torch.Tensor,
+        z: dict[str, torch.Tensor],
+        pos_rows: dict[tuple[str, str], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Σ_m w_m ‖E_m E_mᵀ − S_m‖_F / B over the batch's positive items (a zero tensor when no term
+        is on: the trainer logs every loss term with .detach())."""
+        total: torch.Tensor | float = 0.0
+        shared: dict[str, torch.Tensor] = {}
+        pos_rows = {} if pos_rows is None else pos_rows
         for m, w in zip(MODALITIES, self.cfg.amp_modality_weights):
             if w == 0 or (m == "mm" and not self.cfg.mm_branch):
                 continue
@@ -368,16 +419,62 @@ class AnchorRec(nn.Module):
             if g not in shared:
                 shared[g] = gram_sq(unit)
             total = total + w * similarity_gap(emb, unit, shared[g])
-        return total
+        return total if isinstance(total, torch.Tensor) else torch.zeros((), device=pos.device)
 
     @torch.no_grad()
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(users, items) with score = users @ items.T: the vectors the evaluator and the store use."""
         lg = self.lightgcn()
         z = self.branches(self.scored)
-        z_sum = sum(z[m] for m in self.scored).contiguous()
+        z_total = sum(z[m] for m in self.scored)
+        assert isinstance(z_total, torch.Tensor), "scored is never empty (AnchorRecConfig)"
+        z_sum = z_total.contiguous()
         users = lg[: self.n_users] + self.lift(z_sum)
         items = lg[self.n_users :] + z_sum
         if self.cfg.mm_branch and self.cfg.recover_lambda > 0:
             items = items + self.recovery(self.proj["mm"](z["mm"].contiguous()))
         return users, items
+
+    @torch.no_grad()
+    def cold_kit(self) -> dict[str, Any] | None:
+        """Per scored branch: the warm raw features, K_m's degrees and z_m one layer before the last;
+        the mm projection and recovery heads."""
+        if self.cfg.n_layers == 0:
+            return None  # z_m = e_m = item_id ⊙ gate: nothing of a new item's features reaches its vector
+        graphs = []
+        for m in self.scored:
+            e = self.gated(m)
+            for _ in range(self.cfg.n_layers - 1):
+                e = self.knn[m](e)
+            graphs.append(cold.graph_entry(m, 1.0, getattr(self, f"raw_{m}"), e, self.cold_edges[m], "cosine"))
+        heads = None
+        if self.cfg.mm_branch and self.cfg.recover_lambda > 0:
+            heads = {
+                name: [cold.as_tensor(layer.weight) for layer in net.modules() if isinstance(layer, nn.Linear)]
+                + [cold.as_tensor(layer.bias) for layer in net.modules() if isinstance(layer, nn.Linear)]
+                for name, net in (("proj_mm", self.proj["mm"]), ("recover", self.recover))
+            }
+        return cold.graph_kit(
+            "anchorrec",
+            graphs,
+            self.cold_edges[self.scored[0]],
+            "cosine",
+            heads=heads,
+            recover_lambda=float(self.cfg.recover_lambda),
+        )
+
+
+def _mlp(params: list[torch.Tensor], x: np.ndarray) -> np.ndarray:
+    """models.blocks.mlp's Linear → ReLU → Linear, from [w1, w2, b1, b2]."""
+    w1, w2, b1, b2 = (p.numpy().astype(np.float64) for p in params)
+    return np.maximum(x @ w1.T + b1, 0.0) @ w2.T + b2
+
+
+def cold_item_vectors(kit: dict[str, Any], features: dict[str, np.ndarray]) -> np.ndarray:
+    """z_mm + z_t (+ recover_lambda · D(P_mm(z_mm))) from the new items' kNN rows; LightGCN part zero."""
+    parts = dict(zip((g["modality"] for g in kit["graphs"]), cold.propagate_graphs(kit, features)))
+    items = np.sum([p.astype(np.float64) for p in parts.values()], axis=0)
+    if kit.get("heads") is not None:
+        z_mm = parts["mm"].astype(np.float64)
+        items = items + kit["recover_lambda"] * _mlp(kit["heads"]["recover"], _mlp(kit["heads"]["proj_mm"], z_mm))
+    return items.astype(np.float32)

@@ -58,6 +58,7 @@ def bipartite_lightgcn(
     scale = 1.0 / (n_layers + 1)
     for layer in range(n_layers):
         if users is not None and layer == n_layers - 1:
+            assert items is not None  # users and items are given together
             return (sum_u.index_select(0, users) + r.rows(users, i)) * scale, (
                 sum_i.index_select(0, items) + rt.rows(items, u)
             ) * scale
@@ -65,4 +66,5 @@ def bipartite_lightgcn(
         sum_u, sum_i = sum_u + u, sum_i + i
     if users is None:
         return sum_u * scale, sum_i * scale
+    assert items is not None
     return sum_u.index_select(0, users) * scale, sum_i.index_select(0, items) * scale

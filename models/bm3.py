@@ -37,7 +37,7 @@ the values MMRec's class prints, benchmarks/parity/bm3_parity.py):
 - `feat_embed_dim` is not a field: MMRec's BM3 sets it to embedding_size whatever its yaml says
   (the predictor is shared, so the two must agree).
 
-Speed (benchmarks/parity/epoch_speed.py, Sports, one CPU thread, CPU seconds): 11.1 s/epoch
+Speed (benchmarks/speed/epoch_speed.py, Sports, one CPU thread, CPU seconds): 11.1 s/epoch
 against LightGCN's 7.0 in the same run; 6.6 with reg_weight 0 (no full LightGCN pass), 5.2 with
 cl_weight 0, 14.5 with n_layers 2. The two costs are exact MMRec semantics: the norm term reads
 and moves every user and item each batch, and the trained feature tables (N × D per modality) get
@@ -48,12 +48,23 @@ Defaults: MMRec's BM3.yaml (embedding 64, cl_weight 2.0). Its n_layers ∈ {1, 2
 dropout ∈ {0.3, 0.5} and reg_weight ∈ {0.1, 0.01} are grids searched per dataset with no
 published single value; the grids' first values (1, 0.3, 0.1) are used here, so a tuned
 comparison sweeps all three (SEARCH_SPACE).
+
+Cold items: BM3 scores p(u) · p(i) with i = LightGCN(i) + q, all of it ID embeddings; the
+features enter only through the contrastive term, which trains p(T_m x_m) to point where the
+item's own (target) representation ĩ points. That is the model's own encoder of an item from its
+content, so a new item, which has no ID embedding and no edge, gets
+    i_new = s · mean_m  p(T_m x_m) / ‖p(T_m x_m)‖,   vector = p(i_new)
+with x_m its raw features (the trained per-item feature copies exist only for warm items), and
+s the mean norm of the warm items' i (the loss is a cosine, so it fixes the direction only; the
+scale is the warm items' so a new item is neither favoured nor buried by its length).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -65,7 +76,7 @@ from models.blocks import (
     row_dropout,
     trained_features,
 )
-from models.losses import cosine_gap, emb_norm_loss
+from models.losses import added, cosine_gap, emb_norm_loss, total_loss
 from models.training.data import GraphData
 
 
@@ -99,6 +110,11 @@ SEARCH_SPACE: dict[str, tuple] = {
 
 
 class BM3(nn.Module):
+    COLD_PATH = (
+        "the predictor applied to the mean direction of its projected features p(T_m x_m), "
+        "scaled to the warm items' mean norm; ID part zero"
+    )
+
     def __init__(self, graph: GraphData, cfg: BM3Config) -> None:
         super().__init__()
         self.cfg = cfg
@@ -112,7 +128,7 @@ class BM3(nn.Module):
         self.feat = trained_features(graph, self.modalities)
         self.trs = projections(graph, self.modalities, d)
         for m in self.modalities:
-            nn.init.xavier_normal_(self.trs[m].weight)
+            nn.init.xavier_normal_(cast(nn.Linear, self.trs[m]).weight)  # ModuleDict items are untyped
         self.r, self.rt = bipartite_blocks(graph)
 
     def online(
@@ -137,17 +153,57 @@ class BM3(nn.Module):
         i_target = row_dropout(i.detach(), pos, cfg.dropout)
         out["ui"] = cosine_gap(self.predictor(u), i_target) + cosine_gap(self.predictor(i), u_target)
         if cfg.cl_weight > 0:
-            cl = 0.0
+            gaps = []
             for m in self.modalities:
                 f = self.trs[m](self.feat[m].index_select(0, pos))
                 f_target = row_dropout(f.detach(), pos, cfg.dropout)
                 f_online = self.predictor(f)
-                cl = cl + cosine_gap(f_online, i_target) + cosine_gap(f_online, f_target)
-            out["cl"] = cfg.cl_weight * cl
-        out["loss"] = sum(out.values())
+                gaps += [cosine_gap(f_online, i_target), cosine_gap(f_online, f_target)]
+            out["cl"] = cfg.cl_weight * added(gaps)
+        out["loss"] = total_loss(out)
         return out
 
     @torch.no_grad()
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         u, i = self.online()
         return self.predictor(u), self.predictor(i)
+
+    @torch.no_grad()
+    def cold_kit(self) -> dict[str, Any]:
+        """T_m and the predictor's weights, and the warm items' mean norm of i."""
+        _, i = self.online()
+
+        def linear(layer: Any) -> dict[str, torch.Tensor]:
+            return {
+                "weight": layer.weight.detach().cpu().float().clone(),
+                "bias": layer.bias.detach().cpu().float().clone(),
+            }
+
+        return {
+            "model": "bm3",
+            "trs": {m: linear(self.trs[m]) for m in self.modalities},
+            "predictor": linear(self.predictor),
+            "scale": float(i.norm(dim=1).mean()),
+        }
+
+
+def _apply(layer: dict[str, torch.Tensor], x: np.ndarray) -> np.ndarray:
+    return x @ layer["weight"].numpy().astype(np.float64).T + layer["bias"].numpy()
+
+
+def cold_item_vectors(kit: dict[str, Any], features: dict[str, np.ndarray]) -> np.ndarray:
+    """p(s · mean_m unit(p(T_m x_m))) for the new items (see the docstring)."""
+    directions = []
+    for m, layer in kit["trs"].items():
+        if m not in features:
+            raise ValueError(f"cold path of bm3: no {m!r} features for the new items; give {m!r}")
+        f = np.asarray(features[m], np.float64)
+        if f.ndim != 2 or f.shape[1] != layer["weight"].shape[1]:
+            raise ValueError(
+                f"cold path of bm3: {m!r} features have shape {f.shape}, T_m expects {layer['weight'].shape[1]}"
+            )
+        p = _apply(kit["predictor"], _apply(layer, f))
+        norms = np.linalg.norm(p, axis=1, keepdims=True)
+        directions.append(np.divide(p, norms, out=np.zeros_like(p), where=norms > 0))
+    i_new = kit["scale"] * np.mean(directions, axis=0)
+    return _apply(kit["predictor"], i_new).astype(np.float32)

@@ -70,6 +70,16 @@ against the values MMRec's class prints, benchmarks/parity/damrs_parity.py):
 Defaults: MMRec's DAMRS.yaml (embedding 64, knn_k 10, n_mm_layers 1, n_ui_layers 2, kl_weight 1,
 neighbor_weight 0.001 — the values its yaml keeps active; the grids in its comments are the
 SEARCH_SPACE below) and the behaviour graph of the file that yaml names (co-users ≥ 2, top 2).
+
+Cold items: an item DA-MRS never saw has no ID embedding q (its views S_m^L q start from zero)
+and no user–item edge, hence no behaviour-graph row (S_s needs co-users); what its features give
+it is its row in the denoised content graphs S_t and S_v. Its vector is those rows applied once
+to the warm items' FINAL vectors (models/cold.py): per modality the first knn_k of its
+CANDIDATES·knn_k cosine neighbours among warm items that pass the same denoising mask (text AND
+image cosine at least the warm catalogue's mean similarity of that modality, computed at
+training), weighted as S_m, unweighted 1/sqrt(d_n d_j) (d_j the warm item's count in the trained
+S_m), t and v weighted ½ each (the model averages its views equally; S_s has no row for a new
+item and is left out). The paper is silent on cold-start; these choices are ours.
 """
 
 from __future__ import annotations
@@ -83,8 +93,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import cold
 from models.backbone import bipartite_blocks, bipartite_lightgcn
 from models.blocks import content_modalities, id_embeddings
+from models.losses import total_loss
 from models.training.data import GraphData
 from models.training.graphs import knn_search
 from models.training.sparse import FixedSparse
@@ -249,7 +261,9 @@ class ExpSum(torch.autograd.Function):
 
 
 @torch.no_grad()
-def ranked_views(qs: dict[int, torch.Tensor], keys: dict[int, torch.Tensor], k: int) -> tuple[dict, dict]:
+def ranked_views(
+    qs: dict[int, torch.Tensor], keys: dict[int, torch.Tensor], k: int
+) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], dict[int, torch.Tensor]]:
     """Per view m: its pseudo-positives (mm, single) and Σ_all e^{cos/τ}, one row chunk at a time.
 
     p_m = softmax(q_m kᵀ_m) over all items; total = p_t + p_v + p_s (a view used as t and v counts
@@ -266,7 +280,7 @@ def ranked_views(qs: dict[int, torch.Tensor], keys: dict[int, torch.Tensor], k: 
             labels[m].append(label_positives(total, probs[m], k))
             sums[m].append(torch.exp(cos[m] / TEMPERATURE).sum(1))
     return (
-        {m: tuple(torch.cat(part) for part in zip(*labels[m])) for m in views},
+        {m: (torch.cat([mm for mm, _ in labels[m]]), torch.cat([one for _, one in labels[m]])) for m in views},
         {m: torch.cat(sums[m]) for m in views},
     )
 
@@ -289,6 +303,11 @@ def pair_weights(
 
 
 class DAMRS(nn.Module):
+    COLD_PATH = (
+        "final vectors of its knn_k warm neighbours in the denoised (mean-masked) t and v kNN graphs, "
+        "unweighted 1/sqrt(d_i d_j), the two modalities weighted equally"
+    )
+
     def __init__(self, graph: GraphData, cfg: DAMRSConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -301,6 +320,8 @@ class DAMRS(nn.Module):
             names = ("t",)  # one table as t and v: the same masks and graph; built and used once
             del feats["v"]
         edges = masked_knn_edges(feats, cfg.knn_k)
+        self.cold_source = {m: (graph.features[m], edges[m]) for m in names}  # S_m's input and edges: the cold kit's
+        self.cold_means = {m: mean_similarity(unit_rows(f.astype(np.float32))) for m, f in feats.items()}
         mm = {m: FixedSparse(row_normalized_graph(*edges[m], self.n_items).to(graph.device)) for m in names}
         self.s_t, self.s_v = mm[names[0]], mm[names[-1]]  # one modality serves as both
         behaviour = behaviour_edges(graph.ui, cfg.behaviour_k, cfg.behaviour_min_users)
@@ -356,7 +377,7 @@ class DAMRS(nn.Module):
         pos_score = (u_b * (i_pos + (h_t[pos] + h_v[pos] + h_s[pos]) / 3.0)).sum(1)
         x = pos_score - (u_b * (i_neg + (h_t[neg] + h_v[neg] + h_s[neg]) / 3.0)).sum(1)
         out = {"bpr": -(F.logsigmoid(x) * w_pos + F.logsigmoid(-x) * w_neg).mean(), **out}
-        out["loss"] = sum(out.values())
+        out["loss"] = total_loss(out)
         return out
 
     @torch.no_grad()
@@ -364,3 +385,30 @@ class DAMRS(nn.Module):
         u, i = bipartite_lightgcn(self.r, self.rt, self.user_emb.weight, self.item_emb.weight, self.cfg.n_ui_layers)
         h_t, h_v, h_s = self.views()
         return u, i + (h_t + h_v + h_s) / 3.0
+
+    @torch.no_grad()
+    def cold_kit(self) -> dict[str, Any]:
+        """The warm items' raw features, S_t/S_v counts and final vectors, the masks' mean similarities."""
+        _, items = self.final_embeddings()
+        names = tuple(self.cold_source)
+        graphs = []
+        for m, (f, (rows, cols)) in self.cold_source.items():
+            edges = (torch.as_tensor(rows), torch.as_tensor(cols))
+            graphs.append(cold.graph_entry(m, 1.0 / len(names), f, items, edges, "unweighted"))
+        kit = cold.graph_kit("damrs", graphs, edges, "unweighted", candidates=CANDIDATES, mask=dict(self.cold_means))
+        kit["k"] = self.cfg.knn_k  # the cap of a row, whatever the masks left of the trained rows
+        return kit
+
+
+def cold_item_vectors(kit: dict[str, Any], features: dict[str, np.ndarray]) -> np.ndarray:
+    """½ (S_t rows + S_v rows) of new items, through the same denoising mask, on the warm final vectors."""
+    warm = {g["modality"]: cold.unit_rows(g["features"].numpy()) for g in kit["graphs"]}
+    new = {m: cold.unit_rows(np.asarray(features[m], np.float32)) for m in warm if m in features}
+
+    def keep(idx: np.ndarray, sim: np.ndarray) -> np.ndarray:
+        ok = np.ones(idx.shape, dtype=bool)
+        for m, mean in kit["mask"].items():
+            ok &= np.einsum("nd,nkd->nk", new[m], warm[m][idx]) >= mean
+        return ok
+
+    return cold.mixed_propagation(kit, features, keep)

@@ -38,7 +38,7 @@ against the values MMRec's class prints, benchmarks/parity/mmrec_parity.py):
 - BPR is −mean log σ(x) as in MMRec's FREEDOM (no 1e-10); unused MMRec options
   (lambda_coeff, cf_model, degree_ratio, weight_size) are not carried.
 
-Speed (benchmarks/parity/epoch_speed.py, Sports, one CPU thread): 9.5 s/epoch against LightGCN's
+Speed (benchmarks/speed/epoch_speed.py, Sports, one CPU thread): 9.5 s/epoch against LightGCN's
 7.1; 3.7 with reg_weight 0. The difference is the trained feature tables (N × D per modality):
 each batch gives them a dense gradient and Adam moves every row (momentum moves rows outside the
 batch too, as in MMRec), which a sparse update would change.
@@ -48,15 +48,29 @@ knn_k 10, mm_image_weight 0.1). Its dropout ∈ {0.8, 0.9} and reg_weight ∈ {0
 are grids searched per dataset with no published single value; 0.8 and 1e-4 are used here
 (0.8 is the grid's first value; 1e-4 the middle of its non-zero values — at 0 the features would
 only shape the kNN graph), so a tuned comparison sweeps both.
+
+Cold items: an item FREEDOM never saw has no ID embedding q and no user–item edge, so neither
+the LightGCN part nor S^L q exists for it; what it has is the row it would get in the frozen
+item graph. Its vector is that row applied once to the warm items' FINAL vectors (i + h): its k
+content neighbours among warm items in each modality (cosine on the raw features, as S_m is
+built), FREEDOM's unweighted 1/sqrt(d_n d_j) (d = neighbour counts, the warm d_j those of the
+trained graph), mixed w_v S_v + (1 − w_v) S_t with the model's mm_image_weight — S is the
+model's own statement of which items' vectors a new item's content makes it resemble (models/cold.py;
+one step whatever n_mm_layers, since the warm vectors already carry their own propagation; the
+new item keeps no self-loop, having no vector of its own). The paper evaluates warm items only;
+this choice is ours.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from models import cold
 from models.backbone import bipartite_blocks, bipartite_lightgcn
 from models.blocks import (
     content_modalities,
@@ -65,7 +79,7 @@ from models.blocks import (
     require_knn,
     trained_features,
 )
-from models.losses import bpr_loss
+from models.losses import added, bpr_loss, total_loss
 from models.training.data import GraphData
 from models.training.sparse import FixedSparse
 
@@ -139,6 +153,15 @@ def normalized_bipartite(
 
 
 class FREEDOM(nn.Module):
+    # buffers registered in __init__ (declared for their type): the training graph's edges, their keep probability
+    edge_users: torch.Tensor
+    edge_items: torch.Tensor
+    edge_prob: torch.Tensor
+    COLD_PATH = (
+        "final vectors of its k content-kNN warm neighbours per modality, FREEDOM's unweighted "
+        "1/sqrt(d_i d_j) graph weights mixed by mm_image_weight"
+    )
+
     def __init__(self, graph: GraphData, cfg: FREEDOMConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -151,6 +174,8 @@ class FREEDOM(nn.Module):
         self.feat = trained_features(graph, self.modalities)
         self.trs = projections(graph, self.modalities, cfg.feat_embed_dim)
         self.mm = FixedSparse(item_graph(graph, self.modalities, cfg.mm_image_weight))
+        # raw features and kNN edges the item graph was built from: the cold kit reads them
+        self.cold_source = {m: (graph.features[m], graph.knn_edges[m]) for m in self.modalities}
         self.r, self.rt = bipartite_blocks(graph)  # the full graph: scoring, and dropout 0
         coo = graph.ui.coalesce().indices()
         self.register_buffer("edge_users", coo[0].clone(), persistent=False)
@@ -197,15 +222,32 @@ class FREEDOM(nn.Module):
         i = i + self.item_side(items)
         out = {"bpr": bpr_loss(u, i[:b], i[b:])}
         if self.cfg.reg_weight > 0:
-            feat = sum(
-                bpr_loss(u, f[:b], f[b:])
-                for f in (self.trs[m](self.feat[m].index_select(0, items)) for m in self.modalities)
+            feat = added(
+                [
+                    bpr_loss(u, f[:b], f[b:])
+                    for f in (self.trs[m](self.feat[m].index_select(0, items)) for m in self.modalities)
+                ]
             )
             out["feat_bpr"] = self.cfg.reg_weight * feat
-        out["loss"] = sum(out.values())
+        out["loss"] = total_loss(out)
         return out
 
     @torch.no_grad()
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         u, i = bipartite_lightgcn(self.r, self.rt, self.user_emb.weight, self.item_emb.weight, self.cfg.n_ui_layers)
         return u, i + self.item_side()
+
+    def cold_kit(self) -> dict[str, Any]:
+        """The warm items' raw features, graph degrees and final vectors, with the modality weights."""
+        _, items = self.final_embeddings()
+        w_v = self.cfg.mm_image_weight
+        weights = {"v": w_v, "t": 1.0 - w_v} if len(self.modalities) == 2 else {self.modalities[0]: 1.0}
+        graphs = [
+            cold.graph_entry(m, weights[m], f, items, edges, "unweighted") for m, (f, edges) in self.cold_source.items()
+        ]
+        return cold.graph_kit("freedom", graphs, self.cold_source[self.modalities[0]][1], "unweighted")
+
+
+def cold_item_vectors(kit: dict[str, Any], features: dict[str, np.ndarray]) -> np.ndarray:
+    """w_v S_v + (1 − w_v) S_t rows of new items applied to the warm final vectors (see the docstring)."""
+    return cold.mixed_propagation(kit, features)

@@ -47,12 +47,12 @@ against the values MMRec's class prints, benchmarks/parity/lattice_parity.py):
   stands for len(weight_size). That variant has no randomness besides BPR sampling, so the
   parity check needs nothing but fixed weights.
 
-Speed (benchmarks/parity/epoch_speed.py, Sports, one CPU thread, CPU seconds): 13.9 s/epoch
+Speed (benchmarks/speed/epoch_speed.py, Sports, one CPU thread, CPU seconds): 13.9 s/epoch
 against LightGCN's 7.5 in the same run. The epoch's first batch costs 5.7 s (two exact kNN
 searches over 18k projected items, 2.1 s, and the gradient into the two 18k × 384 feature
 tables), each other batch 0.09 s (LightGCN 0.07). MMRec multiplies the dense 18k × 18k item graph
 by the item table in every batch: 0.8 s for that product alone, its backward another. Measured
-against MMRec's structure re-created (benchmarks/bench_baseline_speed.py, same weights and batches,
+against MMRec's structure re-created (benchmarks/speed/bench_baseline_speed.py, same weights and batches,
 1 thread, a loaded machine): 20–22× per batch and per epoch (430–673 vs 20–32 s/epoch); its
 literal diag(d)·A·diag(d) normalization would add an estimated 1,350–1,860 s per epoch more.
 
@@ -60,16 +60,30 @@ Defaults: MMRec's LATTICE.yaml (embedding 64, feat_embed_dim 64, weight_size [64
 layers, n_layers 1, knn_k 10, lambda_coeff 0.9, lr decay 0.96 per 50 epochs = the trainer's
 default). Its reg_weight ∈ {0, 1e-5, 1e-4, 1e-3} is a grid searched per dataset; 1e-4 is used
 here (the middle of its non-zero values), so a tuned comparison sweeps it.
+
+Cold items: an item LATTICE never saw has no ID embedding and no user–item edge; what its
+features give it is a row of the item graph. Its vector is the fixed graphs' row applied once to
+the warm items' FINAL vectors: per modality its k cosine neighbours among warm items on the raw
+features, weighted s_nj / sqrt(d_n d_j) as O_m is (d_j the warm item's degree in the trained
+O_m), mixed with the learned modality weights w = softmax(α) (models/cold.py). The learned graph
+S_m (weight 1 − λ = 0.1 by default) is left out: it is built on each item's trained copy of its
+features, which a new item does not have, and mixing a graph of raw features into it would be a
+graph the model never saw. One step whatever n_layers (the warm vectors carry their own
+propagation); no self-loop (the new item has no vector to keep). The paper is silent on
+cold-start; these choices are ours.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import cold
 from models.blocks import (
     content_modalities,
     id_embeddings,
@@ -77,7 +91,7 @@ from models.blocks import (
     require_knn,
     trained_features,
 )
-from models.losses import bpr_loss, l2_loss
+from models.losses import bpr_loss, l2_loss, total_loss
 from models.training.data import GraphData
 from models.training.graphs import knn_search
 from models.training.sparse import FixedSparse
@@ -156,6 +170,13 @@ def edge_matmul(edges: Edges, x: torch.Tensor) -> torch.Tensor:
 
 
 class LATTICE(nn.Module):
+    s_u: torch.Tensor  # buffers registered in __init__ (declared for their type): self-loop weights of D^-1 (A + I)
+    s_i: torch.Tensor
+    COLD_PATH = (
+        "final vectors of its k content-kNN warm neighbours per modality, weighted as the fixed "
+        "graphs O_m (cosine, sym-normalised) and mixed by the learned softmax(α)"
+    )
+
     def __init__(self, graph: GraphData, cfg: LATTICEConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -170,6 +191,7 @@ class LATTICE(nn.Module):
         if len(self.modalities) == 2:
             self.modal_weight = nn.Parameter(torch.tensor([0.5, 0.5]))  # [v, t], MMRec's order
         self.fixed = {m: graph.knn_edges[m] for m in self.modalities}
+        self.cold_source = {m: graph.features[m] for m in self.modalities}  # raw: O_m's input, the cold kit's
         rows, cols, _ = self.fixed[self.modalities[0]]
         self.knn_k = int(torch.bincount(rows, minlength=self.n_items).max())
         self.knn_self = bool((rows == cols).any())
@@ -234,6 +256,7 @@ class LATTICE(nn.Module):
         scale = 1.0 / (n + 1)
         for layer in range(n):
             if users is not None and layer == n - 1:
+                assert items is not None  # users and items are given together
                 last_u = self.s_u[users, None] * u.index_select(0, users) + self.r_u.rows(users, i)
                 last_i = self.s_i[items, None] * i.index_select(0, items) + self.r_i.rows(items, u)
                 return (sum_u.index_select(0, users) + last_u) * scale, (sum_i.index_select(0, items) + last_i) * scale
@@ -241,6 +264,7 @@ class LATTICE(nn.Module):
             sum_u, sum_i = sum_u + u, sum_i + i
         if users is None:
             return sum_u * scale, sum_i * scale
+        assert items is not None
         return sum_u.index_select(0, users) * scale, sum_i.index_select(0, items) * scale
 
     def batch_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -250,10 +274,25 @@ class LATTICE(nn.Module):
         out = {"bpr": bpr_loss(u, i[:b], i[b:])}
         if self.cfg.reg_weight > 0:
             out["reg"] = self.cfg.reg_weight * l2_loss(u, i[:b], i[b:])
-        out["loss"] = sum(out.values())
+        out["loss"] = total_loss(out)
         return out
 
     @torch.no_grad()
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         u, i = self.ui_side()
         return u, i + self.item_side()
+
+    @torch.no_grad()
+    def cold_kit(self) -> dict[str, Any]:
+        """The warm items' raw features, O_m degrees and final vectors, with the learned modality weights."""
+        _, items = self.final_embeddings()
+        w = {m: float(v) for m, v in self.mix_weights().items()}
+        graphs = [
+            cold.graph_entry(m, w[m], self.cold_source[m], items, self.fixed[m], "cosine") for m in self.modalities
+        ]
+        return cold.graph_kit("lattice", graphs, self.fixed[self.modalities[0]], "cosine")
+
+
+def cold_item_vectors(kit: dict[str, Any], features: dict[str, np.ndarray]) -> np.ndarray:
+    """Σ_m w_m O_m-rows of new items applied to the warm final vectors (see the docstring)."""
+    return cold.mixed_propagation(kit, features)

@@ -51,7 +51,7 @@ Each difference above changes results only by float rounding: the parity test's 
 (t ≠ v, t = v, and hyper_num ≥ d with two hypergraph steps) agree with MMRec to 1e-5 in the
 loss and scores and 1e-4 in every gradient.
 
-Speed (benchmarks/parity/epoch_speed.py, Sports, one CPU thread): 48.7 s/epoch against
+Speed (benchmarks/speed/epoch_speed.py, Sports, one CPU thread): 48.7 s/epoch against
 LightGCN's 7.1 (the first version, with one B × n logit matrix per denominator, took 122 s of
 CPU on a loaded machine). Per batch of 2048 about 0.45 s: the 18 full sparse products of the
 local graphs (CGE 3, MGE 3 per modality, forward and backward) a third, the denominators over
@@ -62,20 +62,34 @@ cl_weight 1e-4, reg_weight 1e-6) and its active dataset block — Baby's: n_hype
 hyper_num 4, keep_rate 0.5, alpha 0.3. The yaml also lists, commented out, Sports (keep_rate 0.4,
 alpha 0.6) and Clothing (n_hyper_layer 2, hyper_num 64, keep_rate 0.2, alpha 0.2); SEARCH_SPACE
 is the union of the three blocks.
+
+Cold items: an item LGMRec never saw has no ID embedding (no CGE part) and no user–item edge
+(its MGE part, the last layer of Â^L, reads only graph neighbours: zero); LGMRec builds no
+item–item graph to place it. Its vector is therefore taken from its content neighbours the way
+the other graph models here do (models/cold.py): per modality t and v its k cosine neighbours
+among warm items on the raw features, weighted s_nj / sqrt(d_n d_j) as the trainer's kNN graph
+(`knn_k`, `knn_self`), applied once to the warm items' FINAL vectors, the two modalities weighted
+½ each — the paper has no item graph and is silent on cold-start; the equal weights are our
+choice (LGMRec adds its two modality embeddings with equal weight). The hypergraph part could in
+principle be computed from the features alone (A_i = softmax(F_m H_m)), but its Gumbel draws and
+the dropped ID parts would give a vector on another scale than the warm ones.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import cold
 from models.backbone import bipartite_blocks
 from models.blocks import feature_groups, id_embeddings
-from models.losses import bpr_loss, emb_norm_loss
+from models.losses import bpr_loss, emb_norm_loss, total_loss
 from models.training.data import GraphData
 from models.training.sparse import FixedSparse
 
@@ -149,7 +163,7 @@ class _BlockedLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, o: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, a: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         block = max(1, BLOCK_ELEMENTS[a.device.type == "cpu"] // max(len(a), 1))
         a2, s = a * LOG2E, a.new_zeros(len(a))
         for start in range(0, len(o), block):
@@ -159,7 +173,7 @@ class _BlockedLogSumExp(torch.autograd.Function):
         return s.log()
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor):
         a2, o, s = ctx.saved_tensors
         w = (g / s)[:, None]
         wa_t = ((w / LOG2E) * a2).T.contiguous()
@@ -200,6 +214,11 @@ def binary_interactions(graph: GraphData) -> torch.Tensor:
 
 
 class LGMRec(nn.Module):
+    COLD_PATH = (
+        "final vectors of its k content-kNN warm neighbours in t and in v (cosine, sym-normalised "
+        "as the trainer's kNN graph), the two modalities weighted equally"
+    )
+
     def __init__(self, graph: GraphData, cfg: LGMRecConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -210,6 +229,8 @@ class LGMRec(nn.Module):
                 f"LGMRec needs features 't' and 'v'; the graph lacks {missing}. For text only, give the text "
                 "table as both (t = v); extract features first: `anchorrec features --dataset <name>`."
             )
+        # raw features and the trainer's kNN edges (LGMRec itself reads no kNN graph): the cold kit's
+        self.cold_source = {m: (graph.features[m], graph.knn_edges.get(m)) for m in MODALITIES}
         groups = feature_groups(graph.features, MODALITIES)
         self.tables = {
             name: tuple(m for m in MODALITIES if groups[m] == name) for name in dict.fromkeys(groups.values())
@@ -316,10 +337,27 @@ class LGMRec(nn.Module):
             out["hcl"] = cfg.cl_weight * hcl
         if cfg.reg_weight > 0:
             out["reg"] = cfg.reg_weight * emb_norm_loss(u, i[:b], i[b:])
-        out["loss"] = sum(out.values())
+        out["loss"] = total_loss(out)
         return out
 
     @torch.no_grad()
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         u, i, _ = self.embed(None, None, training=False)
         return u, i
+
+    @torch.no_grad()
+    def cold_kit(self) -> dict[str, Any]:
+        """The warm items' raw features, kNN degrees and final vectors, t and v weighted ½ each."""
+        _, items = self.final_embeddings()
+        graphs = []
+        for m, (f, edges) in self.cold_source.items():
+            if edges is None:
+                raise ValueError(f"LGMRec's cold path needs the kNN graph of {m!r}; build the GraphData with it")
+            graphs.append(cold.graph_entry(m, 0.5, f, items, edges, "cosine"))
+            shape_from: tuple[torch.Tensor, ...] = edges
+        return cold.graph_kit("lgmrec", graphs, shape_from, "cosine")
+
+
+def cold_item_vectors(kit: dict[str, Any], features: dict[str, np.ndarray]) -> np.ndarray:
+    """½ (t-kNN rows + v-kNN rows) of new items applied to the warm final vectors (see the docstring)."""
+    return cold.mixed_propagation(kit, features)

@@ -13,12 +13,19 @@ E only at its users and items, so the last layer is computed for those rows alon
 Loss on a batch of BPR triples (u, i+, i-):
     bpr = -mean log σ(E_u·E_i+ − E_u·E_i-)
     reg = reg_weight · ½ (‖E⁰_u‖² + ‖E⁰_i+‖² + ‖E⁰_i-‖²) / batch     (on the ego embeddings)
+
+Cold items: none. An item LightGCN never saw has no ID embedding and no edge, and the model reads
+no content, so nothing could place it: any vector would be made up (zeros would rank it by
+accident, a mean vector would recommend it to everyone alike). `COLD_PATH = None`: the cold
+column lists LightGCN as having no cold path instead of scoring it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -52,6 +59,8 @@ SEARCH_SPACE: dict[str, tuple] = {
 
 
 class LightGCN(nn.Module):
+    COLD_PATH = None  # ID-only: no honest vector for an item it never saw (see the docstring)
+
     def __init__(self, graph: GraphData, cfg: LightGCNConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -78,3 +87,12 @@ class LightGCN(nn.Module):
     @torch.no_grad()
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.embeddings()
+
+    def cold_kit(self) -> None:
+        """No cold path, so no kit: `models.cold.save_kit` writes nothing for LightGCN."""
+        return None
+
+
+def cold_item_vectors(kit: dict[str, Any] | None, features: dict[str, np.ndarray]) -> np.ndarray:
+    """LightGCN has no cold path: asking for one is a caller's error (models.cold.cold_vectors gives None)."""
+    raise ValueError("lightgcn has no cold path (COLD_PATH = None): leave it out of the cold column")

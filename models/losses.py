@@ -21,7 +21,21 @@ def bpr_loss(u: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
 
 def l2_loss(*embeddings: torch.Tensor) -> torch.Tensor:
     """½ Σ‖e‖² over the batch's embeddings, per batch row (the reference's BPR regularizer)."""
-    return sum(0.5 * (e**2).sum() for e in embeddings) / embeddings[0].shape[0]
+    return added([0.5 * (e**2).sum() for e in embeddings]) / embeddings[0].shape[0]
+
+
+def added(terms: list[torch.Tensor]) -> torch.Tensor:
+    """t₀ + t₁ + … in order, exactly what `sum()` computes (the parity tests compare to the last
+    bit), but typed as a tensor: `sum()` of an empty list would be the int 0."""
+    out = terms[0]
+    for t in terms[1:]:
+        out = out + t
+    return out
+
+
+def total_loss(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The loss a batch steps on: the named parts a model reports (kept apart for the logs), added."""
+    return added(list(parts.values()))
 
 
 class _CosineLogSumExp(torch.autograd.Function):
@@ -35,7 +49,7 @@ class _CosineLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, o: torch.Tensor, tau: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, a: torch.Tensor, o: torch.Tensor, tau: float) -> torch.Tensor:
         if tau >= 0.025:  # the shift rides in the product as one more column: [a, −1/τ]·[o, 1]
             a_aug = torch.cat([a, a.new_full((a.shape[0], 1), -1.0 / tau)], 1)
             e = a_aug @ torch.cat([o, o.new_ones(o.shape[0], 1)], 1).T
@@ -50,7 +64,7 @@ class _CosineLogSumExp(torch.autograd.Function):
         return s.log() + shift
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor):
         a, o, e, s = ctx.saved_tensors
         w = (g / s)[:, None]
         grad_a = w * (e @ o) if ctx.needs_input_grad[0] else None

@@ -24,6 +24,9 @@ MODELS: dict[str, tuple[str, str, str]] = {
     "lgmrec": ("models.lgmrec", "LGMRec", "LGMRecConfig"),
     "damrs": ("models.damrs", "DAMRS", "DAMRSConfig"),
     "smore": ("models.smore", "SMORE", "SMOREConfig"),
+    # baselines without trainable weights (`fixed = True`): the trainer runs no epoch for them
+    "pop": ("models.popularity", "Popularity", "PopularityConfig"),
+    "content_knn": ("models.content_knn", "ContentKNN", "ContentKNNConfig"),
 }
 
 # The content tables (modalities) each model reads. A run's configuration, its cache key and a
@@ -34,6 +37,8 @@ READS: dict[str, tuple[str, ...]] = {
     "alignrec": ("mm",),
     "anchorrec": ("mm", "t", "v"),
     **{name: ("t", "v") for name in ("vbpr", "freedom", "lattice", "bm3", "lgmrec", "damrs", "smore")},
+    "pop": (),
+    "content_knn": ("mm", "t", "v"),  # one of them: mm when the dataset has it, else t, else v
 }
 
 
@@ -58,6 +63,17 @@ def _lookup(name: str) -> tuple[type, type]:
     module_name, cls_name, cfg_name = MODELS[name]
     module = importlib.import_module(module_name)
     return getattr(module, cls_name), getattr(module, cfg_name)
+
+
+def model_class(name: str) -> type:
+    """The model's class (imported on first use)."""
+    return _lookup(name)[0]
+
+
+def is_fixed(name: str) -> bool:
+    """A model with no trainable weight (class attribute `fixed = True`: pop, content_knn): nothing
+    to tune, one evaluation. The class's own attribute: LATTICE's instances hold a `fixed` dict."""
+    return getattr(model_class(name), "fixed", False) is True
 
 
 def make_config(name: str, **kwargs: Any) -> Any:

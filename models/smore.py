@@ -47,7 +47,7 @@ against the values MMRec's class prints, benchmarks/parity/smore_parity.py):
   MMRec's yaml `temperature` is not read by its code (0.2 is hard-coded): here `temperature`
   is read, default 0.2. Unused MMRec options (lambda_coeff) are not carried.
 
-Speed (benchmarks/parity/epoch_speed.py, Sports, one CPU thread): 50.4 s/epoch against LightGCN's
+Speed (benchmarks/speed/epoch_speed.py, Sports, one CPU thread): 50.4 s/epoch against LightGCN's
 7.1 in the same run. About 70% of it is matrix products (torch profiler: aten::mm / addmm),
 mostly over all items for each batch: T_m x_m (18k × 384 → 64) forward and backward into the
 trained feature tables, the gates on 18k × 64, and the three item-graph products. That is
@@ -59,16 +59,27 @@ Defaults: MMRec's SMORE.yaml (embedding 64, n_layers 1, cl_loss 0.01 = cl_weight
 0.96 per 50 epochs = the trainer's). Its n_ui_layers ∈ {3, 4}, reg_weight ∈ {1e-5, 1e-4} and
 dropout_rate ∈ {0, 0.1} are grids searched per dataset with no published single value; the
 grids' first values (3, 1e-5, 0) are used here, so a tuned comparison sweeps them (SEARCH_SPACE).
+
+Cold items: an item SMORE never saw has no ID embedding q, so its own views q ⊙ σ(G_m c_m) are
+zero whatever its spectrum, and no user–item edge; what its features give it is its row in the
+item graphs S_t and S_v. Its vector is those rows applied once to the warm items' FINAL vectors
+(models/cold.py): per modality its k cosine neighbours among warm items on the raw features,
+weighted s_nj / sqrt(d_n d_j) as S_m is (d_j the warm item's degree in S_m), t and v weighted ½
+each. S_f = max(S_t, S_v) is not added as a third graph: on the same neighbours it only repeats
+the stronger of the two weights. The paper is silent on cold-start; these choices are ours.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import cold
 from models.backbone import bipartite_blocks, bipartite_lightgcn
 from models.blocks import (
     content_modalities,
@@ -78,7 +89,7 @@ from models.blocks import (
     row_dropout,
     trained_features,
 )
-from models.losses import bpr_loss, info_nce
+from models.losses import bpr_loss, info_nce, total_loss
 from models.training.data import GraphData
 from models.training.sparse import FixedSparse
 
@@ -140,6 +151,11 @@ def query(d: int) -> nn.Sequential:
 
 
 class SMORE(nn.Module):
+    COLD_PATH = (
+        "final vectors of its k content-kNN warm neighbours in S_t and S_v (cosine, sym-normalised), "
+        "the two modalities weighted equally"
+    )
+
     def __init__(self, graph: GraphData, cfg: SMOREConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -152,6 +168,7 @@ class SMORE(nn.Module):
                 "{'t': name, 'v': name}), as `anchorrec pipeline --image-encoder none` does."
             )
         require_knn(graph, self.modalities, "SMORE")
+        self.cold_source = {m: (graph.features[m], graph.knn_edges[m]) for m in self.modalities}  # the cold kit's
         d = cfg.embedding_dim
         self.user_emb, self.item_emb = id_embeddings(self.n_users, self.n_items, d)
         # the features are trained (MMRec: nn.Embedding.from_pretrained(freeze=False)); own copies
@@ -226,7 +243,7 @@ class SMORE(nn.Module):
         if cfg.cl_weight > 0:
             cl = info_nce(side_i[:b], e_i[:b], cfg.temperature) + info_nce(side_u, e_u, cfg.temperature)
             out["cl"] = cfg.cl_weight * cl
-        out["loss"] = sum(out.values())
+        out["loss"] = total_loss(out)
         return out
 
     @torch.no_grad()
@@ -236,3 +253,15 @@ class SMORE(nn.Module):
         u, _ = self.fuse(e_u, {m: self.r(h) for m, h in views.items()}, None)
         i, _ = self.fuse(e_i, views, None)
         return u, i
+
+    @torch.no_grad()
+    def cold_kit(self) -> dict[str, Any]:
+        """The warm items' raw features, S_t/S_v degrees and final vectors, t and v weighted ½ each."""
+        _, items = self.final_embeddings()
+        graphs = [cold.graph_entry(m, 0.5, f, items, edges, "cosine") for m, (f, edges) in self.cold_source.items()]
+        return cold.graph_kit("smore", graphs, self.cold_source["t"][1], "cosine")
+
+
+def cold_item_vectors(kit: dict[str, Any], features: dict[str, np.ndarray]) -> np.ndarray:
+    """½ (S_t rows + S_v rows) of new items applied to the warm final vectors (see the docstring)."""
+    return cold.mixed_propagation(kit, features)

@@ -26,22 +26,31 @@ against the values MMRec's class prints, benchmarks/parity/mmrec_parity.py):
   inside the log, a difference below float32 resolution unless σ(x) < 1e-6;
 - MMRec's `forward(dropout)` hook is always called with dropout 0 there, so it is left out.
 
-Speed (benchmarks/parity/epoch_speed.py, Sports, one CPU thread): 2.0 s/epoch, LightGCN 7.1.
+Speed (benchmarks/speed/epoch_speed.py, Sports, one CPU thread): 2.0 s/epoch, LightGCN 7.1.
 
 Default: MMRec's VBPR.yaml publishes no single value, only the grid
 reg_weight ∈ {2.0, 1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5} searched per dataset; 1e-4 is used here (the
 regularization weight of this project's LightGCN), so a tuned comparison sweeps `reg_weight`.
+
+Cold items: e_i = [q_i ; W [f_t ; f_v] + b] with q_i the only part learned per item. A new item
+has no q (zero: no interaction ever moved it, and no graph to borrow one from), and its content
+term is the trained W and b applied to its own features: e_new = [0 ; W [f_t ; f_v] + b]. Its
+score p_u · e_new is then exactly VBPR's visual/content preference term, the part the paper
+introduces for items with few or no interactions. An item with a warm item's features gets that
+item's content half, and zeros where the warm item has its ID half.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from models.blocks import content_modalities, feature_groups
-from models.losses import bpr_loss, emb_norm_loss
+from models.losses import added, bpr_loss, emb_norm_loss, total_loss
 from models.training.data import GraphData
 
 
@@ -65,12 +74,15 @@ SEARCH_SPACE: dict[str, tuple] = {
 
 
 class VBPR(nn.Module):
+    COLD_PATH = "the content term W [f_t; f_v] + b of its own features, the item-ID half zero"
+
     def __init__(self, graph: GraphData, cfg: VBPRConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.n_users, self.n_items = graph.n_users, graph.n_items
         d = cfg.embedding_dim
         names = content_modalities(graph, "VBPR")
+        self.modalities = names  # W's column blocks, in order: the cold kit's
         groups = feature_groups(graph.features, names)
         self.tables = tuple(dict.fromkeys(groups.values()))  # distinct feature tables
         # (table, column range of W) per modality: W [f_t; f_v] = Σ_m W[:, cols_m] f_m
@@ -91,12 +103,13 @@ class VBPR(nn.Module):
     def content(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """W [f_t; f_v] + b for `items` (all items when None), one product per distinct table."""
         w = self.item_linear.weight
-        out = None
+        out: torch.Tensor | None = None
         for name in self.tables:
-            w_m = sum(w[:, a:b] for table, a, b in self.slices if table == name)
+            w_m = added([w[:, a:b] for table, a, b in self.slices if table == name])
             f = getattr(self, f"feat_{name}")
             f = f if items is None else f.index_select(0, items)
             out = f @ w_m.T if out is None else out + f @ w_m.T
+        assert out is not None  # a VBPR has at least one content table
         return out + self.item_linear.bias
 
     def items(self, items: torch.Tensor | None = None) -> torch.Tensor:
@@ -111,9 +124,36 @@ class VBPR(nn.Module):
         out = {"bpr": bpr_loss(u, p, n)}
         if self.cfg.reg_weight > 0:
             out["reg"] = self.cfg.reg_weight * emb_norm_loss(u, p, n)
-        out["loss"] = sum(out.values())
+        out["loss"] = total_loss(out)
         return out
 
     @torch.no_grad()
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_emb.detach().clone(), self.items()
+
+    @torch.no_grad()
+    def cold_kit(self) -> dict[str, Any]:
+        """W's column block per modality, b, and the ID half's width."""
+        w = self.item_linear.weight
+        slices = [(m, a, b) for m, (_, a, b) in zip(self.modalities, self.slices)]
+        return {
+            "model": "vbpr",
+            "id_dim": self.cfg.embedding_dim,
+            "weights": {m: w[:, a:b].detach().cpu().float().clone() for m, a, b in slices},
+            "bias": self.item_linear.bias.detach().cpu().float().clone(),
+        }
+
+
+def cold_item_vectors(kit: dict[str, Any], features: dict[str, np.ndarray]) -> np.ndarray:
+    """[0 ; Σ_m W_m f_m + b] for the new items (see the docstring)."""
+    content = None
+    for m, w in kit["weights"].items():
+        if m not in features:
+            raise ValueError(f"cold path of vbpr: no {m!r} features for the new items; give {m!r}")
+        f = np.asarray(features[m], np.float64)
+        if f.ndim != 2 or f.shape[1] != w.shape[1]:
+            raise ValueError(f"cold path of vbpr: {m!r} features have shape {f.shape}, W expects {w.shape[1]} dims")
+        part = f @ w.numpy().astype(np.float64).T
+        content = part if content is None else content + part
+    content = content + kit["bias"].numpy()
+    return np.concatenate([np.zeros((len(content), kit["id_dim"])), content], 1).astype(np.float32)

@@ -7,7 +7,7 @@ Why hand-rolled block reading instead of `gzip.open(...)` + `for line in fh`:
   inflate and parsing overlap;
 - review files are the big ones (10^7-10^8 lines), and only four fields of each line matter: a
   block of whole lines goes to Arrow's C++ JSON reader with just those fields in its schema,
-  several times faster than any per-line Python loop (benchmarks/bench_ingest.py).
+  several times faster than any per-line Python loop (benchmarks/speed/bench_ingest.py).
 Any block the fast path cannot take cleanly is re-read line by line (orjson, then a slow path
 that repairs bad encodings with errors='replace' and counts them, and reports malformed lines
 with file and line number), so both paths give the same records and the same report.
@@ -23,6 +23,7 @@ import itertools
 import json
 import queue
 import threading
+import types
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,11 @@ import pyarrow.json as pajson
 
 from pipelines.records import REVIEW_BATCH_SCHEMA, BadRecords, Product, Review, ReviewBatch
 
+_zlib: types.ModuleType
 try:  # ISA-L inflates gzip ~1.5-2x faster than zlib; same API, used when installed
-    from isal import isal_zlib as _zlib
+    from isal import isal_zlib
 
-    INFLATE = "isal"
+    _zlib, INFLATE = isal_zlib, "isal"
 except ImportError:
     _zlib = zlib
     INFLATE = "zlib"
@@ -429,7 +431,7 @@ def _review(o: dict, user_key: str, item_keys: tuple[str, ...], rating_key: str,
     r = o.get(rating_key)
     if type(r) is not float:
         r = _rating(r)
-        if r == BAD_RATING:
+        if isinstance(r, str):  # BAD_RATING
             return Review(user, asin, None, ts), BAD_RATING
     return Review(user, asin, r, ts)
 
@@ -461,7 +463,7 @@ def read_products(path: str | Path, release: str, bad: BadRecords, *, progress: 
     path = Path(path)
     for lineno, obj in iter_objects(path, bad, literal=release == "2014", progress=progress):
         rec = convert(obj)
-        if type(rec) is str:
+        if isinstance(rec, str):
             bad.add(path, lineno, rec, _brief(obj))
             continue
         yield rec
@@ -668,8 +670,8 @@ def read_ratings_csv(
                 if not line.strip():
                     bad.count_blank(path)
                     continue
-                parts = next(csv.reader([line.decode("utf-8", "replace")]), [])
-                parts = [p.encode() for p in parts]
+                fields = next(csv.reader([line.decode("utf-8", "replace")]), [])
+                parts = [p.encode() for p in fields]
                 if len(parts) != 4:
                     bad.add(path, lineno, BAD_CSV, f"{len(parts)} fields, expected 4: {line[:80]!r}")
                     continue
@@ -694,7 +696,7 @@ def read_ratings_csv(
             if ts is None:
                 bad.add(path, lineno, BAD_TIMESTAMP, repr(line[:80]))
                 continue
-            if rating == BAD_RATING:
+            if isinstance(rating, str):  # BAD_RATING
                 bad.add(path, lineno, BAD_RATING, repr(line[:80]), dropped=False)
                 rating = None
             yield Review(user, item, rating, ts)

@@ -352,7 +352,7 @@ def meta_record(cat: DemoCatalog, i: int, image_url: str | None, rng: np.random.
         category = [DEMO_CATEGORY, DEMO_CATEGORY, group, leaf]  # duplicated entries, as in real files
     same_topic = np.flatnonzero(cat.topic == cat.topic[i])
     same_topic = same_topic[same_topic != i]
-    also = (
+    also: np.ndarray | list[int] = (
         rng.choice(same_topic, size=min(len(same_topic), int(rng.integers(0, 5))), replace=False)
         if len(same_topic)
         else []

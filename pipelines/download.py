@@ -104,7 +104,7 @@ def fetch(
     sha256 = sha256.lower() if sha256 else None
 
     entry = read_manifest(manifest).get(dest.name)
-    if _is_current(dest, entry, candidates, sha256, size):
+    if entry is not None and _is_current(dest, entry, candidates, sha256, size):
         log.info("%s: already complete (%s bytes, manifest matches); not downloading", dest, entry["bytes"])
         return dest
 
@@ -309,7 +309,7 @@ def _download_http(
         retry=tenacity.retry_if_exception_type(_Transient),
         reraise=True,
         before_sleep=lambda rs: log.debug(  # on screen only the outcome: the file or one error line
-            "%s: %s; retry %d/%d", url, rs.outcome.exception(), rs.attempt_number, retries
+            "%s: %s; retry %d/%d", url, rs.outcome and rs.outcome.exception(), rs.attempt_number, retries
         ),
     )
     with _session() as session:

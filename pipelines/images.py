@@ -170,19 +170,21 @@ def fetch_images(
     if run.board.down_hosts():
         log.debug("hosts marked down this run: %s", ", ".join(run.board.down_hosts()))
 
+    done = [o for o in outcomes if o is not None]
+    assert len(done) == len(outcomes)  # every future has answered
     table = pa.table(
         {
             "item_id": pa.array(item_ids, pa.int32()),
             "asin": pa.array(asins, pa.string()),
             "url": pa.array(urls, pa.string()),
-            "status": pa.array([o.status for o in outcomes], pa.string()),
-            "http_status": pa.array([o.http_status for o in outcomes], pa.int32()),
-            "detail": pa.array([o.detail for o in outcomes], pa.string()),
-            "bytes": pa.array([o.bytes for o in outcomes], pa.int64()),
-            "path": pa.array([o.path for o in outcomes], pa.string()),
-            "reason": pa.array([o.why for o in outcomes], pa.string()),
-            "source": pa.array([o.source for o in outcomes], pa.string()),
-            "origin": pa.array([o.origin for o in outcomes], pa.string()),
+            "status": pa.array([o.status for o in done], pa.string()),
+            "http_status": pa.array([o.http_status for o in done], pa.int32()),
+            "detail": pa.array([o.detail for o in done], pa.string()),
+            "bytes": pa.array([o.bytes for o in done], pa.int64()),
+            "path": pa.array([o.path for o in done], pa.string()),
+            "reason": pa.array([o.why for o in done], pa.string()),
+            "source": pa.array([o.source for o in done], pa.string()),
+            "origin": pa.array([o.origin for o in done], pa.string()),
         }
     )
     target = paths.image_audit if shard is None else _shard_audit(paths, *shard)
@@ -304,7 +306,11 @@ def _one(run: _Run, asin: str, url: str | None, previous_origin: str | None) -> 
         if local is None and not url:
             more = " and no file in images_dir" if run.local.images else ""
             return Outcome("no_url", detail=f"item has no image_url{more}")
-        origin, source = (_local_origin(local.path), local.source) if local else (url, "url")
+        if local:
+            origin, source = _local_origin(local.path), local.source
+        else:
+            assert url  # no local file and no url returned above
+            origin, source = url, "url"
         target = run.paths.image(asin)
         rel = target.relative_to(run.paths.root).as_posix()
         if _keep_cached(run, target, local, origin, previous_origin):
@@ -313,7 +319,7 @@ def _one(run: _Run, asin: str, url: str | None, previous_origin: str | None) -> 
             if local is not None:
                 data, http_status = _read_local(local.path, run.max_bytes, local.path.name), None
             else:
-                data, http_status = _read(run, url)
+                data, http_status = _read(run, origin)  # the url
             jpeg = _verify_as_jpeg(data, run.max_pixels)
         except _Stop as stop:
             if local is None or not _same_file(local.path, target):

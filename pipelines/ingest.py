@@ -62,6 +62,7 @@ def ingest(
     train: str | None = None,
     valid: str | None = None,
     test: str | None = None,
+    cold_items: float = 0.0,
 ) -> dict[str, Any]:
     """Fetch, parse and prepare one dataset; return prepare's data-quality report.
 
@@ -72,7 +73,8 @@ def ingest(
     ('user=reviewerID,item=asin,...') and `meta_release` says what the metadata file is
     (auto-detected by default). `no_header`: the interaction (and metadata table) files start with
     data; `meta_columns` names a metadata table's columns; `train`/`valid`/`test` are a given split
-    as three interaction files (instead of `reviews`). Without `meta` (and without a category for
+    as three interaction files (instead of `reviews`); `cold_items` holds out that seeded fraction of
+    items with all their interactions (the item-cold protocol, pipelines.prepare). Without `meta` (and without a category for
     an Amazon release) the dataset is ID-only: items have no text and no image.
     """
     release = str(release)
@@ -90,7 +92,9 @@ def ingest(
     id_only = meta is None and (release == "csv" or (release in amazon.RELEASES and category is None and reviews))
     check = None if release == "demo" or id_only else min_meta_match
     # validate before any download
-    config = PrepareConfig(kcore=kcore, seed=seed, min_meta_match=check, allow_missing_meta=allow_missing_meta)
+    config = PrepareConfig(
+        kcore=kcore, seed=seed, min_meta_match=check, allow_missing_meta=allow_missing_meta, cold_items=cold_items
+    )
     paths = dataset_paths(dataset, home)
     fetch_opts = {"retries": retries, "timeout": timeout, "backoff": backoff, "progress": progress}
     table_opts = {"columns": columns, "no_header": no_header, "meta_columns": meta_columns}
@@ -107,6 +111,7 @@ def ingest(
         inputs = splits or ({"reviews": reviews} if reviews else {})
         return _ingest_csv(paths, inputs, meta, meta_release, config, fetch_opts, progress, table_opts)
     if id_only:
+        assert reviews is not None  # id_only outside csv means --reviews was given
         return _ingest_csv(
             paths, {"reviews": reviews}, None, meta_release, config, fetch_opts, progress, table_opts, release=release
         )

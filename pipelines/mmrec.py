@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
-from pipelines.prepare import row_accounting
+from pipelines.prepare import cold_interaction_split, cold_report, draw_cold_items, row_accounting, write_cold_items
 from pipelines.records import BadRecords
 from store import schemas
 from store.errors import StoreError
@@ -209,14 +209,14 @@ def _mapping(path: Path, key: str, id_col: str, bad: BadRecords) -> list[str]:
     return [str(x) for x in names]
 
 
-def _interactions(path: Path, n_users: int | None, n_items: int, bad: BadRecords) -> dict[str, np.ndarray]:
+def _interactions(path: Path, n_users: int | None, n_items: int, bad: BadRecords) -> dict[str, Any]:
     tsv = _read_tsv(path, ("userID", "itemID", "x_label"), bad)
     bad.count_lines(path, tsv.table.num_rows + tsv.skipped + 1, header=1)  # every line accounted for in prepare.json
     has_ts = "timestamp" in tsv.table.column_names
     cols, ok = _ints(tsv, ("userID", "itemID", "x_label") + (("timestamp",) if has_ts else ()), bad)
     user, item, label = cols["userID"], cols["itemID"], cols["x_label"]
     ts = cols["timestamp"] if has_ts else np.zeros(len(user), np.int64)
-    rating = np.full(len(user), np.nan, dtype=np.float32)
+    rating: np.ndarray = np.full(len(user), np.nan, dtype=np.float32)
     if "rating" in tsv.table.column_names:
         rating = _floats(tsv, "rating", bad)
     checks = [
@@ -346,7 +346,7 @@ def _write_features(
         name, modality = FEATURE_FILES[fname]
         path = src / fname
         vectors = np.asarray(mat, dtype=np.float32)
-        finite = np.isfinite(vectors).all(axis=1)
+        finite = np.asarray(np.isfinite(vectors).all(axis=1))
         vectors = np.where(finite[:, None], vectors, 0.0).astype(np.float32)
         digest = file_sha256(path)
         write_features(
@@ -393,8 +393,13 @@ def import_mmrec(
     home: str | Path | None = None,
     name: str | None = None,
     progress: bool = True,
+    cold_items: float = 0.0,
+    seed: int = 0,
 ) -> dict:
-    """Import the MMRec directory `src` as `dataset`; returns the report also written to prepare.json."""
+    """Import the MMRec directory `src` as `dataset`; returns the report also written to prepare.json.
+
+    `cold_items` > 0: the item-cold protocol (pipelines.prepare.draw_cold_items, seeded by `seed`);
+    warm interactions keep the published split, a cold item's move to its item's half."""
     src = Path(src)
     if not src.is_dir():
         raise StoreError(src, "is not a directory", "point to a folder holding <name>.inter and i_id_mapping.tsv")
@@ -420,6 +425,8 @@ def import_mmrec(
     order = np.lexsort((inter["item"], inter["timestamp"], inter["user"]))
     user, item, ts, rating = (inter[k][order] for k in ("user", "item", "timestamp", "rating"))
     split_code = inter["label"][order].astype(np.int8)
+    cold_ids, cold_code = draw_cold_items(n_items, cold_items, seed)
+    split_code = cold_interaction_split(item, split_code, cold_ids, cold_code)
     split_hash = array_hash(user.astype(np.int32), item.astype(np.int32), split_code)
     items = pa.table(
         {
@@ -482,6 +489,8 @@ def import_mmrec(
         "features": {},
         "output": {"items": n_items, "users": n_users, "interactions": int(len(user))},
     }
+    if cold_items:
+        report["cold_items"] = cold_report(cold_items, seed, cold_ids, cold_code, item)
     write_table(items, paths.items, schemas.ITEMS)
     write_table(users, paths.users, schemas.USERS)
     write_table(
@@ -490,6 +499,7 @@ def import_mmrec(
         schemas.INTERACTIONS,
         metadata={"split_hash": split_hash, "split_rule": SPLIT_RULE, "source": "mmrec"},
     )
+    write_cold_items(paths, cold_ids, cold_code, asins)
     report["features"] = _write_features(src, paths, asins, feature_mats, progress)
     steps.close()
     write_json(report, paths.prepare_report)

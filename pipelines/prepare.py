@@ -54,6 +54,8 @@ class PrepareConfig:
     # check (the demo and callers with no metadata file).
     min_meta_match: float | None = None
     allow_missing_meta: bool = False
+    # item-cold protocol: this seeded fraction of items is held out with all its interactions
+    cold_items: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.kcore, int) or self.kcore < 1:
@@ -62,6 +64,8 @@ class PrepareConfig:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.max_text_chars < 16:
             raise ValueError(f"max_text_chars must be >= 16, got {self.max_text_chars!r}")
+        if not 0.0 <= self.cold_items < 1.0:
+            raise ValueError(f"cold_items must be in [0, 1), got {self.cold_items!r}")
         if self.min_meta_match is not None and not 0.0 <= self.min_meta_match <= 1.0:
             raise ValueError(f"min_meta_match must be between 0 and 1, got {self.min_meta_match!r}")
 
@@ -77,8 +81,8 @@ def clean_html(value: str | None) -> str | None:
 def clean_categories(categories: Iterable[str]) -> list[str]:
     """Cleaned category names, empties dropped, duplicates removed keeping the first."""
     seen: dict[str, None] = {}
-    for c in categories:
-        c = clean_html(c)
+    for raw in categories:
+        c = clean_html(raw)
         if c and c not in seen:
             seen[c] = None
     return list(seen)
@@ -132,7 +136,7 @@ class ReviewArrays:
 def _batches(reviews: Iterable[Review | ReviewBatch], size: int = 1 << 16) -> Iterator[ReviewBatch]:
     pending: list[Review] = []
     for r in reviews:
-        if type(r) is ReviewBatch:
+        if isinstance(r, ReviewBatch):
             if pending:
                 yield ReviewBatch.from_reviews(pending)
                 pending = []
@@ -249,6 +253,77 @@ def assign_split(user_id: np.ndarray, ts: np.ndarray, item_id: np.ndarray, seed:
     code[big & (pos >= n_train + n_valid)] = 2
     split[order] = code
     return split
+
+
+COLD_RULE = (
+    "item-cold: a seeded draw of round(F n_items) items after k-core and id assignment, the first "
+    "half (rounded down) valid, the rest test; every interaction of a cold item is in its item's "
+    "half; the warm items' interactions are split by the usual rule over warm interactions only"
+)
+COLD_STREAM = 33  # the cold draw's own random stream beside the split's (issue 33)
+
+
+def draw_cold_items(n_items: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted cold item ids, split code per id: 1 valid, 2 test) for the item-cold protocol.
+
+    A stream of its own ([seed, 33]), so the draw does not shift the warm split's random keys.
+    The test half gets the odd item: test is the division the report leads with.
+    """
+    n_cold = int(round(fraction * n_items))
+    if n_cold == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int8)
+    if n_cold >= n_items:
+        raise ValueError(f"--cold-items {fraction} holds out all {n_items} items: no warm item is left to train on")
+    drawn = np.random.default_rng([seed, COLD_STREAM]).permutation(n_items)[:n_cold]
+    code = np.full(n_cold, 2, np.int8)
+    code[: n_cold // 2] = 1
+    order = np.argsort(drawn)
+    return drawn[order].astype(np.int64), code[order]
+
+
+def cold_interaction_split(
+    item_id: np.ndarray, warm_split: np.ndarray, cold_ids: np.ndarray, cold_code: np.ndarray
+) -> np.ndarray:
+    """Split codes of all interactions: a cold item's interactions take its half, others `warm_split`."""
+    split = np.asarray(warm_split, np.int8).copy()
+    if len(cold_ids):
+        pos = np.searchsorted(cold_ids, item_id)
+        hit = (pos < len(cold_ids)) & (cold_ids[np.minimum(pos, len(cold_ids) - 1)] == item_id)
+        split[hit] = cold_code[pos[hit]]
+    return split
+
+
+def cold_report(
+    fraction: float, seed: int | None, cold_ids: np.ndarray, cold_code: np.ndarray, item_id: np.ndarray
+) -> dict[str, Any]:
+    """prepare.json's `cold_items`: what was held out, in items and interactions per half."""
+    per_item = np.bincount(item_id, minlength=int(item_id.max(initial=-1)) + 1)
+    counts = per_item[cold_ids] if len(cold_ids) else np.zeros(0, np.int64)
+    return {
+        "fraction": fraction,
+        "seed": seed,
+        "rule": COLD_RULE,
+        "items": int(len(cold_ids)),
+        "valid_items": int((cold_code == 1).sum()),
+        "test_items": int((cold_code == 2).sum()),
+        "valid_interactions": int(counts[cold_code == 1].sum()),
+        "test_interactions": int(counts[cold_code == 2].sum()),
+    }
+
+
+def write_cold_items(paths: DatasetPaths, cold_ids: np.ndarray, cold_code: np.ndarray, asins: list[str]) -> None:
+    """cold_items.parquet when there are cold items; otherwise remove an older one (absent = none)."""
+    if not len(cold_ids):
+        paths.cold_items.unlink(missing_ok=True)
+        return
+    table = pa.table(
+        {
+            "item_id": pa.array(cold_ids.astype(np.int32)),
+            "asin": pa.array([asins[i] for i in cold_ids.tolist()], pa.string()),
+            "split": pa.array(np.array(SPLIT_NAMES, dtype=object)[cold_code], pa.string()),
+        }
+    )
+    write_table(table, paths.cold_items, schemas.COLD_ITEMS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,7 +571,10 @@ def _prepare(
     reviewer_ids = user_names.take(pa.array(u_sort))
     asins = item_names.take(pa.array(i_sort)).to_pylist()
 
-    split, split_info = _split(arr, keep, in_core, user_id, ts, item_id, cfg.seed)
+    cold_ids, cold_code = draw_cold_items(len(asins), cfg.cold_items, cfg.seed)
+    warm = ~np.isin(item_id, cold_ids)
+    split, split_info = _split(arr, keep, in_core, user_id, ts, item_id, cfg.seed, warm)
+    split = cold_interaction_split(item_id, split, cold_ids, cold_code)
     order = np.lexsort((item_id, ts, user_id))
     user_id, item_id, ts, rating, split = (a[order] for a in (user_id, item_id, ts, rating, split))
     split_hash = array_hash(user_id.astype(np.int32), item_id.astype(np.int32), split)
@@ -542,6 +620,8 @@ def _prepare(
         "split": {"seed": cfg.seed, "hash": split_hash, "sizes": sizes, **split_info},
         "output": {"items": items.num_rows, "users": users.num_rows, "interactions": inter.num_rows},
     }
+    if cfg.cold_items:
+        report["cold_items"] = cold_report(cfg.cold_items, cfg.seed, cold_ids, cold_code, item_id)
     report["facts"] = data_facts(report, bad)
     write_table(items, paths.items, schemas.ITEMS)
     write_table(users, paths.users, schemas.USERS)
@@ -551,6 +631,7 @@ def _prepare(
         schemas.INTERACTIONS,
         metadata={"split_seed": str(cfg.seed), "split_hash": split_hash, "kcore": str(cfg.kcore)},
     )
+    write_cold_items(paths, cold_ids, cold_code, asins)
     write_json(report, paths.prepare_report)
     return report
 
@@ -568,10 +649,32 @@ def _split(
     ts: np.ndarray,
     item_id: np.ndarray,
     seed: int,
+    warm: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """The given split when every kept interaction has one, else the METHOD.md split."""
+    """The given split when every kept interaction has one, else the METHOD.md split (over the
+    `warm` interactions only when given: a cold item's interactions get their half afterwards)."""
+    if warm is not None and not warm.all():
+        split = np.zeros(len(user_id), np.int8)
+        split[warm], info = _split_all(
+            arr, keep, in_core, user_id[warm], ts[warm], item_id[warm], seed, given_mask=warm
+        )
+        return split, info
+    return _split_all(arr, keep, in_core, user_id, ts, item_id, seed)
+
+
+def _split_all(
+    arr: ReviewArrays,
+    keep: np.ndarray,
+    in_core: np.ndarray,
+    user_id: np.ndarray,
+    ts: np.ndarray,
+    item_id: np.ndarray,
+    seed: int,
+    given_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
     if arr.split is not None and (arr.split >= 0).any():
         given = arr.split[keep][in_core]
+        given = given if given_mask is None else given[given_mask]
         unset = int((given < 0).sum())
         if unset == 0:
             return given.astype(np.int8), {
@@ -784,4 +887,10 @@ def format_summary(report: dict[str, Any]) -> str:
         f"  split (seed {sp['seed']}, hash {sp['hash']}): train {sizes['train']:,} / "
         f"valid {sizes['valid']:,} / test {sizes['test']:,}"
     )
+    cold = report.get("cold_items")
+    if cold:
+        lines.append(
+            f"  cold items ({cold['fraction']:g}): {cold['valid_items']:,} valid / {cold['test_items']:,} test items, "
+            f"{cold['valid_interactions']:,} / {cold['test_interactions']:,} interactions, none in train"
+        )
     return "\n".join(lines)

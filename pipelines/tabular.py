@@ -315,11 +315,11 @@ def decide_header(
     ):
         return True
     second = rows[1] if len(rows) > 1 else []
-    named = ",".join(f"{r}={first[k]}" for k, r in enumerate(roles[: min(2, len(first))]))
+    as_named = ",".join(f"{r}={first[k]}" for k, r in enumerate(roles[: min(2, len(first))]))
     placed = ",".join(f"{r}={k}" for k, r in enumerate(roles[: min(2, len(first))]))
     raise ValueError(
         f"{path.name}: cannot tell whether row 1 is a header: row 1 {first}, row 2 {second}; if row 1 names "
-        f'the columns say {option} "{named}", if it is data say --no-header {option} "{placed}"'
+        f'the columns say {option} "{as_named}", if it is data say --no-header {option} "{placed}"'
     )
 
 

@@ -25,7 +25,7 @@ class StoreError(Exception):
         hint = f" — {self.fix}" if self.fix else ""
         super().__init__(f"{where}{self.problem}{hint}")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[StoreError], tuple[Path | None, str, str]]:
         """Rebuilt from its parts, so it crosses process boundaries (a worker's error reaches the parent)."""
         return type(self), (self.path, self.problem, self.fix)
 

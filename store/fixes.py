@@ -15,6 +15,7 @@ _WRITERS = {
     "items.parquet": "ingest",
     "users.parquet": "ingest",
     "interactions.parquet": "ingest",
+    "cold_items.parquet": "ingest",
     "prepare.json": "ingest",
     "images": "features",
     "features": "features",

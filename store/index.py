@@ -1,42 +1,41 @@
-"""Published FAISS indexes of a run's item vectors: build, publish atomically, load, search.
+"""Published FAISS indexes of a run's item vectors: build, publish as a version, load, search.
 
-Layout (ARCHITECTURE.md): `index/<run_id>/items.faiss` + `index/<run_id>/manifest.json`.
+Layout (docs/store.md): `index/<run_id>/versions/<NNNN>/` (items.faiss, manifest.json, the
+version's own item and user vectors, change.json) and `index/<run_id>/CURRENT` naming the version
+served (store.versions). An index directory written before versions existed (`items.faiss` +
+`manifest.json` directly in it, vectors in `runs/<run_id>/`) is still read as it is.
 
-Why the manifest carries the SHA-256 of the index file: publishing replaces two files, and no
-filesystem renames two files at once. `publish` writes both into a fresh temporary directory,
-then renames the index over the old one and the manifest after it. A reader that has already
-loaded an index keeps it (FAISS indexes are read fully into memory, and a renamed-over file stays
-readable through an open handle), and a reader that starts between the two renames sees a hash
-that does not match and simply re-reads. The same hash turns a truncated or corrupt file into a
-clear error instead of a crash deep inside FAISS.
+Why the manifest carries the SHA-256 of the index file: a truncated or corrupt file becomes a
+clear error naming it instead of a crash deep inside FAISS (and, for the unversioned layout, a
+reader that starts between an older publisher's two renames sees a hash that does not match and
+simply re-reads).
 
-Why the manifest carries the item vectors' hash: a run can be retrained in place; an index built
-from the old vectors would then silently answer for a model that no longer exists.
+Why the manifest carries the vectors' hashes: the index and the vectors a reader combines with
+it (the user vectors of `recommend`, the item vectors of `similar`) must be the ones it was built
+with; a file swapped or edited under it is refused instead of answering for no model.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from store import fixes
+from store import fixes, versions
 from store.errors import StoreError
 from store.hashing import file_sha256
 from store.layout import DatasetPaths, check_name
-from store.tables import read_json, read_metadata, read_table, write_json
+from store.tables import NUM_ROWS, read_json, read_metadata, read_table, write_json
 from store.vectors import align_features, read_features, read_vectors, verified_vectors_hash, write_vectors
 
 INDEX_FILE = "items.faiss"
@@ -73,16 +72,18 @@ class IndexConfig:
 # ---------------------------------------------------------------------------------------- build
 
 
-def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str, config: IndexConfig) -> faiss.Index:
+def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str, config: IndexConfig) -> faiss.IndexIDMap2:
     """An inner-product index whose search returns the real item ids (IndexIDMap2)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     d = vectors.shape[1]
+    inner: faiss.Index
     if kind == "flat":
         inner = faiss.IndexFlatIP(d)
     elif kind == "hnsw":
-        inner = faiss.IndexHNSWFlat(d, int(config.hnsw_m), faiss.METRIC_INNER_PRODUCT)
-        inner.hnsw.efConstruction = int(config.ef_construction)
-        inner.hnsw.efSearch = int(config.ef_search)
+        hnsw = faiss.IndexHNSWFlat(d, int(config.hnsw_m), faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = int(config.ef_construction)
+        hnsw.hnsw.efSearch = int(config.ef_search)
+        inner = hnsw
     else:
         raise ValueError(f"index kind must be 'flat' or 'hnsw', got {kind!r}")
     index = faiss.IndexIDMap2(inner)
@@ -96,7 +97,8 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str, config: IndexCo
     return index
 
 
-def _check_item_vectors(path: Path, ids: np.ndarray, vectors: np.ndarray) -> None:
+def check_item_vectors(path: Path, ids: np.ndarray, vectors: np.ndarray) -> None:
+    """Refuse what no index should serve: no rows, duplicate ids, NaN/inf rows."""
     if len(ids) == 0:
         raise StoreError(path, "has no rows: nothing to index", fixes.repair(path, "train"))
     if len(np.unique(ids)) != len(ids):
@@ -119,21 +121,20 @@ def republish(paths: DatasetPaths, run_id: str) -> str:
     )
 
 
-@contextlib.contextmanager
-def _publish_lock(directory: Path) -> Iterator[None]:
-    """Two publishers of one run would interleave their renames; serialize them."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".publish.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _fix(paths: DatasetPaths, serving: versions.Serving) -> str:
+    """A damaged version can also be left behind: the version it replaced still serves."""
+    text = republish(paths, serving.run_id)
+    if serving.version is not None:
+        text += f"; or serve the version before: anchorrec rollback --dataset {paths.name} --run {serving.run_id}"
+    return text
 
 
 def _fsync(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
+
+
+_OWN_KEYS = ("dim", "vectors_hash", "hash_of", NUM_ROWS)  # write_vectors/write_table set these themselves
 
 
 def publish(
@@ -145,20 +146,48 @@ def publish(
     hnsw_m: int = 32,
     ef_construction: int = 200,
     ef_search: int = 128,
+    keep: int = versions.KEEP,
 ) -> dict[str, Any]:
-    """Index `runs/<run_id>/item_vectors.parquet` into `index/<run_id>/`; returns the manifest.
+    """Publish `runs/<run_id>/` (item vectors, and user vectors when present) as a new index
+    version of the run (store.versions); returns its manifest.
 
     Always rebuilds from the vectors, so a missing, truncated or stale index is repaired by
     calling it again; vectors that disagree with the hash their writer recorded (rows reordered
     or edited) are refused, since an index of them would answer for no trained model.
-    Re-publishing replaces the index in place; readers holding the old one keep answering from
-    it, readers opening afterwards get the new one (see the module docstring).
+    Readers holding the old version keep answering from it, readers opening afterwards get the
+    new one; the newest `keep` versions stay (see store.versions).
     """
     check_name("run", run_id)
     config = IndexConfig(kind, hnsw_threshold, hnsw_m, ef_construction, ef_search)
     source = paths.item_vectors(run_id)
     ids, vectors, meta = read_vectors(source, "item_id")
-    _check_item_vectors(source, ids, vectors)
+    check_item_vectors(source, ids, vectors)
+    user_ids = users = None
+    if paths.user_vectors(run_id).exists():
+        user_ids, users, _ = read_vectors(paths.user_vectors(run_id), "user_id")
+    change = {
+        "kind": "train",
+        "note": f"published from runs/{run_id}",
+        "source_vectors_hash": meta.get("vectors_hash"),
+    }
+    carried = {k: v for k, v in meta.items() if k not in _OWN_KEYS}
+    version = publish_version(paths, run_id, ids, vectors, user_ids, users, change, config, metadata=carried, keep=keep)
+    return read_json(versions.version_dir(paths, run_id, version) / MANIFEST_FILE)
+
+
+def write_index(
+    directory: Path,
+    run_id: str,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    config: IndexConfig,
+    meta: dict[str, str],
+    extra: dict[str, Any],
+    where: str,
+) -> dict[str, Any]:
+    """Build the index of `vectors` into `directory` (beside the version's vectors files, whose
+    recorded hashes the manifest repeats) and write its manifest; returns the manifest."""
+    vectors = np.asarray(vectors, dtype=np.float32)
     chosen = config.resolve(len(ids))
     start = time.perf_counter()
     index = build_index(vectors, ids, chosen, config)
@@ -166,6 +195,11 @@ def publish(
     params: dict[str, Any] = {}
     if chosen == "hnsw":
         params = {"hnsw_m": config.hnsw_m, "ef_construction": config.ef_construction, "ef_search": config.ef_search}
+    items_meta = read_metadata(directory / versions.ITEM_VECTORS)
+    users_path = directory / versions.USER_VECTORS
+    users_meta = read_metadata(users_path) if users_path.exists() else {}
+    faiss.write_index(index, str(directory / INDEX_FILE))
+    _fsync(directory / INDEX_FILE)
     manifest: dict[str, Any] = {
         "run": run_id,
         "dim": int(vectors.shape[1]),
@@ -175,27 +209,20 @@ def publish(
         "params": params,
         "requested": asdict(config),
         "count": int(index.ntotal),
-        "vectors_hash": meta["vectors_hash"],
-        "hash_of": meta.get("hash_of", "vectors"),
+        "vectors_hash": items_meta["vectors_hash"],
+        "hash_of": items_meta.get("hash_of", "vectors"),
+        "users": int(users_meta[NUM_ROWS]) if users_meta else 0,
+        "user_vectors_hash": users_meta.get("vectors_hash"),
         "model": meta.get("model"),
-        "item_vectors": str(source.relative_to(paths.root)),
+        "item_vectors": f"{where}/{versions.ITEM_VECTORS}",
         "faiss_version": faiss.__version__,
         "build_seconds": round(build_s, 3),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+        "index_sha256": file_sha256(directory / INDEX_FILE),
+        "index_bytes": (directory / INDEX_FILE).stat().st_size,
+        **extra,
     }
-    target = paths.index_dir(run_id)
-    with _publish_lock(target):
-        tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=target))
-        try:
-            faiss.write_index(index, str(tmp / INDEX_FILE))
-            _fsync(tmp / INDEX_FILE)
-            manifest["index_sha256"] = file_sha256(tmp / INDEX_FILE)
-            manifest["index_bytes"] = (tmp / INDEX_FILE).stat().st_size
-            write_json(manifest, tmp / MANIFEST_FILE)
-            os.replace(tmp / INDEX_FILE, target / INDEX_FILE)
-            os.replace(tmp / MANIFEST_FILE, target / MANIFEST_FILE)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    write_json(manifest, directory / MANIFEST_FILE)
     return manifest
 
 
@@ -291,22 +318,46 @@ def content_feature(manifest: dict[str, Any]) -> str | None:
 # ----------------------------------------------------------------------------------------- load
 
 
-def manifests(paths: DatasetPaths) -> list[tuple[str, dict[str, Any] | StoreError]]:
-    """(run_id, manifest or the StoreError that reading it raised) of every index directory."""
+def _index_dirs(paths: DatasetPaths) -> list[str]:
+    """Runs with an index directory that holds a version pointer or an (older) unversioned manifest."""
     if not paths.index_root.is_dir():
         return []
+    return sorted(
+        d.name
+        for d in paths.index_root.iterdir()
+        if d.is_dir()
+        and not d.name.startswith(".")
+        and any((d / f).exists() for f in (versions.CURRENT_FILE, MANIFEST_FILE))
+    )
+
+
+def manifests(paths: DatasetPaths) -> list[tuple[str, dict[str, Any] | StoreError]]:
+    """(run_id, manifest of the version it serves, or the StoreError reading it raised) of every
+    index directory. The manifest gains `version` (None: unversioned) and `published_at` (when the
+    run's newest version was published, which orders the runs)."""
     found: list[tuple[str, dict[str, Any] | StoreError]] = []
-    for manifest_path in sorted(paths.index_root.glob(f"*/{MANIFEST_FILE}")):
-        run_id = manifest_path.parent.name
+    for run_id in _index_dirs(paths):
+        manifest_path = paths.index_dir(run_id) / MANIFEST_FILE
         try:
+            serving = versions.serving(paths, run_id)
+            manifest_path = serving.directory / MANIFEST_FILE
             manifest = read_json(manifest_path)
             if not isinstance(manifest, dict) or not manifest.get("created_at"):
                 raise StoreError(manifest_path, "is not an index manifest (no created_at)", republish(paths, run_id))
         except StoreError as exc:
-            found.append((run_id, StoreError(manifest_path, exc.problem, republish(paths, run_id))))
+            found.append(
+                (run_id, StoreError(exc.path or manifest_path, exc.problem, exc.fix or republish(paths, run_id)))
+            )
             continue
-        found.append((run_id, manifest))
+        newest = versions.newest_created(paths, run_id) if serving.version else None
+        found.append(
+            (run_id, {**manifest, "version": serving.version, "published_at": newest or manifest["created_at"]})
+        )
     return found
+
+
+def _published_at(manifest: dict[str, Any]) -> str:
+    return str(manifest.get("published_at") or manifest.get("created_at", ""))
 
 
 def published_runs(paths: DatasetPaths) -> list[tuple[str, dict[str, Any]]]:
@@ -315,7 +366,7 @@ def published_runs(paths: DatasetPaths) -> list[tuple[str, dict[str, Any]]]:
     Unreadable manifests are left out here (see `manifests`); `latest_run` refuses them.
     """
     found = [(run, m) for run, m in manifests(paths) if isinstance(m, dict)]
-    return sorted(found, key=lambda rm: (str(rm[1].get("created_at", "")), rm[0]))
+    return sorted(found, key=lambda rm: (_published_at(rm[1]), rm[0]))
 
 
 def latest_run(paths: DatasetPaths) -> str | None:
@@ -329,17 +380,20 @@ def latest_run(paths: DatasetPaths) -> str | None:
             raise StoreError(
                 manifest.path,
                 f"{manifest.problem}; the newest published run cannot be told without it",
-                f"{manifest.fix}, or delete {manifest.path.parent} and pass --run-id RUN to use another published run",
+                f"{manifest.fix}, or delete {paths.index_dir(run_id)} and pass --run-id RUN to use another published run",
             )
     runs = published_runs(paths)
     return runs[-1][0] if runs else None
 
 
-def _read_consistent(directory: Path, run_id: str, attempts: int = 5) -> tuple[dict[str, Any], np.ndarray]:
-    """Manifest and index bytes that belong together (retrying across a concurrent publish)."""
-    manifest_path, index_path = directory / MANIFEST_FILE, directory / INDEX_FILE
-    paths = DatasetPaths(directory.parent.parent)
-    fix = republish(paths, run_id)
+def _read_consistent(
+    paths: DatasetPaths, serving: versions.Serving, attempts: int = 5
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Manifest and index bytes that belong together (an unversioned directory may be between
+    the two renames of an older publisher; a version never changes)."""
+    manifest_path, index_path = serving.directory / MANIFEST_FILE, serving.directory / INDEX_FILE
+    run_id = serving.run_id
+    fix = _fix(paths, serving)
     for attempt in range(attempts):
         if not manifest_path.exists():
             raise StoreError(manifest_path, f"run {run_id!r} has no published index", fix)
@@ -357,6 +411,8 @@ def _read_consistent(directory: Path, run_id: str, attempts: int = 5) -> tuple[d
         data = index_path.read_bytes()
         if hashlib.sha256(data).hexdigest() == manifest["index_sha256"]:
             return manifest, np.frombuffer(data, dtype=np.uint8)
+        if serving.version is not None:
+            break
         time.sleep(0.05 * (attempt + 1))  # a publish may be between its two renames
     raise StoreError(
         index_path,
@@ -365,17 +421,19 @@ def _read_consistent(directory: Path, run_id: str, attempts: int = 5) -> tuple[d
     )
 
 
-def load_index(paths: DatasetPaths, run_id: str, *, check_vectors: bool = True) -> "ItemIndex":
-    """Load and verify the published index of `run_id`.
+def load_index(
+    paths: DatasetPaths, run_id: str, *, check_vectors: bool = True, serving: versions.Serving | None = None
+) -> "ItemIndex":
+    """Load and verify the index `run_id` serves now (or the version `serving` names).
 
     Refuses (StoreError naming the file) a missing or corrupt index, a manifest that does not
-    describe the file, and — with check_vectors — an index built from item vectors other than
-    the ones now in the run directory.
+    describe the file, and — with check_vectors — item vectors other than the ones the index was
+    built from (the version's own copy; for an unversioned index, the run's).
     """
-    directory = paths.index_dir(run_id)
-    manifest, data = _read_consistent(directory, run_id)
-    index_path = directory / INDEX_FILE
-    fix = republish(paths, run_id)
+    serving = serving or versions.serving(paths, run_id)
+    manifest, data = _read_consistent(paths, serving)
+    index_path = serving.directory / INDEX_FILE
+    fix = _fix(paths, serving)
     try:
         index = faiss.deserialize_index(data)
     except RuntimeError as exc:
@@ -387,24 +445,40 @@ def load_index(paths: DatasetPaths, run_id: str, *, check_vectors: bool = True) 
             fix,
         )
     if check_vectors:
-        source = paths.item_vectors(run_id)
-        if not source.exists():
-            raise StoreError(
-                source,
-                f"item vectors of run {run_id!r} are gone but an index is published",
-                fixes.repair(source, "train"),
-            )
-        current = verified_vectors_hash(source, "item_id")  # refuses rows that disagree with their hash
-        if current != manifest["vectors_hash"]:
-            raise StoreError(
-                directory / MANIFEST_FILE,
-                f"index was built from item vectors {manifest['vectors_hash']} but {source} now holds {current}",
-                fix,
-            )
-    item_index = ItemIndex(run_id=run_id, manifest=manifest, index=index, path=index_path)
+        _check_source(paths, serving, manifest, "item_id", fix)
+    item_index = ItemIndex(run_id=run_id, manifest=manifest, index=index, path=index_path, version=serving.version)
     if manifest.get("kind") == "hnsw":
         item_index.set_ef_search(int(manifest.get("params", {}).get("ef_search", 128)))
     return item_index
+
+
+def _check_source(paths: DatasetPaths, serving: versions.Serving, manifest: dict[str, Any], key: str, fix: str) -> None:
+    """The vectors file a reader will combine with this index is the one the manifest records."""
+    source = serving.item_vectors if key == "item_id" else serving.user_vectors
+    recorded = manifest.get("vectors_hash" if key == "item_id" else "user_vectors_hash")
+    where = f"version {serving.version} of run {serving.run_id!r}" if serving.version else f"run {serving.run_id!r}"
+    if not source.exists():
+        what = "item vectors" if key == "item_id" else "user vectors"
+        raise StoreError(
+            source,
+            f"{what} of {where} are gone but an index is published",
+            fix if serving.version else fixes.repair(source, "train"),
+        )
+    current = verified_vectors_hash(source, key)  # refuses rows that disagree with their hash
+    if recorded is not None and current != recorded:
+        raise StoreError(
+            serving.directory / MANIFEST_FILE,
+            f"index was built from {key.split('_')[0]} vectors {recorded} but {source} now holds {current}",
+            fix,
+        )
+
+
+def check_serving(paths: DatasetPaths, serving: versions.Serving) -> "ItemIndex":
+    """Everything a version serves, verified: its index, item vectors and user vectors (rollback's check)."""
+    index = load_index(paths, serving.run_id, serving=serving)
+    if serving.version is not None and index.manifest.get("user_vectors_hash") is not None:
+        _check_source(paths, serving, index.manifest, "user_id", _fix(paths, serving))
+    return index
 
 
 # --------------------------------------------------------------------------------------- search
@@ -439,6 +513,7 @@ class ItemIndex:
     manifest: dict[str, Any]
     index: faiss.Index
     path: Path
+    version: str | None = None  # None: an unversioned index directory (older homes)
 
     @property
     def dim(self) -> int:
@@ -508,7 +583,7 @@ class ItemIndex:
             rows = np.nonzero(group == g)[0]
             depth = int(fetch[rows].max())
             scores, ids = self.index.search(queries[rows], depth)
-            keep = (ids != NO_ID) & ~excluded_mask(ids, [exclude[r] for r in rows])
+            keep = (ids != NO_ID) & ~excluded_mask(ids, [exclude[r] for r in rows.tolist()])
             order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
             kept = np.take_along_axis(keep, order, axis=1)
             out_ids[rows] = np.where(kept, np.take_along_axis(ids, order, axis=1), NO_ID)
@@ -519,3 +594,87 @@ class ItemIndex:
 def _clean_scores(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """FAISS pads empty slots with -FLT_MAX; make them -inf so they can never look like scores."""
     return np.where(ids == NO_ID, np.float32(-np.inf), scores).astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- versions
+def publish_version(
+    paths: DatasetPaths,
+    run_id: str,
+    item_ids: np.ndarray,
+    item_vectors: np.ndarray,
+    user_ids: np.ndarray | None,
+    user_vectors: np.ndarray | None,
+    change: dict[str, Any],
+    index_config: Any = None,
+    *,
+    metadata: dict[str, str] | None = None,
+    keep: int = versions.KEEP,
+) -> str:
+    """Write a new immutable version of `run_id` and make it current; returns its name (e.g. '0002').
+
+    `change` says what changed (kind 'train' | 'update', items_added, items_changed, users_updated,
+    note; from_version is filled in). `index_config` is a store.index.IndexConfig (default: auto).
+    `metadata` goes into both vectors files (model, …). Then the versions beyond the newest
+    `keep` are pruned (never the current one). user_ids/user_vectors None: an item-only run.
+    """
+    check_name("run", run_id)
+    keep = versions.check_keep(keep)
+    config = index_config or IndexConfig()
+    item_ids = np.asarray(item_ids, dtype=np.int64)
+    check_item_vectors(paths.index_dir(run_id) / versions.ITEM_VECTORS, item_ids, np.asarray(item_vectors, np.float32))
+    root = versions.versions_root(paths, run_id)
+    with versions.run_lock(paths, run_id):
+        previous = versions.current_version(paths, run_id)
+        kept = versions.version_names(paths, run_id)
+        name = f"{int(kept[-1]) + 1 if kept else 1:04d}"
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".new-{uuid.uuid4().hex[:12]}"
+        tmp.mkdir()
+        try:
+            meta = dict(metadata or {})
+            write_vectors(tmp / versions.ITEM_VECTORS, "item_id", item_ids, item_vectors, meta)
+            if user_vectors is not None:
+                write_vectors(
+                    tmp / versions.USER_VECTORS, "user_id", np.asarray(user_ids, dtype=np.int64), user_vectors, meta
+                )
+            record = versions.change_record(change, previous)
+            write_json(record, tmp / versions.CHANGE_FILE)
+            extra = {"version": name, "kind_of_change": record["kind"], "from_version": previous}
+            write_index(tmp, run_id, item_ids, item_vectors, config, meta, extra, paths.relative(root / name))
+            os.rename(tmp, root / name)  # a whole version appears at once
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        versions.switch_current(paths, run_id, name)
+        versions.prune_locked(paths, run_id, keep)
+    return name
+
+
+def rollback(paths: DatasetPaths, run_id: str) -> str:
+    """Serve the version the current one replaced (one pointer switch); returns its name.
+
+    Refuses (one line, nothing changed) an unversioned or unpublished run, a first version, a
+    target that was pruned, and a target whose files fail their checks.
+    """
+    with versions.run_lock(paths, run_id):
+        current = versions.current_version(paths, run_id)
+        if current is None:
+            raise ValueError(
+                f"run {run_id} of dataset {paths.name} has no index versions: nothing to roll back to "
+                f"(publish it first: anchorrec publish --dataset {paths.name})"
+            )
+        change = versions.read_dict(versions.version_dir(paths, run_id, current) / versions.CHANGE_FILE)
+        target = change.get("from_version")
+        if not target:
+            raise ValueError(
+                f"run {run_id}: version {current} is its first version, nothing to roll back to "
+                f"(anchorrec versions --dataset {paths.name} --run {run_id} lists them)"
+            )
+        if not versions.version_dir(paths, run_id, str(target)).is_dir():
+            raise ValueError(
+                f"run {run_id}: version {current} replaced version {target}, which was pruned; "
+                f"kept: {', '.join(versions.version_names(paths, run_id))} (keep more with --keep N)"
+            )
+        target = str(target)
+        check_serving(paths, versions.pinned(paths, run_id, target))  # never switch to a damaged version
+        versions.switch_current(paths, run_id, target)
+    return target

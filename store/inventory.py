@@ -69,7 +69,7 @@ def list_datasets(home: str | Path | None = None) -> list[dict[str, Any]]:
         runs = paths.run_ids()
         found = manifests(paths)
         readable = sorted(
-            ((r, m) for r, m in found if isinstance(m, dict)), key=lambda rm: (str(rm[1].get("created_at", "")), rm[0])
+            ((r, m) for r, m in found if isinstance(m, dict)), key=lambda rm: (_published_at(rm[1]), rm[0])
         )
         out.append(
             {
@@ -86,6 +86,11 @@ def list_datasets(home: str | Path | None = None) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _published_at(manifest: dict[str, Any]) -> str:
+    """When a run was last published (its newest index version), which orders runs for `latest`."""
+    return str(manifest.get("published_at") or manifest.get("created_at", ""))
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -145,9 +150,7 @@ def _newest(paths: DatasetPaths) -> tuple[dict[str, dict[str, Any]], str | None]
     found = manifests(paths)
     published = {r: m for r, m in found if isinstance(m, dict)}
     broken = any(isinstance(m, StoreError) for _, m in found)
-    newest = (
-        None if broken or not published else max(published, key=lambda r: (str(published[r].get("created_at", "")), r))
-    )
+    newest = None if broken or not published else max(published, key=lambda r: (_published_at(published[r]), r))
     return published, newest
 
 
@@ -159,7 +162,7 @@ def run_summary(
 ) -> dict[str, Any]:
     """One run as a dict: run_id, model, seed, status, valid_recall@20 (best validation),
     test_recall@20 (of that epoch), best_epoch, published (a readable index manifest exists),
-    latest (it is the run `recommend` uses), note (why a run is failed or interrupted, or which of
+    latest (it is the run `recommend` uses), version (the index version it serves), note (why a run is failed or interrupted, or which of
     an ended run's files are missing). Pretraining runs (ica-*) have model 'ica' and no recall."""
     published, newest = _published if _published is not None else _newest(paths)
     run_dir = paths.run(run_id)
@@ -167,6 +170,7 @@ def run_summary(
     metrics = _json(run_dir / "metrics.json")
     ica = run_id.startswith("ica-")
     seed = (config.get("config", {}) or {}).get("seed") if ica else config.get("seed", (metrics or {}).get("seed"))
+    note: str | None
     if config.get("model") == "content":  # a catalog's content vectors published as is: nothing trained
         status, note = content_status(run_dir, config)
     else:
@@ -181,6 +185,7 @@ def run_summary(
         "best_epoch": (metrics or {}).get("best_epoch"),
         "published": run_id in published,
         "latest": run_id == newest,
+        "version": (published.get(run_id) or {}).get("version"),
         "note": note,
     }
 
@@ -217,6 +222,7 @@ RUNS_SCHEMA = pa.schema(
         ("best_epoch", pa.int64()),
         ("published", pa.bool_()),
         ("latest", pa.bool_()),
+        ("version", pa.string()),
         ("note", pa.string()),
     ]
 )

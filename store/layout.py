@@ -71,6 +71,11 @@ class DatasetPaths:
         return self.root / "interactions.parquet"
 
     @property
+    def cold_items(self) -> Path:
+        """Items held out with all their interactions (ingest --cold-items); absent = none."""
+        return self.root / "cold_items.parquet"
+
+    @property
     def catalog_only(self) -> bool:
         """Items but no interactions (ingested without --reviews): features and pretrain can run,
         training cannot. The one marker every room and command checks (pipelines.catalog_only)."""

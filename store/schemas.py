@@ -30,6 +30,16 @@ USERS = pa.schema(
 
 SPLITS = ("train", "valid", "test")
 
+# <dataset>/cold_items.parquet (ingest --cold-items): items held out with all their interactions
+COLD_SPLITS = ("valid", "test")
+COLD_ITEMS = pa.schema(
+    [
+        pa.field("item_id", pa.int32(), nullable=False),
+        pa.field("asin", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+    ]
+)
+
 INTERACTIONS = pa.schema(
     [
         pa.field("user_id", pa.int32(), nullable=False),

@@ -17,8 +17,11 @@ One connection sees
   one FAISS search, so `SELECT user_id, recommend(user_id, 10) FROM users` is a batch search.
   k larger than the catalog is clamped to the catalog (a list is never longer than the
   catalog); k ≤ 0, an unknown id or a query of the wrong dimension is an error naming it.
-  A connection loads the index (and the run's vectors) on the first call and keeps them: a
-  run re-published meanwhile is seen by the next connection.
+  A connection resolves the run's CURRENT index version once, when it opens (store.versions):
+  its `user_vectors`/`item_vectors` views and its vector functions read only that version's
+  files, so a query answers wholly from the old version or wholly from the new one while
+  versions are published or rolled back; the next connection sees the new CURRENT.
+  `published_version()` names the version (NULL for an index written before versions).
 
 Every view is verified before it answers, as `recommend` verifies its files (store.verify.checked:
 readable, footer and row count, the stage record of store.records, page CRCs and recorded content
@@ -65,7 +68,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from duckdb import sqltypes as T
 
-from store import fixes
+from store import fixes, versions
 from store.errors import StoreError
 from store.index import MANIFEST_FILE, NO_ID, ItemIndex, latest_run, load_index, published_runs, republish
 from store.inventory import require_dataset
@@ -79,6 +82,7 @@ FORMATS = ("table", "parquet", "csv")
 SAFE_SETTINGS = ("threads", "memory_limit", "preserve_insertion_order", "default_order", "default_null_order")
 FUNCTIONS = ("topn", "recommend", "recommend_all", "similar")
 RUN_KEY = b"run_id"  # schema metadata of recommend_for/similar_to results: the run that answered
+VERSION_KEY = b"version"  # … and the index version of that run
 RESULT = pa.list_(pa.struct([pa.field("item_id", pa.int32()), pa.field("score", pa.float32())]))
 
 
@@ -94,8 +98,8 @@ def feature_view_name(feature: str) -> str:
     return "feature_" + re.sub(r"[^A-Za-z0-9_]", "_", feature)
 
 
-def table_sources(paths: DatasetPaths, run_id: str | None) -> dict[str, Path]:
-    """View name → Parquet file, for the files that exist now."""
+def table_sources(paths: DatasetPaths, serving: versions.Serving | None) -> dict[str, Path]:
+    """View name → Parquet file, for the files that exist now (the vectors of the version served)."""
     sources = {
         name: p
         for name, p in (("items", paths.items), ("users", paths.users), ("interactions", paths.interactions))
@@ -103,8 +107,8 @@ def table_sources(paths: DatasetPaths, run_id: str | None) -> dict[str, Path]:
     }
     for feature in paths.feature_names():
         sources[feature_view_name(feature)] = paths.feature(feature)
-    if run_id is not None:
-        for name, p in (("user_vectors", paths.user_vectors(run_id)), ("item_vectors", paths.item_vectors(run_id))):
+    if serving is not None:
+        for name, p in (("user_vectors", serving.user_vectors), ("item_vectors", serving.item_vectors)):
             if p.exists():
                 sources[name] = p
     return sources
@@ -146,11 +150,14 @@ class VectorFunctions:
     """The state behind the SQL vector functions of one connection, loaded on first use.
 
     Loading lazily keeps `connect` cheap for queries that never touch vectors; a lock makes the
-    first load safe when DuckDB calls from several threads.
+    first load safe when DuckDB calls from several threads. Every file comes from `serving`, the
+    version resolved once when the connection opened, never from what CURRENT names later.
     """
 
-    def __init__(self, paths: DatasetPaths, run_id: str | None) -> None:
-        self.paths, self.run_id = paths, run_id
+    def __init__(self, paths: DatasetPaths, serving: versions.Serving | None) -> None:
+        self.paths, self.serving = paths, serving
+        self.run_id = serving.run_id if serving is not None else None
+        self.version = serving.version if serving is not None else None
         self._lock = threading.Lock()
         self._index: ItemIndex | None = None
         self._users: tuple[_Lookup, np.ndarray] | None = None
@@ -170,17 +177,29 @@ class VectorFunctions:
     def index(self) -> ItemIndex:
         with self._lock:
             if self._index is None:
-                self._index = load_index(self.paths, self._require_run())
+                self._index = load_index(self.paths, self._require_run(), serving=self.serving)
             return self._index
 
     def _vectors(self, key: str) -> tuple[_Lookup, np.ndarray]:
-        run = self._require_run()
-        path = self.paths.user_vectors(run) if key == "user_id" else self.paths.item_vectors(run)
-        ids, vectors, _ = read_vectors(path, key)
+        self._require_run()
+        assert self.serving is not None
+        path = self.serving.user_vectors if key == "user_id" else self.serving.item_vectors
+        assert self._index is not None  # loaded by the caller before it took the lock
+        manifest = self._index.manifest  # what the version recorded of the vectors it serves
+        ids, vectors, meta = read_vectors(path, key)
+        recorded = manifest.get("vectors_hash" if key == "item_id" else "user_vectors_hash")
+        if self.version is not None and recorded is not None and meta.get("vectors_hash") != recorded:
+            raise StoreError(
+                path,
+                f"holds vectors {meta.get('vectors_hash')} but version {self.version} of run {self.run_id!r} "
+                f"recorded {recorded}",
+                f"{republish(self.paths, self.run_id or '')}; or anchorrec rollback --dataset {self.paths.name}",
+            )
         return _Lookup(ids, key, path), vectors
 
     @property
     def users(self) -> tuple[_Lookup, np.ndarray]:
+        self.index  # loaded first, outside the lock: _vectors compares with its manifest
         with self._lock:
             if self._users is None:
                 self._users = self._vectors("user_id")
@@ -188,6 +207,7 @@ class VectorFunctions:
 
     @property
     def items(self) -> tuple[_Lookup, np.ndarray]:
+        self.index
         with self._lock:
             if self._items is None:
                 self._items = self._vectors("item_id")
@@ -297,7 +317,7 @@ def register_functions(con: duckdb.DuckDBPyConnection, functions: VectorFunction
         ("similar", functions.similar, [T.BIGINT, T.BIGINT]),
     ]
     for name, fn, params in specs:
-        con.create_function(name, fn, params, result, type="arrow")
+        con.create_function(name, fn, params, result, type="arrow")  # type: ignore[call-overload]  # stubs take only the enum
 
 
 # ------------------------------------------------------------------------------------ connection
@@ -309,7 +329,7 @@ def _resolve_run(paths: DatasetPaths, run_id: str | None) -> str | None:
         return latest_run(paths)
     check_name("run", run_id)
     manifest = paths.index_dir(run_id) / MANIFEST_FILE
-    if manifest.exists():
+    if versions.current_file(paths, run_id).exists() or manifest.exists():
         return run_id
     published = ", ".join(run for run, _ in published_runs(paths)) or "none"
     if not paths.run(run_id).is_dir():
@@ -327,7 +347,10 @@ def referenced_tables(sql: str) -> set[str] | None:
     views need not exist yet); None when it cannot tell (not a SELECT, a syntax error, no table)."""
     try:
         with duckdb.connect() as parser:
-            text = parser.execute("SELECT json_serialize_sql($1)", [sql]).fetchone()[0]
+            row = parser.execute("SELECT json_serialize_sql($1)", [sql]).fetchone()
+        if row is None:
+            return None
+        text = row[0]
         tree = json.loads(text)
     except (duckdb.Error, ValueError, TypeError):
         return None
@@ -394,7 +417,8 @@ def refuse_touched(bad: dict[str, str], tables: set[str] | None) -> None:
 
 
 def published_table(paths: DatasetPaths, current: str | None) -> pa.Table:
-    """One row per published run (oldest first): what the `published` view shows."""
+    """One row per published run (oldest first): what the `published` view shows; `version` is
+    the index version each run serves now (NULL for an index written before versions)."""
     rows = []
     for run, manifest in published_runs(paths):
         config_path = paths.run(run) / "config.json"
@@ -413,6 +437,7 @@ def published_table(paths: DatasetPaths, current: str | None) -> pa.Table:
                 "dim": manifest.get("dim"),
                 "kind": manifest.get("kind"),
                 "vectors_hash": manifest.get("vectors_hash"),
+                "version": manifest.get("version"),
                 "current": run == current,
             }
         )
@@ -426,17 +451,22 @@ def published_table(paths: DatasetPaths, current: str | None) -> pa.Table:
             ("dim", pa.int32()),
             ("kind", pa.string()),
             ("vectors_hash", pa.string()),
+            ("version", pa.string()),
             ("current", pa.bool_()),
         ]
     )
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def _register_published(con: duckdb.DuckDBPyConnection, paths: DatasetPaths, run: str | None) -> None:
-    """`published` view and `published_run()`: SQL can ask which run answers its vector functions."""
+def _register_published(con: duckdb.DuckDBPyConnection, paths: DatasetPaths, serving: versions.Serving | None) -> None:
+    """`published` view, `published_run()` and `published_version()`: SQL can ask which run, and
+    which version of it, answers its vector functions."""
+    run = serving.run_id if serving is not None else None
     con.register("published", published_table(paths, run))
-    literal = "NULL" if run is None else "'" + run.replace("'", "''") + "'"
-    con.execute(f"CREATE TEMP MACRO published_run() AS {literal}")
+    version = serving.version if serving is not None else None
+    for macro, value in (("published_run", run), ("published_version", version)):
+        literal = "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+        con.execute(f"CREATE TEMP MACRO {macro}() AS {literal}")
 
 
 def _sql_string(path: Path) -> str:
@@ -523,16 +553,17 @@ def _connect(
     to those a statement names (None: all)."""
     require_dataset(paths)
     run = _resolve_run(paths, run_id)
-    sources = table_sources(paths, run)
+    serving = versions.serving(paths, run) if run is not None else None  # CURRENT, resolved once
+    sources = table_sources(paths, serving)
     if tables is not None and database is None and read_only:  # a file database keeps views of all
         sources = {name: path for name, path in sources.items() if name in tables}
     good, bad = verified_sources(sources)
     refuse_touched(bad, tables)
     con = _open_read_only(database, good) if read_only else _open_read_write(database, good)
     _refusing_views(con, bad, sources)
-    functions = VectorFunctions(paths, run)
+    functions = VectorFunctions(paths, serving)
     register_functions(con, functions)
-    _register_published(con, paths, run)
+    _register_published(con, paths, serving)
     if read_only:
         con.execute("SET enable_external_access = false")
         con.execute(f"SET allowed_configs = {list(SAFE_SETTINGS)}")
@@ -545,8 +576,8 @@ def _connect(
 
 def _what_is_there(con: duckdb.DuckDBPyConnection, names: list[str] | None = None) -> str:
     views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-    views = sorted(views | set(names or []))
-    return f"views: {', '.join(views) or '(none)'}; functions: {', '.join(f + '(…, k)' for f in FUNCTIONS)}, published_run()"
+    shown = sorted(views | set(names or []))
+    return f"views: {', '.join(shown) or '(none)'}; functions: {', '.join(f + '(…, k)' for f in FUNCTIONS)}, published_run()"
 
 
 def _execute(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None, names: list[str] | None = None) -> pa.Table:
@@ -581,9 +612,11 @@ def run_query(
     check_format(output, fmt)
     con, functions = _connect(paths, run_id, database=database, read_only=read_only, tables=referenced_tables(sql))
     try:
-        table = _execute(con, sql, names=list(table_sources(paths, functions.run_id)))
+        table = _execute(con, sql, names=list(table_sources(paths, functions.serving)))
     finally:
         con.close()
+    if output is None:  # check_format refused a file format without --output
+        return table
     if fmt == "parquet":
         write_table(table, output)
     elif fmt == "csv":
@@ -656,7 +689,8 @@ def _ranked(paths: DatasetPaths, fn: str, id_: int, k: int, run_id: str | None) 
         con.close()
     rank = pa.array(np.arange(1, table.num_rows + 1, dtype=np.int32))
     table = table.add_column(0, "rank", rank)
-    return table.replace_schema_metadata({RUN_KEY: (run or "").encode()})
+    version = functions.version or ""
+    return table.replace_schema_metadata({RUN_KEY: (run or "").encode(), VERSION_KEY: version.encode()})
 
 
 def _require_user(paths: DatasetPaths, functions: VectorFunctions, user_id: int) -> None:
@@ -676,6 +710,12 @@ def answered_by(table: pa.Table) -> str | None:
     """The run id whose index produced a recommend_for/similar_to result."""
     run = (table.schema.metadata or {}).get(RUN_KEY)
     return run.decode() if run else None
+
+
+def answered_version(table: pa.Table) -> str | None:
+    """The index version of that run (None: an index written before versions)."""
+    version = (table.schema.metadata or {}).get(VERSION_KEY)
+    return version.decode() if version else None
 
 
 def recommend_for(
@@ -704,6 +744,7 @@ def resolve_item(paths: DatasetPaths, item_id: int | None = None, asin: str | No
         if not hit.num_rows:
             raise ValueError(f"unknown asin {asin!r}: not in {paths.items}")
         return int(hit.column("item_id")[0].as_py())
+    assert item_id is not None  # exactly one of the two was given
     if not pc.any(pc.equal(items.column("item_id"), int(item_id))).as_py():
         raise ValueError(f"unknown item_id {int(item_id)}: not in {paths.items} (for an ASIN use --asin)")
     return int(item_id)

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -67,7 +68,7 @@ class TokenTable:
     @property
     def valid(self) -> np.ndarray:
         """Items with at least one token: a missing modality has none, never a zero vector."""
-        return self.mask.any(axis=1)
+        return np.asarray(self.mask.any(axis=1))
 
     @property
     def n_tokens(self) -> np.ndarray:
@@ -236,7 +237,7 @@ def load_tokens(path: str | Path) -> TokenTable:
             path, f"rows do not match the content_hash its writer recorded ({actual} ≠ {kv.get('content_hash')})"
         )
     tokens, mask, ids = padded(counts, max_tokens, dim, flat, flat_ids)
-    meta = {k: v for k, v in kv.items() if k not in ("token_meta", NUM_ROWS)}
+    meta: dict[str, Any] = {k: v for k, v in kv.items() if k not in ("token_meta", NUM_ROWS)}
     meta.update(json.loads(kv.get("token_meta", "{}")))
     meta["dim"], meta["max_tokens"] = dim, max_tokens
     return TokenTable(asins, item_ids, tokens, mask, ids, kv["modality"], meta, reasons)

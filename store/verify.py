@@ -15,9 +15,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from store import fixes, records
+from store import fixes, records, versions
 from store.errors import StoreError
-from store.index import INDEX_FILE, MANIFEST_FILE, load_index
+from store.index import INDEX_FILE, MANIFEST_FILE, check_serving
 from store.layout import DatasetPaths
 from store.tables import NUM_ROWS, read_json, readable
 from store.tokens import KIND as TOKENS_KIND
@@ -67,19 +67,25 @@ def parquet_problem(path: str | Path, record: bool = True) -> str | None:
     return None
 
 
-def published_problem(paths: DatasetPaths, run_id: str) -> str | None:
-    """Why the published index of `run_id` cannot be served (missing, corrupt, stale), or None."""
+def published_problem(paths: DatasetPaths, run_id: str, version: str | None = None) -> str | None:
+    """Why the index `run_id` serves (or its `version`) cannot be served (missing, corrupt,
+    stale; for a version also its item and user vectors), or None."""
     try:
-        load_index(paths, run_id)
+        serving = versions.pinned(paths, run_id, version) if version else versions.serving(paths, run_id)
+        check_serving(paths, serving)
     except StoreError as exc:
         return str(exc)
     return None
 
 
-def _index_run(path: Path) -> tuple[DatasetPaths, str] | None:
-    """(dataset, run) when `path` is index/<run>/manifest.json or index/<run>/items.faiss."""
-    if path.name in (MANIFEST_FILE, INDEX_FILE) and path.parent.parent.name == "index":
-        return DatasetPaths(path.parent.parent.parent), path.parent.name
+def _index_run(path: Path) -> tuple[DatasetPaths, str, str | None] | None:
+    """(dataset, run, version or None) when `path` is index/<run>/manifest.json, items.faiss or
+    CURRENT (what the run serves), or a file of index/<run>/versions/<version>/ (that version)."""
+    if path.name in (MANIFEST_FILE, INDEX_FILE, versions.CURRENT_FILE) and path.parent.parent.name == "index":
+        return DatasetPaths(path.parent.parent.parent), path.parent.name, None
+    parents = path.parents
+    if len(parents) > 4 and parents[1].name == versions.VERSIONS_DIR and parents[3].name == "index":
+        return DatasetPaths(parents[4]), parents[2].name, path.parent.name
     return None
 
 

@@ -481,3 +481,13 @@ def test_bipartite_lightgcn_equals_the_layer_mean_on_the_whole_graph(toy, n_laye
     u_b, i_b = bipartite_lightgcn(model.r, model.rt, model.user_emb, model.item_emb, n_layers, users, items)
     torch.testing.assert_close(u_b, whole[users], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(i_b, whole[N_USERS + items], rtol=1e-5, atol=1e-6)
+
+
+def test_amp_with_only_the_switched_off_mm_term_is_a_zero_tensor(toy):
+    """mm_branch off and AMP weighing mm alone: no term is on, and the loss entry is still a tensor
+    (the trainer logs every entry with .detach(); a float 0.0 crashed it)."""
+    _, graph, batch = toy
+    model = make(graph, mm_branch=False, amp_modality_weights=(1.0, 0.0, 0.0))
+    out = model.batch_loss(*batch)
+    assert isinstance(out["amp"], torch.Tensor) and out["amp"].item() == 0.0
+    out["loss"].backward()

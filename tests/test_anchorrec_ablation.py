@@ -1,9 +1,9 @@
-"""benchmarks/anchorrec_ablation.py: rows on the tuned AnchorRec, kept as summaries, reported without vectors."""
+"""benchmarks/accuracy/anchorrec_ablation.py: rows on the tuned AnchorRec, kept as summaries, reported without vectors."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,13 +15,9 @@ from models.training import tune as tune_mod
 from models.training.trainer import TrainConfig, load_metrics
 from store.tables import read_json
 
-REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("anchorrec_ablation", REPO / "benchmarks" / "anchorrec_ablation.py")
-ablation = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ablation)
-spec = importlib.util.spec_from_file_location("run_snapshot", REPO / "benchmarks" / "run_snapshot.py")
-run_snapshot = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run_snapshot)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.*
+from benchmarks.accuracy import anchorrec_ablation as ablation  # noqa: E402
+from benchmarks.common import run_snapshot  # noqa: E402
 
 
 def test_row_args_change_one_thing_of_the_tuned_config():

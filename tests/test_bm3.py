@@ -15,9 +15,11 @@ from models.bm3 import BM3, BM3Config
 from models.training.data import build_graph_data
 from models.training.trainer import TrainConfig, fit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "parity"))
-import bm3_parity  # noqa: E402
-import tiny  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.*
+from benchmarks.parity import (
+    bm3_parity,  # noqa: E402
+    tiny,  # noqa: E402
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -287,7 +287,7 @@ def test_similar_on_a_catalog_only_dataset_answers_from_content_vectors(
         "publish: content-text-minilm: content vectors of text-minilm for 200 items (0 without a vector)" in proc.stderr
     )
     assert "published content-text-minilm: content vectors text-minilm answer similar()" in proc.stdout
-    assert (home / "apparel" / "index" / "content-text-minilm" / "items.faiss").is_file()
+    assert (home / "apparel" / "index" / "content-text-minilm" / "versions" / "0001" / "items.faiss").is_file()
 
     items = read_table(paths.items, schemas.ITEMS)
     asin = items.column("asin")[7].as_py()

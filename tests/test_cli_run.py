@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import user_env
 
 from store import dataset_paths
 
@@ -37,9 +37,7 @@ SMALL = [
 def env(tmp_path_factory) -> dict:
     """A user's shell: no Prefect server configured (the CLI starts its own), a fresh home."""
     root = tmp_path_factory.mktemp("cli")
-    out = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    out.update(ANCHORREC_HOME=str(root / "home"), PREFECT_HOME=str(root / "prefect"), COLUMNS="120")
-    return out
+    return user_env(root / "home", root / "prefect", COLUMNS="120")
 
 
 def anchorrec(*args: str) -> list[str]:

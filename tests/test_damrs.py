@@ -21,9 +21,9 @@ from models.damrs import (
 from models.training.data import build_graph_data, interactions_from_arrays
 from models.training.trainer import TrainConfig, fit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "parity"))
-import damrs_parity as P  # noqa: E402
-import tiny  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.*
+from benchmarks.parity import damrs_parity as P  # noqa: E402
+from benchmarks.parity import tiny  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

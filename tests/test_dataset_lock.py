@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import user_env
 from store_testdata import make_dataset
 
 from store import StoreError, dataset_paths
@@ -167,8 +168,7 @@ def stage_lines(stderr: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_two_pipelines_do_the_work_once_readers_never_wait_and_a_kill_releases(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(ANCHORREC_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"), COLUMNS="160")
+    env = user_env(tmp_path / "home", tmp_path / "prefect", COLUMNS="160")
     paths = dataset_paths("demo", env["ANCHORREC_HOME"])
     assert run(anchorrec("ingest", *SMALL_INGEST), env).returncode == 0
 

@@ -31,6 +31,17 @@ def _gets(server, name: str) -> list[dict]:
     return [r for r in server.requests_for(name) if r["method"] == "GET"]
 
 
+STALL = dict(progress=False, backoff=0.01, timeout=0.5)  # a 0.5 s read timeout cuts a stall short
+
+
+def _fetch_whole(tmp_path: Path, http_server, data: bytes, **options) -> list[dict]:
+    """Fetch the served file into f.gz, check every byte arrived once, and return the server's GETs."""
+    dest = tmp_path / "f.gz"
+    fetch(http_server.url_for("meta_Test.json.gz"), dest, manifest=tmp_path / "m.json", **(options or FAST))
+    assert dest.read_bytes() == data
+    return _gets(http_server, "meta_Test.json.gz")
+
+
 def test_plain_download_records_manifest(tmp_path, http_server, payload):
     served, data = payload
     http_server.serve(served)
@@ -52,12 +63,7 @@ def test_plain_download_records_manifest(tmp_path, http_server, payload):
 def test_resume_after_cut_connection(tmp_path, http_server, payload):
     served, data = payload
     http_server.serve(served).fault("meta_Test.json.gz", "cut", times=1, after=100_000)
-    dest = tmp_path / "meta_Test.json.gz"
-
-    fetch(http_server.url_for("meta_Test.json.gz"), dest, manifest=tmp_path / "m.json", **FAST)
-
-    assert dest.read_bytes() == data
-    gets = _gets(http_server, "meta_Test.json.gz")
+    gets = _fetch_whole(tmp_path, http_server, data)
     assert [g["fault"] for g in gets] == ["cut", None]
     assert gets[0]["range"] is None and gets[1]["range"] == "bytes=100000-"
 
@@ -65,44 +71,22 @@ def test_resume_after_cut_connection(tmp_path, http_server, payload):
 def test_retry_after_500(tmp_path, http_server, payload):
     served, data = payload
     http_server.serve(served).fault("meta_Test.json.gz", "status", times=2, code=500)
-    dest = tmp_path / "f.gz"
-    fetch(http_server.url_for("meta_Test.json.gz"), dest, manifest=tmp_path / "m.json", **FAST)
-    assert dest.read_bytes() == data
-    assert [g["fault"] for g in _gets(http_server, "meta_Test.json.gz")] == ["status", "status", None]
+    assert [g["fault"] for g in _fetch_whole(tmp_path, http_server, data)] == ["status", "status", None]
 
 
 def test_stall_is_detected_by_read_timeout_then_succeeds(tmp_path, http_server, payload):
     served, data = payload
     http_server.serve(served).fault("meta_Test.json.gz", "stall", times=1, seconds=10)
-    dest = tmp_path / "f.gz"
     t0 = time.monotonic()
-    fetch(
-        http_server.url_for("meta_Test.json.gz"),
-        dest,
-        manifest=tmp_path / "m.json",
-        progress=False,
-        backoff=0.01,
-        timeout=0.5,
-    )
+    gets = _fetch_whole(tmp_path, http_server, data, **STALL)
     assert time.monotonic() - t0 < 5  # the 10 s stall was cut short by the 0.5 s read timeout
-    assert dest.read_bytes() == data
-    assert len(_gets(http_server, "meta_Test.json.gz")) == 2
+    assert len(gets) == 2
 
 
 def test_stall_mid_body_resumes_from_received_bytes(tmp_path, http_server, payload):
     served, data = payload
     http_server.serve(served).fault("meta_Test.json.gz", "stall", times=1, seconds=10, after=65_536)
-    dest = tmp_path / "f.gz"
-    fetch(
-        http_server.url_for("meta_Test.json.gz"),
-        dest,
-        manifest=tmp_path / "m.json",
-        progress=False,
-        backoff=0.01,
-        timeout=0.5,
-    )
-    assert dest.read_bytes() == data
-    assert _gets(http_server, "meta_Test.json.gz")[1]["range"] == "bytes=65536-"
+    assert _fetch_whole(tmp_path, http_server, data, **STALL)[1]["range"] == "bytes=65536-"
 
 
 def test_server_ignoring_range_restarts_cleanly(tmp_path, http_server, payload):
@@ -110,10 +94,7 @@ def test_server_ignoring_range_restarts_cleanly(tmp_path, http_server, payload):
     http_server.serve(served)
     http_server.fault("meta_Test.json.gz", "cut", times=1, after=70_000)
     http_server.fault("meta_Test.json.gz", "ignore_range", times=1)
-    dest = tmp_path / "f.gz"
-    fetch(http_server.url_for("meta_Test.json.gz"), dest, manifest=tmp_path / "m.json", **FAST)
-    assert dest.read_bytes() == data  # not 70 kB of prefix followed by the whole file again
-    gets = _gets(http_server, "meta_Test.json.gz")
+    gets = _fetch_whole(tmp_path, http_server, data)  # not 70 kB of prefix followed by the whole file again
     assert [g["fault"] for g in gets] == ["cut", "ignore_range"]
     assert gets[1]["range"] == "bytes=70000-"
 
@@ -186,12 +167,9 @@ def test_complete_part_left_before_rename_is_finished_with_416(tmp_path, http_se
 def test_partial_from_another_url_is_discarded(tmp_path, http_server, payload):
     served, data = payload
     http_server.serve(served)
-    dest = tmp_path / "f.gz"
     (tmp_path / "f.gz.part").write_bytes(b"x" * 5000)
     (tmp_path / "f.gz.part.json").write_text(json.dumps({"url": "https://elsewhere/f.jsonl"}))
-    fetch(http_server.url_for("meta_Test.json.gz"), dest, manifest=tmp_path / "m.json", **FAST)
-    assert dest.read_bytes() == data
-    assert _gets(http_server, "meta_Test.json.gz")[0]["range"] is None
+    assert _fetch_whole(tmp_path, http_server, data)[0]["range"] is None
 
 
 def test_missing_content_length(tmp_path, http_server, payload):

@@ -25,7 +25,7 @@ from features.extract import (
 from features.registry import get_encoder
 from store import schemas
 from store.layout import dataset_paths
-from store.tables import read_metadata, write_table
+from store.tables import read_metadata, read_table, write_table
 from store.vectors import read_features
 
 ASINS = ["A0", "A1", "A2", "A3", "A4", "A5", "A6"]
@@ -250,8 +250,15 @@ def test_rerun_is_a_no_op_until_inputs_change(dataset, minilm):
     texts[1] = "Dunkin donuts card"
     items = items.set_column(items.schema.get_field_index("text"), "text", pa.array(texts))
     write_table(items, dataset.items, schemas.ITEMS)
+    before = read_table(dataset.feature("text-minilm"))
     changed = extract(dataset, counting, progress=False)
-    assert not changed["skipped"] and counting.items == 5
+    # only the changed text is encoded; every other row is the published table's, byte for byte
+    assert not changed["skipped"] and counting.items == 1 and changed["reused"] == changed["n_items"] - 1
+    after = read_table(dataset.feature("text-minilm"))
+    assert [r for i, r in enumerate(after.to_pylist()) if i != 1] == [
+        r for i, r in enumerate(before.to_pylist()) if i != 1
+    ]
+    assert after.to_pylist()[1] != before.to_pylist()[1]
     assert read_metadata(dataset.feature("text-minilm"))["input_hash"] != old_hash
 
 

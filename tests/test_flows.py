@@ -13,6 +13,7 @@ import flows
 from store import dataset_paths
 from store.hashing import file_sha256
 from store.vectors import read_vectors
+from store.versions import serving
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 
@@ -50,7 +51,8 @@ def test_pipeline_writes_every_stage_with_sane_values(first_run):
     assert 0.0 < recall <= 1.0
     ids, vecs, _ = read_vectors(p.item_vectors(result["run_id"]), "item_id")
     assert np.isfinite(vecs).all() and len(ids) == (n_items or len(ids))
-    assert json.loads((p.index_dir(result["run_id"]) / "manifest.json").read_text())["count"] == len(ids)
+    served = serving(p, result["run_id"]).directory  # the index version the run serves
+    assert json.loads((served / "manifest.json").read_text())["count"] == len(ids)
 
 
 def test_pipeline_sql_top_n_excludes_training_items(first_run):
@@ -83,7 +85,7 @@ def test_changing_one_input_reruns_only_downstream(first_run):
     upstream = [k for k in before if not k.startswith(("runs/", "index/"))]
     assert upstream and all(after[k] == before[k] for k in upstream)  # ingest, images, features, ica
     assert any(k.startswith(f"runs/{changed['run_id']}/") for k in after)
-    assert f"index/{changed['run_id']}/manifest.json" in after
+    assert f"index/{changed['run_id']}/versions/0001/manifest.json" in after
 
 
 def test_deleted_feature_table_is_rebuilt_and_downstream_stays_cached(first_run):
@@ -116,7 +118,7 @@ def test_damaged_outputs_are_detected_and_repaired_by_a_rerun(first_run):
 
     _shuffle_rows(p.item_vectors(run_id))  # still a valid Parquet file
     assert "rerun: anchorrec train" in problem(p.item_vectors(run_id))
-    (p.index_dir(run_id) / "items.faiss").write_bytes(b"garbage")
+    (serving(p, run_id).directory / "items.faiss").write_bytes(b"garbage")
     assert problem(manifest)
     with p.items.open("r+b") as fh:  # cut items.parquet
         fh.truncate(p.items.stat().st_size // 2)
@@ -126,7 +128,7 @@ def test_damaged_outputs_are_detected_and_repaired_by_a_rerun(first_run):
     assert again["run_id"] == run_id
     assert problem(p.items) is None and problem(p.item_vectors(run_id)) is None and problem(manifest) is None
 
-    (p.index_dir(run_id) / "items.faiss").unlink()
+    (serving(p, run_id).directory / "items.faiss").unlink()
     flows.publish_flow(**small(home))  # `anchorrec publish` rebuilds it, whatever the cache says
     assert problem(manifest) is None
 

@@ -14,8 +14,8 @@ from models.freedom import FREEDOM, FREEDOMConfig
 from models.training.data import build_graph_data
 from models.training.trainer import TrainConfig, fit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "parity"))
-import tiny  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.*
+from benchmarks.parity import tiny  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

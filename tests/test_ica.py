@@ -338,3 +338,44 @@ def test_pretrain_refuses_a_modality_without_vectors(home):
     paths, _, _ = make_dataset(home, name="few", n=40, no_image=range(3, 40))
     with pytest.raises(ValueError, match="only 3 item\\(s\\) have both"):
         pretrain_ica(paths, "img", "txt", ICAConfig(**TINY, epochs=1), run_id="few", progress=False)
+
+
+def test_cold_items_are_encoded_but_never_trained_on(home):
+    """Items held out as cold (ingest --cold-items): changing their content moves no encoder weight,
+    while their mm vectors still follow their content (issue 33: training never sees a cold item)."""
+    cfg = ICAConfig(**TINY, epochs=2, holdout=0.2, patience=0)
+    cold = np.arange(10)
+    runs = {}
+    for name, seed in (("clean", 0), ("noisy", 0)):
+        paths, img, txt = make_dataset(home, name=name, n=80, seed=seed)
+        write_table(
+            pa.table(
+                {
+                    "item_id": pa.array(cold.astype(np.int32)),
+                    "asin": [f"A{i:05d}" for i in cold],
+                    "split": ["valid"] * 5 + ["test"] * 5,
+                }
+            ),
+            paths.cold_items,
+            schemas.COLD_ITEMS,
+        )
+        if name == "noisy":  # the cold items' rows replaced by noise
+            noise = np.random.default_rng(5)
+            for feat, x, modality in (("img", img, "image"), ("txt", txt, "text")):
+                x = x.copy()
+                x[cold] = noise.normal(size=(len(cold), x.shape[1])).astype(np.float32) * 3
+                asins = [f"A{i:05d}" for i in range(80)]
+                write_features(
+                    paths.feature(feat), asins, np.arange(80), x, encoder="toy", model="toy", weights="",
+                    modality=modality, input_hash=f"noisy-{feat}",
+                )  # fmt: skip
+        runs[name] = (paths, pretrain_ica(paths, "img", "txt", cfg, run_id="r", progress=False))
+    a = torch.load(runs["clean"][1]["checkpoint"], weights_only=False)["model"]
+    b = torch.load(runs["noisy"][1]["checkpoint"], weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    va = read_features(runs["clean"][0].feature("ica-r"))
+    vb = read_features(runs["noisy"][0].feature("ica-r"))
+    oa, ob = np.argsort(va.item_ids), np.argsort(vb.item_ids)
+    warm = np.arange(10, 80)
+    assert np.allclose(va.vectors[oa][warm], vb.vectors[ob][warm], atol=1e-6)
+    assert not np.allclose(va.vectors[oa][cold], vb.vectors[ob][cold], atol=1e-3)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import user_env
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -32,8 +33,7 @@ def anchorrec(*args: str) -> list[str]:
 def ingested(tmp_path_factory) -> tuple[Path, dict]:
     """A demo catalog of N_ITEMS items, ingested once; each test works on its own copy of the home."""
     root = tmp_path_factory.mktemp("interrupt")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(ANCHORREC_HOME=str(root / "home"), PREFECT_HOME=str(root / "prefect"), TQDM_MININTERVAL="0")
+    env = user_env(root / "home", root / "prefect", TQDM_MININTERVAL="0")
     proc = subprocess.run(
         anchorrec("ingest", "--demo-items", str(N_ITEMS), "--demo-users", "60"),
         cwd=REPO,

@@ -14,9 +14,9 @@ from models.lattice import LATTICE, LATTICEConfig, knn_cosine
 from models.training.data import build_graph_data
 from models.training.trainer import TrainConfig, fit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "parity"))
-import tiny  # noqa: E402
-from lattice_parity import LAMBDA, REG_WEIGHT, STEP, lattice_weights  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.*
+from benchmarks.parity import tiny  # noqa: E402
+from benchmarks.parity.lattice_parity import LAMBDA, REG_WEIGHT, STEP, lattice_weights  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -221,3 +221,104 @@ def test_chosen_values_on_a_grid_edge_and_runs_at_the_cap_are_flagged():
         "b (best epoch 80 of cap 100)",
         "c (best epoch 99 of cap 100)",
     ]
+
+
+def test_converged_table_continues_the_capped_reruns_and_sits_beside_them(tuned):
+    quiet = {"progress": False, "log": lambda _: None, "projection_sample": 40}
+    capped = json.loads(lb.run_leaderboard(tuned, seeds=(1, 2), **quiet).with_suffix(".json").read_text())
+    with pytest.raises(ValueError, match="below the studies' cap 2"):
+        lb.run_leaderboard(tuned, seeds=(1, 2), cap=1, **quiet)
+    out = lb.run_leaderboard(tuned, seeds=(1, 2), cap=4, **quiet)
+    assert out.parent.name == "leaderboard-cap4"
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["cap"] == 4
+    for model in BASES:
+        for seed in (1, 2):
+            short = json.loads(tuned.metrics(f"lb-{model}-s{seed}").read_text())
+            long = json.loads(tuned.metrics(f"lb-{model}-cap4-s{seed}").read_text())
+            cfg = json.loads((tuned.run(f"lb-{model}-cap4-s{seed}") / "config.json").read_text())
+            assert cfg["epochs"] == 4 and cfg["seed"] == seed
+            # the first two epochs are the capped run's own, not trained again
+            assert long["resumed_from_epoch"] == 2
+            assert [h["loss"] for h in long["history"][:2]] == [h["loss"] for h in short["history"][:2]]
+        row = result["models"][model]
+        assert row["tuning"]["epochs"] == 4
+    text = out.read_text()
+    assert "continued to an epoch cap of 4" in text and "## Capped (2 epochs) and converged, side by side" in text
+    for model, row in result["models"].items():
+        r0, r1 = capped["models"][model]["test_mean"]["recall@20"], row["test_mean"]["recall@20"]
+        assert f"| {model} | {r0:.4f} | {r1:.4f} | {r1 - r0:+.4f} |" in text
+    assert any(v.startswith("Against the capped table: the ranking") for v in result["verdict"])
+    assert any(v.startswith("AnchorRec against lightgcn") for v in result["verdict"])
+
+
+@pytest.mark.parametrize(
+    "gap0, gap1, words",
+    [
+        (-0.04, -0.01, "closes 75% of the gap"),
+        (-0.04, 0.01, "closes the whole gap"),
+        (-0.04, -0.05, "the gap widens"),
+        (0.02, 0.01, "ahead capped"),
+        (0.02, -0.01, "ahead capped, behind converged"),
+        (-0.025, -0.025, "unchanged"),
+    ],
+)
+def test_gap_words(gap0, gap1, words):
+    assert lb._gap_words(gap0, gap1).endswith(words)
+
+
+def test_borrowed_configurations_are_the_source_studies_choices_on_the_target_tables(tuned, tmp_path):
+    target = dataset_paths("tiny-cold", tmp_path)
+    shutil.copytree(tuned.root / "features", target.root / "features")
+    chosen = lb.borrowed_configs(target, tuned, ["anchorrec", "pop", "content_knn"])
+    cfg, best = lb.best_config(tuned, "anchorrec")
+    assert chosen["anchorrec"][0] == cfg and chosen["anchorrec"][1] == best
+    pop, knn = chosen["pop"][0], chosen["content_knn"][0]
+    assert pop.model == "pop" and pop.features == {} and knn.features == FEATS
+    shutil.rmtree(target.root / "features")
+    with pytest.raises(FileNotFoundError, match="lacks the feature table 'text-tiny'.*anchorrec features --dataset"):
+        lb.borrowed_configs(target, tuned, ["anchorrec"])
+
+
+def test_an_ica_table_is_matched_by_its_runs_configuration(tmp_path):
+    source, target = dataset_paths("src", tmp_path), dataset_paths("dst", tmp_path)
+    run_config = {"config": {"epochs": 15, "seed": 0}, "image_feature": "img", "text_feature": "txt"}
+    for paths, run, config in (
+        (source, "ica-aaa", run_config),
+        (target, "ica-bbb", run_config),
+        (target, "ica-ccc", {**run_config, "config": {"epochs": 30, "seed": 0}}),
+    ):
+        paths.run(run).mkdir(parents=True)
+        (paths.run(run) / "config.json").write_text(json.dumps(config))
+        paths.features_dir.mkdir(parents=True, exist_ok=True)
+        paths.feature(run).write_bytes(b"")
+    assert lb.matching_table(target, source, "ica-aaa") == "ica-bbb"
+    (target.run("ica-ccc") / "config.json").write_text(json.dumps(run_config))  # two runs now match
+    with pytest.raises(FileNotFoundError, match="2 ICA runs with the configuration of src/ica-aaa"):
+        lb.matching_table(target, source, "ica-aaa")
+
+
+def test_the_cold_verdict_names_the_best_on_cold_items_and_pairs_anchorrec_by_seed(tmp_path):
+    paths = dataset_paths("cold", tmp_path)
+    cold = {"anchorrec": [0.50, 0.52, 0.51], "freedom": [0.40, 0.43, 0.41], "lightgcn": None}
+    reruns = {}
+    for model, values in cold.items():
+        reruns[model] = {"runs": [f"lb-{model}-s{s}" for s in (1, 2, 3)]}
+        for i, seed in enumerate((1, 2, 3)):
+            paths.run(f"lb-{model}-s{seed}").mkdir(parents=True)
+            division = None if values is None else {"ndcg@20": values[i], "recall@20": 1.0 - values[i]}
+            metrics = {"seed": seed, "test_divisions": {"cold": division, "all": division, "warm": {"recall@20": 0.1}}}
+            paths.metrics(f"lb-{model}-s{seed}").write_text(json.dumps(metrics))
+    lines = lb.cold_verdict(paths, reruns)
+    assert lines[0] == (
+        "Item-cold protocol, cold division (ranked among the cold test items), test ndcg@20: best **anchorrec** "
+        "0.5100; freedom 0.4133. No honest cold path, left out: lightgcn."
+    )
+    assert lines[1].startswith("anchorrec vs freedom (best other, cold division) on ndcg@20: +0.0967")
+    assert "better on 3/3 seeds" in lines[1] and lines[1].endswith("helps on new items.")
+    # the all division by Recall@20: here freedom leads, and AnchorRec's deficit is resolved
+    assert lines[2].startswith(
+        "Item-cold protocol, all division (ranked among all items), test recall@20: best **freedom** 0.5867"
+    )
+    assert lines[3].endswith("does not help on new items.") and "better on 0/3 seeds" in lines[3]
+    assert lb.cold_verdict(paths, {"lightgcn": reruns["lightgcn"]}) == []

@@ -1,10 +1,10 @@
-"""benchmarks/leaderboard_run.py keeps studies in a snapshot folder that a wiped home restarts from."""
+"""benchmarks/accuracy/leaderboard_run.py keeps studies in a snapshot folder that a wiped home restarts from."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,10 +16,8 @@ from models.training import tune as tune_mod
 from models.training.trainer import TrainConfig
 from store.tables import read_json
 
-REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("leaderboard_run", REPO / "benchmarks" / "leaderboard_run.py")
-leaderboard_run = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(leaderboard_run)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.*
+from benchmarks.accuracy import leaderboard_run  # noqa: E402
 
 
 @pytest.mark.usefixtures("one_torch_thread")

@@ -16,9 +16,11 @@ from models.lgmrec import LGMRec, LGMRecConfig, hyper_nce
 from models.training.data import build_graph_data, interactions_from_arrays
 from models.training.trainer import TrainConfig, fit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "parity"))
-import lgmrec_parity  # noqa: E402
-import tiny  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.*
+from benchmarks.parity import (
+    lgmrec_parity,  # noqa: E402
+    tiny,  # noqa: E402
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +19,8 @@ import pytest
 from cli_helpers import run_cli, user_env
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the repository root: benchmarks.*
+from benchmarks.common.offline import BEAUTY_CATEGORY, dead_hosts  # noqa: E402
 
 
 def anchorrec(
@@ -47,12 +47,9 @@ WATCH = (  # runs the CLI as `python -m cli` does; at exit, writes whether Prefe
 
 def test_offline_category_fails_in_one_line_before_any_work(home: Path, tmp_path: Path) -> None:
     """No network: one location whose name does not resolve, one that refuses (a closed port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
-    hosts = f"http://amazon-mirror.invalid/v2,http://127.0.0.1:{closed}/v2"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and "proxy" not in k.lower()}
-    env.update(ANCHORREC_HOME=str(home), ANCHORREC_AMAZON_HOSTS=hosts)
+    hosts, closed = dead_hosts()
+    shell = user_env(home, home.parent / "prefect", ANCHORREC_AMAZON_HOSTS=hosts)
+    env = {k: v for k, v in shell.items() if "proxy" not in k.lower()}  # the dead hosts are asked directly
     imported = tmp_path / "prefect_imported.txt"
     t0 = time.monotonic()
     proc = subprocess.run(
@@ -62,12 +59,7 @@ def test_offline_category_fails_in_one_line_before_any_work(home: Path, tmp_path
             WATCH,
             str(imported),
             "pipeline",
-            "--dataset",
-            "beauty",
-            "--release",
-            "2018",
-            "--category",
-            "All_Beauty",
+            *BEAUTY_CATEGORY,
             "--model",
             "lightgcn",
         ],
@@ -102,12 +94,7 @@ def test_download_error_in_the_stage_is_one_line_and_not_retried(home: Path, htt
     proc = anchorrec(
         home,
         "ingest",
-        "--dataset",
-        "beauty",
-        "--release",
-        "2018",
-        "--category",
-        "All_Beauty",
+        *BEAUTY_CATEGORY,
         extra_env={"ANCHORREC_AMAZON_HOSTS": hosts},
     )
     lines = error_lines(proc)

@@ -15,9 +15,9 @@ from test_models_train import write_tiny_dataset
 from models.evaluation.leaderboard import run_leaderboard
 from models.training import tune as tune_mod
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import recompute_leaderboard as rl  # noqa: E402
-import run_snapshot  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.*
+from benchmarks.accuracy import recompute_leaderboard as rl  # noqa: E402
+from benchmarks.common import run_snapshot  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,6 +1,6 @@
 """The speed benchmark's MMRec-structured FREEDOM and LATTICE compute our models' math.
 
-benchmarks/bench_baseline_speed.py times ours against benchmarks/reference_baselines.py; the
+benchmarks/speed/bench_baseline_speed.py times ours against benchmarks/common/reference_baselines.py; the
 ratio means something only if both give the same loss and gradients on the same weights and
 batch, which these tests check on tiny inputs (values, not fingerprints: both run here).
 """
@@ -19,16 +19,14 @@ from models.freedom import FREEDOM, FREEDOMConfig
 from models.lattice import LATTICE, LATTICEConfig
 from models.training.data import build_graph_data
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH / "parity"))
-sys.path.insert(0, str(BENCH))
-import tiny  # noqa: E402
-from reference_baselines import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.*
+from benchmarks.common.reference_baselines import (  # noqa: E402
     ReferenceFREEDOM,
     ReferenceLATTICE,
     dense_normalized,
     self_loop_adjacency,
 )
+from benchmarks.parity import tiny  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -234,7 +234,9 @@ def test_cron_schedule_fires_publishes_and_prints_stage_lines(server, tmp_path):
     assert not _scheduler_errors(server_log), server_log.read_text()[-3000:]
 
     paths = dataset_paths("demo", home)
-    published = {m.parent.name: json.loads(m.read_text()) for m in paths.index_root.glob("*/manifest.json")}
+    published = {
+        m.parents[2].name: json.loads(m.read_text()) for m in paths.index_root.glob("*/versions/*/manifest.json")
+    }
     assert published, f"no index manifest under {paths.index_root}"
     n_items = pq.read_metadata(paths.items).num_rows
     assert {m["count"] for m in published.values()} == {n_items}

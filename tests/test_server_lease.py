@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import cli_helpers
 import psutil
 import pytest
 
@@ -29,11 +30,7 @@ DEMO = ["--demo-items", "60", "--demo-users", "80"]
 
 def user_env(root: Path, grace: float = GRACE_S) -> dict:
     """A user's shell with no Prefect server configured and its own homes."""
-    out = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    out.update(
-        ANCHORREC_HOME=str(root / "home"), PREFECT_HOME=str(root / "prefect"), ANCHORREC_SERVER_GRACE_S=str(grace)
-    )
-    return out
+    return cli_helpers.user_env(root / "home", root / "prefect", ANCHORREC_SERVER_GRACE_S=str(grace))
 
 
 def anchorrec(*args: str) -> list[str]:

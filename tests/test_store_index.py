@@ -23,6 +23,24 @@ from store.index import (
 )
 from store.tables import read_metadata
 from store.vectors import write_vectors
+from store.versions import serving
+
+
+def served_dir(data):
+    """The version directory the run serves now (store.versions)."""
+    return serving(data.paths, data.run_id).directory
+
+
+def make_unversioned(paths, run_id):
+    """An index directory as written before versions: items.faiss + manifest.json in index/<run>/."""
+    import shutil
+
+    top = paths.index_dir(run_id)
+    source = serving(paths, run_id).directory
+    for name in (INDEX_FILE, MANIFEST_FILE):
+        shutil.copyfile(source / name, top / name)
+    (top / "CURRENT").unlink()
+    shutil.rmtree(top / "versions")
 
 
 @pytest.fixture()
@@ -32,9 +50,20 @@ def data(tmp_path):
 
 def test_publish_writes_index_and_manifest(data):
     manifest = publish(data.paths, data.run_id)
-    directory = data.paths.index_dir(data.run_id)
-    assert sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")) == [INDEX_FILE, MANIFEST_FILE]
-    assert not [p for p in directory.iterdir() if p.name.startswith(".publish-")], "temp dir left behind"
+    top = data.paths.index_dir(data.run_id)
+    assert sorted(p.name for p in top.iterdir() if not p.name.startswith(".")) == ["CURRENT", "versions"]
+    assert (top / "CURRENT").read_text() == "0001\n" and manifest["version"] == "0001"
+    directory = served_dir(data)
+    assert directory == top / "versions" / "0001"
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "change.json",
+        "item_vectors.parquet",
+        INDEX_FILE,
+        MANIFEST_FILE,
+        "user_vectors.parquet",
+    ]
+    assert [p.name for p in (top / "versions").iterdir()] == ["0001"], "temp dir left behind"
+    assert manifest["users"] == 40 and manifest["item_vectors"] == "index/run-a/versions/0001/item_vectors.parquet"
     on_disk = json.loads((directory / MANIFEST_FILE).read_text())
     assert on_disk == manifest
     assert manifest["run"] == data.run_id
@@ -189,7 +218,7 @@ def test_not_published_missing_and_corrupt_files(data):
         load_index(data.paths, data.run_id)
     assert MANIFEST_FILE in str(info.value)
     publish(data.paths, data.run_id)
-    index_file = data.paths.index_dir(data.run_id) / INDEX_FILE
+    index_file = served_dir(data) / INDEX_FILE
     good = index_file.read_bytes()
 
     index_file.write_bytes(good[: len(good) // 2])  # truncated
@@ -204,7 +233,7 @@ def test_not_published_missing_and_corrupt_files(data):
     # garbage whose hash the manifest agrees with: FAISS itself refuses it
     garbage = b"not a faiss index" * 10
     index_file.write_bytes(garbage)
-    manifest_path = data.paths.index_dir(data.run_id) / MANIFEST_FILE
+    manifest_path = served_dir(data) / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text())
     manifest["index_sha256"] = hashlib.sha256(garbage).hexdigest()
     manifest_path.write_text(json.dumps(manifest))
@@ -218,7 +247,7 @@ def test_not_published_missing_and_corrupt_files(data):
 
 def test_manifest_count_mismatch(data):
     publish(data.paths, data.run_id)
-    manifest_path = data.paths.index_dir(data.run_id) / MANIFEST_FILE
+    manifest_path = served_dir(data) / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text())
     manifest["count"] = 999
     manifest_path.write_text(json.dumps(manifest))
@@ -227,7 +256,12 @@ def test_manifest_count_mismatch(data):
 
 
 def test_index_stale_after_vectors_change(data):
+    """An unversioned index (an older home) still reads, from the run's vectors, and refuses stale ones."""
     publish(data.paths, data.run_id)
+    make_unversioned(data.paths, data.run_id)
+    index = load_index(data.paths, data.run_id)
+    assert index.version is None and index.path == data.paths.index_dir(data.run_id) / INDEX_FILE
+    np.testing.assert_array_equal(index.search(data.users, 5)[0], data.exact(data.users, 5)[0])
     write_vectors(data.paths.item_vectors(data.run_id), "item_id", data.item_ids, data.items * 2)
     with pytest.raises(StoreError, match="rerun: anchorrec publish --dataset toys") as info:
         load_index(data.paths, data.run_id)
@@ -264,9 +298,11 @@ def test_latest_run_and_published_runs(data):
     assert latest_run(data.paths) == "run-b"
     publish(data.paths, data.run_id)  # re-publishing makes it the latest
     assert latest_run(data.paths) == "run-a"
-    (data.paths.index_dir("run-a") / MANIFEST_FILE).write_text("{broken")
+    (served_dir(data) / MANIFEST_FILE).write_text("{broken")
     # the newest run's manifest is garbage: an error naming it, never the older run-b
-    with pytest.raises(StoreError, match=r"index/run-a/manifest\.json: invalid JSON .*newest published run") as info:
+    with pytest.raises(
+        StoreError, match=r"index/run-a/versions/0002/manifest\.json: invalid JSON .*newest published run"
+    ) as info:
         latest_run(data.paths)
     assert "anchorrec publish --dataset toys" in str(info.value) and "\n" not in str(info.value)
     assert [r for r, _ in published_runs(data.paths)] == ["run-b"]

@@ -132,10 +132,10 @@ def test_sql_refuses_flipped_bytes_in_a_feature_table(store):
 
 def test_sql_refuses_flipped_bytes_in_user_vectors(store):
     env, root = store
-    path = root / "runs" / RUN / "user_vectors.parquet"
+    path = root / "index" / RUN / "versions" / "0001" / "user_vectors.parquet"  # the copy the index version serves
     flip_bytes(path)
     line = error_line(anchorrec(env, "sql", "SELECT sum(list_sum(vector::FLOAT[])) FROM user_vectors"))
-    assert line.startswith(f"error: {path}: ") and "rerun: anchorrec train --dataset demo" in line
+    assert line.startswith(f"error: {path}: ") and "rerun: anchorrec publish --dataset demo" in line
 
 
 def test_unreadable_feature_file_blocks_only_the_queries_that_touch_it(store):

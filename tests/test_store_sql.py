@@ -248,10 +248,16 @@ def test_recommend_without_interactions_points_to_recommend_all(tmp_path):
 
 def test_stale_index_is_refused_in_sql(tmp_path):
     data = make_dataset(tmp_path)
-    publish(data.paths, data.run_id)
+    version = publish(data.paths, data.run_id)["version"]
+    served = connect(data.paths).sql("SELECT similar(1, 3)").fetchall()
+    # the run's own vectors rewritten: the published version keeps its copy and answers as before
     write_vectors(data.paths.item_vectors(data.run_id), "item_id", data.item_ids, data.items + 1)
+    assert connect(data.paths).sql("SELECT similar(1, 3)").fetchall() == served
+    # the version's copy replaced by other (well-formed) vectors: refused, naming the fix
+    copy = data.paths.index_dir(data.run_id) / "versions" / version / "item_vectors.parquet"
+    write_vectors(copy, "item_id", data.item_ids, data.items + 1)
     con = connect(data.paths)
-    with pytest.raises(duckdb.Error, match="rerun: anchorrec publish --dataset toys"):
+    with pytest.raises(duckdb.Error, match="rerun: anchorrec publish --dataset toys.*anchorrec rollback"):
         con.sql("SELECT similar(1, 3)").fetchall()
     con.close()
 

@@ -14,13 +14,19 @@ from store_testdata import items_table, make_dataset, write_run
 
 from store import StoreError, schemas
 from store.hashing import file_sha256
-from store.index import INDEX_FILE, MANIFEST_FILE, load_index, publish
+from store.index import INDEX_FILE, MANIFEST_FILE, load_index, publish, rollback
 from store.inventory import list_datasets, list_runs
 from store.layout import DatasetPaths
 from store.sql import answered_by, connect, recommend_for, run_query, similar_to
 from store.tables import read_table, write_json, write_table
-from store.vectors import read_features, read_vectors, write_features
+from store.vectors import read_features, read_vectors, write_features, write_vectors
 from store.verify import problem, problems, published_problem
+from store.versions import serving
+
+
+def served(data):
+    """The index version the run serves now: where its index and vectors are read from."""
+    return serving(data.paths, data.run_id)
 
 
 @pytest.fixture()
@@ -47,13 +53,23 @@ def one_line(exc: BaseException) -> str:
 
 
 def test_shuffled_item_vectors_detected_everywhere(data):
-    path = data.paths.item_vectors(data.run_id)
+    # the run's own vectors: refused by the publish that would copy them into a version
+    run_file = data.paths.item_vectors(data.run_id)
+    shuffle_rows(run_file)
+    with pytest.raises(StoreError) as info:
+        publish(data.paths, data.run_id)
+    text = one_line(info.value)
+    assert (
+        text.startswith(f"{run_file}: rows do not match the vectors_hash") and "anchorrec train --dataset toys" in text
+    )
+    assert "rows do not match the vectors_hash" in problem(run_file)
+    # the copy the published version serves: refused by every reader
+    path = served(data).item_vectors
     shuffle_rows(path)
-    fix = "rerun: anchorrec train --dataset toys"
+    fix = "rerun: anchorrec publish --dataset toys"
     for call in (
         lambda: similar_to(data.paths, 3, 5),
         lambda: recommend_for(data.paths, 3, 5),
-        lambda: publish(data.paths, data.run_id),
         lambda: load_index(data.paths, data.run_id),
         lambda: read_vectors(path, "item_id"),
     ):
@@ -68,9 +84,9 @@ def test_shuffled_item_vectors_detected_everywhere(data):
 
 
 def test_shuffled_user_vectors_detected(data):
-    path = data.paths.user_vectors(data.run_id)
+    path = served(data).user_vectors
     shuffle_rows(path)
-    with pytest.raises(StoreError, match="user_vectors.parquet: rows do not match.*anchorrec train --dataset toys"):
+    with pytest.raises(StoreError, match="user_vectors.parquet: rows do not match.*anchorrec publish --dataset toys"):
         recommend_for(data.paths, 3, 5)
     assert "user_vectors.parquet: rows do not match" in problem(path)
 
@@ -82,7 +98,7 @@ def test_garbage_newest_manifest_is_an_error_not_an_older_run(data):
     write_run(data.paths, "run-b", data.user_ids, data.users, data.item_ids, data.items[::-1].copy())
     publish(data.paths, "run-b")
     assert answered_by(recommend_for(data.paths, 1, 3)) == "run-b"
-    manifest = data.paths.index_dir("run-b") / MANIFEST_FILE
+    manifest = serving(data.paths, "run-b").directory / MANIFEST_FILE
     manifest.write_bytes(b"\x00\xffgarbage")
     for call in (
         lambda: recommend_for(data.paths, 1, 3),
@@ -103,8 +119,8 @@ def test_garbage_newest_manifest_is_an_error_not_an_older_run(data):
 
 @pytest.mark.parametrize("damage", ["delete", "truncate", "overwrite"])
 def test_damaged_index_detected_and_publish_rebuilds(data, damage):
-    index_file = data.paths.index_dir(data.run_id) / INDEX_FILE
-    manifest = data.paths.index_dir(data.run_id) / MANIFEST_FILE
+    index_file = served(data).directory / INDEX_FILE
+    manifest = served(data).directory / MANIFEST_FILE
     good = index_file.read_bytes()
     assert problem(index_file) is None and problem(manifest) is None
     if damage == "delete":
@@ -118,18 +134,22 @@ def test_damaged_index_detected_and_publish_rebuilds(data, damage):
     assert "anchorrec publish --dataset toys" in found and found == problem(index_file)
     with pytest.raises(StoreError, match="index file is missing" if damage == "delete" else "sha256 differs"):
         recommend_for(data.paths, 2, 3)
-    publish(data.paths, data.run_id)  # what the rerun does
-    assert problem(manifest) is None and problems([manifest, index_file]) == []
-    assert index_file.read_bytes() == good  # same vectors → same index bytes
+    publish(data.paths, data.run_id)  # what the rerun does: a new version
+    top = data.paths.index_dir(data.run_id) / MANIFEST_FILE  # what the flow checks: the version served
+    new_index = served(data).directory / INDEX_FILE
+    assert problem(top) is None and problems([top, new_index]) == []
+    assert new_index.read_bytes() == good  # same vectors → same index bytes
+    with pytest.raises(StoreError, match=f"{index_file}") as info:  # never back to the damaged version
+        rollback(data.paths, data.run_id)
+    assert served(data).version == "0002" and "\n" not in str(info.value)
     want, _ = data.exact(data.users[2:3], 3, [data.train[2]])
     assert recommend_for(data.paths, 2, 3).column("item_id").to_pylist() == want[0].tolist()
 
 
 def test_publish_is_byte_deterministic(data):
-    index_file = data.paths.index_dir(data.run_id) / INDEX_FILE
-    first = file_sha256(index_file)
+    first = file_sha256(served(data).directory / INDEX_FILE)
     manifest = publish(data.paths, data.run_id)
-    assert file_sha256(index_file) == first == manifest["index_sha256"]
+    assert file_sha256(served(data).directory / INDEX_FILE) == first == manifest["index_sha256"]
     assert (
         manifest["count"] == 40
         and manifest["vectors_hash"]
@@ -207,8 +227,11 @@ def test_problem_for_each_kind_of_file(data, tmp_path):
     assert problem(metrics) is None
     metrics.write_text("{cut")
     assert problem(metrics).startswith(f"{metrics}: invalid JSON at line 1")
-    # index stale against vectors that were retrained in place (both valid, different)
+    # a version serves its own copy: a run retrained in place is published anew, the version stays whole
     write_run(p, data.run_id, data.user_ids, data.users, data.item_ids, data.items * 2)
+    assert problem(manifest) is None
+    # the version's copy replaced by other valid vectors: stale against its index
+    write_vectors(serving(p, data.run_id).item_vectors, "item_id", data.item_ids, data.items * 2)
     assert "index was built from item vectors" in problem(manifest)
 
 
@@ -339,6 +362,7 @@ def test_list_datasets_and_runs(tmp_path):
         "best_epoch": 4,
         "published": True,
         "latest": True,
+        "version": "0001",
         "note": None,
     }
     assert (
@@ -357,7 +381,7 @@ def test_list_datasets_and_runs(tmp_path):
     later = {r["run_id"]: r["status"] for r in list_runs(p, now=time.time() + 3600)}
     assert later == {"ica-x": "failed", "run-a": "finished", "run-b": "stopped", "run-c": "failed"}  # an hour later
 
-    (p.index_dir("run-a") / MANIFEST_FILE).write_text("nope")
+    (serving(p, "run-a").directory / MANIFEST_FILE).write_text("nope")
     toys = list_datasets(tmp_path)[1]
     assert toys["latest"] is None and toys["broken_manifests"] == ["run-a"] and toys["published"] == ["run-b"]
 

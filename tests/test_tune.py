@@ -269,7 +269,7 @@ def _paths(home: Path):
 # ------------------------------------------------------------------ grids and errors
 
 
-@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("model", sorted(set(MODELS) - {"pop", "content_knn"}))  # fixed baselines: no grid
 def test_every_model_has_a_valid_grid(model):
     space = tune_mod.search_space(model)
     assert "lr" in space and len(space) >= 2

@@ -15,8 +15,8 @@ from models.training.data import build_graph_data
 from models.training.trainer import TrainConfig, fit
 from models.vbpr import VBPR, VBPRConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "parity"))
-import tiny  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.*
+from benchmarks.parity import tiny  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -27,8 +27,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tiny  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: the package, benchmarks.common
+from benchmarks.parity import tiny  # noqa: E402
 
 DROPOUT = 0.5
 # our parameter name → MMRec's attribute path: FREEDOM's names (the same attributes in MMRec) + the predictor
@@ -80,7 +80,7 @@ def fixed_dropout() -> Iterator[None]:
 def run_bm3(
     bm3_cls: type, root: Path, name: str, modalities: tuple[str, ...], same: bool, n_layers: int, reg_weight: float
 ) -> dict[str, Any]:
-    from mmrec_parity import TinyDataset, base_config, load_weights, record  # noqa: E402
+    from benchmarks.parity.mmrec_parity import TinyDataset, base_config, load_weights, record  # noqa: E402
 
     data_dir = root / f"bm3-{name}"
     data_dir.mkdir(parents=True)
@@ -109,7 +109,7 @@ def run_bm3(
 
 
 def main() -> None:
-    from mmrec_parity import use_mmrec_checkout  # noqa: E402
+    from benchmarks.parity.mmrec_parity import use_mmrec_checkout  # noqa: E402
 
     use_mmrec_checkout(__doc__, "bm3.py")
     from models.bm3 import BM3  # MMRec's, from the checkout  # noqa: E402

@@ -37,8 +37,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tiny  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: the package, benchmarks.common
+from benchmarks.parity import tiny  # noqa: E402
 
 N_USERS, N_ITEMS = 8, 24
 DIM, KNN_K = 4, 3
@@ -139,7 +139,7 @@ class Dataset:
 
 
 def run_case(damrs_cls: type, root: Path, name: str, case: dict[str, Any], behaviour: dict) -> dict[str, Any]:
-    from mmrec_parity import base_config, load_weights
+    from benchmarks.parity.mmrec_parity import base_config, load_weights
 
     data_dir = root / name
     data_dir.mkdir(parents=True)
@@ -170,7 +170,7 @@ def run_case(damrs_cls: type, root: Path, name: str, case: dict[str, Any], behav
 
 
 def main() -> None:
-    from mmrec_parity import use_mmrec_checkout
+    from benchmarks.parity.mmrec_parity import use_mmrec_checkout
 
     use_mmrec_checkout(__doc__, "damrs.py")
     from models.damrs import DAMRS  # MMRec's, from the checkout  # noqa: E402

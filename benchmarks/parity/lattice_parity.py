@@ -28,17 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tiny  # noqa: E402
-from mmrec_parity import (  # noqa: E402
-    TinyDataset,
-    base_config,
-    batch,
-    load_weights,
-    record,
-    use_mmrec_checkout,
-    write_features,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: the package, benchmarks.common
+from benchmarks.parity import mmrec_parity as kit  # noqa: E402  (the shared kit of the parity scripts)
+from benchmarks.parity import tiny  # noqa: E402
 
 LAMBDA = 0.5  # lambda_coeff of the parity cases: both graphs weigh in the gradients
 REG_WEIGHT = 0.1
@@ -62,8 +54,8 @@ def sgd_step(model: torch.nn.Module) -> None:
 
 def run_lattice(lattice_cls: type, root: Path, name: str, same: bool, cached: bool) -> dict[str, Any]:
     data_dir = root / f"lattice-{name}"
-    write_features(data_dir, same)
-    cfg = base_config(
+    kit.write_features(data_dir, same)
+    cfg = kit.base_config(
         data_dir,
         feat_embed_dim=tiny.DIM,
         weight_size=[tiny.DIM, tiny.DIM],
@@ -74,22 +66,22 @@ def run_lattice(lattice_cls: type, root: Path, name: str, same: bool, cached: bo
         n_layers=1,
         reg_weight=REG_WEIGHT,
     )
-    model = lattice_cls(cfg, TinyDataset())
+    model = lattice_cls(cfg, kit.TinyDataset())
     v_dim = tiny.T_DIM if same else tiny.V_DIM
-    load_weights(model, lattice_weights(tiny.T_DIM, v_dim), NAMES)
+    kit.load_weights(model, lattice_weights(tiny.T_DIM, v_dim), NAMES)
     model.pre_epoch_processing()
     if cached:  # the epoch's first batch builds the graph and takes a step; the recorded one is the second
-        model.calculate_loss(batch()).backward()
+        model.calculate_loss(kit.batch()).backward()
         sgd_step(model)
-    loss = model.calculate_loss(batch())
+    loss = model.calculate_loss(kit.batch())
     loss.backward()
     with torch.no_grad():
         scores = model.full_sort_predict((torch.arange(tiny.N_USERS),))
-    return record(model, loss, scores, NAMES)
+    return kit.record(model, loss, scores, NAMES)
 
 
 def main() -> None:
-    use_mmrec_checkout(__doc__, "lattice.py")
+    kit.use_mmrec_checkout(__doc__, "lattice.py")
     from models.lattice import LATTICE  # MMRec's, from the checkout  # noqa: E402
 
     torch.set_default_dtype(torch.float32)

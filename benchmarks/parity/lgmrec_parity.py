@@ -28,17 +28,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tiny  # noqa: E402
-from mmrec_parity import (  # noqa: E402
-    TinyDataset,
-    base_config,
-    batch,
-    load_weights,
-    record,
-    use_mmrec_checkout,
-    write_features,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: the package, benchmarks.common
+from benchmarks.parity import mmrec_parity as kit  # noqa: E402  (the shared kit of the parity scripts)
+from benchmarks.parity import tiny  # noqa: E402
 
 # our parameter name → MMRec's attribute path
 LGMREC_NAMES = {
@@ -142,24 +134,24 @@ def fixed_gumbel() -> contextlib.AbstractContextManager[FixedGumbel]:
 
 def run_lgmrec(lgmrec_cls: type, root: Path, name: str, case: dict[str, Any]) -> dict[str, Any]:
     data_dir = root / name
-    write_features(data_dir, case["same"])
+    kit.write_features(data_dir, case["same"])
     args = {"keep_rate": 1.0, **{k: v for k, v in case.items() if k != "same"}}
-    cfg = base_config(
+    cfg = kit.base_config(
         data_dir, feat_embed_dim=tiny.DIM, cf_model="lightgcn", cl_weight=CL_WEIGHT, reg_weight=REG_WEIGHT, **args
     )
-    model = lgmrec_cls(cfg, TinyDataset())
-    load_weights(model, lgmrec_weights(case["same"], case["hyper_num"]), LGMREC_NAMES)
+    model = lgmrec_cls(cfg, kit.TinyDataset())
+    kit.load_weights(model, lgmrec_weights(case["same"], case["hyper_num"]), LGMREC_NAMES)
     with fixed_gumbel(), fixed_dropout():
-        loss = model.calculate_loss(batch())
+        loss = model.calculate_loss(kit.batch())
         loss.backward()
         model.eval()  # as MMRec's trainer evaluates: nn.Dropout off, the Gumbel noise still drawn
         with torch.no_grad():
             scores = model.full_sort_predict((torch.arange(tiny.N_USERS),))
-    return record(model, loss, scores, LGMREC_NAMES)
+    return kit.record(model, loss, scores, LGMREC_NAMES)
 
 
 def main() -> None:
-    use_mmrec_checkout(__doc__, "lgmrec.py")
+    kit.use_mmrec_checkout(__doc__, "lgmrec.py")
     from models.lgmrec import LGMRec  # MMRec's, from the checkout  # noqa: E402
 
     torch.set_default_dtype(torch.float32)

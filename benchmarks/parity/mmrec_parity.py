@@ -31,8 +31,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tiny  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: the package, benchmarks.common
+from benchmarks.parity import tiny  # noqa: E402
 
 
 class TinyDataset:

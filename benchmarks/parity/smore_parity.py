@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tiny  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: the package, benchmarks.common
+from benchmarks.parity import tiny  # noqa: E402
 
 DIM = 6  # even: the spectrum has DIM // 2 + 1 = 4 frequencies (tiny.DIM = 4 would give 3)
 CL_WEIGHT = 0.5  # larger than MMRec's 0.01, so the InfoNCE terms show in every gradient
@@ -156,7 +156,8 @@ def run_smore(
     row_masks: bool = False,
 ) -> dict[str, Any]:
     from bm3_parity import fixed_dropout  # noqa: E402
-    from mmrec_parity import (  # noqa: E402
+
+    from benchmarks.parity.mmrec_parity import (  # noqa: E402
         TinyDataset,
         base_config,
         batch,
@@ -200,7 +201,7 @@ def run_smore(
 
 
 def main() -> None:
-    from mmrec_parity import use_mmrec_checkout  # noqa: E402
+    from benchmarks.parity.mmrec_parity import use_mmrec_checkout  # noqa: E402
 
     use_mmrec_checkout(__doc__, "smore.py")
     scatter_shim()

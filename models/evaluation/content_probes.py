@@ -185,9 +185,9 @@ def holdout_mask(n: int, share: float = 0.1, seed: int = 0, eligible: np.ndarray
 
 
 def _labelled(x: np.ndarray, y: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray([v if v is not None else "" for v in y], dtype=object)
-    keep = y != ""
-    return np.asarray(x, dtype=np.float64)[keep], y[keep]
+    labels = np.asarray([v if v is not None else "" for v in y], dtype=object)
+    keep = labels != ""
+    return np.asarray(x, dtype=np.float64)[keep], labels[keep]
 
 
 def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int):

@@ -352,7 +352,8 @@ def diagnose_embeddings(
 
 
 def _content_space(raw_feats: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    parts, seen = [], []
+    parts: list[np.ndarray] = []
+    seen: list[np.ndarray] = []
     for f in raw_feats.values():
         f = np.asarray(f, dtype=np.float32)
         if any(f.shape == s.shape and np.array_equal(f, s) for s in seen):

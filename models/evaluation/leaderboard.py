@@ -21,16 +21,24 @@ import dataclasses
 import json
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from models.evaluation.cold import division_table
 from models.evaluation.long_tail import BUCKETS
 from models.evaluation.metrics import paired_over_seeds
 from models.evaluation.report import compare_runs
 from models.evaluation.run_summary import default_features, keep_run_summary
-from models.registry import MODELS
-from models.training.trainer import TrainConfig, config_changes, fit_runs, seed_configs, write_seeds_summary
+from models.registry import MODELS, is_fixed, read_features
+from models.training.trainer import (
+    TrainConfig,
+    config_changes,
+    fit_runs,
+    seed_configs,
+    start_from_shorter_run,
+    write_seeds_summary,
+)
 from models.training.tune import search_space, study_dir, trial_config
 from store.layout import DatasetPaths
 from store.tables import read_json, write_json
@@ -75,19 +83,34 @@ def run_leaderboard(
     progress: bool = True,
     log: Callable[[str], None] = print,
     jobs: int = 1,
+    cap: int | None = None,
+    configs_from: DatasetPaths | None = None,
     **report_args: Any,
 ) -> Path:
     """Rerun each model's tuned configuration on `seeds` (resumable: runs lb-<model>-s<seed>), `jobs`
     runs at once, and write leaderboard.md/.json with the comparison report's sections below the
-    leaderboard's own."""
-    models = list(models) if models else tuned_models(paths)
+    leaderboard's own.
+
+    With `cap`, the converged table: each choice continued to that epoch cap (runs
+    lb-<model>-cap<N>-s<seed>, from the capped reruns' checkpoints where this home has them, see
+    `continue_capped`), in reports/leaderboard-cap<N>/ with the capped table beside it.
+
+    With `configs_from`, the studies are another dataset's (the item-cold leaderboard: every model at
+    its main leaderboard's tuned configuration, `borrowed_config`); parameter-free models (pop,
+    content_knn) need no study."""
+    source = configs_from or paths
+    models = list(models) if models else tuned_models(source)
     if not models:
         raise ValueError(
             f"no tuned model on {paths.name!r}: run `anchorrec tune --dataset {paths.name} --model M` first"
         )
     if not seeds:
         raise ValueError("seeds must not be empty: e.g. --seeds 5")
-    chosen = {m: best_config(paths, m) for m in models}  # every study checked before any training
+    if configs_from is None:
+        chosen = {m: best_config(paths, m) for m in models}  # every study checked before any training
+    else:
+        chosen = borrowed_configs(paths, configs_from, models)
+        log(f"configurations tuned on {configs_from.name!r}, trained on {paths.name!r}")
     for m, (cfg, best) in chosen.items():
         tuned_on = (best.get("budget") or {}).get("seed", cfg.seed)
         if tuned_on in seeds:
@@ -95,27 +118,35 @@ def run_leaderboard(
                 f"seed {tuned_on} is the seed {m}'s study tuned on: its rerun would be the chosen trial "
                 f"itself; rerun on seeds that exclude it (the default: {', '.join(map(str, DEFAULT_SEEDS))})"
             )
-    configs = {m: seed_configs(cfg, f"lb-{m}", seeds) for m, (cfg, _) in chosen.items()}
+    if cap is not None:
+        chosen = {m: (capped(cfg, cap), best) for m, (cfg, best) in chosen.items()}
+    configs = {m: seed_configs(cfg, run_base(m, cap), seeds) for m, (cfg, _) in chosen.items()}
     log(
         f"leaderboard: {', '.join(models)} on {len(seeds)} seed(s) each with the study's configuration"
+        + (f", continued to an epoch cap of {cap}" if cap is not None else "")
         + (f", {jobs} runs at once" if jobs > 1 else "")
     )
     flat = [c for cs in configs.values() for c in cs]  # one pool for all models: no core idles at a model's last seed
-    results = {c.run_id: m for c in flat if (m := kept_metrics(paths, c)) is not None}
+    results = {c.run_id: kept for c in flat if (kept := kept_metrics(paths, c)) is not None}
     if results:
         log(f"{len(results)} run(s) kept as summaries from an earlier machine: not trained again")
     features = report_args.pop("features", None) or default_features([c.to_json() for c in flat])
     summary_args = {k: report_args[k] for k in ("top", "n_clusters", "sample", "projection_sample") if k in report_args}
     todo = [c for c in flat if c.run_id not in results]
+    if cap is not None:
+        continue_capped(paths, todo, log)
     if todo:  # each run's report summary is made as it ends: a kept summary (snapshot) suffices from then on
         after = partial(keep_run_summary, features=features, **summary_args)
         results.update(zip([c.run_id for c in todo], fit_runs(paths, todo, progress=progress, jobs=jobs, after=after)))
-    reruns = {m: write_seeds_summary(paths, f"lb-{m}", [results[c.run_id] for c in cs]) for m, cs in configs.items()}
+    reruns = {
+        m: write_seeds_summary(paths, run_base(m, cap), [results[c.run_id] for c in cs]) for m, cs in configs.items()
+    }
     baseline = pick_baseline(reruns)
     rows = leaderboard_rows(chosen, reruns)
     for model, s in reruns.items():
         rows[model]["diverged"] = diverged_runs(paths, s["runs"])
-    out = Path(out) if out is not None else paths.root / "reports" / "leaderboard" / "leaderboard.md"
+    folder = "leaderboard" if cap is None else f"leaderboard-cap{cap}"
+    out = Path(out) if out is not None else paths.root / "reports" / folder / "leaderboard.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     run_ids = [rid for s in reruns.values() for rid in s["runs"]]
     report_path = compare_runs(
@@ -128,8 +159,19 @@ def run_leaderboard(
         **report_args,
     )
     report = json.loads((out.parent / "report.json").read_text())
-    verdict = verdict_lines(rows, report, baseline)
-    out.write_text("\n".join(render(paths, rows, verdict, baseline, seeds, report_path.name, jobs)) + "\n")
+    verdict = verdict_lines(rows, report, baseline) + cold_verdict(paths, reruns)
+    shorter = paths.root / "reports" / "leaderboard" / "leaderboard.json"
+    side = side_by_side(read_json(shorter), rows, baseline) if cap is not None and shorter.exists() else None
+    verdict += side["verdict"] if side else []
+    lines = render(paths, rows, verdict, baseline, seeds, report_path.name, jobs)
+    if cap is not None:
+        lines[1:1] = [
+            "",
+            f"Converged: every rerun continued to an epoch cap of {cap} with the study's patience (MMRec's "
+            "protocol: 1,000 epochs, patience 20), from the capped reruns' checkpoints.",
+        ]
+    lines += side["lines"] if side else []
+    out.write_text("\n".join(lines) + "\n")
     write_json(
         {
             "dataset": paths.name,
@@ -139,6 +181,7 @@ def run_leaderboard(
             "models": rows,
             "verdict": verdict,
             "report": report_path.name,
+            "cap": cap,
         },
         out.with_suffix(".json"),
     )
@@ -149,8 +192,9 @@ def kept_metrics(paths: DatasetPaths, cfg: TrainConfig) -> dict[str, Any] | None
     """metrics.json of a run kept as its summary (no checkpoint: a snapshot brought its small files
     to this machine), or None for a run to train or continue. A kept run of another configuration
     is refused: its run id would mix two settings in one table."""
-    run_dir = paths.run(cfg.run_id)
-    if (run_dir / "checkpoint.pt").exists() or not paths.metrics(cfg.run_id).exists():
+    run_id = _run_id(cfg)
+    run_dir = paths.run(run_id)
+    if (run_dir / "checkpoint.pt").exists() or not paths.metrics(run_id).exists():
         return None
     stored = read_json(run_dir / "config.json")
     changed = [k for k in config_changes(stored, cfg.to_json()) if k not in ("n_users", "n_items")]
@@ -159,7 +203,228 @@ def kept_metrics(paths: DatasetPaths, cfg: TrainConfig) -> dict[str, Any] | None
             f"{run_dir}: a kept run of another configuration (fields {changed}); the study's choice "
             "changed since it ran: delete the run directory to train it again"
         )
-    return read_json(paths.metrics(cfg.run_id))
+    return read_json(paths.metrics(run_id))
+
+
+def borrowed_configs(
+    paths: DatasetPaths, source: DatasetPaths, models: Sequence[str]
+) -> dict[str, tuple[TrainConfig, dict[str, Any]]]:
+    """Each model's configuration as tuned on `source`, reading `paths`' own feature tables.
+
+    Why: the item-cold protocol changes the split, not the models, so the fair cold comparison is
+    each model at the configuration its main leaderboard chose. The v/t tables carry the same names
+    on both datasets (same extractor); `mm` is the target's own ICA run with the source run's
+    configuration (pretrained on the target's warm items only). pop and content_knn have no
+    hyperparameter and no study: they get their defaults."""
+    tuned = {m: best_config(source, m) for m in models if not is_fixed(m)}
+    tables = {mod: table for cfg, _ in tuned.values() for mod, table in cfg.features.items()}
+    target = {mod: matching_table(paths, source, table) for mod, table in tables.items()}
+    out = {
+        m: (dataclasses.replace(cfg, features={k: target[k] for k in cfg.features}), best)
+        for m, (cfg, best) in tuned.items()
+    }
+    for m in models:
+        if is_fixed(m):
+            cfg = TrainConfig(model=m, features=read_features(m, target))
+            out[m] = (cfg, {"best_params": {}, "trials": 0, "budget": {"seed": None}})
+    return {m: out[m] for m in models}
+
+
+def matching_table(paths: DatasetPaths, source: DatasetPaths, table: str) -> str:
+    """`table` of `source` as `paths` has it: the same name, or for an ICA table the target's ICA run
+    with the same configuration and inputs; one line naming what to run when there is none."""
+    if not table.startswith("ica-"):
+        if not paths.feature(table).exists():
+            raise FileNotFoundError(
+                f"{paths.feature(table)}: {paths.name!r} lacks the feature table {table!r} the configurations "
+                f"of {source.name!r} read; run `anchorrec features --dataset {paths.name}` with the same encoders"
+            )
+        return table
+    wanted = _ica_signature(source.run(table) / "config.json")
+    found = [
+        run.name
+        for run in sorted(paths.runs_dir.glob("ica-*"))
+        if paths.feature(run.name).exists() and _ica_signature(run / "config.json") == wanted
+    ]
+    if len(found) != 1:
+        raise FileNotFoundError(
+            f"{paths.runs_dir}: {len(found)} ICA runs with the configuration of {source.name}/{table} "
+            f"({', '.join(found) or 'none'}); run `anchorrec pretrain --dataset {paths.name}` with the same "
+            "settings (one run)"
+        )
+    return found[0]
+
+
+def _ica_signature(config_path: Path) -> tuple:
+    if not config_path.exists():
+        return ()
+    c = read_json(config_path)
+    keys = ("image_feature", "text_feature", "image_tokens", "text_tokens")
+    return (json.dumps(c.get("config"), sort_keys=True), *(c.get(k) for k in keys))
+
+
+def _space(model: str) -> Mapping[str, Sequence]:
+    return {} if is_fixed(model) else search_space(model)
+
+
+COLD_VERDICT = (("cold", "ndcg@20", "ranked among the cold test items"), ("all", "recall@20", "ranked among all items"))
+
+
+def cold_verdict(paths: DatasetPaths, reruns: dict[str, dict[str, Any]]) -> list[str]:
+    """On a dataset with cold items: which model is best on them, and whether AnchorRec's design
+    helps there, paired by seed against the best other model with a cold path.
+
+    Cold is read by NDCG@20: on a small catalog the cold test items can number 20 or fewer, and
+    Recall@20 among them is then 1 for every model; `all` by Recall@20 (new items compete with the
+    catalog, as they do when served)."""
+    lines = []
+    for division, key, how in COLD_VERDICT:
+        per_seed = _division_per_seed(paths, reruns, division, key)
+        if per_seed:
+            lines += _division_lines(per_seed, sorted(set(reruns) - set(per_seed)), division, key, how)
+    return lines
+
+
+def _division_per_seed(
+    paths: DatasetPaths, reruns: dict[str, dict[str, Any]], division: str, key: str
+) -> dict[str, dict[int, float]]:
+    """model → seed → the division's metric, for models with it on every seed (a cold path)."""
+    per_seed: dict[str, dict[int, float]] = {}
+    for model, s in reruns.items():
+        values = {}
+        for rid in s["runs"]:
+            m = read_json(paths.metrics(rid))
+            part = (m.get("test_divisions") or {}).get(division)
+            if part is not None:
+                values[int(m["seed"])] = float(part[key])
+        if values and len(values) == len(s["runs"]):
+            per_seed[model] = values
+    return per_seed
+
+
+def _division_lines(
+    per_seed: dict[str, dict[int, float]], without: list[str], division: str, key: str, how: str
+) -> list[str]:
+    mean = {m: float(np.mean(list(v.values()))) for m, v in per_seed.items()}
+    ranked = sorted(mean, key=lambda m: -mean[m])
+    lines = [
+        f"Item-cold protocol, {division} division ({how}), test {key}: best **{ranked[0]}** "
+        f"{mean[ranked[0]]:.4f}; "
+        + ", ".join(f"{m} {mean[m]:.4f}" for m in ranked[1:])
+        + (f". No honest cold path, left out: {', '.join(without)}." if without else ".")
+    ]
+    others = [m for m in ranked if m != PROPOSED]
+    if PROPOSED in per_seed and others:
+        rival = others[0]
+        seeds = sorted(set(per_seed[PROPOSED]) & set(per_seed[rival]))
+        a, b = [per_seed[PROPOSED][x] for x in seeds], [per_seed[rival][x] for x in seeds]
+        diff, p = paired_over_seeds(a, b)
+        wins = sum(x > y for x, y in zip(a, b))
+        lines.append(
+            f"anchorrec vs {rival} (best other, {division} division) on {key}: {diff:+.4f}, paired t over seeds "
+            f"p = {p:.3g}, better on {wins}/{len(seeds)} seeds: the modality-preserving design " + _helps(diff, p)
+        )
+    return lines
+
+
+def _helps(diff: float, p: float) -> str:
+    if p < 0.05:
+        return "helps on new items." if diff > 0 else "does not help on new items."
+    return "is not resolved on new items by these seeds."
+
+
+def _run_id(cfg: TrainConfig) -> str:
+    """The run id of a leaderboard rerun (seed_configs names every one)."""
+    if cfg.run_id is None:
+        raise ValueError(f"{cfg.model}: a leaderboard rerun's config has no run_id")
+    return cfg.run_id
+
+
+def run_base(model: str, cap: int | None) -> str:
+    """Run-id stem of a model's reruns: lb-<model>, or lb-<model>-cap<N> for the converged table."""
+    return f"lb-{model}" if cap is None else f"lb-{model}-cap{cap}"
+
+
+def capped(cfg: TrainConfig, cap: int) -> TrainConfig:
+    """The chosen configuration with a higher epoch cap; everything else (patience included) as chosen."""
+    if cap < cfg.epochs:
+        raise ValueError(f"--epochs {cap}: below the studies' cap {cfg.epochs}; the converged table only goes further")
+    return dataclasses.replace(cfg, epochs=cap)
+
+
+def continue_capped(paths: DatasetPaths, todo: Sequence[TrainConfig], log: Callable[[str], None]) -> None:
+    """Start each converged run from its capped rerun's checkpoint (same seed, same batches, same lr
+    schedule: the first epochs are identical), so only the epochs past the old cap are trained."""
+    started: dict[str, int] = {}
+    for cfg in todo:
+        run_id = _run_id(cfg)
+        short_id = run_id.replace(f"-cap{cfg.epochs}-", "-")
+        epoch = start_from_shorter_run(paths.run(short_id), paths.run(run_id), cfg)
+        if epoch is not None:
+            started[run_id] = epoch
+    if started:
+        log(
+            f"{len(started)} run(s) continue from their capped rerun's checkpoint "
+            f"(at epochs {min(started.values())}–{max(started.values())}); only the epochs past it are trained"
+        )
+
+
+def side_by_side(capped_board: dict[str, Any], rows: dict[str, dict], baseline: str) -> dict[str, list[str]]:
+    """The capped and the converged table in one: test Recall@20, rank and epochs to best, then
+    what a longer budget changed, in words."""
+    before = capped_board["models"]
+    lines = [
+        "",
+        f"## Capped ({_cap_of(before)} epochs) and converged, side by side",
+        "",
+        "| model | capped R@20 | converged R@20 | change | rank capped → converged | epochs to best capped → converged |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for m, r in rows.items():
+        b = before.get(m)
+        if b is None:
+            continue
+        r0, r1 = b["test_mean"]["recall@20"], r["test_mean"]["recall@20"]
+        lines.append(
+            f"| {m} | {r0:.4f} | {r1:.4f} | {r1 - r0:+.4f} | {b['rank']} → {r['rank']} | "
+            f"{b['epochs_to_best']:.1f} → {r['epochs_to_best']:.1f} |"
+        )
+    common = [m for m in rows if m in before]
+    if not common:
+        return {"lines": lines, "verdict": []}
+    order0 = sorted(common, key=lambda m: before[m]["rank"])
+    order1 = sorted(common, key=lambda m: rows[m]["rank"])
+    verdict = [
+        "Against the capped table: the ranking "
+        + ("is unchanged" if order0 == order1 else f"changes ({' > '.join(order0)} → {' > '.join(order1)})")
+        + f"; best capped {order0[0]}, best converged {order1[0]}."
+    ]
+    if PROPOSED in common and baseline in common and baseline != PROPOSED:
+        gap0 = before[PROPOSED]["test_mean"]["recall@20"] - before[baseline]["test_mean"]["recall@20"]
+        gap1 = rows[PROPOSED]["test_mean"]["recall@20"] - rows[baseline]["test_mean"]["recall@20"]
+        verdict.append(
+            f"AnchorRec against {baseline} on test Recall@20: {gap0:+.4f} capped, {gap1:+.4f} converged "
+            f"({_gap_words(gap0, gap1)})."
+        )
+    return {"lines": lines, "verdict": verdict}
+
+
+def _gap_words(gap0: float, gap1: float) -> str:
+    """What the longer budget did to AnchorRec's gap: closed a share of it, none, or reversed it."""
+    if abs(gap1 - gap0) < 5e-5:
+        return "unchanged"
+    if gap0 >= 0:
+        return "ahead capped" if gap1 >= 0 else "ahead capped, behind converged"
+    if gap1 >= 0:
+        return "the longer budget closes the whole gap"
+    if gap1 > gap0:
+        return f"the longer budget closes {1 - gap1 / gap0:.0%} of the gap"
+    return "the gap widens"
+
+
+def _cap_of(board_models: dict[str, dict]) -> str:
+    caps = sorted({r["tuning"]["epochs"] for r in board_models.values()})
+    return "/".join(map(str, caps))
 
 
 def pick_baseline(reruns: dict[str, dict[str, Any]]) -> str:
@@ -178,6 +443,7 @@ def leaderboard_rows(chosen: dict[str, tuple[TrainConfig, dict]], reruns: dict[s
             "valid_recall@20": s["valid_mean"]["recall@20"],
             "test_mean": s["test_mean"],
             "test_std": s["test_std"],
+            "test_divisions": s.get("test_divisions"),  # item-cold protocol; None on a warm dataset
             "best_epochs": s["best_epochs"],
             "epochs_to_best": float(np.mean(s["best_epochs"])),
             "tuning": {
@@ -192,14 +458,14 @@ def leaderboard_rows(chosen: dict[str, tuple[TrainConfig, dict]], reruns: dict[s
                 "epochs": cfg.epochs,
                 "patience": cfg.patience,
             },
-            "on_grid_edge": grid_edges(best["best_params"], best.get("space") or search_space(model)),
+            "on_grid_edge": grid_edges(best["best_params"], best.get("space") or _space(model)),
             "near_cap": near_cap(s["best_epochs"], s["runs"], cfg.epochs, cfg.patience),
         }
     ranked = sorted(rows.items(), key=lambda kv: -kv[1]["test_mean"]["recall@20"])
     return {m: {**row, "rank": rank} for rank, (m, row) in enumerate(ranked, start=1)}
 
 
-def grid_edges(params: dict[str, Any], space: dict[str, Sequence]) -> dict[str, str]:
+def grid_edges(params: dict[str, Any], space: Mapping[str, Sequence]) -> dict[str, str]:
     """Chosen numeric values at the lowest or highest value of their grid: the search could not look past them."""
     out = {}
     for name, value in params.items():
@@ -383,8 +649,8 @@ def render(
         lines.append(
             f"| {m}{' (baseline)' if m == baseline else ''} | " + " | ".join(cells) + f" | {r['valid_recall@20']:.4f} |"
         )
+    lines += [""] + division_table({m: r.get("test_divisions") for m, r in rows.items()})
     lines += [
-        "",
         "## Search and cost",
         "",
         "| model | distinct settings tried / budget (grid) | pruned | repeats not retrained | epochs trained in tuning "

@@ -88,7 +88,7 @@ class RankingEvaluator:
             raise ValueError(f"item_emb has {i_all.shape[0]} rows for {self.n_items} items")
         parts: dict[str, list[torch.Tensor]] = {f"{m}@{k}": [] for m in METRICS for k in self.ks}
         # One score buffer for all blocks: a fresh 256 MB tensor per block is a fresh mmap whose
-        # page faults cost a third of the block's product on CPU (measured, benchmarks/bench_evaluator.py).
+        # page faults cost a third of the block's product on CPU (measured, benchmarks/speed/bench_evaluator.py).
         buffer = u_all.new_empty(max((len(b[0]) for b in self.blocks), default=0), self.n_items)
         for u, (tr_r, tr_c), (ho_r, ho_c), n_pos in self.blocks:
             scores = torch.mm(u_all[u], i_all.T, out=buffer[: len(u)])
@@ -141,7 +141,7 @@ def ranking_metrics(
     return evaluator.per_user(user_emb, item_emb) if per_user else evaluator.evaluate(user_emb, item_emb)
 
 
-def paired_over_seeds(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+def paired_over_seeds(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> tuple[float, float]:
     """Mean per-seed difference a − b and the paired t-test's p over seeds.
 
     For per-run numbers (a diagnostic, a row's Recall@20) where each seed gives one value per
@@ -150,12 +150,12 @@ def paired_over_seeds(a: Sequence[float], b: Sequence[float]) -> tuple[float, fl
     constant difference)."""
     from scipy import stats
 
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1 or not len(a):
-        raise ValueError(f"per-seed values must be 1-d, non-empty and of equal length, got {a.shape} and {b.shape}")
-    diff = a - b
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or not len(x):
+        raise ValueError(f"per-seed values must be 1-d, non-empty and of equal length, got {x.shape} and {y.shape}")
+    diff = x - y
     constant = np.allclose(diff, diff[0], rtol=1e-9, atol=1e-12)  # float noise is no spread: its t would be huge
-    p = float(stats.ttest_rel(a, b).pvalue) if len(a) > 1 and not constant else float("nan")
+    p = float(stats.ttest_rel(x, y).pvalue) if len(x) > 1 and not constant else float("nan")
     return float(diff.mean()), p
 
 

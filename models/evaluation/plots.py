@@ -120,7 +120,7 @@ def tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
 def projection(
     id_emb: np.ndarray | None,
     final_emb: np.ndarray,
-    labels: Sequence[str],
+    labels: Sequence[str] | np.ndarray,
     out: Path,
     sample: int = 2000,
     seed: int = 0,
@@ -135,17 +135,17 @@ def projection(
     the two are the same matrix (LightGCN) there is one panel.
     """
     n = len(final_emb)
-    labels = np.asarray(labels, dtype=object)
-    if len(labels) != n:
-        raise ValueError(f"{len(labels)} labels for {n} items")
+    label = np.asarray(labels, dtype=object)
+    if len(label) != n:
+        raise ValueError(f"{len(label)} labels for {n} items")
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, min(sample, n), replace=False))
-    names = [c for c, _ in Counter(labels[rows]).most_common() if c != OTHER]
-    if OTHER in set(labels[rows]):
+    names = [c for c, _ in Counter(label[rows]).most_common() if c != OTHER]
+    if OTHER in set(label[rows]):
         names.append(OTHER)
     colour_of = {c: plt.cm.tab10(i % 10) for i, c in enumerate(c for c in names if c != OTHER)}
     colour_of[OTHER] = (0.75, 0.75, 0.75, 1.0)
-    colours = np.array([colour_of[c] for c in labels[rows]])
+    colours = np.array([colour_of[c] for c in label[rows]])
 
     panels: list[tuple[str, np.ndarray]] = []
     same = (

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from models.evaluation import plots
+from models.evaluation.cold import division_summary, division_table
 from models.evaluation.long_tail import BUCKETS
 from models.evaluation.metrics import paired_test
 from models.evaluation.run_summary import (
@@ -34,20 +35,21 @@ from models.evaluation.run_summary import (
     RunInfo,
     default_features,
     diagnose_run,
+    load_report_data,
     load_run,
     projection_labels,
     run_per_user,
     run_vectors,
     vectors_kept,
 )
-from models.training.data import InteractionData, load_interactions, load_modalities
+from models.training.data import InteractionData, load_modalities
 from store.layout import DatasetPaths
 from store.tables import write_json
 
 # ------------------------------------------------------------------------------ report
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def _mean_std(values: Sequence[float | None]) -> tuple[float, float]:
     v = np.asarray([x for x in values if x is not None], dtype=np.float64)
     if not len(v):
         return float("nan"), float("nan")
@@ -178,7 +180,7 @@ def compare_runs(
     out = Path(out) if out is not None else paths.runs_dir / f"report-{time.strftime('%Y%m%d-%H%M%S')}" / "report.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     features = dict(features) if features is not None else default_features([r.config for r in runs])
-    data = load_interactions(paths)
+    data = load_report_data(paths)  # the warm sub-catalog when the dataset has cold items
 
     diags: dict[str, dict[str, Any]] = {}
     per_user: dict[str, dict[str, np.ndarray]] = {}
@@ -215,6 +217,7 @@ def compare_runs(
                 m: {k: _mean_std([r.metrics["test"].get(k) for r in rs]) for k in metric_keys}
                 for m, rs in groups.items()
             },
+            "test_divisions": {m: division_summary([r.metrics for r in rs]) for m, rs in groups.items()},
             "significance": sig,
             "diagnostics": diags,
             "pictures": pictures,
@@ -319,6 +322,7 @@ def _render(
     lines += _table(["model", "seeds"] + list(metric_keys), rows)
     lines.append("std is the sample standard deviation over seeds (0 with one seed).")
     lines.append("")
+    lines += division_table({m: division_summary([r.metrics for r in rs]) for m, rs in groups.items()})
 
     lines += [f"## Paired significance against {baseline}", ""]
     if sig:

@@ -18,7 +18,7 @@ import numpy as np
 from models.evaluation import diagnostics, plots
 from models.evaluation.long_tail import BUCKETS, long_tail, popularity_buckets
 from models.evaluation.metrics import ranking_metrics
-from models.training.data import InteractionData, load_interactions, load_modalities
+from models.training.data import InteractionData, load_interactions, load_modalities, warm_subset
 from store.errors import StoreError
 from store.layout import DatasetPaths
 from store.tables import atomic_path, read_json, read_table, write_json
@@ -68,11 +68,21 @@ def _summary_only(path: Path, what: str) -> StoreError:
     )
 
 
+def load_report_data(paths: DatasetPaths) -> InteractionData:
+    """The interactions a report and the diagnostics read: the warm sub-catalog when the dataset has
+    cold items (the split a run's `test` metrics and per-user file are computed on), else all."""
+    data = load_interactions(paths)
+    return warm_subset(data) if len(data.cold_items) else data
+
+
 def run_vectors(
     paths: DatasetPaths, run_id: str, data: InteractionData
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(user, item, ID-space item or None) matrices of a run, rows in id order, checked against the data."""
-    out = []
+    """(user, item, ID-space item or None) matrices of a run, rows in id order, checked against the data.
+
+    On a warm sub-catalog (`load_report_data`) the item rows are the warm items', in warm order,
+    whether the run wrote every item (a cold path) or the warm ones only."""
+    out: list[np.ndarray | None] = []
     for path, key, n in (
         (paths.user_vectors(run_id), "user_id", data.n_users),
         (paths.item_vectors(run_id), "item_id", data.n_items),
@@ -82,6 +92,8 @@ def run_vectors(
             out.append(None)
             continue
         ids, vectors, _ = read_vectors(path, key)
+        if key == "item_id" and data.holdout is not None:
+            ids, vectors = _warm_rows(path, ids, vectors, data.holdout.warm_ids)
         if len(ids) != n or not np.array_equal(np.sort(ids), np.arange(n)):
             raise StoreError(
                 path,
@@ -91,7 +103,23 @@ def run_vectors(
         mat = np.empty_like(vectors)
         mat[ids] = vectors
         out.append(mat)
-    return out[0], out[1], out[2]
+    users, items = out[0], out[1]
+    assert users is not None and items is not None  # only the ID-space table may be absent
+    return users, items, out[2]
+
+
+def _warm_rows(path: Path, ids: np.ndarray, vectors: np.ndarray, warm_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A run's warm item rows re-indexed to warm order (0..n_warm-1)."""
+    pos = np.full(int(max(ids.max(initial=-1), warm_ids.max(initial=-1))) + 1, -1, np.int64)
+    pos[ids] = np.arange(len(ids))
+    rows = pos[warm_ids]
+    if (rows < 0).any():
+        raise StoreError(
+            path,
+            f"has no vector for {int((rows < 0).sum())} warm item(s)",
+            "the run was trained on another split: rerun it",
+        )
+    return np.arange(len(warm_ids)), vectors[rows]
 
 
 def default_features(configs: Sequence[Mapping[str, Any]]) -> dict[str, str]:
@@ -176,7 +204,7 @@ def diagnose_run(
         if not usable:
             raise _summary_only(out_path, "diagnostics")
         return cached
-    data = data or load_interactions(paths)
+    data = data or load_report_data(paths)
     user, item, id_item = run_vectors(paths, run_id, data)
     id_note = None
     if id_item is None and info.model == "lightgcn":
@@ -261,7 +289,7 @@ def keep_run_summary(
     """What a report needs of a run, made while its vectors are here: diagnostics.json with its
     pictures, and per_user.npz. A leaderboard calls it as each run ends, so that these small files
     (kept by a snapshot) report the run on a machine that has lost the vectors."""
-    data = load_interactions(paths)
+    data = load_report_data(paths)
     diagnose_run(
         paths,
         run_id,

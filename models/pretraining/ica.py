@@ -51,7 +51,7 @@ modality and position embeddings), so the output cannot depend on what was hidde
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
@@ -180,6 +180,9 @@ class InterContentEncoder(nn.Module):
     masked. Both are buffers too, so a checkpoint carries everything needed to apply it.
     """
 
+    vocab_ids: torch.Tensor  # buffers registered in __init__ (declared for their type)
+    special_ids: torch.Tensor
+
     def __init__(
         self,
         image_dim: int,
@@ -263,7 +266,7 @@ class InterContentEncoder(nn.Module):
     # ----- the transformer ------------------------------------------------------------------
     def encode(
         self,
-        inputs: dict[str, Tokens | tuple],
+        inputs: Mapping[str, Tokens | tuple],
         hidden: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """{modality: (x (B,T,D), valid (B,T)[, ids])} → (h[FUSE] (B,d), {modality: token outputs (B,T,d)}).
@@ -297,7 +300,7 @@ class InterContentEncoder(nn.Module):
 
     def fuse(
         self,
-        inputs: dict[str, Tokens | tuple],
+        inputs: Mapping[str, Tokens | tuple],
         hidden: dict[str, torch.Tensor] | None = None,
         normalize: bool = True,
     ) -> torch.Tensor:
@@ -375,6 +378,7 @@ class InterContentEncoder(nn.Module):
         """Masked word modelling: cross-entropy (and accuracy) over the hidden text positions only."""
         if not self.masks_words(text) or not hidden.any():
             return None, None, 0
+        assert self.mlm_head is not None and text.ids is not None  # masks_words said so
         logits = self.mlm_head(out[hidden]).float()
         target = self.word_rows(text.ids[hidden])
         acc = (logits.argmax(-1) == target).float().mean()

@@ -47,7 +47,7 @@ class TokenInputs:
     @property
     def valid(self) -> np.ndarray:
         """Items with at least one real token; a missing modality has none, never a zero vector."""
-        return self.mask.any(axis=1)
+        return np.asarray(self.mask.any(axis=1))
 
     @classmethod
     def pooled(cls, vectors: np.ndarray, valid: np.ndarray, meta: dict | None = None, source: str = "") -> TokenInputs:

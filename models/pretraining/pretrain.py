@@ -84,6 +84,15 @@ def item_asins(paths: DatasetPaths) -> list[str]:
     return [all_asins[i] for i in np.argsort(ids)]
 
 
+def cold_item_mask(paths: DatasetPaths, n: int) -> np.ndarray:
+    """Items held out as cold (ingest --cold-items): the encoder is applied to them, never trained on
+    them, as a catalog's new items are encoded by an encoder that never saw them."""
+    mask = np.zeros(n, dtype=bool)
+    if paths.cold_items.exists():
+        mask[read_table(paths.cold_items, columns=["item_id"]).column("item_id").to_numpy().astype(np.int64)] = True
+    return mask
+
+
 def load_catalog(
     paths: DatasetPaths,
     image_feature: str | None,
@@ -171,7 +180,8 @@ class _Tensors:
         for m in MODALITIES:
             valid = self.valid[m][idx]
             T = max(int(valid.sum(1).max()), 1) if self.left_aligned[m] and len(idx) else valid.shape[1]
-            ids = None if self.ids[m] is None else self.ids[m][idx, :T]
+            ids_m = self.ids[m]
+            ids = None if ids_m is None else ids_m[idx, :T]
             out[m] = Tokens(self.x[m][idx, :T].float(), valid[:, :T], ids)
         return out
 
@@ -480,16 +490,19 @@ def pretrain_ica(
     """
     cat = load_catalog(paths, image_feature, text_feature, image_tokens, text_tokens)
     check_inputs(paths, cat, max_tokens=cfg.max_tokens)
-    both = cat.image_valid & cat.text_valid
+    cold = cold_item_mask(paths, cat.n)
+    both = cat.image_valid & cat.text_valid & ~cold
     input_hash = _inputs_hash(cat)
-    run_id = run_id or _hash(input_hash, cfg.to_dict())[:10]
+    # items held out as cold (ingest --cold-items) are never trained on: their run is another run
+    key = (input_hash, cfg.to_dict(), np.flatnonzero(cold).tolist()) if cold.any() else (input_hash, cfg.to_dict())
+    run_id = run_id or _hash(*key)[:10]
     run_name = f"ica-{run_id}"
     run_dir = paths.run(run_name)
     ckpt_path = run_dir / "checkpoint.pt"
     if (run_dir / "config.json").exists():
         _check_resumable(run_dir, cfg, input_hash)
     holdout = split_holdout(both, cfg.holdout, cfg.seed)
-    train_idx = np.flatnonzero((cat.image_valid | cat.text_valid) & ~holdout)
+    train_idx = np.flatnonzero((cat.image_valid | cat.text_valid) & ~holdout & ~cold)
     if len(train_idx) < 2:
         raise ValueError(f"{paths.root}: only {len(train_idx)} training item(s) with content after the holdout")
     inputs = {

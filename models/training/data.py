@@ -40,8 +40,15 @@ class InteractionData:
     valid_csr: sp.csr_matrix
     test_csr: sp.csr_matrix
     asins: list[str] = field(default_factory=list)
+    # item-cold protocol (cold_items.parquet): held-out item ids, sorted, and their half (1 valid, 2 test)
+    cold_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    cold_split: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    # set on the warm sub-catalog the trainer trains on (`warm_subset`): the full data and the map back
+    holdout: ColdHoldout | None = None
 
     def __post_init__(self) -> None:
+        if len(self.cold_items) != len(self.cold_split):
+            raise ValueError(f"{len(self.cold_items)} cold items but {len(self.cold_split)} cold split codes")
         shape = (self.n_users, self.n_items)
         for name in ("train_csr", "valid_csr", "test_csr"):
             if getattr(self, name).shape != shape:
@@ -53,6 +60,45 @@ class InteractionData:
         if name not in ("train", "valid", "test"):
             raise ValueError(f"split must be train/valid/test, got {name!r}")
         return getattr(self, f"{name}_csr")
+
+
+@dataclass
+class ColdHoldout:
+    """What the trainer needs beside the warm sub-catalog to embed and test the cold items."""
+
+    full: InteractionData  # every item, ids as in items.parquet
+    warm_ids: np.ndarray  # full item_id of warm item j (j = 0..n_warm-1), ascending
+    cold_features: dict[str, np.ndarray] = field(default_factory=dict)  # rows aligned with full.cold_items
+
+
+def warm_subset(data: InteractionData) -> InteractionData:
+    """The warm sub-catalog: warm items re-indexed 0..n_warm-1 in item_id order, cold columns gone.
+
+    Training on this can see no cold item: not its interactions (valid/test only, and dropped
+    here), not a graph edge to it, not its popularity. Validation keeps warm items only, so model
+    selection never looks at the cold half either.
+    """
+    cold = np.zeros(data.n_items, dtype=bool)
+    cold[data.cold_items] = True
+    leaked = int(data.train_csr[:, np.flatnonzero(cold)].nnz) if cold.any() else 0
+    if leaked:
+        raise ValueError(f"{leaked} training interaction(s) on cold items: the cold split is broken; ingest again")
+    warm_ids = np.flatnonzero(~cold)
+    warm = interactions_from_arrays(
+        data.n_users,
+        len(warm_ids),
+        _pairs(data.train_csr[:, warm_ids]),
+        _pairs(data.valid_csr[:, warm_ids]),
+        _pairs(data.test_csr[:, warm_ids]),
+        [data.asins[i] for i in warm_ids] if data.asins else None,
+    )
+    warm.holdout = ColdHoldout(full=data, warm_ids=warm_ids)
+    return warm
+
+
+def _pairs(m: sp.csr_matrix) -> np.ndarray:
+    coo = m.tocoo()
+    return np.stack([coo.row.astype(np.int64), coo.col.astype(np.int64)], axis=1)
 
 
 def binary_csr(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
@@ -107,7 +153,7 @@ def load_interactions(paths: DatasetPaths) -> InteractionData:
         raise StoreError(paths.items, "has no items", repair(paths.items))
     if not np.array_equal(np.sort(item_ids), np.arange(n_items)):
         raise StoreError(paths.items, "item_id is not a permutation of 0..n-1", repair(paths.items))
-    asins = [None] * n_items
+    asins: list[str] = [""] * n_items  # every slot is filled: item_id is a permutation (checked above)
     for i, a in zip(item_ids.tolist(), items.column("asin").to_pylist()):
         asins[i] = a
 
@@ -132,7 +178,30 @@ def load_interactions(paths: DatasetPaths) -> InteractionData:
         pairs[name] = np.stack([users[mask], its[mask]], axis=1)
     if not len(pairs["train"]):
         raise StoreError(paths.interactions, "has no training interactions", repair(paths.interactions))
-    return interactions_from_arrays(n_users, n_items, pairs["train"], pairs["valid"], pairs["test"], asins)
+    data = interactions_from_arrays(n_users, n_items, pairs["train"], pairs["valid"], pairs["test"], asins)
+    data.cold_items, data.cold_split = load_cold_items(paths, asins)
+    return data
+
+
+def load_cold_items(paths: DatasetPaths, asins: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted cold item ids, 1 valid / 2 test per id) from cold_items.parquet; empty when absent.
+
+    Checked against items.parquet by asin: a cold table from another ingest would silently
+    hold out the wrong items."""
+    path = paths.cold_items
+    if not path.exists():
+        return np.zeros(0, np.int64), np.zeros(0, np.int8)
+    table = read_table(path, schemas.COLD_ITEMS)
+    ids = table.column("item_id").to_numpy().astype(np.int64)
+    split = table.column("split").to_pylist()
+    for row, (i, asin, s) in enumerate(zip(ids.tolist(), table.column("asin").to_pylist(), split)):
+        if not 0 <= i < len(asins) or asins[i] != asin or s not in schemas.COLD_SPLITS:
+            raise StoreError(
+                path, f"row {row} (item_id {i}, asin {asin!r}, split {s!r}) does not match items.parquet", repair(path)
+            )
+    codes = np.array([schemas.SPLITS.index(s) for s in split], np.int8)
+    order = np.argsort(ids)
+    return ids[order], codes[order]
 
 
 _FILL_WARNED: set[tuple[str, int, int]] = set()
@@ -181,6 +250,27 @@ def load_modalities(
     return out
 
 
+def load_cold_modalities(
+    paths: DatasetPaths, names: dict[str, str], asins: list[str], warm_ids: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """({modality: warm rows}, {modality: cold rows}) with missing rows filled from WARM items only.
+
+    `load_modalities` fills with the mean of all items, which would let a cold item's features
+    into a warm item's row; here the cold rows are read and returned apart, never mixed in.
+    """
+    warm_mask = np.zeros(len(asins), dtype=bool)
+    warm_mask[warm_ids] = True
+    warm_out, cold_out = {}, {}
+    for modality, table_name in names.items():
+        path = paths.feature(table_name)
+        vectors, valid = align_features(read_features(path), asins, source=path)
+        warm_out[modality] = fill_missing_rows(table_name, vectors[warm_mask], valid[warm_mask])
+        cold = vectors[~warm_mask].copy()
+        cold[~valid[~warm_mask]] = warm_out[modality][valid[warm_mask]].mean(axis=0)
+        cold_out[modality] = cold
+    return warm_out, cold_out
+
+
 @dataclass
 class GraphData:
     """Everything a model's constructor gets: graphs, features and statistics, on `device`."""
@@ -225,7 +315,9 @@ def build_graph_data(
             raise ValueError(f"feature {name!r} has {f.shape[0]} rows for {data.n_items} items")
     adj = graphs.to_torch_sparse(graphs.normalized_adjacency(data.train_csr), device)
     ui = graphs.to_torch_sparse(graphs.row_normalized(data.train_csr), device)
-    knn, knn_edges, feats = {}, {}, {}
+    knn: dict[str, torch.Tensor] = {}
+    knn_edges: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    feats: dict[str, torch.Tensor] = {}
     seen: dict[str, str] = {}  # content hash → first modality with it (the reference run uses one table thrice)
     for name, f in features.items():
         f = np.ascontiguousarray(f, dtype=np.float32)

@@ -103,6 +103,7 @@ def _inverse_norms(features: np.ndarray, block: int) -> np.ndarray:
 
 def _build_index(features: np.ndarray, exact: bool, block: int, nprobe: int | None) -> faiss.Index:
     n, d = features.shape
+    index: faiss.Index
     if exact:
         index = faiss.IndexFlatIP(d)
     else:
@@ -112,14 +113,15 @@ def _build_index(features: np.ndarray, exact: bool, block: int, nprobe: int | No
         # 1.5 GB at 10^6 × 384); they only nominate candidates, which knn_search re-ranks exactly.
         nlist = int(min(max(np.sqrt(8 * n), 16), 16384))
         quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFScalarQuantizer(
+        ivf = faiss.IndexIVFScalarQuantizer(
             quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
         )
-        index.cp.niter = 10
+        ivf.cp.niter = 10
         rng = np.random.default_rng(0)
         sample = rng.choice(n, size=min(n, 40 * nlist), replace=False)
-        index.train(_normalize_rows(features[np.sort(sample)], inplace=True))  # fancy index: fresh
-        index.nprobe = min(nprobe or 8, nlist)
+        ivf.train(_normalize_rows(features[np.sort(sample)], inplace=True))  # fancy index: fresh
+        ivf.nprobe = min(nprobe or 8, nlist)
+        index = ivf
     for start in range(0, n, block):
         index.add(_normalize_rows(features[start : start + block]))
     return index

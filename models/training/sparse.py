@@ -34,12 +34,12 @@ class _CsrMatmul(torch.autograd.Function):
     """y = A @ x with dy/dx = Aᵀ @ grad, Aᵀ given as its own CSR matrix."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.a_t = a_t
         return csr_mm(a, x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         return None, None, csr_mm(ctx.a_t, grad.contiguous())
 
 
@@ -50,6 +50,14 @@ def _csr_parts(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 class FixedSparse(nn.Module):
     """A constant sparse (n × m) matrix; buffers follow `.to(device)` and stay out of checkpoints."""
+
+    # CSR parts of A and of Aᵀ, registered as buffers in __init__ (declared here for their type)
+    crow: torch.Tensor
+    col: torch.Tensor
+    val: torch.Tensor
+    crow_t: torch.Tensor
+    col_t: torch.Tensor
+    val_t: torch.Tensor
 
     def __init__(self, matrix: torch.Tensor) -> None:
         super().__init__()

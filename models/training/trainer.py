@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence, cast
 
 import numpy as np
 import torch
@@ -36,8 +36,10 @@ from models.training.data import (
     InteractionData,
     build_graph_data,
     default_device,
+    load_cold_modalities,
     load_interactions,
     load_modalities,
+    warm_subset,
 )
 from models.training.progress import EpochProgress, log_to_stderr
 from store.layout import DatasetPaths, check_name
@@ -198,6 +200,29 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
+class _Embedder(Protocol):
+    """What every registered model adds to nn.Module (torch types a Module's other attributes as Tensor | Module)."""
+
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class _ColdKitter(Protocol):
+    """A model with a cold path (models/cold.py)."""
+
+    def cold_kit(self) -> dict[str, Any] | None: ...
+
+
+def _final_embeddings(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    return cast(_Embedder, model).final_embeddings()
+
+
+def _run_id(cfg: TrainConfig) -> str:
+    """The run id of a config that names its run (seed_configs sets one for every seed)."""
+    if cfg.run_id is None:
+        raise ValueError(f"{cfg.model}: this config has no run_id; name its run (seed_configs does)")
+    return cfg.run_id
+
+
 def _epoch_lr(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * cfg.lr_decay ** (epoch / cfg.lr_decay_epochs)
 
@@ -206,7 +231,7 @@ def evaluate_model(model: torch.nn.Module, evaluator: RankingEvaluator) -> dict[
     """Metrics of the model's final embeddings, in eval mode (dropout off), back in train mode after."""
     model.eval()
     with torch.no_grad():
-        user, item = model.final_embeddings()
+        user, item = _final_embeddings(model)
         out = evaluator.evaluate(user, item)
     model.train()
     return out
@@ -257,6 +282,8 @@ def _fit(
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
     config_json = {**cfg.to_json(), "n_users": data.n_users, "n_items": data.n_items}
+    if data.holdout is not None:  # n_items above is the warm sub-catalog's
+        config_json["cold_items"] = int(len(data.holdout.full.cold_items))
     config_path = run_dir / "config.json"
     if ckpt_path.exists() and config_path.exists():
         changed = config_changes(read_json(config_path), config_json)
@@ -271,13 +298,15 @@ def _fit(
     device = graph.device
     _seed_everything(cfg.seed)
     model = make_model(cfg.model, graph, **cfg.model_args)
+    valid_eval = RankingEvaluator(data.train_csr, data.valid_csr, cfg.ks, device=device)
+    if getattr(type(model), "fixed", False) is True:  # class attribute (LATTICE has a `fixed` dict of graphs)
+        return _fit_fixed(data, graph, cfg, model, valid_eval, run_dir)
     # fused Adam: one kernel over all parameters instead of a Python loop of small ops (5x on CPU)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
-    valid_eval = RankingEvaluator(data.train_csr, data.valid_csr, cfg.ks, device=device)
     sampler = BPRSampler(data)
 
     start_epoch, history, stopped_by_hand, diverged_at = 0, [], False, None
-    best = {"metric": -math.inf, "epoch": -1, "state": None, "valid": {}}
+    best: dict[str, Any] = {"metric": -math.inf, "epoch": -1, "state": None, "valid": {}}
     timings = {"train_s": 0.0, "eval_s": 0.0}
     finished = False
     if ckpt_path.exists():
@@ -395,6 +424,24 @@ def _fit(
     )
 
 
+def _fit_fixed(
+    data: InteractionData,
+    graph: GraphData,
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    valid_eval: RankingEvaluator,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """A model with no trainable weights (class attribute `fixed = True`: popularity, content kNN):
+    no epochs, no optimizer; one validation evaluation, `best_epoch` 0, then the usual outputs."""
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    valid = evaluate_model(model, valid_eval)
+    eval_s, eval_cpu_s = time.perf_counter() - t0, cpu_seconds() - c0
+    best = {"metric": valid[SELECT_METRIC], "epoch": 0, "state": _cpu_state(model), "valid": valid}
+    timings = {"train_s": 0.0, "train_cpu_s": 0.0, "eval_s": eval_s, "eval_cpu_s": eval_cpu_s}
+    return finalize(data, graph, cfg, model, best, [], timings, run_dir)
+
+
 def finalize(
     data: InteractionData,
     graph: GraphData,
@@ -414,17 +461,23 @@ def finalize(
     model.load_state_dict(best["state"])
     model.eval()
     with torch.no_grad():
-        user, item = model.final_embeddings()
+        user, item = _final_embeddings(model)
     t0 = time.perf_counter()
     test = RankingEvaluator(data.train_csr, data.test_csr, cfg.ks, device=graph.device).evaluate(user, item)
     test_eval_s = time.perf_counter() - t0
     user_np, item_np = user.float().cpu().numpy(), item.float().cpu().numpy()
     meta = {"run_id": run_dir.name, "model": cfg.model, "best_epoch": str(best["epoch"])}
+    cold = _cold_outputs(data, cfg, model, user_np, item_np, run_dir, graph.device)
+    item_ids = np.arange(data.n_items) if data.holdout is None else data.holdout.warm_ids
+    if cold.get("item_vectors") is not None:  # every item: warm from training, cold from the cold path
+        assert data.holdout is not None, "_cold_outputs gives item vectors only with cold items"
+        item_ids, item_np = np.arange(data.holdout.full.n_items), cold["item_vectors"]
     write_vectors(run_dir / "user_vectors.parquet", "user_id", np.arange(data.n_users), user_np, meta)
-    write_vectors(run_dir / "item_vectors.parquet", "item_id", np.arange(data.n_items), item_np, meta)
+    write_vectors(run_dir / "item_vectors.parquet", "item_id", item_ids, item_np, meta)
     id_items = id_item_embeddings(model, data.n_users)
     if id_items is not None:  # the ID (LightGCN) view, for collapse diagnostics: final vs ID space
-        write_vectors(run_dir / "id_item_vectors.parquet", "item_id", np.arange(data.n_items), id_items, meta)
+        warm_ids = np.arange(data.n_items) if data.holdout is None else data.holdout.warm_ids
+        write_vectors(run_dir / "id_item_vectors.parquet", "item_id", warm_ids, id_items, meta)
     epochs_run = len(history)
     n_evals = max(sum("valid" in h for h in history), 1)
     metrics = {
@@ -435,7 +488,8 @@ def finalize(
         "best_epoch": best["epoch"],
         "select_metric": SELECT_METRIC,
         "valid": best["valid"],
-        "test": test,
+        "test": test,  # the warm division when the dataset has cold items: old readers keep working
+        **cold.get("metrics", {}),
         "epochs_run": epochs_run,
         "resumed_from_epoch": resumed_from,
         "stopped_by_hand": stopped_by_hand,  # ended by `stop_run` (a time budget), not by early stopping
@@ -452,6 +506,53 @@ def finalize(
     }
     write_json(metrics, run_dir / "metrics.json")
     return metrics
+
+
+def _cold_outputs(
+    data: InteractionData,
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    user: np.ndarray,
+    warm_items: np.ndarray,
+    run_dir: Path,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Save the run's cold kit; with cold items, embed them by the model's cold path and test the
+    three divisions. Returns {'item_vectors': all items or None, 'metrics': metrics.json keys}."""
+    from models import cold as cold_paths
+
+    # one call: LGMRec's vectors carry fresh noise
+    kit = cast(_ColdKitter, model).cold_kit() if hasattr(model, "cold_kit") else None
+    cold_paths.save_kit(run_dir, model, kit)  # what `anchorrec update` embeds new items with
+    if data.holdout is None:
+        return {}
+    from models.evaluation.cold import evaluate_divisions, write_per_user_cold
+
+    hold = data.holdout
+    full = hold.full
+    vectors = cold_paths.cold_vectors(cfg.model, kit, hold.cold_features, n_items=len(full.cold_items))
+    items = None
+    if vectors is not None and vectors.shape != (len(full.cold_items), warm_items.shape[1]):
+        raise ValueError(
+            f"cold path of {cfg.model}: {vectors.shape} vectors for {len(full.cold_items)} cold items of "
+            f"{warm_items.shape[1]} dims (models/cold.py, the model's cold_item_vectors)"
+        )
+    if vectors is not None:
+        items = np.zeros((full.n_items, warm_items.shape[1]), np.float32)
+        items[hold.warm_ids] = warm_items
+        items[full.cold_items] = np.asarray(vectors, np.float32)
+    else:
+        log.info("%s: %s has no cold path; cold and all divisions are reported as null", run_dir.name, cfg.model)
+    divisions, per_user = evaluate_divisions(user, items, warm_items, full, cfg.ks, device)
+    if per_user is not None:
+        write_per_user_cold(run_dir, per_user)
+    return {
+        "item_vectors": items,
+        "metrics": {
+            "test_divisions": divisions,
+            "cold_path": cold_paths.cold_path(cfg.model) if items is not None else None,
+        },
+    }
 
 
 def stop_run(run_dir: Path) -> int:
@@ -537,9 +638,22 @@ def id_item_embeddings(model: torch.nn.Module, n_users: int) -> np.ndarray | Non
 
 
 def prepare(paths: DatasetPaths, cfg: TrainConfig) -> tuple[InteractionData, GraphData]:
-    """Read the dataset's tables and feature tables and build the graphs on the device."""
+    """Read the dataset's tables and feature tables and build the graphs on the device.
+
+    With cold items (ingest --cold-items) the data and graphs are those of the warm sub-catalog
+    (models.training.data.warm_subset): training never sees a cold item; the cold items' feature
+    rows wait in `data.holdout` for the model's cold path at the end."""
     data = load_interactions(paths)
-    features = load_modalities(paths, cfg.features, asins=data.asins) if cfg.features else {}
+    if len(data.cold_items):
+        full, data = data, warm_subset(data)
+        holdout = data.holdout
+        assert holdout is not None, "warm_subset sets the holdout"
+        features, cold_features = (
+            load_cold_modalities(paths, cfg.features, full.asins, holdout.warm_ids) if cfg.features else ({}, {})
+        )
+        holdout.cold_features = cold_features
+    else:
+        features = load_modalities(paths, cfg.features, asins=data.asins) if cfg.features else {}
     graph = build_graph_data(
         data,
         features,
@@ -574,6 +688,11 @@ def summarize_seeds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         out[f"{split}_mean"] = {k: float(v.mean()) for k, v in vals.items()}
         out[f"{split}_std"] = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in vals.items()}
     out["best_epochs"] = [r["best_epoch"] for r in results]
+    from models.evaluation.cold import division_summary
+
+    divisions = division_summary(results)
+    if divisions is not None:  # the item-cold protocol: cold / warm / all, null where no cold path
+        out["test_divisions"] = divisions
     return out
 
 
@@ -599,7 +718,7 @@ def fit_runs(
     minute per run; this keeps every core busy to the last run and, unlike threads, keeps each
     run's random stream its own: on CPU a run is the one `--jobs 1` gives at one torch thread.
     The gain over one run on J threads depends on how well the model's ops scale: Sports LightGCN
-    on 2 cores does 1.2× the epochs per hour (benchmarks/bench_parallel_runs.py). The first
+    on 2 cores does 1.2× the epochs per hour (benchmarks/speed/bench_parallel_runs.py). The first
     failing run stops the others (their last epoch is checkpointed: a rerun continues them).
     `after(paths, run_id)` runs as each run ends, where it ran (picklable for jobs > 1): work on the
     run's outputs that should not wait for the last run, such as a report's per-run summary.
@@ -607,13 +726,16 @@ def fit_runs(
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     if jobs == 1 or len(configs) == 1:
-        results, key, prepared = [], None, None
+        results: list[dict[str, Any]] = []
+        key: tuple | None = None
+        prepared: tuple[InteractionData, GraphData] | None = None
         for c in configs:
             if prepare_key(c) != key:
                 key, prepared = prepare_key(c), prepare(paths, c)
-            results.append(fit(*prepared, c, paths.run(c.run_id), progress=progress))
+            assert prepared is not None, "the first config's key differs from None: it prepares"
+            results.append(fit(*prepared, c, paths.run(_run_id(c)), progress=progress))
             if after is not None:
-                after(paths, c.run_id)
+                after(paths, _run_id(c))
         return results
     spawn = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
     with ProcessPoolExecutor(max_workers=min(jobs, len(configs)), mp_context=spawn, initializer=_worker_init) as pool:
@@ -666,12 +788,13 @@ def _train_in_worker(
 ) -> dict[str, Any]:
     """One run in a worker process (`_worker_init`): its own data, a progress line a minute."""
     progress = EpochProgress(f"{cfg.model} {cfg.run_id}", cfg.epochs, SELECT_METRIC)
-    progress.replay(done_epochs(paths.run(cfg.run_id)))
+    run_id = _run_id(cfg)
+    progress.replay(done_epochs(paths.run(run_id)))
     data, graph = prepare(paths, cfg)
-    metrics = fit(data, graph, cfg, paths.run(cfg.run_id), progress=False, callback=progress)
+    metrics = fit(data, graph, cfg, paths.run(run_id), progress=False, callback=progress)
     progress.done(metrics)
     if after is not None:
-        after(paths, cfg.run_id)
+        after(paths, run_id)
     return metrics
 
 

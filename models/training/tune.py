@@ -47,7 +47,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from models.registry import MODELS, make_config, read_features
+from models.registry import MODELS, is_fixed, make_config, read_features
 from models.training.progress import EpochProgress
 from models.training.trainer import (
     SELECT_METRIC,
@@ -97,6 +97,11 @@ def search_space(model: str) -> dict[str, tuple]:
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; use anchorrec tune --model with one of {sorted(MODELS)}")
     module = MODELS[model][0]
+    if is_fixed(model):
+        raise ValueError(
+            f"model {model!r} has no trainable weight (a fixed baseline): nothing to tune; "
+            f"run it with anchorrec train --model {model}"
+        )
     space = getattr(importlib.import_module(module), "SEARCH_SPACE", None)
     if not space:
         raise ValueError(
@@ -293,6 +298,7 @@ class Objective:
             trial.set_user_attr("duplicate_of", twin.number)
             if twin.state == TrialState.PRUNED:
                 raise optuna.TrialPruned(f"the setting of trial {twin.number}, pruned")
+            assert twin.value is not None, "a COMPLETE trial has its value"
             return float(twin.value)
         run_id = trial.user_attrs.get("resumes_run") or f"{self.prefix}-t{trial.number:03d}"
         trial.set_user_attr("run_id", run_id)
@@ -468,7 +474,8 @@ def summarize(
             "rerun anchorrec tune with more --trials (or --pruner none)"
         )
     best = study.best_trial
-    out = {
+    assert best.value is not None, "best_trial is a COMPLETE trial: it has its value"
+    out: dict[str, Any] = {
         "study": study.study_name,
         "dataset": paths.name,
         "model": base.model,
