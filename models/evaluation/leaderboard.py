@@ -443,7 +443,8 @@ def leaderboard_rows(chosen: dict[str, tuple[TrainConfig, dict]], reruns: dict[s
             "valid_recall@20": s["valid_mean"]["recall@20"],
             "test_mean": s["test_mean"],
             "test_std": s["test_std"],
-            "test_divisions": s.get("test_divisions"),  # item-cold protocol; None on a warm dataset
+            # the item-cold protocol's divisions; a warm dataset's row has no such key, as before it existed
+            **({"test_divisions": s["test_divisions"]} if s.get("test_divisions") else {}),
             "best_epochs": s["best_epochs"],
             "epochs_to_best": float(np.mean(s["best_epochs"])),
             "tuning": {
