@@ -64,6 +64,7 @@ TIME_FIELDS = {
     "runs/*/status.json": ("pid", "updated_at"),
     "runs/*/metrics.json": TIMINGS,
     "runs/*/checkpoint.pt": TIMINGS,
+    "runs/*/cold_kit.pt": (),  # compared by content: torch.save writes a fresh serialization id each time
 }
 SKIP = ("*.lock",)  # lock files: who held the dataset last (pid, time); not data
 
