@@ -57,8 +57,8 @@ TIME_FIELDS = {
     "prepare.json": ("created_at",),
     "features/*.json": ("created_at",),
     "tokens/*.json": ("created_at",),
-    "index/*/manifest.json": ("created_at",),  # an index written before versions
-    "index/*/versions/*/manifest.json": ("created_at",),
+    "index/*/manifest.json": ("created_at", "build_seconds"),  # an index written before versions
+    "index/*/versions/*/manifest.json": ("created_at", "build_seconds"),
     "index/*/versions/*/change.json": ("created_at",),
     "raw/manifest.json": ("fetched_at",),
     "runs/*/status.json": ("pid", "updated_at"),
