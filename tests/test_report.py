@@ -352,3 +352,12 @@ def test_training_curves_of_ten_models_by_five_seeds_keep_their_layout(tmp_path:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert captured["legends"] == [[f"model{m} (5 runs)" for m in range(10)]]
     assert captured["yscale"] == "log"  # losses 20x apart share one readable axis
+
+
+def test_a_one_dimensional_model_still_gets_its_projection():
+    """Popularity's vectors are one number per item: t-SNE starts from random, not from a 2-D PCA."""
+    from models.evaluation.plots import tsne_2d
+
+    x = np.random.default_rng(0).random((40, 1)).astype(np.float32)
+    out = tsne_2d(x)
+    assert out.shape == (40, 2) and np.isfinite(out).all()

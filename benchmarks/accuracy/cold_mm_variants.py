@@ -14,13 +14,14 @@ on). The apparel-pretrained encoders of ica_downstream_gift.py (`--ica-from`) ar
 need ica_apparel.py's runs, hours on 2 cores.
 
     .venv/bin/python benchmarks/accuracy/cold_mm_variants.py --home /work/lb-home-gift \
-        --out benchmarks/results/cold_mm_gift.md
+        --out benchmarks/results/cold_mm_gift
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import sys
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="gift", choices=["gift", "demo"])
     ap.add_argument("--home", required=True)
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cold_mm_gift.md"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cold_mm_gift"), help="folder: table.md, runs/")
     args = ap.parse_args()
     source, paths = dataset_paths(args.dataset, args.home), dataset_paths(f"{args.dataset}-cold", args.home)
     anchorrec("pretrain", "--dataset", paths.name, "--home", args.home, *FEATURES[args.dataset], "--tokens")
@@ -106,8 +107,16 @@ def main() -> None:
         "",
         *table(results),
     ]
-    args.out.write_text("\n".join(lines) + "\n")
-    write_json({arm: [r["run_id"] for r in runs] for arm, runs in results.items()}, args.out.with_suffix(".json"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text("\n".join(lines) + "\n")
+    write_json({arm: [r["run_id"] for r in runs] for arm, runs in results.items()}, args.out / "runs.json")
+    for runs in results.values():  # what the table is computed from: each run's config and metrics
+        for r in runs:
+            kept = args.out / "runs" / r["run_id"]
+            kept.mkdir(parents=True, exist_ok=True)
+            for name in ("config.json", "metrics.json", "per_user_cold.npz"):
+                if (paths.run(r["run_id"]) / name).exists():
+                    shutil.copy(paths.run(r["run_id"]) / name, kept / name)
     print("\n".join(lines))
 
 

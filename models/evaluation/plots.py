@@ -111,10 +111,9 @@ def tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
         x = PCA(n_components=n_comp, random_state=seed).fit_transform(x)
     perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
     method = "exact" if len(x) <= 300 else "barnes_hut"  # exact is faster (and exact) for tiny sets
+    init = "pca" if x.shape[1] >= 2 else "random"  # one-dimensional vectors (popularity) have no 2-D PCA
     with few_threads():
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", method=method, random_state=seed).fit_transform(
-            x
-        )
+        return TSNE(n_components=2, perplexity=perplexity, init=init, method=method, random_state=seed).fit_transform(x)
 
 
 def projection(
