@@ -735,6 +735,19 @@ def leaderboard(
         help="take each model's configuration from this dataset's studies (e.g. the item-cold leaderboard: "
         "`--dataset gift-cold --configs-from gift`); pop and content_knn need none",
     ),
+    table: Optional[list[str]] = typer.Option(
+        None,
+        "--table",
+        metavar="MOD=TABLE",
+        help="rerun the studies' choices on this feature table for modality v, t or mm (repeat), e.g. "
+        "mm=ica-1a2b3c when the table a study chose on is gone with its machine; the table says so",
+    ),
+    untuned_defaults: bool = typer.Option(
+        False,
+        "--untuned-defaults",
+        help="with --configs-from: a model with no study there trains at its own defaults under the studies' "
+        "budget (the table says so) instead of stopping with the tune command to run",
+    ),
     no_wait: bool = typer.Option(False, "--no-wait", help=_field_help("no_wait")),
 ) -> None:
     """Rerun every tuned model's best configuration on N seeds; one table of accuracy, collapse and cost."""
@@ -745,8 +758,19 @@ def leaderboard(
     unknown = sorted(set(models or []) - set(MODELS))
     if unknown:
         raise ValueError(f"--model: unknown {unknown}; known models: {', '.join(MODELS)}")
-    from models.evaluation.leaderboard import run_leaderboard
+    from models.evaluation.leaderboard import parse_tables, run_leaderboard
     from store.lock import dataset_lock
+
+    source = require_dataset_dir(configs_from, home) if configs_from else paths
+    if untuned_defaults and not configs_from:
+        raise ValueError("--untuned-defaults goes with --configs-from DATASET (the studies it borrows from)")
+    tables = parse_tables(table or [])
+    for name in tables.values():  # tables of the dataset whose studies are read
+        if not source.feature(name).exists():
+            raise FileNotFoundError(
+                f"--table {name}: no such feature table in {source.features_dir}; the ICA ones are the "
+                f"runs listed by `anchorrec runs --dataset {source.name}`"
+            )
 
     with dataset_lock(paths, "anchorrec leaderboard", wait=not no_wait):  # workers run under the parent's lock
         path = run_leaderboard(
@@ -758,7 +782,9 @@ def leaderboard(
             log=typer.echo,
             jobs=jobs,
             cap=epochs,
-            configs_from=require_dataset_dir(configs_from, home) if configs_from else None,
+            configs_from=source if configs_from else None,
+            tables=tables,
+            untuned_defaults=untuned_defaults,
         )
     typer.echo(f"wrote {path}")
 

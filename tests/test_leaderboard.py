@@ -322,3 +322,127 @@ def test_the_cold_verdict_names_the_best_on_cold_items_and_pairs_anchorrec_by_se
     )
     assert lines[3].endswith("does not help on new items.") and "better on 0/3 seeds" in lines[3]
     assert lb.cold_verdict(paths, {"lightgcn": reruns["lightgcn"]}) == []
+
+
+def _kept_run(run_dir, *, epochs, patience, epochs_run, best_epoch, **extra):
+    """A capped rerun as a snapshot keeps it: summary files, no checkpoint."""
+    run_dir.mkdir(parents=True)
+    cfg = {**BASES["lightgcn"].to_json(), "epochs": epochs, "patience": patience, "seed": 1, "run_id": run_dir.name}
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    metrics = {"run_id": run_dir.name, "epochs_run": epochs_run, "best_epoch": best_epoch, "test": {"recall@20": 0.5}}
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, **extra}))
+    (run_dir / "per_user.npz").write_bytes(b"per-user")
+    return cfg
+
+
+def test_a_kept_run_that_stopped_early_is_its_own_converged_run(tmp_path):
+    import dataclasses
+
+    paths = dataset_paths("tiny", tmp_path)
+    long_cfg = dataclasses.replace(BASES["lightgcn"], epochs=1000, patience=3, seed=1, run_id="lb-lightgcn-cap1000-s1")
+    _kept_run(paths.run("lb-lightgcn-s1"), epochs=100, patience=3, epochs_run=40, best_epoch=36)  # 40-1-36 = 3
+    assert lb.copy_ended_summary(paths.run("lb-lightgcn-s1"), paths.run("lb-lightgcn-cap1000-s1"), long_cfg)
+    copied = paths.run("lb-lightgcn-cap1000-s1")
+    assert json.loads((copied / "config.json").read_text())["epochs"] == 1000
+    metrics = json.loads((copied / "metrics.json").read_text())
+    assert metrics["run_id"] == copied.name and metrics["copied_from"] == "lb-lightgcn-s1"
+    assert metrics["resumed_from_epoch"] == 40 and metrics["test"] == {"recall@20": 0.5}
+    assert (copied / "per_user.npz").read_bytes() == b"per-user" and not (copied / "checkpoint.pt").exists()
+    assert lb.kept_metrics(paths, long_cfg)["copied_from"] == "lb-lightgcn-s1"  # the leaderboard reads it as kept
+
+    for name, run in {
+        "cap": {"epochs_run": 100, "best_epoch": 98},  # the cap ended it: it must train on
+        "hand": {"epochs_run": 40, "best_epoch": 36, "stopped_by_hand": True},
+    }.items():
+        short = paths.run(f"lb-{name}-s1")
+        _kept_run(short, epochs=100, patience=3, **run)
+        assert not lb.copy_ended_summary(short, paths.run(f"lb-{name}-cap1000-s1"), long_cfg)
+        assert not paths.run(f"lb-{name}-cap1000-s1").exists()
+    diverged = paths.run("lb-div-s1")
+    _kept_run(diverged, epochs=100, patience=3, epochs_run=12, best_epoch=10, diverged_at_epoch=11)
+    assert lb.copy_ended_summary(diverged, paths.run("lb-div-cap1000-s1"), long_cfg)
+    other = paths.run("lb-other-s1")
+    _kept_run(other, epochs=100, patience=3, epochs_run=40, best_epoch=36)
+    with pytest.raises(ValueError, match="not a shorter run of lb-other-cap1000-s1.*'lr'"):
+        lb.copy_ended_summary(other, paths.run("lb-other-cap1000-s1"), dataclasses.replace(long_cfg, lr=0.5))
+
+
+def test_the_converged_table_copies_kept_runs_that_stopped_early_and_trains_none(tuned, tmp_path):
+    """A snapshot's capped reruns without checkpoints: those early stopping ended need no training."""
+    home = tmp_path / "home"
+    shutil.copytree(tuned.root, home / "tiny")
+    paths = dataset_paths("tiny", home)
+    quiet = {"progress": False, "log": lambda _: None, "projection_sample": 40}
+    lb.run_leaderboard(paths, ["lightgcn"], seeds=(1,), **quiet)
+    run = paths.run("lb-lightgcn-s1")
+    (run / "checkpoint.pt").unlink()  # as on a new machine: the summary only
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 2  # the study's cap (2) ended it; with patience 1 early stopping would have
+    config = json.loads((run / "config.json").read_text())
+    stopped = {**metrics, "best_epoch": 0}  # 2 - 1 - 0 >= patience 1: early stopping ended it at the cap
+    (run / "metrics.json").write_text(json.dumps(stopped))
+    (run / "config.json").write_text(json.dumps({**config, "patience": 1}))
+    best = tune_mod.study_dir(paths, "lightgcn") / "best.json"
+    chosen = paths.run(json.loads(best.read_text())["best_run_id"]) / "config.json"
+    chosen.write_text(json.dumps({**json.loads(chosen.read_text()), "patience": 1}))
+    lines: list[str] = []
+    out = lb.run_leaderboard(paths, ["lightgcn"], seeds=(1,), cap=50, **{**quiet, "log": lines.append})
+    assert any("1 run(s) ended by early stopping before the cap" in line for line in lines)
+    converged = paths.run("lb-lightgcn-cap50-s1")
+    assert not (converged / "checkpoint.pt").exists()  # copied, not trained
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["models"]["lightgcn"]["test_mean"]["recall@20"] == pytest.approx(metrics["test"]["recall@20"])
+
+
+def test_table_option_reruns_the_choice_on_another_feature_table(tuned, tmp_path):
+    assert lb.parse_tables(["mm=ica-abc", "t=text-x"]) == {"mm": "ica-abc", "t": "text-x"}
+    for bad in ("mm", "img=x", "mm="):
+        with pytest.raises(ValueError, match="give MODALITY=TABLE"):
+            lb.parse_tables([bad])
+    cfg, _ = lb.best_config(tuned, "anchorrec", {"mm": "text-other"})
+    assert cfg.features == {**FEATS, "mm": "text-other"}
+    assert lb.best_config(tuned, "lightgcn", {"mm": "text-other"})[0].features == {}  # no mm gained
+    home = tmp_path / "home"
+    shutil.copytree(tuned.root, home / "tiny")
+    paths = dataset_paths("tiny", home)
+    shutil.copy(paths.feature("text-tiny"), paths.feature("text-other"))
+    for old in paths.runs_dir.glob("lb-*-s?"):  # reruns other tests made on the studies' own table
+        shutil.rmtree(old)
+    quiet = {"progress": False, "log": lambda _: None, "projection_sample": 40}
+    out = lb.run_leaderboard(paths, ["anchorrec"], seeds=(1,), tables={"mm": "text-other"}, **quiet)
+    assert json.loads((paths.run("lb-anchorrec-s1") / "config.json").read_text())["features"]["mm"] == "text-other"
+    assert json.loads(out.with_suffix(".json").read_text())["tables"] == {"mm": "text-other"}
+    assert "Feature tables replaced for these reruns (`--table`): mm reads text-other (the studies chose on text-tiny)" in (
+        out.read_text()
+    )
+
+
+def test_cli_table_option_names_a_missing_table_in_one_line(tuned, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    home = str(tuned.root.parent)
+    result = CliRunner().invoke(app, ["leaderboard", "--dataset", "tiny", "--home", home, "--table", "mm=ica-gone"])
+    assert result.exit_code != 0 and "--table ica-gone: no such feature table" in str(result.exception)
+    result = CliRunner().invoke(app, ["leaderboard", "--dataset", "tiny", "--home", home, "--table", "mm"])
+    assert "give MODALITY=TABLE" in str(result.exception)
+
+
+def test_a_model_without_a_study_borrows_only_the_budget_when_asked(tuned, tmp_path):
+    target = dataset_paths("tiny-cold", tmp_path)
+    shutil.copytree(tuned.root / "features", target.root / "features")
+    with pytest.raises(FileNotFoundError, match="anchorrec tune --dataset tiny --model vbpr"):
+        lb.borrowed_configs(target, tuned, ["anchorrec", "vbpr"])
+    chosen = lb.borrowed_configs(target, tuned, ["anchorrec", "vbpr"], untuned_defaults=True)
+    vbpr, best = chosen["vbpr"]
+    studied = chosen["anchorrec"][0]
+    assert (vbpr.epochs, vbpr.patience, vbpr.batch_size, vbpr.knn_k) == (2, 2, 64, 4)  # the studies' budget
+    assert (vbpr.epochs, vbpr.batch_size) != (TrainConfig().epochs, TrainConfig().batch_size)
+    assert vbpr.lr == TrainConfig().lr and vbpr.model_args == {}  # the model's own defaults, nothing tuned
+    assert vbpr.features == {"v": studied.features["v"], "t": studied.features["t"]}
+    assert best["untuned"] == "no study on tiny: the model's defaults under the studies' budget"
+    s = {"valid_mean": {"recall@20": 0.1}, "test_mean": {"recall@20": 0.2}, "test_std": {"recall@20": 0.0}}
+    s |= {"best_epochs": [1], "runs": ["lb-vbpr-s1"]}
+    rows = lb.leaderboard_rows({"vbpr": (vbpr, best)}, {"vbpr": s})
+    assert rows["vbpr"]["untuned"] == best["untuned"] and rows["vbpr"]["tuning"]["trials"] == 0

@@ -40,6 +40,18 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=1, help="leaderboard reruns at once (processes)")
     ap.add_argument("--home", default=os.environ.get("ANCHORREC_HOME", str(REPO / "data")))
+    ap.add_argument(
+        "--table",
+        nargs="+",
+        default=[],
+        metavar="MOD=TABLE",
+        help="the main dataset's feature tables to take the studies' choices on (`anchorrec leaderboard --table`)",
+    )
+    ap.add_argument(
+        "--untuned-defaults",
+        action="store_true",
+        help="a model without a study on the main dataset trains at its defaults (Sports tuned three models)",
+    )
     ap.add_argument("--snapshot", type=Path, metavar="DIR", help="keep every finished run's summary and the table here")
     args = ap.parse_args()
     cold = f"{args.dataset}-cold"
@@ -50,7 +62,8 @@ def main() -> None:
         restore_runs(runs, args.snapshot)
     anchorrec("ingest", *common, *INGEST[args.dataset], "--cold-items", str(args.cold_items))
     anchorrec("pretrain", *common, *FEATURES[args.dataset])
-    models = [x for m in args.models for x in ("--model", m)]
+    models = [x for m in args.models for x in ("--model", m)] + [x for t in args.table for x in ("--table", t)]
+    models += ["--untuned-defaults"] if args.untuned_defaults else []
     anchorrec(
         "leaderboard",
         *common,

@@ -118,6 +118,14 @@ def main() -> None:
         "(1000 is MMRec's protocol) from its checkpoint, with the capped table beside it",
     )
     ap.add_argument(
+        "--table",
+        nargs="+",
+        default=[],
+        metavar="MOD=TABLE",
+        help="the leaderboard reruns the studies' choices on these feature tables (`anchorrec leaderboard "
+        "--table`), e.g. mm=ica-1a2b3c where the table a study chose on is gone with its machine",
+    )
+    ap.add_argument(
         "--snapshot",
         type=Path,
         metavar="DIR",
@@ -159,7 +167,7 @@ def main() -> None:
             str(args.jobs),
             tick=snap,
         )
-    models = [x for m in args.models for x in ("--model", m)]
+    models = [x for m in args.models for x in ("--model", m)] + [x for t in args.table for x in ("--table", t)]
     anchorrec("leaderboard", *common, *models, "--seeds", str(args.seeds), "--jobs", str(args.jobs), tick=snap)
     keep_report(args, "leaderboard", "report")
     if args.converged:

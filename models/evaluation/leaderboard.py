@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -52,11 +53,15 @@ def tuned_models(paths: DatasetPaths) -> list[str]:
     return [m for m in MODELS if (study_dir(paths, m) / "best.json").exists()]
 
 
-def best_config(paths: DatasetPaths, model: str) -> tuple[TrainConfig, dict[str, Any]]:
+def best_config(
+    paths: DatasetPaths, model: str, tables: Mapping[str, str] | None = None
+) -> tuple[TrainConfig, dict[str, Any]]:
     """The study's chosen configuration (its best trial's own config.json) and its best.json.
 
     Without the trial's run (the study was restored from a snapshot), the configuration is rebuilt
-    from the study's budget and the trial's parameters, as the study built it."""
+    from the study's budget and the trial's parameters, as the study built it. `tables` replaces the
+    feature tables of the modalities it names (`leaderboard --table mm=ica-…`): for a study whose
+    table is gone with the machine that made it, rerun on the table the current code makes."""
     best_path = study_dir(paths, model) / "best.json"
     if not best_path.exists():
         raise FileNotFoundError(
@@ -72,7 +77,26 @@ def best_config(paths: DatasetPaths, model: str) -> tuple[TrainConfig, dict[str,
     else:  # the run is gone (a study restored on a new machine): the study's budget and the trial's params
         base = TrainConfig(**{k: v for k, v in best["budget"].items() if k in fields})
         cfg = trial_config(base, best["best_params"], best["best_run_id"])
-    return cfg, best
+    return with_tables(cfg, tables), best
+
+
+def with_tables(cfg: TrainConfig, tables: Mapping[str, str] | None) -> TrainConfig:
+    """The configuration reading `tables` for the modalities it already reads (a model without `mm`
+    does not gain one)."""
+    if not tables:
+        return cfg
+    return dataclasses.replace(cfg, features={k: tables.get(k, v) for k, v in cfg.features.items()})
+
+
+def parse_tables(given: Sequence[str]) -> dict[str, str]:
+    """`--table MOD=NAME` options as {modality: table}; one line naming the bad one."""
+    out: dict[str, str] = {}
+    for item in given:
+        mod, sep, name = item.partition("=")
+        if not sep or mod not in ("v", "t", "mm") or not name:
+            raise ValueError(f"--table {item!r}: give MODALITY=TABLE with a modality of v, t or mm, e.g. mm=ica-1a2b3c")
+        out[mod] = name
+    return out
 
 
 def run_leaderboard(
@@ -85,6 +109,8 @@ def run_leaderboard(
     jobs: int = 1,
     cap: int | None = None,
     configs_from: DatasetPaths | None = None,
+    tables: Mapping[str, str] | None = None,
+    untuned_defaults: bool = False,
     **report_args: Any,
 ) -> Path:
     """Rerun each model's tuned configuration on `seeds` (resumable: runs lb-<model>-s<seed>), `jobs`
@@ -97,7 +123,8 @@ def run_leaderboard(
 
     With `configs_from`, the studies are another dataset's (the item-cold leaderboard: every model at
     its main leaderboard's tuned configuration, `borrowed_config`); parameter-free models (pop,
-    content_knn) need no study."""
+    content_knn) need no study. `tables` replaces the studies' feature tables (`best_config`); the
+    table says which."""
     source = configs_from or paths
     models = list(models) if models else tuned_models(source)
     if not models:
@@ -107,9 +134,9 @@ def run_leaderboard(
     if not seeds:
         raise ValueError("seeds must not be empty: e.g. --seeds 5")
     if configs_from is None:
-        chosen = {m: best_config(paths, m) for m in models}  # every study checked before any training
+        chosen = {m: best_config(paths, m, tables) for m in models}  # every study checked before any training
     else:
-        chosen = borrowed_configs(paths, configs_from, models)
+        chosen = borrowed_configs(paths, configs_from, models, tables, untuned_defaults)
         log(f"configurations tuned on {configs_from.name!r}, trained on {paths.name!r}")
     for m, (cfg, best) in chosen.items():
         tuned_on = (best.get("budget") or {}).get("seed", cfg.seed)
@@ -135,6 +162,8 @@ def run_leaderboard(
     todo = [c for c in flat if c.run_id not in results]
     if cap is not None:
         continue_capped(paths, todo, log)
+        results.update({c.run_id: kept for c in todo if (kept := kept_metrics(paths, c)) is not None})
+        todo = [c for c in flat if c.run_id not in results]
     if todo:  # each run's report summary is made as it ends: a kept summary (snapshot) suffices from then on
         after = partial(keep_run_summary, features=features, **summary_args)
         results.update(zip([c.run_id for c in todo], fit_runs(paths, todo, progress=progress, jobs=jobs, after=after)))
@@ -164,6 +193,8 @@ def run_leaderboard(
     side = side_by_side(read_json(shorter), rows, baseline) if cap is not None and shorter.exists() else None
     verdict += side["verdict"] if side else []
     lines = render(paths, rows, verdict, baseline, seeds, report_path.name, jobs)
+    if tables:
+        lines[1:1] = ["", tables_note(tables, source, models)]
     if cap is not None:
         lines[1:1] = [
             "",
@@ -182,6 +213,7 @@ def run_leaderboard(
             "verdict": verdict,
             "report": report_path.name,
             "cap": cap,
+            "tables": dict(tables or {}),
         },
         out.with_suffix(".json"),
     )
@@ -206,8 +238,26 @@ def kept_metrics(paths: DatasetPaths, cfg: TrainConfig) -> dict[str, Any] | None
     return read_json(paths.metrics(run_id))
 
 
+def tables_note(tables: Mapping[str, str], source: DatasetPaths, models: Sequence[str]) -> str:
+    """The sentence that says which studies' tables a rerun replaced, and by what."""
+    studied = {}
+    for m in models:
+        best_path = study_dir(source, m) / "best.json"
+        if best_path.exists():
+            budget = read_json(best_path).get("budget") or {}
+            studied.update({k: v for k, v in (budget.get("features") or {}).items() if k in tables and v != tables[k]})
+    swaps = ", ".join(
+        f"{k} reads {tables[k]}" + (f" (the studies chose on {studied[k]})" if k in studied else "") for k in tables
+    )
+    return f"Feature tables replaced for these reruns (`--table`): {swaps}; the hyperparameters are the studies' own."
+
+
 def borrowed_configs(
-    paths: DatasetPaths, source: DatasetPaths, models: Sequence[str]
+    paths: DatasetPaths,
+    source: DatasetPaths,
+    models: Sequence[str],
+    tables: Mapping[str, str] | None = None,
+    untuned_defaults: bool = False,
 ) -> dict[str, tuple[TrainConfig, dict[str, Any]]]:
     """Each model's configuration as tuned on `source`, reading `paths`' own feature tables.
 
@@ -215,19 +265,38 @@ def borrowed_configs(
     each model at the configuration its main leaderboard chose. The v/t tables carry the same names
     on both datasets (same extractor); `mm` is the target's own ICA run with the source run's
     configuration (pretrained on the target's warm items only). pop and content_knn have no
-    hyperparameter and no study: they get their defaults."""
-    tuned = {m: best_config(source, m) for m in models if not is_fixed(m)}
-    tables = {mod: table for cfg, _ in tuned.values() for mod, table in cfg.features.items()}
-    target = {mod: matching_table(paths, source, table) for mod, table in tables.items()}
+    hyperparameter and no study: they get their defaults. With `untuned_defaults`, a model that
+    has no study on `source` (Sports' main leaderboard tuned three) trains at its own defaults under
+    the studies' shared budget (epoch cap, patience, batch), and the table says so; without it,
+    the missing study is an error naming the command."""
+    studied = [m for m in models if not is_fixed(m)]
+    if untuned_defaults:
+        studied = [m for m in studied if (study_dir(source, m) / "best.json").exists()]
+    tuned = {m: best_config(source, m, tables) for m in studied}
+    tables_read = {mod: table for cfg, _ in tuned.values() for mod, table in cfg.features.items()}
+    target = {mod: matching_table(paths, source, table) for mod, table in tables_read.items()}
     out = {
         m: (dataclasses.replace(cfg, features={k: target[k] for k in cfg.features}), best)
         for m, (cfg, best) in tuned.items()
     }
+    budget = shared_budget([cfg for cfg, _ in tuned.values()])
     for m in models:
         if is_fixed(m):
             cfg = TrainConfig(model=m, features=read_features(m, target))
             out[m] = (cfg, {"best_params": {}, "trials": 0, "budget": {"seed": None}})
+        elif m not in out:
+            cfg = TrainConfig(model=m, features=read_features(m, target), **budget)
+            why = f"no study on {source.name}: the model's defaults under the studies' budget"
+            out[m] = (cfg, {"best_params": {}, "trials": 0, "budget": {"seed": None}, "untuned": why})
     return {m: out[m] for m in models}
+
+
+BUDGET_FIELDS = ("epochs", "patience", "batch_size", "eval_every", "knn_k")
+
+
+def shared_budget(configs: Sequence[TrainConfig]) -> dict[str, Any]:
+    """The budget the studies share (their first one's; TrainConfig's defaults when there is none)."""
+    return {k: getattr(configs[0], k) for k in BUDGET_FIELDS} if configs else {}
 
 
 def matching_table(paths: DatasetPaths, source: DatasetPaths, table: str) -> str:
@@ -353,20 +422,56 @@ def capped(cfg: TrainConfig, cap: int) -> TrainConfig:
 
 
 def continue_capped(paths: DatasetPaths, todo: Sequence[TrainConfig], log: Callable[[str], None]) -> None:
-    """Start each converged run from its capped rerun's checkpoint (same seed, same batches, same lr
-    schedule: the first epochs are identical), so only the epochs past the old cap are trained."""
+    """Start each converged run from its capped rerun: from its checkpoint (same seed, same batches,
+    same lr schedule: the first epochs are identical), so only the epochs past the old cap are
+    trained; or, for a capped rerun kept only as its summary (a snapshot) that early stopping ended
+    before the cap, as a copy of that summary: the longer budget would have ended there too."""
     started: dict[str, int] = {}
+    copied: list[str] = []
     for cfg in todo:
         run_id = _run_id(cfg)
-        short_id = run_id.replace(f"-cap{cfg.epochs}-", "-")
+        short_id = f"{run_base(cfg.model, None)}-s{cfg.seed}"
         epoch = start_from_shorter_run(paths.run(short_id), paths.run(run_id), cfg)
         if epoch is not None:
             started[run_id] = epoch
+        elif copy_ended_summary(paths.run(short_id), paths.run(run_id), cfg):
+            copied.append(run_id)
     if started:
         log(
             f"{len(started)} run(s) continue from their capped rerun's checkpoint "
             f"(at epochs {min(started.values())}–{max(started.values())}); only the epochs past it are trained"
         )
+    if copied:
+        log(f"{len(copied)} run(s) ended by early stopping before the cap, kept as summaries: copied, not trained")
+
+
+def copy_ended_summary(src_dir: Path, dst_dir: Path, cfg: TrainConfig) -> bool:
+    """Copy a kept capped run (summary only, no checkpoint) as its own converged run when early
+    stopping or divergence ended it before the cap; False where it has a checkpoint (continued
+    instead), is no kept run, or the cap ended it (then it must be trained: `fit` does, from epoch 0)."""
+    if (dst_dir / "checkpoint.pt").exists() or (src_dir / "checkpoint.pt").exists():
+        return False
+    if not (src_dir / "metrics.json").exists() or not (src_dir / "config.json").exists():
+        return False
+    stored = read_json(src_dir / "config.json")
+    changed = [k for k in config_changes(stored, cfg.to_json()) if k not in ("epochs", "n_users", "n_items")]
+    if changed or stored["epochs"] > cfg.epochs:
+        raise ValueError(
+            f"{src_dir}: not a shorter run of {dst_dir.name} (fields {changed or ['epochs']} differ); "
+            "only the epoch cap may be lower"
+        )
+    metrics = read_json(src_dir / "metrics.json")
+    early = metrics["epochs_run"] - 1 - metrics["best_epoch"] >= cfg.patience
+    if metrics.get("stopped_by_hand") or not (early or metrics.get("diverged_at_epoch") is not None):
+        return False
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for f in src_dir.iterdir():
+        if f.is_file() and f.name not in ("config.json", "metrics.json"):
+            shutil.copy2(f, dst_dir / f.name)
+    write_json({**stored, "epochs": cfg.epochs, "run_id": dst_dir.name}, dst_dir / "config.json")
+    ended = {"run_id": dst_dir.name, "resumed_from_epoch": metrics["epochs_run"], "copied_from": src_dir.name}
+    write_json({**metrics, **ended}, dst_dir / "metrics.json")
+    return True
 
 
 def side_by_side(capped_board: dict[str, Any], rows: dict[str, dict], baseline: str) -> dict[str, list[str]]:
@@ -460,6 +565,7 @@ def leaderboard_rows(chosen: dict[str, tuple[TrainConfig, dict]], reruns: dict[s
                 "patience": cfg.patience,
             },
             "on_grid_edge": grid_edges(best["best_params"], best.get("space") or _space(model)),
+            **({"untuned": best["untuned"]} if best.get("untuned") else {}),
             "near_cap": near_cap(s["best_epochs"], s["runs"], cfg.epochs, cfg.patience),
         }
     ranked = sorted(rows.items(), key=lambda kv: -kv[1]["test_mean"]["recall@20"])
@@ -683,5 +789,8 @@ def render(
         "| model | parameters |",
         "| --- | --- |",
     ]
-    lines += [f"| {m} | `{json.dumps(r['params'], sort_keys=True)}` |" for m, r in rows.items()]
+    lines += [
+        f"| {m} | {r['untuned'] if r.get('untuned') else '`' + json.dumps(r['params'], sort_keys=True) + '`'} |"
+        for m, r in rows.items()
+    ]
     return lines
