@@ -523,7 +523,8 @@ def _cold_outputs(
 
     # one call: LGMRec's vectors carry fresh noise
     kit = cast(_ColdKitter, model).cold_kit() if hasattr(model, "cold_kit") else None
-    cold_paths.save_kit(run_dir, model, kit)  # what `anchorrec update` embeds new items with
+    if kit is not None:  # (a model with no cold path has no kit: nothing to write, nothing to call again)
+        cold_paths.save_kit(run_dir, model, kit)  # what `anchorrec update` embeds new items with
     if data.holdout is None:
         return {}
     from models.evaluation.cold import evaluate_divisions, write_per_user_cold
