@@ -70,3 +70,57 @@ def test_differences_reads_floats_to_the_last_bits_and_structure():
     assert rl.differences({"a": [1]}, {"a": [1, 2]}) == ["/a: 1 entries kept, 2 recomputed"]
     assert rl.differences({"a": 1}, {"b": 1}) == ["/a: only in kept", "/b: only in recomputed"]
     assert rl.differences(float("nan"), float("nan")) == []
+
+
+def _cold_copy(paths, home: Path):
+    """`paths`' dataset as the item-cold table's target (the same data: the recompute is what is
+    tested here), with a second text table that `--table` points the studies' mm at."""
+    from store.layout import dataset_paths
+
+    shutil.copy(paths.feature("text-tiny"), paths.feature("text-other"))
+    cold = dataset_paths(f"{paths.name}-cold", home)
+    shutil.copytree(paths.root, cold.root, ignore=shutil.ignore_patterns("tuning", "runs", "reports"))
+    return cold
+
+
+@pytest.fixture(scope="module")
+def cold_snapshots(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny item-cold table: configurations borrowed from the main studies, mm replaced by --table,
+    a model without a study at its defaults; the main snapshot keeps the studies, the cold one the runs."""
+    home = tmp_path_factory.mktemp("made")
+    paths = tiny_home(home)
+    tune_mod.tune(paths, BASES["anchorrec"], 2, space=SPACES["anchorrec"], pruner="none")
+    cold = _cold_copy(paths, home)
+    out = run_leaderboard(
+        cold,
+        ["anchorrec", "vbpr", "pop"],
+        seeds=(1,),
+        progress=False,
+        log=lambda _: None,
+        projection_sample=40,
+        configs_from=paths,
+        tables={"mm": "text-other"},
+        untuned_defaults=True,
+    )
+    main, snap = tmp_path_factory.mktemp("main"), tmp_path_factory.mktemp("cold")
+    run_snapshot.save_studies(paths.root / "tuning", main, ["anchorrec"])
+    run_snapshot.save_runs(cold.runs_dir, snap, "lb-")
+    shutil.copytree(out.parent, snap / "report")
+    return main, snap
+
+
+def test_an_item_cold_table_recomputes_from_its_runs_and_the_main_studies(cold_snapshots, tmp_path, capsys):
+    main, snap = cold_snapshots
+    kept = json.loads((snap / "report" / "leaderboard.json").read_text())
+    assert kept["tables"] == {"mm": "text-other"} and kept["configs_from"] == "tiny" and kept["untuned_defaults"]
+    home = tmp_path / "home"
+    cold = _cold_copy(tiny_home(home), home)  # a new machine: both datasets rebuilt, no study, no run
+    argv = ["--dataset", "tiny", "--cold-items", "0.2", "--snapshot", str(snap), "--home", str(home)]
+    with pytest.raises(SystemExit):
+        rl.main(argv)  # the studies are in the main table's snapshot: it must be named
+    assert "--cold-items needs --studies" in capsys.readouterr().err
+    assert rl.main([*argv, "--studies", str(main)]) == 0
+    assert "0 difference(s): the kept table is recomputed exactly" in capsys.readouterr().out
+    assert not list(cold.runs_dir.glob("*/checkpoint.pt"))
+    config = json.loads((cold.run("lb-anchorrec-s1") / "config.json").read_text())
+    assert config["features"]["mm"] == "text-other"  # the kept table's --table, used again

@@ -14,6 +14,15 @@ script rebuilds the table from those files alone:
    script prints a small table and exits 1 on any difference.
 
     .venv/bin/python benchmarks/accuracy/recompute_leaderboard.py --dataset gift --snapshot benchmarks/results/leaderboard_gift
+
+An item-cold table (cold_leaderboard_run.py) borrowed its configurations from the main dataset's
+studies, which live in the main table's snapshot: give that with --studies, and --cold-items as
+the cold dataset was ingested (D-cold is rebuilt with it):
+
+    .venv/bin/python benchmarks/accuracy/recompute_leaderboard.py --dataset gift --cold-items 0.2 \
+        --studies benchmarks/results/leaderboard_gift --snapshot benchmarks/results/leaderboard_gift_cold
+
+Feature tables a table was rerun on (`--table`, kept in its leaderboard.json) are used again.
 """
 
 from __future__ import annotations
@@ -63,14 +72,21 @@ def report_dir(snapshot: Path, cap: int | None) -> Path:
     return snapshot / ("report" if cap is None else f"report-cap{cap}")
 
 
-def recompute(paths: DatasetPaths, snapshot: Path, cap: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def recompute(
+    paths: DatasetPaths,
+    snapshot: Path,
+    cap: int | None = None,
+    source: DatasetPaths | None = None,
+    studies: Path | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(kept, recomputed) leaderboard.json from the snapshot's studies and runs, into `paths`.
 
     With `cap`, the converged table, whose side-by-side section reads the capped table: the kept
-    capped table is put where the leaderboard finds it."""
+    capped table is put where the leaderboard finds it. With `source` (an item-cold table), the
+    configurations are `source`'s studies, restored from the snapshot `studies`."""
     kept = json.loads((report_dir(snapshot, cap) / "leaderboard.json").read_text())
     models = list(kept["models"])
-    restore_studies(paths.root / "tuning", snapshot, models)
+    restore_studies((source or paths).root / "tuning", studies or snapshot, models)
     restore_runs(paths.runs_dir, snapshot)
     if cap is not None:
         capped = paths.root / "reports" / "leaderboard"
@@ -78,11 +94,34 @@ def recompute(paths: DatasetPaths, snapshot: Path, cap: int | None = None) -> tu
         shutil.copy(snapshot / "report" / "leaderboard.json", capped / "leaderboard.json")
     before = set(paths.runs_dir.glob("*/checkpoint.pt"))
     out = paths.root / "reports" / "recomputed" / "leaderboard.md"
-    run_leaderboard(paths, models, seeds=kept["seeds"], out=out, progress=False, log=lambda _: None, cap=cap)
+    run_leaderboard(
+        paths,
+        models,
+        seeds=kept["seeds"],
+        out=out,
+        progress=False,
+        log=lambda _: None,
+        cap=cap,
+        configs_from=source,
+        tables=kept.get("tables") or None,
+        untuned_defaults=bool(kept.get("untuned_defaults")),
+    )
     trained = sorted(p.parent.name for p in set(paths.runs_dir.glob("*/checkpoint.pt")) - before)
     if trained:
         raise RuntimeError(f"runs were trained, not recomputed (their summaries are not in the snapshot): {trained}")
     return kept, json.loads(out.with_suffix(".json").read_text())
+
+
+def build(dataset: str, home: Path, cold_items: float | None) -> None:
+    """The dataset (and its item-cold copy) in a fresh home, with leaderboard_run.py's own CLI steps."""
+    from benchmarks.accuracy import leaderboard_run as lr
+
+    for name, extra in [(dataset, [])] + (
+        [(f"{dataset}-cold", ["--cold-items", str(cold_items)])] if cold_items else []
+    ):
+        common = ["--dataset", name, "--home", str(home)]
+        lr.anchorrec("ingest", *common, *lr.INGEST[dataset], *extra)
+        lr.anchorrec("pretrain", *common, *lr.FEATURES[dataset])
 
 
 def table(kept: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -107,18 +146,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--snapshot", type=Path, required=True, help="the snapshot folder (studies/, runs/, report/)")
     ap.add_argument("--home", type=Path, help="a home that holds the dataset already (default: a fresh one, rebuilt)")
     ap.add_argument("--cap", type=int, help="the converged table of this epoch cap (report-cap<N>/), e.g. 1000")
+    ap.add_argument(
+        "--cold-items",
+        type=float,
+        metavar="F",
+        help="the item-cold table of the dataset (<dataset>-cold, ingested with --cold-items F)",
+    )
+    ap.add_argument(
+        "--studies", type=Path, help="with --cold-items: the main table's snapshot, whose studies it borrowed"
+    )
     args = ap.parse_args(argv)
+    if args.cold_items is not None and args.studies is None:
+        ap.error("--cold-items needs --studies: the main leaderboard's snapshot (its studies/ folder)")
     where = report_dir(args.snapshot, args.cap)
     if not (where / "leaderboard.json").is_file():
         ap.error(f"{where}: no leaderboard.json; give a leaderboard_run.py --snapshot folder (and --cap as it ran)")
     home = args.home or Path(tempfile.mkdtemp(prefix="recompute-"))
+    cold = args.cold_items is not None
     if args.home is None:
-        from benchmarks.accuracy import leaderboard_run as lr
-
-        common = ["--dataset", args.dataset, "--home", str(home)]
-        lr.anchorrec("ingest", *common, *lr.INGEST[args.dataset])
-        lr.anchorrec("pretrain", *common, *lr.FEATURES[args.dataset])
-    kept, new = recompute(dataset_paths(args.dataset, home), args.snapshot, args.cap)
+        build(args.dataset, home, args.cold_items)
+    target = dataset_paths(f"{args.dataset}-cold" if cold else args.dataset, home)
+    source = dataset_paths(args.dataset, home) if cold else None
+    kept, new = recompute(target, args.snapshot, args.cap, source=source, studies=args.studies)
     diff = [d for key in COMPARED for d in differences(kept.get(key), new.get(key), key)]
     print("\n".join(table(kept, new)))
     print(

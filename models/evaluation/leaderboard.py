@@ -214,6 +214,8 @@ def run_leaderboard(
             "report": report_path.name,
             "cap": cap,
             "tables": dict(tables or {}),
+            "configs_from": configs_from.name if configs_from else None,
+            "untuned_defaults": untuned_defaults,
         },
         out.with_suffix(".json"),
     )
