@@ -458,10 +458,18 @@ def stage_tokens(cfg: PipelineConfig, modality: str, spec: str, inputs: list[Pat
     return name
 
 
+def pretrain_inputs(p: DatasetPaths, image: str, text: str, tokens: dict[str, str]) -> list[Path]:
+    """The files an ICA run depends on. The item-cold hold-out is one of them: the encoder never
+    trains on a cold item, so another hold-out (a re-ingest with another --cold-items) is another
+    run, never the stale one that trained on items now cold."""
+    inputs = [p.feature(image), p.feature(text), p.items] + [p.token_feature(n) for n in tokens.values()]
+    return inputs + ([p.cold_items] if p.cold_items.exists() else [])
+
+
 def stage_pretrain(cfg: PipelineConfig, image: str, text: str, tokens: dict[str, str]) -> str:
     p = cfg.paths
     conf = {"epochs": cfg.pretrain_epochs, "seed": cfg.seed, "tokens": tokens}
-    inputs = [p.feature(image), p.feature(text), p.items] + [p.token_feature(n) for n in tokens.values()]
+    inputs = pretrain_inputs(p, image, text, tokens)
     key = stage_key("pretrain", conf, inputs, ("models.pretraining.pretrain",))
     run_id = key.split("-", 1)[1][:10]
     run_stage("pretrain", pretrain_task, key, [p.feature(f"ica-{run_id}")], cfg, image, text, run_id, tokens)

@@ -383,3 +383,26 @@ def test_an_mmrec_import_keeps_the_published_split_of_warm_items_and_holds_out_t
     for u, i, _, x in ROWS:  # a cold item's rows move to its half; a warm item's keep the published label
         assert got[(u, i)] == schemas.SPLITS[half.get(i, x)]
     assert report["cold_items"]["items"] == 2 and report["cold_items"]["test_items"] == 1
+
+
+def test_the_ica_run_depends_on_the_cold_hold_out(tmp_path: Path) -> None:
+    """Another hold-out is another ICA run: a stale one would have trained on items now cold."""
+    from flows import pretrain_inputs
+    from stage_keys import stage_key
+    from store.layout import dataset_paths
+
+    paths = dataset_paths("d", tmp_path)
+    paths.root.mkdir(parents=True)
+    for f in (paths.feature("img"), paths.feature("txt"), paths.items):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(f.name.encode())
+
+    def key() -> str:
+        return stage_key("pretrain", {"epochs": 1}, pretrain_inputs(paths, "img", "txt", {}), ())
+
+    warm = key()
+    assert paths.cold_items not in pretrain_inputs(paths, "img", "txt", {})  # a warm dataset's runs keep their names
+    paths.cold_items.write_bytes(b"items 3, 7")
+    first = key()
+    paths.cold_items.write_bytes(b"items 3, 8")  # re-ingested with another draw
+    assert len({warm, first, key()}) == 3

@@ -115,6 +115,8 @@ def test_an_item_cold_table_recomputes_from_its_runs_and_the_main_studies(cold_s
     assert kept["tables"] == {"mm": "text-other"} and kept["configs_from"] == "tiny" and kept["untuned_defaults"]
     home = tmp_path / "home"
     cold = _cold_copy(tiny_home(home), home)  # a new machine: both datasets rebuilt, no study, no run
+    cold.feature("text-other").unlink()  # and a table the kept runs read is called otherwise now (an ICA run's
+    # name follows the pretraining code): the kept runs say what they read, nothing is matched or trained
     argv = ["--dataset", "tiny", "--cold-items", "0.2", "--snapshot", str(snap), "--home", str(home)]
     with pytest.raises(SystemExit):
         rl.main(argv)  # the studies are in the main table's snapshot: it must be named
@@ -124,3 +126,13 @@ def test_an_item_cold_table_recomputes_from_its_runs_and_the_main_studies(cold_s
     assert not list(cold.runs_dir.glob("*/checkpoint.pt"))
     config = json.loads((cold.run("lb-anchorrec-s1") / "config.json").read_text())
     assert config["features"]["mm"] == "text-other"  # the kept table's --table, used again
+
+
+def test_kept_tables_are_what_the_kept_reruns_read(tmp_path):
+    for run, mm in (("lb-a-s1", "ica-1"), ("lb-b-s1", "ica-1"), ("abl-x-s1", "ica-2")):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "config.json").write_text(json.dumps({"features": {"mm": mm, "t": "text"}}))
+    assert rl.kept_tables(tmp_path) == {"mm": "ica-1", "t": "text"}  # an ablation's run is not the table's
+    (tmp_path / "lb-b-s1" / "config.json").write_text(json.dumps({"features": {"mm": "ica-3"}}))
+    with pytest.raises(ValueError, match="different tables for one modality: {'mm': \\['ica-1', 'ica-3'\\]}"):
+        rl.kept_tables(tmp_path)

@@ -105,11 +105,25 @@ def recompute(
         configs_from=source,
         tables=kept.get("tables") or None,
         untuned_defaults=bool(kept.get("untuned_defaults")),
+        target_tables=kept_tables(paths.runs_dir) if source else None,
     )
     trained = sorted(p.parent.name for p in set(paths.runs_dir.glob("*/checkpoint.pt")) - before)
     if trained:
         raise RuntimeError(f"runs were trained, not recomputed (their summaries are not in the snapshot): {trained}")
     return kept, json.loads(out.with_suffix(".json").read_text())
+
+
+def kept_tables(runs: Path) -> dict[str, str]:
+    """The feature tables the kept reruns read ({modality: table}): an item-cold table's configurations
+    are the main studies' on these, whatever the ICA runs of a rebuilt home are called now."""
+    found: dict[str, set[str]] = {}
+    for config in runs.glob("lb-*/config.json"):
+        for mod, table in (json.loads(config.read_text()).get("features") or {}).items():
+            found.setdefault(mod, set()).add(table)
+    mixed = {mod: sorted(t) for mod, t in found.items() if len(t) > 1}
+    if mixed:
+        raise ValueError(f"{runs}: the kept reruns read different tables for one modality: {mixed}")
+    return {mod: t.pop() for mod, t in found.items()}
 
 
 def build(dataset: str, home: Path, cold_items: float | None) -> None:

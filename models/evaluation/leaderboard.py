@@ -111,6 +111,7 @@ def run_leaderboard(
     configs_from: DatasetPaths | None = None,
     tables: Mapping[str, str] | None = None,
     untuned_defaults: bool = False,
+    target_tables: Mapping[str, str] | None = None,
     **report_args: Any,
 ) -> Path:
     """Rerun each model's tuned configuration on `seeds` (resumable: runs lb-<model>-s<seed>), `jobs`
@@ -136,7 +137,7 @@ def run_leaderboard(
     if configs_from is None:
         chosen = {m: best_config(paths, m, tables) for m in models}  # every study checked before any training
     else:
-        chosen = borrowed_configs(paths, configs_from, models, tables, untuned_defaults)
+        chosen = borrowed_configs(paths, configs_from, models, tables, untuned_defaults, target_tables)
         log(f"configurations tuned on {configs_from.name!r}, trained on {paths.name!r}")
     for m, (cfg, best) in chosen.items():
         tuned_on = (best.get("budget") or {}).get("seed", cfg.seed)
@@ -260,6 +261,7 @@ def borrowed_configs(
     models: Sequence[str],
     tables: Mapping[str, str] | None = None,
     untuned_defaults: bool = False,
+    target_tables: Mapping[str, str] | None = None,
 ) -> dict[str, tuple[TrainConfig, dict[str, Any]]]:
     """Each model's configuration as tuned on `source`, reading `paths`' own feature tables.
 
@@ -270,13 +272,16 @@ def borrowed_configs(
     hyperparameter and no study: they get their defaults. With `untuned_defaults`, a model that
     has no study on `source` (Sports' main leaderboard tuned three) trains at its own defaults under
     the studies' shared budget (epoch cap, patience, batch), and the table says so; without it,
-    the missing study is an error naming the command."""
+    the missing study is an error naming the command. `target_tables` gives the target's tables
+    outright instead of matching them (recompute_leaderboard.py: the kept runs name the tables they
+    read, and an ICA run's name changes with the pretraining code)."""
     studied = [m for m in models if not is_fixed(m)]
     if untuned_defaults:
         studied = [m for m in studied if (study_dir(source, m) / "best.json").exists()]
     tuned = {m: best_config(source, m, tables) for m in studied}
     tables_read = {mod: table for cfg, _ in tuned.values() for mod, table in cfg.features.items()}
-    target = {mod: matching_table(paths, source, table) for mod, table in tables_read.items()}
+    target = dict(target_tables) if target_tables else {}
+    target |= {mod: matching_table(paths, source, t) for mod, t in tables_read.items() if mod not in target}
     out = {
         m: (dataclasses.replace(cfg, features={k: target[k] for k in cfg.features}), best)
         for m, (cfg, best) in tuned.items()
