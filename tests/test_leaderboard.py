@@ -325,9 +325,11 @@ def test_the_cold_verdict_names_the_best_on_cold_items_and_pairs_anchorrec_by_se
 
 
 def _kept_run(run_dir, *, epochs, patience, epochs_run, best_epoch, **extra):
-    """A capped rerun as a snapshot keeps it: summary files, no checkpoint."""
+    """A capped rerun as a snapshot keeps it: summary files, no checkpoint; the data's sizes in its
+    config, as the trainer writes them on an item-cold dataset."""
     run_dir.mkdir(parents=True)
     cfg = {**BASES["lightgcn"].to_json(), "epochs": epochs, "patience": patience, "seed": 1, "run_id": run_dir.name}
+    cfg |= {"n_users": 40, "n_items": 24, "cold_items": 6}
     (run_dir / "config.json").write_text(json.dumps(cfg))
     metrics = {"run_id": run_dir.name, "epochs_run": epochs_run, "best_epoch": best_epoch, "test": {"recall@20": 0.5}}
     (run_dir / "metrics.json").write_text(json.dumps({**metrics, **extra}))
@@ -344,6 +346,8 @@ def test_a_kept_run_that_stopped_early_is_its_own_converged_run(tmp_path):
     assert lb.copy_ended_summary(paths.run("lb-lightgcn-s1"), paths.run("lb-lightgcn-cap1000-s1"), long_cfg)
     copied = paths.run("lb-lightgcn-cap1000-s1")
     assert json.loads((copied / "config.json").read_text())["epochs"] == 1000
+    short_cfg = dataclasses.replace(long_cfg, epochs=100, run_id="lb-lightgcn-s1")
+    assert lb.kept_metrics(paths, short_cfg)["epochs_run"] == 40  # a kept item-cold run is read as kept
     metrics = json.loads((copied / "metrics.json").read_text())
     assert metrics["run_id"] == copied.name and metrics["copied_from"] == "lb-lightgcn-s1"
     assert metrics["resumed_from_epoch"] == 40 and metrics["test"] == {"recall@20": 0.5}

@@ -33,6 +33,7 @@ from models.evaluation.report import compare_runs
 from models.evaluation.run_summary import default_features, keep_run_summary
 from models.registry import MODELS, is_fixed, read_features
 from models.training.trainer import (
+    DATA_FIELDS,
     TrainConfig,
     config_changes,
     fit_runs,
@@ -232,7 +233,7 @@ def kept_metrics(paths: DatasetPaths, cfg: TrainConfig) -> dict[str, Any] | None
     if (run_dir / "checkpoint.pt").exists() or not paths.metrics(run_id).exists():
         return None
     stored = read_json(run_dir / "config.json")
-    changed = [k for k in config_changes(stored, cfg.to_json()) if k not in ("n_users", "n_items")]
+    changed = [k for k in config_changes(stored, cfg.to_json()) if k not in DATA_FIELDS]
     if changed:
         raise ValueError(
             f"{run_dir}: a kept run of another configuration (fields {changed}); the study's choice "
@@ -461,7 +462,7 @@ def copy_ended_summary(src_dir: Path, dst_dir: Path, cfg: TrainConfig) -> bool:
     if not (src_dir / "metrics.json").exists() or not (src_dir / "config.json").exists():
         return False
     stored = read_json(src_dir / "config.json")
-    changed = [k for k in config_changes(stored, cfg.to_json()) if k not in ("epochs", "n_users", "n_items")]
+    changed = [k for k in config_changes(stored, cfg.to_json()) if k not in ("epochs", *DATA_FIELDS)]
     if changed or stored["epochs"] > cfg.epochs:
         raise ValueError(
             f"{src_dir}: not a shorter run of {dst_dir.name} (fields {changed or ['epochs']} differ); "

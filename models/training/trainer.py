@@ -237,6 +237,11 @@ def evaluate_model(model: torch.nn.Module, evaluator: RankingEvaluator) -> dict[
     return out
 
 
+# what the data writes into a run's config.json beside the configuration (the sizes of the catalogue
+# it ran on, and of its item-cold hold-out): a kept run is compared with a configuration without them
+DATA_FIELDS = ("n_users", "n_items", "cold_items")
+
+
 def config_changes(stored: dict[str, Any], config_json: dict[str, Any]) -> list[str]:
     """Fields in which a run's config.json differs from a config about to continue it (device and
     run id may differ: a run moves between machines)."""
@@ -606,7 +611,7 @@ def start_from_shorter_run(src_dir: Path, dst_dir: Path, cfg: TrainConfig) -> in
     if dst_ckpt.exists() or not src_ckpt.exists():
         return None
     stored = read_json(src_dir / "config.json")
-    wanted = {**cfg.to_json(), "n_users": stored.get("n_users"), "n_items": stored.get("n_items")}
+    wanted = {**cfg.to_json(), **{k: stored[k] for k in DATA_FIELDS if k in stored}}
     changed = [k for k in config_changes(stored, wanted) if k != "epochs"]
     if changed or stored["epochs"] > cfg.epochs:
         raise ValueError(
