@@ -11,6 +11,7 @@ import torch
 from models_fixtures import planted
 
 from models import damrs
+from models.backbone import bipartite_lightgcn
 from models.damrs import (
     DAMRS,
     DAMRSConfig,
@@ -207,8 +208,15 @@ def test_trains_through_the_trainer_and_learns_the_planted_preference(tmp_path):
     assert m["test"]["recall@20"] > 0.8  # random ranking: about 0.38
 
 
+def dense_labels(total: torch.Tensor, p_m: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """MMRec's pseudo-labels: top k of total + p_m, then zero those in a copy of p_m and rank it again."""
+    mm = torch.topk(total + p_m, k, dim=1).indices
+    single = torch.topk(p_m.clone().scatter_(1, mm, 0), k, dim=1).indices
+    return mm, single
+
+
 def dense_neighbour_term(qs: dict, keys: dict, k: int) -> torch.Tensor:
-    """The whole batch × N matrices at once, autograd through all of them (the unchunked form)."""
+    """The whole batch × N matrices at once, autograd through all of them (MMRec's form, straight)."""
     cos = {m: qs[m] @ keys[m].T for m in qs}
     with torch.no_grad():
         probs = {m: torch.softmax(c, dim=1) for m, c in cos.items()}
@@ -216,15 +224,21 @@ def dense_neighbour_term(qs: dict, keys: dict, k: int) -> torch.Tensor:
     nd = {}
     for m in qs:
         with torch.no_grad():
-            mm, single = damrs.label_positives(total, probs[m], k)
-        nd[m] = damrs.neighbour_loss(mm, single, qs[m], keys[m], torch.exp(cos[m] / damrs.TEMPERATURE).sum(1))
-    return sum(nd.values())
+            mm, single = dense_labels(total, probs[m], k)
+        e = torch.exp(cos[m] / damrs.TEMPERATURE)
+        mm_s, single_s, all_s = e.gather(1, mm).sum(1), e.gather(1, single).sum(1), e.sum(1)
+        nd[m] = (-torch.log(mm_s / all_s + 1e-9) - torch.log(single_s / (all_s - mm_s) + 1e-9)).mean()
+    return nd
 
 
+# e^{cos/τ} kept for the backward: none (all recomputed), 3 of the 43 chunks of 7 × 500 float64, all
+@pytest.mark.parametrize("cache", [0, 3 * 7 * 500 * 8, damrs.EXP_CACHE])
 @pytest.mark.parametrize("views", [(0, 2), (0, 1, 2)])
-def test_chunked_neighbour_term_equals_the_whole_matrices(monkeypatch, views):
+def test_chunked_neighbour_term_equals_the_whole_matrices(monkeypatch, views, cache):
     """Row chunks of 7 over 300 batch items and 500 items: same pseudo-labels, loss and gradients."""
     monkeypatch.setattr(damrs, "ROW_CHUNK", 7)
+    monkeypatch.setattr(damrs, "EXP_CACHE", cache)
+    monkeypatch.setattr(damrs, "TOPK_BLOCK", 4)  # 125 blocks of 500 items: row_topk's block ranking
     gen = torch.Generator().manual_seed(5)
     base = {m: torch.randn(500, 8, generator=gen, dtype=torch.float64) for m in views}
     batch = torch.randperm(500, generator=gen)[:300]
@@ -234,15 +248,17 @@ def test_chunked_neighbour_term_equals_the_whole_matrices(monkeypatch, views):
         qs = {m: torch.nn.functional.normalize(h[m][batch], dim=1) for m in views}
         keys = {m: torch.nn.functional.normalize(h[m], dim=1) for m in views}
         if chunked:
-            labels, sums = damrs.ranked_views(
+            labels, sums, kept = damrs.ranked_views(
                 {m: q.detach() for m, q in qs.items()}, {m: x.detach() for m, x in keys.items()}, 10
             )
+            n_kept = sum(c is not None for m in views for c in kept[m])
+            assert n_kept == min(43 * len(views), cache // (7 * 500 * 8))
             loss = sum(
-                damrs.neighbour_loss(*labels[m], qs[m], keys[m], damrs.ExpSum.apply(qs[m], keys[m], sums[m]))
+                damrs.neighbour_loss(*labels[m], qs[m], keys[m], damrs.ExpSum.apply(qs[m], keys[m], sums[m], kept[m]))
                 for m in views
             )
         else:
-            loss = dense_neighbour_term(qs, keys, 10)
+            loss = sum(dense_neighbour_term(qs, keys, 10).values())
         loss.backward()
         return loss.detach(), {m: h[m].grad for m in views}
 
@@ -251,3 +267,83 @@ def test_chunked_neighbour_term_equals_the_whole_matrices(monkeypatch, views):
     for m in views:
         assert grad_d[m].abs().sum() > 0
         torch.testing.assert_close(grad_c[m], grad_d[m], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("n", [64 * 40, 64 * 40 + 37, 20000])
+@pytest.mark.parametrize("k", [1, 10, 20])
+def test_row_topk_equals_torch_topk(n, k):
+    gen = torch.Generator().manual_seed(n + k)
+    x = torch.randn(50, n, generator=gen, dtype=torch.float64)  # no ties
+    x[0] = torch.arange(n, dtype=torch.float64)  # the best all in the last (short) block
+    x[1] = -torch.arange(n, dtype=torch.float64)  # all in the first block
+    x[2, : 64 * k] += 100  # the best k blocks hold all the top values
+    x[3, torch.randperm(n, generator=gen)[:k]] += 100  # each in its own block
+    torch.testing.assert_close(damrs.row_topk(x, k), torch.topk(x, k, dim=1).indices, rtol=0, atol=0)
+    f = x.float() * 1e-3 + 0.5  # float32, values as close as the pseudo-labels': ties, where either may come
+    torch.testing.assert_close(f.gather(1, damrs.row_topk(f, k)), torch.topk(f, k, dim=1).values, rtol=0, atol=0)
+
+
+def test_symmetric_kl_from_logits_equals_the_two_bernoulli_kls():
+    gen = torch.Generator().manual_seed(2)
+    a0, b0 = torch.randn(2, 40, 30, generator=gen, dtype=torch.float64) * 3
+    out = []
+    for fused in (True, False):
+        a, b = a0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+        if fused:
+            kl = damrs.SymmetricKL.apply(a * 1.0, b * 1.0)  # its inputs: intermediate results, as in batch_loss
+        else:
+            p, q = torch.sigmoid(a), torch.sigmoid(b)
+            kl = (damrs.bernoulli_kl(p, q) + damrs.bernoulli_kl(q, p)).mean()
+        (kl * 3.0).backward()
+        out.append((kl.detach(), a.grad, b.grad))
+    for x, y in zip(*out):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-12)
+
+
+def reference_batch_loss(model: DAMRS, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """DA-MRS's loss written straight, as MMRec computes it: whole matrices, softmax, the eight logs."""
+    cfg = model.cfg
+    u_all, i_all = bipartite_lightgcn(model.r, model.rt, model.user_emb.weight, model.item_emb.weight, cfg.n_ui_layers)
+    h_t, h_v, h_s = views = model.views()
+    uniq_u, uniq_i = torch.unique(users), torch.unique(torch.cat([pos, neg]))
+    F = torch.nn.functional
+    qs = {m: F.normalize(views[m][uniq_i], dim=1) for m in range(3)}
+    keys = {m: F.normalize(views[m], dim=1) for m in range(3)}
+    nd = dense_neighbour_term(qs, keys, model.pseudo_k)
+    neighbour = cfg.neighbor_weight * (nd[2] + nd[1] + nd[0]) / 3.0
+    p_g = torch.sigmoid(u_all[uniq_u] @ F.normalize(i_all[uniq_i], dim=-1).T)
+    p_c = torch.sigmoid(u_all[uniq_u] @ F.normalize(((h_t + h_v + h_s) / 3.0)[uniq_i], dim=-1).T)
+    kl = cfg.kl_weight * (damrs.bernoulli_kl(p_g, p_c) + damrs.bernoulli_kl(p_c, p_g)).mean()
+    u = u_all[users]
+    w_pos, w_neg = damrs.pair_weights(u, [h[pos] for h in views], [h[neg] for h in views])
+    x = (u * (i_all[pos] + (h_t[pos] + h_v[pos] + h_s[pos]) / 3.0)).sum(1) - (
+        u * (i_all[neg] + (h_t[neg] + h_v[neg] + h_s[neg]) / 3.0)
+    ).sum(1)
+    bpr = -(F.logsigmoid(x) * w_pos + F.logsigmoid(-x) * w_neg).mean()
+    return bpr + neighbour + kl
+
+
+@pytest.mark.parametrize("case", sorted(MMREC))
+@pytest.mark.parametrize("cache", [0, 10**9])
+def test_batch_loss_and_gradients_equal_the_straight_computation(monkeypatch, case, cache):
+    """Row chunks of 3 (some kept for the backward, some recomputed) against the whole matrices, float64."""
+    monkeypatch.setattr(damrs, "ROW_CHUNK", 3)
+    monkeypatch.setattr(damrs, "EXP_CACHE", cache)
+    model = tiny_model(case).double()
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))  # larger than the init: σ away from ½
+    users, pos, neg = (torch.as_tensor(x) for x in P.batch_arrays())
+    results = []
+    for fn in (lambda: model.batch_loss(users, pos, neg)["loss"], lambda: reference_batch_loss(model, users, pos, neg)):
+        model.zero_grad()
+        loss = fn()
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss, grads), (ref_loss, ref_grads) = results
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=0)
+    for name, g in ref_grads.items():
+        assert g.abs().sum() > 0
+        torch.testing.assert_close(grads[name], g, rtol=1e-10, atol=1e-13, msg=name)

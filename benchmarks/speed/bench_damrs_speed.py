@@ -3,13 +3,18 @@
 Issue 34 asks DA-MRS's Sports epoch (495 s at one thread, 70× LightGCN's) to come down to ≤ 10×
 LightGCN's in the same run, with memory bounded at 10⁵+ items. The neighbour term needs, per batch
 item, a softmax and a sum of e^{cos/τ} over every item; models/damrs.py computes those
-ROW_CHUNK batch items at a time and recomputes them chunk by chunk in the backward pass (ExpSum),
-where the version before (git 28de690) built and kept the whole batch × N matrices for autograd.
+ROW_CHUNK batch items at a time from one exp per chunk and keeps at most EXP_CACHE bytes of them
+for the backward pass (ExpSum recomputes the rest), and its user-alignment KL is computed from
+the logits. The variants: damrs (the working tree), damrs_chunked (git CHUNKED: row chunks, two
+exps and a softmax per chunk, all recomputed in the backward, the KL from eight logs) and
+damrs_before (git BEFORE: the whole batch × N matrices kept for autograd).
 
 Per step: the trainer's BPR batches of epoch 0 (batch 2048), each a full step (loss, zero_grad,
-backward, Adam step); LightGCN, DA-MRS now and DA-MRS before alternate batch by batch (who goes
+backward, Adam step); LightGCN and the DA-MRS variants alternate batch by batch (who goes
 first rotates), so a loaded machine slows them alike. s/epoch = median step × batches per epoch.
-Peak memory of one step is measured apart (ru_maxrss of a child process per variant).
+Peak memory is measured apart, in a child process per variant: the process's peak RSS (ru_maxrss:
+mostly loading Sports and building graphs) and the peak of its two steps above the RSS before them
+(VmHWM, reset through /proc/self/clear_refs).
 
     .venv/bin/python benchmarks/speed/bench_damrs_speed.py --threads 1 --batches 6
 """
@@ -35,19 +40,22 @@ from models.registry import make_model  # noqa: E402
 from models.training.trainer import BPRSampler  # noqa: E402
 
 BEFORE = "28de690"  # the last commit with the unchunked neighbour term
+CHUNKED = "43d2103"  # the last commit with the chunked term of two exps per chunk and the eight-log KL
+COMMITS = {"damrs_before": BEFORE, "damrs_chunked": CHUNKED}
+VARIANTS = ["lightgcn", "damrs", "damrs_chunked", "damrs_before"]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def before_module() -> object:
-    """models/damrs.py as it was at BEFORE, imported under another name."""
+def module_at(name: str) -> object:
+    """models/damrs.py as it was at COMMITS[name], imported as module `name`."""
     src = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{BEFORE}:models/damrs.py"], capture_output=True, text=True, check=True
+        ["git", "-C", str(REPO), "show", f"{COMMITS[name]}:models/damrs.py"], capture_output=True, text=True, check=True
     ).stdout
-    path = Path(tempfile.mkdtemp()) / "damrs_before.py"
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
     path.write_text(src)
-    spec = importlib.util.spec_from_file_location("damrs_before", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["damrs_before"] = mod  # dataclasses look their module up there
+    sys.modules[name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     return mod
 
@@ -59,7 +67,7 @@ def models(graph: object, which: list[str]) -> dict[str, torch.nn.Module]:
         if name in ("lightgcn", "damrs"):
             out[name] = make_model(name, graph)  # the original defaults
         else:
-            mod = before_module()
+            mod = module_at(name)
             out[name] = mod.DAMRS(graph, mod.DAMRSConfig())  # type: ignore[attr-defined]
     return out
 
@@ -73,31 +81,61 @@ def step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: torch.Tensor
     return time.perf_counter() - t0
 
 
-def timed(which: list[str], n_batches: int) -> dict[str, float]:
+def proc_status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MB; NaN where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def reset_peak_rss() -> float:
+    """The resident memory now (MB), and the peak (VmHWM) reset to it (Linux: clear_refs 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return float("nan")
+    return proc_status_mb("VmRSS")
+
+
+def timed(which: list[str], n_batches: int, memory: list | None = None) -> dict[str, float]:
+    """s/epoch of each model; with `memory`, [RSS with data and models loaded, peak RSS of the steps] appended."""
     data, graph = sports_graph()
     triples = torch.as_tensor(BPRSampler(data).epoch(0, 0))
     batches = list(torch.split(triples, 2048))
     ms = models(graph, which)
     opts = {n: torch.optim.Adam(m.parameters(), lr=1e-3) for n, m in ms.items()}
     times: dict[str, list[float]] = {n: [] for n in ms}
+    if memory is not None:
+        memory.append(reset_peak_rss())
     for b in range(n_batches + 1):
         order = which[b % len(which) :] + which[: b % len(which)]
         for n in order:
             t = step(ms[n], opts[n], batches[b])
             if b:  # the first batch warms caches and allocators
                 times[n].append(t)
+    if memory is not None:
+        memory.append(proc_status_mb("VmHWM"))
     return {n: statistics.median(t) * len(batches) for n, t in times.items()}
 
 
-def peak_rss_mb(name: str) -> float:
-    """One step of one variant in a child process: its peak resident memory."""
+def peak_rss_mb(name: str) -> tuple[float, float]:
+    """Two steps of one variant in a child process: (its peak RSS, the steps' peak above the RSS before them).
+
+    The process's peak is mostly loading Sports and building the graphs (the kNN search); the
+    second number is what the training steps themselves add.
+    """
     code = (
         f"import sys, resource; sys.argv=['x']; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r}); "
-        f"import benchmarks.speed.bench_damrs_speed as b; b.timed([{name!r}], 1); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        f"import benchmarks.speed.bench_damrs_speed as b; mem = []; b.timed([{name!r}], 1, mem); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, mem[1] - mem[0])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    whole, steps = out.stdout.strip().splitlines()[-1].split()
+    return float(whole), float(steps)
 
 
 def main() -> None:
@@ -105,20 +143,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batches", type=int, default=6, help="timed steps per model, after one warm-up step")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory runs")
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS[1:], default=VARIANTS[1:], help="DA-MRS variants")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    which = ["lightgcn", "damrs", "damrs_before"]
+    which = ["lightgcn", *args.variants]
     s = timed(which, args.batches)
     rss = {} if args.no_memory else {n: peak_rss_mb(n) for n in which}
     print(
         f"DA-MRS on Sports, {args.threads} thread(s), median of {args.batches} steps × batches per epoch; "
         f"load {os.getloadavg()[0]:.1f}"
     )
-    print("| model | s/epoch | × LightGCN | peak RSS MB (one step) |")
-    print("| --- | --- | --- | --- |")
+    print("| model | s/epoch | × LightGCN | peak RSS MB (process) | steps' peak above it, MB |")
+    print("| --- | --- | --- | --- | --- |")
+    nan = (float("nan"), float("nan"))
     for n in which:
-        print(f"| {n} | {s[n]:.1f} | {s[n] / s['lightgcn']:.1f} | {rss.get(n, float('nan')):.0f} |")
-    print(f"DA-MRS now vs before: {s['damrs_before'] / s['damrs']:.2f}× faster")
+        whole, steps = rss.get(n, nan)
+        print(f"| {n} | {s[n]:.1f} | {s[n] / s['lightgcn']:.1f} | {whole:.0f} | {steps:.0f} |")
+    for n in which[2:]:
+        print(f"DA-MRS now vs {n}: {s[n] / s['damrs']:.2f}× faster")
 
 
 if __name__ == "__main__":
