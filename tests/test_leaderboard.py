@@ -293,6 +293,10 @@ def test_an_ica_table_is_matched_by_its_runs_configuration(tmp_path):
         paths.features_dir.mkdir(parents=True, exist_ok=True)
         paths.feature(run).write_bytes(b"")
     assert lb.matching_table(target, source, "ica-aaa") == "ica-bbb"
+    with pytest.raises(
+        FileNotFoundError, match="chose on ica-gone, which this home lacks.*ICA runs: ica-aaa.*--table mm=RUN"
+    ):
+        lb.matching_table(target, source, "ica-gone")
     (target.run("ica-ccc") / "config.json").write_text(json.dumps(run_config))  # two runs now match
     with pytest.raises(FileNotFoundError, match="2 ICA runs with the configuration of src/ica-aaa"):
         lb.matching_table(target, source, "ica-aaa")
@@ -416,8 +420,9 @@ def test_table_option_reruns_the_choice_on_another_feature_table(tuned, tmp_path
     out = lb.run_leaderboard(paths, ["anchorrec"], seeds=(1,), tables={"mm": "text-other"}, **quiet)
     assert json.loads((paths.run("lb-anchorrec-s1") / "config.json").read_text())["features"]["mm"] == "text-other"
     assert json.loads(out.with_suffix(".json").read_text())["tables"] == {"mm": "text-other"}
-    assert "Feature tables replaced for these reruns (`--table`): mm reads text-other (the studies chose on text-tiny)" in (
-        out.read_text()
+    assert (
+        "Feature tables replaced for these reruns (`--table`): mm reads text-other (the studies chose on text-tiny)"
+        in (out.read_text())
     )
 
 

@@ -317,6 +317,12 @@ def matching_table(paths: DatasetPaths, source: DatasetPaths, table: str) -> str
                 f"of {source.name!r} read; run `anchorrec features --dataset {paths.name}` with the same encoders"
             )
         return table
+    if not (source.run(table) / "config.json").exists():
+        have = ", ".join(r.name for r in sorted(source.runs_dir.glob("ica-*"))) or "none"
+        raise FileNotFoundError(
+            f"{source.run(table)}: the studies of {source.name!r} chose on {table}, which this home lacks (made "
+            f"on another machine or by older code; its ICA runs: {have}); rerun on one of them with --table mm=RUN"
+        )
     wanted = _ica_signature(source.run(table) / "config.json")
     found = [
         run.name
