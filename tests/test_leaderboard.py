@@ -455,3 +455,13 @@ def test_a_model_without_a_study_borrows_only_the_budget_when_asked(tuned, tmp_p
     s |= {"best_epochs": [1], "runs": ["lb-vbpr-s1"]}
     rows = lb.leaderboard_rows({"vbpr": (vbpr, best)}, {"vbpr": s})
     assert rows["vbpr"]["untuned"] == best["untuned"] and rows["vbpr"]["tuning"]["trials"] == 0
+
+
+def test_cli_untuned_defaults_needs_configs_from(tuned):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    home = str(tuned.root.parent)
+    result = CliRunner().invoke(app, ["leaderboard", "--dataset", "tiny", "--home", home, "--untuned-defaults"])
+    assert result.exit_code != 0 and "--untuned-defaults goes with --configs-from" in str(result.exception)
