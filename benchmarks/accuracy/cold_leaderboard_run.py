@@ -13,8 +13,9 @@ Steps, through the `anchorrec` CLI like leaderboard_run.py (each cached, so a re
     .venv/bin/python benchmarks/accuracy/cold_leaderboard_run.py --dataset gift --home /work/lb-home-gift \
         --snapshot benchmarks/results/leaderboard_gift_cold
 
-With --snapshot DIR the finished runs' summaries (each minute) and the table are kept in DIR, as the
-main leaderboard keeps its own.
+With --snapshot DIR the finished runs' summaries (each minute), the runs in flight (every ten
+minutes, DIR/inflight/, not for commit) and the table are kept in DIR, as the main leaderboard keeps
+its own; a rerun on a machine that lost its disk continues from them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: the package, benchmarks.common
 
 from benchmarks.accuracy.leaderboard_run import FEATURES, INGEST, MODELS, REPO, anchorrec, keep_report  # noqa: E402
-from benchmarks.common.run_snapshot import keeper, restore_runs  # noqa: E402
+from benchmarks.common.run_snapshot import keeper, restore_inflight, restore_runs  # noqa: E402
 
 BASELINES = ["pop", "content_knn"]
 
@@ -60,6 +61,7 @@ def main() -> None:
     keep = keeper(runs, args.snapshot, "lb-", ("lb-",)) if args.snapshot else (lambda: None)
     if args.snapshot:
         restore_runs(runs, args.snapshot)
+        restore_inflight(runs, args.snapshot)  # runs in flight when an earlier machine went (their copies)
     anchorrec("ingest", *common, *INGEST[args.dataset], "--cold-items", str(args.cold_items))
     anchorrec("pretrain", *common, *FEATURES[args.dataset])
     models = [x for m in args.models for x in ("--model", m)] + [x for t in args.table for x in ("--table", t)]
