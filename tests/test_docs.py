@@ -81,3 +81,13 @@ def test_every_readme_command_is_accepted_as_written(args):
 def test_a_wrong_command_in_the_docs_would_be_caught(bad):
     with pytest.raises(Exception, match="(?i)is not one of|no such option|valid integer"):
         parse(bad)
+
+
+def test_the_benchmarks_readme_names_every_script() -> None:
+    """benchmarks/README.md is the index of the benchmark rooms: a script it does not name is lost."""
+    index = (REPO / "benchmarks" / "README.md").read_text(encoding="utf-8")
+    scripts = [p for p in (REPO / "benchmarks").glob("*/*") if p.suffix in (".py", ".sh") and p.parent.name != "common"]
+    missing = sorted(
+        str(p.relative_to(REPO)) for p in scripts if f"`{p.name}`" not in index and p.name != "__init__.py"
+    )
+    assert not missing, f"benchmarks/README.md does not name: {missing}"
