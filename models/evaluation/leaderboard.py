@@ -34,8 +34,11 @@ from models.evaluation.run_summary import default_features, keep_run_summary
 from models.registry import MODELS, is_fixed, read_features
 from models.training.trainer import (
     DATA_FIELDS,
+    FEATURE_MODALITIES,
     TrainConfig,
+    check_shorter_run,
     config_changes,
+    ended_early,
     fit_runs,
     seed_configs,
     start_from_shorter_run,
@@ -94,7 +97,7 @@ def parse_tables(given: Sequence[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in given:
         mod, sep, name = item.partition("=")
-        if not sep or mod not in ("v", "t", "mm") or not name:
+        if not sep or mod not in FEATURE_MODALITIES or not name:
             raise ValueError(f"--table {item!r}: give MODALITY=TABLE with a modality of v, t or mm, e.g. mm=ica-1a2b3c")
         out[mod] = name
     return out
@@ -196,7 +199,7 @@ def run_leaderboard(
     verdict += side["verdict"] if side else []
     lines = render(paths, rows, verdict, baseline, seeds, report_path.name, jobs)
     if tables:
-        lines[1:1] = ["", tables_note(tables, source, models)]
+        lines[1:1] = ["", tables_note(tables, [best for _, best in chosen.values()])]
     if cap is not None:
         lines[1:1] = [
             "",
@@ -242,14 +245,12 @@ def kept_metrics(paths: DatasetPaths, cfg: TrainConfig) -> dict[str, Any] | None
     return read_json(paths.metrics(run_id))
 
 
-def tables_note(tables: Mapping[str, str], source: DatasetPaths, models: Sequence[str]) -> str:
-    """The sentence that says which studies' tables a rerun replaced, and by what."""
+def tables_note(tables: Mapping[str, str], bests: Sequence[dict[str, Any]]) -> str:
+    """The sentence that says which studies' tables a rerun replaced (their best.json), and by what."""
     studied = {}
-    for m in models:
-        best_path = study_dir(source, m) / "best.json"
-        if best_path.exists():
-            budget = read_json(best_path).get("budget") or {}
-            studied.update({k: v for k, v in (budget.get("features") or {}).items() if k in tables and v != tables[k]})
+    for best in bests:
+        features = (best.get("budget") or {}).get("features") or {}
+        studied.update({k: v for k, v in features.items() if k in tables and v != tables[k]})
     swaps = ", ".join(
         f"{k} reads {tables[k]}" + (f" (the studies chose on {studied[k]})" if k in studied else "") for k in tables
     )
@@ -468,14 +469,9 @@ def copy_ended_summary(src_dir: Path, dst_dir: Path, cfg: TrainConfig) -> bool:
     if not (src_dir / "metrics.json").exists() or not (src_dir / "config.json").exists():
         return False
     stored = read_json(src_dir / "config.json")
-    changed = [k for k in config_changes(stored, cfg.to_json()) if k not in ("epochs", *DATA_FIELDS)]
-    if changed or stored["epochs"] > cfg.epochs:
-        raise ValueError(
-            f"{src_dir}: not a shorter run of {dst_dir.name} (fields {changed or ['epochs']} differ); "
-            "only the epoch cap may be lower"
-        )
+    check_shorter_run(src_dir, stored, dst_dir.name, cfg)
     metrics = read_json(src_dir / "metrics.json")
-    early = metrics["epochs_run"] - 1 - metrics["best_epoch"] >= cfg.patience
+    early = ended_early(metrics["epochs_run"], metrics["best_epoch"], cfg.patience)
     if metrics.get("stopped_by_hand") or not (early or metrics.get("diverged_at_epoch") is not None):
         return False
     dst_dir.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,7 @@ class TrainConfig:
         if 20 not in self.ks:
             raise ValueError(f"ks must contain 20 (model selection uses {SELECT_METRIC}), got {self.ks}")
         for modality in self.features:
-            if modality not in ("v", "t", "mm"):
+            if modality not in FEATURE_MODALITIES:
                 raise ValueError(f"features: modality must be 'v', 't' or 'mm', got {modality!r}")
         self.features = read_features(self.model, self.features)  # a table the model never reads is not its input
         if self.run_id is not None:
@@ -235,6 +235,9 @@ def evaluate_model(model: torch.nn.Module, evaluator: RankingEvaluator) -> dict[
         out = evaluator.evaluate(user, item)
     model.train()
     return out
+
+
+FEATURE_MODALITIES = ("v", "t", "mm")  # the keys of TrainConfig.features
 
 
 # what the data writes into a run's config.json beside the configuration (the sizes of the catalogue
@@ -596,6 +599,21 @@ def resume_run(run_dir: Path) -> int | None:
     return int(ckpt["epoch"])
 
 
+def check_shorter_run(src_dir: Path, stored: dict[str, Any], dst_name: str, cfg: TrainConfig) -> None:
+    """`stored` (src_dir's config.json) is `cfg` with a cap no higher: else one error line."""
+    changed = [k for k in config_changes(stored, cfg.to_json()) if k not in ("epochs", *DATA_FIELDS)]
+    if changed or stored["epochs"] > cfg.epochs:
+        raise ValueError(
+            f"{src_dir}: not a shorter run of {dst_name} (fields {changed or ['epochs']} differ); "
+            "only the epoch cap may be lower"
+        )
+
+
+def ended_early(epochs_run: int, best_epoch: int, patience: int) -> bool:
+    """Early stopping ended a run of `epochs_run` epochs whose best was `best_epoch` (fit's rule)."""
+    return epochs_run - 1 - best_epoch >= patience
+
+
 def start_from_shorter_run(src_dir: Path, dst_dir: Path, cfg: TrainConfig) -> int | None:
     """Start run `dst_dir` (config `cfg`) from the checkpoint of `src_dir`, a run whose config
     differs only in a lower epoch cap: the first epochs of the longer run are the shorter one's
@@ -611,20 +629,15 @@ def start_from_shorter_run(src_dir: Path, dst_dir: Path, cfg: TrainConfig) -> in
     if dst_ckpt.exists() or not src_ckpt.exists():
         return None
     stored = read_json(src_dir / "config.json")
+    check_shorter_run(src_dir, stored, dst_dir.name, cfg)
     wanted = {**cfg.to_json(), **{k: stored[k] for k in DATA_FIELDS if k in stored}}
-    changed = [k for k in config_changes(stored, wanted) if k != "epochs"]
-    if changed or stored["epochs"] > cfg.epochs:
-        raise ValueError(
-            f"{src_dir}: not a shorter run of {dst_dir.name} (fields {changed or ['epochs']} differ); "
-            "only the epoch cap may be lower"
-        )
     if stored["epochs"] % cfg.eval_every:  # the old cap was validated off the eval_every grid
         raise ValueError(
             f"{src_dir}: its cap {stored['epochs']} is not a multiple of eval_every {cfg.eval_every}, "
             "so its last validation is not the longer run's; train it from the start"
         )
     ckpt = load_checkpoint(src_ckpt)
-    early_stopped = ckpt["epoch"] - 1 - ckpt["best"]["epoch"] >= cfg.patience
+    early_stopped = ended_early(ckpt["epoch"], ckpt["best"]["epoch"], cfg.patience)
     ckpt["finished"] = early_stopped or ckpt.get("diverged_at") is not None
     ckpt["stopped_by_hand"] = False
     dst_dir.mkdir(parents=True, exist_ok=True)
