@@ -356,14 +356,10 @@ def ranked_views(
             budget -= r * n if keep else 0
         for m in views:
             score = scratch[:r]
-            first = True
-            for v in views:
-                scale = (counts[v] + (v == m)) / z[v]
-                if first:
-                    torch.mul(e[v][:r], scale, out=score)
-                    first = False
-                else:
-                    score.addcmul_(e[v][:r], scale)
+            scale = {v: (counts[v] + (v == m)) / z[v] for v in views}
+            torch.mul(e[views[0]][:r], scale[views[0]], out=score)
+            for v in views[1:]:
+                score.addcmul_(e[v][:r], scale[v])
             labels[m].append(label_positives(score, e[m][:r], k))
     return (
         {m: (torch.cat([mm for mm, _ in labels[m]]), torch.cat([one for _, one in labels[m]])) for m in views},
