@@ -135,6 +135,20 @@ def test_silhouette_planted_clusters_high_random_low() -> None:
     assert dg.silhouette(planted, n_clusters=4, seed=0, sample=80) > 0.7
 
 
+def test_kmeans_fewer_distinct_points_than_clusters() -> None:
+    """pop's item vectors are one number each: ±1 once normalised, two points for ten clusters."""
+    import warnings
+
+    scores = np.array([[3.0], [-1.0], [2.0], [-5.0], [1.0], [4.0]] * 5, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # KMeans' ConvergenceWarning on duplicate points would raise
+        labels = dg.kmeans_labels(scores, n_clusters=10)
+        assert dg.silhouette(scores, n_clusters=10) == pytest.approx(1.0)  # two tight clusters, far apart
+        same = dg.kmeans_labels(np.ones((12, 3), dtype=np.float32), n_clusters=4)
+    assert len(set(labels)) == 2 and len(set(labels[scores[:, 0] > 0])) == 1
+    assert same.tolist() == [0] * 12
+
+
 # ------------------------------------------------------------------ alignment / uniformity
 
 

@@ -221,8 +221,13 @@ def kmeans_labels(emb: np.ndarray, n_clusters: int = 10, seed: int = 0) -> np.nd
     x = l2_normalize(_check_matrix("emb", emb))
     if not 2 <= n_clusters < len(x):
         raise ValueError(f"n_clusters must be in 2..{len(x) - 1} for {len(x)} rows, got {n_clusters}")
+    # fewer distinct points than clusters (pop's one-dimensional scores are ±1 once normalised):
+    # as many clusters as points, rather than KMeans' warning and empty clusters
+    k = min(n_clusters, len(np.unique(x, axis=0)))
+    if k < 2:
+        return np.zeros(len(x), dtype=np.int32)
     with few_threads():
-        return KMeans(n_clusters=n_clusters, n_init=4, random_state=seed).fit_predict(x)
+        return KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(x)
 
 
 def silhouette(
