@@ -223,6 +223,21 @@ def test_chosen_values_on_a_grid_edge_and_runs_at_the_cap_are_flagged():
     ]
 
 
+def test_a_model_with_nothing_to_train_shows_no_epoch_cap(tmp_path):
+    """pop runs no epoch: its row says so instead of the studies' cap and patience."""
+    metrics = {k: 0.1 for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")}
+    tuning = {"trials": 0, "pruned": None, "wall_s": None, "epochs": 100, "patience": 20}
+    row = {"test_mean": metrics, "test_std": metrics, "valid_recall@20": 0.1, "params": {}, "best_epochs": [0]}
+    rows = {
+        "lightgcn": {**row, "best_epochs": [97, 99], "epochs_to_best": 98.0, "tuning": tuning},
+        "pop": {**row, "epochs_to_best": 0.0, "tuning": tuning},
+    }
+    text = "\n".join(lb.render(dataset_paths("d", tmp_path), rows, [], "lightgcn", [1, 2], "report.md"))
+    lines = {m: next(x for x in text.splitlines() if x.startswith(f"| {m} |") and "/ 0" in x) for m in rows}
+    assert lines["lightgcn"].endswith("| 98.0 | 100 / 20 |")
+    assert lines["pop"].endswith("| – | not trained (no weights) |")
+
+
 def test_converged_table_continues_the_capped_reruns_and_sits_beside_them(tuned):
     quiet = {"progress": False, "log": lambda _: None, "projection_sample": 40}
     capped = json.loads(lb.run_leaderboard(tuned, seeds=(1, 2), **quiet).with_suffix(".json").read_text())
