@@ -236,6 +236,7 @@ def test_a_model_with_nothing_to_train_shows_no_epoch_cap(tmp_path):
     lines = {m: next(x for x in text.splitlines() if x.startswith(f"| {m} |") and "/ 0" in x) for m in rows}
     assert lines["lightgcn"].endswith("| 98.0 | 100 / 20 |")
     assert lines["pop"].endswith("| – | not trained (no weights) |")
+    assert "- pop: nothing to tune or train." in text and "- lightgcn: on a grid edge: none." in text
 
 
 def test_converged_table_continues_the_capped_reruns_and_sits_beside_them(tuned):

@@ -793,6 +793,9 @@ def render(
         )
     lines += ["", "## What binds", ""]
     for m, r in rows.items():
+        if _known_fixed(m):
+            lines.append(f"- {m}: nothing to tune or train.")
+            continue
         edges = "; ".join(f"{k} {v}" for k, v in r.get("on_grid_edge", {}).items()) or "none"
         cap = ", ".join(r.get("near_cap", [])) or "none"
         lines.append(
