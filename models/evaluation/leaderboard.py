@@ -537,12 +537,6 @@ def _gap_words(gap0: float, gap1: float) -> str:
     return "the gap widens"
 
 
-def _known_fixed(model: str) -> bool:
-    """pop and content_knn run no epoch: a cap and patience in their row would be ones they never met
-    (False for a model name this code no longer knows, as in an old table being redrawn)."""
-    return model in MODELS and is_fixed(model)
-
-
 def _cap_of(board_models: dict[str, dict]) -> str:
     caps = sorted({r["tuning"]["epochs"] for r in board_models.values()})
     return "/".join(map(str, caps))
@@ -787,13 +781,13 @@ def render(
             f"{_cell(t.get('duplicates'))} | {_cell(t.get('epochs_trained'))} | {_cell(t['wall_s'])} | "
             + (
                 "– | not trained (no weights) |"
-                if _known_fixed(m)
+                if is_fixed(m)  # pop, content_knn: no epoch, so no cap or patience met
                 else f"{r['epochs_to_best']:.1f} | {t['epochs']} / {t['patience']} |"
             )
         )
     lines += ["", "## What binds", ""]
     for m, r in rows.items():
-        if _known_fixed(m):
+        if is_fixed(m):
             lines.append(f"- {m}: nothing to tune or train.")
             continue
         edges = "; ".join(f"{k} {v}" for k, v in r.get("on_grid_edge", {}).items()) or "none"
