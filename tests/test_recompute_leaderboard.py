@@ -52,6 +52,14 @@ def test_the_kept_table_is_recomputed_exactly_without_training(snapshot, tmp_pat
     assert f"| lightgcn | {r20:.4f}" in out
 
 
+def test_a_home_without_the_dataset_is_refused_in_one_line(snapshot, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        rl.main(["--dataset", "sports", "--snapshot", str(snapshot), "--home", str(tmp_path / "empty")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(f"{tmp_path / 'empty'} holds no sports dataset: leave --home out to rebuild it in a fresh one")
+
+
 def test_a_changed_kept_figure_is_caught(snapshot, tmp_path, capsys):
     changed = tmp_path / "snapshot"
     shutil.copytree(snapshot, changed)
