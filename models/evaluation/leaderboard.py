@@ -204,7 +204,9 @@ def run_leaderboard(
         lines[1:1] = [
             "",
             f"Converged: every rerun continued to an epoch cap of {cap} with the study's patience (MMRec's "
-            "protocol: 1,000 epochs, patience 20), from the capped reruns' checkpoints.",
+            "protocol: 1,000 epochs, patience 20), from the capped reruns' checkpoints where this home kept them; "
+            "otherwise trained again from epoch 0, or, for a rerun that early stopping had ended, copied from its "
+            "kept summary (`copied_from` in its metrics.json).",
         ]
     lines += side["lines"] if side else []
     out.write_text("\n".join(lines) + "\n")
