@@ -16,6 +16,8 @@ difference is 0.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -29,13 +31,13 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # the repository root: the package, benchmarks.common
 
 from benchmarks.common.sports_data import load_sports  # noqa: E402
-from models.training.data import build_graph_data  # noqa: E402
+from models.training.data import InteractionData, build_graph_data  # noqa: E402
 from models.training.graphs import knn_search  # noqa: E402
 from models.training.trainer import TrainConfig, done_epochs, fit  # noqa: E402
+from models.training.tune import trial_config  # noqa: E402
 
 AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
-# the Sports leaderboard's AnchorRec configuration (benchmarks/results/leaderboard_sports/studies)
-ANCHORREC = {"aal_loss": 0.0, "amp_loss": 0.1, "lambda_weight": 0.001, "n_layers": 2, "tau": 0.5}
+STUDY = REPO / "benchmarks" / "results" / "leaderboard_sports" / "studies" / "anchorrec" / "best.json"
 
 
 def embed(path: Path, env: dict[str, str]) -> np.ndarray:
@@ -50,11 +52,17 @@ def embed(path: Path, env: dict[str, str]) -> np.ndarray:
     return np.load(path)
 
 
-def first_epoch_loss(x: np.ndarray, seed: int) -> float:
-    data = load_sports()
-    graph = build_graph_data(data, {"v": x, "t": x, "mm": x}, knn_k=10, device="cpu", knn_self=True)
-    features = {m: "text-minilm" for m in ("v", "t", "mm")}  # names only: the vectors are `x`
-    cfg = TrainConfig(model="anchorrec", model_args=ANCHORREC, features=features, epochs=1, patience=20, seed=seed)
+def leaderboard_config(seed: int) -> TrainConfig:
+    """AnchorRec as the Sports leaderboard chose it (its kept study), for one epoch on `seed`."""
+    best = json.loads(STUDY.read_text())
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = TrainConfig(**{k: v for k, v in best["budget"].items() if k in fields})
+    return dataclasses.replace(trial_config(base, best["best_params"], "isa"), epochs=1, seed=seed)
+
+
+def first_epoch_loss(data: InteractionData, x: np.ndarray, cfg: TrainConfig) -> float:
+    """The epoch-0 loss of `cfg` with `x` as every modality's table (the feature names in cfg: labels only)."""
+    graph = build_graph_data(data, {m: x for m in cfg.features}, knn_k=cfg.knn_k, device="cpu", knn_self=cfg.knn_self)
     run = Path(tempfile.mkdtemp()) / "isa"
     fit(data, graph, cfg, run, progress=False)
     return float(done_epochs(run)[0]["loss"])
@@ -69,7 +77,8 @@ def main() -> None:
     full, avx2 = embed(tmp / "full.npy", {}), embed(tmp / "avx2.npy", AVX2)
     top_full, top_avx2 = knn_search(full, 10)[0], knn_search(avx2, 10)[0]
     sets = sum(set(a) != set(b) for a, b in zip(top_full.tolist(), top_avx2.tolist()))
-    loss_full, loss_avx2 = first_epoch_loss(full, args.seed), first_epoch_loss(avx2, args.seed)
+    data, cfg = load_sports(), leaderboard_config(args.seed)
+    loss_full, loss_avx2 = first_epoch_loss(data, full, cfg), first_epoch_loss(data, avx2, cfg)
     print(f"Sports MiniLM table and AnchorRec epoch 0 (seed {args.seed}), full ISA vs AVX2 only; 1 thread")
     print("| quantity | full ISA | AVX2 | difference |")
     print("| --- | --- | --- | --- |")

@@ -182,9 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     target = dataset_paths(f"{args.dataset}-cold" if cold else args.dataset, home)
     source = dataset_paths(args.dataset, home) if cold else None
     if not target.interactions.is_file():
-        ap.error(
-            f"{home} holds no {target.interactions.parent.name} dataset: leave --home out to rebuild it in a fresh one"
-        )
+        ap.error(f"{home} holds no {target.name} dataset: leave --home out to rebuild it in a fresh one")
     kept, new = recompute(target, args.snapshot, args.cap, source=source, studies=args.studies)
     diff = [d for key in COMPARED for d in differences(kept.get(key), new.get(key), key)]
     print("\n".join(table(kept, new)))
